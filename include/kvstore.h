@@ -1,0 +1,695 @@
+/*
+ * kvstore.h - the whole public API of kvstore.
+ *
+ * kvstore is a C11 key-value storage library for Linux: one API over several
+ * backends (SQLite in memory or in a file, a directory of files), optimistic
+ * concurrency through per-record version tokens, and asynchronous I/O driven
+ * by one io_uring completion loop.
+ *
+ * Conventions that hold for every function below unless its comment says
+ * otherwise:
+ *
+ *  - Errors.  A fallible function returns int: KV_OK (0) or a negative KV_E*
+ *    code.  Futures carry the same codes.  Codes are in a reserved range
+ *    (-30899..-30800) so they never collide with negated errno values, which
+ *    kv_strerror() also understands.
+ *
+ *  - Threads.  A kv_loop is single-threaded: everything that takes a loop, a
+ *    store, a future or an iterator is called on the thread that created the
+ *    loop (the "loop thread"), and every callback runs there.  Several loops
+ *    on several threads may share one kv_pool.  Key, namespace, record and
+ *    error functions are pure and may be called on any thread.
+ *
+ *  - Ownership.  Input pointers are borrowed: the library copies what it
+ *    needs before the call returns.  Objects made through an out-parameter
+ *    belong to the caller, who frees them with the matching *_free call.
+ *    Results held by a future belong to the future and die with kv_fut_free.
+ *
+ *  - Futures.  Every asynchronous operation returns a kv_fut *, never NULL:
+ *    argument errors fail the future (except on out-of-memory, when a shared,
+ *    static failed future may be returned; kv_fut_free accepts it).
+ */
+#ifndef KVSTORE_H
+#define KVSTORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KV_BUILDING) && defined(__GNUC__)
+#define KV_EXTERN __attribute__((visibility("default")))
+#else
+#define KV_EXTERN
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define KV_VERSION_MAJOR 0
+#define KV_VERSION_MINOR 1
+#define KV_VERSION_PATCH 0
+#define KV_VERSION_STRING "0.1.0"
+/* (major << 16) | (minor << 8) | patch, for compile-time comparisons. */
+#define KV_VERSION_HEX \
+    ((KV_VERSION_MAJOR << 16) | (KV_VERSION_MINOR << 8) | KV_VERSION_PATCH)
+
+/* The version of the library linked at run time, as KV_VERSION_HEX. */
+KV_EXTERN unsigned kv_version(void);
+/* The same as a static string, e.g. "0.1.0". */
+KV_EXTERN const char *kv_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * XX(name, value, message).  KV_ENOTFOUND and KV_ECORRUPT are kinds of
+ * KV_EBACKEND; every code is a kind of KV_ERROR (see kv_err_is).
+ */
+#define KV_ERRNO_MAP(XX)                                                       \
+    XX(ERROR, -30800, "kvstore error")                                         \
+    XX(ECONFLICT, -30801, "version token conflict")                           \
+    XX(EDUPLICATE, -30802, "batch names the same key twice")                   \
+    XX(EMAXRETRIES, -30803, "retries exhausted")                               \
+    XX(EBACKEND, -30804, "backend failure")                                    \
+    XX(ENOTFOUND, -30805, "key not found")                                     \
+    XX(ECORRUPT, -30806, "stored data is corrupt")                             \
+    XX(EINVAL, -30807, "invalid argument")                                     \
+    XX(ECLOSED, -30808, "store is closed")                                     \
+    XX(ECANCELED, -30809, "operation canceled")                                \
+    XX(ENOTSUP, -30810, "operation not supported by this backend")            \
+    XX(EITER, -30811, "iterator is finished or disposed")                      \
+    XX(EREADONLY, -30812, "store is read-only")                                \
+    XX(EBUSY, -30813, "resource busy")                                         \
+    XX(ENOMEM, -30814, "out of memory")
+
+typedef enum kv_errno {
+    KV_OK = 0,
+#define KV__XX(name, val, msg) KV_##name = (val),
+    KV_ERRNO_MAP(KV__XX)
+#undef KV__XX
+} kv_errno;
+
+/*
+ * A static, human-readable message for code.  Library codes have their own
+ * message; a negated errno value (e.g. -ENOENT) gives strerror's text;
+ * anything else gives "unknown error".  Never NULL.  Thread-safe.
+ */
+KV_EXTERN const char *kv_strerror(int code);
+
+/* The code's name, e.g. "KV_ECONFLICT" or "ENOENT"; "UNKNOWN" if unknown. */
+KV_EXTERN const char *kv_err_name(int code);
+
+/*
+ * True if code is kind or a kind of it: kv_err_is(KV_ENOTFOUND, KV_EBACKEND)
+ * and kv_err_is(x, KV_ERROR) for every negative x are true.  KV_OK is a kind
+ * of nothing.
+ */
+KV_EXTERN bool kv_err_is(int code, int kind);
+
+/*
+ * The detailed message of the last failed synchronous call on this thread
+ * (kv_loop_new, kv_pool_new, kv_sqlite_open, kv_fs_open, key parsing), e.g.
+ * "io_uring_setup: Operation not permitted (blocked by seccomp or the
+ * kernel.io_uring_disabled sysctl?)".  Thread-local; valid until the next
+ * failing call on this thread; "" when there is none.
+ */
+KV_EXTERN const char *kv_last_errmsg(void);
+
+/* ------------------------------------------------------------------------ */
+/* Opaque handles and plain types                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kv_loop kv_loop;   /* one io_uring and its completion loop */
+typedef struct kv_pool kv_pool;   /* worker threads for blocking work     */
+typedef struct kv_fut kv_fut;     /* the result of an asynchronous call   */
+typedef struct kv_key kv_key;     /* an immutable hierarchical key        */
+typedef struct kv_store kv_store; /* an open store over one backend       */
+typedef struct kv_iter kv_iter;   /* a query iterator (must be disposed)  */
+typedef struct kv_record kv_record; /* a key, a value and a token (below) */
+
+/* ------------------------------------------------------------------------ */
+/* Loop                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kv_loop_opts {
+    /* Submission queue entries (rounded up to a power of two).  0: 256. */
+    unsigned sq_entries;
+    /* Completion queue entries, at least 2 x sq_entries.  0: 8 x sq. */
+    unsigned cq_entries;
+    /*
+     * io_uring's worker limits (bounded: file I/O, unbounded: sockets).
+     * Measured here, the kernel default (4 per CPU) halves durable-write
+     * throughput.  0: 64 bounded, kernel default unbounded.
+     */
+    unsigned iowq_bounded;
+    unsigned iowq_unbounded;
+    /* KV_LOOP_* flags. */
+    unsigned flags;
+} kv_loop_opts;
+
+/* Do not ask for IORING_SETUP_SINGLE_ISSUER / DEFER_TASKRUN. */
+#define KV_LOOP_NO_DEFER_TASKRUN 0x1u
+
+typedef enum kv_run_mode {
+    KV_RUN_DEFAULT = 0, /* run until nothing is pending                     */
+    KV_RUN_ONCE = 1,    /* wait for at least one event, process, return     */
+    KV_RUN_NOWAIT = 2   /* process what is ready without waiting, return    */
+} kv_run_mode;
+
+/*
+ * Create a loop on the calling thread, which becomes its loop thread.
+ * opts may be NULL for the defaults.
+ * Errors: KV_EINVAL (bad opts), KV_ENOMEM, KV_ENOTSUP when io_uring is
+ * unavailable (kv_last_errmsg names the cause: seccomp, the
+ * kernel.io_uring_disabled sysctl, an old kernel), KV_ERROR otherwise.
+ */
+KV_EXTERN int kv_loop_new(kv_loop **out, const kv_loop_opts *opts);
+
+/*
+ * Run the loop: reap completions, complete futures and run their callbacks.
+ * Returns a positive value if work is still pending, 0 if not, or a negative
+ * code on a fatal ring error.  Must not be called from inside a callback.
+ */
+KV_EXTERN int kv_loop_run(kv_loop *loop, kv_run_mode mode);
+
+/* True if any operation, timer or callback is pending on the loop. */
+KV_EXTERN bool kv_loop_alive(const kv_loop *loop);
+
+/*
+ * Free the loop.  Fails KV_EBUSY (and frees nothing) while operations are
+ * still pending: close stores and run the loop first.  NULL is a no-op.
+ */
+KV_EXTERN int kv_loop_free(kv_loop *loop);
+
+/* ------------------------------------------------------------------------ */
+/* Pool                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Start a pool of nthreads worker threads (0: the number of online CPUs,
+ * at most 1024).  Errors: KV_EINVAL, KV_ENOMEM, KV_ERROR (thread creation).
+ */
+KV_EXTERN int kv_pool_new(kv_pool **out, unsigned nthreads);
+
+/* The number of worker threads. */
+KV_EXTERN unsigned kv_pool_size(const kv_pool *pool);
+
+/*
+ * Shut the pool down: jobs already running finish, jobs still queued are
+ * cancelled (their futures complete KV_ECANCELED on their loops' next run),
+ * then the workers are joined.  Every loop that submitted work must still
+ * exist.  NULL is a no-op.
+ */
+KV_EXTERN void kv_pool_free(kv_pool *pool);
+
+/*
+ * Run work(arg) on a worker of pool; the future completes on loop with the
+ * value work returned (KV_OK or a negative code).  work must not touch loop
+ * state.  kv_fut_cancel on a job that has not started yet removes it (the
+ * future completes KV_ECANCELED and work never runs); a running job is not
+ * interrupted.  Loop thread only.
+ */
+KV_EXTERN kv_fut *kv_pool_work(kv_loop *loop, kv_pool *pool,
+                               int (*work)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* Futures                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef void (*kv_fut_cb)(kv_fut *fut, void *arg);
+
+/*
+ * Run fut's loop until fut is done, then return its status.  Callbacks of
+ * other futures run meanwhile.  If nothing pending on the loop could ever
+ * complete fut, returns KV_EINVAL instead of blocking forever (fut stays
+ * pending).  Must not be called from inside a callback.
+ */
+KV_EXTERN int kv_wait(kv_fut *fut);
+
+/*
+ * Register cb(fut, arg) to run on the loop thread once fut is done.  A
+ * callback never runs inside the call that registered it, even when fut is
+ * already done; several callbacks run in the order they were added.
+ * Returns KV_OK, KV_ENOMEM, or KV_EINVAL (NULL fut or cb).
+ */
+KV_EXTERN int kv_fut_then(kv_fut *fut, kv_fut_cb cb, void *arg);
+
+/* True once fut has completed (successfully, failed or cancelled). */
+KV_EXTERN bool kv_fut_done(const kv_fut *fut);
+
+/* KV_OK or a negative code once done; KV_EBUSY while pending. */
+KV_EXTERN int kv_fut_status(const kv_fut *fut);
+
+/*
+ * The specific message of a failed future (SQLite's or errno's text, the
+ * offending key); falls back to kv_strerror(status).  "" while pending or
+ * on success.  Valid while fut lives.
+ */
+KV_EXTERN const char *kv_fut_errmsg(const kv_fut *fut);
+
+/* The loop fut completes on. */
+KV_EXTERN kv_loop *kv_fut_loop(const kv_fut *fut);
+
+/*
+ * Cancel fut: if pending, it completes KV_ECANCELED now (its callbacks run
+ * on the loop's next turn) and the underlying work is stopped where that is
+ * still possible; a write may or may not have happened, never half.  No-op
+ * on a done future.
+ */
+KV_EXTERN void kv_fut_cancel(kv_fut *fut);
+
+/*
+ * Release the caller's reference.  Results held by the future are freed
+ * with it.  Freeing a pending future is safe: the work goes on, and its
+ * completion no longer reaches the caller (registered callbacks still run).
+ * NULL is a no-op.
+ */
+KV_EXTERN void kv_fut_free(kv_fut *fut);
+
+/* A future that completes KV_OK after ms milliseconds (IORING_OP_TIMEOUT). */
+KV_EXTERN kv_fut *kv_sleep(kv_loop *loop, uint64_t ms);
+
+/*
+ * A future that the caller completes with one of the kv_fut_complete* or
+ * kv_fut_fail calls (for middleware and producers).  Only the first
+ * completion counts; later ones are ignored.  Returns NULL on out-of-memory.
+ * A future returned to the library from a middleware or producer belongs to
+ * the library from then on: complete it, but do not free it.
+ */
+KV_EXTERN kv_fut *kv_fut_new(kv_loop *loop);
+KV_EXTERN void kv_fut_complete(kv_fut *fut);
+/* Completes with copies of records (raw bytes; val/len copied). */
+KV_EXTERN void kv_fut_complete_records(kv_fut *fut, const kv_record *recs,
+                                       size_t n);
+/* Completes with a copy of len bytes. */
+KV_EXTERN void kv_fut_complete_bytes(kv_fut *fut, const void *bytes, size_t len);
+/* Completes with a typed object, freed later by the consuming codec. */
+KV_EXTERN void kv_fut_complete_obj(kv_fut *fut, void *obj);
+/* Fails with code (negative) and an optional message (copied). */
+KV_EXTERN void kv_fut_fail(kv_fut *fut, int code, const char *msg);
+
+/* ------------------------------------------------------------------------ */
+/* Keys                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A namespace: one segment of a key, "field:value" or "value".  Both strings
+ * are heap strings owned by the struct (field is "" when absent), released
+ * by kv_ns_free.  Neither may contain ':' or '/'; surrounding whitespace is
+ * stripped; value must not be empty.
+ */
+typedef struct kv_ns {
+    char *field;
+    char *value;
+} kv_ns;
+
+/* Parse "field:value" or "value".  KV_EINVAL on a bad id, KV_ENOMEM. */
+KV_EXTERN int kv_ns_parse(kv_ns *out, const char *id);
+/* From separate parts; field may be NULL or "".  KV_EINVAL, KV_ENOMEM. */
+KV_EXTERN int kv_ns_init(kv_ns *out, const char *field, const char *value);
+/* Release out's strings and zero it.  NULL-safe. */
+KV_EXTERN void kv_ns_free(kv_ns *ns);
+/* "field:value" or "value" as a new heap string (caller frees); NULL on OOM. */
+KV_EXTERN char *kv_ns_id(const kv_ns *ns);
+
+/*
+ * Keys.  A key is an immutable sequence of namespaces, written
+ * "/a:b/c/d:e".  The empty key (no namespaces, id "/") is valid as a query
+ * root and as a building block, but not for record operations.
+ *
+ * Parsing splits on '/', strips whitespace around each segment, drops
+ * segments that are empty after stripping (including ":"), and parses each
+ * as a namespace; so "///a///b///" is "/a/b" and kv_key_parse(kv_key_id(k))
+ * equals k.  Functions that make a key take kv_key **out first and return
+ * KV_OK, KV_EINVAL (invalid input) or KV_ENOMEM; *out is untouched on error.
+ * Accessors return views valid while the key lives.
+ */
+KV_EXTERN int kv_key_parse(kv_key **out, const char *path);
+/* From n namespaces (validated as kv_ns_init does). */
+KV_EXTERN int kv_key_from_ns(kv_key **out, const kv_ns *ns, size_t n);
+/* The concatenation of n keys. */
+KV_EXTERN int kv_key_concat(kv_key **out, const kv_key *const *keys, size_t n);
+KV_EXTERN int kv_key_dup(kv_key **out, const kv_key *key);
+KV_EXTERN void kv_key_free(kv_key *key); /* NULL-safe */
+
+/* Number of namespaces (0 for the empty key). */
+KV_EXTERN size_t kv_key_len(const kv_key *key);
+/* The i-th namespace, or NULL if i >= len. */
+KV_EXTERN const kv_ns *kv_key_ns(const kv_key *key, size_t i);
+/* Value / field of the last namespace; "" for the empty key or no field. */
+KV_EXTERN const char *kv_key_value(const kv_key *key);
+KV_EXTERN const char *kv_key_field(const kv_key *key);
+/* The canonical id, "/a:b/c"; "/" for the empty key. */
+KV_EXTERN const char *kv_key_id(const kv_key *key);
+/* Namespaces [start, end); KV_EINVAL unless start <= end <= len. */
+KV_EXTERN int kv_key_slice(kv_key **out, const kv_key *key, size_t start,
+                           size_t end);
+
+/* True if the key has exactly one namespace. */
+KV_EXTERN bool kv_key_is_root(const kv_key *key);
+/* The key without its last namespace ("/a" -> "/"); KV_EINVAL for "/". */
+KV_EXTERN int kv_key_parent(kv_key **out, const kv_key *key);
+/*
+ * The parent followed by the last namespace's field as a value, or just the
+ * parent when it has no field: "/a/b:c" -> "/a/b", "/a/c" -> "/a".
+ * KV_EINVAL for "/".
+ */
+KV_EXTERN int kv_key_path(kv_key **out, const kv_key *key);
+/* The namespaces in reverse order. */
+KV_EXTERN int kv_key_reverse(kv_key **out, const kv_key *key);
+/* key followed by n namespaces. */
+KV_EXTERN int kv_key_child(kv_key **out, const kv_key *key, const kv_ns *ns,
+                           size_t n);
+/* key followed by the namespaces of other. */
+KV_EXTERN int kv_key_child_key(kv_key **out, const kv_key *key,
+                               const kv_key *other);
+/* key followed by the parsed path string ("b/c:d"). */
+KV_EXTERN int kv_key_child_str(kv_key **out, const kv_key *key,
+                               const char *path);
+/* 24 random lowercase hex characters and a NUL into out. */
+KV_EXTERN void kv_key_random(char out[25]);
+/*
+ * key relative to ancestor: "/a/b/c" relative to "/a" is "/b/c"; a key
+ * relative to itself is "/".  KV_EINVAL if ancestor is neither key nor above
+ * it.
+ */
+KV_EXTERN int kv_key_relative(kv_key **out, const kv_key *key,
+                              const kv_key *ancestor);
+/* True if other lies strictly below key. */
+KV_EXTERN bool kv_key_is_ancestor(const kv_key *key, const kv_key *other);
+/* True if key lies strictly below other. */
+KV_EXTERN bool kv_key_is_descendant(const kv_key *key, const kv_key *other);
+KV_EXTERN bool kv_key_equal(const kv_key *a, const kv_key *b);
+/*
+ * Namespace-wise order, the order queries return: namespace by namespace,
+ * each by the unsigned bytes of its id; a proper prefix sorts first.  So
+ * /a/b < /a-b < /ab, and a parent sorts before its children.
+ */
+KV_EXTERN int kv_key_cmp(const kv_key *a, const kv_key *b);
+/* A hash consistent with kv_key_equal. */
+KV_EXTERN uint64_t kv_key_hash(const kv_key *key);
+
+/* ------------------------------------------------------------------------ */
+/* Records and codecs                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A record.  As an input, key/val/len are borrowed and token is the CAS
+ * token (0: insert only if absent).  As a result, everything is owned by the
+ * future that holds it.  In a typed call, val is the object (len ignored on
+ * input, 0 on output).  token is opaque and never 0 for a stored record.
+ */
+struct kv_record {
+    kv_key *key;
+    void *val;
+    size_t len;
+    uint64_t token;
+};
+
+/* A growable byte buffer that encoders append to. */
+typedef struct kv_buf {
+    unsigned char *data;
+    size_t len;
+    size_t cap;
+} kv_buf;
+
+/* Append len bytes.  KV_OK, KV_ENOMEM, or KV_EINVAL (NULL data, len > 0). */
+KV_EXTERN int kv_buf_append(kv_buf *buf, const void *data, size_t len);
+
+/*
+ * Typed records.  encode appends obj's bytes to out; decode makes an object
+ * from bytes.  Both return KV_OK or a negative code, which the operation's
+ * future then carries (decode should use KV_ECORRUPT for bytes it cannot
+ * read).  free_obj releases a decoded object (may be NULL if objects need
+ * no freeing).  ctx is passed to each.  The library copies the kv_codec
+ * struct, so it need not outlive the call; ctx must outlive the futures.
+ */
+typedef struct kv_codec {
+    int (*encode)(const void *obj, kv_buf *out, void *ctx);
+    int (*decode)(const void *bytes, size_t len, void **obj_out, void *ctx);
+    void (*free_obj)(void *obj, void *ctx);
+    void *ctx;
+} kv_codec;
+
+/*
+ * A heap copy of a raw record (key, len bytes of val, token), freed with
+ * kv_record_free.  NULL on out-of-memory or NULL r.  For a typed result
+ * only key and token are copied (val NULL): the object belongs to the future.
+ */
+KV_EXTERN kv_record *kv_record_dup(const kv_record *r);
+KV_EXTERN void kv_record_free(kv_record *r); /* NULL-safe */
+
+/* ------------------------------------------------------------------------ */
+/* Future results                                                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Each returns a view owned by the future, valid until kv_fut_free; each is
+ * NULL/0/false when the future is pending, failed, or holds no such result.
+ */
+/* get, get_or_put, iter_next (NULL at the end of an iterator). */
+KV_EXTERN const kv_record *kv_fut_record(const kv_fut *fut);
+/* get_many, iter_fetch_all, kv_fut_complete_records. */
+KV_EXTERN const kv_record *kv_fut_records(const kv_fut *fut, size_t *n);
+/* Skipped keys of batches, conflicts of atomic batches, has_many hits. */
+KV_EXTERN const kv_key *const *kv_fut_keys(const kv_fut *fut, size_t *n);
+/* has. */
+KV_EXTERN bool kv_fut_bool(const kv_fut *fut);
+/* The token a single put wrote. */
+KV_EXTERN uint64_t kv_fut_token(const kv_fut *fut);
+/* kv_fut_complete_bytes. */
+KV_EXTERN const void *kv_fut_bytes(const kv_fut *fut, size_t *len);
+/* kv_fut_complete_obj. */
+KV_EXTERN void *kv_fut_obj(const kv_fut *fut);
+/*
+ * kv_query_open: moves the iterator out of the future; the caller must
+ * kv_iter_free it.  A second call returns NULL.
+ */
+KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
+
+/* ------------------------------------------------------------------------ */
+/* Stores                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define KV_SQLITE_MEMORY ":memory:"
+
+#define KV_READONLY 0x1u  /* every write fails KV_EREADONLY                */
+#define KV_SYNC_FULL 0x2u /* sqlite: synchronous=FULL (default NORMAL)     */
+#define KV_NO_FSYNC 0x4u  /* fs: skip fsyncs (tests, benchmarks): no       \
+                             durability across a machine crash            */
+
+#define KV_DEFAULT_MAX_RETRIES 5
+#define KV_FS_DEFAULT_DEPTH 32
+
+/*
+ * Open a SQLite store: path is a file name or KV_SQLITE_MEMORY.  File
+ * databases use WAL, synchronous=NORMAL (FULL with KV_SYNC_FULL) and a
+ * 5000 ms busy timeout; opening a file store sees everything committed to
+ * it before.  Every SQLite call of an operation runs on pool; open itself
+ * blocks the caller until the database is open.  loop and pool must outlive
+ * the store.  Errors: KV_EINVAL, KV_ENOMEM, KV_EBACKEND (cannot open, not a
+ * database: see kv_last_errmsg), KV_EREADONLY (KV_READONLY on a missing
+ * database).
+ */
+KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
+                             const char *path, unsigned flags);
+
+/*
+ * Open a filesystem store rooted at root (created if missing), one file per
+ * record.  depth is the maximum number of namespaces in a key (0: 32).  The
+ * root is locked: a second open from any process fails KV_EBUSY.
+ */
+KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
+                         const char *root, unsigned depth, unsigned flags);
+
+/* The backend's name: "sqlite" or "fs". */
+KV_EXTERN const char *kv_store_backend(const kv_store *store);
+
+/*
+ * Close the store: idempotent (every call returns a future that completes
+ * when the store is fully closed).  In-flight operations complete
+ * KV_ECANCELED; undisposed iterators are released; every later call fails
+ * KV_ECLOSED.
+ */
+KV_EXTERN kv_fut *kv_close(kv_store *store);
+
+/*
+ * Free a closed store's handle.  If the store was not closed, it is closed
+ * and the loop run until the close completes.  NULL is a no-op.
+ */
+KV_EXTERN void kv_store_free(kv_store *store);
+
+/* True if atomic batches are available (sqlite: yes; fs: no). */
+KV_EXTERN bool kv_supports_atomic_batch(const kv_store *store);
+
+/*
+ * Record operations.  Keys must be non-empty (KV_EINVAL otherwise).
+ * KV_ECLOSED after close takes precedence over every other error.  Write
+ * batches that name a key twice fail KV_EDUPLICATE and write nothing; read
+ * batches deduplicate.  n == 0 is a valid, empty batch.  codec NULL means
+ * raw bytes.
+ */
+
+/* Result: kv_fut_bool. */
+KV_EXTERN kv_fut *kv_has(kv_store *s, const kv_key *key);
+/* Result: kv_fut_keys, the existing keys, each once. */
+KV_EXTERN kv_fut *kv_has_many(kv_store *s, const kv_key *const *keys, size_t n);
+/* Result: kv_fut_record.  KV_ENOTFOUND if absent; the codec's error. */
+KV_EXTERN kv_fut *kv_get(kv_store *s, const kv_key *key, const kv_codec *codec);
+/* Result: kv_fut_records, the records that exist, each key once. */
+KV_EXTERN kv_fut *kv_get_many(kv_store *s, const kv_key *const *keys, size_t n,
+                              const kv_codec *codec);
+/*
+ * Write rec if its token matches: 0 inserts only if absent, N replaces only
+ * if the current token is N.  KV_ECONFLICT otherwise.  Result: kv_fut_token,
+ * the new token.
+ */
+KV_EXTERN kv_fut *kv_put(kv_store *s, const kv_record *rec,
+                         const kv_codec *codec);
+/* Insert-only put (token 0) of val/len, or of the object val when typed. */
+KV_EXTERN kv_fut *kv_put_value(kv_store *s, const kv_key *key, const void *val,
+                               size_t len, const kv_codec *codec);
+/* Each record independently.  Result: kv_fut_keys, the skipped keys. */
+KV_EXTERN kv_fut *kv_put_many(kv_store *s, const kv_record *recs, size_t n,
+                              const kv_codec *codec);
+/* Delete key if its token is token.  KV_ECONFLICT on a stale token, token 0
+ * or a missing key. */
+KV_EXTERN kv_fut *kv_delete(kv_store *s, const kv_key *key, uint64_t token);
+/* By recs[i].key and .token.  Result: kv_fut_keys, the skipped keys. */
+KV_EXTERN kv_fut *kv_delete_many(kv_store *s, const kv_record *recs, size_t n);
+/*
+ * All or nothing: if any record conflicts nothing is written and the future
+ * completes KV_OK with the conflicting keys in kv_fut_keys (empty on
+ * success).  KV_ENOTSUP where kv_supports_atomic_batch is false.
+ */
+KV_EXTERN kv_fut *kv_put_atomic(kv_store *s, const kv_record *recs, size_t n,
+                                const kv_codec *codec);
+KV_EXTERN kv_fut *kv_delete_atomic(kv_store *s, const kv_record *recs,
+                                   size_t n);
+/*
+ * Rename from[i] and every key below it to lie below to[i] instead, for
+ * each i, in one transaction.  Moved records get new tokens.  If a
+ * destination exists (and is not itself being moved away) the future fails
+ * KV_ECONFLICT and nothing moves.  KV_ENOTSUP without atomic batches.
+ */
+KV_EXTERN kv_fut *kv_move_prefix_atomic(kv_store *s, const kv_key *const *from,
+                                        const kv_key *const *to, size_t n);
+/* Delete each key and everything below it, regardless of tokens. */
+KV_EXTERN kv_fut *kv_drop_prefix(kv_store *s, const kv_key *const *keys,
+                                 size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Queries and iterators                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kv_sort {
+    KV_SORT_ASC = 0,  /* kv_key_cmp order                  */
+    KV_SORT_DESC = 1, /* reverse kv_key_cmp order          */
+    KV_SORT_NONE = 2  /* any order, the fastest available  */
+} kv_sort;
+
+/*
+ * A prefix query: key itself and every key below it (by namespaces: /a never
+ * matches /ab; the empty key matches everything).  value false returns keys
+ * and tokens only (val NULL, len 0).  offset >= 0 skips records; limit -1
+ * returns all, 0 none.  key is borrowed for the kv_query_open call only.
+ */
+typedef struct kv_query {
+    const kv_key *key;
+    bool value;
+    kv_sort sort;
+    int64_t offset;
+    int64_t limit;
+} kv_query;
+
+/* value true, KV_SORT_ASC, offset 0, limit -1. */
+KV_EXTERN kv_query kv_query_init(const kv_key *key);
+
+/*
+ * Open an iterator.  Result: kv_fut_take_iter.  Results stream: the backend
+ * fetches rows in chunks, so a large query does not load all at once.
+ */
+KV_EXTERN kv_fut *kv_query_open(kv_store *s, const kv_query *q,
+                                const kv_codec *codec);
+/*
+ * The next record (kv_fut_record), or NULL at the end, after which
+ * kv_iter_finished is true.  Next after the end, after dispose, or after the
+ * store closed fails KV_EITER.  Concurrent calls each get a different record,
+ * in order.
+ */
+KV_EXTERN kv_fut *kv_iter_next(kv_iter *it);
+KV_EXTERN bool kv_iter_finished(const kv_iter *it);
+/* Every remaining record: kv_fut_records; the iterator ends finished. */
+KV_EXTERN kv_fut *kv_iter_fetch_all(kv_iter *it);
+/* Release backend resources.  Idempotent; the handle stays valid. */
+KV_EXTERN kv_fut *kv_iter_dispose(kv_iter *it);
+/* Dispose if needed and free the handle.  NULL-safe. */
+KV_EXTERN void kv_iter_free(kv_iter *it);
+
+/* ------------------------------------------------------------------------ */
+/* Helpers: retries and get-or-put                                          */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A middleware gets the records that failed (conflicts) and returns a future
+ * of the records to retry (kv_fut_complete_records; an empty result ends
+ * with success).  It may fail the future to abort with that error.  The
+ * records it sees are valid only during the call.
+ */
+typedef kv_fut *(*kv_middleware)(const kv_record *failed, size_t n, void *arg);
+/*
+ * An atomic middleware gets every record of the batch and the conflicting
+ * keys, and must return records with the same key set (else KV_EINVAL).
+ */
+typedef kv_fut *(*kv_atomic_middleware)(const kv_record *all, size_t n,
+                                        const kv_key *const *conflicts,
+                                        size_t nconf, void *arg);
+/*
+ * A producer makes the value of a missing key: a future completed with
+ * kv_fut_complete_bytes (raw) or kv_fut_complete_obj (typed).
+ */
+typedef kv_fut *(*kv_producer)(const kv_key *key, void *arg);
+
+/*
+ * Put / delete recs, retrying the skipped ones up to max_retries attempts in
+ * all (0 fails KV_EMAXRETRIES at once).  mw (may be NULL: retry the same
+ * records) decides what to retry.  KV_OK once nothing is skipped;
+ * KV_EMAXRETRIES with the still-skipped keys in kv_fut_keys otherwise.
+ */
+KV_EXTERN kv_fut *kv_try_put(kv_store *s, const kv_record *recs, size_t n,
+                             unsigned max_retries, kv_middleware mw, void *arg,
+                             const kv_codec *codec);
+KV_EXTERN kv_fut *kv_try_delete(kv_store *s, const kv_record *recs, size_t n,
+                                unsigned max_retries, kv_middleware mw,
+                                void *arg);
+/*
+ * Atomic forms: without a middleware a conflict fails KV_ECONFLICT (the
+ * conflicting keys in kv_fut_keys) with no retry.
+ */
+KV_EXTERN kv_fut *kv_try_put_atomic(kv_store *s, const kv_record *recs,
+                                    size_t n, unsigned max_retries,
+                                    kv_atomic_middleware mw, void *arg,
+                                    const kv_codec *codec);
+KV_EXTERN kv_fut *kv_try_delete_atomic(kv_store *s, const kv_record *recs,
+                                       size_t n, unsigned max_retries,
+                                       kv_atomic_middleware mw, void *arg);
+/*
+ * Get key; if absent, call producer and insert its value with token 0; if
+ * another writer inserted first, return the winner's record.  Result:
+ * kv_fut_record.  max_retries bounds the get/insert rounds.
+ */
+KV_EXTERN kv_fut *kv_get_or_put(kv_store *s, const kv_key *key,
+                                kv_producer producer, void *arg,
+                                unsigned max_retries, const kv_codec *codec);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVSTORE_H */

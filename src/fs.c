@@ -1,0 +1,4 @@
+/* fs.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

@@ -1,0 +1,4 @@
+/* fut.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

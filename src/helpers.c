@@ -1,0 +1,4 @@
+/* helpers.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

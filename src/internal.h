@@ -1,0 +1,341 @@
+/*
+ * internal.h - what several source files share.  Not installed, not API.
+ *
+ * Naming: kv__ for internal symbols that are not static (hidden by
+ * -fvisibility=hidden and the export list), plain names for statics.
+ *
+ * Threading: everything here is loop-thread-only unless marked "any thread".
+ */
+#ifndef KV_INTERNAL_H
+#define KV_INTERNAL_H
+
+#include "kvstore.h"
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define KV__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define KV__UNUSED __attribute__((unused))
+#else
+#define KV__PRINTF(a, b)
+#define KV__UNUSED
+#endif
+
+#define KV__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define KV__CONTAINER_OF(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* ------------------------------------------------------------------------ */
+/* alloc.c: every allocation goes through these (hookable for failure      */
+/* tests).  Any thread.                                                     */
+/* ------------------------------------------------------------------------ */
+
+void *kv__malloc(size_t n);
+void *kv__calloc(size_t count, size_t size);
+void *kv__realloc(void *p, size_t n);
+void kv__free(void *p);
+char *kv__strdup(const char *s);
+char *kv__strndup(const char *s, size_t n);
+void *kv__memdup(const void *p, size_t n); /* n == 0 gives a valid 1-byte block */
+/* Printf into a new heap string; NULL on OOM. */
+char *kv__asprintf(const char *fmt, ...) KV__PRINTF(1, 2);
+char *kv__vasprintf(const char *fmt, va_list ap);
+
+/*
+ * Test hook: make the nth allocation from now fail (1 = the next one), and
+ * every one after it if sticky; 0 turns failures off.  Returns how many
+ * allocations were made since the last call.
+ */
+unsigned long kv__alloc_fail_at(unsigned long nth, bool sticky);
+
+/* ------------------------------------------------------------------------ */
+/* error.c                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Set this thread's kv_last_errmsg(). */
+void kv__set_errmsg(const char *fmt, ...) KV__PRINTF(1, 2);
+/* Map a negated errno to a kvstore code (ENOMEM -> KV_ENOMEM, else KV_EBACKEND). */
+int kv__from_errno(int neg_errno);
+
+/* ------------------------------------------------------------------------ */
+/* loop.c                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A ring operation.  Embed one in your operation state; its address is the
+ * SQE's user_data, and cb runs on the loop thread with the CQE's res and
+ * flags.  One op may be the user_data of several SQEs in a chain (each CQE
+ * calls cb) as long as the owner tells them apart.
+ */
+typedef struct kv__op kv__op;
+typedef void (*kv__op_cb)(kv__op *op, int res, uint32_t cqe_flags);
+struct kv__op {
+    kv__op_cb cb;
+};
+
+/* Reserved user_data values (never valid pointers). */
+#define KV__UD_IGNORE ((uint64_t)0)  /* CQE counted and dropped (cancels)  */
+#define KV__UD_WAKE ((uint64_t)1)    /* the standing eventfd read          */
+
+/*
+ * Hand out n SQEs for one submission (a linked chain must take all its SQEs
+ * in one call: space is reserved for the whole chain before any is returned,
+ * submitting what is queued first if needed, so a chain is never split
+ * across two submits).  The SQEs are zeroed-prepared by the caller with
+ * io_uring_prep_* and io_uring_sqe_set_data64(sqe, (uintptr_t)op) or
+ * KV__UD_IGNORE.  Every SQE must produce exactly one CQE (no
+ * IOSQE_CQE_SKIP_SUCCESS): the loop counts them to know it is alive.
+ * Returns KV_OK, or KV_EINVAL (n == 0 or larger than the SQ), or a negative
+ * code from a failed submit.
+ */
+int kv__loop_sqes(kv_loop *loop, struct io_uring_sqe **sqes, unsigned n);
+
+/* Submit what has been prepared now (normally the loop does it itself). */
+int kv__loop_flush(kv_loop *loop);
+
+/*
+ * Keep the loop alive without a ring op or pool job (e.g. an operation
+ * parked in a backend queue).  Balanced calls.
+ */
+void kv__loop_ref(kv_loop *loop);
+void kv__loop_unref(kv_loop *loop);
+
+/*
+ * Post a finished pool job to its loop (any thread: a worker).  The job's
+ * done callback runs on the loop thread.  Signals coalesce: the eventfd is
+ * written only when the loop may be asleep.
+ */
+typedef struct kv__job kv__job;
+void kv__loop_post(kv_loop *loop, kv__job *job);
+
+/* The ring, for feature probes (loop thread). */
+struct io_uring *kv__loop_ring(kv_loop *loop);
+/* True if the kernel supports opcode (probed at kv_loop_new). */
+bool kv__loop_has_op(const kv_loop *loop, int opcode);
+
+/* ------------------------------------------------------------------------ */
+/* pool.c                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A blocking job.  work runs on a worker thread and must not touch loop
+ * state; done runs afterwards on the submitting loop's thread with status
+ * KV_OK, or KV_ECANCELED when the job was cancelled before it started (work
+ * then never ran).  The job memory belongs to the submitter; the pool
+ * touches it no more once done has been called.
+ */
+struct kv__job {
+    void (*work)(kv__job *job);
+    void (*done)(kv__job *job, int status);
+    kv_loop *loop;     /* set by kv__pool_submit */
+    kv__job *next;     /* pool queue / loop completion list */
+    kv__job *prev;     /* pool queue */
+    int status;        /* KV_OK or KV_ECANCELED, for done */
+    int state;         /* pool-private */
+};
+
+/* Queue job on pool; done will run on loop.  Loop thread. */
+void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job);
+/*
+ * Cancel job if it has not started: it is removed from the queue and its
+ * done runs later with KV_ECANCELED (never inside this call).  Returns true
+ * if it was removed, false if it is running or finished.  Loop thread.
+ */
+bool kv__pool_cancel(kv_pool *pool, kv__job *job);
+
+/* Called by the loop thread when a posted job is taken off the list. */
+void kv__job_finish(kv__job *job);
+
+/* ------------------------------------------------------------------------ */
+/* fut.c                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A pending future with one reference (the caller's).  NULL on OOM. */
+kv_fut *kv__fut_new(kv_loop *loop);
+/* A future already failed with code; never NULL (static fallback on OOM). */
+kv_fut *kv__fut_failed(kv_loop *loop, int code, const char *fmt, ...)
+    KV__PRINTF(3, 4);
+void kv__fut_ref(kv_fut *f);
+void kv__fut_unref(kv_fut *f); /* kv_fut_free is the same for the caller */
+
+/*
+ * Complete f with status (KV_OK or negative) and an optional message (fmt
+ * may be NULL).  Its callbacks are queued to run on the loop's next turn.
+ * Returns false (and does nothing) if f was already done, e.g. cancelled;
+ * the producer must then free any result it meant to attach.
+ */
+bool kv__fut_finish(kv_fut *f, int status, const char *fmt, ...)
+    KV__PRINTF(3, 4);
+bool kv__fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap);
+
+/*
+ * Called by kv_fut_cancel while f is pending, before f completes
+ * KV_ECANCELED: stop the underlying work if possible.  The producer still
+ * finishes its own bookkeeping later; kv__fut_finish then returns false.
+ */
+void kv__fut_on_cancel(kv_fut *f, void (*fn)(kv_fut *f, void *arg), void *arg);
+
+/*
+ * Results, set before kv__fut_finish (ownership moves to the future; on a
+ * false return from kv__fut_finish the future frees them itself).  typed
+ * records hold codec objects in val, freed with codec->free_obj.
+ */
+void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
+                         const kv_codec *codec);
+void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n);
+void kv__fut_set_bool(kv_fut *f, bool v);
+void kv__fut_set_token(kv_fut *f, uint64_t token);
+void kv__fut_set_bytes(kv_fut *f, void *bytes, size_t len);
+void kv__fut_set_iter(kv_fut *f, kv_iter *it); /* freed with f unless taken */
+/* Take a kv_fut_complete_obj object out of f (NULL if none). */
+void *kv__fut_take_obj(kv_fut *f);
+/* Take records out of f (caller owns them afterwards). */
+kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
+
+/* Records: free the key and val of n records (val via codec if typed). */
+void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
+
+/* Run the loop's queue of futures whose callbacks are due.  loop.c calls. */
+bool kv__fut_run_ready(kv_loop *loop);
+
+/* Loop hooks fut.c uses (loop.c implements). */
+void kv__loop_ready_push(kv_loop *loop, kv_fut *f);
+
+/* ------------------------------------------------------------------------ */
+/* key.c: the storage encoding of keys, shared by backends.                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Encode key as the bytes of each namespace id followed by 0x00.  memcmp
+ * order of encodings (shorter first on a common prefix) equals kv_key_cmp
+ * order, and every key below k has k's encoding as a prefix.  Appends to
+ * out.  KV_OK or KV_ENOMEM.
+ */
+int kv__key_encode(const kv_key *key, kv_buf *out);
+/* Decode what kv__key_encode made.  KV_ECORRUPT on malformed bytes. */
+int kv__key_decode(kv_key **out, const void *bytes, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* store.c: the generic layer and the backend contract                      */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kv__opcode {
+    KV__OP_HAS = 1,       /* items: key -> status OK / ENOTFOUND, token     */
+    KV__OP_GET,           /* items: key -> status, val/len (if want_value), token */
+    KV__OP_PUT,           /* items: key,val,len,token -> status OK/ECONFLICT, token */
+    KV__OP_DELETE,        /* items: key,token -> status OK/ECONFLICT         */
+    KV__OP_PUT_ATOMIC,    /* as PUT; on any conflict nothing is written      */
+    KV__OP_DELETE_ATOMIC, /* as DELETE; on any conflict nothing is written   */
+    KV__OP_MOVE,          /* items: key -> key2; req status ECONFLICT on collision */
+    KV__OP_DROP,          /* items: key; deletes key and all below it        */
+    KV__OP_QUERY_OPEN,    /* iter: open a cursor for iter->q                 */
+    KV__OP_ITER_FETCH,    /* iter: fill items (status OK) with the next rows; eof */
+    KV__OP_ITER_DISPOSE   /* iter: release the cursor                        */
+} kv__opcode;
+
+typedef struct kv__item {
+    kv_key *key;   /* owned by the item */
+    kv_key *key2;  /* MOVE destination, else NULL */
+    void *val;     /* PUT input / GET and FETCH output (kv__malloc'd); owned */
+    size_t len;
+    uint64_t token; /* input CAS token; output stored/new token */
+    int status;     /* output: KV_OK, KV_ECONFLICT or KV_ENOTFOUND */
+} kv__item;
+
+/* Allocate n zeroed items; free n items with their keys and values. */
+kv__item *kv__items_new(size_t n);
+void kv__items_free(kv__item *items, size_t n);
+
+typedef struct kv__req kv__req;
+struct kv__req {
+    kv__opcode op;
+    kv_store *store;
+    kv__item *items;   /* inputs and outputs; FETCH: the backend allocates */
+    size_t n;
+    bool want_value;   /* GET/FETCH: false -> do not read values */
+    bool eof;          /* FETCH output: no rows after these */
+    bool canceled;     /* set by the store layer when the future was cancelled */
+    kv_iter *iter;     /* QUERY_OPEN, ITER_FETCH, ITER_DISPOSE */
+    void *bpriv;       /* free for the backend */
+    /* store.c private below */
+    kv_fut *fut;
+    kv__req *prev, *next;
+    int kind;
+    kv_codec codec;
+    bool typed;
+};
+
+/*
+ * The backend contract.  Every callback runs on the loop thread.  submit
+ * starts req and must call kv__req_done exactly once for it, never inside
+ * submit itself (complete from a CQE or pool done callback).  cancel (may be
+ * NULL) is a best-effort hint that req's future was cancelled.  close stops
+ * new work, completes every outstanding req (KV_ECANCELED is fine),
+ * releases cursors, descriptors and locks, then calls kv__req_done(req).
+ * destroy frees the backend state after close completed.
+ */
+#define KV__BACKEND_VERSION 1
+struct kv_backend_ops {
+    int version;
+    const char *name;
+    bool atomic_batch;
+    void (*submit)(kv_store *s, kv__req *req);
+    void (*cancel)(kv_store *s, kv__req *req);
+    void (*close)(kv_store *s, kv__req *req);
+    void (*destroy)(kv_store *s);
+};
+
+/*
+ * Backend completion: status KV_OK (see items) or a negative code for the
+ * whole request, with an optional printf message.  Loop thread.
+ */
+void kv__req_done(kv__req *req, int status, const char *fmt, ...)
+    KV__PRINTF(3, 4);
+
+/* The store handle.  Backends read the public part. */
+struct kv_store {
+    const struct kv_backend_ops *ops;
+    void *backend;       /* the backend's state */
+    kv_loop *loop;
+    kv_pool *pool;
+    unsigned flags;      /* KV_READONLY, ... */
+    /* store.c private below */
+    int state;
+    kv__req *inflight;   /* doubly linked via req->prev/next */
+    size_t ninflight;
+    kv_iter *iters;      /* live iterators */
+    kv_fut *close_fut;
+};
+
+/* Make a store over a backend (called by kv_sqlite_open / kv_fs_open). */
+int kv__store_new(kv_store **out, const struct kv_backend_ops *ops,
+                  void *backend, kv_loop *loop, kv_pool *pool, unsigned flags);
+
+/* The iterator.  Backends read q and use bpriv; the rest is store.c's. */
+struct kv_iter {
+    kv_store *store;
+    kv_query q;          /* q.key is an owned copy */
+    void *bpriv;         /* backend cursor */
+    /* store.c private below */
+    kv_iter *prev, *next;
+    int state;
+    kv_codec codec;
+    bool typed;
+    kv__item *buf;       /* fetched, not yet returned */
+    size_t nbuf, pos;
+    bool eof;
+    bool fetching;
+    struct kv__waiter *waiters, *waiters_tail;
+};
+
+/* Backends */
+extern const struct kv_backend_ops kv__sqlite_ops;
+extern const struct kv_backend_ops kv__fs_ops;
+
+#endif /* KV_INTERNAL_H */

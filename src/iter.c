@@ -1,0 +1,4 @@
+/* iter.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

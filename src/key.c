@@ -1,0 +1,4 @@
+/* key.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

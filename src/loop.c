@@ -1,0 +1,4 @@
+/* loop.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

@@ -1,0 +1,4 @@
+/* pool.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

@@ -1,0 +1,4 @@
+/* record.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

@@ -1,0 +1,4 @@
+/* sqlite.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"

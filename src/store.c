@@ -1,0 +1,4 @@
+/* store.c - placeholder, being written */
+#include "config.h"
+
+#include "internal.h"
