@@ -236,7 +236,8 @@ typedef enum kv__opcode {
     KV__OP_DROP,          /* items: key; deletes key and all below it        */
     KV__OP_QUERY_OPEN,    /* iter: open a cursor for iter->q                 */
     KV__OP_ITER_FETCH,    /* iter: fill items (status OK) with the next rows; eof */
-    KV__OP_ITER_DISPOSE   /* iter: release the cursor                        */
+    KV__OP_ITER_DISPOSE,  /* iter: release the cursor                        */
+    KV__OP_CLOSE          /* the request given to ops->close                 */
 } kv__opcode;
 
 typedef struct kv__item {
