@@ -229,7 +229,7 @@ typedef enum kv__opcode {
     KV__OP_HAS = 1,       /* items: key -> status OK / ENOTFOUND, token     */
     KV__OP_GET,           /* items: key -> status, val/len (if want_value), token */
     KV__OP_PUT,           /* items: key,val,len,token -> status OK/ECONFLICT, token */
-    KV__OP_DELETE,        /* items: key,token -> status OK/ECONFLICT         */
+    KV__OP_DELETE,        /* items: key,token -> status OK/ECONFLICT (token 0 never matches) */
     KV__OP_PUT_ATOMIC,    /* as PUT; on any conflict nothing is written      */
     KV__OP_DELETE_ATOMIC, /* as DELETE; on any conflict nothing is written   */
     KV__OP_MOVE,          /* items: key -> key2; req status ECONFLICT on collision */
@@ -270,6 +270,9 @@ struct kv__req {
     int kind;
     kv_codec codec;
     bool typed;
+    bool linked;       /* in the store's in-flight list */
+    /* completion hook for iterator and close requests (NULL: generic) */
+    void (*done)(kv__req *req, int status, const char *msg);
 };
 
 /*
@@ -312,6 +315,7 @@ struct kv_store {
     size_t ninflight;
     kv_iter *iters;      /* live iterators */
     kv_fut *close_fut;
+    kv__req *close_req;  /* allocated up front: close never fails on OOM */
 };
 
 /* Make a store over a backend (called by kv_sqlite_open / kv_fs_open). */
@@ -333,7 +337,62 @@ struct kv_iter {
     bool eof;
     bool fetching;
     struct kv__waiter *waiters, *waiters_tail;
+    kv_loop *loop;       /* survives kv_store_free */
+    bool finished;       /* a next returned the end */
+    bool freed;          /* kv_iter_free called: free when idle */
+    bool disposing;      /* ITER_DISPOSE in flight */
+    kv_fut *dispose_fut; /* internal; user dispose futures relay it */
 };
+
+/*
+ * Store-layer internals shared by store.c, iter.c and helpers.c (backends
+ * need none of these).
+ */
+/* A request with op set and no items; NULL on OOM. */
+kv__req *kv__req_new(kv_store *s, kv__opcode op);
+/* Link req in the in-flight list and call ops->submit. */
+void kv__req_submit(kv__req *req);
+/*
+ * Give req a new future (the caller's reference plus one the request holds
+ * until kv__req_free), make kv_fut_cancel on it reach ops->cancel, and submit
+ * it.  Returns the future (a failed one on OOM, req freed).
+ */
+kv_fut *kv__req_start(kv__req *req);
+/* NULL if s is open (and writable if write), else a failed future. */
+kv_fut *kv__store_check(kv_store *s, bool write);
+/* Free req's items, drop its future reference, free it. */
+void kv__req_free(kv__req *req);
+/* iter.c: on close, mark every iterator closed; on free, detach them. */
+void kv__iters_store_closing(kv_store *s);
+void kv__iters_store_freed(kv_store *s);
+/*
+ * Move an item's key, value and token into a record, decoding the value
+ * through codec (NULL: raw bytes).  value false: no value (val NULL).  On a
+ * decode error returns the codec's code, out is zeroed and the item keeps
+ * what it had.
+ */
+int kv__item_to_record(kv__item *item, kv_record *out, const kv_codec *codec,
+                       bool value);
+/* record.c: free one record's key and value (via codec if typed; the
+ * record itself is not freed) and zero it. */
+void kv__record_clear(kv_record *r, const kv_codec *codec);
+/* A future completed with status now (KV_OK: empty result). */
+kv_fut *kv__fut_done_now(kv_loop *loop, int status);
+/* Complete relay with src's status and message once src is done, holding
+ * a reference to relay meanwhile.  KV_OK or KV_ENOMEM. */
+int kv__fut_relay(kv_fut *src, kv_fut *relay);
+
+/* A set of borrowed keys (open addressing on kv_key_hash). */
+typedef struct kv__keyset {
+    const kv_key **slots;
+    size_t cap; /* a power of two, 0 if empty */
+} kv__keyset;
+/* Room for n keys.  KV_OK or KV_ENOMEM. */
+int kv__keyset_init(kv__keyset *ks, size_t n);
+/* Add key: true if it was new, false if already present. */
+bool kv__keyset_add(kv__keyset *ks, const kv_key *key);
+bool kv__keyset_has(const kv__keyset *ks, const kv_key *key);
+void kv__keyset_free(kv__keyset *ks);
 
 /* Backends */
 extern const struct kv_backend_ops kv__sqlite_ops;
