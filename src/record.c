@@ -1,35 +1,11 @@
 /*
- * record.c - records and the byte buffer codecs append to.
+ * record.c - records (kv_buf_append lives in alloc.c).
  */
 #include "config.h"
 
 #include "internal.h"
 
 #include <string.h>
-
-int kv_buf_append(kv_buf *buf, const void *data, size_t len)
-{
-    if (buf == NULL || (data == NULL && len > 0))
-        return KV_EINVAL;
-    if (len == 0)
-        return KV_OK;
-    if (len > SIZE_MAX - buf->len)
-        return KV_ENOMEM;
-    size_t need = buf->len + len;
-    if (need > buf->cap) {
-        size_t cap = buf->cap ? buf->cap : 64;
-        while (cap < need)
-            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-        unsigned char *p = kv__realloc(buf->data, cap);
-        if (p == NULL)
-            return KV_ENOMEM;
-        buf->data = p;
-        buf->cap = cap;
-    }
-    memcpy(buf->data + buf->len, data, len);
-    buf->len = need;
-    return KV_OK;
-}
 
 kv_record *kv_record_dup(const kv_record *r)
 {
