@@ -398,4 +398,19 @@ void kv__keyset_free(kv__keyset *ks);
 extern const struct kv_backend_ops kv__sqlite_ops;
 extern const struct kv_backend_ops kv__fs_ops;
 
+/*
+ * sqlite.c test hook: counters of a SQLite store since it opened (loop
+ * thread).  KV_EINVAL if s is not a SQLite store.
+ */
+struct kv__sqlite_stats {
+    uint64_t groups;      /* writer jobs that ran writes (group commits)   */
+    uint64_t write_reqs;  /* write requests those jobs ran                 */
+    uint64_t max_group;   /* most write requests in one job                */
+    uint64_t commits;     /* transactions committed                        */
+    uint64_t read_jobs;   /* reader jobs (file stores)                     */
+    uint64_t fetches;     /* ITER_FETCH requests run on a connection       */
+    uint64_t connections; /* connections made                              */
+};
+int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
+
 #endif /* KV_INTERNAL_H */
