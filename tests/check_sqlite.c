@@ -1,5 +1,965 @@
-/* placeholder suite, being written */
+/*
+ * check_sqlite.c - what only the SQLite backend promises: persistence,
+ * read-only stores, refusal of foreign files, synchronous=FULL, group commit,
+ * two opens of one file, the token counter's end, streaming queries, the
+ * snapshot of a reader connection.  The behaviour every backend shares is in
+ * check_store.c.
+ */
+#include "config.h"
+
+#include "internal.h"
 #include "testutil.h"
-START_TEST(test_placeholder) { ck_assert_int_eq(kv_err_is(KV_ENOTFOUND, KV_EBACKEND), 1); }
+
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* Fixture                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static kv_loop *loop;
+static kv_pool *pool;
+static char *dir;
+static char dbpath[4200];
+
+/* Keys made with K() live until teardown. */
+static kv_key *keys[256];
+static size_t nkeys;
+
+static void setup(void)
+{
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
+    dir = tu_mkdtemp();
+    ck_assert_ptr_nonnull(dir);
+    snprintf(dbpath, sizeof dbpath, "%s/store.db", dir);
+    nkeys = 0;
+}
+
+static void teardown(void)
+{
+    for (size_t i = 0; i < nkeys; i++)
+        kv_key_free(keys[i]);
+    nkeys = 0;
+    kv_pool_free(pool);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+static const kv_key *K(const char *path)
+{
+    kv_key *k = NULL;
+    ck_assert_kv(kv_key_parse(&k, path), KV_OK);
+    ck_assert_uint_lt(nkeys, KV__ARRAY_SIZE(keys));
+    keys[nkeys++] = k;
+    return k;
+}
+
+static kv_store *open_store(const char *path, unsigned flags)
+{
+    kv_store *s = NULL;
+    int rc = kv_sqlite_open(&s, loop, pool, path, flags);
+    ck_assert_msg(rc == KV_OK, "open %s: %s: %s", path, kv_err_name(rc),
+                  kv_last_errmsg());
+    return s;
+}
+
+static void close_store(kv_store *s)
+{
+    kv_fut *f = kv_close(s);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_store_free(s);
+}
+
+/* Put val (a string) with token; returns the new token. */
+static uint64_t put(kv_store *s, const char *key, const char *val,
+                    uint64_t token)
+{
+    kv_record r = {(kv_key *)K(key), (void *)val, strlen(val), token};
+    kv_fut *f = kv_put(s, &r, NULL);
+    int rc = kv_wait(f);
+    ck_assert_msg(rc == KV_OK, "put %s: %s: %s", key, kv_err_name(rc),
+                  kv_fut_errmsg(f));
+    uint64_t t = kv_fut_token(f);
+    ck_assert_uint_ne(t, 0);
+    kv_fut_free(f);
+    return t;
+}
+
+static int put_rc(kv_store *s, const char *key, const char *val,
+                  uint64_t token)
+{
+    kv_record r = {(kv_key *)K(key), (void *)val, strlen(val), token};
+    kv_fut *f = kv_put(s, &r, NULL);
+    int rc = kv_wait(f);
+    kv_fut_free(f);
+    return rc;
+}
+
+/* Get key: its value must be want (NULL: absent); returns the token. */
+static uint64_t get_is(kv_store *s, const char *key, const char *want)
+{
+    kv_fut *f = kv_get(s, K(key), NULL);
+    int rc = kv_wait(f);
+    if (want == NULL) {
+        ck_assert_kv(rc, KV_ENOTFOUND);
+        kv_fut_free(f);
+        return 0;
+    }
+    ck_assert_msg(rc == KV_OK, "get %s: %s: %s", key, kv_err_name(rc),
+                  kv_fut_errmsg(f));
+    const kv_record *r = kv_fut_record(f);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->len, strlen(want));
+    ck_assert(memcmp(r->val, want, r->len) == 0);
+    uint64_t t = r->token;
+    kv_fut_free(f);
+    return t;
+}
+
+static void sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+static struct kv__sqlite_stats stats(kv_store *s)
+{
+    struct kv__sqlite_stats st;
+    ck_assert_kv(kv__sqlite_stats(s, &st), KV_OK);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Open                                                                     */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_open_args)
+{
+    kv_store *s = NULL;
+    ck_assert_kv(kv_sqlite_open(NULL, loop, pool, dbpath, 0), KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, NULL, pool, dbpath, 0), KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, loop, NULL, dbpath, 0), KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, NULL, 0), KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, "", 0), KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0x100), KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath,
+                                KV_SYNC_FULL | KV_NO_FSYNC),
+                 KV_EINVAL);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, KV_SQLITE_MEMORY,
+                                KV_READONLY),
+                 KV_EINVAL);
+    ck_assert_ptr_null(s);
+    ck_assert(access(dbpath, F_OK) != 0); /* nothing was created */
+}
 END_TEST
-int main(void) { Suite *s = suite_create("sqlite"); TCase *tc = tcase_create("x"); tcase_add_test(tc, test_placeholder); suite_add_tcase(s, tc); return tu_run(s); }
+
+START_TEST(test_open_not_a_database)
+{
+    FILE *fp = fopen(dbpath, "w");
+    ck_assert_ptr_nonnull(fp);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not an SQLite database, just some text\n", fp);
+    fclose(fp);
+    for (int ro = 0; ro < 2; ro++) {
+        kv_store *s = NULL;
+        int rc = kv_sqlite_open(&s, loop, pool, dbpath, ro ? KV_READONLY : 0);
+        ck_assert_msg(kv_err_is(rc, KV_EBACKEND), "got %s", kv_err_name(rc));
+        ck_assert_ptr_null(s);
+        ck_assert_msg(strstr(kv_last_errmsg(), "not a database") != NULL,
+                      "message: %s", kv_last_errmsg());
+    }
+}
+END_TEST
+
+START_TEST(test_open_foreign_database)
+{
+    sql_exec(dbpath, "CREATE TABLE other(x); INSERT INTO other VALUES(1);");
+    kv_store *s = NULL;
+    int rc = kv_sqlite_open(&s, loop, pool, dbpath, KV_READONLY);
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_msg(strstr(kv_last_errmsg(), "not a kvstore database") != NULL,
+                  "message: %s", kv_last_errmsg());
+}
+END_TEST
+
+START_TEST(test_open_future_format)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    close_store(s);
+    sql_exec(dbpath, "UPDATE kv_meta SET value = 2 WHERE name = 'format'");
+    s = NULL;
+    int rc = kv_sqlite_open(&s, loop, pool, dbpath, 0);
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_msg(strstr(kv_last_errmsg(), "format 2") != NULL, "message: %s",
+                  kv_last_errmsg());
+    sql_exec(dbpath, "DELETE FROM kv_meta WHERE name = 'token'");
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EBACKEND);
+    sql_exec(dbpath, "UPDATE kv_meta SET value = 1 WHERE name = 'format'");
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_ECORRUPT);
+}
+END_TEST
+
+START_TEST(test_file_is_wal)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st,
+                                        NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_str_eq((const char *)sqlite3_column_text(st, 0), "wal");
+    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    close_store(s);
+    ck_assert_str_eq(kv_store_backend(s = open_store(dbpath, 0)), "sqlite");
+    close_store(s);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Persistence and tokens                                                   */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_persistence)
+{
+    kv_store *s = open_store(dbpath, 0);
+    uint64_t ta = put(s, "/a", "alpha", 0);
+    uint64_t tb = put(s, "/a/b", "beta", 0);
+    uint64_t tc = put(s, "/c", "gamma", 0);
+    ta = put(s, "/a", "alpha2", ta);
+    close_store(s);
+
+    s = open_store(dbpath, 0);
+    ck_assert_uint_eq(get_is(s, "/a", "alpha2"), ta);
+    ck_assert_uint_eq(get_is(s, "/a/b", "beta"), tb);
+    ck_assert_uint_eq(get_is(s, "/c", "gamma"), tc);
+    /* Tokens keep growing after a reopen. */
+    uint64_t td = put(s, "/d", "delta", 0);
+    ck_assert_uint_gt(td, ta);
+    ck_assert_uint_gt(td, tc);
+    /* The old token of /a is stale, the current one works. */
+    ck_assert_kv(put_rc(s, "/a", "x", ta - 1), KV_ECONFLICT);
+    put(s, "/a", "alpha3", ta);
+    close_store(s);
+}
+END_TEST
+
+START_TEST(test_tokens_never_repeat)
+{
+    uint64_t seen[64];
+    size_t nseen = 0;
+    kv_store *s = open_store(dbpath, 0);
+    for (int round = 0; round < 8; round++) {
+        uint64_t t = put(s, "/k", "v", 0);
+        for (size_t i = 0; i < nseen; i++)
+            ck_assert_uint_ne(seen[i], t);
+        seen[nseen++] = t;
+        t = put(s, "/k", "w", t);
+        for (size_t i = 0; i < nseen; i++)
+            ck_assert_uint_ne(seen[i], t);
+        seen[nseen++] = t;
+        kv_fut *f = kv_delete(s, K("/k"), t);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_fut_free(f);
+        if (round % 2 == 1) { /* and across reopen */
+            close_store(s);
+            s = open_store(dbpath, 0);
+        }
+    }
+    close_store(s);
+}
+END_TEST
+
+START_TEST(test_sync_full)
+{
+    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    uint64_t t = put(s, "/durable", "yes", 0);
+    close_store(s);
+    s = open_store(dbpath, KV_SYNC_FULL);
+    ck_assert_uint_eq(get_is(s, "/durable", "yes"), t);
+    close_store(s);
+    s = open_store(dbpath, KV_NO_FSYNC);
+    put(s, "/fast", "yes", 0);
+    close_store(s);
+}
+END_TEST
+
+START_TEST(test_token_overflow)
+{
+    kv_store *s = open_store(dbpath, 0);
+    uint64_t t = put(s, "/a", "1", 0);
+    close_store(s);
+    char sql[128];
+    snprintf(sql, sizeof sql,
+             "UPDATE kv_meta SET value = %" PRId64 " WHERE name = 'token'",
+             INT64_MAX - 1);
+    sql_exec(dbpath, sql);
+
+    s = open_store(dbpath, 0);
+    uint64_t t2 = put(s, "/a", "2", t); /* takes INT64_MAX */
+    ck_assert_uint_eq(t2, (uint64_t)INT64_MAX);
+    kv_fut *f;
+    kv_record r = {(kv_key *)K("/a"), "3", 1, t2};
+    f = kv_put(s, &r, NULL);
+    ck_assert_kv(kv_wait(f), KV_ECORRUPT);
+    ck_assert_msg(strstr(kv_fut_errmsg(f), "INT64_MAX") != NULL, "%s",
+                  kv_fut_errmsg(f));
+    kv_fut_free(f);
+    ck_assert_kv(put_rc(s, "/b", "new", 0), KV_ECORRUPT);
+    /* Nothing was written, reads and deletes still work. */
+    ck_assert_uint_eq(get_is(s, "/a", "2"), t2);
+    get_is(s, "/b", NULL);
+    f = kv_delete(s, K("/a"), t2);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    ck_assert_kv(put_rc(s, "/a", "again", 0), KV_ECORRUPT); /* no wrap */
+    close_store(s);
+}
+END_TEST
+
+/* A counter below 0 or of the wrong type is corruption, not a reset. */
+START_TEST(test_token_counter_corrupt)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    close_store(s);
+    sql_exec(dbpath, "UPDATE kv_meta SET value = -5 WHERE name = 'token'");
+    s = NULL;
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_ECORRUPT);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Read-only                                                                */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_readonly)
+{
+    kv_store *s = open_store(dbpath, 0);
+    uint64_t t = put(s, "/a", "1", 0);
+    put(s, "/a/b", "2", 0);
+    close_store(s);
+
+    kv_store *ro = open_store(dbpath, KV_READONLY);
+    ck_assert_uint_eq(get_is(ro, "/a", "1"), t);
+    kv_fut *f = kv_has(ro, K("/a/b"));
+    ck_assert_kv(kv_wait(f), KV_OK);
+    ck_assert(kv_fut_bool(f));
+    kv_fut_free(f);
+
+    ck_assert_kv(put_rc(ro, "/a", "x", t), KV_EREADONLY);
+    ck_assert_kv(put_rc(ro, "/new", "x", 0), KV_EREADONLY);
+    f = kv_delete(ro, K("/a"), t);
+    ck_assert_kv(kv_wait(f), KV_EREADONLY);
+    kv_fut_free(f);
+    const kv_key *drop[] = {K("/a")};
+    f = kv_drop_prefix(ro, drop, 1);
+    ck_assert_kv(kv_wait(f), KV_EREADONLY);
+    kv_fut_free(f);
+
+    kv_query q = kv_query_init(K("/"));
+    f = kv_query_open(ro, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, 2);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    close_store(ro);
+
+    /* Nothing changed. */
+    s = open_store(dbpath, 0);
+    ck_assert_uint_eq(get_is(s, "/a", "1"), t);
+    close_store(s);
+}
+END_TEST
+
+START_TEST(test_readonly_missing)
+{
+    kv_store *s = NULL;
+    int rc = kv_sqlite_open(&s, loop, pool, dbpath, KV_READONLY);
+    ck_assert_kv(rc, KV_EREADONLY);
+    ck_assert_ptr_null(s);
+    ck_assert_msg(strstr(kv_last_errmsg(), "store.db") != NULL, "message: %s",
+                  kv_last_errmsg());
+    ck_assert(access(dbpath, F_OK) != 0);
+}
+END_TEST
+
+/* A read-only store sees what a writer commits meanwhile. */
+START_TEST(test_readonly_sees_writer)
+{
+    kv_store *w = open_store(dbpath, 0);
+    put(w, "/a", "1", 0);
+    kv_store *ro = open_store(dbpath, KV_READONLY);
+    get_is(ro, "/a", "1");
+    uint64_t t = put(w, "/b", "2", 0);
+    ck_assert_uint_eq(get_is(ro, "/b", "2"), t);
+    close_store(ro);
+    close_store(w);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Group commit                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void group_commit(const char *path)
+{
+    enum { N = 1000 };
+    kv_store *s = open_store(path, 0);
+    struct kv__sqlite_stats before = stats(s);
+    kv_fut *fs[N];
+    for (int i = 0; i < N; i++) {
+        char name[32], val[32];
+        snprintf(name, sizeof name, "/g/%04d", i);
+        snprintf(val, sizeof val, "v%d", i);
+        kv_key *k = NULL;
+        ck_assert_kv(kv_key_parse(&k, name), KV_OK);
+        fs[i] = kv_put_value(s, k, val, strlen(val), NULL);
+        kv_key_free(k);
+    }
+    uint64_t last = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_kv(kv_wait(fs[i]), KV_OK);
+        uint64_t t = kv_fut_token(fs[i]);
+        ck_assert_uint_gt(t, last); /* in submission order */
+        last = t;
+        kv_fut_free(fs[i]);
+    }
+    struct kv__sqlite_stats after = stats(s);
+    uint64_t commits = after.commits - before.commits;
+    ck_assert_uint_eq(after.write_reqs - before.write_reqs, N);
+    ck_assert_msg(commits <= 20, "%" PRIu64 " commits for %d puts", commits,
+                  N);
+    ck_assert_uint_ge(after.max_group, N / 2);
+    /* Each put kept its own result: every value is there. */
+    kv_query q = kv_query_init(K("/g"));
+    q.value = false;
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, N);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    close_store(s);
+}
+
+START_TEST(test_group_commit_file) { group_commit(dbpath); }
+END_TEST
+
+START_TEST(test_group_commit_memory) { group_commit(KV_SQLITE_MEMORY); }
+END_TEST
+
+/* In one group: a conflicting atomic batch rolls back alone, and each
+ * request keeps its own result. */
+START_TEST(test_group_mixed_results)
+{
+    kv_store *s = open_store(dbpath, 0);
+    uint64_t t = put(s, "/x", "0", 0);
+    kv_record ok1 = {(kv_key *)K("/y"), "y", 1, 0};
+    kv_record stale = {(kv_key *)K("/x"), "bad", 3, t + 1000};
+    kv_record atomic[2] = {{(kv_key *)K("/z1"), "z", 1, 0},
+                           {(kv_key *)K("/x"), "z", 1, 0}};
+    kv_record ok2 = {(kv_key *)K("/x"), "1", 1, t};
+    kv_fut *f1 = kv_put(s, &ok1, NULL);
+    kv_fut *f2 = kv_put(s, &stale, NULL);
+    kv_fut *f3 = kv_put_atomic(s, atomic, 2, NULL);
+    kv_fut *f4 = kv_put(s, &ok2, NULL);
+    ck_assert_kv(kv_wait(f1), KV_OK);
+    ck_assert_kv(kv_wait(f2), KV_ECONFLICT);
+    ck_assert_kv(kv_wait(f3), KV_OK);
+    size_t n = 0;
+    const kv_key *const *conf = kv_fut_keys(f3, &n);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(kv_key_id(conf[0]), "/x");
+    ck_assert_kv(kv_wait(f4), KV_OK);
+    kv_fut_free(f1);
+    kv_fut_free(f2);
+    kv_fut_free(f3);
+    kv_fut_free(f4);
+    get_is(s, "/z1", NULL); /* rolled back */
+    get_is(s, "/x", "1");
+    get_is(s, "/y", "y");
+    close_store(s);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Two opens of one file: CAS increments lose nothing                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct incr {
+    kv_store *s;
+    const kv_key *key;
+    int left;      /* increments still to make */
+    int conflicts;
+    int errors;
+    uint64_t token;
+    long value;
+} incr;
+
+static void incr_get(incr *w);
+
+static void incr_put_done(kv_fut *f, void *arg)
+{
+    incr *w = arg;
+    int rc = kv_fut_status(f);
+    kv_fut_free(f);
+    if (rc == KV_OK)
+        w->left--;
+    else if (rc == KV_ECONFLICT)
+        w->conflicts++;
+    else
+        w->errors++;
+    if (w->left > 0 && w->errors == 0)
+        incr_get(w);
+}
+
+static void incr_get_done(kv_fut *f, void *arg)
+{
+    incr *w = arg;
+    const kv_record *r = kv_fut_record(f);
+    if (kv_fut_status(f) != KV_OK || r == NULL) {
+        w->errors++;
+        kv_fut_free(f);
+        return;
+    }
+    char buf[32];
+    size_t n = r->len < sizeof buf - 1 ? r->len : sizeof buf - 1;
+    memcpy(buf, r->val, n);
+    buf[n] = '\0';
+    long v = strtol(buf, NULL, 10) + 1;
+    kv_record nr = {(kv_key *)w->key, buf, 0, r->token};
+    snprintf(buf, sizeof buf, "%ld", v);
+    nr.len = strlen(buf);
+    kv_fut *pf = kv_put(w->s, &nr, NULL);
+    kv_fut_free(f);
+    ck_assert_kv(kv_fut_then(pf, incr_put_done, w), KV_OK);
+}
+
+static void incr_get(incr *w)
+{
+    kv_fut *f = kv_get(w->s, w->key, NULL);
+    ck_assert_kv(kv_fut_then(f, incr_get_done, w), KV_OK);
+}
+
+START_TEST(test_two_opens_no_lost_update)
+{
+    enum { WORKERS = 8, EACH = 60 };
+    kv_store *a = open_store(dbpath, 0);
+    kv_store *b = open_store(dbpath, 0);
+    put(a, "/counter", "0", 0);
+    incr w[WORKERS];
+    for (int i = 0; i < WORKERS; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].s = i % 2 ? b : a;
+        w[i].key = K("/counter");
+        w[i].left = EACH;
+        incr_get(&w[i]);
+    }
+    while (kv_loop_run(loop, KV_RUN_ONCE) > 0) {
+        bool busy = false;
+        for (int i = 0; i < WORKERS; i++)
+            busy |= w[i].left > 0 && w[i].errors == 0;
+        if (!busy)
+            break;
+    }
+    int conflicts = 0;
+    for (int i = 0; i < WORKERS; i++) {
+        ck_assert_int_eq(w[i].errors, 0);
+        ck_assert_int_eq(w[i].left, 0);
+        conflicts += w[i].conflicts;
+    }
+    char want[32];
+    snprintf(want, sizeof want, "%d", WORKERS * EACH);
+    get_is(a, "/counter", want);
+    get_is(b, "/counter", want);
+    /* Tokens from both opens come from one counter: none repeats. */
+    uint64_t ta = put(a, "/t1", "x", 0), tb = put(b, "/t2", "x", 0);
+    ck_assert_uint_ne(ta, tb);
+    close_store(a);
+    close_store(b);
+    (void)conflicts;
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Streaming queries                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void fill(kv_store *s, const char *prefix, int n)
+{
+    enum { BATCH = 1000 };
+    kv_record *recs = calloc(BATCH, sizeof *recs);
+    char (*vals)[32] = calloc(BATCH, sizeof *vals);
+    ck_assert_ptr_nonnull(recs);
+    ck_assert_ptr_nonnull(vals);
+    for (int base = 0; base < n; base += BATCH) {
+        int m = n - base < BATCH ? n - base : BATCH;
+        for (int i = 0; i < m; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s/%07d", prefix, base + i);
+            ck_assert_kv(kv_key_parse(&recs[i].key, name), KV_OK);
+            snprintf(vals[i], sizeof vals[i], "value-%d", base + i);
+            recs[i].val = vals[i];
+            recs[i].len = strlen(vals[i]);
+            recs[i].token = 0;
+        }
+        kv_fut *f = kv_put_many(s, recs, (size_t)m, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        size_t nskip = 0;
+        kv_fut_keys(f, &nskip);
+        ck_assert_uint_eq(nskip, 0);
+        kv_fut_free(f);
+        for (int i = 0; i < m; i++)
+            kv_key_free(recs[i].key);
+    }
+    free(recs);
+    free(vals);
+}
+
+static void stream(const char *path, int n)
+{
+    kv_store *s = open_store(path, KV_NO_FSYNC);
+    fill(s, "/big", n);
+    put(s, "/bigger", "not below /big", 0);
+    struct kv__sqlite_stats before = stats(s);
+    for (int desc = 0; desc < 2; desc++) {
+        kv_query q = kv_query_init(K("/big"));
+        q.sort = desc ? KV_SORT_DESC : KV_SORT_ASC;
+        kv_fut *f = kv_query_open(s, &q, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_iter *it = kv_fut_take_iter(f);
+        kv_fut_free(f);
+        int i = 0;
+        for (;;) {
+            f = kv_iter_next(it);
+            ck_assert_kv(kv_wait(f), KV_OK);
+            const kv_record *r = kv_fut_record(f);
+            if (r == NULL) {
+                kv_fut_free(f);
+                break;
+            }
+            int idx = desc ? n - 1 - i : i;
+            char want[64];
+            snprintf(want, sizeof want, "/big/%07d", idx);
+            ck_assert_str_eq(kv_key_id(r->key), want);
+            snprintf(want, sizeof want, "value-%d", idx);
+            ck_assert_uint_eq(r->len, strlen(want));
+            ck_assert(memcmp(r->val, want, r->len) == 0);
+            kv_fut_free(f);
+            i++;
+        }
+        ck_assert_int_eq(i, n);
+        ck_assert(kv_iter_finished(it));
+        kv_iter_free(it);
+    }
+    struct kv__sqlite_stats after = stats(s);
+    /* Fetched in chunks: at least n / 256 fetches per pass. */
+    ck_assert_uint_ge(after.fetches - before.fetches, 2 * (uint64_t)n / 256);
+    close_store(s);
+}
+
+START_TEST(test_stream_file) { stream(dbpath, 100000); }
+END_TEST
+
+START_TEST(test_stream_memory) { stream(KV_SQLITE_MEMORY, 20000); }
+END_TEST
+
+/* A cursor's snapshot never leaks into later reads, and reads run while
+ * a query holds its connection. */
+START_TEST(test_cursor_isolation)
+{
+    kv_store *s = open_store(dbpath, 0);
+    fill(s, "/q", 1000);
+    kv_query q = kv_query_init(K("/q"));
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_next(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    ck_assert_str_eq(kv_key_id(kv_fut_record(f)->key), "/q/0000000");
+    kv_fut_free(f);
+    /* Writes after the cursor opened are visible to plain reads at once. */
+    for (int i = 0; i < 20; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/new/%d", i);
+        uint64_t t = put(s, name, "fresh", 0);
+        ck_assert_uint_eq(get_is(s, name, "fresh"), t);
+    }
+    /* The iterator goes on to its end. */
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, 999);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    close_store(s);
+}
+END_TEST
+
+/* Close with live cursors on reader connections releases them. */
+START_TEST(test_close_with_cursors)
+{
+    kv_store *s = open_store(dbpath, 0);
+    fill(s, "/c", 2000);
+    kv_iter *its[5];
+    for (int i = 0; i < 5; i++) {
+        kv_query q = kv_query_init(K("/c"));
+        q.value = i % 2 == 0;
+        kv_fut *f = kv_query_open(s, &q, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        its[i] = kv_fut_take_iter(f);
+        kv_fut_free(f);
+        f = kv_iter_next(its[i]);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_fut_free(f);
+    }
+    ck_assert_uint_ge(stats(s).connections, 6);
+    kv_fut *f = kv_close(s);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    f = kv_iter_next(its[0]);
+    ck_assert_kv(kv_wait(f), KV_EITER);
+    kv_fut_free(f);
+    for (int i = 0; i < 5; i++)
+        kv_iter_free(its[i]);
+    kv_store_free(s);
+    /* The file is whole: reopen and count. */
+    s = open_store(dbpath, 0);
+    kv_query q = kv_query_init(K("/c"));
+    f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, 2000);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    close_store(s);
+}
+END_TEST
+
+/* Close with a thousand writes in flight: each completes, OK or canceled,
+ * and a write is all or nothing. */
+START_TEST(test_close_in_flight)
+{
+    enum { N = 1000 };
+    kv_store *s = open_store(dbpath, 0);
+    kv_fut *fs[N];
+    for (int i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/f/%04d", i);
+        kv_record recs[2] = {{NULL, "a", 1, 0}, {NULL, "b", 1, 0}};
+        ck_assert_kv(kv_key_parse(&recs[0].key, name), KV_OK);
+        ck_assert_kv(kv_key_child_str(&recs[1].key, recs[0].key, "x"), KV_OK);
+        fs[i] = kv_put_atomic(s, recs, 2, NULL);
+        kv_key_free(recs[0].key);
+        kv_key_free(recs[1].key);
+    }
+    kv_fut *cf = kv_close(s);
+    ck_assert_kv(kv_wait(cf), KV_OK);
+    kv_fut_free(cf);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert(kv_fut_done(fs[i]));
+        int rc = kv_fut_status(fs[i]);
+        ck_assert_msg(rc == KV_OK || rc == KV_ECANCELED, "got %s",
+                      kv_err_name(rc));
+        ok += rc == KV_OK;
+        kv_fut_free(fs[i]);
+    }
+    kv_store_free(s);
+    s = open_store(dbpath, 0);
+    kv_query q = kv_query_init(K("/f"));
+    q.value = false;
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    ck_assert_uint_eq(n % 2, 0); /* never half a batch */
+    ck_assert_uint_ge(n, 2 * (size_t)ok);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    close_store(s);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Move                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static int move(kv_store *s, const char *from, const char *to)
+{
+    const kv_key *f1[] = {K(from)}, *t1[] = {K(to)};
+    kv_fut *f = kv_move_prefix_atomic(s, f1, t1, 1);
+    int rc = kv_wait(f);
+    kv_fut_free(f);
+    return rc;
+}
+
+START_TEST(test_move_swap_and_overlap)
+{
+    kv_store *s = open_store(KV_SQLITE_MEMORY, 0);
+    uint64_t ta = put(s, "/a", "A", 0);
+    put(s, "/a/1", "A1", 0);
+    put(s, "/b", "B", 0);
+    put(s, "/b/2", "B2", 0);
+    /* A swap: each destination is being moved away. */
+    const kv_key *from[] = {K("/a"), K("/b")}, *to[] = {K("/b"), K("/a")};
+    kv_fut *f = kv_move_prefix_atomic(s, from, to, 2);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    get_is(s, "/a", "B");
+    get_is(s, "/a/2", "B2");
+    get_is(s, "/b/1", "A1");
+    uint64_t tb = get_is(s, "/b", "A");
+    ck_assert_uint_gt(tb, ta); /* a fresh token */
+    get_is(s, "/a/1", NULL);
+    /* Moving below itself is refused by the store layer. */
+    ck_assert_kv(move(s, "/b", "/b/x"), KV_EINVAL);
+    get_is(s, "/b", "A");
+    /* A move onto a free prefix renames the whole subtree. */
+    ck_assert_kv(move(s, "/b", "/d/e"), KV_OK);
+    get_is(s, "/d/e", "A");
+    get_is(s, "/d/e/1", "A1");
+    get_is(s, "/b", NULL);
+    /* A collision moves nothing. */
+    put(s, "/c/2", "C2", 0);
+    ck_assert_kv(move(s, "/a", "/c"), KV_ECONFLICT);
+    get_is(s, "/a", "B");
+    get_is(s, "/a/2", "B2");
+    get_is(s, "/c", NULL);
+    /* Overlapping sources are refused. */
+    const kv_key *of[] = {K("/a"), K("/a/2")}, *ot[] = {K("/x"), K("/y")};
+    f = kv_move_prefix_atomic(s, of, ot, 2);
+    ck_assert_kv(kv_wait(f), KV_EINVAL);
+    kv_fut_free(f);
+    get_is(s, "/a/2", "B2");
+    close_store(s);
+}
+END_TEST
+
+/* Keys that look like patterns match only themselves; prefix ranges stop at
+ * namespace boundaries. */
+START_TEST(test_prefix_ranges)
+{
+    kv_store *s = open_store(dbpath, 0);
+    const char *names[] = {"/a",   "/a/b", "/a-b", "/ab",  "/a%",
+                           "/a_",  "/a*",  "/a?",  "/a[", "/a/%/x"};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(names); i++)
+        put(s, names[i], names[i], 0);
+    struct {
+        const char *q;
+        size_t n;
+    } cases[] = {{"/a", 3}, {"/a%", 1}, {"/a_", 1}, {"/a*", 1},
+                 {"/a[", 1}, {"/", 10}, {"/a/%", 1}, {"/zz", 0}};
+    for (size_t c = 0; c < KV__ARRAY_SIZE(cases); c++) {
+        kv_query q = kv_query_init(K(cases[c].q));
+        kv_fut *f = kv_query_open(s, &q, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_iter *it = kv_fut_take_iter(f);
+        kv_fut_free(f);
+        f = kv_iter_fetch_all(it);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        size_t n = 0;
+        kv_fut_records(f, &n);
+        ck_assert_msg(n == cases[c].n, "query %s: %zu records, want %zu",
+                      cases[c].q, n, cases[c].n);
+        kv_fut_free(f);
+        kv_iter_free(it);
+    }
+    const kv_key *drop[] = {K("/a")};
+    kv_fut *f = kv_drop_prefix(s, drop, 1);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    get_is(s, "/a/%/x", NULL);
+    get_is(s, "/a-b", "/a-b");
+    get_is(s, "/ab", "/ab");
+    close_store(s);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+
+int main(void)
+{
+    Suite *su = suite_create("sqlite");
+    TCase *tc = tcase_create("open");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_open_args);
+    tcase_add_test(tc, test_open_not_a_database);
+    tcase_add_test(tc, test_open_foreign_database);
+    tcase_add_test(tc, test_open_future_format);
+    tcase_add_test(tc, test_file_is_wal);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("persistence");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_persistence);
+    tcase_add_test(tc, test_tokens_never_repeat);
+    tcase_add_test(tc, test_sync_full);
+    tcase_add_test(tc, test_token_overflow);
+    tcase_add_test(tc, test_token_counter_corrupt);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("readonly");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_readonly);
+    tcase_add_test(tc, test_readonly_missing);
+    tcase_add_test(tc, test_readonly_sees_writer);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("concurrency");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_group_commit_file);
+    tcase_add_test(tc, test_group_commit_memory);
+    tcase_add_test(tc, test_group_mixed_results);
+    tcase_add_test(tc, test_two_opens_no_lost_update);
+    tcase_add_test(tc, test_close_in_flight);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("query");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_stream_file);
+    tcase_add_test(tc, test_stream_memory);
+    tcase_add_test(tc, test_cursor_isolation);
+    tcase_add_test(tc, test_close_with_cursors);
+    tcase_add_test(tc, test_move_swap_and_overlap);
+    tcase_add_test(tc, test_prefix_ranges);
+    suite_add_tcase(su, tc);
+    return tu_run(su);
+}
