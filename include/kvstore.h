@@ -301,21 +301,30 @@ KV_EXTERN void kv_fut_fail(kv_fut *fut, int code, const char *msg);
 /*
  * A namespace: one segment of a key, "field:value" or "value".  Both strings
  * are heap strings owned by the struct (field is "" when absent), released
- * by kv_ns_free.  Neither may contain ':' or '/'; surrounding whitespace is
- * stripped; value must not be empty.
+ * by kv_ns_free.  Neither may contain ':' or '/'; surrounding whitespace
+ * (" \t\n\v\f\r", whatever the locale) is stripped; value must not be
+ * empty.  Every other byte, control bytes and bytes >= 0x80 included, is
+ * allowed (backends escape what their storage cannot hold).  So ":v" is
+ * value "v" with no field, while "f:", ":" and "" are KV_EINVAL.
  */
 typedef struct kv_ns {
     char *field;
     char *value;
 } kv_ns;
 
-/* Parse "field:value" or "value".  KV_EINVAL on a bad id, KV_ENOMEM. */
+/*
+ * Parse "field:value" or "value".  KV_EINVAL on a bad id (kv_last_errmsg
+ * says why), KV_ENOMEM; *out is untouched on error (also for kv_ns_init).
+ */
 KV_EXTERN int kv_ns_parse(kv_ns *out, const char *id);
 /* From separate parts; field may be NULL or "".  KV_EINVAL, KV_ENOMEM. */
 KV_EXTERN int kv_ns_init(kv_ns *out, const char *field, const char *value);
 /* Release out's strings and zero it.  NULL-safe. */
 KV_EXTERN void kv_ns_free(kv_ns *ns);
-/* "field:value" or "value" as a new heap string (caller frees); NULL on OOM. */
+/*
+ * "field:value" or "value" as a new heap string (caller frees); NULL on OOM
+ * or NULL ns.
+ */
 KV_EXTERN char *kv_ns_id(const kv_ns *ns);
 
 /*
@@ -327,8 +336,12 @@ KV_EXTERN char *kv_ns_id(const kv_ns *ns);
  * segments that are empty after stripping (including ":"), and parses each
  * as a namespace; so "///a///b///" is "/a/b" and kv_key_parse(kv_key_id(k))
  * equals k.  Functions that make a key take kv_key **out first and return
- * KV_OK, KV_EINVAL (invalid input) or KV_ENOMEM; *out is untouched on error.
- * Accessors return views valid while the key lives.
+ * KV_OK, KV_EINVAL (invalid input or a NULL argument; parse failures set
+ * kv_last_errmsg) or KV_ENOMEM; *out is untouched on error.  Accessors
+ * return views valid while the key lives and safe defaults (0, NULL, "",
+ * false) for a NULL key.  The namespaces of a key are contiguous
+ * (kv_key_ns(k, 0) points to kv_key_len(k) of them) and must not be passed
+ * to kv_ns_free.
  */
 KV_EXTERN int kv_key_parse(kv_key **out, const char *path);
 /* From n namespaces (validated as kv_ns_init does). */
@@ -372,7 +385,7 @@ KV_EXTERN int kv_key_child_key(kv_key **out, const kv_key *key,
 /* key followed by the parsed path string ("b/c:d"). */
 KV_EXTERN int kv_key_child_str(kv_key **out, const kv_key *key,
                                const char *path);
-/* 24 random lowercase hex characters and a NUL into out. */
+/* 24 random lowercase hex chars (96 bits, getrandom(2)) and a NUL into out. */
 KV_EXTERN void kv_key_random(char out[25]);
 /*
  * key relative to ancestor: "/a/b/c" relative to "/a" is "/b/c"; a key
@@ -385,6 +398,7 @@ KV_EXTERN int kv_key_relative(kv_key **out, const kv_key *key,
 KV_EXTERN bool kv_key_is_ancestor(const kv_key *key, const kv_key *other);
 /* True if key lies strictly below other. */
 KV_EXTERN bool kv_key_is_descendant(const kv_key *key, const kv_key *other);
+/* NULL equals only NULL and sorts before every key in kv_key_cmp. */
 KV_EXTERN bool kv_key_equal(const kv_key *a, const kv_key *b);
 /*
  * Namespace-wise order, the order queries return: namespace by namespace,
