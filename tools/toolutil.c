@@ -1,0 +1,454 @@
+/*
+ * toolutil.c - helpers shared by kvbench and kvctl.  See toolutil.h.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include "toolutil.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------------ */
+/* URIs                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static const struct {
+    const char *prefix;
+    tu_backend kind;
+} uri_prefixes[] = {
+    {"sqlite-raw:", TU_SQLITE_RAW},
+    {"sqlite:", TU_SQLITE},
+    {"fs:", TU_FS},
+    {"lmdb:", TU_LMDB},
+    {"rocksdb:", TU_ROCKSDB},
+};
+
+int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < sizeof uri_prefixes / sizeof uri_prefixes[0]; i++) {
+        size_t pl = strlen(uri_prefixes[i].prefix);
+        if (strncmp(uri, uri_prefixes[i].prefix, pl) != 0)
+            continue;
+        const char *path = uri + pl;
+        out->kind = uri_prefixes[i].kind;
+        if (out->kind == TU_SQLITE &&
+            (strcmp(path, "memory") == 0 || strcmp(path, ":memory:") == 0)) {
+            out->kind = TU_SQLITE_MEM;
+            return 0;
+        }
+        if (*path == '\0') {
+            snprintf(err, errlen, "store URI '%s' has no path", uri);
+            return -1;
+        }
+        out->path = strdup(path);
+        if (!out->path) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    snprintf(err, errlen,
+             "unknown store URI '%s' (expected sqlite:memory, sqlite:PATH, "
+             "fs:PATH, sqlite-raw:PATH, lmdb:PATH or rocksdb:PATH)",
+             uri);
+    return -1;
+}
+
+void tu_uri_free(tu_uri *u)
+{
+    free(u->path);
+    u->path = NULL;
+}
+
+bool tu_uri_is_kvstore(const tu_uri *u)
+{
+    return u->kind == TU_SQLITE_MEM || u->kind == TU_SQLITE ||
+           u->kind == TU_FS;
+}
+
+const char *tu_backend_name(tu_backend k)
+{
+    switch (k) {
+    case TU_SQLITE_MEM:
+    case TU_SQLITE: return "sqlite";
+    case TU_FS: return "fs";
+    case TU_SQLITE_RAW: return "sqlite-raw";
+    case TU_LMDB: return "lmdb";
+    case TU_ROCKSDB: return "rocksdb";
+    }
+    return "?";
+}
+
+int tu_open_store(kv_store **out, kv_loop *loop, kv_pool *pool,
+                  const tu_uri *u, unsigned flags, char *err, size_t errlen)
+{
+    int rc;
+    switch (u->kind) {
+    case TU_SQLITE_MEM:
+        rc = kv_sqlite_open(out, loop, pool, KV_SQLITE_MEMORY, flags);
+        break;
+    case TU_SQLITE:
+        rc = kv_sqlite_open(out, loop, pool, u->path, flags);
+        break;
+    case TU_FS:
+        rc = kv_fs_open(out, loop, pool, u->path, 0, flags);
+        break;
+    default:
+        snprintf(err, errlen, "%s: not a kvstore backend",
+                 tu_backend_name(u->kind));
+        return KV_EINVAL;
+    }
+    if (rc != KV_OK) {
+        const char *m = kv_last_errmsg();
+        snprintf(err, errlen, "cannot open %s store%s%s: %s%s%s",
+                 tu_backend_name(u->kind), u->path ? " " : "",
+                 u->path ? u->path : "", kv_strerror(rc), *m ? ": " : "", m);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Numbers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+int tu_parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int tu_parse_double(const char *s, double *out)
+{
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* A number (possibly fractional) followed by a suffix; returns the suffix. */
+static int split_num(const char *s, double *num, const char **suffix)
+{
+    if (!s || !((*s >= '0' && *s <= '9') || *s == '.'))
+        return -1;
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (errno || end == s || !isfinite(v) || v < 0)
+        return -1;
+    *num = v;
+    *suffix = end;
+    return 0;
+}
+
+static int lower_eq(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++) {
+        char c = *a;
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != *b)
+            return 0;
+    }
+    return *a == *b;
+}
+
+static int scaled(double v, double mul, uint64_t *out)
+{
+    double r = v * mul;
+    if (r > 18446744073709549568.0 || r != floor(r))
+        return -1;
+    *out = (uint64_t)r;
+    return 0;
+}
+
+int tu_parse_count(const char *s, uint64_t *out)
+{
+    double v;
+    const char *suf;
+    if (split_num(s, &v, &suf))
+        return -1;
+    double mul = 1;
+    if (!*suf)
+        mul = 1;
+    else if (lower_eq(suf, "k"))
+        mul = 1e3;
+    else if (lower_eq(suf, "m"))
+        mul = 1e6;
+    else if (lower_eq(suf, "g"))
+        mul = 1e9;
+    else
+        return -1;
+    return scaled(v, mul, out);
+}
+
+int tu_parse_size(const char *s, uint64_t *out)
+{
+    double v;
+    const char *suf;
+    if (split_num(s, &v, &suf))
+        return -1;
+    static const struct {
+        const char *s;
+        double mul;
+    } t[] = {{"", 1},          {"b", 1},          {"k", 1024.0},
+             {"kb", 1024.0},   {"kib", 1024.0},   {"m", 1048576.0},
+             {"mb", 1048576.0}, {"mib", 1048576.0}, {"g", 1073741824.0},
+             {"gb", 1073741824.0}, {"gib", 1073741824.0}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (lower_eq(suf, t[i].s))
+            return scaled(v, t[i].mul, out);
+    return -1;
+}
+
+int tu_parse_duration(const char *s, uint64_t *out_ns)
+{
+    double v;
+    const char *suf;
+    if (split_num(s, &v, &suf))
+        return -1;
+    double mul;
+    if (!*suf || lower_eq(suf, "s"))
+        mul = 1e9;
+    else if (lower_eq(suf, "ms"))
+        mul = 1e6;
+    else if (lower_eq(suf, "us"))
+        mul = 1e3;
+    else if (lower_eq(suf, "m"))
+        mul = 60e9;
+    else if (lower_eq(suf, "h"))
+        mul = 3600e9;
+    else
+        return -1;
+    double r = floor(v * mul + 0.5);
+    if (r > 1e18)
+        return -1;
+    *out_ns = (uint64_t)r;
+    return 0;
+}
+
+uint64_t tu_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t tu_wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* base64                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static const char b64_alpha[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t tu_b64_len(size_t n)
+{
+    return (n + 2) / 3 * 4;
+}
+
+void tu_b64_encode(char *dst, const void *src, size_t n)
+{
+    const unsigned char *s = src;
+    size_t i = 0;
+    char *d = dst;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+        *d++ = b64_alpha[v >> 18];
+        *d++ = b64_alpha[(v >> 12) & 63];
+        *d++ = b64_alpha[(v >> 6) & 63];
+        *d++ = b64_alpha[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)s[i] << 16;
+        *d++ = b64_alpha[v >> 18];
+        *d++ = b64_alpha[(v >> 12) & 63];
+        *d++ = '=';
+        *d++ = '=';
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8;
+        *d++ = b64_alpha[v >> 18];
+        *d++ = b64_alpha[(v >> 12) & 63];
+        *d++ = b64_alpha[(v >> 6) & 63];
+        *d++ = '=';
+    }
+    *d = '\0';
+}
+
+static int b64_val(char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+long tu_b64_decode(unsigned char *dst, const char *src, size_t len,
+                   size_t *bad)
+{
+    if (len % 4 != 0) {
+        *bad = len;
+        return -1;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4];
+        int pad = 0;
+        for (int k = 0; k < 4; k++) {
+            char c = src[i + (size_t)k];
+            if (c == '=' && i + 4 == len && k >= 2) {
+                /* '=' only in the last group, positions 2-3, and "x=" only
+                   when followed by '=' too. */
+                if (k == 2 && src[i + 3] != '=') {
+                    *bad = i + (size_t)k;
+                    return -1;
+                }
+                v[k] = 0;
+                pad++;
+                continue;
+            }
+            if (pad) {
+                *bad = i + (size_t)k;
+                return -1;
+            }
+            v[k] = b64_val(c);
+            if (v[k] < 0) {
+                *bad = i + (size_t)k;
+                return -1;
+            }
+        }
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 |
+                     (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        dst[o++] = (unsigned char)(w >> 16);
+        if (pad < 2)
+            dst[o++] = (unsigned char)(w >> 8);
+        if (pad < 1)
+            dst[o++] = (unsigned char)w;
+    }
+    return (long)o;
+}
+
+/* ------------------------------------------------------------------------ */
+/* JSON strings                                                             */
+/* ------------------------------------------------------------------------ */
+
+bool tu_utf8_valid(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + need >= n)
+            return false;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + k] & 0x3F);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += need + 1;
+    }
+    return true;
+}
+
+void tu_json_str(FILE *f, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    putc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"': fputs("\\\"", f); break;
+        case '\\': fputs("\\\\", f); break;
+        case '\n': fputs("\\n", f); break;
+        case '\r': fputs("\\r", f); break;
+        case '\t': fputs("\\t", f); break;
+        case '\b': fputs("\\b", f); break;
+        case '\f': fputs("\\f", f); break;
+        default:
+            if (c < 0x20 || c == 0x7F) {
+                fputs("\\u00", f);
+                putc(hex[c >> 4], f);
+                putc(hex[c & 15], f);
+            } else {
+                putc((int)c, f);
+            }
+        }
+    }
+    putc('"', f);
+}
+
+int tu_sbuf_put(tu_sbuf *b, const void *data, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+void tu_sbuf_free(tu_sbuf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
