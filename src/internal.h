@@ -79,7 +79,10 @@ struct kv__op {
     kv__op_cb cb;
 };
 
-/* Reserved user_data values (never valid pointers). */
+/*
+ * Reserved user_data values (never valid pointers; loop.c keeps every value
+ * below 4096 for itself).
+ */
 #define KV__UD_IGNORE ((uint64_t)0)  /* CQE counted and dropped (cancels)  */
 #define KV__UD_WAKE ((uint64_t)1)    /* the standing eventfd read          */
 
@@ -95,6 +98,13 @@ struct kv__op {
  * code from a failed submit.
  */
 int kv__loop_sqes(kv_loop *loop, struct io_uring_sqe **sqes, unsigned n);
+
+/*
+ * Note for kv__loop_sqes: prepare the SQEs it returned before the next call
+ * that may submit (another kv__loop_sqes, kv__loop_flush, kv_loop_run): a
+ * submit sends every SQE handed out so far.  A multishot SQE may produce
+ * several CQEs; only the last one (without IORING_CQE_F_MORE) is counted.
+ */
 
 /* Submit what has been prepared now (normally the loop does it itself). */
 int kv__loop_flush(kv_loop *loop);
@@ -118,6 +128,32 @@ void kv__loop_post(kv_loop *loop, kv__job *job);
 struct io_uring *kv__loop_ring(kv_loop *loop);
 /* True if the kernel supports opcode (probed at kv_loop_new). */
 bool kv__loop_has_op(const kv_loop *loop, int opcode);
+
+/*
+ * pool.c calls this (loop thread) when it accepts a job for loop: the loop
+ * counts the job as pending, and alive, until it takes the posted job off
+ * its completion list and has called kv__job_finish.
+ */
+void kv__loop_job_pending(kv_loop *loop);
+
+/*
+ * True if nothing on the loop can make progress any more: no ring operation
+ * in flight, no pool job pending, no callback due (kv__loop_ref references
+ * alone cannot complete anything).  kv_wait uses it to refuse to block.
+ */
+bool kv__loop_stalled(const kv_loop *loop);
+
+/* Counters, for tools/loopbench and tests (loop thread; wakes any thread). */
+typedef struct kv__loop_stats {
+    uint64_t turns;     /* kv_loop_run iterations                          */
+    uint64_t waits;     /* turns that blocked in io_uring_enter            */
+    uint64_t submits;   /* io_uring_enter calls that submitted or waited   */
+    uint64_t cqes;      /* CQEs dispatched (not counting the eventfd read) */
+    uint64_t jobs;      /* posted pool jobs finished on this loop          */
+    uint64_t wake_cqes; /* completions of the standing eventfd read        */
+    uint64_t wakes;     /* eventfd writes by posters                       */
+} kv__loop_stats;
+void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out);
 
 /* ------------------------------------------------------------------------ */
 /* pool.c                                                                   */
@@ -201,11 +237,23 @@ kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
 /* Records: free the key and val of n records (val via codec if typed). */
 void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
 
-/* Run the loop's queue of futures whose callbacks are due.  loop.c calls. */
+/*
+ * Run the loop's queue of futures whose callbacks are due (those queued when
+ * the call starts; callbacks that make more futures ready run next turn).
+ * Returns true if any callback ran.  loop.c calls.
+ */
 bool kv__fut_run_ready(kv_loop *loop);
 
-/* Loop hooks fut.c uses (loop.c implements). */
+/*
+ * Loop hooks fut.c uses (loop.c implements): the loop's FIFO of futures
+ * whose callbacks are due.  The FIFO is intrusive: it links futures through
+ * the field kv__fut_ready_link returns (fut.c).  The queue's reference is
+ * taken and dropped by fut.c.
+ */
 void kv__loop_ready_push(kv_loop *loop, kv_fut *f);
+kv_fut *kv__loop_ready_pop(kv_loop *loop); /* NULL when empty */
+size_t kv__loop_ready_len(const kv_loop *loop);
+kv_fut **kv__fut_ready_link(kv_fut *f);
 
 /* ------------------------------------------------------------------------ */
 /* key.c: the storage encoding of keys, shared by backends.                  */

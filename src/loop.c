@@ -1,4 +1,817 @@
-/* loop.c - placeholder, being written */
+/*
+ * loop.c - the io_uring completion loop, pool completions and timers.
+ *
+ * One ring per loop, created and driven on the loop thread.  Every
+ * completion arrives here: ring operations as CQEs dispatched by user_data,
+ * finished pool jobs through a lock-free list signalled by an eventfd that
+ * the ring keeps one READ outstanding on.
+ *
+ * The sleep protocol (pool completions).  A worker pushes a finished job on
+ * loop->posted, then writes the eventfd only if loop->sleeping was set, and
+ * clears it, so a burst of posts costs one write.  The loop sets sleeping,
+ * then re-checks posted, and only blocks if the list is empty.  Every access
+ * to the two words is sequentially consistent, so in the single total order
+ * either the loop's re-check sees the push or the worker's check sees
+ * sleeping == 1: a post is never missed.  The eventfd READ is armed before
+ * sleeping is set, so a write always produces a CQE that ends the wait.
+ */
 #include "config.h"
 
 #include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define DEFAULT_SQ 256u
+#define MAX_SQ 32768u   /* IORING_MAX_ENTRIES */
+#define MAX_CQ 65536u   /* IORING_MAX_CQ_ENTRIES */
+#define DEFAULT_IOWQ_BOUNDED 64u
+#define REAP_BATCH 64u
+/* Internal user_data: a CQE neither counted nor dispatched (loop's own). */
+#define UD_QUIET ((uint64_t)2)
+#define UD_RESERVED_MAX ((uint64_t)4095)
+
+/* A CQE taken off the ring before it could be dispatched (see stash_cqes). */
+typedef struct stashed_cqe {
+    uint64_t ud;
+    int32_t res;
+    uint32_t flags;
+} stashed_cqe;
+
+/* Pad to keep the cross-thread words off the loop thread's hot lines. */
+#define CACHELINE 64
+
+struct kv_loop {
+    struct io_uring ring;
+    unsigned sq_entries;
+    unsigned cq_entries;
+    unsigned setup_flags;
+
+    /* --- loop thread only ------------------------------------------- */
+    bool running;     /* inside kv_loop_run */
+    bool closing;     /* kv_loop_free: do not re-arm the eventfd read */
+    bool wake_armed;  /* the eventfd READ is in the ring */
+    unsigned inflight; /* SQEs handed out whose final CQE has not come */
+    size_t jobs;      /* pool jobs accepted for this loop, not yet finished */
+    size_t refs;      /* kv__loop_ref */
+    kv_fut *ready_head, *ready_tail; /* futures whose callbacks are due */
+    size_t ready_len;
+    stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
+    size_t nstash, capstash;
+    int efd;          /* eventfd; workers write it (any thread) */
+    uint64_t efd_val; /* buffer of the standing READ */
+    unsigned char ops[32]; /* probed opcodes, a bitmap */
+    kv__loop_stats st;
+
+    char pad0[CACHELINE];
+    /*
+     * --- shared with posters (any thread) ----------------------------
+     * posted:   Treiber stack of finished jobs (newest first).  Posters
+     *           push with a seq_cst CAS; the loop takes the whole list with
+     *           one exchange, so there is no ABA.
+     * sleeping: 1 while the loop may block in io_uring_enter; posters that
+     *           see 1 exchange it to 0 and write the eventfd.
+     * posting:  posters between their push and their last touch of the
+     *           loop; kv_loop_free waits for 0 so a worker never writes a
+     *           closed eventfd or freed memory.
+     * All on one line: a poster touches only this line.
+     */
+    _Atomic(kv__job *) posted;
+    atomic_uint sleeping;
+    atomic_uint posting;
+    atomic_ullong wakes; /* eventfd writes (relaxed counter) */
+    char pad1[CACHELINE];
+};
+
+/* ------------------------------------------------------------------------ */
+/* Creation                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static unsigned round_pow2(unsigned v)
+{
+    unsigned p = 1;
+    while (p < v)
+        p <<= 1;
+    return p;
+}
+
+/* Why io_uring_setup was refused: a message for kv_last_errmsg. */
+static int setup_error(int err)
+{
+    if (err == -ENOMEM) {
+        kv__set_errmsg("io_uring_setup: %s (RLIMIT_MEMLOCK too low on an "
+                       "old kernel?)",
+                       strerror(-err));
+        return KV_ENOMEM;
+    }
+    if (err == -EPERM || err == -EACCES) {
+        int disabled = -1;
+        FILE *f = fopen("/proc/sys/kernel/io_uring_disabled", "re");
+        if (f != NULL) {
+            if (fscanf(f, "%d", &disabled) != 1)
+                disabled = -1;
+            fclose(f);
+        }
+        if (disabled == 2)
+            kv__set_errmsg("io_uring_setup: %s (disabled by the sysctl "
+                           "kernel.io_uring_disabled=2)",
+                           strerror(-err));
+        else if (disabled == 1)
+            kv__set_errmsg("io_uring_setup: %s (the sysctl "
+                           "kernel.io_uring_disabled=1 allows only members "
+                           "of kernel.io_uring_group)",
+                           strerror(-err));
+        else
+            kv__set_errmsg("io_uring_setup: %s (blocked by seccomp, e.g. a "
+                           "container's default profile?)",
+                           strerror(-err));
+        return KV_ENOTSUP;
+    }
+    if (err == -ENOSYS) {
+        kv__set_errmsg("io_uring_setup: %s (kernel without io_uring, or "
+                       "blocked by seccomp)",
+                       strerror(-err));
+        return KV_ENOTSUP;
+    }
+    kv__set_errmsg("io_uring_setup: %s", strerror(-err));
+    return KV_ERROR;
+}
+
+/*
+ * Set the ring up, dropping optional flags the kernel refuses (EINVAL):
+ * SINGLE_ISSUER|DEFER_TASKRUN (6.1), then COOP_TASKRUN (5.19), then
+ * SUBMIT_ALL (5.18).  CQSIZE (5.5) is required.
+ */
+static int setup_ring(kv_loop *loop, unsigned sq, unsigned cq, unsigned kflags)
+{
+    unsigned tries[4];
+    unsigned ntries = 0;
+    unsigned base = IORING_SETUP_CQSIZE;
+#if HAVE_DECL_IORING_SETUP_SUBMIT_ALL
+    base |= IORING_SETUP_SUBMIT_ALL;
+#endif
+#if HAVE_DECL_IORING_SETUP_SINGLE_ISSUER && HAVE_DECL_IORING_SETUP_DEFER_TASKRUN && \
+    defined(HAVE_IO_URING_SUBMIT_AND_GET_EVENTS)
+    /* DEFER_TASKRUN needs io_uring_submit_and_get_events for NOWAIT. */
+    if (!(kflags & KV_LOOP_NO_DEFER_TASKRUN))
+        tries[ntries++] = base | IORING_SETUP_SINGLE_ISSUER |
+                          IORING_SETUP_DEFER_TASKRUN;
+#endif
+#if HAVE_DECL_IORING_SETUP_COOP_TASKRUN
+    tries[ntries++] = base | IORING_SETUP_COOP_TASKRUN;
+#endif
+    tries[ntries++] = base;
+#if HAVE_DECL_IORING_SETUP_SUBMIT_ALL
+    tries[ntries++] = base & ~(unsigned)IORING_SETUP_SUBMIT_ALL;
+#endif
+    int err = -EINVAL;
+    for (unsigned i = 0; i < ntries; i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof p);
+        p.flags = tries[i];
+        p.cq_entries = cq;
+        err = io_uring_queue_init_params(sq, &loop->ring, &p);
+        if (err == 0) {
+            if (!(p.features & IORING_FEAT_NODROP)) {
+                io_uring_queue_exit(&loop->ring);
+                kv__set_errmsg("io_uring: kernel too old (no "
+                               "IORING_FEAT_NODROP; Linux 5.5+ needed)");
+                return KV_ENOTSUP;
+            }
+            loop->setup_flags = p.flags;
+            return KV_OK;
+        }
+        if (err != -EINVAL)
+            break;
+    }
+    if (err == -EINVAL) {
+        kv__set_errmsg("io_uring_setup: %s (kernel too old for "
+                       "IORING_SETUP_CQSIZE?)",
+                       strerror(EINVAL));
+        return KV_ENOTSUP;
+    }
+    return setup_error(err);
+}
+
+static void probe_ops(kv_loop *loop)
+{
+    struct io_uring_probe *p = io_uring_get_probe_ring(&loop->ring);
+    if (p == NULL)
+        return; /* kernel < 5.6: report nothing as supported */
+    for (unsigned i = 0; i < p->ops_len; i++) {
+        unsigned op = p->ops[i].op;
+        if ((p->ops[i].flags & IO_URING_OP_SUPPORTED) && op < 256)
+            loop->ops[op / 8] |= (unsigned char)(1u << (op % 8));
+    }
+    io_uring_free_probe(p);
+}
+
+int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
+{
+    kv_loop_opts o;
+    if (out == NULL) {
+        kv__set_errmsg("kv_loop_new: out is NULL");
+        return KV_EINVAL;
+    }
+    if (opts != NULL)
+        o = *opts;
+    else
+        memset(&o, 0, sizeof o);
+    if (o.flags & ~KV_LOOP_NO_DEFER_TASKRUN) {
+        kv__set_errmsg("kv_loop_new: unknown flags 0x%x", o.flags);
+        return KV_EINVAL;
+    }
+    if (o.sq_entries > MAX_SQ) {
+        kv__set_errmsg("kv_loop_new: sq_entries %u > %u", o.sq_entries,
+                       MAX_SQ);
+        return KV_EINVAL;
+    }
+    unsigned sq = round_pow2(o.sq_entries ? o.sq_entries : DEFAULT_SQ);
+    unsigned cq = o.cq_entries;
+    if (cq == 0)
+        cq = sq * 8 > MAX_CQ ? MAX_CQ : sq * 8;
+    if (cq < 2 * sq || cq > MAX_CQ) {
+        kv__set_errmsg("kv_loop_new: cq_entries %u must be in [2 x "
+                       "sq_entries (%u), %u]",
+                       cq, 2 * sq, MAX_CQ);
+        return KV_EINVAL;
+    }
+
+    kv_loop *loop = kv__calloc(1, sizeof *loop);
+    if (loop == NULL) {
+        kv__set_errmsg("kv_loop_new: out of memory");
+        return KV_ENOMEM;
+    }
+    atomic_init(&loop->posted, NULL);
+    atomic_init(&loop->sleeping, 0);
+    atomic_init(&loop->posting, 0);
+    atomic_init(&loop->wakes, 0);
+    /*
+     * Non-blocking so a poster never blocks in write(); the ring's READ is
+     * still poll-driven on current kernels (an old one that answers -EAGAIN
+     * is handled in wake_cqe).
+     */
+    loop->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (loop->efd < 0) {
+        int e = errno;
+        kv__set_errmsg("eventfd: %s", strerror(e));
+        kv__free(loop);
+        return e == ENOMEM ? KV_ENOMEM : KV_ERROR;
+    }
+    int rc = setup_ring(loop, sq, cq, o.flags);
+    if (rc != KV_OK) {
+        close(loop->efd);
+        kv__free(loop);
+        return rc;
+    }
+    loop->sq_entries = loop->ring.sq.ring_entries;
+    loop->cq_entries = loop->ring.cq.ring_entries;
+
+    /* Fewer fd lookups per enter; optional (liburing 2.2+, Linux 5.18+). */
+    (void)io_uring_register_ring_fd(&loop->ring);
+#ifdef HAVE_IO_URING_REGISTER_IOWQ_MAX_WORKERS
+    {
+        /* [bounded, unbounded]; 0 leaves a limit unchanged.  Best effort:
+         * kernels before 5.15 lack it. */
+        unsigned vals[2] = {o.iowq_bounded ? o.iowq_bounded
+                                           : DEFAULT_IOWQ_BOUNDED,
+                            o.iowq_unbounded};
+        (void)io_uring_register_iowq_max_workers(&loop->ring, vals);
+    }
+#endif
+    probe_ops(loop);
+    *out = loop;
+    return KV_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Accessors                                                                */
+/* ------------------------------------------------------------------------ */
+
+struct io_uring *kv__loop_ring(kv_loop *loop)
+{
+    return &loop->ring;
+}
+
+bool kv__loop_has_op(const kv_loop *loop, int opcode)
+{
+    if (loop == NULL || opcode < 0 || opcode > 255)
+        return false;
+    return (loop->ops[opcode / 8] >> (opcode % 8)) & 1u;
+}
+
+bool kv_loop_alive(const kv_loop *loop)
+{
+    if (loop == NULL)
+        return false;
+    return loop->inflight > 0 || loop->jobs > 0 || loop->ready_len > 0 ||
+           loop->refs > 0 || loop->nstash > 0;
+}
+
+bool kv__loop_stalled(const kv_loop *loop)
+{
+    return loop->inflight == 0 && loop->jobs == 0 && loop->ready_len == 0 &&
+           loop->nstash == 0;
+}
+
+void kv__loop_ref(kv_loop *loop)
+{
+    loop->refs++;
+}
+
+void kv__loop_unref(kv_loop *loop)
+{
+    if (loop->refs > 0)
+        loop->refs--;
+}
+
+void kv__loop_job_pending(kv_loop *loop)
+{
+    loop->jobs++;
+}
+
+void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out)
+{
+    *out = loop->st;
+    out->wakes = atomic_load_explicit(&loop->wakes, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The ready FIFO (futures whose callbacks are due)                         */
+/* ------------------------------------------------------------------------ */
+
+void kv__loop_ready_push(kv_loop *loop, kv_fut *f)
+{
+    *kv__fut_ready_link(f) = NULL;
+    if (loop->ready_tail != NULL)
+        *kv__fut_ready_link(loop->ready_tail) = f;
+    else
+        loop->ready_head = f;
+    loop->ready_tail = f;
+    loop->ready_len++;
+}
+
+kv_fut *kv__loop_ready_pop(kv_loop *loop)
+{
+    kv_fut *f = loop->ready_head;
+    if (f == NULL)
+        return NULL;
+    kv_fut **link = kv__fut_ready_link(f);
+    loop->ready_head = *link;
+    *link = NULL;
+    if (loop->ready_head == NULL)
+        loop->ready_tail = NULL;
+    loop->ready_len--;
+    return f;
+}
+
+size_t kv__loop_ready_len(const kv_loop *loop)
+{
+    return loop->ready_len;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pool completions                                                         */
+/* ------------------------------------------------------------------------ */
+
+void kv__loop_post(kv_loop *loop, kv__job *job)
+{
+    atomic_fetch_add(&loop->posting, 1);
+    kv__job *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
+    do {
+        job->next = head;
+    } while (!atomic_compare_exchange_weak(&loop->posted, &head, job));
+    /* job may be finished and freed by the loop from here on. */
+    if (atomic_load(&loop->sleeping) && atomic_exchange(&loop->sleeping, 0)) {
+        uint64_t one = 1;
+        ssize_t w;
+        do {
+            w = write(loop->efd, &one, sizeof one);
+        } while (w < 0 && errno == EINTR);
+        /* EAGAIN: the counter is saturated, so the loop is woken anyway. */
+        atomic_fetch_add_explicit(&loop->wakes, 1, memory_order_relaxed);
+    }
+    atomic_fetch_sub(&loop->posting, 1);
+}
+
+/* Take every posted job, oldest first, and finish it.  True if any. */
+static bool drain_posted(kv_loop *loop)
+{
+    if (atomic_load_explicit(&loop->posted, memory_order_relaxed) == NULL)
+        return false;
+    kv__job *list = atomic_exchange(&loop->posted, NULL);
+    kv__job *fifo = NULL;
+    while (list != NULL) {
+        kv__job *next = list->next;
+        list->next = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo != NULL) {
+        kv__job *next = fifo->next; /* done may free the job */
+        loop->jobs--;
+        loop->st.jobs++;
+        kv__job_finish(fifo);
+        fifo = next;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Submission                                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Move every CQE on the ring into the stash without dispatching it: used
+ * when a submit inside kv__loop_sqes is refused until the CQ drains (old
+ * kernels answer -EBUSY while CQEs overflow).  Dispatching there would run
+ * completion handlers inside the caller's kv__loop_sqes.
+ */
+static int stash_cqes(kv_loop *loop)
+{
+    struct io_uring_cqe *cqes[REAP_BATCH];
+    unsigned n;
+    while ((n = io_uring_peek_batch_cqe(&loop->ring, cqes, REAP_BATCH)) > 0) {
+        if (loop->nstash + n > loop->capstash) {
+            size_t cap = loop->capstash ? loop->capstash * 2 : 256;
+            while (cap < loop->nstash + n)
+                cap *= 2;
+            stashed_cqe *s = kv__realloc(loop->stash, cap * sizeof *s);
+            if (s == NULL)
+                return KV_ENOMEM;
+            loop->stash = s;
+            loop->capstash = cap;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            stashed_cqe *s = &loop->stash[loop->nstash++];
+            s->ud = cqes[i]->user_data;
+            s->res = cqes[i]->res;
+            s->flags = cqes[i]->flags;
+        }
+        io_uring_cq_advance(&loop->ring, n);
+    }
+    return KV_OK;
+}
+
+/* Make room for n SQEs, submitting what is queued if needed. */
+static int sq_reserve(kv_loop *loop, unsigned n)
+{
+    unsigned busy = 0;
+    while (io_uring_sq_space_left(&loop->ring) < n) {
+        int r = io_uring_submit(&loop->ring);
+        loop->st.submits++;
+        if (r > 0)
+            continue;
+        if (r == -EINTR)
+            continue;
+        if (r == 0 || r == -EBUSY || r == -EAGAIN) {
+            /* The kernel took nothing: let completions drain, retry. */
+            if (++busy > 64)
+                return KV_EBUSY;
+            int s = stash_cqes(loop);
+            if (s != KV_OK)
+                return s;
+            if (busy > 8)
+                sched_yield();
+            continue;
+        }
+        return r; /* a negated errno: kv_strerror knows it */
+    }
+    return KV_OK;
+}
+
+int kv__loop_sqes(kv_loop *loop, struct io_uring_sqe **sqes, unsigned n)
+{
+    if (loop == NULL || sqes == NULL || n == 0 || n > loop->sq_entries)
+        return KV_EINVAL;
+    int rc = sq_reserve(loop, n);
+    if (rc != KV_OK)
+        return rc;
+    for (unsigned i = 0; i < n; i++)
+        sqes[i] = io_uring_get_sqe(&loop->ring); /* cannot fail: reserved */
+    loop->inflight += n;
+    return KV_OK;
+}
+
+int kv__loop_flush(kv_loop *loop)
+{
+    if (io_uring_sq_ready(&loop->ring) == 0)
+        return KV_OK;
+    for (;;) {
+        int r = io_uring_submit(&loop->ring);
+        loop->st.submits++;
+        if (r >= 0 || r == -EBUSY || r == -EAGAIN)
+            return KV_OK; /* what stays queued goes with the next enter */
+        if (r != -EINTR)
+            return r;
+    }
+}
+
+/* Queue the standing eventfd READ (not counted as in flight). */
+static void arm_wake(kv_loop *loop)
+{
+    if (loop->wake_armed || loop->closing)
+        return;
+    if (sq_reserve(loop, 1) != KV_OK)
+        return; /* the caller waits with a timeout instead */
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&loop->ring);
+    io_uring_prep_read(sqe, loop->efd, &loop->efd_val, sizeof loop->efd_val,
+                       0);
+    io_uring_sqe_set_data64(sqe, KV__UD_WAKE);
+    loop->wake_armed = true;
+}
+
+static void wake_cqe(kv_loop *loop, int res)
+{
+    loop->wake_armed = false;
+    loop->st.wake_cqes++;
+    if (res == -EAGAIN) {
+        /*
+         * An old kernel honours O_NONBLOCK on the ring's read instead of
+         * polling: make the descriptor blocking (io-wq then waits for us).
+         */
+        int fl = fcntl(loop->efd, F_GETFL);
+        if (fl >= 0)
+            (void)fcntl(loop->efd, F_SETFL, fl & ~O_NONBLOCK);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Completion                                                               */
+/* ------------------------------------------------------------------------ */
+
+static void dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags)
+{
+    if (ud == KV__UD_WAKE) {
+        wake_cqe(loop, res);
+        return;
+    }
+    if (ud == UD_QUIET)
+        return;
+    if (!(flags & IORING_CQE_F_MORE) && loop->inflight > 0)
+        loop->inflight--;
+    loop->st.cqes++;
+    if (ud <= UD_RESERVED_MAX)
+        return; /* KV__UD_IGNORE */
+    kv__op *op = (kv__op *)(uintptr_t)ud;
+    op->cb(op, res, flags);
+}
+
+static bool dispatch_stash(kv_loop *loop)
+{
+    if (loop->nstash == 0)
+        return false;
+    /* Handlers may stash more (nested kv__loop_sqes): index, not pointer. */
+    for (size_t i = 0; i < loop->nstash; i++) {
+        stashed_cqe c = loop->stash[i];
+        dispatch(loop, c.ud, c.res, c.flags);
+    }
+    loop->nstash = 0;
+    return true;
+}
+
+/*
+ * Reap and dispatch every CQE on the ring.  Each batch is copied and
+ * consumed before its handlers run, so a handler that submits (or stashes)
+ * never sees a CQE twice.  io_uring_peek_batch_cqe enters the kernel to
+ * flush overflowed CQEs when IORING_SQ_CQ_OVERFLOW is set and the ring
+ * looks empty, so nothing the kernel kept aside is lost.
+ */
+static bool reap(kv_loop *loop)
+{
+    struct io_uring_cqe *cqes[REAP_BATCH];
+    stashed_cqe batch[REAP_BATCH];
+    bool any = dispatch_stash(loop);
+    unsigned n;
+    while ((n = io_uring_peek_batch_cqe(&loop->ring, cqes, REAP_BATCH)) > 0) {
+        for (unsigned i = 0; i < n; i++) {
+            batch[i].ud = cqes[i]->user_data;
+            batch[i].res = cqes[i]->res;
+            batch[i].flags = cqes[i]->flags;
+        }
+        io_uring_cq_advance(&loop->ring, n);
+        for (unsigned i = 0; i < n; i++)
+            dispatch(loop, batch[i].ud, batch[i].res, batch[i].flags);
+        any = true;
+    }
+    return any;
+}
+
+/*
+ * Enter the kernel: submit what is queued and, when wait, block for one
+ * completion (timeout_ms > 0 bounds the wait).  Without waiting, enter only
+ * if there is something to submit or to collect (with DEFER_TASKRUN
+ * completions only appear inside io_uring_enter(GETEVENTS)).
+ */
+static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
+{
+    for (;;) {
+        int r;
+        if (wait && timeout_ms > 0) {
+            struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
+                                           .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+            struct io_uring_cqe *cqe;
+            r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, &ts,
+                                                 NULL);
+        } else if (wait) {
+            r = io_uring_submit_and_wait(&loop->ring, 1);
+        } else {
+            if (loop->inflight == 0 && io_uring_sq_ready(&loop->ring) == 0)
+                return KV_OK;
+#ifdef HAVE_IO_URING_SUBMIT_AND_GET_EVENTS
+            r = io_uring_submit_and_get_events(&loop->ring);
+#else
+            r = io_uring_submit(&loop->ring);
+#endif
+        }
+        loop->st.submits++;
+        if (r >= 0 || r == -ETIME)
+            return KV_OK;
+        if (r == -EINTR) {
+            if (wait)
+                return KV_OK; /* a signal: end this turn, caller loops */
+            continue;
+        }
+        if (r == -EBUSY || r == -EAGAIN)
+            return KV_OK; /* reap, then the next turn retries */
+        return r;
+    }
+}
+
+/*
+ * One turn: due callbacks, posted jobs, submit and (maybe) wait, dispatch
+ * completions, then the callbacks they made due.
+ */
+static int turn(kv_loop *loop, kv_run_mode mode)
+{
+    loop->st.turns++;
+    bool progressed = kv__fut_run_ready(loop);
+    progressed |= drain_posted(loop);
+    progressed |= dispatch_stash(loop);
+
+    bool block = mode != KV_RUN_NOWAIT && !progressed &&
+                 loop->ready_len == 0 && (loop->inflight > 0 || loop->jobs > 0);
+    unsigned timeout_ms = 0;
+    if (block && loop->jobs > 0) {
+        arm_wake(loop);
+        if (!loop->wake_armed)
+            timeout_ms = 1; /* could not arm: poll the list instead */
+        atomic_store(&loop->sleeping, 1);
+        if (atomic_load(&loop->posted) != NULL) {
+            atomic_store(&loop->sleeping, 0);
+            block = false;
+        }
+    }
+    if (block)
+        loop->st.waits++;
+    int rc = enter(loop, block, timeout_ms);
+    if (block)
+        atomic_store(&loop->sleeping, 0);
+    if (rc < 0)
+        return rc;
+    reap(loop);
+    drain_posted(loop);
+    kv__fut_run_ready(loop);
+    return KV_OK;
+}
+
+int kv_loop_run(kv_loop *loop, kv_run_mode mode)
+{
+    if (loop == NULL || loop->running)
+        return KV_EINVAL;
+    if (mode != KV_RUN_DEFAULT && mode != KV_RUN_ONCE && mode != KV_RUN_NOWAIT)
+        return KV_EINVAL;
+    loop->running = true;
+    int rc;
+    do {
+        rc = turn(loop, mode);
+    } while (rc == KV_OK && mode == KV_RUN_DEFAULT && !kv__loop_stalled(loop));
+    loop->running = false;
+    if (rc < 0)
+        return rc;
+    return kv_loop_alive(loop) ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Teardown                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Cancel the standing eventfd READ and wait for its CQE, so the kernel
+ * holds no pointer into the loop when it is freed.
+ */
+static void disarm_wake(kv_loop *loop)
+{
+    loop->closing = true;
+    if (!loop->wake_armed)
+        return;
+    if (sq_reserve(loop, 1) != KV_OK)
+        return;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&loop->ring);
+    io_uring_prep_cancel64(sqe, KV__UD_WAKE, 0);
+    io_uring_sqe_set_data64(sqe, UD_QUIET);
+    for (int tries = 0; loop->wake_armed && tries < 1000; tries++) {
+        int r = io_uring_submit_and_wait(&loop->ring, 1);
+        if (r < 0 && r != -EINTR && r != -EBUSY && r != -EAGAIN)
+            break; /* e.g. called off the loop thread (SINGLE_ISSUER) */
+        reap(loop);
+    }
+}
+
+int kv_loop_free(kv_loop *loop)
+{
+    if (loop == NULL)
+        return KV_OK;
+    if (loop->running || kv_loop_alive(loop) ||
+        atomic_load(&loop->posted) != NULL)
+        return KV_EBUSY;
+    disarm_wake(loop);
+    /* A worker may still be inside kv__loop_post after its push. */
+    while (atomic_load(&loop->posting) != 0)
+        sched_yield();
+    io_uring_queue_exit(&loop->ring);
+    close(loop->efd);
+    kv__free(loop->stash);
+    kv__free(loop);
+    return KV_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timers                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A sleep's state lives until its timeout CQE arrives, independent of the
+ * future: kv_fut_cancel only removes the timer and completes the future; the
+ * timeout's own CQE (-ECANCELED) then frees this.
+ */
+typedef struct sleep_op {
+    kv__op op;
+    struct __kernel_timespec ts;
+    kv_loop *loop;
+    kv_fut *fut; /* a reference of ours */
+} sleep_op;
+
+static void sleep_done(kv__op *op, int res, uint32_t flags)
+{
+    sleep_op *s = KV__CONTAINER_OF(op, sleep_op, op);
+    int status;
+    if (res == -ETIME || res == 0)
+        status = KV_OK;
+    else if (res == -ECANCELED)
+        status = KV_ECANCELED;
+    else
+        status = res;
+    if (status == KV_OK || status == KV_ECANCELED)
+        kv__fut_finish(s->fut, status, NULL);
+    else
+        kv__fut_finish(s->fut, status, "timeout: %s", strerror(-res));
+    kv__fut_unref(s->fut);
+    kv__free(s);
+}
+
+static void sleep_cancel(kv_fut *f, void *arg)
+{
+    sleep_op *s = arg;
+    struct io_uring_sqe *sqe;
+    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
+        return; /* the timer fires later; the future is cancelled anyway */
+    io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&s->op, 0);
+    io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
+}
+
+kv_fut *kv_sleep(kv_loop *loop, uint64_t ms)
+{
+    if (loop == NULL)
+        return kv__fut_failed(NULL, KV_EINVAL, "kv_sleep: loop is NULL");
+    kv_fut *f = kv__fut_new(loop);
+    sleep_op *s = kv__calloc(1, sizeof *s);
+    if (f == NULL || s == NULL) {
+        kv_fut_free(f);
+        kv__free(s);
+        return kv__fut_failed(loop, KV_ENOMEM, NULL);
+    }
+    s->op.cb = sleep_done;
+    s->loop = loop;
+    s->ts.tv_sec = (long long)(ms / 1000);
+    s->ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+    struct io_uring_sqe *sqe;
+    int rc = kv__loop_sqes(loop, &sqe, 1);
+    if (rc != KV_OK) {
+        kv_fut_free(f);
+        kv__free(s);
+        return kv__fut_failed(loop, rc, "kv_sleep: cannot submit: %s",
+                              kv_strerror(rc));
+    }
+    io_uring_prep_timeout(sqe, &s->ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&s->op);
+    kv__fut_ref(f);
+    s->fut = f;
+    kv__fut_on_cancel(f, sleep_cancel, s);
+    return f;
+}
