@@ -92,7 +92,7 @@ typedef struct jobresult {
     long ctx, majf, minf;
     long peak_rss_kib;
     int err;             /* first error code, 0 if none */
-    char errmsg[512];
+    char errmsg[1024];
     char driver[768];    /* how the backend was driven, for honesty */
     char store[1100];    /* the store actually used */
 } jobresult;

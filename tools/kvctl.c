@@ -1,1 +1,1304 @@
-int main(void) { return 0; }
+/*
+ * kvctl - look inside a kvstore store from the command line.
+ *
+ *   kvctl [--sync=MODE] STORE COMMAND [ARGS...]
+ *
+ * STORE is a URI as kvbench's --backend takes it: sqlite:PATH,
+ * sqlite:memory, fs:PATH.  Commands: get, put, delete, query, dump, load,
+ * stats.  dump writes JSON lines {"key": ..., "value": <base64>, "token": N};
+ * load reads them back into any backend.  Exit codes are listed in usage()
+ * and kvctl(1).
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "toolutil.h"
+
+/* Exit codes. */
+enum {
+    EX_OK = 0,
+    EX_ERROR = 1,    /* backend or I/O failure */
+    EX_USAGE = 2,    /* bad command line */
+    EX_NOTFOUND = 3, /* no such record */
+    EX_CONFLICT = 4, /* token mismatch, or the key already exists */
+    EX_BADKEY = 5,   /* the key is not a valid kvstore key */
+    EX_BADINPUT = 6, /* load: malformed input line */
+    EX_OPEN = 7      /* the store cannot be opened (missing, locked, not a store) */
+};
+
+#define WINDOW 64 /* operations in flight for query/dump/load */
+
+static const char *prog = "kvctl";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: kvctl [--sync=full|normal|none] STORE COMMAND [ARGS]\n"
+            "\n"
+            "STORE: sqlite:PATH | sqlite:memory | fs:PATH\n"
+            "\n"
+            "commands:\n"
+            "  get KEY [--token|--json]     print the value (or its token, or a JSON line)\n"
+            "  put KEY VALUE|- [--token N|--force]\n"
+            "                               write (- reads the value from stdin); token 0\n"
+            "                               (default) inserts only if absent; prints the new token\n"
+            "  delete KEY TOKEN             delete if the record's token is TOKEN\n"
+            "  query PREFIX [--desc] [--limit N] [--offset N] [--keys-only] [--json]\n"
+            "                               records at or below PREFIX: KEY<TAB>TOKEN<TAB>VALUE\n"
+            "  dump [PREFIX]                JSON lines: {\"key\",\"value\" (base64),\"token\"}\n"
+            "  load [FILE|-] [--replace] [--keep-going]\n"
+            "                               insert the records of a dump (tokens are new)\n"
+            "  stats [PREFIX]               record count, key and value bytes, disk usage\n"
+            "\n"
+            "exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict,\n"
+            "             5 invalid key, 6 malformed load input, 7 cannot open the store\n");
+}
+
+static int die_usage(const char *msg, const char *arg)
+{
+    fprintf(stderr, "%s: %s%s%s\n", prog, msg, arg ? ": " : "", arg ? arg : "");
+    fprintf(stderr, "Try '%s --help'.\n", prog);
+    return EX_USAGE;
+}
+
+/* Map a failed operation to an exit code, with a message. */
+static int fail_code(int st)
+{
+    if (st == KV_ENOTFOUND)
+        return EX_NOTFOUND;
+    if (st == KV_ECONFLICT || st == KV_EDUPLICATE)
+        return EX_CONFLICT;
+    if (st == KV_EINVAL)
+        return EX_BADKEY;
+    return EX_ERROR;
+}
+
+static int fut_fail(kv_fut *f, const char *what, const char *key)
+{
+    int st = kv_fut_status(f);
+    const char *m = kv_fut_errmsg(f);
+    fprintf(stderr, "%s: %s%s%s: %s%s%s\n", prog, what, key ? " " : "",
+            key ? key : "", kv_strerror(st), *m && strcmp(m, kv_strerror(st)) ? ": " : "",
+            *m && strcmp(m, kv_strerror(st)) ? m : "");
+    return fail_code(st);
+}
+
+/* Parse a record key: exits 5 on a bad or empty key. */
+static int parse_key(const char *s, kv_key **out, bool allow_root)
+{
+    int rc = kv_key_parse(out, s);
+    if (rc != KV_OK) {
+        const char *m = kv_last_errmsg();
+        fprintf(stderr, "%s: invalid key '%s'%s%s\n", prog, s, *m ? ": " : "", m);
+        return rc == KV_ENOMEM ? EX_ERROR : EX_BADKEY;
+    }
+    if (!allow_root && kv_key_len(*out) == 0) {
+        fprintf(stderr, "%s: invalid key '%s': the empty key names no record\n",
+                prog, s);
+        kv_key_free(*out);
+        *out = NULL;
+        return EX_BADKEY;
+    }
+    return EX_OK;
+}
+
+static int parse_token(const char *s, uint64_t *tok)
+{
+    if (tu_parse_u64(s, tok)) {
+        fprintf(stderr, "%s: bad token '%s': expected a non-negative integer\n",
+                prog, s);
+        return EX_USAGE;
+    }
+    return EX_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Output helpers                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Write one record as a dump line. */
+static void json_line(FILE *out, const kv_record *r, bool with_value)
+{
+    const char *id = kv_key_id(r->key);
+    size_t idl = strlen(id);
+    if (tu_utf8_valid(id, idl)) {
+        fputs("{\"key\": ", out);
+        tu_json_str(out, id, idl);
+    } else {
+        /* JSON strings are UTF-8: keys that are not go out as base64. */
+        char *b = malloc(tu_b64_len(idl) + 1);
+        if (!b) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            exit(EX_ERROR);
+        }
+        tu_b64_encode(b, id, idl);
+        fprintf(out, "{\"key_base64\": \"%s\"", b);
+        free(b);
+    }
+    if (with_value) {
+        char *b = malloc(tu_b64_len(r->len) + 1);
+        if (!b) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            exit(EX_ERROR);
+        }
+        tu_b64_encode(b, r->val, r->len);
+        fprintf(out, ", \"value\": \"%s\"", b);
+        free(b);
+    }
+    fprintf(out, ", \"token\": %" PRIu64 "}\n", r->token);
+}
+
+/*
+ * Bytes with C-style escapes for control bytes, tab, newline and backslash;
+ * bytes >= 0x80 are escaped too unless the whole string is valid UTF-8.
+ */
+static void escaped(FILE *out, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    bool high = !tu_utf8_valid(p, n);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c == '\\')
+            fputs("\\\\", out);
+        else if (c == '\t')
+            fputs("\\t", out);
+        else if (c == '\n')
+            fputs("\\n", out);
+        else if (c == '\r')
+            fputs("\\r", out);
+        else if (c < 0x20 || c == 0x7F || (high && c >= 0x80))
+            fprintf(out, "\\x%02x", c);
+        else
+            putc(c, out);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Commands                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ctx {
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *store;
+    tu_uri uri;
+} ctx;
+
+static int cmd_get(ctx *c, int argc, char **argv)
+{
+    const char *key = NULL;
+    bool tok = false, json = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--token"))
+            tok = true;
+        else if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (argv[i][0] == '-' && argv[i][1] == '-')
+            return die_usage("get: unknown option", argv[i]);
+        else if (!key)
+            key = argv[i];
+        else
+            return die_usage("get: too many arguments", argv[i]);
+    }
+    if (!key)
+        return die_usage("get: missing KEY", NULL);
+    kv_key *k;
+    int rc = parse_key(key, &k, false);
+    if (rc)
+        return rc;
+    kv_fut *f = kv_get(c->store, k, NULL);
+    int st = kv_wait(f);
+    if (st == KV_OK) {
+        const kv_record *r = kv_fut_record(f);
+        if (json)
+            json_line(stdout, r, true);
+        else if (tok)
+            printf("%" PRIu64 "\n", r->token);
+        else if (r->len && fwrite(r->val, 1, r->len, stdout) != r->len)
+            rc = EX_ERROR;
+    } else {
+        rc = st == KV_ENOTFOUND
+                 ? (fprintf(stderr, "%s: %s: not found\n", prog, kv_key_id(k)),
+                    EX_NOTFOUND)
+                 : fut_fail(f, "get", kv_key_id(k));
+    }
+    kv_fut_free(f);
+    kv_key_free(k);
+    return rc;
+}
+
+static int read_all(FILE *in, tu_sbuf *b)
+{
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (tu_sbuf_put(b, buf, n))
+            return -1;
+    return ferror(in) ? -1 : 0;
+}
+
+static int cmd_put(ctx *c, int argc, char **argv)
+{
+    const char *key = NULL, *val = NULL;
+    uint64_t token = 0;
+    bool force = false, have_tok = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--token")) {
+            if (i + 1 >= argc)
+                return die_usage("put: --token needs a value", NULL);
+            if (parse_token(argv[++i], &token))
+                return EX_USAGE;
+            have_tok = true;
+        } else if (!strncmp(argv[i], "--token=", 8)) {
+            if (parse_token(argv[i] + 8, &token))
+                return EX_USAGE;
+            have_tok = true;
+        } else if (!strcmp(argv[i], "--force")) {
+            force = true;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-' && argv[i][2]) {
+            return die_usage("put: unknown option", argv[i]);
+        } else if (!key) {
+            key = argv[i];
+        } else if (!val) {
+            val = argv[i];
+        } else {
+            return die_usage("put: too many arguments", argv[i]);
+        }
+    }
+    if (!key || !val)
+        return die_usage("put: expected KEY and VALUE (or - for stdin)", NULL);
+    if (force && have_tok)
+        return die_usage("put: --force and --token exclude each other", NULL);
+    kv_key *k;
+    int rc = parse_key(key, &k, false);
+    if (rc)
+        return rc;
+    tu_sbuf b = {0};
+    const void *data = val;
+    size_t len = strlen(val);
+    if (!strcmp(val, "-")) {
+        if (read_all(stdin, &b)) {
+            fprintf(stderr, "%s: reading stdin: %s\n", prog, strerror(errno));
+            kv_key_free(k);
+            tu_sbuf_free(&b);
+            return EX_ERROR;
+        }
+        data = b.p ? b.p : "";
+        len = b.len;
+    }
+    for (int attempt = 0;; attempt++) {
+        if (force) {
+            kv_fut *g = kv_get(c->store, k, NULL);
+            int st = kv_wait(g);
+            if (st == KV_OK) {
+                token = kv_fut_record(g)->token;
+            } else if (st == KV_ENOTFOUND) {
+                token = 0;
+            } else {
+                rc = fut_fail(g, "get", kv_key_id(k));
+                kv_fut_free(g);
+                break;
+            }
+            kv_fut_free(g);
+        }
+        kv_record rec = {k, (void *)data, len, token};
+        kv_fut *f = kv_put(c->store, &rec, NULL);
+        int st = kv_wait(f);
+        if (st == KV_OK) {
+            printf("%" PRIu64 "\n", kv_fut_token(f));
+            rc = EX_OK;
+        } else if (st == KV_ECONFLICT && force && attempt < 10) {
+            kv_fut_free(f);
+            continue; /* someone else wrote in between: read again */
+        } else if (st == KV_ECONFLICT) {
+            fprintf(stderr, "%s: put %s: %s\n", prog, kv_key_id(k),
+                    token == 0 ? "the key already exists (give its token "
+                                 "with --token N, or use --force)"
+                               : "conflict: the record's token is not that "
+                                 "one (or the record is gone)");
+            rc = EX_CONFLICT;
+        } else {
+            rc = fut_fail(f, "put", kv_key_id(k));
+        }
+        kv_fut_free(f);
+        break;
+    }
+    tu_sbuf_free(&b);
+    kv_key_free(k);
+    return rc;
+}
+
+static int cmd_delete(ctx *c, int argc, char **argv)
+{
+    if (argc != 2)
+        return die_usage("delete: expected KEY TOKEN", NULL);
+    uint64_t token;
+    if (parse_token(argv[1], &token))
+        return EX_USAGE;
+    kv_key *k;
+    int rc = parse_key(argv[0], &k, false);
+    if (rc)
+        return rc;
+    kv_fut *f = kv_delete(c->store, k, token);
+    int st = kv_wait(f);
+    if (st == KV_OK) {
+        rc = EX_OK;
+    } else if (st == KV_ECONFLICT) {
+        /* Tell a missing record from a stale token. */
+        kv_fut *h = kv_has(c->store, k);
+        if (kv_wait(h) == KV_OK && !kv_fut_bool(h)) {
+            fprintf(stderr, "%s: delete %s: not found\n", prog, kv_key_id(k));
+            rc = EX_NOTFOUND;
+        } else {
+            fprintf(stderr, "%s: delete %s: conflict: token %" PRIu64
+                            " is not the record's token\n",
+                    prog, kv_key_id(k), token);
+            rc = EX_CONFLICT;
+        }
+        kv_fut_free(h);
+    } else {
+        rc = fut_fail(f, "delete", kv_key_id(k));
+    }
+    kv_fut_free(f);
+    kv_key_free(k);
+    return rc;
+}
+
+/* Stream a query: cb(record) for each, with WINDOW kv_iter_next in flight. */
+typedef int (*rec_cb)(const kv_record *r, void *arg);
+
+static int stream(ctx *c, const kv_query *q, rec_cb cb, void *arg)
+{
+    kv_fut *of = kv_query_open(c->store, q, NULL);
+    if (kv_wait(of) != KV_OK) {
+        int rc = fut_fail(of, "query", kv_key_id(q->key));
+        kv_fut_free(of);
+        return rc;
+    }
+    kv_iter *it = kv_fut_take_iter(of);
+    kv_fut_free(of);
+    kv_fut *ring[WINDOW];
+    size_t head = 0, n = 0;
+    bool end = false;
+    int rc = EX_OK;
+    while (!end || n > 0) {
+        while (!end && rc == EX_OK && n < WINDOW) {
+            ring[(head + n) % WINDOW] = kv_iter_next(it);
+            n++;
+        }
+        if (n == 0)
+            break;
+        kv_fut *f = ring[head];
+        head = (head + 1) % WINDOW;
+        n--;
+        int st = kv_wait(f);
+        if (end || rc != EX_OK) {
+            /* Past the end (KV_EITER) or after an error: just drain. */
+        } else if (st != KV_OK) {
+            rc = fut_fail(f, "query", kv_key_id(q->key));
+            end = true;
+        } else {
+            const kv_record *r = kv_fut_record(f);
+            if (!r)
+                end = true;
+            else if ((rc = cb(r, arg)) != EX_OK)
+                end = true;
+        }
+        kv_fut_free(f);
+    }
+    kv_fut *d = kv_iter_dispose(it);
+    kv_wait(d);
+    kv_fut_free(d);
+    kv_iter_free(it);
+    return rc;
+}
+
+typedef struct qout {
+    bool keys_only, json;
+} qout;
+
+static int print_rec(const kv_record *r, void *arg)
+{
+    const qout *o = arg;
+    if (o->json) {
+        json_line(stdout, r, !o->keys_only);
+    } else {
+        const char *id = kv_key_id(r->key);
+        escaped(stdout, id, strlen(id));
+        printf("\t%" PRIu64, r->token);
+        if (!o->keys_only) {
+            putchar('\t');
+            escaped(stdout, r->val, r->len);
+        }
+        putchar('\n');
+    }
+    return ferror(stdout) ? EX_ERROR : EX_OK;
+}
+
+static int parse_i64(const char *opt, const char *s, int64_t *out, int64_t lo)
+{
+    uint64_t v;
+    if (!s || tu_parse_u64(s, &v) || v > INT64_MAX || (int64_t)v < lo) {
+        fprintf(stderr, "%s: %s needs a non-negative integer\n", prog, opt);
+        return EX_USAGE;
+    }
+    *out = (int64_t)v;
+    return EX_OK;
+}
+
+static int cmd_query(ctx *c, int argc, char **argv, bool dump)
+{
+    const char *prefix = NULL;
+    qout o = {false, dump};
+    kv_query q = kv_query_init(NULL);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!dump && !strcmp(a, "--desc")) {
+            q.sort = KV_SORT_DESC;
+        } else if (!dump && !strcmp(a, "--keys-only")) {
+            o.keys_only = true;
+        } else if (!dump && !strcmp(a, "--json")) {
+            o.json = true;
+        } else if (!dump && (!strcmp(a, "--limit") || !strcmp(a, "--offset"))) {
+            if (parse_i64(a, i + 1 < argc ? argv[i + 1] : NULL,
+                          a[2] == 'l' ? &q.limit : &q.offset, 0))
+                return EX_USAGE;
+            i++;
+        } else if (!dump && (!strncmp(a, "--limit=", 8) || !strncmp(a, "--offset=", 9))) {
+            const char *eq = strchr(a, '=');
+            if (parse_i64(a, eq + 1, a[2] == 'l' ? &q.limit : &q.offset, 0))
+                return EX_USAGE;
+        } else if (a[0] == '-' && a[1] == '-') {
+            return die_usage(dump ? "dump: unknown option" : "query: unknown option", a);
+        } else if (!prefix) {
+            prefix = a;
+        } else {
+            return die_usage("too many arguments", a);
+        }
+    }
+    if (!prefix) {
+        if (!dump)
+            return die_usage("query: missing PREFIX (use / for everything)", NULL);
+        prefix = "/";
+    }
+    kv_key *k;
+    int rc = parse_key(prefix, &k, true);
+    if (rc)
+        return rc;
+    q.key = k;
+    q.value = !o.keys_only;
+    rc = stream(c, &q, print_rec, &o);
+    kv_key_free(k);
+    if (fflush(stdout) != 0 && rc == EX_OK) {
+        fprintf(stderr, "%s: writing output: %s\n", prog, strerror(errno));
+        rc = EX_ERROR;
+    }
+    return rc;
+}
+
+/* stats */
+typedef struct stat_acc {
+    uint64_t n, kbytes, vbytes, vmax;
+} stat_acc;
+
+static int acc_rec(const kv_record *r, void *arg)
+{
+    stat_acc *a = arg;
+    a->n++;
+    a->kbytes += strlen(kv_key_id(r->key));
+    a->vbytes += r->len;
+    if (r->len > a->vmax)
+        a->vmax = r->len;
+    return EX_OK;
+}
+
+static uint64_t du_bytes, du_files;
+
+static int du_cb(const char *path, const struct stat *st, int type,
+                 struct FTW *ftw)
+{
+    (void)path;
+    (void)ftw;
+    if (type == FTW_F) {
+        du_files++;
+        du_bytes += (uint64_t)st->st_blocks * 512;
+    } else if (type == FTW_D || type == FTW_DP) {
+        du_bytes += (uint64_t)st->st_blocks * 512;
+    }
+    return 0;
+}
+
+static int cmd_stats(ctx *c, int argc, char **argv)
+{
+    if (argc > 1)
+        return die_usage("stats: too many arguments", argv[1]);
+    kv_key *k;
+    int rc = parse_key(argc ? argv[0] : "/", &k, true);
+    if (rc)
+        return rc;
+    kv_query q = kv_query_init(k);
+    q.sort = KV_SORT_NONE;
+    stat_acc a = {0};
+    rc = stream(c, &q, acc_rec, &a);
+    if (rc == EX_OK) {
+        printf("backend: %s\n", kv_store_backend(c->store));
+        printf("prefix: %s\n", kv_key_id(k));
+        printf("records: %" PRIu64 "\n", a.n);
+        printf("key_bytes: %" PRIu64 "\n", a.kbytes);
+        printf("value_bytes: %" PRIu64 "\n", a.vbytes);
+        printf("largest_value: %" PRIu64 "\n", a.vmax);
+        if (c->uri.kind == TU_SQLITE) {
+            static const char *const sfx[] = {"", "-wal", "-shm"};
+            uint64_t tot = 0;
+            for (size_t i = 0; i < 3; i++) {
+                char p[4200];
+                struct stat st;
+                snprintf(p, sizeof p, "%s%s", c->uri.path, sfx[i]);
+                if (stat(p, &st) == 0)
+                    tot += (uint64_t)st.st_size;
+            }
+            printf("disk_bytes: %" PRIu64 " (database, -wal and -shm files)\n", tot);
+        } else if (c->uri.kind == TU_FS) {
+            du_bytes = du_files = 0;
+            if (nftw(c->uri.path, du_cb, 32, FTW_PHYS) == 0)
+                printf("disk_bytes: %" PRIu64 " (allocated, %" PRIu64
+                       " files under the root)\n",
+                       du_bytes, du_files);
+        }
+    }
+    kv_key_free(k);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* load: JSON lines                                                         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct jp {
+    const char *s;
+    size_t n, i;
+    char err[160];
+} jp;
+
+static void jp_ws(jp *p)
+{
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' ||
+                           p->s[p->i] == '\r' || p->s[p->i] == '\n'))
+        p->i++;
+}
+
+static int jp_fail(jp *p, const char *msg)
+{
+    if (!p->err[0])
+        snprintf(p->err, sizeof p->err, "%s", msg);
+    return -1;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int jp_hex4(jp *p, unsigned *out)
+{
+    if (p->n - p->i < 4)
+        return jp_fail(p, "truncated \\u escape");
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(p->s[p->i + (size_t)k]);
+        if (h < 0)
+            return jp_fail(p, "bad \\u escape");
+        v = v << 4 | (unsigned)h;
+    }
+    p->i += 4;
+    *out = v;
+    return 0;
+}
+
+static int put_utf8(tu_sbuf *b, unsigned cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    return tu_sbuf_put(b, u, n);
+}
+
+/* A JSON string into out (decoded, NUL-terminated; may hold NULs). */
+static int jp_string(jp *p, tu_sbuf *out)
+{
+    out->len = 0;
+    if (tu_sbuf_put(out, "", 0))
+        return jp_fail(p, "out of memory");
+    if (p->i >= p->n || p->s[p->i] != '"')
+        return jp_fail(p, "expected a string");
+    p->i++;
+    for (;;) {
+        if (p->i >= p->n)
+            return jp_fail(p, "unterminated string");
+        unsigned char ch = (unsigned char)p->s[p->i];
+        if (ch == '"') {
+            p->i++;
+            return 0;
+        }
+        if (ch < 0x20)
+            return jp_fail(p, "control character in a string");
+        if (ch != '\\') {
+            size_t st = p->i;
+            while (p->i < p->n && p->s[p->i] != '"' && p->s[p->i] != '\\' &&
+                   (unsigned char)p->s[p->i] >= 0x20)
+                p->i++;
+            if (!tu_utf8_valid(p->s + st, p->i - st))
+                return jp_fail(p, "string is not valid UTF-8");
+            if (tu_sbuf_put(out, p->s + st, p->i - st))
+                return jp_fail(p, "out of memory");
+            continue;
+        }
+        p->i++;
+        if (p->i >= p->n)
+            return jp_fail(p, "unterminated escape");
+        char e = p->s[p->i++];
+        char lit = 0;
+        switch (e) {
+        case '"': lit = '"'; break;
+        case '\\': lit = '\\'; break;
+        case '/': lit = '/'; break;
+        case 'b': lit = '\b'; break;
+        case 'f': lit = '\f'; break;
+        case 'n': lit = '\n'; break;
+        case 'r': lit = '\r'; break;
+        case 't': lit = '\t'; break;
+        case 'u': {
+            unsigned cp;
+            if (jp_hex4(p, &cp))
+                return -1;
+            if (cp >= 0xDC00 && cp <= 0xDFFF)
+                return jp_fail(p, "lone low surrogate in \\u escape");
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                unsigned lo;
+                if (p->n - p->i < 2 || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u')
+                    return jp_fail(p, "high surrogate without a low one");
+                p->i += 2;
+                if (jp_hex4(p, &lo))
+                    return -1;
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    return jp_fail(p, "bad surrogate pair");
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (put_utf8(out, cp))
+                return jp_fail(p, "out of memory");
+            continue;
+        }
+        default: return jp_fail(p, "bad escape in a string");
+        }
+        if (tu_sbuf_put(out, &lit, 1))
+            return jp_fail(p, "out of memory");
+    }
+}
+
+static int jp_skip(jp *p, int depth);
+
+static int jp_skip_lit(jp *p, const char *lit)
+{
+    size_t n = strlen(lit);
+    if (p->n - p->i < n || memcmp(p->s + p->i, lit, n) != 0)
+        return jp_fail(p, "unexpected character");
+    p->i += n;
+    return 0;
+}
+
+static int jp_number(jp *p, bool *is_uint, uint64_t *u)
+{
+    size_t st = p->i;
+    bool neg = false, frac = false;
+    if (p->i < p->n && p->s[p->i] == '-') {
+        neg = true;
+        p->i++;
+    }
+    size_t ds = p->i;
+    while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+        p->i++;
+    if (p->i == ds)
+        return jp_fail(p, "bad number");
+    if (p->i - ds > 1 && p->s[ds] == '0')
+        return jp_fail(p, "leading zero in a number");
+    size_t de = p->i;
+    if (p->i < p->n && p->s[p->i] == '.') {
+        frac = true;
+        p->i++;
+        size_t fs = p->i;
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+        if (p->i == fs)
+            return jp_fail(p, "bad number");
+    }
+    if (p->i < p->n && (p->s[p->i] == 'e' || p->s[p->i] == 'E')) {
+        frac = true;
+        p->i++;
+        if (p->i < p->n && (p->s[p->i] == '+' || p->s[p->i] == '-'))
+            p->i++;
+        size_t es = p->i;
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+        if (p->i == es)
+            return jp_fail(p, "bad number");
+    }
+    *is_uint = false;
+    if (!neg && !frac && de - ds <= 20) {
+        char buf[24];
+        memcpy(buf, p->s + ds, de - ds);
+        buf[de - ds] = '\0';
+        *is_uint = tu_parse_u64(buf, u) == 0;
+    }
+    (void)st;
+    return 0;
+}
+
+static int jp_skip(jp *p, int depth)
+{
+    if (depth > 64)
+        return jp_fail(p, "nesting too deep");
+    jp_ws(p);
+    if (p->i >= p->n)
+        return jp_fail(p, "expected a value");
+    char ch = p->s[p->i];
+    tu_sbuf tmp = {0};
+    int rc = 0;
+    if (ch == '"') {
+        rc = jp_string(p, &tmp);
+    } else if (ch == '{' || ch == '[') {
+        char close = ch == '{' ? '}' : ']';
+        p->i++;
+        jp_ws(p);
+        if (p->i < p->n && p->s[p->i] == close) {
+            p->i++;
+        } else {
+            for (;;) {
+                if (ch == '{') {
+                    jp_ws(p);
+                    if ((rc = jp_string(p, &tmp)))
+                        break;
+                    jp_ws(p);
+                    if (p->i >= p->n || p->s[p->i] != ':') {
+                        rc = jp_fail(p, "expected ':'");
+                        break;
+                    }
+                    p->i++;
+                }
+                if ((rc = jp_skip(p, depth + 1)))
+                    break;
+                jp_ws(p);
+                if (p->i < p->n && p->s[p->i] == ',') {
+                    p->i++;
+                    continue;
+                }
+                if (p->i < p->n && p->s[p->i] == close) {
+                    p->i++;
+                    break;
+                }
+                rc = jp_fail(p, ch == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
+                break;
+            }
+        }
+    } else if (ch == 't') {
+        rc = jp_skip_lit(p, "true");
+    } else if (ch == 'f') {
+        rc = jp_skip_lit(p, "false");
+    } else if (ch == 'n') {
+        rc = jp_skip_lit(p, "null");
+    } else {
+        bool u;
+        uint64_t v;
+        rc = jp_number(p, &u, &v);
+    }
+    tu_sbuf_free(&tmp);
+    return rc;
+}
+
+/* One parsed line of a dump. */
+typedef struct lrec {
+    tu_sbuf key;
+    unsigned char *val;
+    size_t len;
+    bool has_key, has_val, has_tok;
+} lrec;
+
+static int parse_line(jp *p, lrec *r)
+{
+    tu_sbuf s = {0};
+    int rc = -1;
+    r->has_key = r->has_val = r->has_tok = false;
+    free(r->val);
+    r->val = NULL;
+    r->len = 0;
+    jp_ws(p);
+    if (p->i >= p->n || p->s[p->i] != '{') {
+        jp_fail(p, "expected '{'");
+        goto out;
+    }
+    p->i++;
+    jp_ws(p);
+    if (p->i < p->n && p->s[p->i] == '}') {
+        p->i++;
+    } else {
+        for (;;) {
+            jp_ws(p);
+            size_t name_at = p->i;
+            if (jp_string(p, &s))
+                goto out;
+            char name[16];
+            snprintf(name, sizeof name, "%s", strlen(s.p) == s.len ? s.p : "");
+            jp_ws(p);
+            if (p->i >= p->n || p->s[p->i] != ':') {
+                jp_fail(p, "expected ':'");
+                goto out;
+            }
+            p->i++;
+            jp_ws(p);
+            if (!strcmp(name, "key") || !strcmp(name, "key_base64")) {
+                if (r->has_key) {
+                    p->i = name_at;
+                    jp_fail(p, "the key is given twice");
+                    goto out;
+                }
+                if (jp_string(p, &r->key))
+                    goto out;
+                if (name[3] == '_') {
+                    unsigned char *d = malloc(r->key.len / 4 * 3 + 1);
+                    size_t bad;
+                    long n = d ? tu_b64_decode(d, r->key.p, r->key.len, &bad) : -1;
+                    if (n < 0) {
+                        free(d);
+                        jp_fail(p, d ? "key_base64 is not valid base64" : "out of memory");
+                        goto out;
+                    }
+                    r->key.len = 0;
+                    if (tu_sbuf_put(&r->key, d, (size_t)n)) {
+                        free(d);
+                        jp_fail(p, "out of memory");
+                        goto out;
+                    }
+                    free(d);
+                }
+                r->has_key = true;
+            } else if (!strcmp(name, "value")) {
+                if (r->has_val) {
+                    p->i = name_at;
+                    jp_fail(p, "the value is given twice");
+                    goto out;
+                }
+                size_t at = p->i;
+                if (jp_string(p, &s))
+                    goto out;
+                r->val = malloc(s.len / 4 * 3 + 1);
+                if (!r->val) {
+                    jp_fail(p, "out of memory");
+                    goto out;
+                }
+                size_t bad;
+                long n = tu_b64_decode(r->val, s.p, s.len, &bad);
+                if (n < 0) {
+                    p->i = at + 1 + (bad < s.len ? bad : s.len);
+                    jp_fail(p, bad < s.len ? "value: invalid base64 character"
+                                           : "value: base64 length is not a multiple of 4");
+                    goto out;
+                }
+                r->len = (size_t)n;
+                r->has_val = true;
+            } else if (!strcmp(name, "token")) {
+                bool u;
+                uint64_t v;
+                size_t at = p->i;
+                if (p->i < p->n && p->s[p->i] == 'n') { /* null */
+                    if (jp_skip_lit(p, "null"))
+                        goto out;
+                } else {
+                    if (jp_number(p, &u, &v))
+                        goto out;
+                    if (!u) {
+                        p->i = at;
+                        jp_fail(p, "token must be a non-negative integer");
+                        goto out;
+                    }
+                }
+                r->has_tok = true;
+            } else if (jp_skip(p, 1)) {
+                goto out;
+            }
+            jp_ws(p);
+            if (p->i < p->n && p->s[p->i] == ',') {
+                p->i++;
+                continue;
+            }
+            if (p->i < p->n && p->s[p->i] == '}') {
+                p->i++;
+                break;
+            }
+            jp_fail(p, "expected ',' or '}'");
+            goto out;
+        }
+    }
+    jp_ws(p);
+    if (p->i != p->n) {
+        jp_fail(p, "trailing characters after the object");
+        goto out;
+    }
+    if (!r->has_key) {
+        jp_fail(p, "missing \"key\"");
+        goto out;
+    }
+    if (!r->has_val) {
+        jp_fail(p, "missing \"value\"");
+        goto out;
+    }
+    if (strlen(r->key.p) != r->key.len) {
+        jp_fail(p, "the key contains a NUL byte");
+        goto out;
+    }
+    rc = 0;
+out:
+    tu_sbuf_free(&s);
+    return rc;
+}
+
+typedef struct lslot {
+    kv_fut *f;
+    kv_key *key;
+    unsigned char *val;
+    size_t len;
+    unsigned long line;
+} lslot;
+
+typedef struct loadst {
+    ctx *c;
+    const char *src;
+    bool replace, keep_going;
+    uint64_t ok, replaced, failed;
+    int rc; /* first failure's exit code */
+} loadst;
+
+static void load_note(loadst *ls, int code)
+{
+    ls->failed++;
+    if (!ls->rc)
+        ls->rc = code;
+}
+
+/* Wait for a slot's put and account for it. */
+static void load_reap(loadst *ls, lslot *s)
+{
+    int st = kv_wait(s->f);
+    if (st == KV_ECONFLICT && ls->replace) {
+        /* Replace the existing record: read its token, write again. */
+        for (int attempt = 0; attempt < 10 && st == KV_ECONFLICT; attempt++) {
+            kv_fut *g = kv_get(ls->c->store, s->key, NULL);
+            int gs = kv_wait(g);
+            uint64_t tok = gs == KV_OK ? kv_fut_record(g)->token : 0;
+            kv_fut_free(g);
+            if (gs != KV_OK && gs != KV_ENOTFOUND) {
+                st = gs;
+                break;
+            }
+            kv_record rec = {s->key, s->val, s->len, tok};
+            kv_fut_free(s->f);
+            s->f = kv_put(ls->c->store, &rec, NULL);
+            st = kv_wait(s->f);
+            if (st == KV_OK)
+                ls->replaced++;
+        }
+    }
+    if (st == KV_OK) {
+        ls->ok++;
+    } else if (st == KV_ECONFLICT) {
+        fprintf(stderr, "%s: %s:%lu: %s already exists (use --replace)\n",
+                prog, ls->src, s->line, kv_key_id(s->key));
+        load_note(ls, EX_CONFLICT);
+    } else {
+        const char *m = kv_fut_errmsg(s->f);
+        fprintf(stderr, "%s: %s:%lu: put %s: %s%s%s\n", prog, ls->src, s->line,
+                kv_key_id(s->key), kv_strerror(st), *m ? ": " : "", m);
+        load_note(ls, fail_code(st));
+    }
+    kv_fut_free(s->f);
+    kv_key_free(s->key);
+    free(s->val);
+    memset(s, 0, sizeof *s);
+}
+
+static int cmd_load(ctx *c, int argc, char **argv)
+{
+    loadst ls = {c, "-", false, false, 0, 0, 0, 0};
+    const char *file = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--replace"))
+            ls.replace = true;
+        else if (!strcmp(argv[i], "--keep-going"))
+            ls.keep_going = true;
+        else if (argv[i][0] == '-' && argv[i][1] == '-')
+            return die_usage("load: unknown option", argv[i]);
+        else if (!file)
+            file = argv[i];
+        else
+            return die_usage("load: too many arguments", argv[i]);
+    }
+    FILE *in = stdin;
+    if (file && strcmp(file, "-")) {
+        in = fopen(file, "r");
+        if (!in) {
+            fprintf(stderr, "%s: %s: %s\n", prog, file, strerror(errno));
+            return EX_ERROR;
+        }
+        ls.src = file;
+    } else {
+        ls.src = "<stdin>";
+    }
+    lslot ring[WINDOW];
+    memset(ring, 0, sizeof ring);
+    size_t head = 0, n = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    unsigned long lineno = 0;
+    lrec r;
+    memset(&r, 0, sizeof r);
+    while ((got = getline(&line, &cap, in)) >= 0) {
+        lineno++;
+        if (ls.rc && !ls.keep_going)
+            break;
+        jp p = {line, (size_t)got, 0, ""};
+        jp_ws(&p);
+        if (p.i == p.n)
+            continue; /* blank line */
+        if ((size_t)got != strlen(line)) {
+            fprintf(stderr, "%s: %s:%lu: NUL byte in the line\n", prog, ls.src, lineno);
+            load_note(&ls, EX_BADINPUT);
+            continue;
+        }
+        if (parse_line(&p, &r)) {
+            fprintf(stderr, "%s: %s:%lu:%zu: %s\n", prog, ls.src, lineno,
+                    p.i + 1, p.err);
+            load_note(&ls, EX_BADINPUT);
+            continue;
+        }
+        kv_key *k = NULL;
+        if (kv_key_parse(&k, r.key.p) != KV_OK || kv_key_len(k) == 0) {
+            const char *m = kv_last_errmsg();
+            if (k && kv_key_len(k) == 0) {
+                kv_key_free(k);
+                m = "the empty key names no record";
+            }
+            fprintf(stderr, "%s: %s:%lu: invalid key '%s'%s%s\n", prog, ls.src,
+                    lineno, r.key.p, *m ? ": " : "", m);
+            load_note(&ls, EX_BADKEY);
+            continue;
+        }
+        if (n == WINDOW) {
+            load_reap(&ls, &ring[head]);
+            head = (head + 1) % WINDOW;
+            n--;
+        }
+        lslot *s = &ring[(head + n) % WINDOW];
+        n++;
+        s->key = k;
+        s->val = r.val;
+        s->len = r.len;
+        s->line = lineno;
+        r.val = NULL;
+        kv_record rec = {k, s->val, s->len, 0};
+        s->f = kv_put(c->store, &rec, NULL);
+    }
+    bool rerr = ferror(in);
+    while (n > 0) {
+        load_reap(&ls, &ring[head]);
+        head = (head + 1) % WINDOW;
+        n--;
+    }
+    free(line);
+    free(r.val);
+    tu_sbuf_free(&r.key);
+    if (in != stdin)
+        fclose(in);
+    if (rerr) {
+        fprintf(stderr, "%s: reading %s: %s\n", prog, ls.src, strerror(errno));
+        if (!ls.rc)
+            ls.rc = EX_ERROR;
+    }
+    fprintf(stderr, "%s: loaded %" PRIu64 " record%s%s", prog, ls.ok,
+            ls.ok == 1 ? "" : "s", ls.replace ? "" : "\n");
+    if (ls.replace)
+        fprintf(stderr, " (%" PRIu64 " replaced)\n", ls.replaced);
+    if (ls.failed)
+        fprintf(stderr, "%s: %" PRIu64 " line%s failed%s\n", prog, ls.failed,
+                ls.failed == 1 ? "" : "s",
+                ls.keep_going ? "" : "; stopped at the first failure");
+    return ls.rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* main                                                                     */
+/* ------------------------------------------------------------------------ */
+
+int main(int argc, char **argv)
+{
+    int sync = -1; /* -1: backend default */
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return EX_OK;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("kvctl (kvstore %s)\n", kv_version_string());
+            return EX_OK;
+        }
+        if (!strncmp(a, "--sync=", 7)) {
+            const char *v = a + 7;
+            sync = !strcmp(v, "full") ? 2 : !strcmp(v, "normal") ? 1 : !strcmp(v, "none") ? 0 : -2;
+            if (sync == -2)
+                return die_usage("--sync takes full, normal or none", v);
+            continue;
+        }
+        if (a[0] == '-' && a[1] == '-')
+            return die_usage("unknown option", a);
+        break;
+    }
+    if (argc - i < 2) {
+        usage(stderr);
+        return EX_USAGE;
+    }
+    const char *store = argv[i], *cmd = argv[i + 1];
+    int cargc = argc - i - 2;
+    char **cargv = argv + i + 2;
+    enum { C_GET, C_PUT, C_DELETE, C_QUERY, C_DUMP, C_LOAD, C_STATS } which;
+    if (!strcmp(cmd, "get"))
+        which = C_GET;
+    else if (!strcmp(cmd, "put"))
+        which = C_PUT;
+    else if (!strcmp(cmd, "delete") || !strcmp(cmd, "del"))
+        which = C_DELETE;
+    else if (!strcmp(cmd, "query"))
+        which = C_QUERY;
+    else if (!strcmp(cmd, "dump"))
+        which = C_DUMP;
+    else if (!strcmp(cmd, "load"))
+        which = C_LOAD;
+    else if (!strcmp(cmd, "stats"))
+        which = C_STATS;
+    else
+        return die_usage("unknown command", cmd);
+
+    ctx c;
+    memset(&c, 0, sizeof c);
+    char err[1200];
+    if (tu_uri_parse(&c.uri, store, err, sizeof err))
+        return die_usage(err, NULL);
+    if (!tu_uri_is_kvstore(&c.uri)) {
+        fprintf(stderr, "%s: %s: kvctl opens kvstore stores only (sqlite:, fs:)\n",
+                prog, store);
+        tu_uri_free(&c.uri);
+        return EX_USAGE;
+    }
+    bool reader = which == C_GET || which == C_QUERY || which == C_DUMP ||
+                  which == C_STATS;
+    unsigned flags = 0;
+    if (reader && c.uri.kind != TU_SQLITE_MEM)
+        flags |= KV_READONLY;
+    if (c.uri.kind == TU_FS && sync == 0)
+        flags |= KV_NO_FSYNC;
+    if (c.uri.kind != TU_FS && sync == 2)
+        flags |= KV_SYNC_FULL;
+    if (reader && c.uri.path) {
+        struct stat st;
+        if (stat(c.uri.path, &st) != 0) {
+            fprintf(stderr, "%s: %s: no such store (%s)\n", prog, store,
+                    strerror(errno));
+            tu_uri_free(&c.uri);
+            return EX_OPEN;
+        }
+    }
+
+    int rc = kv_loop_new(&c.loop, NULL);
+    if (rc != KV_OK) {
+        fprintf(stderr, "%s: kv_loop_new: %s: %s\n", prog, kv_strerror(rc),
+                kv_last_errmsg());
+        tu_uri_free(&c.uri);
+        return EX_ERROR;
+    }
+    rc = kv_pool_new(&c.pool, 2);
+    if (rc != KV_OK) {
+        fprintf(stderr, "%s: kv_pool_new: %s\n", prog, kv_strerror(rc));
+        kv_loop_free(c.loop);
+        tu_uri_free(&c.uri);
+        return EX_ERROR;
+    }
+    rc = tu_open_store(&c.store, c.loop, c.pool, &c.uri, flags, err, sizeof err);
+    int ex;
+    if (rc != KV_OK) {
+        fprintf(stderr, "%s: %s%s\n", prog, err,
+                rc == KV_EBUSY ? " (another process has it open)" : "");
+        ex = EX_OPEN;
+    } else {
+        switch (which) {
+        case C_GET: ex = cmd_get(&c, cargc, cargv); break;
+        case C_PUT: ex = cmd_put(&c, cargc, cargv); break;
+        case C_DELETE: ex = cmd_delete(&c, cargc, cargv); break;
+        case C_QUERY: ex = cmd_query(&c, cargc, cargv, false); break;
+        case C_DUMP: ex = cmd_query(&c, cargc, cargv, true); break;
+        case C_LOAD: ex = cmd_load(&c, cargc, cargv); break;
+        case C_STATS: ex = cmd_stats(&c, cargc, cargv); break;
+        default: ex = EX_USAGE;
+        }
+        kv_fut *f = kv_close(c.store);
+        int st = kv_wait(f);
+        if (st != KV_OK && ex == EX_OK) {
+            ex = fut_fail(f, "close", NULL);
+            if (ex == EX_BADKEY)
+                ex = EX_ERROR;
+        }
+        kv_fut_free(f);
+        kv_store_free(c.store);
+    }
+    kv_loop_run(c.loop, KV_RUN_DEFAULT);
+    kv_pool_free(c.pool);
+    kv_loop_free(c.loop);
+    tu_uri_free(&c.uri);
+    if (fflush(stdout) != 0 && ex == EX_OK) {
+        fprintf(stderr, "%s: writing output: %s\n", prog, strerror(errno));
+        ex = EX_ERROR;
+    }
+    return ex;
+}
