@@ -1596,17 +1596,19 @@ static void kop_finish(kop *k, int status)
     k->qnext = NULL;
     k->req = NULL;
     k->it = NULL;
-    if (--fr->remaining == 0) {
+    bool last = --fr->remaining == 0;
+    if (k->pending == 0)
+        kop_free(k);
+    if (next != NULL)
+        kop_start(next);
+    /* Last: completing a request may re-enter submit (iterators). */
+    if (last) {
         req->bpriv = NULL;
         int err = fr->err;
         char *msg = fr->msg;
         kv__free(fr);
         req_end(fs, req, err, msg);
     }
-    if (k->pending == 0)
-        kop_free(k);
-    if (next != NULL)
-        kop_start(next);
 }
 
 /* Close in the background; k stays alive until the CQE. */
@@ -2567,7 +2569,16 @@ static int cursor_begin(cursor *c)
             idc = NULL;
     }
     if (rc == KV_OK) {
-        f.ents[0].sdir = 0;
+        /* Offsets count records, so know whether this one exists. */
+        struct stat st;
+        char name[CHUNK + 4];
+        snprintf(name, sizeof name, "%s.kv", base);
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISREG(st.st_mode))
+            f.ents[0].rdir = -1;
+        if (fstatat(fd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISDIR(st.st_mode))
+            f.ents[0].sdir = 0;
         rc = cursor_push(c, &f);
     }
     kv__free(idc);
@@ -2751,6 +2762,9 @@ static void fetch_done(kv__job *job, int status)
     kv__req *req = j->req;
     job_unlink(fs, j);
     c->busy = false;
+    if (c->disposed)
+        cursor_free(c);
+    /* Completing may re-enter submit (a dispose): c is not touched after. */
     if (status != KV_OK) {
         req_end(fs, req, status, NULL);
     } else if (j->status != KV_OK) {
@@ -2761,8 +2775,6 @@ static void fetch_done(kv__job *job, int status)
         req->eof = j->eof;
         req_end(fs, req, KV_OK, NULL);
     }
-    if (c->disposed)
-        cursor_free(c);
     kv__free(j);
     fs_check_closed(fs);
 }
@@ -2979,13 +2991,15 @@ static void rec_submit(fs_state *fs, kv__req *req, enum kkind kind)
             continue;
         }
         q = kv__calloc(1, sizeof *q);
+        if (q != NULL) {
+            q->key = key;
+            q->hash = h;
+        }
         if (q == NULL || kq_add(fs, q) != KV_OK) {
             kv__free(q);
             /* Not queued: it runs unordered (only on out-of-memory). */
             continue;
         }
-        q->key = key;
-        q->hash = h;
         q->head = q->tail = k;
         k->kq = q;
     }

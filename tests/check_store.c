@@ -431,6 +431,14 @@ static int open_sqlite_file(kv_store **out, kv_loop *loop, kv_pool *pool,
     return kv_sqlite_open(out, loop, pool, path, flags);
 }
 
+static int open_fs(kv_store **out, kv_loop *loop, kv_pool *pool,
+                   const char *dir, unsigned flags)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/fs", dir);
+    return kv_fs_open(out, loop, pool, path, 0, flags);
+}
+
 typedef struct backend {
     const char *name;
     int (*open)(kv_store **out, kv_loop *loop, kv_pool *pool, const char *dir,
@@ -442,6 +450,7 @@ typedef struct backend {
 static const backend backends[] = {
     {"sqlite-memory", open_sqlite_memory, false, false},
     {"sqlite-file", open_sqlite_file, true, true},
+    {"fs", open_fs, true, false},
     {"model", open_model, false, false},
     {"model-noatomic", open_model_noatomic, false, false},
 };
