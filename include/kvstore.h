@@ -174,7 +174,9 @@ KV_EXTERN int kv_loop_new(kv_loop **out, const kv_loop_opts *opts);
 /*
  * Run the loop: reap completions, complete futures and run their callbacks.
  * Returns a positive value if work is still pending, 0 if not, or a negative
- * code on a fatal ring error.  Must not be called from inside a callback.
+ * code on a fatal ring error.  KV_RUN_DEFAULT also returns (positive) when
+ * what is pending can no longer progress on its own.  Must not be called
+ * from inside a callback (KV_EINVAL).
  */
 KV_EXTERN int kv_loop_run(kv_loop *loop, kv_run_mode mode);
 
@@ -183,7 +185,9 @@ KV_EXTERN bool kv_loop_alive(const kv_loop *loop);
 
 /*
  * Free the loop.  Fails KV_EBUSY (and frees nothing) while operations are
- * still pending: close stores and run the loop first.  NULL is a no-op.
+ * still pending, or inside kv_loop_run: close stores and run the loop
+ * first.  Futures may outlive the loop once they are done.  NULL is a no-op
+ * (KV_OK).
  */
 KV_EXTERN int kv_loop_free(kv_loop *loop);
 
@@ -210,10 +214,10 @@ KV_EXTERN void kv_pool_free(kv_pool *pool);
 
 /*
  * Run work(arg) on a worker of pool; the future completes on loop with the
- * value work returned (KV_OK or a negative code).  work must not touch loop
- * state.  kv_fut_cancel on a job that has not started yet removes it (the
- * future completes KV_ECANCELED and work never runs); a running job is not
- * interrupted.  Loop thread only.
+ * value work returned (KV_OK or a negative code; a positive value counts as
+ * KV_OK).  work must not touch loop state.  kv_fut_cancel on a job that has
+ * not started yet removes it (the future completes KV_ECANCELED and work
+ * never runs); a running job is not interrupted.  Loop thread only.
  */
 KV_EXTERN kv_fut *kv_pool_work(kv_loop *loop, kv_pool *pool,
                                int (*work)(void *arg), void *arg);
@@ -289,9 +293,13 @@ KV_EXTERN void kv_fut_complete_records(kv_fut *fut, const kv_record *recs,
                                        size_t n);
 /* Completes with a copy of len bytes. */
 KV_EXTERN void kv_fut_complete_bytes(kv_fut *fut, const void *bytes, size_t len);
-/* Completes with a typed object, freed later by the consuming codec. */
+/*
+ * Completes with a typed object, freed later by the consuming codec (the
+ * future never frees it; if fut was already done, obj stays the caller's).
+ */
 KV_EXTERN void kv_fut_complete_obj(kv_fut *fut, void *obj);
-/* Fails with code (negative) and an optional message (copied). */
+/* Fails with code (negative; 0 or positive gives KV_ERROR) and an optional
+ * message (copied). */
 KV_EXTERN void kv_fut_fail(kv_fut *fut, int code, const char *msg);
 
 /* ------------------------------------------------------------------------ */
@@ -465,7 +473,9 @@ KV_EXTERN void kv_record_free(kv_record *r); /* NULL-safe */
 
 /*
  * Each returns a view owned by the future, valid until kv_fut_free; each is
- * NULL/0/false when the future is pending, failed, or holds no such result.
+ * NULL/0/false when the future is pending or holds no such result.  A failed
+ * future holds a result only where its function says so (e.g. the skipped
+ * keys of KV_EMAXRETRIES).  An empty list is NULL with *n = 0.
  */
 /* get, get_or_put, iter_next (NULL at the end of an iterator). */
 KV_EXTERN const kv_record *kv_fut_record(const kv_fut *fut);
