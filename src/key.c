@@ -194,14 +194,16 @@ typedef struct parts {
 static int parts_init(parts *ps, size_t cap)
 {
     ps->n = 0;
-    if (cap <= PARTS_INLINE) {
-        ps->p = ps->inl;
+    ps->p = ps->inl; /* parts_fini is safe on every path */
+    if (cap <= PARTS_INLINE)
         return KV_OK;
-    }
     if (cap > SIZE_MAX / sizeof(part))
         return KV_ENOMEM;
-    ps->p = kv__malloc(cap * sizeof(part));
-    return ps->p != NULL ? KV_OK : KV_ENOMEM;
+    part *heap = kv__malloc(cap * sizeof(part));
+    if (heap == NULL)
+        return KV_ENOMEM;
+    ps->p = heap;
+    return KV_OK;
 }
 
 static void parts_fini(parts *ps)
