@@ -1902,7 +1902,9 @@ static void on_open(kop *k)
     unsigned n = whole ? 1 : 2;
     if (whole) {
         k->rcap = READ_FIRST;
-        k->rbuf = kv__malloc(k->rcap);
+        /* Zeroed: tools that cannot see the ring's writes (valgrind) would
+         * take the buffer for uninitialised. */
+        k->rbuf = kv__calloc(1, k->rcap);
         if (k->rbuf == NULL) {
             k_fail(k, "read", KV_ENOMEM);
             return;
@@ -1986,6 +1988,7 @@ static void on_read(kop *k)
                 k_fail(k, "read", KV_ENOMEM);
                 return;
             }
+            memset(nb + k->rcap, 0, total + 1 - k->rcap);
             k->rbuf = nb;
             k->rcap = total + 1;
         }

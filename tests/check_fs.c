@@ -113,11 +113,19 @@ static void env_done(env *e)
     kv_pool_free(e->pool);
 }
 
+/* Set in "child" processes, which must not call ck_assert (even a passing
+ * one talks to the test runner). */
+static bool in_child;
+
 static kv_key *key_of(const char *path)
 {
     kv_key *k = NULL;
     int rc = kv_key_parse(&k, path);
-    ck_assert_msg(rc == KV_OK, "parse %s: %s", path, kv_last_errmsg());
+    if (rc != KV_OK) {
+        if (in_child)
+            _exit(99);
+        ck_abort_msg("parse %s: %s", path, kv_last_errmsg());
+    }
     return k;
 }
 
@@ -311,6 +319,32 @@ static void check_tree_fd(int dfd, bool top, size_t *records, size_t *temps)
     closedir(d);
 }
 
+/* Count records and temp files below dfd, asserting nothing (children). */
+static void count_files(int dfd, size_t *records, size_t *temps)
+{
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (d == NULL)
+        _exit(98);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *nm = de->d_name;
+        size_t len = strlen(nm);
+        if (strncmp(nm, ".tmp-", 5) == 0)
+            (*temps)++;
+        else if (len > 3 && strcmp(nm + len - 3, ".kv") == 0)
+            (*records)++;
+        else if (nm[0] != '.') {
+            int sub = openat(dfd, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+            if (sub >= 0) {
+                count_files(sub, records, temps);
+                close(sub);
+            }
+        }
+    }
+    closedir(d);
+}
+
 static void check_tree(const char *dir, bool top, size_t *records,
                        size_t *temps)
 {
@@ -318,6 +352,34 @@ static void check_tree(const char *dir, bool top, size_t *records,
     ck_assert_msg(fd >= 0, "open %s: %s", dir, strerror(errno));
     check_tree_fd(fd, top, records, temps);
     close(fd);
+}
+
+/*
+ * Children run as a fresh image of this program ("check_fs child <mode>
+ * ..."), not as a bare fork: they neither inherit the test's loop, ring and
+ * allocations nor run under valgrind when the tests do.
+ */
+static char self_exe[PATH_MAX];
+
+static pid_t spawn_child(const char *mode, const char *a1, const char *a2,
+                         const char *a3)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char *argv[] = {self_exe, "child",     (char *)mode, (char *)a1,
+                        (char *)a2, (char *)a3, NULL};
+        execv(self_exe, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_child(pid_t pid)
+{
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    return st;
 }
 
 /* Value bytes of a seed (also used by the crash test). */
@@ -767,20 +829,9 @@ START_TEST(test_lock)
     ck_assert_kv(kv_fs_open(&s2, e.loop, e.pool, root, 0, KV_READONLY),
                  KV_EBUSY);
     ck_assert_ptr_null(s2);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        kv_loop *l;
-        kv_pool *p;
-        kv_store *s;
-        if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 1) != KV_OK)
-            _exit(2);
-        int rc = kv_fs_open(&s, l, p, root, 0, 0);
-        _exit(rc == KV_EBUSY ? 0 : 1);
-    }
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    int st = wait_child(spawn_child("lock", root, NULL, NULL));
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "a second process could open the store: status %d", st);
     /* The store still works; after close the root opens again. */
     ck_assert_kv(put_s(e.s, "/k", "v", 0, NULL), KV_OK);
     env_close_store(&e);
@@ -942,49 +993,58 @@ END_TEST
  * the resumed one fail with EFBIG.  The put fails, the old record stays,
  * no temp file is left.  In a child: the limit is process-wide.
  */
+static int child_fsize(void)
+{
+    signal(SIGXFSZ, SIG_IGN);
+    env e;
+    memset(&e, 0, sizeof e);
+    if (kv_loop_new(&e.loop, NULL) != KV_OK || kv_pool_new(&e.pool, 2))
+        return 9;
+    if (env_open(&e, root, 0, 0) != KV_OK)
+        return 9;
+    uint64_t tok, tok2;
+    if (put_s(e.s, "/f/k", "old", 0, &tok) != KV_OK)
+        return 10;
+    struct rlimit rl = {5000, 5000};
+    if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+        return 11;
+    unsigned char *big = malloc(20000);
+    memset(big, 'n', 20000);
+    kv_key *k = key_of("/f/k");
+    if (put_k(e.s, k, big, 20000, tok, NULL) != KV_EBACKEND)
+        return 12;
+    char *got = NULL;
+    if (get_s(e.s, "/f/k", &got, &tok2) != KV_OK || strcmp(got, "old") != 0 ||
+        tok2 != tok)
+        return 13;
+    free(got);
+    uint64_t st[8];
+    kv__fs_stats(e.s, st);
+    if (st[S_SHORT] < 1)
+        return 14;
+    size_t records = 0, temps = 0;
+    int rfd = open(root, O_RDONLY | O_DIRECTORY);
+    count_files(rfd, &records, &temps);
+    close(rfd);
+    if (temps != 0 || records != 1)
+        return 15;
+    /* A small put still works. */
+    if (put_k(e.s, k, "new", 3, tok, NULL) != KV_OK)
+        return 16;
+    kv_key_free(k);
+    free(big);
+    return 0; /* the process ends: no teardown needed */
+}
+
+/*
+ * A write that fails part-way: RLIMIT_FSIZE makes the first write short
+ * (the linked fsync/close/rename are cancelled, the write is resumed) and
+ * the resumed one fail with EFBIG.  The put fails, the old record stays,
+ * no temp file is left.  In a child: the limit is process-wide.
+ */
 START_TEST(test_failed_write_keeps_old)
 {
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        signal(SIGXFSZ, SIG_IGN);
-        env e;
-        env_init(&e, 0, 0);
-        uint64_t tok, tok2;
-        if (put_s(e.s, "/f/k", "old", 0, &tok) != KV_OK)
-            _exit(10);
-        struct rlimit rl = {5000, 5000};
-        if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
-            _exit(11);
-        unsigned char *big = malloc(20000);
-        memset(big, 'n', 20000);
-        kv_key *k = key_of("/f/k");
-        int rc = put_k(e.s, k, big, 20000, tok, NULL);
-        if (rc != KV_EBACKEND)
-            _exit(12);
-        char *got = NULL;
-        if (get_s(e.s, "/f/k", &got, &tok2) != KV_OK ||
-            strcmp(got, "old") != 0 || tok2 != tok)
-            _exit(13);
-        free(got);
-        uint64_t st[8];
-        kv__fs_stats(e.s, st);
-        if (st[S_SHORT] < 1)
-            _exit(14);
-        size_t records = 0, temps = 0;
-        check_tree(root, true, &records, &temps);
-        if (temps != 0 || records != 1)
-            _exit(15);
-        /* A small put still works. */
-        if (put_k(e.s, k, "new", 3, tok, NULL) != KV_OK)
-            _exit(16);
-        kv_key_free(k);
-        free(big);
-        env_done(&e);
-        _exit(0);
-    }
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    int st = wait_child(spawn_child("fsize", root, NULL, NULL));
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "child failed: status %d", st);
 }
@@ -1211,12 +1271,7 @@ static int no_syscalls_child(void)
 
 START_TEST(test_no_file_syscalls_on_loop_thread)
 {
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0)
-        _exit(no_syscalls_child());
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    int st = wait_child(spawn_child("syscalls", root, NULL, NULL));
     ck_assert_msg(WIFEXITED(st), "child died: status %d", st);
     int code = WEXITSTATUS(st);
     if (code == 60) {
@@ -1231,6 +1286,11 @@ START_TEST(test_no_file_syscalls_on_loop_thread)
     ck_assert_msg(code == 0, "child failed with %d", code);
 }
 END_TEST
+#else
+static int no_syscalls_child(void)
+{
+    return 60;
+}
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -1386,13 +1446,11 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
     int pfd[2];
     ck_assert_int_eq(pipe(pfd), 0);
     fcntl(pfd[0], F_SETPIPE_SZ, 1 << 20);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        close(pfd[0]);
-        crash_child(pfd[1], seed);
-        _exit(34);
-    }
+    fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
+    char a_seed[32], a_fd[16];
+    snprintf(a_seed, sizeof a_seed, "%" PRIu64, seed);
+    snprintf(a_fd, sizeof a_fd, "%d", pfd[1]);
+    pid_t pid = spawn_child("crash", root, a_seed, a_fd);
     close(pfd[1]);
     struct timespec t0, now;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1441,8 +1499,7 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
         have -= used;
     }
     close(pfd[0]);
-    int status;
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    int status = wait_child(pid);
     ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
                   "child ended on its own: status %d", status);
 
@@ -1642,8 +1699,41 @@ static int run_bench(const char *dir)
 
 /* ------------------------------------------------------------------------ */
 
+static int run_child(int argc, char **argv)
+{
+    if (argc < 4)
+        return 125;
+    in_child = true;
+    snprintf(root, sizeof root, "%s", argv[3]);
+    if (strcmp(argv[2], "lock") == 0) {
+        kv_loop *l;
+        kv_pool *p;
+        kv_store *s;
+        if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 1) != KV_OK)
+            return 2;
+        int rc = kv_fs_open(&s, l, p, root, 0, 0);
+        return rc == KV_EBUSY ? 0 : 1;
+    }
+    if (strcmp(argv[2], "fsize") == 0)
+        return child_fsize();
+    if (strcmp(argv[2], "syscalls") == 0)
+        return no_syscalls_child();
+    if (strcmp(argv[2], "crash") == 0 && argc >= 6) {
+        crash_child(atoi(argv[5]), strtoull(argv[4], NULL, 10));
+        return 34;
+    }
+    return 126;
+}
+
 int main(int argc, char **argv)
 {
+    ssize_t n = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
+    if (n <= 0 || (size_t)n >= sizeof self_exe - 1)
+        snprintf(self_exe, sizeof self_exe, "%s", argv[0]);
+    else
+        self_exe[n] = '\0';
+    if (argc >= 2 && strcmp(argv[1], "child") == 0)
+        return run_child(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "bench") == 0)
         return run_bench(argc >= 3 ? argv[2] : NULL);
     Suite *s = suite_create("fs");
