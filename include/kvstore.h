@@ -176,7 +176,7 @@ KV_EXTERN int kv_loop_new(kv_loop **out, const kv_loop_opts *opts);
  * Returns a positive value if work is still pending, 0 if not, or a negative
  * code on a fatal ring error.  KV_RUN_DEFAULT also returns (positive) when
  * what is pending can no longer progress on its own.  Must not be called
- * from inside a callback (KV_EINVAL).
+ * from inside a callback nor off the loop thread (KV_EINVAL).
  */
 KV_EXTERN int kv_loop_run(kv_loop *loop, kv_run_mode mode);
 

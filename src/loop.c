@@ -58,6 +58,7 @@ struct kv_loop {
     bool closing;     /* kv_loop_free: do not re-arm the eventfd read */
     bool wake_armed;  /* the eventfd READ is in the ring */
     bool valgrind;    /* never block in io_uring_enter (see enter) */
+    pthread_t owner;  /* the loop thread (created the ring) */
     unsigned inflight; /* SQEs handed out whose final CQE has not come */
     size_t jobs;      /* pool jobs accepted for this loop, not yet finished */
     size_t refs;      /* kv__loop_ref */
@@ -289,6 +290,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
     probe_ops(loop);
     const char *preload = getenv("LD_PRELOAD");
     loop->valgrind = preload != NULL && strstr(preload, "vgpreload") != NULL;
+    loop->owner = pthread_self();
     *out = loop;
     return KV_OK;
 }
@@ -557,6 +559,11 @@ static void dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags)
     }
     if (ud == UD_QUIET)
         return;
+#ifdef LIBURING_UDATA_TIMEOUT
+    /* liburing's own timeout SQE for timed waits on kernels < 5.11. */
+    if (ud == LIBURING_UDATA_TIMEOUT)
+        return;
+#endif
     if (!(flags & IORING_CQE_F_MORE) && loop->inflight > 0)
         loop->inflight--;
     loop->st.cqes++;
@@ -627,8 +634,9 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
     for (;;) {
         int r;
         if (wait && timeout_ms > 0) {
-            struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
-                                           .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+            struct __kernel_timespec ts = {
+                .tv_sec = timeout_ms / 1000,
+                .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
             struct io_uring_cqe *cqe;
             r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, &ts,
                                                  NULL);
@@ -653,6 +661,13 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
         }
         if (r == -EBUSY || r == -EAGAIN)
             return KV_OK; /* reap, then the next turn retries */
+#if HAVE_DECL_IORING_SETUP_SINGLE_ISSUER
+        if (r == -EEXIST && (loop->setup_flags & IORING_SETUP_SINGLE_ISSUER)) {
+            kv__set_errmsg("kv_loop_run: called off the loop thread (the "
+                           "ring is SINGLE_ISSUER)");
+            return KV_EINVAL;
+        }
+#endif
         return r;
     }
 }
@@ -700,6 +715,11 @@ int kv_loop_run(kv_loop *loop, kv_run_mode mode)
         return KV_EINVAL;
     if (mode != KV_RUN_DEFAULT && mode != KV_RUN_ONCE && mode != KV_RUN_NOWAIT)
         return KV_EINVAL;
+    if (!pthread_equal(pthread_self(), loop->owner)) {
+        /* The ring (SINGLE_ISSUER, a registered ring fd) is the owner's. */
+        kv__set_errmsg("kv_loop_run: called off the loop thread");
+        return KV_EINVAL;
+    }
     loop->running = true;
     int rc;
     do {

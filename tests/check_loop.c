@@ -788,6 +788,37 @@ START_TEST(test_loop_opts)
 }
 END_TEST
 
+/* Driving a loop from another thread is refused with a clear message. */
+typedef struct offthread {
+    kv_loop *loop;
+    int rc;
+    char msg[200];
+} offthread;
+
+static void *offthread_main(void *arg)
+{
+    offthread *o = arg;
+    o->rc = kv_loop_run(o->loop, KV_RUN_NOWAIT);
+    snprintf(o->msg, sizeof o->msg, "%s", kv_last_errmsg());
+    return NULL;
+}
+
+START_TEST(test_loop_off_thread)
+{
+    kv_loop *loop = new_loop();
+    kv_fut *f = kv_sleep(loop, 1);
+    offthread o = {.loop = loop};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, offthread_main, &o), 0);
+    pthread_join(th, NULL);
+    ck_assert_kv(o.rc, KV_EINVAL);
+    ck_assert_msg(strstr(o.msg, "loop thread") != NULL, "%s", o.msg);
+    ck_assert_kv(kv_wait(f), KV_OK); /* the owner still runs it */
+    kv_fut_free(f);
+    finish_loop(loop);
+}
+END_TEST
+
 /*
  * io_uring blocked by a seccomp filter (as in a container): kv_loop_new
  * fails KV_ENOTSUP and says why.  In a child process: the filter stays.
@@ -949,6 +980,7 @@ int main(void)
     tcase_add_test(tc, test_loop_modes);
     tcase_add_test(tc, test_loop_opts);
     tcase_add_test(tc, test_loop_new_seccomp);
+    tcase_add_test(tc, test_loop_off_thread);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("ring");
