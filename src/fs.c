@@ -98,7 +98,7 @@
 #define REC_VERSION 1u
 #define CHUNK 240u            /* longest name piece (+ ".kv" <= NAME_MAX) */
 #define READ_FIRST 4096u      /* first read of a get */
-#define TOKEN_BLOCK 65536u    /* tokens reserved per .tokens write */
+#define TOKEN_BLOCK 4096u     /* tokens reserved per .tokens write */
 #define TOK_MAGIC 0x4b54564bu /* "KVTK" */
 #define TOK_SLOT 32u
 #define TOK_SLOT_OFF 512u     /* slot i lives at i * 512 */
@@ -477,6 +477,7 @@ struct fsdir {
     struct open_how how;
     /* group commit */
     bool syncing;
+    unsigned sync_pos; /* SQ tail just after the fsync's SQE */
     kop *ready_head, *ready_tail;
     kop *sync_head;
 };
@@ -1365,12 +1366,31 @@ static void dir_sync_start(fsdir *d)
     }
     io_uring_prep_fsync(sqe, d->fd, 0);
     io_uring_sqe_set_data64(sqe, (uintptr_t)&d->s_sync.op);
+    d->sync_pos = kv__loop_ring(fs->loop)->sq.sqe_tail;
     fs->stats[STAT_DIR_FSYNC]++;
+}
+
+/*
+ * True while d's fsync SQE still sits in the SQ, not yet flushed to the
+ * kernel: it cannot have started, so it will cover every rename whose CQE
+ * was already seen.  (liburing advances sq.sqe_head past an SQE when it
+ * flushes it for io_uring_enter.)
+ */
+static bool dir_sync_unflushed(const fsdir *d)
+{
+    const struct io_uring *ring = kv__loop_ring(d->fs->loop);
+    return (int)(d->sync_pos - ring->sq.sqe_head) > 0;
 }
 
 static void dir_sync_add(fsdir *d, kop *k)
 {
     k->gnext = NULL;
+    if (d->syncing && dir_sync_unflushed(d)) {
+        /* Join the fsync that is about to be issued. */
+        k->gnext = d->sync_head;
+        d->sync_head = k;
+        return;
+    }
     if (d->ready_tail)
         d->ready_tail->gnext = k;
     else
@@ -3542,9 +3562,31 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     if (fs->root == NULL || fs->rootdir == NULL)
         return open_fail(fs, KV_ENOMEM, "kv_fs_open: out of memory");
 
-    if (!fs->readonly && mkdir(root, 0755) != 0 && errno != EEXIST)
-        return open_fail(fs, kv__from_errno(-errno), "kv_fs_open: mkdir %s: %s",
-                         root, strerror(errno));
+    if (!fs->readonly) {
+        if (mkdir(root, 0755) == 0) {
+            /* Make the new root's entry durable: fsync its parent. */
+            char *parent = kv__strdup(root);
+            if (parent == NULL)
+                return open_fail(fs, KV_ENOMEM, "kv_fs_open: out of memory");
+            char *slash = strrchr(parent, '/');
+            const char *pp = slash == NULL ? "." : parent;
+            if (slash == parent)
+                parent[1] = '\0';
+            else if (slash != NULL)
+                *slash = '\0';
+            int pfd = fs->nofsync ? -1 : open(pp, O_RDONLY | O_DIRECTORY |
+                                                      O_CLOEXEC);
+            if (pfd >= 0) {
+                (void)fsync(pfd); /* best effort: the parent is not ours */
+                close(pfd);
+            }
+            kv__free(parent);
+        } else if (errno != EEXIST) {
+            return open_fail(fs, kv__from_errno(-errno),
+                             "kv_fs_open: mkdir %s: %s", root,
+                             strerror(errno));
+        }
+    }
     fs->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fs->rootfd < 0) {
         int e = errno;
@@ -3590,6 +3632,12 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             return open_fail(fs, to_kv(rc),
                              "kv_fs_open: token counter in %s: %s", root,
                              kv_strerror(rc));
+        /* The entries of .lock and .tokens (a lost .tokens would be
+         * rebuilt from the records, missing tokens of deleted ones). */
+        if (!fs->nofsync && fsync(fs->rootfd) != 0)
+            return open_fail(fs, kv__from_errno(-errno),
+                             "kv_fs_open: fsync %s: %s", root,
+                             strerror(errno));
     }
 
     fsdir *r = fs->rootdir;

@@ -921,6 +921,58 @@ START_TEST(test_tokens_reopen)
 }
 END_TEST
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* More puts than one reserved block (4096 tokens): refills go through the
+ * ring while puts wait or continue; every token is distinct. */
+START_TEST(test_token_refill)
+{
+    env e;
+    env_init(&e, 0, 0);
+    enum { N = 9000, DEPTH = 64 };
+    uint64_t *toks = calloc(N, sizeof *toks);
+    kv_fut *futs[DEPTH] = {NULL};
+    int idx[DEPTH];
+    int next = 0, done = 0;
+    while (done < N) {
+        for (int i = 0; i < DEPTH; i++) {
+            if (futs[i] != NULL && kv_fut_done(futs[i])) {
+                ck_assert_kv(kv_fut_status(futs[i]), KV_OK);
+                toks[idx[i]] = kv_fut_token(futs[i]);
+                kv_fut_free(futs[i]);
+                futs[i] = NULL;
+                done++;
+            }
+            if (futs[i] == NULL && next < N) {
+                char p[32];
+                snprintf(p, sizeof p, "/tr/%d/%d", next % 16, next);
+                kv_key *k = key_of(p);
+                kv_record r = {k, "t", 1, 0};
+                idx[i] = next++;
+                futs[i] = kv_put(e.s, &r, NULL);
+                kv_key_free(k);
+            }
+        }
+        if (done < N)
+            kv_loop_run(e.loop, KV_RUN_ONCE);
+    }
+    qsort(toks, N, sizeof *toks, cmp_u64);
+    ck_assert_uint_ne(toks[0], 0);
+    for (int i = 1; i < N; i++)
+        ck_assert_uint_gt(toks[i], toks[i - 1]);
+    env_reopen(&e, 0, 0);
+    uint64_t t;
+    ck_assert_kv(put_s(e.s, "/tr/after", "x", 0, &t), KV_OK);
+    ck_assert_uint_gt(t, toks[N - 1]);
+    free(toks);
+    env_done(&e);
+}
+END_TEST
+
 START_TEST(test_readonly)
 {
     env e;
@@ -1668,7 +1720,10 @@ static void bench_one(const char *dir, const char *label, unsigned flags,
     free(keys);
     free(futs);
     free(tok);
-    env_close_store(&e);
+    kv_fut *cf = kv_close(e.s);
+    kv_wait(cf);
+    kv_fut_free(cf);
+    kv_store_free(e.s);
     kv_loop_run(e.loop, KV_RUN_DEFAULT);
     kv_loop_free(e.loop);
     kv_pool_free(e.pool);
@@ -1734,8 +1789,10 @@ int main(int argc, char **argv)
         self_exe[n] = '\0';
     if (argc >= 2 && strcmp(argv[1], "child") == 0)
         return run_child(argc, argv);
-    if (argc >= 2 && strcmp(argv[1], "bench") == 0)
+    if (argc >= 2 && strcmp(argv[1], "bench") == 0) {
+        in_child = true;
         return run_bench(argc >= 3 ? argv[2] : NULL);
+    }
     Suite *s = suite_create("fs");
     TCase *tc = tcase_create("records");
     tcase_add_checked_fixture(tc, setup, teardown);
@@ -1763,6 +1820,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_lock);
     tcase_add_test(tc, test_temp_cleanup);
     tcase_add_test(tc, test_tokens_reopen);
+    tcase_add_test(tc, test_token_refill);
     tcase_add_test(tc, test_readonly);
     suite_add_tcase(s, tc);
 
