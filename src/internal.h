@@ -192,6 +192,22 @@ void kv__job_finish(kv__job *job);
 /* fut.c                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Lifetime rule.  A future is reference counted (loop thread only):
+ *  - kv__fut_new returns it with one reference, the caller's; kv_fut_free
+ *    (or kv__fut_unref) drops it;
+ *  - a producer that keeps a pointer to finish the future later (an op
+ *    state, a pool job, a backend request) takes its own reference with
+ *    kv__fut_ref when it stores the pointer, and drops it with
+ *    kv__fut_unref after its kv__fut_finish (or once it no longer needs
+ *    the pointer);
+ *  - the loop's ready FIFO holds a reference while callbacks are due.
+ * So a user may free a pending future at any time: the producer's pointer
+ * stays valid, its completion still runs the registered callbacks, and the
+ * memory goes with the last reference.  Never keep a pointer to a future
+ * without holding a reference.
+ */
+
 /* A pending future with one reference (the caller's).  NULL on OOM. */
 kv_fut *kv__fut_new(kv_loop *loop);
 /* A future already failed with code; never NULL (static fallback on OOM). */
@@ -220,7 +236,11 @@ void kv__fut_on_cancel(kv_fut *f, void (*fn)(kv_fut *f, void *arg), void *arg);
 /*
  * Results, set before kv__fut_finish (ownership moves to the future; on a
  * false return from kv__fut_finish the future frees them itself).  typed
- * records hold codec objects in val, freed with codec->free_obj.
+ * records hold codec objects in val, freed with codec->free_obj.  Whatever
+ * is passed to a setter belongs to the future from then on, even when the
+ * future is already done (cancelled): then it is freed at once (an
+ * iterator: with the future) and never shown by the getters.  A result set
+ * on a future that then fails stays visible (e.g. skipped keys).
  */
 void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
                          const kv_codec *codec);
