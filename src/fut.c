@@ -614,8 +614,8 @@ void *kv_fut_obj(const kv_fut *fut)
 
 kv_iter *kv_fut_take_iter(kv_fut *fut)
 {
-    if (fut == NULL || fut->is_static || !fut->done ||
-        !(fut->have & R_ITER) || fut->iter_hidden)
+    if (fut == NULL || fut->is_static || !fut->done || !(fut->have & R_ITER) ||
+        fut->iter_hidden)
         return NULL;
     kv_iter *it = fut->iter;
     fut->iter = NULL;

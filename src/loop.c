@@ -29,8 +29,8 @@
 #include <unistd.h>
 
 #define DEFAULT_SQ 256u
-#define MAX_SQ 32768u   /* IORING_MAX_ENTRIES */
-#define MAX_CQ 65536u   /* IORING_MAX_CQ_ENTRIES */
+#define MAX_SQ 32768u /* IORING_MAX_ENTRIES */
+#define MAX_CQ 65536u /* IORING_MAX_CQ_ENTRIES */
 #define DEFAULT_IOWQ_BOUNDED 64u
 #define REAP_BATCH 64u
 /* Internal user_data: a CQE neither counted nor dispatched (loop's own). */
@@ -54,20 +54,20 @@ struct kv_loop {
     unsigned setup_flags;
 
     /* --- loop thread only ------------------------------------------- */
-    bool running;     /* inside kv_loop_run */
-    bool closing;     /* kv_loop_free: do not re-arm the eventfd read */
-    bool wake_armed;  /* the eventfd READ is in the ring */
-    bool valgrind;    /* never block in io_uring_enter (see enter) */
-    pthread_t owner;  /* the loop thread (created the ring) */
+    bool running;      /* inside kv_loop_run */
+    bool closing;      /* kv_loop_free: do not re-arm the eventfd read */
+    bool wake_armed;   /* the eventfd READ is in the ring */
+    bool valgrind;     /* never block in io_uring_enter (see enter) */
+    pthread_t owner;   /* the loop thread (created the ring) */
     unsigned inflight; /* SQEs handed out whose final CQE has not come */
-    size_t jobs;      /* pool jobs accepted for this loop, not yet finished */
-    size_t refs;      /* kv__loop_ref */
+    size_t jobs;       /* pool jobs accepted for this loop, not yet finished */
+    size_t refs;       /* kv__loop_ref */
     kv_fut *ready_head, *ready_tail; /* futures whose callbacks are due */
     size_t ready_len;
     stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
     size_t nstash, capstash;
-    int efd;          /* eventfd; workers write it (any thread) */
-    uint64_t efd_val; /* buffer of the standing READ */
+    int efd;               /* eventfd; workers write it (any thread) */
+    uint64_t efd_val;      /* buffer of the standing READ */
     unsigned char ops[32]; /* probed opcodes, a bitmap */
     kv__loop_stats st;
 
@@ -158,12 +158,13 @@ static int setup_ring(kv_loop *loop, unsigned sq, unsigned cq, unsigned kflags)
 #if HAVE_DECL_IORING_SETUP_SUBMIT_ALL
     base |= IORING_SETUP_SUBMIT_ALL;
 #endif
-#if HAVE_DECL_IORING_SETUP_SINGLE_ISSUER && HAVE_DECL_IORING_SETUP_DEFER_TASKRUN && \
+#if HAVE_DECL_IORING_SETUP_SINGLE_ISSUER &&                                    \
+    HAVE_DECL_IORING_SETUP_DEFER_TASKRUN &&                                    \
     defined(HAVE_IO_URING_SUBMIT_AND_GET_EVENTS)
     /* DEFER_TASKRUN needs io_uring_submit_and_get_events for NOWAIT. */
     if (!(kflags & KV_LOOP_NO_DEFER_TASKRUN))
-        tries[ntries++] = base | IORING_SETUP_SINGLE_ISSUER |
-                          IORING_SETUP_DEFER_TASKRUN;
+        tries[ntries++] =
+            base | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
 #endif
 #if HAVE_DECL_IORING_SETUP_COOP_TASKRUN
     tries[ntries++] = base | IORING_SETUP_COOP_TASKRUN;
@@ -230,8 +231,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         return KV_EINVAL;
     }
     if (o.sq_entries > MAX_SQ) {
-        kv__set_errmsg("kv_loop_new: sq_entries %u > %u", o.sq_entries,
-                       MAX_SQ);
+        kv__set_errmsg("kv_loop_new: sq_entries %u > %u", o.sq_entries, MAX_SQ);
         return KV_EINVAL;
     }
     unsigned sq = round_pow2(o.sq_entries ? o.sq_entries : DEFAULT_SQ);
@@ -526,8 +526,7 @@ static void arm_wake(kv_loop *loop)
     if (sq_reserve(loop, 1) != KV_OK)
         return; /* the caller waits with a timeout instead */
     struct io_uring_sqe *sqe = io_uring_get_sqe(&loop->ring);
-    io_uring_prep_read(sqe, loop->efd, &loop->efd_val, sizeof loop->efd_val,
-                       0);
+    io_uring_prep_read(sqe, loop->efd, &loop->efd_val, sizeof loop->efd_val, 0);
     io_uring_sqe_set_data64(sqe, KV__UD_WAKE);
     loop->wake_armed = true;
 }
@@ -683,8 +682,8 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     progressed |= drain_posted(loop);
     progressed |= dispatch_stash(loop);
 
-    bool block = mode != KV_RUN_NOWAIT && !progressed &&
-                 loop->ready_len == 0 && (loop->inflight > 0 || loop->jobs > 0);
+    bool block = mode != KV_RUN_NOWAIT && !progressed && loop->ready_len == 0 &&
+                 (loop->inflight > 0 || loop->jobs > 0);
     unsigned timeout_ms = 0;
     if (block && loop->jobs > 0) {
         arm_wake(loop);

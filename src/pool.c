@@ -20,9 +20,9 @@
 /* job->state (pool-private; read and written only under pool->mu). */
 enum {
     JOB_NEW = 0,
-    JOB_QUEUED,   /* in the pool's FIFO: cancellable */
-    JOB_RUNNING,  /* taken by a worker: runs to the end */
-    JOB_CANCELED  /* taken out by cancel or shutdown: done gets ECANCELED */
+    JOB_QUEUED,  /* in the pool's FIFO: cancellable */
+    JOB_RUNNING, /* taken by a worker: runs to the end */
+    JOB_CANCELED /* taken out by cancel or shutdown: done gets ECANCELED */
 };
 
 struct kv_pool {
@@ -105,8 +105,9 @@ int kv_pool_new(kv_pool **out, unsigned nthreads)
     }
     if (nthreads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        nthreads = n < 1 ? 1 : n > (long)MAX_THREADS ? MAX_THREADS
-                                                     : (unsigned)n;
+        nthreads = n < 1                   ? 1
+                   : n > (long)MAX_THREADS ? MAX_THREADS
+                                           : (unsigned)n;
     }
     kv_pool *pool = kv__calloc(1, sizeof *pool);
     pthread_t *threads = kv__calloc(nthreads, sizeof *threads);

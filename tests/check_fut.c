@@ -496,7 +496,7 @@ START_TEST(test_free_pending_with_producer)
     kv_fut_free(f); /* the caller lets go while pending */
     kv__fut_set_bool(f, true);
     ck_assert(kv__fut_finish(f, KV_OK, NULL)); /* still valid */
-    kv__fut_unref(f);                           /* the queue still holds it */
+    kv__fut_unref(f);                          /* the queue still holds it */
     ck_assert_int_eq(ntrace, 0);
     kv_loop_run(loop, KV_RUN_NOWAIT);
     ck_assert_int_eq(ntrace, 1); /* registered callbacks still run */

@@ -67,12 +67,12 @@ static void finish_loop(kv_loop *loop)
 
 typedef struct tjob {
     kv__job job;
-    atomic_int ran;   /* work calls */
-    int done;         /* done calls */
+    atomic_int ran; /* work calls */
+    int done;       /* done calls */
     int status;
-    pthread_t owner;  /* thread that must run done */
+    pthread_t owner; /* thread that must run done */
     kv_loop *loop;
-    int *counter;     /* per-test done counter */
+    int *counter; /* per-test done counter */
     bool wrong_thread;
 } tjob;
 
@@ -327,8 +327,8 @@ START_TEST(test_pool_work_status)
     kv_loop *loop = new_loop();
     kv_pool *pool = new_pool(2);
     kv_fut *a = kv_pool_work(loop, pool, code_work, (void *)(intptr_t)KV_OK);
-    kv_fut *b = kv_pool_work(loop, pool, code_work,
-                             (void *)(intptr_t)KV_ENOTFOUND);
+    kv_fut *b =
+        kv_pool_work(loop, pool, code_work, (void *)(intptr_t)KV_ENOTFOUND);
     kv_fut *c = kv_pool_work(loop, pool, code_work, (void *)(intptr_t)7);
     kv_fut *d = kv_pool_work(loop, pool, NULL, NULL);
     ck_assert_ptr_eq(kv_fut_loop(a), loop);
@@ -528,8 +528,8 @@ START_TEST(test_pool_wakes_sleeping_loop)
         double dt = now_ms() - t0;
         kv__loop_get_stats(loop, &b);
         ck_assert_msg(dt < 1000, "woken after %.1f ms", dt);
-        ck_assert_uint_ge(b.waits - a.waits, 1);     /* it did sleep */
-        ck_assert_uint_ge(b.wakes - a.wakes, 1);     /* and was woken */
+        ck_assert_uint_ge(b.waits - a.waits, 1); /* it did sleep */
+        ck_assert_uint_ge(b.wakes - a.wakes, 1); /* and was woken */
         ck_assert_uint_ge(b.wake_cqes - a.wake_cqes, 1);
         kv_fut_free(f);
     }
@@ -592,8 +592,8 @@ START_TEST(test_sleep_order)
     double t0 = now_ms();
     for (int i = 0; i < 6; i++) {
         f[i] = kv_sleep(loop, (uint64_t)ms[i]);
-        ck_assert_int_eq(kv_fut_then(f[i], order_cb_any, (void *)(intptr_t)ms[i]),
-                         KV_OK);
+        ck_assert_int_eq(
+            kv_fut_then(f[i], order_cb_any, (void *)(intptr_t)ms[i]), KV_OK);
         ck_assert(!kv_fut_done(f[i]));
     }
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);

@@ -61,10 +61,10 @@ static void stats_diff(kv__loop_stats *d, const kv__loop_stats *a,
 typedef struct bench {
     kv_loop *loop;
     kv_pool *pool;
-    uint64_t target;    /* jobs to complete */
+    uint64_t target; /* jobs to complete */
     uint64_t submitted;
     uint64_t completed;
-    bool resubmit;      /* steady mode: done submits the next job */
+    bool resubmit; /* steady mode: done submits the next job */
 } bench;
 
 typedef struct bjob {
@@ -93,8 +93,7 @@ static void bjob_done(kv__job *j, int status)
 static result run_jobs(kv_loop *loop, kv_pool *pool, uint64_t n,
                        uint64_t window)
 {
-    bench b = {.loop = loop, .pool = pool, .target = n,
-               .resubmit = window < n};
+    bench b = {.loop = loop, .pool = pool, .target = n, .resubmit = window < n};
     uint64_t njobs = window < n ? window : n;
     bjob *jobs = calloc(njobs, sizeof *jobs);
     if (jobs == NULL)
@@ -255,8 +254,7 @@ static void report(const char *name, uint64_t n, result *rs, int runs,
     if (jobs)
         printf("  | eventfd writes %llu (%.5f/job, %.0f jobs/write), "
                "loop waits %llu",
-               (unsigned long long)st->wakes,
-               (double)st->wakes / (double)n,
+               (unsigned long long)st->wakes, (double)st->wakes / (double)n,
                st->wakes ? (double)n / (double)st->wakes : (double)n,
                (unsigned long long)st->waits);
     else
@@ -289,13 +287,26 @@ int main(int argc, char **argv)
     int runs = 5, c;
     while ((c = getopt(argc, argv, "n:t:w:N:b:r:h")) != -1) {
         switch (c) {
-        case 'n': njobs = strtoull(optarg, NULL, 10); break;
-        case 't': threads = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'w': window = strtoull(optarg, NULL, 10); break;
-        case 'N': nnops = strtoull(optarg, NULL, 10); break;
-        case 'b': batch = (unsigned)strtoul(optarg, NULL, 10); break;
-        case 'r': runs = atoi(optarg); break;
-        default: usage();
+        case 'n':
+            njobs = strtoull(optarg, NULL, 10);
+            break;
+        case 't':
+            threads = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 'w':
+            window = strtoull(optarg, NULL, 10);
+            break;
+        case 'N':
+            nnops = strtoull(optarg, NULL, 10);
+            break;
+        case 'b':
+            batch = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 'r':
+            runs = atoi(optarg);
+            break;
+        default:
+            usage();
         }
     }
     if (njobs == 0 || nnops == 0 || window == 0 || batch == 0 || runs < 1 ||
@@ -313,8 +324,8 @@ int main(int argc, char **argv)
     struct io_uring *ring = kv__loop_ring(loop);
     printf("loopbench: kvstore %s, %u pool threads, %d runs each, ring sq %u "
            "cq %u%s\n",
-           kv_version_string(), kv_pool_size(pool), runs,
-           ring->sq.ring_entries, ring->cq.ring_entries,
+           kv_version_string(), kv_pool_size(pool), runs, ring->sq.ring_entries,
+           ring->cq.ring_entries,
            (ring->flags & IORING_SETUP_DEFER_TASKRUN)
                ? ", SINGLE_ISSUER|DEFER_TASKRUN"
                : "");
