@@ -1306,7 +1306,8 @@ static void dir_cqe_mk(kv__op *op, int res, uint32_t flags)
     fs->nsqe--;
     if (res == 0)
         fs->stats[STAT_MKDIR]++;
-    if (res == 0 && !fs->nofsync) {
+    /* EEXIST too: whoever made it may not have made it durable yet. */
+    if ((res == 0 || res == -EEXIST) && !fs->nofsync) {
         /* The new entry is durable once its parent is fsynced. */
         struct io_uring_sqe *sqe;
         int rc = ring_get(fs, &sqe, 1);
