@@ -559,8 +559,10 @@ static int setup_datasets(section *sec, char *err, size_t errlen)
             peer_sync ps = o->sync == SYNC_FULL     ? PEER_SYNC_FULL
                            : o->sync == SYNC_NONE   ? PEER_SYNC_NONE
                                                     : PEER_SYNC_NORMAL;
+            uint64_t bytes = o->keys * (o->value_size + sec->kf.nw + 16);
             if (peer_open(&d->peer, d->uri.kind, d->uri.path, ps,
-                          o->numjobs * o->iodepth + 1, err, errlen) != KV_OK)
+                          o->numjobs * o->iodepth + 1, bytes, err,
+                          errlen) != KV_OK)
                 return -1;
         }
     }

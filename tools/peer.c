@@ -353,15 +353,28 @@ static int mdb_fail(peer_conn *c, const char *what, int rc)
     return KV_EBACKEND;
 }
 
-static int lm_open(peer *p, unsigned maxconns, char *err, size_t errlen)
+static int lm_open(peer *p, unsigned maxconns, uint64_t data_bytes, char *err,
+                   size_t errlen)
 {
     int rc;
+    const char *what = "mdb_env_create";
     if (mkdir_p(p->path, err, errlen))
         return -1;
+    uint64_t map = data_bytes * 16;
+    if (map < ((uint64_t)1 << 30))
+        map = (uint64_t)1 << 30;
+    if (map > ((uint64_t)64 << 30))
+        map = (uint64_t)64 << 30;
+    const char *env = getenv("KVBENCH_LMDB_MAPSIZE");
+    uint64_t v;
+    if (env && tu_parse_size(env, &v) == 0 && v > 0)
+        map = v;
     if ((rc = mdb_env_create(&p->env)) != 0)
         goto fail;
-    if ((rc = mdb_env_set_mapsize(p->env, (size_t)64 << 30)) != 0)
+    what = "mdb_env_set_mapsize";
+    if ((rc = mdb_env_set_mapsize(p->env, (size_t)map)) != 0)
         goto fail;
+    what = "mdb_env_set_maxreaders";
     if ((rc = mdb_env_set_maxreaders(p->env, maxconns + 16)) != 0)
         goto fail;
     unsigned flags = MDB_NOTLS;
@@ -369,8 +382,10 @@ static int lm_open(peer *p, unsigned maxconns, char *err, size_t errlen)
         flags |= MDB_NOMETASYNC;
     else if (p->sync == PEER_SYNC_NONE)
         flags |= MDB_NOSYNC;
+    what = "mdb_env_open";
     if ((rc = mdb_env_open(p->env, p->path, flags, 0644)) != 0)
         goto fail;
+    what = "creating the database";
     MDB_txn *txn;
     if ((rc = mdb_txn_begin(p->env, NULL, 0, &txn)) != 0)
         goto fail;
@@ -382,7 +397,10 @@ static int lm_open(peer *p, unsigned maxconns, char *err, size_t errlen)
         goto fail;
     return 0;
 fail:
-    snprintf(err, errlen, "lmdb %s: %s", p->path, mdb_strerror(rc));
+    snprintf(err, errlen, "lmdb %s: %s: %s%s", p->path, what, mdb_strerror(rc),
+             rc == EINVAL && !strcmp(what, "mdb_env_open")
+                 ? " (map too large for this process? set KVBENCH_LMDB_MAPSIZE)"
+                 : "");
     return -1;
 }
 
@@ -724,7 +742,8 @@ static int rk_scan(peer_conn *c, const char *prefix, size_t plen,
 /* ------------------------------------------------------------------------ */
 
 int peer_open(peer **out, tu_backend kind, const char *path, peer_sync sync,
-              unsigned maxconns, char *err, size_t errlen)
+              unsigned maxconns, uint64_t data_bytes, char *err,
+              size_t errlen)
 {
     if (!peer_available(kind)) {
         snprintf(err, errlen,
@@ -766,7 +785,7 @@ int peer_open(peer **out, tu_backend kind, const char *path, peer_sync sync,
     }
 #ifdef HAVE_LMDB
     case TU_LMDB:
-        rc = lm_open(p, maxconns, err, errlen);
+        rc = lm_open(p, maxconns, data_bytes, err, errlen);
         snprintf(p->desc, sizeof p->desc,
                  "lmdb (%s): blocking calls on the job's threads; CAS = "
                  "mdb_get + compare + mdb_put in one write txn (one writer "
@@ -793,6 +812,7 @@ int peer_open(peer **out, tu_backend kind, const char *path, peer_sync sync,
     default: break;
     }
     (void)maxconns;
+    (void)data_bytes;
     if (rc) {
         peer_close(p);
         return KV_EBACKEND;

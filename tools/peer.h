@@ -48,10 +48,13 @@ bool peer_available(tu_backend kind);
 
 /*
  * Open (creating if missing) the engine's store at path.  maxconns bounds
- * the connections that will be opened (LMDB reader slots).
+ * the connections that will be opened (LMDB reader slots); data_bytes
+ * estimates the data set (LMDB's map size is 16 times that, at least 1 GiB
+ * and at most 64 GiB, or $KVBENCH_LMDB_MAPSIZE bytes if set).
  */
 int peer_open(peer **out, tu_backend kind, const char *path, peer_sync sync,
-              unsigned maxconns, char *err, size_t errlen);
+              unsigned maxconns, uint64_t data_bytes, char *err,
+              size_t errlen);
 /* One line saying what the engine does for this run, for the report. */
 const char *peer_describe(const peer *p);
 void peer_close(peer *p);
