@@ -200,11 +200,27 @@ START_TEST(test_pool_shared_by_four_loops)
 }
 END_TEST
 
-/* A burst of completions while the loop is busy in a callback. */
-static void slow_done(kv__job *j, int status)
+/*
+ * A burst of completions while the loop is busy in a callback: the first
+ * job's done holds the loop until every other job has run and posted.
+ */
+static atomic_int burst_ran;
+static int burst_n;
+static kv__loop_stats burst_stats; /* when the burst had all landed */
+
+static void burst_work(kv__job *j)
+{
+    tjob_work(j);
+    atomic_fetch_add(&burst_ran, 1);
+}
+
+static void burst_first_done(kv__job *j, int status)
 {
     tjob_done(j, status);
-    usleep(100 * 1000); /* the workers finish the rest meanwhile */
+    for (int i = 0; i < 60000 && atomic_load(&burst_ran) < burst_n; i++)
+        usleep(1000);
+    usleep(20 * 1000); /* the last workers finish posting */
+    kv__loop_get_stats(j->loop, &burst_stats);
 }
 
 START_TEST(test_pool_burst_while_busy)
@@ -214,31 +230,33 @@ START_TEST(test_pool_burst_while_busy)
     kv_pool *pool = new_pool(2);
     tjob *jobs = calloc((size_t)n, sizeof *jobs);
     int count = 0;
+    atomic_store(&burst_ran, 0);
+    burst_n = n;
     for (int i = 0; i < n; i++) {
         tjob_init(&jobs[i], loop, &count);
-        if (i == 0)
-            jobs[i].job.done = slow_done;
+        jobs[i].job.work = burst_work;
     }
-    kv__pool_submit(pool, loop, &jobs[0].job);
-    /* Wait (blocking) until the first job's done has run... */
-    while (count == 0)
-        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_ONCE), 0);
-    kv__loop_stats before;
+    jobs[0].job.done = burst_first_done;
+    kv__loop_stats before, after;
     kv__loop_get_stats(loop, &before);
-    /* ...then a burst that lands while the next slow done sleeps. */
-    jobs[1].job.done = slow_done;
-    for (int i = 1; i < n; i++)
+    for (int i = 0; i < n; i++)
         kv__pool_submit(pool, loop, &jobs[i].job);
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(atomic_load(&burst_ran), n);
     ck_assert_int_eq(count, n);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         ck_assert_int_eq(jobs[i].done, 1);
-    kv__loop_stats after;
+        ck_assert_int_eq(atomic_load(&jobs[i].ran), 1);
+    }
     kv__loop_get_stats(loop, &after);
-    /* The burst was drained in a few turns with a handful of wakes. */
-    ck_assert_msg(after.wakes - before.wakes < 50,
+    /* One wake at most before the burst; then drained in a few turns. */
+    ck_assert_msg(after.wakes - before.wakes <= 2,
                   "%llu eventfd writes for a burst of %d",
                   (unsigned long long)(after.wakes - before.wakes), n);
+    ck_assert_msg(after.wakes == burst_stats.wakes, "woken after the burst");
+    ck_assert_msg(after.turns - burst_stats.turns <= 3, "%llu turns",
+                  (unsigned long long)(after.turns - burst_stats.turns));
+    ck_assert_uint_eq(after.waits, burst_stats.waits); /* never slept */
     kv_pool_free(pool);
     finish_loop(loop);
     free(jobs);
