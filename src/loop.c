@@ -396,11 +396,12 @@ void kv__loop_post(kv_loop *loop, kv__job *job)
     if (atomic_load(&loop->sleeping) && atomic_exchange(&loop->sleeping, 0)) {
         uint64_t one = 1;
         ssize_t w;
+        /* Counted first: the loop may read the stats as soon as it wakes. */
+        atomic_fetch_add_explicit(&loop->wakes, 1, memory_order_relaxed);
         do {
             w = write(loop->efd, &one, sizeof one);
         } while (w < 0 && errno == EINTR);
         /* EAGAIN: the counter is saturated, so the loop is woken anyway. */
-        atomic_fetch_add_explicit(&loop->wakes, 1, memory_order_relaxed);
     }
     atomic_fetch_sub(&loop->posting, 1);
 }

@@ -537,20 +537,24 @@ START_TEST(test_pool_wakes_sleeping_loop)
 {
     kv_loop *loop = new_loop();
     kv_pool *pool = new_pool(2);
+    int slept = 0;
     for (int round = 0; round < 5; round++) {
         kv__loop_stats a, b;
         kv__loop_get_stats(loop, &a);
         double t0 = now_ms();
-        kv_fut *f = kv_pool_work(loop, pool, slow_work, (void *)(intptr_t)20);
+        kv_fut *f = kv_pool_work(loop, pool, slow_work, (void *)(intptr_t)50);
         ck_assert_kv(kv_wait(f), KV_OK);
         double dt = now_ms() - t0;
         kv__loop_get_stats(loop, &b);
         ck_assert_msg(dt < 1000, "woken after %.1f ms", dt);
-        ck_assert_uint_ge(b.waits - a.waits, 1); /* it did sleep */
-        ck_assert_uint_ge(b.wakes - a.wakes, 1); /* and was woken */
-        ck_assert_uint_ge(b.wake_cqes - a.wake_cqes, 1);
+        if (b.waits > a.waits) { /* it slept (unless descheduled 50 ms) */
+            slept++;
+            ck_assert_uint_ge(b.wakes - a.wakes, 1); /* and was woken */
+            ck_assert_uint_ge(b.wake_cqes - a.wake_cqes, 1);
+        }
         kv_fut_free(f);
     }
+    ck_assert_int_ge(slept, 1);
     kv_pool_free(pool);
     finish_loop(loop);
 }
@@ -806,6 +810,52 @@ START_TEST(test_loop_opts)
 }
 END_TEST
 
+/* Out of memory: every constructor fails cleanly, futures fail KV_ENOMEM. */
+START_TEST(test_loop_pool_oom)
+{
+    kv_loop *loop = NULL;
+    kv_pool *pool = NULL;
+    kv__alloc_fail_at(1, false);
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_ENOMEM);
+    ck_assert_ptr_null(loop);
+    for (unsigned long nth = 1; nth <= 2; nth++) {
+        kv__alloc_fail_at(nth, false);
+        ck_assert_kv(kv_pool_new(&pool, 2), KV_ENOMEM);
+        ck_assert_ptr_null(pool);
+    }
+    kv__alloc_fail_at(0, false);
+    loop = new_loop();
+    pool = new_pool(1);
+    for (unsigned long nth = 1; nth <= 3; nth++) {
+        kv__alloc_fail_at(nth, false);
+        kv_fut *s = kv_sleep(loop, 1);
+        kv__alloc_fail_at(nth, false);
+        kv_fut *w = kv_pool_work(loop, pool, code_work, NULL);
+        kv__alloc_fail_at(0, false);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_ptr_nonnull(w);
+        int rs = kv_wait(s), rw = kv_wait(w);
+        ck_assert(rs == KV_OK || rs == KV_ENOMEM);
+        ck_assert(rw == KV_OK || rw == KV_ENOMEM);
+        if (nth == 1) { /* the future itself could not be made */
+            ck_assert_kv(rs, KV_ENOMEM);
+            ck_assert_kv(rw, KV_ENOMEM);
+        }
+        kv_fut_free(s);
+        kv_fut_free(w);
+    }
+    /* Everything fails: the shared static future. */
+    kv__alloc_fail_at(1, true);
+    kv_fut *f = kv_sleep(loop, 1);
+    kv__alloc_fail_at(0, false);
+    ck_assert_kv(kv_fut_status(f), KV_ENOMEM);
+    ck_assert_ptr_null(kv_fut_loop(f));
+    kv_fut_free(f);
+    kv_pool_free(pool);
+    finish_loop(loop);
+}
+END_TEST
+
 /* Driving a loop from another thread is refused with a clear message. */
 typedef struct offthread {
     kv_loop *loop;
@@ -999,6 +1049,7 @@ int main(void)
     tcase_add_test(tc, test_loop_opts);
     tcase_add_test(tc, test_loop_new_seccomp);
     tcase_add_test(tc, test_loop_off_thread);
+    tcase_add_test(tc, test_loop_pool_oom);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("ring");
