@@ -234,7 +234,12 @@ kv_fut *kv__req_start(kv__req *req)
     kv_store *s = req->store;
     kv_fut *f = kv__fut_new(s->loop);
     if (f == NULL) {
-        kv__req_free(req);
+        /* A request with a completion hook (kv_query_open's) owns more
+         * than itself, e.g. a linked iterator: its hook releases both. */
+        if (req->done != NULL)
+            req->done(req, KV_ENOMEM, NULL);
+        else
+            kv__req_free(req);
         return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
     }
     kv__fut_ref(f);
