@@ -619,6 +619,10 @@ struct fs_state {
     cursor *cursors;
     uint64_t tmp_seq;
     bool in_submit, in_close;
+    /* Completions defer_any could not allocate for (see there). */
+    kv__req *oom_ok, *oom_err;
+    kv__job oom_job;
+    bool oom_busy;
     bool closing, closed;
     kv__req *close_req;
     uint64_t stats[8];
@@ -731,6 +735,57 @@ static void defer_job_done(kv__job *job, int status)
 }
 
 /*
+ * The fallback of defer_any without memory: req waits on one of two lists
+ * (linked through req->bpriv, free by then) for the embedded oom_job, which
+ * completes it with KV_OK or, for any other status, KV_ENOMEM (the message
+ * is lost too).  The close request completes last: fs may be gone after.
+ */
+static void defer_oom_done(kv__job *job, int status)
+{
+    (void)status;
+    fs_state *fs = KV__CONTAINER_OF(job, fs_state, oom_job);
+    kv__req *lists[2] = {fs->oom_ok, fs->oom_err};
+    fs->oom_ok = fs->oom_err = NULL;
+    fs->oom_busy = false;
+    fs->njobs--;
+    kv__req *close_req = NULL;
+    int close_st = KV_OK;
+    for (int i = 0; i < 2; i++) {
+        while (lists[i] != NULL) {
+            kv__req *req = lists[i];
+            lists[i] = req->bpriv;
+            req->bpriv = NULL;
+            if (req->op == KV__OP_CLOSE) {
+                close_req = req;
+                close_st = i == 0 ? KV_OK : KV_ENOMEM;
+                continue;
+            }
+            req_finish(req, i == 0 ? KV_OK : KV_ENOMEM, NULL);
+        }
+    }
+    if (close_req != NULL) {
+        req_finish(close_req, close_st, NULL);
+        return;
+    }
+    fs_check_closed(fs);
+}
+
+static void defer_oom(fs_state *fs, kv__req *req, int status)
+{
+    kv__req **list = status == KV_OK ? &fs->oom_ok : &fs->oom_err;
+    req->bpriv = *list;
+    *list = req;
+    if (fs->oom_busy)
+        return;
+    fs->oom_busy = true;
+    memset(&fs->oom_job, 0, sizeof fs->oom_job);
+    fs->oom_job.work = defer_work;
+    fs->oom_job.done = defer_oom_done;
+    fs->njobs++;
+    kv__pool_submit(fs->pool, fs->loop, &fs->oom_job);
+}
+
+/*
  * Complete req later, from a CQE (a NOP) or, if the ring refuses, a pool
  * job: submit, cancel and close must not complete a request themselves.
  * msg is owned (may be NULL).
@@ -740,9 +795,10 @@ static void defer_any(fs_state *fs, kv__req *req, int status, char *msg,
 {
     fdefer *d = kv__calloc(1, sizeof *d);
     if (d == NULL) {
-        /* Out of memory: completing inline is the only way left. */
-        req_finish(req, status == KV_OK ? KV_ENOMEM : status, msg);
+        /* Out of memory: still never inline (the caller may be inside
+         * kv_iter_free, which must not see its iterator freed under it). */
         kv__free(msg);
+        defer_oom(fs, req, status);
         return;
     }
     d->fs = fs;
