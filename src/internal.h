@@ -410,6 +410,7 @@ struct kv_iter {
     bool freed;          /* kv_iter_free called: free when idle */
     bool disposing;      /* ITER_DISPOSE in flight */
     kv_fut *dispose_fut; /* internal; user dispose futures relay it */
+    kv__req *dispose_req; /* allocated at open: dispose never fails on OOM */
 };
 
 /*

@@ -107,6 +107,7 @@ static void iter_free_now(kv_iter *it)
     kv_key_free((kv_key *)it->q.key);
     if (it->dispose_fut != NULL)
         kv__fut_unref(it->dispose_fut);
+    kv__req_free(it->dispose_req);
     kv__free(it);
 }
 
@@ -345,7 +346,15 @@ static void dispose_done(kv__req *req, int status, const char *msg)
 
 static void submit_dispose(kv_iter *it)
 {
-    kv__req *req = kv__req_new(it->store, KV__OP_ITER_DISPOSE);
+    /*
+     * The request made at open: a dispose that failed for want of memory
+     * would leave the backend's cursor pointing at an iterator that
+     * kv_iter_free is about to free.
+     */
+    kv__req *req = it->dispose_req;
+    it->dispose_req = NULL;
+    if (req == NULL)
+        req = kv__req_new(it->store, KV__OP_ITER_DISPOSE);
     if (req == NULL) {
         /* The cursor stays with the backend until close releases it. */
         dispose_finished(it, KV_ENOMEM, NULL);
@@ -516,11 +525,15 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
     kv_iter *it = kv__calloc(1, sizeof *it);
     kv_key *key = NULL;
     kv__req *req = kv__req_new(s, KV__OP_QUERY_OPEN);
-    if (it == NULL || req == NULL || kv_key_dup(&key, q->key) != KV_OK) {
+    kv__req *dreq = kv__req_new(s, KV__OP_ITER_DISPOSE);
+    if (it == NULL || req == NULL || dreq == NULL ||
+        kv_key_dup(&key, q->key) != KV_OK) {
         kv__free(it);
         kv__free(req);
+        kv__free(dreq);
         return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
     }
+    it->dispose_req = dreq;
     it->store = s;
     it->loop = s->loop;
     it->q = *q;
