@@ -1,1 +1,379 @@
 #!/bin/sh
+# tools/bench.sh - regenerate docs/BENCHMARKS.md: kvstore's performance
+# targets (issue 5), measured with kvbench (and fio, and loopbench) in one
+# run on this machine, reported as ratios with the exact commands.
+#
+#   tools/bench.sh                 short run: 5 s per case
+#   KVBENCH_RUNTIME=30 tools/bench.sh
+#
+# Environment:
+#   KVBENCH_RUNTIME   seconds per measured case (default 5)
+#   KVBENCH_KEYS      records for the point-read and memory cases (default
+#                     1000000, as the targets say; loading them takes a while,
+#                     the fs backend's load most of all)
+#   KVBENCH_WKEYS     keys for the durable-write cases (default 100000)
+#   KVBENCH_FSKEYS    keys for the fs write cases, 4 KiB each (default 20000)
+#   KVBENCH_DIR       where the stores go (default /var/tmp); must be on the
+#                     disk being measured, not tmpfs
+#   KVBENCH_BUILD     build directory holding tools/kvbench (default: build/
+#                     beside the sources, else kvbench from PATH)
+#   KVBENCH_OUT       the file to write (default docs/BENCHMARKS.md)
+#
+# Needs python3 (to read kvbench's JSON); fio is optional (apt-get install
+# fio), so is GNU time (/usr/bin/time, for kvctl's peak RSS).
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+RUNTIME=${KVBENCH_RUNTIME:-5}
+KEYS=${KVBENCH_KEYS:-1000000}
+WKEYS=${KVBENCH_WKEYS:-100000}
+FSKEYS=${KVBENCH_FSKEYS:-20000}
+OUT=${KVBENCH_OUT:-$top/docs/BENCHMARKS.md}
+
+find_tool() { # name -> path
+    for d in ${KVBENCH_BUILD:+"$KVBENCH_BUILD"} "$top/build" "$top"; do
+        if [ -x "$d/tools/$1" ]; then
+            echo "$d/tools/$1"
+            return
+        fi
+    done
+    command -v "$1" || true
+}
+KVBENCH=$(find_tool kvbench)
+KVCTL=$(find_tool kvctl)
+LOOPBENCH=$(find_tool loopbench)
+if [ -z "$KVBENCH" ]; then
+    echo "bench.sh: kvbench not found: build first, or set KVBENCH_BUILD" >&2
+    exit 2
+fi
+command -v python3 >/dev/null || { echo "bench.sh: needs python3" >&2; exit 2; }
+
+DIR=$(mktemp -d "${KVBENCH_DIR:-/var/tmp}/kvbench.XXXXXX")
+RES="$DIR/results"
+mkdir -p "$RES"
+cleanup() { rm -rf "$DIR"; }
+trap cleanup EXIT INT TERM
+
+peers=$("$KVBENCH" --version | sed -n 's/^peers: //p')
+has_peer() { case " $peers " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# run CASE ARGS...: run kvbench with JSON output into $RES/CASE.json and keep
+# the command line (with the scratch directory written as $DIR).
+run() {
+    name=$1; shift
+    printf 'kvbench' > "$RES/$name.cmd"
+    for a in "$@"; do printf ' %s' "$a" | sed "s|$DIR|\$DIR|g" >> "$RES/$name.cmd"; done
+    echo >> "$RES/$name.cmd"
+    echo "bench.sh: $name" >&2
+    if ! "$KVBENCH" --output-format=json --output="$RES/$name.json" "$@" \
+            2> "$RES/$name.err"; then
+        echo "bench.sh: $name failed:" >&2
+        cat "$RES/$name.err" >&2
+    fi
+}
+
+
+# 1. Durable writes: group commit, and the peers at the same depth.
+set -- --sync=full --rw=randwrite --keys="$WKEYS" --load \
+    --runtime="$RUNTIME" --time_based --value_size=100 \
+    --name=sqlite-qd1 --backend="sqlite:$DIR/w1.db" --iodepth=1 \
+    --name=sqlite-qd64 --backend="sqlite:$DIR/w64.db" --iodepth=64 \
+    --name=sqlite-raw-qd64 --backend="sqlite-raw:$DIR/wraw.db" --iodepth=64
+if has_peer rocksdb; then
+    set -- "$@" --name=rocksdb-qd64 --backend="rocksdb:$DIR/wrocks" --iodepth=64
+fi
+if has_peer lmdb; then
+    set -- "$@" --name=lmdb-qd64 --backend="lmdb:$DIR/wlmdb" --iodepth=64
+fi
+run durable "$@"
+rm -rf "$DIR"/w1.db* "$DIR"/w64.db* "$DIR"/wraw.db* "$DIR/wrocks" "$DIR/wlmdb"
+
+# 2. Filesystem backend, durable puts of 4 KiB (file + directory fsync).
+run fs --rw=randwrite --keys="$FSKEYS" --value_size=4k --load \
+    --runtime="$RUNTIME" --time_based \
+    --name=fs-qd1 --backend="fs:$DIR/fs1" --iodepth=1 \
+    --name=fs-qd64 --backend="fs:$DIR/fs64" --iodepth=64
+rm -rf "$DIR/fs1" "$DIR/fs64"
+FIO_CMD=
+if command -v fio >/dev/null; then
+    mkdir -p "$DIR/fio"
+    FIO_CMD="fio --name=fsync4k --directory=\$DIR/fio --ioengine=io_uring --rw=randwrite --bs=4k --size=256m --iodepth=64 --fsync=1 --runtime=$RUNTIME --time_based --output-format=json"
+    echo "bench.sh: fio" >&2
+    fio --name=fsync4k --directory="$DIR/fio" --ioengine=io_uring \
+        --rw=randwrite --bs=4k --size=256m --iodepth=64 --fsync=1 \
+        --runtime="$RUNTIME" --time_based --output-format=json \
+        > "$RES/fio.json" 2> "$RES/fio.err" || true
+    rm -rf "$DIR/fio"
+fi
+
+# 3. Point reads over $KEYS records: the async layer against plain SQLite on
+#    one thread.  Separate processes, so that each peak RSS is its own.
+run reads-sqlite --rw=randread --keys="$KEYS" --load \
+    --runtime="$RUNTIME" --time_based --value_size=100 \
+    --name=sqlite-qd64 --backend="sqlite:$DIR/r.db" --iodepth=64 \
+    --name=sqlite-qd1 --backend="sqlite:$DIR/r.db" --iodepth=1 --load=0
+run reads-raw --rw=randread --keys="$KEYS" --load \
+    --runtime="$RUNTIME" --time_based --value_size=100 \
+    --name=sqlite-raw-qd1 --backend="sqlite-raw:$DIR/raw.db" --iodepth=1
+rm -rf "$DIR"/raw.db*
+
+# 4. Memory: kvbench over $KEYS records on the fs backend (sqlite: case 3),
+#    and a full dump (a query of every record) through kvctl.
+run mem-fs --rw=randrw --keys="$KEYS" --load \
+    --runtime="$RUNTIME" --time_based --value_size=100 \
+    --name=fs-qd64 --backend="fs:$DIR/m" --iodepth=64
+DUMP_SQLITE=''
+DUMP_FS=''
+if [ -n "$KVCTL" ] && [ -x /usr/bin/time ]; then
+    echo "bench.sh: kvctl dump" >&2
+    DUMP_SQLITE=$( { /usr/bin/time -f '%M' "$KVCTL" "sqlite:$DIR/r.db" dump > /dev/null; } 2>&1 | tail -n 1)
+    DUMP_FS=$( { /usr/bin/time -f '%M' "$KVCTL" "fs:$DIR/m" dump > /dev/null; } 2>&1 | tail -n 1)
+fi
+rm -rf "$DIR"/r.db* "$DIR/m"
+
+# 5. The engine's ceiling.
+LOOP_OUT=
+if [ -n "$LOOPBENCH" ]; then
+    echo "bench.sh: loopbench" >&2
+    LOOP_OUT=$("$LOOPBENCH" 2>&1 || true)
+fi
+
+# ------------------------------------------------------------------------
+# The report.
+mkdir -p "$(dirname "$OUT")"
+export RES RUNTIME KEYS WKEYS FSKEYS FIO_CMD DUMP_SQLITE DUMP_FS LOOP_OUT
+export LOOPBENCH_CMD="${LOOPBENCH:+tools/loopbench}"
+MACHINE="$(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)), $(free -m | awk '/^Mem:/ {print $2}') MiB RAM, Linux $(uname -r), $(df -T "${KVBENCH_DIR:-/var/tmp}" | awk 'NR==2 {print $2 " on " $1}')"
+VERSION=$("$KVBENCH" --version | head -n 1)
+COMMIT=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
+WHEN=$(date -u '+%Y-%m-%d %H:%M UTC')
+export MACHINE VERSION COMMIT WHEN
+python3 - "$OUT" <<'PY'
+import json, os, sys
+
+res = os.environ["RES"]
+out = sys.argv[1]
+
+def load(name):
+    try:
+        with open(os.path.join(res, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def cmd(name):
+    try:
+        with open(os.path.join(res, name + ".cmd")) as f:
+            return f.read().strip()
+    except OSError:
+        return "(not run)"
+
+def job(doc, name):
+    if not doc:
+        return None
+    for j in doc["jobs"]:
+        if j["jobname"] == name:
+            return j
+    return None
+
+def op(doc, name, o):
+    j = job(doc, name)
+    if not j or j.get("error"):
+        return None
+    return j["ops"].get(o)
+
+def iops(doc, name, o):
+    x = op(doc, name, o)
+    return x["iops"] if x else None
+
+def p99(doc, name, o):
+    x = op(doc, name, o)
+    return x["lat_ns"]["percentile"].get("99.000000") if x else None
+
+def cell(doc, name, o):
+    j = job(doc, name)
+    if j is None:
+        return "not run"
+    if j.get("error"):
+        return "failed: " + j.get("errmsg", "")
+    return fmt(iops(doc, name, o))
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if v >= 100:
+        return f"{v:,.0f}{unit}"
+    return f"{v:.1f}{unit}"
+
+def us(ns):
+    return "n/a" if ns is None else f"{ns / 1000:,.0f} us"
+
+def ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+def verdict(r, need):
+    if r is None:
+        return "not measured"
+    return f"**{r:.2f}x** (target {need}x: {'met' if r >= need else 'NOT met'})"
+
+def rss(doc, name):
+    j = job(doc, name)
+    return None if not j else j.get("peak_rss_kib", 0) / 1024
+
+lines = []
+w = lines.append
+w("# kvstore benchmarks")
+w("")
+w("Generated by `tools/bench.sh` (do not edit by hand); "
+  f"{os.environ['WHEN']}, {os.environ['VERSION']}, commit {os.environ['COMMIT']}.")
+w("")
+w(f"Machine: {os.environ['MACHINE']}.")
+w("")
+w(f"Each case ran {os.environ['RUNTIME']} s (`KVBENCH_RUNTIME`). Figures move from run "
+  "to run on a shared virtual machine: compare the ratios, which come from one "
+  "run of this script. `$DIR` is the scratch directory on the disk under test.")
+w("")
+
+# 1. durable writes
+d = load("durable")
+w("## Durable writes: group commit")
+w("")
+w("SQLite backend with `--sync=full` (synchronous=FULL: every put durable before "
+  "it completes), 100-byte values, uniform keys over "
+  f"{int(os.environ['WKEYS']):,} loaded records, one job. Peers at the same depth "
+  "and job count; a peer's `--iodepth=64` is 64 threads each making one "
+  "blocking call at a time (with sync on: RocksDB WAL fsync per commit, "
+  "LMDB's default durable commit, sqlite-raw synchronous=FULL).")
+w("")
+w("| job | puts/s | p99 latency | vs sqlite iodepth 1 |")
+w("|---|---|---|---|")
+base = iops(d, "sqlite-qd1", "write")
+for name in ["sqlite-qd1", "sqlite-qd64", "sqlite-raw-qd64", "rocksdb-qd64", "lmdb-qd64"]:
+    if job(d, name) is None:
+        continue
+    if job(d, name).get("error"):
+        w(f"| {name} | failed: {job(d, name)['errmsg']} | | |")
+        continue
+    v = iops(d, name, "write")
+    r = ratio(v, base)
+    w(f"| {name} | {fmt(v)} | {us(p99(d, name, 'write'))} | {'n/a' if r is None else f'{r:.1f}x'} |")
+w("")
+q64 = iops(d, "sqlite-qd64", "write")
+w(f"- sqlite iodepth 64 / iodepth 1: {verdict(ratio(q64, base), 20)}")
+for peer in ["rocksdb-qd64", "lmdb-qd64"]:
+    if job(d, peer) is not None:
+        w(f"- sqlite iodepth 64 / {peer}: {verdict(ratio(q64, iops(d, peer, 'write')), 1)}")
+w("")
+w("```sh")
+w(cmd("durable"))
+w("```")
+w("")
+
+# 2. fs
+f = load("fs")
+w("## Filesystem backend: durable puts")
+w("")
+w("4 KiB values; every put writes a temporary file, fsyncs it, renames it into "
+  "place and fsyncs the directory. Keys spread over 64 directories "
+  f"(`--key_dirs`, the default), {int(os.environ['FSKEYS']):,} loaded records (overwrites).")
+w("")
+w("| job | puts/s | p99 latency |")
+w("|---|---|---|")
+for name in ["fs-qd1", "fs-qd64"]:
+    w(f"| {name} | {cell(f, name, 'write')} | {us(p99(f, name, 'write'))} |")
+fio_iops = None
+try:
+    with open(os.path.join(res, "fio.json")) as fh:
+        fj = json.load(fh)
+    fio_iops = fj["jobs"][0]["write"]["iops"]
+    w(f"| fio: 4 KiB write + fsync, iodepth 64 | {fmt(fio_iops)} | "
+      f"{us(fj['jobs'][0]['write']['clat_ns']['percentile'].get('99.000000'))} |")
+except (OSError, ValueError, KeyError, IndexError):
+    w("| fio | not run (`apt-get install fio`) | |")
+w("")
+fs64, fs1 = iops(f, "fs-qd64", "write"), iops(f, "fs-qd1", "write")
+w(f"- fs iodepth 64 / iodepth 1: {verdict(ratio(fs64, fs1), 3)}")
+w(f"- fs iodepth 64 / fio: {verdict(ratio(fs64, fio_iops), 0.5)}")
+w("")
+w("```sh")
+w(cmd("fs"))
+if os.environ.get("FIO_CMD"):
+    w(os.environ["FIO_CMD"])
+w("```")
+w("")
+
+# 3. reads
+rs, rr = load("reads-sqlite"), load("reads-raw")
+w("## Point reads")
+w("")
+w(f"{int(os.environ['KEYS']):,} records of 100 bytes, uniform random gets. "
+  "kvstore's SQLite backend runs every SQLite call on its pool (reader "
+  "connections in parallel, WAL); sqlite-raw makes plain blocking sqlite3 calls "
+  "on the calling thread.")
+w("")
+w("| job | gets/s | p99 latency |")
+w("|---|---|---|")
+for doc, name in [(rs, "sqlite-qd64"), (rs, "sqlite-qd1"), (rr, "sqlite-raw-qd1")]:
+    w(f"| {name} | {cell(doc, name, 'read')} | {us(p99(doc, name, 'read'))} |")
+w("")
+w(f"- sqlite iodepth 64 / sqlite-raw on one thread: "
+  f"{verdict(ratio(iops(rs, 'sqlite-qd64', 'read'), iops(rr, 'sqlite-raw-qd1', 'read')), 1.0)}")
+w("")
+w("```sh")
+w(cmd("reads-sqlite"))
+w(cmd("reads-raw"))
+w("```")
+w("")
+
+# 4. memory
+m = load("mem-fs")
+w("## Memory")
+w("")
+w(f"Peak RSS (getrusage) of the whole kvbench process over {int(os.environ['KEYS']):,} "
+  "records, load included (kvbench keeps an 8-byte token per key: "
+  f"{int(os.environ['KEYS']) * 8 / 1048576:.1f} MiB of it). The SQLite backend's page "
+  "cache is SQLite's default (`cache_size` -2000: about 2 MiB per connection). "
+  "kvctl's figure is a dump of every record: a query that must stream.")
+w("")
+w("| process | peak RSS |")
+w("|---|---|")
+w(f"| kvbench, sqlite file (case 3) | {fmt(rss(rs, 'sqlite-qd64'), ' MiB')} |")
+w(f"| kvbench, fs | {fmt(rss(m, 'fs-qd64'), ' MiB')} |")
+for label, v in [("sqlite", os.environ.get("DUMP_SQLITE")), ("fs", os.environ.get("DUMP_FS"))]:
+    try:
+        w(f"| kvctl dump, {label} | {int(v) / 1024:.1f} MiB |")
+    except (TypeError, ValueError):
+        w(f"| kvctl dump, {label} | not measured |")
+w("")
+for label, v in [("sqlite", rss(rs, "sqlite-qd64")), ("fs", rss(m, "fs-qd64"))]:
+    w(f"- {label}: " + ("not measured" if v is None else
+      f"{v:.1f} MiB: target under 64 MiB above the page cache: {'met' if v < 64 else 'NOT met'}"))
+w("")
+w("```sh")
+w(cmd("mem-fs"))
+w("kvctl sqlite:$DIR/r.db dump > /dev/null   # under /usr/bin/time -f %M")
+w("kvctl fs:$DIR/m dump > /dev/null")
+w("```")
+w("")
+
+# 5. loop
+w("## The loop's ceiling")
+w("")
+w("Pool jobs completed per second through the eventfd path, and io_uring NOP "
+  "round trips per second: the most any backend can get through one loop.")
+w("")
+lo = os.environ.get("LOOP_OUT", "")
+if lo:
+    w("```")
+    w(lo.rstrip())
+    w("```")
+    w("")
+    w(f"Command: `{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
+else:
+    w("loopbench was not found (build it: `make tools/loopbench`).")
+w("")
+
+with open(out, "w") as fh:
+    fh.write("\n".join(lines))
+print(f"bench.sh: wrote {out}", file=sys.stderr)
+PY

@@ -672,6 +672,9 @@ static unsigned kv_flags(const tu_uri *u, int sync)
     return sync == SYNC_FULL ? KV_SYNC_FULL : 0;
 }
 
+/* Puts in flight while loading (--load), at least. */
+#define LOAD_DEPTH 128
+
 static void kj_priv_free(jobthr *jt)
 {
     free(jt->priv);
@@ -708,7 +711,8 @@ void *kb_kv_job_main(void *arg)
         jt->setup_rc = rc;
         goto ready;
     }
-    if (kj_alloc(j, o->iodepth < 64 && o->load ? 64 : o->iodepth, o->batch)) {
+    if (kj_alloc(j, o->load && o->iodepth < LOAD_DEPTH ? LOAD_DEPTH : o->iodepth,
+                 o->batch)) {
         snprintf(jt->setup_err, sizeof jt->setup_err, "out of memory");
         jt->setup_rc = KV_ENOMEM;
         goto ready;

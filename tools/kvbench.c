@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "kvbench.h"
+#include "peer.h"
 
 #define KVBENCH_VERSION "0.1.0"
 
@@ -956,8 +957,10 @@ int main(int argc, char **argv)
             goto done;
         }
         if (!strcmp(a, "--version") || !strcmp(a, "-V")) {
-            printf("kvbench-%s (kvstore %s)\n", KVBENCH_VERSION,
-                   kv_version_string());
+            printf("kvbench-%s (kvstore %s)\npeers: sqlite-raw%s%s\n",
+                   KVBENCH_VERSION, kv_version_string(),
+                   peer_available(TU_LMDB) ? " lmdb" : "",
+                   peer_available(TU_ROCKSDB) ? " rocksdb" : "");
             rc = 0;
             goto done;
         }

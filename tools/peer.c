@@ -176,7 +176,9 @@ static int sq_conn_open(peer *p, peer_conn *c, char *err, size_t errlen)
                  c->db ? sqlite3_errmsg(c->db) : "out of memory");
         return -1;
     }
-    sqlite3_busy_timeout(c->db, 5000);
+    /* Long: 64 threads of autocommit writers under synchronous=FULL queue
+       for the write lock far longer than kvstore's 5 s. */
+    sqlite3_busy_timeout(c->db, 120000);
     const char *sync = p->sync == PEER_SYNC_FULL     ? "PRAGMA synchronous=FULL"
                        : p->sync == PEER_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
                                                      : "PRAGMA synchronous=OFF";
