@@ -7,6 +7,7 @@
  *
  *   <root>/.lock            lock file (an OFD write lock while open)
  *   <root>/.tokens          token high-water mark, two 32-byte slots
+ *   <root>/.clean           left by a clean close: no temp files to remove
  *   <dir>/<E>.kv            the record of the namespace whose name is E
  *   <dir>/<E>/              the directory of that namespace's children
  *   <dir>/<C>.+/            continuation of a long name (see below)
@@ -108,6 +109,7 @@
 #define MAX_RETRY 4
 #define LOCK_NAME ".lock"
 #define TOK_NAME ".tokens"
+#define CLEAN_NAME ".clean" /* written by a clean close, removed at open */
 #define TMP_PREFIX ".tmp-"
 
 /* ------------------------------------------------------------------------ */
@@ -3378,6 +3380,14 @@ static void fs_teardown(fs_state *fs)
     fs->kq_cap = fs->kq_n = 0;
     if (fs->tokfd >= 0)
         close(fs->tokfd);
+    if (fs->closing && !fs->readonly && fs->rootfd >= 0 &&
+        fs->stats[STAT_TMP_LEAKS] == 0) {
+        /* Every temp file of this session is gone: skip the next walk. */
+        int fd = openat(fs->rootfd, CLEAN_NAME,
+                        O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd >= 0)
+            close(fd);
+    }
     if (fs->lockfd >= 0)
         close(fs->lockfd); /* releases the OFD lock */
     if (fs->rootfd >= 0)
@@ -3683,7 +3693,12 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     }
 
     if (!fs->readonly) {
-        open_walk(fs->rootfd, true, false, NULL, 0);
+        /* Temp files are only left by a crash: a clean close leaves a
+         * marker, and then the walk is not needed.  (Should the removal of
+         * the marker be lost to a machine crash, the price is temp files
+         * left until a later open: they are never read as records.) */
+        if (unlinkat(fs->rootfd, CLEAN_NAME, 0) != 0)
+            open_walk(fs->rootfd, true, false, NULL, 0);
         int rc = open_tokens(fs);
         if (rc != KV_OK)
             return open_fail(fs, to_kv(rc),
