@@ -506,6 +506,67 @@ START_TEST(test_group_mixed_results)
 }
 END_TEST
 
+/* A write cancelled while it waits in the writer's queue is never run. */
+START_TEST(test_cancel_queued_write)
+{
+    enum { N = 200, VICTIM = 150 };
+    kv_store *s = open_store(dbpath, 0);
+    kv_fut *fs[N];
+    for (int i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%03d", i);
+        fs[i] = kv_put_value(s, K(name), "v", 1, NULL);
+    }
+    /* The loop has not run: the first put is running or queued on the
+     * pool, the rest wait on the loop thread. */
+    kv_fut_cancel(fs[VICTIM]);
+    for (int i = 0; i < N; i++) {
+        ck_assert_kv(kv_wait(fs[i]), i == VICTIM ? KV_ECANCELED : KV_OK);
+        kv_fut_free(fs[i]);
+    }
+    get_is(s, "/w/149", "v");
+    get_is(s, "/w/150", NULL);
+    get_is(s, "/w/151", "v");
+    close_store(s);
+}
+END_TEST
+
+/* Another connection holds the write lock past the busy timeout: the whole
+ * group fails KV_EBUSY, reads go on meanwhile, writes work again after. */
+START_TEST(test_write_lock_busy)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/r", "readable", 0);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL),
+                     SQLITE_OK);
+    kv_fut *fs[3];
+    for (int i = 0; i < 3; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/locked/%d", i);
+        fs[i] = kv_put_value(s, K(name), "v", 1, NULL);
+    }
+    /* The writer waits for the lock; a reader does not. */
+    kv_fut *g = kv_get(s, K("/r"), NULL);
+    ck_assert_kv(kv_wait(g), KV_OK);
+    ck_assert(!kv_fut_done(fs[0]));
+    kv_fut_free(g);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_kv(kv_wait(fs[i]), KV_EBUSY);
+        ck_assert_msg(strstr(kv_fut_errmsg(fs[i]), "locked") != NULL, "%s",
+                      kv_fut_errmsg(fs[i]));
+        kv_fut_free(fs[i]);
+    }
+    ck_assert_int_eq(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    put(s, "/locked/0", "v", 0);
+    get_is(s, "/locked/1", NULL);
+    close_store(s);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Two opens of one file: CAS increments lose nothing                      */
 /* ------------------------------------------------------------------------ */
@@ -912,6 +973,84 @@ START_TEST(test_prefix_ranges)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* Allocation failures                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Wait for f and free it; any outcome but a hang or a crash is fine. */
+static int settle(kv_fut *f)
+{
+    int rc = kv_wait(f);
+    kv_fut_free(f);
+    return rc;
+}
+
+/* Every operation once; returns the number of futures that failed. */
+static int chaos_round(kv_store *s, const kv_key *const *k)
+{
+    const kv_key *clean[] = {k[3], k[4]};
+    int failed = settle(kv_drop_prefix(s, clean, 2)) != KV_OK;
+    kv_record recs[3] = {{(kv_key *)k[0], "a", 1, 0},
+                         {(kv_key *)k[1], "b", 1, 0},
+                         {(kv_key *)k[2], "c", 1, 0}};
+    failed += settle(kv_put_many(s, recs, 3, NULL)) != KV_OK;
+    failed += settle(kv_put_atomic(s, recs, 2, NULL)) != KV_OK;
+    failed += settle(kv_get(s, k[0], NULL)) != KV_OK;
+    failed += settle(kv_get_many(s, k, 3, NULL)) != KV_OK;
+    failed += settle(kv_has_many(s, k, 3)) != KV_OK;
+    kv_query q = kv_query_init(k[3]);
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    if (kv_wait(f) == KV_OK) {
+        kv_iter *it = kv_fut_take_iter(f);
+        failed += settle(kv_iter_next(it)) != KV_OK;
+        failed += settle(kv_iter_fetch_all(it)) != KV_OK;
+        kv_iter_free(it);
+    } else {
+        failed++;
+    }
+    kv_fut_free(f);
+    const kv_key *from[] = {k[3]}, *to[] = {k[4]};
+    failed += settle(kv_move_prefix_atomic(s, from, to, 1)) != KV_OK;
+    failed += settle(kv_drop_prefix(s, to, 1)) != KV_OK;
+    return failed;
+}
+
+static void chaos(const char *path)
+{
+    const kv_key *k[] = {K("/p/a"), K("/p/b"), K("/p/c"), K("/p"), K("/moved")};
+    unsigned long total = 0;
+    for (unsigned long nth = 1;; nth++) {
+        kv_store *s = open_store(path, KV_NO_FSYNC);
+        kv__alloc_fail_at(nth, false);
+        int failed = chaos_round(s, k);
+        unsigned long used = kv__alloc_fail_at(0, false);
+        if (nth == 1)
+            total = used;
+        /* Whatever failed, the store still works and closes cleanly. */
+        ck_assert_int_eq(chaos_round(s, k), 0);
+        close_store(s);
+        if (used < nth) {
+            ck_assert_int_eq(failed, 0);
+            break;
+        }
+        if (strcmp(path, KV_SQLITE_MEMORY) != 0) {
+            unlink(path);
+            char aux[4300];
+            snprintf(aux, sizeof aux, "%s-wal", path);
+            unlink(aux);
+            snprintf(aux, sizeof aux, "%s-shm", path);
+            unlink(aux);
+        }
+    }
+    ck_assert_uint_gt(total, 10);
+}
+
+START_TEST(test_alloc_failures_memory) { chaos(KV_SQLITE_MEMORY); }
+END_TEST
+
+START_TEST(test_alloc_failures_file) { chaos(dbpath); }
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 
 int main(void)
 {
@@ -949,6 +1088,8 @@ int main(void)
     tcase_add_test(tc, test_group_mixed_results);
     tcase_add_test(tc, test_two_opens_no_lost_update);
     tcase_add_test(tc, test_close_in_flight);
+    tcase_add_test(tc, test_cancel_queued_write);
+    tcase_add_test(tc, test_write_lock_busy);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("query");
@@ -960,6 +1101,13 @@ int main(void)
     tcase_add_test(tc, test_close_with_cursors);
     tcase_add_test(tc, test_move_swap_and_overlap);
     tcase_add_test(tc, test_prefix_ranges);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("alloc");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_alloc_failures_memory);
+    tcase_add_test(tc, test_alloc_failures_file);
     suite_add_tcase(su, tc);
     return tu_run(su);
 }
