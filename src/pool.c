@@ -17,7 +17,14 @@
 
 #define MAX_THREADS 1024u
 
-/* job->state (pool-private; read and written only under pool->mu). */
+/*
+ * job->state (pool-private).  Written only under pool->mu, with atomic
+ * stores; kv__pool_cancel first reads it without the lock, so that once a
+ * job has left the queue (running, finished, or cancelled by kv_pool_free)
+ * cancelling it never touches the pool, which may be gone.
+ */
+#define STATE_SET(job, v) __atomic_store_n(&(job)->state, (v), __ATOMIC_RELEASE)
+#define STATE_GET(job) __atomic_load_n(&(job)->state, __ATOMIC_ACQUIRE)
 enum {
     JOB_NEW = 0,
     JOB_QUEUED,  /* in the pool's FIFO: cancellable */
@@ -69,7 +76,7 @@ static void *worker(void *arg)
         if (job == NULL)
             break; /* stopping, and shutdown took the rest of the queue */
         unlink_job(pool, job);
-        job->state = JOB_RUNNING;
+        STATE_SET(job, JOB_RUNNING);
         pthread_mutex_unlock(&pool->mu);
 
         job->work(job);
@@ -170,13 +177,13 @@ void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job)
 
     pthread_mutex_lock(&pool->mu);
     if (pool->stop) {
-        job->state = JOB_CANCELED;
+        STATE_SET(job, JOB_CANCELED);
         pthread_mutex_unlock(&pool->mu);
         job->status = KV_ECANCELED;
         kv__loop_post(loop, job);
         return;
     }
-    job->state = JOB_QUEUED;
+    STATE_SET(job, JOB_QUEUED);
     job->prev = pool->tail;
     if (pool->tail != NULL)
         pool->tail->next = job;
@@ -192,13 +199,16 @@ void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job)
 
 bool kv__pool_cancel(kv_pool *pool, kv__job *job)
 {
+    /* Left the queue for good: no need (nor right) to touch the pool. */
+    if (STATE_GET(job) != JOB_QUEUED)
+        return false;
     pthread_mutex_lock(&pool->mu);
-    if (job->state != JOB_QUEUED) {
+    if (job->state != JOB_QUEUED) { /* a worker took it meanwhile */
         pthread_mutex_unlock(&pool->mu);
         return false;
     }
     unlink_job(pool, job);
-    job->state = JOB_CANCELED;
+    STATE_SET(job, JOB_CANCELED);
     pthread_mutex_unlock(&pool->mu);
     job->status = KV_ECANCELED;
     kv__loop_post(job->loop, job); /* done runs on the loop's next turn */
@@ -219,7 +229,7 @@ void kv_pool_free(kv_pool *pool)
     kv__job *list = pool->head;
     pool->head = pool->tail = NULL;
     for (kv__job *j = list; j != NULL; j = j->next)
-        j->state = JOB_CANCELED;
+        STATE_SET(j, JOB_CANCELED);
     pthread_mutex_unlock(&pool->mu);
     pthread_cond_broadcast(&pool->cv);
 

@@ -585,6 +585,34 @@ START_TEST(test_pool_and_timers_mixed)
 }
 END_TEST
 
+/* Cancel after kv_pool_free took the job: must not touch the freed pool. */
+START_TEST(test_cancel_after_pool_free)
+{
+    memset(work_ran, 0, sizeof work_ran);
+    kv_loop *loop = new_loop();
+    kv_pool *pool = new_pool(1);
+    gate g;
+    gate_init(&g);
+    kv_fut *blocker = kv_pool_work(loop, pool, gate_work, &g);
+    gate_wait_blocked(&g, 1);
+    kv_fut *q = kv_pool_work(loop, pool, flag_work, (void *)(intptr_t)3);
+    freer fr = {pool};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, pool_free_main, &fr), 0);
+    usleep(100 * 1000); /* kv_pool_free cancels the queue, then joins */
+    gate_open(&g);
+    pthread_join(th, NULL); /* the pool is gone */
+    kv_fut_cancel(q);       /* posted but not yet finished on the loop */
+    ck_assert_kv(kv_fut_status(q), KV_ECANCELED);
+    ck_assert_kv(kv_wait(blocker), KV_OK);
+    finish_loop(loop);
+    ck_assert_int_eq(atomic_load(&work_ran[3]), 0);
+    kv_fut_free(q);
+    kv_fut_free(blocker);
+    gate_destroy(&g);
+}
+END_TEST
+
 START_TEST(test_pool_new_args)
 {
     kv_pool *pool = NULL;
@@ -1029,6 +1057,7 @@ int main(void)
     tcase_add_test(tc, test_pool_cancel_queued);
     tcase_add_test(tc, test_pool_cancel_running);
     tcase_add_test(tc, test_pool_free_cancels_queued);
+    tcase_add_test(tc, test_cancel_after_pool_free);
     tcase_add_test(tc, test_pool_cancel_internal);
     tcase_add_test(tc, test_pool_wakes_sleeping_loop);
     tcase_add_test(tc, test_pool_and_timers_mixed);
