@@ -60,7 +60,7 @@ run_check() {
     if ! make -C "$dir" -j"$jobs" check; then
         for f in "$dir"/tests/*.log; do
             case "$f" in */test-suite.log) continue ;; esac
-            if grep -qE '^(FAIL|ERROR)' "${f%.log}.trs" 2>/dev/null; then
+            if grep -qE '^:test-result: (FAIL|ERROR)' "${f%.log}.trs" 2>/dev/null; then
                 echo "=== $f"; tail -n 60 "$f"
             fi
         done
