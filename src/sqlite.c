@@ -515,6 +515,17 @@ static int schema_create(sqlite3 *db, const char *path, char **msg)
                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
                    "AND name IN ('kv', 'kv_meta')",
                    &n, &found, &is_int, msg);
+    int64_t other = 0;
+    if (rc == KV_OK && n == 0)
+        rc = query_int(db,
+                       "SELECT count(*) FROM sqlite_master WHERE type = "
+                       "'table' AND substr(name, 1, 7) <> 'sqlite_'",
+                       &other, &found, &is_int, msg);
+    if (rc == KV_OK && n == 0 && other > 0)
+        rc = fail_msg(KV_EBACKEND, msg,
+                      "sqlite: %s: not a kvstore database (it has other "
+                      "tables and no kv and kv_meta tables)",
+                      path);
     if (rc == KV_OK && n == 0)
         rc = exec_sql(
             db,
@@ -534,7 +545,6 @@ static int schema_create(sqlite3 *db, const char *path, char **msg)
             (void)exec_sql(db, "ROLLBACK", NULL); /* best effort */
         return rc;
     }
-    (void)path;
     return KV_OK;
 }
 

@@ -182,11 +182,26 @@ END_TEST
 START_TEST(test_open_foreign_database)
 {
     sql_exec(dbpath, "CREATE TABLE other(x); INSERT INTO other VALUES(1);");
-    kv_store *s = NULL;
-    int rc = kv_sqlite_open(&s, loop, pool, dbpath, KV_READONLY);
-    ck_assert_kv(rc, KV_EBACKEND);
-    ck_assert_msg(strstr(kv_last_errmsg(), "not a kvstore database") != NULL,
-                  "message: %s", kv_last_errmsg());
+    for (int ro = 0; ro < 2; ro++) {
+        kv_store *s = NULL;
+        int rc = kv_sqlite_open(&s, loop, pool, dbpath, ro ? KV_READONLY : 0);
+        ck_assert_kv(rc, KV_EBACKEND);
+        ck_assert_msg(strstr(kv_last_errmsg(), "not a kvstore database") !=
+                          NULL,
+                      "message: %s", kv_last_errmsg());
+    }
+    /* It was left alone. */
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM "
+                                            "sqlite_master",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    ck_assert_int_eq(sqlite3_column_int(st, 0), 1);
+    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 END_TEST
 
