@@ -754,8 +754,11 @@ static void run_fetch(conn *c, sreq *r)
         }
         const void *kp = sqlite3_column_blob(st, 0);
         int kn = sqlite3_column_bytes(st, 0);
-        if (kn < 0 || (kn > 0 && kp == NULL)) {
-            rc = KV_ENOMEM;
+        if (kn <= 0 || kp == NULL) {
+            /* A valid encoding is never empty; NULL otherwise is OOM. */
+            rc = kn == 0 ? fail_msg(KV_ECORRUPT, &msg,
+                                    "sqlite: stored key is empty")
+                         : KV_ENOMEM;
             break;
         }
         rc = kv__key_decode(&it->key, kp, (size_t)kn);
@@ -1003,8 +1006,8 @@ static int move_collect(conn *c, moveset *m, const kv_buf *to, char **msg)
             break;
         const unsigned char *k = sqlite3_column_blob(st, 1);
         int kn = sqlite3_column_bytes(st, 1);
-        if (sqlite3_column_type(st, 1) != SQLITE_BLOB || kn < 0 ||
-            (size_t)kn < c->kb.len ||
+        if (sqlite3_column_type(st, 1) != SQLITE_BLOB || kn <= 0 ||
+            k == NULL || (size_t)kn < c->kb.len ||
             (c->kb.len > 0 && memcmp(k, c->kb.data, c->kb.len) != 0)) {
             rc = fail_msg(KV_ECORRUPT, msg, "sqlite: stored key is malformed");
             break;

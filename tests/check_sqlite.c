@@ -356,6 +356,55 @@ START_TEST(test_token_counter_corrupt)
 }
 END_TEST
 
+/* Rows that kvstore never writes are reported as corruption. */
+static int query_all_rc(kv_store *s, const char *root, size_t *n)
+{
+    kv_query q = kv_query_init(K(root));
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    int rc = kv_wait(f);
+    if (rc == KV_OK)
+        kv_fut_records(f, n);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    return rc;
+}
+
+START_TEST(test_corrupt_rows)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/good", "1", 0);
+    close_store(s);
+    /* "/bad" (62 61 64 00) with a text token; "/zz" without its 00. */
+    sql_exec(dbpath, "INSERT INTO kv(key, val, token) VALUES "
+                     "(x'62616400', x'00', 'seven'), (x'7a7a', x'00', 3)");
+    s = open_store(dbpath, 0);
+    get_is(s, "/good", "1");
+    kv_fut *f = kv_get(s, K("/bad"), NULL);
+    ck_assert_kv(kv_wait(f), KV_ECORRUPT);
+    kv_fut_free(f);
+    size_t n = 0;
+    ck_assert_kv(query_all_rc(s, "/bad", &n), KV_ECORRUPT);
+    ck_assert_kv(query_all_rc(s, "/", &n), KV_ECORRUPT);
+    ck_assert_kv(query_all_rc(s, "/good", &n), KV_OK);
+    ck_assert_uint_eq(n, 1);
+    close_store(s);
+    sql_exec(dbpath, "DELETE FROM kv WHERE key <> x'676f6f6400';"
+                     "INSERT INTO kv(key, val, token) VALUES (x'', x'', 9)");
+    s = open_store(dbpath, 0);
+    ck_assert_kv(query_all_rc(s, "/", &n), KV_ECORRUPT);
+    const kv_key *from[] = {K("/good")}, *to[] = {K("/fine")};
+    f = kv_move_prefix_atomic(s, from, to, 1);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    get_is(s, "/fine", "1");
+    close_store(s);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Read-only                                                                */
 /* ------------------------------------------------------------------------ */
@@ -1086,6 +1135,7 @@ int main(void)
     tcase_add_test(tc, test_sync_full);
     tcase_add_test(tc, test_token_overflow);
     tcase_add_test(tc, test_token_counter_corrupt);
+    tcase_add_test(tc, test_corrupt_rows);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("readonly");
