@@ -342,6 +342,12 @@ void kb_load_range(const jobthr *jt, uint64_t *lo, uint64_t *hi)
 /* Sections                                                                 */
 /* ------------------------------------------------------------------------ */
 
+int kvb_check(const jobopts *o, char *err, size_t errlen)
+{
+    keyfmt kf;
+    return kb_keyfmt_init(&kf, o, err, errlen);
+}
+
 void jobopts_defaults(jobopts *o)
 {
     memset(o, 0, sizeof *o);

@@ -655,6 +655,11 @@ static int finalize(jobopts *o)
         fprintf(stderr, "kvbench: job '%s': %s\n", o->name, e);
         return -1;
     }
+    char err[256];
+    if (kvb_check(o, err, sizeof err)) {
+        fprintf(stderr, "kvbench: job '%s': %s\n", o->name, err);
+        return -1;
+    }
     if (o->time_based)
         o->number_ios = 0;
     else if (!o->number_ios && !o->runtime_ns)

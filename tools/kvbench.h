@@ -118,6 +118,8 @@ typedef struct runenv {
 
 /* Fill in defaults. */
 void jobopts_defaults(jobopts *o);
+/* Check what options alone can tell (key sizes); -1 with a message. */
+int kvb_check(const jobopts *o, char *err, size_t errlen);
 /*
  * Run one job section to completion; results in *r.  Returns 0, or -1 with
  * r->err/errmsg set when the section could not run at all.
