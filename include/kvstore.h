@@ -532,20 +532,23 @@ KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                          const char *root, unsigned depth, unsigned flags);
 
-/* The backend's name: "sqlite" or "fs". */
+/* The backend's name: "sqlite" or "fs"; NULL for a NULL store. */
 KV_EXTERN const char *kv_store_backend(const kv_store *store);
 
 /*
  * Close the store: idempotent (every call returns a future that completes
- * when the store is fully closed).  In-flight operations complete
- * KV_ECANCELED; undisposed iterators are released; every later call fails
- * KV_ECLOSED.
+ * when the store is fully closed, with the backend's close status).
+ * In-flight operations complete KV_ECANCELED (pending kv_iter_next calls
+ * too); undisposed iterators are released; every later call fails
+ * KV_ECLOSED, and next / fetch_all on its iterators KV_EITER.
  */
 KV_EXTERN kv_fut *kv_close(kv_store *store);
 
 /*
  * Free a closed store's handle.  If the store was not closed, it is closed
- * and the loop run until the close completes.  NULL is a no-op.
+ * and the loop run until the close completes (so, then, not from inside a
+ * callback).  Iterators may outlive the handle: calls on them fail
+ * KV_EITER until kv_iter_free.  NULL is a no-op.
  */
 KV_EXTERN void kv_store_free(kv_store *store);
 
@@ -557,7 +560,12 @@ KV_EXTERN bool kv_supports_atomic_batch(const kv_store *store);
  * KV_ECLOSED after close takes precedence over every other error.  Write
  * batches that name a key twice fail KV_EDUPLICATE and write nothing; read
  * batches deduplicate.  n == 0 is a valid, empty batch.  codec NULL means
- * raw bytes.
+ * raw bytes.  Checks run in this order: a NULL store (KV_EINVAL),
+ * KV_ECLOSED, KV_EREADONLY (writes), KV_ENOTSUP (atomic calls), the
+ * arguments (KV_EINVAL: a NULL or empty key, a NULL array with n > 0, a
+ * codec without the encode a write or the decode a read needs), then
+ * KV_EDUPLICATE.  An encode failure fails with the codec's code and writes
+ * nothing.
  */
 
 /* Result: kv_fut_bool. */
@@ -601,10 +609,13 @@ KV_EXTERN kv_fut *kv_delete_atomic(kv_store *s, const kv_record *recs,
  * each i, in one transaction.  Moved records get new tokens.  If a
  * destination exists (and is not itself being moved away) the future fails
  * KV_ECONFLICT and nothing moves.  KV_ENOTSUP without atomic batches.
+ * to[i] equal to or below from[i] is KV_EINVAL; a key named twice in from,
+ * or twice in to, is KV_EDUPLICATE.
  */
 KV_EXTERN kv_fut *kv_move_prefix_atomic(kv_store *s, const kv_key *const *from,
                                         const kv_key *const *to, size_t n);
-/* Delete each key and everything below it, regardless of tokens. */
+/* Delete each key and everything below it, regardless of tokens (the
+ * empty key is KV_EINVAL here too). */
 KV_EXTERN kv_fut *kv_drop_prefix(kv_store *s, const kv_key *const *keys,
                                  size_t n);
 
@@ -638,6 +649,10 @@ KV_EXTERN kv_query kv_query_init(const kv_key *key);
 /*
  * Open an iterator.  Result: kv_fut_take_iter.  Results stream: the backend
  * fetches rows in chunks, so a large query does not load all at once.
+ * KV_EINVAL for a NULL q or q->key, offset < 0, limit < -1, an unknown sort
+ * or a codec without decode.  A typed iterator decodes each record; one that
+ * does not decode fails its next call with the codec's code (and is
+ * skipped).
  */
 KV_EXTERN kv_fut *kv_query_open(kv_store *s, const kv_query *q,
                                 const kv_codec *codec);
@@ -645,15 +660,19 @@ KV_EXTERN kv_fut *kv_query_open(kv_store *s, const kv_query *q,
  * The next record (kv_fut_record), or NULL at the end, after which
  * kv_iter_finished is true.  Next after the end, after dispose, or after the
  * store closed fails KV_EITER.  Concurrent calls each get a different record,
- * in order.
+ * in order (one gets the end, later ones KV_EITER).  Calls still pending
+ * when the iterator is disposed or freed fail KV_EITER.
  */
 KV_EXTERN kv_fut *kv_iter_next(kv_iter *it);
 KV_EXTERN bool kv_iter_finished(const kv_iter *it);
-/* Every remaining record: kv_fut_records; the iterator ends finished. */
+/* Every remaining record: kv_fut_records; the iterator ends finished (an
+ * already finished one gives none; KV_EITER after dispose or close). */
 KV_EXTERN kv_fut *kv_iter_fetch_all(kv_iter *it);
-/* Release backend resources.  Idempotent; the handle stays valid. */
+/* Release backend resources.  Idempotent (every call's future completes
+ * when the release has; at once after close); the handle stays valid. */
 KV_EXTERN kv_fut *kv_iter_dispose(kv_iter *it);
-/* Dispose if needed and free the handle.  NULL-safe. */
+/* Dispose if needed and free the handle, without blocking (the memory
+ * goes when the backend has released the cursor).  NULL-safe. */
 KV_EXTERN void kv_iter_free(kv_iter *it);
 
 /* ------------------------------------------------------------------------ */
@@ -663,8 +682,10 @@ KV_EXTERN void kv_iter_free(kv_iter *it);
 /*
  * A middleware gets the records that failed (conflicts) and returns a future
  * of the records to retry (kv_fut_complete_records; an empty result ends
- * with success).  It may fail the future to abort with that error.  The
- * records it sees are valid only during the call.
+ * with success).  It may fail the future to abort with that error (a NULL
+ * future aborts with KV_EINVAL).  The records it sees are valid only during
+ * the call.  In a typed call they are raw: each value is the encoding the
+ * helper made once, and the records returned are raw bytes too.
  */
 typedef kv_fut *(*kv_middleware)(const kv_record *failed, size_t n, void *arg);
 /*
@@ -682,9 +703,12 @@ typedef kv_fut *(*kv_producer)(const kv_key *key, void *arg);
 
 /*
  * Put / delete recs, retrying the skipped ones up to max_retries attempts in
- * all (0 fails KV_EMAXRETRIES at once).  mw (may be NULL: retry the same
- * records) decides what to retry.  KV_OK once nothing is skipped;
- * KV_EMAXRETRIES with the still-skipped keys in kv_fut_keys otherwise.
+ * all (0 fails KV_EMAXRETRIES at once, every key in kv_fut_keys).  mw (may
+ * be NULL: retry the same records) decides what to retry.  KV_OK once
+ * nothing is skipped; KV_EMAXRETRIES with the still-skipped keys in
+ * kv_fut_keys otherwise.  An attempt that fails (KV_EDUPLICATE, KV_ECLOSED,
+ * KV_ECANCELED when the store closes...) ends the helper with its error.
+ * kv_fut_cancel on the helper's future cancels the step in flight.
  */
 KV_EXTERN kv_fut *kv_try_put(kv_store *s, const kv_record *recs, size_t n,
                              unsigned max_retries, kv_middleware mw, void *arg,
@@ -706,7 +730,9 @@ KV_EXTERN kv_fut *kv_try_delete_atomic(kv_store *s, const kv_record *recs,
 /*
  * Get key; if absent, call producer and insert its value with token 0; if
  * another writer inserted first, return the winner's record.  Result:
- * kv_fut_record.  max_retries bounds the get/insert rounds.
+ * kv_fut_record.  max_retries bounds the get/insert rounds (0, or losing
+ * every race: KV_EMAXRETRIES).  A NULL producer, or a codec without encode
+ * and decode, is KV_EINVAL.
  */
 KV_EXTERN kv_fut *kv_get_or_put(kv_store *s, const kv_key *key,
                                 kv_producer producer, void *arg,
