@@ -86,6 +86,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -489,6 +490,7 @@ enum kkind { K_GET, K_HAS, K_PUT, K_DEL };
 enum kstate {
     ST_NEW,
     ST_QUEUED,
+    ST_ADMIT, /* waiting for a running slot (see kop_admit) */
     ST_DIR,
     ST_OPEN,
     ST_HDR,
@@ -553,6 +555,8 @@ struct kop {
     kop *qnext; /* key queue */
     kop *gnext; /* directory sync / token wait lists */
     kop *anext, *aprev; /* every live kop */
+    kop *dnext, *dprev; /* fs->adm_head queue while ST_ADMIT */
+    bool admitted;      /* counted in fs->nrun */
 };
 
 struct keyq {
@@ -621,6 +625,10 @@ struct fs_state {
     cursor *cursors;
     uint64_t tmp_seq;
     bool in_submit, in_close;
+    /* Admission: at most maxrun kops run at once (descriptors). */
+    size_t nrun, maxrun;
+    kop *adm_head, *adm_tail;
+    bool admitting;
     /* Completions defer_any could not allocate for (see there). */
     kv__req *oom_ok, *oom_err;
     kv__job oom_job;
@@ -1563,6 +1571,64 @@ static void k_arm(kop *k, struct io_uring_sqe *sqe, int s, bool link)
     k->pending++;
 }
 
+/*
+ * Admission.  Every running kop holds a descriptor (record or temp file)
+ * and pins its directory's, so a batch of 100,000 records (or as many
+ * single operations in flight) must not start at once: it would hit
+ * RLIMIT_NOFILE (EMFILE).  At most fs->maxrun kops run; the others wait,
+ * in order, in a FIFO, and each finished kop admits the next.
+ */
+static void adm_unlink(fs_state *fs, kop *k)
+{
+    if (k->dprev != NULL)
+        k->dprev->dnext = k->dnext;
+    else
+        fs->adm_head = k->dnext;
+    if (k->dnext != NULL)
+        k->dnext->dprev = k->dprev;
+    else
+        fs->adm_tail = k->dprev;
+    k->dnext = k->dprev = NULL;
+}
+
+/* True if k may run now; else k waits in the FIFO. */
+static bool kop_admit(kop *k)
+{
+    fs_state *fs = k->fs;
+    if (k->admitted)
+        return true;
+    if (fs->nrun >= fs->maxrun || (fs->adm_head != NULL && !fs->admitting)) {
+        k->state = ST_ADMIT;
+        k->dprev = fs->adm_tail;
+        k->dnext = NULL;
+        if (fs->adm_tail != NULL)
+            fs->adm_tail->dnext = k;
+        else
+            fs->adm_head = k;
+        fs->adm_tail = k;
+        return false;
+    }
+    k->admitted = true;
+    fs->nrun++;
+    return true;
+}
+
+/* Start waiting kops while slots are free (never recursively: a kop that
+ * finishes at once would otherwise nest one call per waiting kop). */
+static void admit_waiting(fs_state *fs)
+{
+    if (fs->admitting)
+        return;
+    fs->admitting = true;
+    while (fs->adm_head != NULL && fs->nrun < fs->maxrun) {
+        kop *k = fs->adm_head;
+        adm_unlink(fs, k);
+        k->state = ST_NEW;
+        kop_start(k);
+    }
+    fs->admitting = false;
+}
+
 static kop *kop_new(fs_state *fs, kv__req *req, kv__item *it,
                     enum kkind kind)
 {
@@ -1659,6 +1725,10 @@ static void kop_finish(kop *k, int status)
         dir_release(k->dir);
         k->dir = NULL;
     }
+    if (k->admitted) {
+        k->admitted = false;
+        fs->nrun--;
+    }
     kop *next = NULL;
     keyq *q = k->kq;
     if (q != NULL) {
@@ -1680,6 +1750,7 @@ static void kop_finish(kop *k, int status)
         kop_free(k);
     if (next != NULL)
         kop_start(next);
+    admit_waiting(fs);
     /* Last: completing a request may re-enter submit (iterators). */
     if (last) {
         req->bpriv = NULL;
@@ -1801,6 +1872,8 @@ static void kop_start(kop *k)
         kop_finish(k, KV_ECANCELED);
         return;
     }
+    if (!kop_admit(k))
+        return;
     fsdir *d = dir_get(fs, k->dirpath);
     if (d == NULL) {
         kop_finish(k, KV_ENOMEM);
@@ -3312,6 +3385,8 @@ static void cancel_kops(fs_state *fs, kv__req *req, bool ring_cancel)
         k->canceled = true;
         if (k->state == ST_QUEUED) {
             kq_unlink(fs, k);
+        } else if (k->state == ST_ADMIT) {
+            adm_unlink(fs, k);
         } else if (k->state == ST_TOKEN) {
             tok_unwait(fs, k);
         } else {
@@ -3589,6 +3664,17 @@ static int open_tokens(fs_state *fs)
     return KV_OK;
 }
 
+/* How many kops may run at once (see kop_admit): a quarter of what
+ * RLIMIT_NOFILE leaves after 64 descriptors, between 16 and 4096. */
+static size_t max_running(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 4096;
+    rlim_t n = rl.rlim_cur > 128 ? (rl.rlim_cur - 64) / 4 : 16;
+    return n < 16 ? 16 : n > 4096 ? 4096 : (size_t)n;
+}
+
 int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                const char *root, unsigned depth, unsigned flags)
 {
@@ -3618,6 +3704,7 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     fs->loop = loop;
     fs->pool = pool;
     fs->depth = depth != 0 ? depth : KV_FS_DEFAULT_DEPTH;
+    fs->maxrun = max_running();
     fs->flags = flags;
     fs->readonly = (flags & KV_READONLY) != 0;
     fs->nofsync = (flags & KV_NO_FSYNC) != 0;
