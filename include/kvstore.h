@@ -434,6 +434,15 @@ struct kv_record {
     uint64_t token;
 };
 
+/*
+ * The largest value a record may hold: 512 MiB (for a typed record, the
+ * size of its encoding).  A write of a larger value fails KV_EINVAL before
+ * a byte of it is read or copied.  Every backend stores values up to this
+ * size: SQLite's default row limit (SQLITE_MAX_LENGTH, 10^9 bytes for key,
+ * value and token together) is the tightest, and leaves room for the key.
+ */
+#define KV_MAX_VALUE_SIZE ((size_t)512 * 1024 * 1024)
+
 /* A growable byte buffer that encoders append to. */
 typedef struct kv_buf {
     unsigned char *data;
@@ -579,8 +588,9 @@ KV_EXTERN kv_fut *kv_get_many(kv_store *s, const kv_key *const *keys, size_t n,
                               const kv_codec *codec);
 /*
  * Write rec if its token matches: 0 inserts only if absent, N replaces only
- * if the current token is N.  KV_ECONFLICT otherwise.  Result: kv_fut_token,
- * the new token.
+ * if the current token is N.  KV_ECONFLICT otherwise.  A value longer than
+ * KV_MAX_VALUE_SIZE is KV_EINVAL (in every write call and helper).  Result:
+ * kv_fut_token, the new token.
  */
 KV_EXTERN kv_fut *kv_put(kv_store *s, const kv_record *rec,
                          const kv_codec *codec);

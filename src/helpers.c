@@ -319,6 +319,11 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
             return kv__fut_failed(s->loop, KV_EINVAL,
                                   "the value of %s is NULL with length %zu",
                                   kv_key_id(recs[i].key), recs[i].len);
+        if (values && codec == NULL && recs[i].len > KV_MAX_VALUE_SIZE)
+            return kv__fut_failed(s->loop, KV_EINVAL,
+                                  "the value of %s is %zu bytes, more than "
+                                  "KV_MAX_VALUE_SIZE",
+                                  kv_key_id(recs[i].key), recs[i].len);
     }
     if (max_retries == 0) {
         f = kv__fut_new(s->loop);

@@ -526,6 +526,10 @@ static int item_set_value(kv__item *it, const void *val, size_t len,
             kv__free(b.data);
             return rc < 0 ? rc : KV_ERROR;
         }
+        if (b.len > KV_MAX_VALUE_SIZE) {
+            kv__free(b.data);
+            return KV_EINVAL; /* the encoding is too large to store */
+        }
         if (b.data == NULL) {
             b.data = kv__malloc(1);
             if (b.data == NULL)
@@ -569,6 +573,11 @@ static kv_fut *write_records(kv_store *s, int kind, kv__opcode op,
         if (values && codec == NULL && recs[i].val == NULL && recs[i].len > 0)
             return kv__fut_failed(s->loop, KV_EINVAL,
                                   "the value of %s is NULL with length %zu",
+                                  kv_key_id(recs[i].key), recs[i].len);
+        if (values && codec == NULL && recs[i].len > KV_MAX_VALUE_SIZE)
+            return kv__fut_failed(s->loop, KV_EINVAL,
+                                  "the value of %s is %zu bytes, more than "
+                                  "KV_MAX_VALUE_SIZE",
                                   kv_key_id(recs[i].key), recs[i].len);
     }
     if ((f = check_dups(s, recs, sizeof *recs, offsetof(kv_record, key), n)))
