@@ -1287,7 +1287,9 @@ START_TEST(test_query_wildcards)
     OPEN(c);
     const char *ks[] = {"/w%",  "/w%/c", "/wx",  "/wxy", "/w_",  "/w_x",
                         "/w*",  "/w?",   "/w[",  "/w[a]", "/w\\", "/w\\x",
-                        "/w%x", "/w'",   "/w\"", "/wa"};
+                        "/w%x", "/w'",   "/w\"", "/wa",
+                        "/w\x01", "/w\x01x", "/w\xff", "/w\xff\xff",
+                        "/w\xff/c", "/w b", "/w bb"};
     put_all(c, ks, sizeof ks / sizeof ks[0]);
     struct {
         const char *q;
@@ -1299,6 +1301,8 @@ START_TEST(test_query_wildcards)
         {"/w[", 1, {"/w["}},          {"/w[a]", 1, {"/w[a]"}},
         {"/w\\", 1, {"/w\\"}},        {"/w'", 1, {"/w'"}},
         {"/w\"", 1, {"/w\""}},        {"/w", 0, {NULL}},
+        {"/w\x01", 1, {"/w\x01"}},    {"/w\xff", 2, {"/w\xff", "/w\xff/c"}},
+        {"/w b", 1, {"/w b"}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char ids[32][64];
