@@ -1,0 +1,151 @@
+#!/bin/sh
+# tools/check_tools.sh - end-to-end checks of kvctl and kvbench: exit codes,
+# dump/load round trips between backends, malformed load input, job files
+# and the JSON report.  Runs from a build directory:
+#
+#   top_builddir=/path/to/build sh tools/check_tools.sh
+#
+# (automake's TESTS passes top_builddir).  Exit 77 (skip) if io_uring is not
+# available here; a failing check prints what it expected and exits 1.
+set -u
+
+b=${top_builddir:-.}
+KVCTL="$b/tools/kvctl"
+KVBENCH="$b/tools/kvbench"
+for t in "$KVCTL" "$KVBENCH"; do
+    [ -x "$t" ] || { echo "check_tools: $t not built" >&2; exit 1; }
+done
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/check_tools.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT INT TERM
+fails=0
+
+# expect CODE DESCRIPTION CMD...: run CMD, check its exit status.
+expect() {
+    want=$1 what=$2
+    shift 2
+    "$@" > "$tmp/out" 2> "$tmp/err"
+    got=$?
+    if [ "$got" -ne "$want" ]; then
+        echo "FAIL: $what: exit $got, expected $want" >&2
+        sed 's/^/  | /' "$tmp/err" >&2
+        fails=$((fails + 1))
+    fi
+}
+
+# same DESCRIPTION FILE1 FILE2
+same() {
+    if ! cmp -s "$2" "$3"; then
+        echo "FAIL: $1: $2 and $3 differ" >&2
+        diff "$2" "$3" | head -n 10 >&2
+        fails=$((fails + 1))
+    fi
+}
+
+S="sqlite:$tmp/a.db"
+if ! "$KVCTL" "$S" put /probe x > /dev/null 2> "$tmp/err"; then
+    if grep -q -i 'io_uring' "$tmp/err"; then
+        echo "check_tools: io_uring unavailable here: skip" >&2
+        exit 77
+    fi
+fi
+
+# kvctl: exit codes
+expect 0 "get" "$KVCTL" "$S" get /probe
+expect 4 "insert over an existing key" "$KVCTL" "$S" put /probe y
+expect 3 "get a missing key" "$KVCTL" "$S" get /missing
+expect 5 "invalid key" "$KVCTL" "$S" get 'a:b:c'
+expect 5 "the empty key" "$KVCTL" "$S" get /
+expect 2 "unknown command" "$KVCTL" "$S" frobnicate
+expect 2 "bad token" "$KVCTL" "$S" delete /probe -1
+expect 7 "missing store, read" "$KVCTL" "sqlite:$tmp/none.db" get /a
+expect 4 "stale token" "$KVCTL" "$S" put /probe y --token 999999
+"$KVCTL" "$S" get /probe --token > "$tmp/tok"
+expect 0 "put with the token" "$KVCTL" "$S" put /probe z --token "$(cat "$tmp/tok")"
+expect 0 "put --force" "$KVCTL" "$S" put /probe w --force
+expect 3 "delete a missing key" "$KVCTL" "$S" delete /nope 1
+expect 4 "delete with a stale token" "$KVCTL" "$S" delete /probe 1
+
+# values: binary from stdin, byte for byte
+printf 'a\000b\377\n' > "$tmp/bin"
+"$KVCTL" "$S" put /bin/x - < "$tmp/bin" > /dev/null
+"$KVCTL" "$S" get /bin/x > "$tmp/bin2"
+same "binary value" "$tmp/bin" "$tmp/bin2"
+"$KVCTL" "$S" put '/u/é t:x' 'tab	and \ backslash' > /dev/null
+
+# dump -> load into every backend -> dump again: same keys and values
+"$KVCTL" "$S" dump | cut -d, -f1-2 > "$tmp/d0"
+"$KVCTL" "$S" dump > "$tmp/dump"
+"$KVCTL" --sync=none "fs:$tmp/fs" load "$tmp/dump" 2> /dev/null
+"$KVCTL" "fs:$tmp/fs" dump | cut -d, -f1-2 > "$tmp/d1"
+same "sqlite -> fs round trip" "$tmp/d0" "$tmp/d1"
+"$KVCTL" "fs:$tmp/fs" dump | "$KVCTL" "sqlite:$tmp/b.db" load 2> /dev/null
+"$KVCTL" "sqlite:$tmp/b.db" dump | cut -d, -f1-2 > "$tmp/d2"
+same "fs -> sqlite round trip" "$tmp/d0" "$tmp/d2"
+expect 4 "load over existing keys" "$KVCTL" "sqlite:$tmp/b.db" load "$tmp/dump"
+expect 0 "load --replace" "$KVCTL" "sqlite:$tmp/b.db" load --replace "$tmp/dump"
+
+# malformed load input: line numbers, --keep-going
+cat > "$tmp/bad" <<'EOF'
+{"key": "/ok/1", "value": "aGk="}
+{"key": "/ok/2", "value": "aGk"}
+{"key": "/ok/3", "value": "aGk=", "extra": [1, {"a": null}]}
+not json
+EOF
+expect 6 "malformed line" "$KVCTL" sqlite:memory load "$tmp/bad"
+grep -q ':2:' "$tmp/err" || { echo "FAIL: no line number in: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+expect 6 "keep going" "$KVCTL" sqlite:memory load --keep-going "$tmp/bad"
+grep -q ':4:' "$tmp/err" || { echo "FAIL: --keep-going stopped early" >&2; fails=$((fails + 1)); }
+grep -q 'loaded 2 records' "$tmp/err" || { echo "FAIL: --keep-going loaded: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+
+# query options
+"$KVCTL" "$S" put /q/1 a > /dev/null
+"$KVCTL" "$S" put /q/2 b > /dev/null
+"$KVCTL" "$S" put /q/3 c > /dev/null
+"$KVCTL" "$S" put /qq x > /dev/null
+"$KVCTL" "$S" query /q --desc --offset 1 --limit 1 --keys-only | cut -f1 > "$tmp/q"
+echo /q/2 > "$tmp/q2"
+same "query --desc --offset --limit" "$tmp/q2" "$tmp/q"
+
+# kvbench: usage errors, a job file, the JSON report
+expect 2 "kvbench unknown option" "$KVBENCH" --frobnicate=1
+expect 2 "kvbench bad value" "$KVBENCH" --rw=sideways
+cat > "$tmp/jobs.fio" <<EOF
+[global]
+backend=sqlite:$tmp/bench.db
+keys=2000
+number_ios=3000
+load
+
+[mixed]
+rw=randrw
+iodepth=8
+
+[cas]
+rw=cas
+iodepth=4
+random_distribution=zipf:0.9
+EOF
+expect 0 "kvbench job file" "$KVBENCH" --output-format=json "$tmp/jobs.fio"
+if command -v python3 > /dev/null; then
+    python3 - "$tmp/out" <<'PY' || fails=$((fails + 1))
+import json, sys
+d = json.load(open(sys.argv[1]))
+jobs = {j["jobname"]: j for j in d["jobs"]}
+assert set(jobs) == {"mixed", "cas"}, jobs.keys()
+m = jobs["mixed"]["ops"]
+assert m["read"]["total_ios"] + m["write"]["total_ios"] == 3000, m
+assert m["read"]["lat_ns"]["percentile"]["99.000000"] > 0
+c = jobs["cas"]["ops"]["cas"]
+assert c["total_ios"] == 3000 and c["errors"] == 0, c
+PY
+fi
+expect 0 "kvbench fs, batches" "$KVBENCH" --backend="fs:$tmp/bfs" --sync=none \
+    --rw=randwrite --batch=10 --keys=500 --number_ios=1000 --iodepth=4
+expect 0 "kvbench sqlite-raw scan" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db" \
+    --workload=ycsb-e --keys=500 --number_ios=500
+
+if [ "$fails" -ne 0 ]; then
+    echo "check_tools: $fails check(s) failed" >&2
+    exit 1
+fi
+echo "check_tools: all passed"
