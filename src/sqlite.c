@@ -136,6 +136,8 @@ struct sreq {
     int status;        /* the request's result (items carry the rest) */
     char *msg;         /* kv__malloc'd message for a failed status */
     bool in_tx;        /* worker: a write of the current transaction */
+    bool embedded;     /* cursor->dsr: not allocated */
+    cursor *dead;      /* a cursor to free once the request completed */
 };
 
 /* A query cursor (iter->bpriv).  Kept in s->cursors until disposed, or until
@@ -154,6 +156,8 @@ struct cursor {
     int err;             /* a failed fetch: later fetches fail the same */
     /* Loop side, updated in done callbacks. */
     bool live;           /* st != NULL as of the last finished job */
+    sreq dsr;            /* the dispose request: a dispose never fails OOM */
+    bool dsr_busy;
 };
 
 struct conn {
@@ -1497,7 +1501,7 @@ static void finish_one(sq *s, sreq *r)
             cu->live = cu->st != NULL;
             if (!cu->live) {
                 q->iter->bpriv = NULL;
-                cursor_free(s, cu);
+                r->dead = cu; /* freed after completion: r may live in it */
                 r->cur = NULL;
             } /* else not run (pool shutdown): close finalizes it */
         }
@@ -1507,13 +1511,19 @@ static void finish_one(sq *s, sreq *r)
     }
 }
 
-static void complete(sreq *r)
+static void complete(sq *s, sreq *r)
 {
     kv__req *q = r->req;
     int status = r->status;
     char *msg = r->msg;
+    cursor *dead = r->dead;
     q->bpriv = NULL;
-    kv__free(r);
+    if (r->embedded)
+        KV__CONTAINER_OF(r, cursor, dsr)->dsr_busy = false;
+    else
+        kv__free(r);
+    if (dead != NULL)
+        cursor_free(s, dead); /* r is gone if it was dead->dsr */
     if (msg != NULL) {
         kv__req_done(q, status, "%s", msg);
         kv__free(msg);
@@ -1558,7 +1568,7 @@ static void conn_done(kv__job *job, int status)
     sreq *next;
     for (sreq *r = run.head; r != NULL; r = next) {
         next = r->next;
-        complete(r);
+        complete(s, r);
     }
     kick(c);
     dispatch_reads(s);
@@ -1579,7 +1589,7 @@ static void soon_done(kv__job *job, int status)
     sreq *next;
     for (sreq *r = list.head; r != NULL; r = next) {
         next = r->next;
-        complete(r);
+        complete(s, r);
     }
     while (oom != NULL) {
         kv__req *q = oom;
@@ -1633,7 +1643,18 @@ static void queue_read(sq *s, sreq *r)
 static void sq_submit(kv_store *store, kv__req *req)
 {
     sq *s = store->backend;
-    sreq *r = kv__calloc(1, sizeof *r);
+    sreq *r = NULL;
+    cursor *dc = req->op == KV__OP_ITER_DISPOSE && req->iter != NULL
+                     ? req->iter->bpriv
+                     : NULL;
+    if (dc != NULL && !dc->dsr_busy) {
+        r = &dc->dsr;
+        memset(r, 0, sizeof *r);
+        r->embedded = true;
+        dc->dsr_busy = true;
+    } else {
+        r = kv__calloc(1, sizeof *r);
+    }
     if (r == NULL) {
         req->bpriv = s->oom;
         s->oom = req;
