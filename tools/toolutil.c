@@ -452,3 +452,438 @@ void tu_sbuf_free(tu_sbuf *b)
     free(b->p);
     memset(b, 0, sizeof *b);
 }
+
+/* ------------------------------------------------------------------------ */
+/* JSON lines (kvctl load)                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct jp {
+    const char *s;
+    size_t n, i;
+    char err[160];
+} jp;
+
+static void jp_ws(jp *p)
+{
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' ||
+                           p->s[p->i] == '\r' || p->s[p->i] == '\n'))
+        p->i++;
+}
+
+static int jp_fail(jp *p, const char *msg)
+{
+    if (!p->err[0])
+        snprintf(p->err, sizeof p->err, "%s", msg);
+    return -1;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int jp_hex4(jp *p, unsigned *out)
+{
+    if (p->n - p->i < 4)
+        return jp_fail(p, "truncated \\u escape");
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(p->s[p->i + (size_t)k]);
+        if (h < 0)
+            return jp_fail(p, "bad \\u escape");
+        v = v << 4 | (unsigned)h;
+    }
+    p->i += 4;
+    *out = v;
+    return 0;
+}
+
+static int put_utf8(tu_sbuf *b, unsigned cp)
+{
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xC0 | cp >> 6);
+        u[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    return tu_sbuf_put(b, u, n);
+}
+
+/* A JSON string into out (decoded, NUL-terminated; may hold NULs). */
+static int jp_string(jp *p, tu_sbuf *out)
+{
+    out->len = 0;
+    if (tu_sbuf_put(out, "", 0))
+        return jp_fail(p, "out of memory");
+    if (p->i >= p->n || p->s[p->i] != '"')
+        return jp_fail(p, "expected a string");
+    p->i++;
+    for (;;) {
+        if (p->i >= p->n)
+            return jp_fail(p, "unterminated string");
+        unsigned char ch = (unsigned char)p->s[p->i];
+        if (ch == '"') {
+            p->i++;
+            return 0;
+        }
+        if (ch < 0x20)
+            return jp_fail(p, "control character in a string");
+        if (ch != '\\') {
+            size_t st = p->i;
+            while (p->i < p->n && p->s[p->i] != '"' && p->s[p->i] != '\\' &&
+                   (unsigned char)p->s[p->i] >= 0x20)
+                p->i++;
+            if (!tu_utf8_valid(p->s + st, p->i - st))
+                return jp_fail(p, "string is not valid UTF-8");
+            if (tu_sbuf_put(out, p->s + st, p->i - st))
+                return jp_fail(p, "out of memory");
+            continue;
+        }
+        p->i++;
+        if (p->i >= p->n)
+            return jp_fail(p, "unterminated escape");
+        char e = p->s[p->i++];
+        char lit = 0;
+        switch (e) {
+        case '"': lit = '"'; break;
+        case '\\': lit = '\\'; break;
+        case '/': lit = '/'; break;
+        case 'b': lit = '\b'; break;
+        case 'f': lit = '\f'; break;
+        case 'n': lit = '\n'; break;
+        case 'r': lit = '\r'; break;
+        case 't': lit = '\t'; break;
+        case 'u': {
+            unsigned cp;
+            if (jp_hex4(p, &cp))
+                return -1;
+            if (cp >= 0xDC00 && cp <= 0xDFFF)
+                return jp_fail(p, "lone low surrogate in \\u escape");
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                unsigned lo;
+                if (p->n - p->i < 2 || p->s[p->i] != '\\' || p->s[p->i + 1] != 'u')
+                    return jp_fail(p, "high surrogate without a low one");
+                p->i += 2;
+                if (jp_hex4(p, &lo))
+                    return -1;
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    return jp_fail(p, "bad surrogate pair");
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (put_utf8(out, cp))
+                return jp_fail(p, "out of memory");
+            continue;
+        }
+        default: return jp_fail(p, "bad escape in a string");
+        }
+        if (tu_sbuf_put(out, &lit, 1))
+            return jp_fail(p, "out of memory");
+    }
+}
+
+static int jp_skip(jp *p, int depth);
+
+static int jp_skip_lit(jp *p, const char *lit)
+{
+    size_t n = strlen(lit);
+    if (p->n - p->i < n || memcmp(p->s + p->i, lit, n) != 0)
+        return jp_fail(p, "unexpected character");
+    p->i += n;
+    return 0;
+}
+
+static int jp_number(jp *p, bool *is_uint, uint64_t *u)
+{
+    size_t st = p->i;
+    bool neg = false, frac = false;
+    if (p->i < p->n && p->s[p->i] == '-') {
+        neg = true;
+        p->i++;
+    }
+    size_t ds = p->i;
+    while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+        p->i++;
+    if (p->i == ds)
+        return jp_fail(p, "bad number");
+    if (p->i - ds > 1 && p->s[ds] == '0')
+        return jp_fail(p, "leading zero in a number");
+    size_t de = p->i;
+    if (p->i < p->n && p->s[p->i] == '.') {
+        frac = true;
+        p->i++;
+        size_t fs = p->i;
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+        if (p->i == fs)
+            return jp_fail(p, "bad number");
+    }
+    if (p->i < p->n && (p->s[p->i] == 'e' || p->s[p->i] == 'E')) {
+        frac = true;
+        p->i++;
+        if (p->i < p->n && (p->s[p->i] == '+' || p->s[p->i] == '-'))
+            p->i++;
+        size_t es = p->i;
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9')
+            p->i++;
+        if (p->i == es)
+            return jp_fail(p, "bad number");
+    }
+    *is_uint = false;
+    if (!neg && !frac && de - ds <= 20) {
+        char buf[24];
+        memcpy(buf, p->s + ds, de - ds);
+        buf[de - ds] = '\0';
+        *is_uint = tu_parse_u64(buf, u) == 0;
+    }
+    (void)st;
+    return 0;
+}
+
+static int jp_skip(jp *p, int depth)
+{
+    if (depth > 64)
+        return jp_fail(p, "nesting too deep");
+    jp_ws(p);
+    if (p->i >= p->n)
+        return jp_fail(p, "expected a value");
+    char ch = p->s[p->i];
+    tu_sbuf tmp = {0};
+    int rc = 0;
+    if (ch == '"') {
+        rc = jp_string(p, &tmp);
+    } else if (ch == '{' || ch == '[') {
+        char close = ch == '{' ? '}' : ']';
+        p->i++;
+        jp_ws(p);
+        if (p->i < p->n && p->s[p->i] == close) {
+            p->i++;
+        } else {
+            for (;;) {
+                if (ch == '{') {
+                    jp_ws(p);
+                    if ((rc = jp_string(p, &tmp)))
+                        break;
+                    jp_ws(p);
+                    if (p->i >= p->n || p->s[p->i] != ':') {
+                        rc = jp_fail(p, "expected ':'");
+                        break;
+                    }
+                    p->i++;
+                }
+                if ((rc = jp_skip(p, depth + 1)))
+                    break;
+                jp_ws(p);
+                if (p->i < p->n && p->s[p->i] == ',') {
+                    p->i++;
+                    continue;
+                }
+                if (p->i < p->n && p->s[p->i] == close) {
+                    p->i++;
+                    break;
+                }
+                rc = jp_fail(p, ch == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
+                break;
+            }
+        }
+    } else if (ch == 't') {
+        rc = jp_skip_lit(p, "true");
+    } else if (ch == 'f') {
+        rc = jp_skip_lit(p, "false");
+    } else if (ch == 'n') {
+        rc = jp_skip_lit(p, "null");
+    } else {
+        bool u;
+        uint64_t v;
+        rc = jp_number(p, &u, &v);
+    }
+    tu_sbuf_free(&tmp);
+    return rc;
+}
+
+
+static int parse_line(jp *p, tu_jrec *r)
+{
+    tu_sbuf s = {0};
+    int rc = -1;
+    r->has_key = r->has_val = r->has_tok = false;
+    free(r->val);
+    r->val = NULL;
+    r->len = 0;
+    jp_ws(p);
+    if (p->i >= p->n || p->s[p->i] != '{') {
+        jp_fail(p, "expected '{'");
+        goto out;
+    }
+    p->i++;
+    jp_ws(p);
+    if (p->i < p->n && p->s[p->i] == '}') {
+        p->i++;
+    } else {
+        for (;;) {
+            jp_ws(p);
+            size_t name_at = p->i;
+            if (jp_string(p, &s))
+                goto out;
+            char name[16];
+            snprintf(name, sizeof name, "%s", strlen(s.p) == s.len ? s.p : "");
+            jp_ws(p);
+            if (p->i >= p->n || p->s[p->i] != ':') {
+                jp_fail(p, "expected ':'");
+                goto out;
+            }
+            p->i++;
+            jp_ws(p);
+            if (!strcmp(name, "key") || !strcmp(name, "key_base64")) {
+                if (r->has_key) {
+                    p->i = name_at;
+                    jp_fail(p, "the key is given twice");
+                    goto out;
+                }
+                if (jp_string(p, &r->key))
+                    goto out;
+                if (name[3] == '_') {
+                    unsigned char *d = malloc(r->key.len / 4 * 3 + 1);
+                    size_t bad;
+                    long n = d ? tu_b64_decode(d, r->key.p, r->key.len, &bad) : -1;
+                    if (n < 0) {
+                        free(d);
+                        jp_fail(p, d ? "key_base64 is not valid base64" : "out of memory");
+                        goto out;
+                    }
+                    r->key.len = 0;
+                    if (tu_sbuf_put(&r->key, d, (size_t)n)) {
+                        free(d);
+                        jp_fail(p, "out of memory");
+                        goto out;
+                    }
+                    free(d);
+                }
+                r->has_key = true;
+            } else if (!strcmp(name, "value")) {
+                if (r->has_val) {
+                    p->i = name_at;
+                    jp_fail(p, "the value is given twice");
+                    goto out;
+                }
+                size_t at = p->i;
+                if (jp_string(p, &s))
+                    goto out;
+                r->val = malloc(s.len / 4 * 3 + 1);
+                if (!r->val) {
+                    jp_fail(p, "out of memory");
+                    goto out;
+                }
+                size_t bad;
+                long n = tu_b64_decode(r->val, s.p, s.len, &bad);
+                if (n < 0) {
+                    p->i = at + 1 + (bad < s.len ? bad : s.len);
+                    jp_fail(p, bad < s.len ? "value: invalid base64 character"
+                                           : "value: base64 length is not a multiple of 4");
+                    goto out;
+                }
+                r->len = (size_t)n;
+                r->has_val = true;
+            } else if (!strcmp(name, "token")) {
+                bool u;
+                uint64_t v;
+                size_t at = p->i;
+                if (p->i < p->n && p->s[p->i] == 'n') { /* null */
+                    if (jp_skip_lit(p, "null"))
+                        goto out;
+                } else {
+                    if (jp_number(p, &u, &v))
+                        goto out;
+                    if (!u) {
+                        p->i = at;
+                        jp_fail(p, "token must be a non-negative integer");
+                        goto out;
+                    }
+                }
+                r->has_tok = true;
+            } else if (jp_skip(p, 1)) {
+                goto out;
+            }
+            jp_ws(p);
+            if (p->i < p->n && p->s[p->i] == ',') {
+                p->i++;
+                continue;
+            }
+            if (p->i < p->n && p->s[p->i] == '}') {
+                p->i++;
+                break;
+            }
+            jp_fail(p, "expected ',' or '}'");
+            goto out;
+        }
+    }
+    jp_ws(p);
+    if (p->i != p->n) {
+        jp_fail(p, "trailing characters after the object");
+        goto out;
+    }
+    if (!r->has_key) {
+        jp_fail(p, "missing \"key\"");
+        goto out;
+    }
+    if (!r->has_val) {
+        jp_fail(p, "missing \"value\"");
+        goto out;
+    }
+    if (strlen(r->key.p) != r->key.len) {
+        jp_fail(p, "the key contains a NUL byte");
+        goto out;
+    }
+    rc = 0;
+out:
+    tu_sbuf_free(&s);
+    return rc;
+}
+
+bool tu_jl_blank(const char *line, size_t n)
+{
+    jp p = {line, n, 0, ""};
+    jp_ws(&p);
+    return p.i == p.n;
+}
+
+int tu_jl_parse(const char *line, size_t n, tu_jrec *r, size_t *err_at,
+                char *err, size_t errlen)
+{
+    jp p = {line, n, 0, ""};
+    int rc = parse_line(&p, r);
+    if (rc != 0) {
+        if (err_at != NULL)
+            *err_at = p.i;
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s", p.err[0] ? p.err : "malformed line");
+    }
+    return rc;
+}
+
+void tu_jrec_free(tu_jrec *r)
+{
+    free(r->val);
+    tu_sbuf_free(&r->key);
+    memset(r, 0, sizeof *r);
+}

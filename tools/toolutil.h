@@ -100,4 +100,31 @@ typedef struct tu_sbuf {
 int tu_sbuf_put(tu_sbuf *b, const void *data, size_t n);
 void tu_sbuf_free(tu_sbuf *b);
 
+/* ------------------------------------------------------------------------ */
+/* JSON lines: the records kvctl dump writes and kvctl load reads           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * One line, {"key": "...", "value": "<base64>", "token": N|null} (or
+ * "key_base64" instead of "key"; other members are skipped).  r is reused
+ * from line to line: zero it once, tu_jrec_free it at the end.
+ */
+typedef struct tu_jrec {
+    tu_sbuf key;        /* the key, decoded and NUL-terminated */
+    unsigned char *val; /* the value, decoded (malloc'd; len bytes) */
+    size_t len;
+    bool has_key, has_val, has_tok;
+} tu_jrec;
+
+/* True if line[0..n) holds JSON whitespace only. */
+bool tu_jl_blank(const char *line, size_t n);
+/*
+ * Parse line[0..n) (a trailing newline is whitespace).  0, or -1 with the
+ * 0-based offset of the problem in *err_at and a message in err.  A key
+ * with a NUL byte, or a missing key or value, is an error.
+ */
+int tu_jl_parse(const char *line, size_t n, tu_jrec *r, size_t *err_at,
+                char *err, size_t errlen);
+void tu_jrec_free(tu_jrec *r);
+
 #endif /* KV_TOOLUTIL_H */
