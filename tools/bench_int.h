@@ -100,9 +100,21 @@ void kb_tok_set(toktab *t, uint64_t idx, uint64_t v);
 typedef struct dataset {
     tu_uri uri; /* kind + the instance's path */
     toktab tt;
-    _Atomic uint64_t next_insert;
+    _Atomic uint64_t next_insert; /* the next key an insert takes */
+    /* Inserts acknowledged (completed), as YCSB counts them: every key
+       below acked has been inserted (or given up), so "latest" reads pick
+       from there.  ack_mu guards ack_next and ack_win. */
+    _Atomic uint64_t acked;
+    pthread_mutex_t ack_mu;
+    uint64_t ack_next;
+    unsigned char *ack_win; /* [ACK_WIN]: done flags of keys >= ack_next */
     peer *peer;
 } dataset;
+
+#define ACK_WIN (1u << 18)
+
+/* Inserts of keys [first, first + n) completed (whatever their outcome). */
+void kb_inserted(dataset *d, uint64_t first, uint64_t n);
 
 typedef struct section section;
 

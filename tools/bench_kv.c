@@ -51,6 +51,7 @@ typedef struct slot {
     const unsigned char *val;
     opctr c;
     kv_iter *it;
+    uint64_t ins_first, ins_n; /* keys taken by an insert, acked at the end */
     /* batches */
     size_t bn;
     uint64_t *bidx, *btok;
@@ -88,6 +89,10 @@ static void kj_fail(kjob *j, int code, const char *what, const char *msg)
 static void slot_release(slot *s)
 {
     kjob *j = s->j;
+    if (s->ins_n) {
+        kb_inserted(j->w.ds, s->ins_first, s->ins_n);
+        s->ins_n = 0;
+    }
     for (size_t i = 0; i < s->bn; i++)
         kv_key_free(s->bkeys[i]);
     s->bn = 0;
@@ -198,6 +203,8 @@ static void start_batch(slot *s, bool insert)
     size_t n = o->batch;
     if (insert) {
         uint64_t base = atomic_fetch_add(&j->w.ds->next_insert, n);
+        s->ins_first = base;
+        s->ins_n = n;
         for (size_t i = 0; i < n; i++) {
             s->bidx[i] = base + i;
             s->btok[i] = 0;
@@ -277,6 +284,8 @@ static void start_op(kjob *j, slot *s, uint64_t t0)
     }
     case OP_INSERT:
         s->idx = atomic_fetch_add(&j->w.ds->next_insert, 1);
+        s->ins_first = s->idx;
+        s->ins_n = 1;
         s->token = 0;
         submit_put(s);
         break;

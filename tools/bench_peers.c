@@ -101,28 +101,14 @@ static int p_refresh(pworker *p, const char *key, size_t klen, uint64_t *tok)
     return rc;
 }
 
-/* One batched write/insert through peer_put_batch. */
-static int p_batch(pworker *p, bool insert, opctr *c, uint64_t *nrec)
+/* Put the n records of p->bidx in one peer_put_batch call. */
+static int p_batch_put(pworker *p, size_t n, bool insert, opctr *c,
+                       uint64_t *nrec)
 {
     worker *w = &p->w;
     section *sec = w->sec;
     const jobopts *o = sec->o;
     toktab *tt = &w->ds->tt;
-    size_t n = o->batch;
-    if (insert) {
-        uint64_t base = atomic_fetch_add(&w->ds->next_insert, n);
-        for (size_t i = 0; i < n; i++)
-            p->bidx[i] = base + i;
-    } else {
-        for (size_t i = 0; i < n; i++)
-            p->bidx[i] = kb_gen_key(w);
-        qsort(p->bidx, n, sizeof p->bidx[0], kb_cmp_u64);
-        size_t u = 0;
-        for (size_t i = 0; i < n; i++)
-            if (u == 0 || p->bidx[i] != p->bidx[u - 1])
-                p->bidx[u++] = p->bidx[i];
-        n = u;
-    }
     for (size_t i = 0; i < n; i++) {
         char *kb = p->bkeybuf + i * PKEY_MAX;
         p->bklen[i] = kb_key_id(&sec->kf, p->bidx[i], kb, PKEY_MAX);
@@ -147,12 +133,35 @@ static int p_batch(pworker *p, bool insert, opctr *c, uint64_t *nrec)
     bool none = sec->atomic_ok && nconf;
     for (size_t i = 0; i < n; i++)
         kb_tok_set(tt, p->bidx[i],
-                p->bconf[i] || none ? TOK_UNKNOWN : p->bnew[i]);
+                   p->bconf[i] || none ? TOK_UNKNOWN : p->bnew[i]);
     c->conf += nconf;
     if (none)
         c->failed++;
     *nrec = none ? 0 : n - nconf;
     return KV_OK;
+}
+
+/* One batched write (updates of drawn keys) or insert (new keys). */
+static int p_batch(pworker *p, bool insert, opctr *c, uint64_t *nrec)
+{
+    worker *w = &p->w;
+    size_t n = w->sec->o->batch;
+    if (insert) {
+        uint64_t base = atomic_fetch_add(&w->ds->next_insert, n);
+        for (size_t i = 0; i < n; i++)
+            p->bidx[i] = base + i;
+        int rc = p_batch_put(p, n, true, c, nrec);
+        kb_inserted(w->ds, base, n);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++)
+        p->bidx[i] = kb_gen_key(w);
+    qsort(p->bidx, n, sizeof p->bidx[0], kb_cmp_u64);
+    size_t u = 0; /* a write batch must not name a key twice */
+    for (size_t i = 0; i < n; i++)
+        if (u == 0 || p->bidx[i] != p->bidx[u - 1])
+            p->bidx[u++] = p->bidx[i];
+    return p_batch_put(p, u, false, c, nrec);
 }
 
 /* One operation, synchronously.  Returns KV_OK or a hard error. */
@@ -200,6 +209,7 @@ static int p_op(pworker *p, int op, opctr *c, uint64_t *nrec, uint64_t *bytes)
         idx = atomic_fetch_add(&w->ds->next_insert, 1);
         klen = kb_key_id(&sec->kf, idx, key, sizeof key);
         rc = peer_put(p->conn, key, klen, kb_gen_val(w), o->value_size, 0, &nt);
+        kb_inserted(w->ds, idx, 1);
         if (p_err(p, rc, "put"))
             return rc;
         if (rc == KV_ECONFLICT) {

@@ -241,7 +241,7 @@ uint64_t kb_gen_key(worker *w)
     switch (o->dist) {
     case DIST_ZIPF: return fnv1a64(zipf_next(&sec->z, &w->r)) % n;
     case DIST_LATEST: {
-        uint64_t top = atomic_load_explicit(&w->ds->next_insert,
+        uint64_t top = atomic_load_explicit(&w->ds->acked,
                                             memory_order_relaxed);
         uint64_t back = zipf_next(&sec->z, &w->r);
         return top == 0 ? 0 : back >= top ? 0 : top - 1 - back;
@@ -323,6 +323,28 @@ void kb_sync_path(const char *path)
         return;
     syncfs(fd);
     close(fd);
+}
+
+void kb_inserted(dataset *d, uint64_t first, uint64_t n)
+{
+    pthread_mutex_lock(&d->ack_mu);
+    for (uint64_t i = first; i < first + n; i++) {
+        if (i < d->ack_next)
+            continue;
+        while (i >= d->ack_next + ACK_WIN) {
+            /* Far ahead of the oldest insert still running: stop waiting
+               for that one. */
+            d->ack_win[d->ack_next % ACK_WIN] = 0;
+            d->ack_next++;
+        }
+        d->ack_win[i % ACK_WIN] = 1;
+    }
+    while (d->ack_win[d->ack_next % ACK_WIN]) {
+        d->ack_win[d->ack_next % ACK_WIN] = 0;
+        d->ack_next++;
+    }
+    atomic_store_explicit(&d->acked, d->ack_next, memory_order_relaxed);
+    pthread_mutex_unlock(&d->ack_mu);
 }
 
 /* This job's share of the keys to load. */
@@ -561,6 +583,15 @@ static int setup_datasets(section *sec, char *err, size_t errlen)
             return -1;
         }
         atomic_init(&d->next_insert, o->keys);
+        atomic_init(&d->acked, o->keys);
+        d->ack_next = o->keys;
+        d->ack_win = calloc(ACK_WIN, 1);
+        if (!d->ack_win || pthread_mutex_init(&d->ack_mu, NULL)) {
+            free(d->ack_win);
+            d->ack_win = NULL;
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
         if (!sec->is_kv) {
             peer_sync ps = o->sync == SYNC_FULL     ? PEER_SYNC_FULL
                            : o->sync == SYNC_NONE   ? PEER_SYNC_NONE
@@ -817,6 +848,10 @@ out:
         for (unsigned i = 0; i < sec->nds; i++) {
             peer_close(sec->ds[i].peer);
             kb_tok_free(&sec->ds[i].tt);
+            if (sec->ds[i].ack_win) {
+                free(sec->ds[i].ack_win);
+                pthread_mutex_destroy(&sec->ds[i].ack_mu);
+            }
             tu_uri_free(&sec->ds[i].uri);
         }
         free(sec->ds);
