@@ -765,6 +765,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     }
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
+    uint64_t wall0 = tu_now_ns();
     atomic_store(&sec->pg.phase, o->ramp_ns ? 1 : 2);
     sec->go = true;
     pthread_cond_broadcast(&sec->cv);
@@ -796,6 +797,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         }
     }
     getrusage(RUSAGE_SELF, &ru1);
+    r->wall_ns = tu_now_ns() - wall0;
     if (env->tty) {
         fputs("\r\033[K", stderr);
         fflush(stderr);

@@ -795,7 +795,7 @@ static void print_normal(FILE *f, const jobopts *o, const jobresult *r, int gid)
                 s->calls, s->notfound, s->conflicts, s->retries, s->failed,
                 s->refreshes, s->errors);
     }
-    double el = secs > 0 ? secs : 1;
+    double el = r->wall_ns ? (double)r->wall_ns / 1e9 : 1;
     fprintf(f, "  cpu          : usr=%.2f%%, sys=%.2f%%, ctx=%ld, majf=%ld, minf=%ld\n",
             100.0 * r->usr_s / el, 100.0 * r->sys_s / el, r->ctx, r->majf, r->minf);
     char rss[32];
@@ -899,7 +899,7 @@ static void print_json_job(FILE *f, const jobopts *o, const jobresult *r,
                     i + 1 == o->npcts ? "" : ",");
         fprintf(f, "            }\n          }\n        }");
     }
-    double el = secs > 0 ? secs : 1;
+    double el = r->wall_ns ? (double)r->wall_ns / 1e9 : 1;
     fprintf(f, "\n      },\n");
     fprintf(f,
             "      \"usr_cpu\" : %f,\n      \"sys_cpu\" : %f,\n"

@@ -88,7 +88,8 @@ typedef struct jobresult {
     uint64_t elapsed_ns; /* measured window (after ramp) */
     uint64_t loaded;     /* records written by --load */
     uint64_t load_ns;
-    double usr_s, sys_s;
+    double usr_s, sys_s; /* CPU time of the process from start to end */
+    uint64_t wall_ns;    /* ... over this wall time (ramp included)   */
     long ctx, majf, minf;
     long peak_rss_kib;
     int err;             /* first error code, 0 if none */
