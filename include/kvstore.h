@@ -739,10 +739,12 @@ KV_EXTERN kv_fut *kv_try_delete_atomic(kv_store *s, const kv_record *recs,
                                        kv_atomic_middleware mw, void *arg);
 /*
  * Get key; if absent, call producer and insert its value with token 0; if
- * another writer inserted first, return the winner's record.  Result:
- * kv_fut_record.  max_retries bounds the get/insert rounds (0, or losing
- * every race: KV_EMAXRETRIES).  A NULL producer, or a codec without encode
- * and decode, is KV_EINVAL.
+ * another writer inserted first, read and return the winner's record.
+ * Result: kv_fut_record.  max_retries bounds the insert attempts, each with
+ * one producer call (0, or a winner that vanished after every lost race:
+ * KV_EMAXRETRIES).  A NULL producer, or a codec without encode and decode,
+ * is KV_EINVAL.  kv_fut_cancel on the result stops the step in flight; a
+ * producer's pending future is still the producer's to complete.
  */
 KV_EXTERN kv_fut *kv_get_or_put(kv_store *s, const kv_key *key,
                                 kv_producer producer, void *arg,

@@ -56,7 +56,9 @@ enum { T_PUT, T_DELETE, T_PUT_ATOMIC, T_DELETE_ATOMIC };
 typedef struct try_op {
     kv_store *s;
     kv_fut *fut;     /* the helper's reference to its own future */
-    kv_fut *pending; /* the step in flight (ours to free) */
+    kv_fut *pending; /* the operation in flight, for cancel (NULL while a
+                        middleware's future is awaited: that one is the
+                        middleware's to complete, never ours to cancel) */
     int mode;
     kv_record *recs; /* owned raw copies: what the next attempt writes */
     size_t n;
@@ -136,9 +138,8 @@ static void try_await_middleware(try_op *op, kv_fut *mf)
         try_end(op, KV_EINVAL, "the middleware returned no future", NULL, 0);
         return;
     }
-    op->pending = mf;
+    op->pending = NULL;
     if (kv_fut_then(mf, on_middleware, op) != KV_OK) {
-        op->pending = NULL;
         kv_fut_free(mf);
         try_end(op, KV_ENOMEM, NULL, NULL, 0);
     }
@@ -169,6 +170,11 @@ static void on_attempt(kv_fut *inner, void *arg)
 {
     try_op *op = arg;
     op->pending = NULL;
+    if (kv_fut_done(op->fut)) { /* cancelled: no further step */
+        kv_fut_free(inner);
+        try_end(op, KV_ECANCELED, NULL, NULL, 0);
+        return;
+    }
     int st = kv_fut_status(inner);
     if (st != KV_OK) {
         try_end(op, st, kv_fut_errmsg(inner), NULL, 0);
@@ -264,6 +270,11 @@ static void on_middleware(kv_fut *mf, void *arg)
 {
     try_op *op = arg;
     op->pending = NULL;
+    if (kv_fut_done(op->fut)) {
+        kv_fut_free(mf);
+        try_end(op, KV_ECANCELED, NULL, NULL, 0);
+        return;
+    }
     int st = kv_fut_status(mf);
     if (st != KV_OK) {
         try_end(op, st, kv_fut_errmsg(mf), NULL, 0);
@@ -447,7 +458,7 @@ kv_fut *kv_try_delete_atomic(kv_store *s, const kv_record *recs, size_t n,
 typedef struct gop {
     kv_store *s;
     kv_fut *fut;
-    kv_fut *pending;
+    kv_fut *pending; /* the operation in flight (never the producer's) */
     kv_key *key;
     kv_codec codec;
     bool typed;
@@ -491,10 +502,14 @@ static void gop_on_get(kv_fut *g, void *arg);
 static void gop_on_produce(kv_fut *pf, void *arg);
 static void gop_on_put(kv_fut *p, void *arg);
 
-/* Wait for f with cb; on failure to register, end with KV_ENOMEM. */
-static void gop_await(gop *op, kv_fut *f, kv_fut_cb cb)
+/*
+ * Wait for f with cb; on failure to register, end with KV_ENOMEM.  ours:
+ * f is an operation's future that cancel may stop (a producer's future is
+ * the producer's to complete).
+ */
+static void gop_await(gop *op, kv_fut *f, kv_fut_cb cb, bool ours)
 {
-    op->pending = f;
+    op->pending = ours ? f : NULL;
     if (kv_fut_then(f, cb, op) != KV_OK) {
         op->pending = NULL;
         kv_fut_free(f);
@@ -504,15 +519,19 @@ static void gop_await(gop *op, kv_fut *f, kv_fut_cb cb)
 
 static void gop_round(gop *op)
 {
-    op->left--;
     gop_await(op, kv_get(op->s, op->key, op->typed ? &op->codec : NULL),
-              gop_on_get);
+              gop_on_get, true);
 }
 
 static void gop_on_get(kv_fut *g, void *arg)
 {
     gop *op = arg;
     op->pending = NULL;
+    if (kv_fut_done(op->fut)) { /* cancelled: no further step */
+        kv_fut_free(g);
+        gop_end(op, KV_ECANCELED, NULL);
+        return;
+    }
     int st = kv_fut_status(g);
     if (st == KV_OK) {
         size_t n = 0;
@@ -538,18 +557,31 @@ static void gop_on_get(kv_fut *g, void *arg)
         return;
     }
     kv_fut_free(g);
+    /* max_retries bounds the insert attempts: each one calls the producer. */
+    if (op->left == 0) {
+        gop_end(op, KV_EMAXRETRIES,
+                "retries exhausted: the key vanished after every lost race");
+        return;
+    }
+    op->left--;
     kv_fut *pf = op->producer(op->key, op->arg);
     if (pf == NULL) {
         gop_end(op, KV_EINVAL, "the producer returned no future");
         return;
     }
-    gop_await(op, pf, gop_on_produce);
+    gop_await(op, pf, gop_on_produce, false);
 }
 
 static void gop_on_produce(kv_fut *pf, void *arg)
 {
     gop *op = arg;
     op->pending = NULL;
+    if (kv_fut_done(op->fut)) {
+        op->obj = op->typed ? kv__fut_take_obj(pf) : NULL; /* ours to free */
+        kv_fut_free(pf);
+        gop_end(op, KV_ECANCELED, NULL);
+        return;
+    }
     int st = kv_fut_status(pf);
     if (st != KV_OK) {
         gop_end(op, st, kv_fut_errmsg(pf));
@@ -588,7 +620,7 @@ static void gop_on_produce(kv_fut *pf, void *arg)
         }
     }
     kv_record rec = {op->key, op->bytes, op->len, 0};
-    gop_await(op, kv_put(op->s, &rec, NULL), gop_on_put);
+    gop_await(op, kv_put(op->s, &rec, NULL), gop_on_put, true);
 }
 
 static void gop_on_put(kv_fut *p, void *arg)
@@ -631,10 +663,6 @@ static void gop_on_put(kv_fut *p, void *arg)
     }
     kv_fut_free(p);
     gop_drop_value(op); /* lost the race: read the winner */
-    if (op->left == 0) {
-        gop_end(op, KV_EMAXRETRIES, "retries exhausted: lost every insert race");
-        return;
-    }
     gop_round(op);
 }
 
