@@ -250,7 +250,9 @@ static bool hdr_parse(const unsigned char h[HDR_SIZE], uint64_t *token,
         return false;
     uint64_t t = get64(h + 8);
     uint64_t l = get64(h + 16);
-    if (t == 0 || l > (uint64_t)SIZE_MAX - HDR_SIZE - 1)
+    /* No record holds more than KV_MAX_VALUE_SIZE: a larger length is
+     * corruption, not a reason to allocate that much. */
+    if (t == 0 || l > KV_MAX_VALUE_SIZE)
         return false;
     *token = t;
     *vlen = l;
