@@ -208,6 +208,21 @@ static kv_record *query_all(ctx *c, const kv_query *q, size_t *n, int want)
     return out;
 }
 
+/* Open (must succeed) and fetch everything, expecting the fetch's status. */
+static kv_record *query_all_status(ctx *c, const kv_query *q, size_t *n,
+                                   int want)
+{
+    if (want == KV_OK)
+        return query_all(c, q, n, KV_OK);
+    *n = 0;
+    kv_fut *f = AWAIT(kv_query_open(c->s, q, NULL), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    EXPECT(kv_iter_fetch_all(it), want);
+    kv_iter_free(it);
+    return NULL;
+}
+
 static void free_records(kv_record *r, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -810,6 +825,63 @@ START_TEST(test_depth)
 }
 END_TEST
 
+/* CRC32C (Castagnoli), bit by bit: to forge record headers below. */
+static uint32_t crc32c_sw(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int b = 0; b < 8; b++)
+            c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+/*
+ * fs: a record file whose header is intact (CRC and all) but announces an
+ * absurd value length must read as KV_ECORRUPT, without allocating what
+ * the header claims (1 TiB would fail KV_ENOMEM, or worse, be zeroed).
+ */
+START_TEST(test_fs_forged_length)
+{
+    if (!backends[_i].fs)
+        return;
+    OPEN_FLAGS(c, 0, KV_NO_FSYNC);
+    kv_key *h = K(c, "/h");
+    unsigned char val[8000];
+    memset(val, 'v', sizeof val);
+    PUT(c, h, val, sizeof val, 0);
+    char file[8192];
+    snprintf(file, sizeof file, "%s/h.kv", c->path);
+    const uint64_t claims[] = {(uint64_t)1 << 40, (uint64_t)KV_MAX_VALUE_SIZE + 1,
+                               UINT64_MAX};
+    for (size_t i = 0; i < sizeof claims / sizeof claims[0]; i++) {
+        FILE *fp = fopen(file, "r+b");
+        ck_assert_ptr_nonnull(fp);
+        unsigned char hdr[40];
+        ck_assert_uint_eq(fread(hdr, 1, 40, fp), 40);
+        for (int b = 0; b < 8; b++)
+            hdr[16 + b] = (unsigned char)(claims[i] >> (8 * b));
+        uint32_t crc = crc32c_sw(hdr, 36);
+        for (int b = 0; b < 4; b++)
+            hdr[36 + b] = (unsigned char)(crc >> (8 * b));
+        ck_assert_int_eq(fseek(fp, 0, SEEK_SET), 0);
+        ck_assert_uint_eq(fwrite(hdr, 1, 40, fp), 40);
+        ck_assert_int_eq(fclose(fp), 0);
+        EXPECT(kv_get(c->s, h, NULL), KV_ECORRUPT);
+        EXPECT(kv_has(c->s, h), KV_ECORRUPT);
+        kv_query q = kv_query_init(h);
+        size_t n;
+        kv_record *r = query_all_status(c, &q, &n, KV_ECORRUPT);
+        free_records(r, n);
+        q.value = false;
+        r = query_all_status(c, &q, &n, KV_ECORRUPT);
+        free_records(r, n);
+    }
+    ctx_done(c);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Tokens                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -1105,6 +1177,7 @@ static Suite *hostile_suite(void)
     tcase_add_loop_test(tc, test_value_sizes, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_hostile_keys, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_depth, 0, NBACKENDS);
+    tcase_add_loop_test(tc, test_fs_forged_length, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_tokens, 0, NBACKENDS);
     tcase_add_loop_test(tc, test_query_bounds, 0, NBACKENDS);
     suite_add_tcase(s, tc);
