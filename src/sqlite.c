@@ -552,6 +552,27 @@ static int schema_create(sqlite3 *db, const char *path, char **msg)
     return KV_OK;
 }
 
+/*
+ * Read the database header: a file that is not a database is KV_EBACKEND
+ * with SQLite's message (as kvstore.h documents for kv_sqlite_open), not
+ * the KV_ECORRUPT that SQLITE_NOTADB means for a store already open.
+ */
+static int probe_header(sqlite3 *db, const char *path, char **msg)
+{
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(db, "PRAGMA schema_version", -1, &st, NULL);
+    if (src == SQLITE_OK)
+        src = sqlite3_step(st);
+    int rc = KV_OK;
+    if (src != SQLITE_ROW && src != SQLITE_DONE) {
+        rc = db_fail(db, src, path, msg);
+        if ((src & 0xff) == SQLITE_NOTADB)
+            rc = KV_EBACKEND;
+    }
+    (void)sqlite3_finalize(st); /* repeats the step's error, handled */
+    return rc;
+}
+
 /* Open the first connection of a store (the caller's thread). */
 static int primary_open(sq *s, sqlite3 **out, char **msg)
 {
@@ -569,7 +590,8 @@ static int primary_open(sq *s, sqlite3 **out, char **msg)
     int rc = db_open(&db, s->path, flags, msg);
     if (rc != KV_OK)
         return rc;
-    if (!s->memory && !s->readonly) {
+    rc = probe_header(db, s->path, msg);
+    if (rc == KV_OK && !s->memory && !s->readonly) {
         sqlite3_stmt *st = NULL;
         int src = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st,
                                      NULL);
