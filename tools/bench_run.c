@@ -367,6 +367,21 @@ void kb_load_range(const jobthr *jt, uint64_t *lo, uint64_t *hi)
 int kvb_check(const jobopts *o, char *err, size_t errlen)
 {
     keyfmt kf;
+    if (o->backend[0]) {
+        tu_uri u;
+        if (tu_uri_parse(&u, o->backend, err, errlen))
+            return -1;
+        bool missing = !tu_uri_is_kvstore(&u) && !peer_available(u.kind);
+        if (missing)
+            snprintf(err, errlen,
+                     "%s: this kvbench was built without it (install %s and "
+                     "reconfigure)",
+                     tu_backend_name(u.kind),
+                     u.kind == TU_LMDB ? "liblmdb-dev" : "librocksdb-dev");
+        tu_uri_free(&u);
+        if (missing)
+            return -1;
+    }
     return kb_keyfmt_init(&kf, o, err, errlen);
 }
 
