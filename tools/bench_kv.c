@@ -11,17 +11,8 @@
 
 #include "bench_int.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
 /* kvstore driver                                                           */
