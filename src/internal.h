@@ -254,7 +254,8 @@ void *kv__fut_take_obj(kv_fut *f);
 /* Take records out of f (caller owns them afterwards). */
 kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
 
-/* Records: free the key and val of n records (val via codec if typed). */
+/* Records: free the key and val of n records (val via codec if typed)
+ * and then the array itself (fut.c's behaviour: never pass an element). */
 void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
 
 /*
