@@ -248,6 +248,10 @@ static bool hdr_parse(const unsigned char h[HDR_SIZE], uint64_t *token,
     if (get32(h) != REC_MAGIC || get16(h + 4) != REC_VERSION ||
         get16(h + 6) != HDR_SIZE || get32(h + 36) != crc32c(h, 36))
         return false;
+    /* Flags and reserved bits this version does not know: a record this
+     * reader cannot interpret, not one to return as if they were 0. */
+    if (get32(h + 28) != 0 || get32(h + 32) != 0)
+        return false;
     uint64_t t = get64(h + 8);
     uint64_t l = get64(h + 16);
     /* No record holds more than KV_MAX_VALUE_SIZE: a larger length is
