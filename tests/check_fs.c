@@ -1831,7 +1831,7 @@ int main(int argc, char **argv)
     else
         self_exe[n] = '\0';
     if (argc >= 2 && strcmp(argv[1], "child") == 0)
-        return run_child(argc, argv);
+        _exit(run_child(argc, argv)); /* no atexit work: rings stay open */
     if (argc >= 2 && strcmp(argv[1], "bench") == 0) {
         in_child = true;
         return run_bench(argc >= 3 ? argv[2] : NULL);
