@@ -541,7 +541,56 @@ KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                          const char *root, unsigned depth, unsigned flags);
 
-/* The backend's name: "sqlite" or "fs"; NULL for a NULL store. */
+/*
+ * Open a Redis store (Redis or Valkey 7, single server or Redis Cluster).
+ * uri is "redis://ip:port[,ip:port...][/prefix][?shard=key|store]":
+ *  - ip:port seeds (numeric IPv4; "localhost" means 127.0.0.1; port 6379
+ *    by default): the first that answers is asked for CLUSTER SLOTS, and
+ *    every master is then found from the cluster itself.  A server that is
+ *    not a cluster serves every key.
+ *  - prefix ([A-Za-z0-9_.:-], default "kv") starts every Redis key of the
+ *    store: stores with different prefixes share a server without seeing
+ *    each other.
+ *  - shard=key (default) spreads records over the hash slots (so over the
+ *    masters) by their key; a key whose id holds "{tag}" (the bytes
+ *    between its first '{' and the next '}') is placed by the tag alone, so
+ *    keys with a common tag share a slot.  shard=store keeps the whole store
+ *    in one slot (one master): every operation below then works as on
+ *    SQLite.
+ * Atomicity: every write is one Lua script that checks the token and writes
+ * value and token together; tokens come from a per-slot counter, never 0,
+ * never repeated for a key.  kv_supports_atomic_batch reports true, but
+ * with shard=key an atomic batch whose keys lie in several hash slots fails
+ * KV_ENOTSUP (its message names two such keys), and kv_move_prefix_atomic
+ * fails KV_ENOTSUP (use shard=store).
+ * Queries read a per-slot index (a sorted set of keys kept by the same
+ * scripts): one ZRANGEBYLEX with shard=store, one per hash slot (16384,
+ * pipelined over the masters) with shard=key; the matching keys are sorted
+ * here and held by the iterator, values are fetched 128 at a time.
+ * kv_drop_prefix costs one script per slot likewise.
+ * Durability is Redis's: a write is acknowledged once the master applied
+ * it; it survives a crash only as the server's appendonly/appendfsync
+ * settings make it (appendfsync always: fsynced before the reply), and a
+ * failover may lose writes not yet replicated.  KV_NO_FSYNC and
+ * KV_SYNC_FULL are accepted and ignored.
+ * Errors: an operation whose node cannot be reached fails KV_EBACKEND with
+ * the node and the cause; one whose connection broke after it was sent
+ * fails KV_EBACKEND saying the outcome is unknown (re-read the token before
+ * retrying: a retried put with the old token then conflicts instead of
+ * overwriting a newer write).  Nodes are reconnected with a back-off (50 ms
+ * doubling to 2 s) by the next operation that needs them, and the slot map
+ * is refreshed after MOVED redirects and node failures.
+ * Threads: open blocks its caller (blocking sockets: connect, CLUSTER SLOTS,
+ * SCRIPT LOAD on each master); afterwards all socket I/O goes through
+ * loop's io_uring.  pool is unused (may be NULL).  Errors of open: KV_EINVAL
+ * (bad URI or flags), KV_ENOMEM, KV_EBACKEND (no seed answered; see
+ * kv_last_errmsg), KV_ENOTSUP (built without hiredis).
+ */
+KV_EXTERN int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
+                            const char *uri, unsigned flags);
+
+/* The backend's name: "sqlite", "fs", "redis" or "redis-cluster"; NULL for a
+ * NULL store. */
 KV_EXTERN const char *kv_store_backend(const kv_store *store);
 
 /*
@@ -561,7 +610,8 @@ KV_EXTERN kv_fut *kv_close(kv_store *store);
  */
 KV_EXTERN void kv_store_free(kv_store *store);
 
-/* True if atomic batches are available (sqlite: yes; fs: no). */
+/* True if atomic batches are available (sqlite: yes; fs: no; redis: yes,
+ * within one hash slot: see kv_redis_open). */
 KV_EXTERN bool kv_supports_atomic_batch(const kv_store *store);
 
 /*

@@ -439,20 +439,53 @@ static int open_fs(kv_store **out, kv_loop *loop, kv_pool *pool,
     return kv_fs_open(out, loop, pool, path, 0, flags);
 }
 
+/*
+ * Redis rows: the servers come from tests/redis_env.sh (KV_TEST_REDIS,
+ * KV_TEST_REDIS_CLUSTER); each test's store gets its own key prefix, the
+ * name of its temporary directory, so a reopen sees the same data.
+ */
+static int open_redis_env(kv_store **out, kv_loop *loop, kv_pool *pool,
+                          const char *dir, unsigned flags, const char *env,
+                          const char *opts)
+{
+    const char *uri = getenv(env);
+    const char *base = strrchr(dir, '/');
+    char full[4400];
+    snprintf(full, sizeof full, "%s/%s%s", uri ? uri : "redis://127.0.0.1:1",
+             base ? base + 1 : dir, opts);
+    return kv_redis_open(out, loop, pool, full, flags);
+}
+
+static int open_redis(kv_store **out, kv_loop *loop, kv_pool *pool,
+                      const char *dir, unsigned flags)
+{
+    return open_redis_env(out, loop, pool, dir, flags, "KV_TEST_REDIS", "");
+}
+
+static int open_redis_cluster(kv_store **out, kv_loop *loop, kv_pool *pool,
+                              const char *dir, unsigned flags)
+{
+    return open_redis_env(out, loop, pool, dir, flags, "KV_TEST_REDIS_CLUSTER",
+                          "?shard=store");
+}
+
 typedef struct backend {
     const char *name;
     int (*open)(kv_store **out, kv_loop *loop, kv_pool *pool, const char *dir,
                 unsigned flags);
     bool reopenable; /* data survives close and reopen */
     bool shared;     /* several stores may open the same data at once */
+    const char *env; /* skipped unless this variable is set (servers) */
 } backend;
 
 static const backend backends[] = {
-    {"sqlite-memory", open_sqlite_memory, false, false},
-    {"sqlite-file", open_sqlite_file, true, true},
-    {"fs", open_fs, true, false},
-    {"model", open_model, false, false},
-    {"model-noatomic", open_model_noatomic, false, false},
+    {"sqlite-memory", open_sqlite_memory, false, false, NULL},
+    {"sqlite-file", open_sqlite_file, true, true, NULL},
+    {"fs", open_fs, true, false, NULL},
+    {"model", open_model, false, false, NULL},
+    {"model-noatomic", open_model_noatomic, false, false, NULL},
+    {"redis", open_redis, true, true, "KV_TEST_REDIS"},
+    {"redis-cluster", open_redis_cluster, true, true, "KV_TEST_REDIS_CLUSTER"},
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
 
@@ -493,6 +526,8 @@ static bool ctx_init(tctx *c, int i)
     const char *only = getenv("KVT_BACKEND");
     if (only != NULL && only[0] != '\0' && strcmp(only, c->b->name) != 0)
         return false;
+    if (c->b->env != NULL && getenv(c->b->env) == NULL)
+        return false; /* no server: skipped */
     ck_assert_kv(kv_loop_new(&c->loop, NULL), KV_OK);
     ck_assert_kv(kv_pool_new(&c->pool, 2), KV_OK);
     int rc = c->b->open(&c->s, c->loop, c->pool, tmpdir, 0);
