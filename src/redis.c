@@ -306,6 +306,8 @@ typedef struct rmember {
 typedef struct rcursor {
     rmember *m;
     size_t n, pos;
+    struct rcursor *prev, *next; /* the store's cursors (freed at destroy) */
+    rstore *st;
 } rcursor;
 
 struct rstore {
@@ -327,6 +329,7 @@ struct rstore {
     rreq *defer, *defer_tail;
     kv__req *close_req;
     bool closing, closed;
+    rcursor *cursors; /* live query cursors */
     unsigned long stats_redirects;
 };
 
@@ -1450,6 +1453,12 @@ static int open_finish(rreq *rq)
     rq->m = NULL;
     rq->nm = rq->capm = 0;
     cur->n = n;
+    rstore *st = req->store->backend;
+    cur->st = st;
+    cur->next = st->cursors;
+    if (st->cursors != NULL)
+        st->cursors->prev = cur;
+    st->cursors = cur;
     req->iter->bpriv = cur;
     return KV_OK;
 }
@@ -1458,6 +1467,12 @@ static void cursor_free(rcursor *cur)
 {
     if (cur == NULL)
         return;
+    if (cur->prev != NULL)
+        cur->prev->next = cur->next;
+    else
+        cur->st->cursors = cur->next;
+    if (cur->next != NULL)
+        cur->next->prev = cur->prev;
     for (size_t i = cur->pos; i < cur->n; i++)
         kv__free(cur->m[i].p);
     kv__free(cur->m);
@@ -1780,6 +1795,8 @@ static void r_close(kv_store *s, kv__req *req)
 static void r_destroy(kv_store *s)
 {
     rstore *st = s->backend;
+    while (st->cursors != NULL)
+        cursor_free(st->cursors); /* iterators never disposed */
     rnode *n = st->nodes;
     while (n != NULL) {
         rnode *next = n->next;

@@ -26,6 +26,7 @@ static const struct {
     {"fs:", TU_FS},
     {"lmdb:", TU_LMDB},
     {"rocksdb:", TU_ROCKSDB},
+    {"redis:", TU_REDIS},
 };
 
 int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
@@ -37,6 +38,8 @@ int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
             continue;
         const char *path = uri + pl;
         out->kind = uri_prefixes[i].kind;
+        if (out->kind == TU_REDIS)
+            path = uri; /* kv_redis_open takes the whole URI */
         if (out->kind == TU_SQLITE &&
             (strcmp(path, "memory") == 0 || strcmp(path, ":memory:") == 0)) {
             out->kind = TU_SQLITE_MEM;
@@ -55,7 +58,8 @@ int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
     }
     snprintf(err, errlen,
              "unknown store URI '%s' (expected sqlite:memory, sqlite:PATH, "
-             "fs:PATH, sqlite-raw:PATH, lmdb:PATH or rocksdb:PATH)",
+             "fs:PATH, redis://HOST:PORT, sqlite-raw:PATH, lmdb:PATH or "
+             "rocksdb:PATH)",
              uri);
     return -1;
 }
@@ -69,7 +73,7 @@ void tu_uri_free(tu_uri *u)
 bool tu_uri_is_kvstore(const tu_uri *u)
 {
     return u->kind == TU_SQLITE_MEM || u->kind == TU_SQLITE ||
-           u->kind == TU_FS;
+           u->kind == TU_FS || u->kind == TU_REDIS;
 }
 
 const char *tu_backend_name(tu_backend k)
@@ -81,6 +85,7 @@ const char *tu_backend_name(tu_backend k)
     case TU_SQLITE_RAW: return "sqlite-raw";
     case TU_LMDB: return "lmdb";
     case TU_ROCKSDB: return "rocksdb";
+    case TU_REDIS: return "redis";
     }
     return "?";
 }
@@ -98,6 +103,9 @@ int tu_open_store(kv_store **out, kv_loop *loop, kv_pool *pool,
         break;
     case TU_FS:
         rc = kv_fs_open(out, loop, pool, u->path, 0, flags);
+        break;
+    case TU_REDIS:
+        rc = kv_redis_open(out, loop, pool, u->path, flags);
         break;
     default:
         snprintf(err, errlen, "%s: not a kvstore backend",

@@ -24,7 +24,8 @@ typedef enum tu_backend {
     TU_FS,         /* fs:PATH                                         */
     TU_SQLITE_RAW, /* sqlite-raw:PATH  (kvbench peer, not kvstore)    */
     TU_LMDB,       /* lmdb:PATH        (kvbench peer)                 */
-    TU_ROCKSDB     /* rocksdb:PATH     (kvbench peer)                 */
+    TU_ROCKSDB,    /* rocksdb:PATH     (kvbench peer)                 */
+    TU_REDIS       /* redis://HOST:PORT[,...][/prefix][?shard=...]    */
 } tu_backend;
 
 typedef struct tu_uri {
