@@ -330,6 +330,7 @@ struct rstore {
     kv__req *close_req;
     bool closing, closed;
     rcursor *cursors; /* live query cursors */
+    kv__req *oom;     /* requests that could not get state (bpriv chain) */
     unsigned long stats_redirects;
 };
 
@@ -436,7 +437,7 @@ static void rreq_free(rreq *rq)
 
 static void defer_kick(rstore *st)
 {
-    if (st->dpending || st->defer == NULL)
+    if (st->dpending || (st->defer == NULL && st->oom == NULL))
         return;
     struct io_uring_sqe *sqe;
     if (kv__loop_sqes(st->loop, &sqe, 1) != KV_OK)
@@ -483,6 +484,14 @@ static void defer_cb(kv__op *op, int res, uint32_t flags)
     st->dpending = false;
     rreq *list = st->defer;
     st->defer = st->defer_tail = NULL;
+    kv__req *oom = st->oom;
+    st->oom = NULL;
+    while (oom != NULL) {
+        kv__req *req = oom;
+        oom = req->bpriv;
+        req->bpriv = NULL;
+        kv__req_done(req, KV_ENOMEM, NULL);
+    }
     while (list != NULL) {
         rreq *rq = list;
         list = rq->dnext;
@@ -548,7 +557,9 @@ static rnode *node_get(rstore *st, const char *ip, int port)
     n = kv__calloc(1, sizeof *n);
     if (n == NULL)
         return NULL;
-    n->rbuf = kv__malloc(RBUF_SIZE);
+    /* zeroed: the kernel fills it through the ring, which valgrind
+     * cannot see (it would report the replies as uninitialised) */
+    n->rbuf = kv__calloc(1, RBUF_SIZE);
     n->rd = redisReaderCreate();
     if (n->rbuf == NULL || n->rd == NULL) {
         kv__free(n->rbuf);
@@ -1689,10 +1700,11 @@ static void r_submit(kv_store *s, kv__req *req)
     rstore *st = s->backend;
     rreq *rq = kv__calloc(1, sizeof *rq);
     if (rq == NULL) {
-        /* Out of memory before any state exists: the one place that
-         * completes inside submit (nothing else can carry the failure). */
-        req->bpriv = NULL;
-        kv__req_done(req, KV_ENOMEM, NULL);
+        /* Out of memory: park req (chained through bpriv) and fail it
+         * from the deferred NOP, never inside submit. */
+        req->bpriv = st->oom;
+        st->oom = req;
+        defer_kick(st);
         return;
     }
     rq->req = req;
@@ -1756,7 +1768,8 @@ static void maybe_closed(rstore *st)
 {
     if (!st->closing || st->closed || st->close_req == NULL)
         return;
-    if (st->s->ninflight > 0 || st->defer != NULL || st->dpending)
+    if (st->s->ninflight > 0 || st->defer != NULL || st->oom != NULL ||
+        st->dpending)
         return;
     for (rnode *n = st->nodes; n != NULL; n = n->next)
         if (n->nops > 0)
