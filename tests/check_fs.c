@@ -1783,9 +1783,11 @@ static int run_bench(const char *dir)
     bench_raw(dir, n1);
     bench_one(dir, "fsync one-dir", 0, 1, n1, 1);
     bench_one(dir, "fsync spread-64-dirs", 0, 1, n1, 64);
+    bench_one(dir, "fsync one-dir", 0, 8, n64 / 2, 1);
     bench_one(dir, "fsync one-dir", 0, 64, n64, 1);
     bench_one(dir, "fsync spread-64-dirs", 0, 64, n64, 64);
     bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 1, n64, 1);
+    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 8, n64, 1);
     bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 64, n64, 1);
     bench_one(dir, "nofsync spread-64-dirs", KV_NO_FSYNC, 64, n64, 64);
     if (own != NULL) {
