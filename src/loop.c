@@ -470,6 +470,7 @@ static int sq_reserve(kv_loop *loop, unsigned n)
 {
     unsigned busy = 0;
     while (io_uring_sq_space_left(&loop->ring) < n) {
+        kv__fault_before_submit(loop); /* test fault injector (fault.c) */
         int r = io_uring_submit(&loop->ring);
         loop->st.submits++;
         if (r > 0)
@@ -509,6 +510,7 @@ int kv__loop_flush(kv_loop *loop)
 {
     if (io_uring_sq_ready(&loop->ring) == 0)
         return KV_OK;
+    kv__fault_before_submit(loop); /* test fault injector (fault.c) */
     for (;;) {
         int r = io_uring_submit(&loop->ring);
         loop->st.submits++;
@@ -559,6 +561,7 @@ static void dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags)
     }
     if (ud == UD_QUIET)
         return;
+    res = kv__fault_cqe(loop, ud, res); /* test fault injector (fault.c) */
 #ifdef LIBURING_UDATA_TIMEOUT
     /* liburing's own timeout SQE for timed waits on kernels < 5.11. */
     if (ud == LIBURING_UDATA_TIMEOUT)
@@ -631,6 +634,7 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
         if (timeout_ms == 0 || timeout_ms > 2)
             timeout_ms = 2;
     }
+    kv__fault_before_submit(loop); /* test fault injector (fault.c) */
     for (;;) {
         int r;
         if (wait && timeout_ms > 0) {

@@ -1,0 +1,260 @@
+/*
+ * fault.c - a test-only fault injector for ring operations.
+ *
+ * Always compiled in, inert unless armed (one relaxed atomic load per
+ * submit and per CQE).  kv__fault_arm(loop, opcode, nth, res) makes the
+ * nth operation of a kind submitted from then on (on loop, or on any loop
+ * if NULL) fail with res (a negated errno) or, with res >= 0, transfer at
+ * most res bytes (a short read/write).
+ *
+ * It works on the SQ array itself, right before the loop submits: every
+ * SQE between liburing's sqe_head (the first one not yet flushed to the
+ * kernel) and sqe_tail is inspected, so the injection does not depend on
+ * who executes the SQEs (the kernel or an emulation reading the same
+ * array).
+ *  - A failure rewrites the SQE into an IORING_OP_NOP with the same
+ *    user_data and link flags and remembers user_data -> res; its CQE's
+ *    res is then substituted at dispatch (kv__fault_cqe).  A CLOSE is
+ *    left to run (close(2) releases the descriptor even when it reports
+ *    an error) and only its result is substituted.
+ *  - A failed op in an IOSQE_IO_LINK chain cancels the rest, and so does
+ *    a short read/write (measured: see MEASURED.md): the following linked
+ *    SQEs become NOPs reported as -ECANCELED.  IOSQE_IO_HARDLINK chains go
+ *    on, as the kernel's do.
+ *  - A short count shortens sqe->len (READV/WRITEV become READ/WRITE of
+ *    the first iovec, shortened), so the kernel really transfers fewer
+ *    bytes at the same offset.
+ * Reserved user_data (< 4096: the loop's eventfd read, cancels, ...) is
+ * never counted nor touched.
+ *
+ * Loop thread only (the armed loop's); the state is global, for tests.
+ */
+#include "config.h"
+
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#define UD_RESERVED_MAX ((uint64_t)4095)
+#define NSUBST 256
+
+typedef struct subst {
+    kv_loop *loop;
+    uint64_t ud;
+    int res;
+    bool nop; /* the SQE became a NOP: a -ECANCELED from the kernel stays */
+    bool used;
+} subst;
+
+static struct {
+    atomic_bool active; /* armed, or substitutions pending */
+    bool armed;
+    kv_loop *loop;      /* NULL: any loop */
+    int kind;           /* canonical opcode, -1: count only */
+    unsigned long nth;
+    int res;
+    unsigned long seen[256]; /* per canonical opcode, since arm */
+    unsigned long hits;      /* injections since arm */
+    unsigned long total;     /* injections since the process started */
+    subst subs[NSUBST];
+    size_t nsubs;
+    kv_loop *last_loop;
+    unsigned scanned; /* SQ position scanned up to on last_loop */
+} F;
+
+/* OPENAT2 counts as OPENAT, READV/READ_FIXED as READ, and so on. */
+static int canon(int op)
+{
+    switch (op) {
+    case IORING_OP_OPENAT2:
+        return IORING_OP_OPENAT;
+    case IORING_OP_READV:
+    case IORING_OP_READ_FIXED:
+        return IORING_OP_READ;
+    case IORING_OP_WRITEV:
+    case IORING_OP_WRITE_FIXED:
+        return IORING_OP_WRITE;
+    default:
+        return op;
+    }
+}
+
+static void update_active(void)
+{
+    atomic_store_explicit(&F.active, F.armed || F.nsubs > 0,
+                          memory_order_relaxed);
+}
+
+void kv__fault_arm(kv_loop *loop, int opcode, unsigned long nth, int res)
+{
+    F.armed = true;
+    F.loop = loop;
+    F.kind = opcode < 0 ? -1 : canon(opcode);
+    F.nth = nth;
+    F.res = res;
+    memset(F.seen, 0, sizeof F.seen);
+    F.hits = 0;
+    update_active();
+}
+
+void kv__fault_disarm(void)
+{
+    F.armed = false;
+    update_active();
+}
+
+unsigned long kv__fault_hits(void)
+{
+    return F.hits;
+}
+
+unsigned long kv__fault_total(void)
+{
+    return F.total;
+}
+
+unsigned long kv__fault_seen(int opcode)
+{
+    int k = canon(opcode);
+    return k >= 0 && k < 256 ? F.seen[k] : 0;
+}
+
+static void remember(kv_loop *loop, uint64_t ud, int res, bool nop)
+{
+    for (size_t i = 0; i < NSUBST; i++) {
+        if (!F.subs[i].used) {
+            F.subs[i] = (subst){loop, ud, res, nop, true};
+            F.nsubs++;
+            return;
+        }
+    }
+    /* Table full (cannot happen with one injection at a time). */
+}
+
+static struct io_uring_sqe *sqe_at(struct io_uring *ring, unsigned pos)
+{
+    unsigned shift = (ring->flags & IORING_SETUP_SQE128) ? 1 : 0;
+    return &ring->sq.sqes[(pos & ring->sq.ring_mask) << shift];
+}
+
+static void make_nop(struct io_uring_sqe *sqe)
+{
+    uint64_t ud = sqe->user_data;
+    uint8_t flags = sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK |
+                                  IOSQE_IO_DRAIN | IOSQE_ASYNC);
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_NOP;
+    sqe->flags = flags;
+    sqe->user_data = ud;
+}
+
+/* Shorten a read/write to at most max bytes (and below its length).  False
+ * if it cannot be made short (nothing to transfer). */
+static bool make_short(struct io_uring_sqe *sqe, unsigned max)
+{
+    int k = canon(sqe->opcode);
+    if (k != IORING_OP_READ && k != IORING_OP_WRITE)
+        return false;
+    if (sqe->opcode == IORING_OP_READV || sqe->opcode == IORING_OP_WRITEV) {
+        const struct iovec *iov =
+            (const struct iovec *)(uintptr_t)sqe->addr;
+        size_t total = 0;
+        for (unsigned i = 0; i < sqe->len; i++)
+            total += iov[i].iov_len;
+        if (sqe->len == 0 || total == 0)
+            return false;
+        size_t n = iov[0].iov_len;
+        if (n > max)
+            n = max;
+        if (n >= total)
+            n = total - 1;
+        sqe->opcode = k == IORING_OP_READ ? IORING_OP_READ : IORING_OP_WRITE;
+        sqe->addr = (uint64_t)(uintptr_t)iov[0].iov_base;
+        sqe->len = (uint32_t)n;
+        return true;
+    }
+    if (sqe->len == 0)
+        return false;
+    sqe->len = sqe->len - 1 < max ? sqe->len - 1 : max;
+    return true;
+}
+
+static void inject(kv_loop *loop, struct io_uring *ring, unsigned pos,
+                   unsigned tail)
+{
+    struct io_uring_sqe *sqe = sqe_at(ring, pos);
+    F.hits++;
+    F.total++;
+    bool cancels; /* the rest of its link chain */
+    if (F.res >= 0) {
+        if (!make_short(sqe, (unsigned)F.res))
+            return; /* nothing to shorten: counted, not injected */
+        cancels = (sqe->flags & IOSQE_IO_LINK) != 0;
+    } else if (sqe->opcode == IORING_OP_CLOSE) {
+        remember(loop, sqe->user_data, F.res, false);
+        cancels = (sqe->flags & IOSQE_IO_LINK) != 0;
+        sqe->flags &= (uint8_t)~(IOSQE_IO_LINK | IOSQE_IO_HARDLINK);
+    } else {
+        cancels = (sqe->flags & IOSQE_IO_LINK) != 0;
+        remember(loop, sqe->user_data, F.res, true);
+        make_nop(sqe);
+    }
+    /* The failed link cancels every following SQE of its chain. */
+    while (cancels && pos + 1 != tail) {
+        pos++;
+        sqe = sqe_at(ring, pos);
+        cancels = (sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)) != 0;
+        if (sqe->user_data > UD_RESERVED_MAX)
+            remember(loop, sqe->user_data, -ECANCELED, true);
+        make_nop(sqe);
+    }
+}
+
+void kv__fault_before_submit(kv_loop *loop)
+{
+    if (!atomic_load_explicit(&F.active, memory_order_relaxed) || !F.armed)
+        return;
+    if (F.loop != NULL && F.loop != loop)
+        return;
+    struct io_uring *ring = kv__loop_ring(loop);
+    unsigned head = ring->sq.sqe_head, tail = ring->sq.sqe_tail;
+    unsigned pos = head;
+    /* Never look at an SQE twice (a submit that flushed nothing). */
+    if (F.last_loop == loop && (int)(F.scanned - head) > 0 &&
+        (int)(tail - F.scanned) >= 0)
+        pos = F.scanned;
+    for (; pos != tail; pos++) {
+        struct io_uring_sqe *sqe = sqe_at(ring, pos);
+        if (sqe->user_data <= UD_RESERVED_MAX)
+            continue;
+        int k = canon(sqe->opcode);
+        if (k < 0 || k > 255)
+            continue;
+        F.seen[k]++;
+        if (F.kind == k && F.nth != 0 && F.seen[k] == F.nth)
+            inject(loop, ring, pos, tail);
+    }
+    F.last_loop = loop;
+    F.scanned = tail;
+}
+
+int kv__fault_cqe(kv_loop *loop, uint64_t ud, int res)
+{
+    if (!atomic_load_explicit(&F.active, memory_order_relaxed) ||
+        F.nsubs == 0)
+        return res;
+    for (size_t i = 0; i < NSUBST; i++) {
+        subst *s = &F.subs[i];
+        if (!s->used || s->loop != loop || s->ud != ud)
+            continue;
+        s->used = false;
+        F.nsubs--;
+        update_active();
+        if (s->nop && res == -ECANCELED)
+            return res; /* cancelled by an earlier link for real */
+        return s->res;
+    }
+    return res;
+}
