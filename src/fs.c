@@ -2134,6 +2134,7 @@ static void on_open(kop *k)
         k_arm(k, sq[0], SL_READ, false);
         k->state = ST_READ;
     } else {
+        k->rgot = 0;
         io_uring_prep_read(sq[0], k->fd, k->rhdr, HDR_SIZE, 0);
         k_arm(k, sq[0], SL_READ, true);
         io_uring_prep_close(sq[1], k->fd);
@@ -2153,7 +2154,24 @@ static void on_hdr(kop *k)
         k_fail(k, "read", r);
         return;
     }
-    if ((unsigned)r < HDR_SIZE || !hdr_parse(k->rhdr, &tok, &vlen, &vcrc)) {
+    k->rgot += (size_t)r;
+    if (k->rgot < HDR_SIZE && r > 0 && k->fd >= 0 && !k_stop(k)) {
+        /* A short read is not the end of the file (only a read of 0 bytes
+         * is): read the rest; the linked close was cancelled. */
+        struct io_uring_sqe *sq[2];
+        int rc = ring_get(k->fs, sq, 2);
+        if (rc != KV_OK) {
+            k_fail(k, "submit", rc);
+            return;
+        }
+        io_uring_prep_read(sq[0], k->fd, k->rhdr + k->rgot,
+                           (unsigned)(HDR_SIZE - k->rgot), k->rgot);
+        k_arm(k, sq[0], SL_READ, true);
+        io_uring_prep_close(sq[1], k->fd);
+        k_arm(k, sq[1], SL_CLOSE, false);
+        return;
+    }
+    if (k->rgot < HDR_SIZE || !hdr_parse(k->rhdr, &tok, &vlen, &vcrc)) {
         k_msg(k, "corrupt record header of", KV_ECORRUPT);
         k_cleanup(k, KV_ECORRUPT);
         return;
@@ -2186,6 +2204,10 @@ static void on_read(kop *k)
     uint32_t vcrc = 0;
     bool hdr_ok =
         k->rgot >= HDR_SIZE && hdr_parse(k->rbuf, &tok, &vlen, &vcrc);
+    /* A short read is not the end of the file (a read of 0 bytes is):
+     * before the record's announced end, read on. */
+    if (eof && r > 0 && k->rgot < HDR_SIZE + (hdr_ok ? vlen : 0))
+        eof = false;
     if (!hdr_ok && (eof || k->rgot >= HDR_SIZE))
         goto corrupt;
     if (!eof) {
