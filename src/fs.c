@@ -962,10 +962,18 @@ static void tok_cqe_common(fs_state *fs)
         fs->tok_hwm = fs->tok_new;
         fs->tok_gen++;
     } else if (!fs->closing) {
-        /* Final: the slot may be half-durable; reopen to recover. */
+        /* The kops waiting for this block fail with the error. */
         fs->tok_err = to_kv(err);
     }
     tok_wake(fs);
+    /*
+     * Not sticky: no token of the new block was handed out, the other slot
+     * still holds the durable high-water mark, and the next refill rewrites
+     * this whole slot (same generation) before fsyncing it again, so it can
+     * retry safely; meanwhile the tokens already reserved are still good.
+     */
+    if (err != 0)
+        fs->tok_err = KV_OK;
     fs_check_closed(fs);
 }
 
