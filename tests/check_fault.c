@@ -371,6 +371,9 @@ static void sweep_scen(sweep *s, enum scen sc)
                 unsigned long hits = kv__fault_hits();
                 kv__fault_disarm();
                 ck_assert_msg(hits == 1, "%s: %lu injections", what, hits);
+                /* Short reads are read on, short writes resumed. */
+                ck_assert_msg(res < 0 || rc == KV_OK, "%s: %s %s", what,
+                              kv_err_name(rc), msg);
                 n_injected += hits;
                 n_cases++;
                 if (getenv("KV_FAULT_VERBOSE") != NULL)
@@ -425,6 +428,80 @@ END_TEST
 START_TEST(test_fs_sweep_nofsync)
 {
     sweep_all(KV_NO_FSYNC);
+}
+END_TEST
+
+/*
+ * The token block refill (a write and an fsync of .tokens, through the
+ * ring, in the background of a put) fails: the store keeps handing out
+ * the tokens it had reserved, the next refill retries, and tokens never
+ * repeat across a reopen.
+ */
+static unsigned refill_puts(env *e, int fail, unsigned long *hits,
+                            uint64_t *maxtok)
+{
+    char msg[512], p[32];
+    unsigned i;
+    for (i = 1; i <= 20000; i++) {
+        snprintf(p, sizeof p, "/t/k%u", i);
+        uint64_t t = 0;
+        int rc = put_s(e, p, "v", 1, 0, &t, msg, sizeof msg);
+        ck_assert_msg(rc == KV_OK, "put %u: %s %s", i, kv_err_name(rc), msg);
+        if (t > *maxtok)
+            *maxtok = t;
+        /* The first refill: one write more than the puts made. */
+        if (fail == 0 && kv__fault_seen(IORING_OP_WRITE) > i)
+            return i;
+        if (fail != 0 && kv__fault_hits() > 0 && ++*hits > 50)
+            return i;
+    }
+    return 0;
+}
+
+START_TEST(test_fs_token_refill)
+{
+    /* Where the first refill comes (the same in every fresh store). */
+    env e;
+    uint64_t maxtok = 0;
+    unsigned long hits = 0;
+    snprintf(root, sizeof root, "%s/tokcount", tmpdir);
+    env_init(&e, KV_NO_FSYNC);
+    kv__fault_arm(e.loop, -1, 0, 0);
+    unsigned p = refill_puts(&e, 0, &hits, &maxtok);
+    kv__fault_disarm();
+    ck_assert_uint_gt(p, 0);
+    env_done(&e);
+    /* Its write (the pth: one per put before it) fails with EIO, ENOSPC;
+     * then, with fsyncs, its fsync (two per put before it, one more for
+     * the mkdir of /t) fails with EIO. */
+    static const struct {
+        int op, res;
+        unsigned flags;
+    } cases[] = {{IORING_OP_WRITE, -EIO, KV_NO_FSYNC},
+                 {IORING_OP_WRITE, -ENOSPC, KV_NO_FSYNC},
+                 {IORING_OP_FSYNC, -EIO, 0}};
+    for (size_t c = 0; c < KV__ARRAY_SIZE(cases); c++) {
+        snprintf(root, sizeof root, "%s/tok%zu", tmpdir, c);
+        env_init(&e, cases[c].flags);
+        kv__fault_arm(e.loop, cases[c].op,
+                      cases[c].op == IORING_OP_WRITE ? p : 2 * (p - 1) + 2,
+                      cases[c].res);
+        maxtok = 0;
+        hits = 0;
+        /* 50 puts after the failure must still succeed. */
+        ck_assert_uint_gt(refill_puts(&e, 1, &hits, &maxtok), 0);
+        kv__fault_disarm();
+        n_injected++;
+        env_done(&e);
+        /* Reopen: new tokens above every one handed out. */
+        env_init(&e, cases[c].flags);
+        char msg[512];
+        uint64_t t = 0;
+        ck_assert_kv(put_s(&e, "/t/after", "v", 1, 0, &t, msg, sizeof msg),
+                     KV_OK);
+        ck_assert_uint_gt(t, maxtok);
+        env_done(&e);
+    }
 }
 END_TEST
 
@@ -554,6 +631,7 @@ int main(void)
     tcase_add_test(tc, test_fs_sweep);
     tcase_add_test(tc, test_fs_sweep_nofsync);
     tcase_add_test(tc, test_fs_query);
+    tcase_add_test(tc, test_fs_token_refill);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
