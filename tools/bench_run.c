@@ -592,7 +592,10 @@ static int setup_datasets(section *sec, char *err, size_t errlen)
                 return -1;
             }
         }
-        bool fresh = !d->uri.path || !path_exists(d->uri.path);
+        /* A store created by this run is known empty; anything else may
+           hold records already (a Redis server always may). */
+        bool fresh = d->uri.kind != TU_REDIS &&
+                     (!d->uri.path || !path_exists(d->uri.path));
         if (kb_tok_init(&d->tt, fresh)) {
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -630,6 +633,8 @@ static void describe(section *sec, jobresult *r)
     else if (sec->nds > 1)
         snprintf(r->store, sizeof r->store, "%s:%s/job0..job%u (one store per job)",
                  tu_backend_name(sec->uri.kind), sec->uri.path, sec->nds - 1);
+    else if (sec->uri.kind == TU_REDIS)
+        snprintf(r->store, sizeof r->store, "%s", sec->uri.path);
     else
         snprintf(r->store, sizeof r->store, "%s:%s%s",
                  sec->uri.kind == TU_SQLITE_RAW ? "sqlite-raw" : tu_backend_name(sec->uri.kind),
@@ -638,6 +643,9 @@ static void describe(section *sec, jobresult *r)
         const char *mode;
         if (sec->uri.kind == TU_FS)
             mode = o->sync == SYNC_NONE ? "KV_NO_FSYNC" : "fsync per put (file + directory)";
+        else if (sec->uri.kind == TU_REDIS)
+            mode = "durability is the server's (appendonly/appendfsync): "
+                   "--sync does not apply";
         else
             mode = o->sync == SYNC_FULL ? "KV_SYNC_FULL (synchronous=FULL)"
                    : o->sync == SYNC_NONE ? "synchronous=NORMAL (the API has no sync=none for sqlite)"

@@ -93,7 +93,7 @@ static const char *o_backend(jobopts *o, const char *v)
     char err[256];
     if (tu_uri_parse(&u, v, err, sizeof err))
         return "unknown store URI (sqlite:memory, sqlite:PATH, fs:PATH, "
-               "sqlite-raw:PATH, lmdb:PATH, rocksdb:PATH)";
+               "redis://HOST:PORT, sqlite-raw:PATH, lmdb:PATH, rocksdb:PATH)";
     tu_uri_free(&u);
     return set_str(o->backend, sizeof o->backend, v);
 }
@@ -391,7 +391,7 @@ typedef struct optdef {
 
 static const optdef opts[] = {
     {"name", o_name, false, "job name; on the command line, starts a new job"},
-    {"backend", o_backend, false, "sqlite:memory|sqlite:PATH|fs:PATH|sqlite-raw:PATH|lmdb:PATH|rocksdb:PATH"},
+    {"backend", o_backend, false, "sqlite:memory|sqlite:PATH|fs:PATH|redis://HOST:PORT|sqlite-raw:PATH|lmdb:PATH|rocksdb:PATH"},
     {"rw", o_rw, false, "read|write|randread|randwrite|rw|randrw|cas|scan|insert"},
     {"readwrite", o_rw, false, NULL},
     {"rwmixread", o_rwmixread, false, "percent of reads in a mixed workload"},

@@ -45,7 +45,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kvctl [--sync=full|normal|none] STORE COMMAND [ARGS]\n"
             "\n"
-            "STORE: sqlite:PATH | sqlite:memory | fs:PATH\n"
+            "STORE: sqlite:PATH | sqlite:memory | fs:PATH | redis://HOST:PORT[/prefix]\n"
             "\n"
             "commands:\n"
             "  get KEY [--token|--json]     print the value (or its token, or a JSON line)\n"
@@ -816,7 +816,7 @@ int main(int argc, char **argv)
     if (tu_uri_parse(&c.uri, store, err, sizeof err))
         return die_usage(err, NULL);
     if (!tu_uri_is_kvstore(&c.uri)) {
-        fprintf(stderr, "%s: %s: kvctl opens kvstore stores only (sqlite:, fs:)\n",
+        fprintf(stderr, "%s: %s: kvctl opens kvstore stores only (sqlite:, fs:, redis:)\n",
                 prog, store);
         tu_uri_free(&c.uri);
         return EX_USAGE;
@@ -830,7 +830,7 @@ int main(int argc, char **argv)
         flags |= KV_NO_FSYNC;
     if (c.uri.kind != TU_FS && sync == 2)
         flags |= KV_SYNC_FULL;
-    if (reader && c.uri.path) {
+    if (reader && c.uri.path && c.uri.kind != TU_REDIS) {
         struct stat st;
         if (stat(c.uri.path, &st) != 0) {
             fprintf(stderr, "%s: %s: no such store (%s)\n", prog, store,
