@@ -281,6 +281,7 @@ static const char *o_atomic(jobopts *o, const char *v)
 
 static const char *o_load(jobopts *o, const char *v)
 {
+    o->load_set = true;
     return parse_bool(v, &o->load);
 }
 
@@ -660,6 +661,8 @@ static int finalize(jobopts *o)
         fprintf(stderr, "kvbench: job '%s': %s\n", o->name, err);
         return -1;
     }
+    if (!o->backend[0] && !o->load_set)
+        o->load = true; /* the temporary store starts empty: fill it */
     if (o->time_based)
         o->number_ios = 0;
     else if (!o->number_ios && !o->runtime_ns)

@@ -59,6 +59,7 @@ typedef struct jobopts {
     unsigned batch;
     bool atomic;
     bool load;
+    bool load_set; /* --load given (else the default temporary store loads) */
     int sync;
     unsigned key_dirs;
     unsigned scan_length;
