@@ -17,10 +17,12 @@
 
 #include <string.h>
 
-static kv_key *must(int rc, kv_key *k)
+/* The key a constructor made through *k (read after the call: the
+ * argument order of must(f(&k), &k) does not matter), NULL if it failed. */
+static kv_key *must(int rc, kv_key **k)
 {
     FUZZ_CHECK(rc == KV_OK || rc == KV_ENOMEM);
-    return rc == KV_OK ? k : NULL;
+    return rc == KV_OK ? *k : NULL;
 }
 
 /* The storage encoding of k (caller frees .data); NULL data on OOM. */
@@ -75,7 +77,7 @@ static void key_laws(const kv_key *k, const char *src)
 
     /* parse(id(k)) == k, and id is canonical */
     kv_key *k2 = NULL;
-    k2 = must(kv_key_parse(&k2, id), k2);
+    k2 = must(kv_key_parse(&k2, id), &k2);
     if (k2 != NULL) {
         FUZZ_CHECK(kv_key_equal(k, k2) && kv_key_cmp(k, k2) == 0);
         FUZZ_CHECK(strcmp(kv_key_id(k2), id) == 0);
@@ -107,7 +109,7 @@ static void key_laws(const kv_key *k, const char *src)
         FUZZ_CHECK(strcmp(kv_key_value(k), kv_key_ns(k, n - 1)->value) == 0);
         FUZZ_CHECK(strcmp(kv_key_field(k), kv_key_ns(k, n - 1)->field) == 0);
         kv_key *fromns = NULL;
-        fromns = must(kv_key_from_ns(&fromns, kv_key_ns(k, 0), n), fromns);
+        fromns = must(kv_key_from_ns(&fromns, kv_key_ns(k, 0), n), &fromns);
         if (fromns != NULL)
             FUZZ_CHECK(kv_key_equal(fromns, k));
         kv_key_free(fromns);
@@ -128,10 +130,10 @@ static void key_laws(const kv_key *k, const char *src)
 
     /* slices, parent, path, child, relative, reverse, concat */
     kv_key *all = NULL, *none = NULL;
-    all = must(kv_key_slice(&all, k, 0, n), all);
+    all = must(kv_key_slice(&all, k, 0, n), &all);
     if (all != NULL)
         FUZZ_CHECK(kv_key_equal(all, k));
-    none = must(kv_key_slice(&none, k, n, n), none);
+    none = must(kv_key_slice(&none, k, n, n), &none);
     if (none != NULL)
         FUZZ_CHECK(kv_key_len(none) == 0 && strcmp(kv_key_id(none), "/") == 0);
     kv_key *tmp = NULL;
@@ -145,24 +147,24 @@ static void key_laws(const kv_key *k, const char *src)
     } else {
         kv_key *p = NULL, *last = NULL, *back = NULL, *rel = NULL,
                *path = NULL;
-        p = must(kv_key_parent(&p, k), p);
-        last = must(kv_key_slice(&last, k, n - 1, n), last);
+        p = must(kv_key_parent(&p, k), &p);
+        last = must(kv_key_slice(&last, k, n - 1, n), &last);
         if (p != NULL && last != NULL) {
             FUZZ_CHECK(kv_key_len(p) == n - 1);
             FUZZ_CHECK(kv_key_is_ancestor(p, k) && kv_key_is_descendant(k, p));
             FUZZ_CHECK(kv_key_cmp(p, k) < 0);
-            back = must(kv_key_child_key(&back, p, last), back);
+            back = must(kv_key_child_key(&back, p, last), &back);
             if (back != NULL)
                 FUZZ_CHECK(kv_key_equal(back, k));
             kv_key_free(back);
             back = NULL;
-            back = must(kv_key_child(&back, p, kv_key_ns(k, n - 1), 1), back);
+            back = must(kv_key_child(&back, p, kv_key_ns(k, n - 1), 1), &back);
             if (back != NULL)
                 FUZZ_CHECK(kv_key_equal(back, k));
-            rel = must(kv_key_relative(&rel, k, p), rel);
+            rel = must(kv_key_relative(&rel, k, p), &rel);
             if (rel != NULL)
                 FUZZ_CHECK(kv_key_equal(rel, last));
-            path = must(kv_key_path(&path, k), path);
+            path = must(kv_key_path(&path, k), &path);
             if (path != NULL) {
                 const char *f = kv_key_field(k);
                 FUZZ_CHECK(kv_key_len(path) == n - (f[0] == '\0'));
@@ -179,16 +181,16 @@ static void key_laws(const kv_key *k, const char *src)
         kv_key_free(path);
     }
     kv_key *self = NULL;
-    self = must(kv_key_relative(&self, k, k), self);
+    self = must(kv_key_relative(&self, k, k), &self);
     if (self != NULL)
         FUZZ_CHECK(kv_key_len(self) == 0);
     kv_key_free(self);
 
     kv_key *r1 = NULL, *r2 = NULL;
-    r1 = must(kv_key_reverse(&r1, k), r1);
+    r1 = must(kv_key_reverse(&r1, k), &r1);
     if (r1 != NULL) {
         FUZZ_CHECK(kv_key_len(r1) == n);
-        r2 = must(kv_key_reverse(&r2, r1), r2);
+        r2 = must(kv_key_reverse(&r2, r1), &r2);
         if (r2 != NULL)
             FUZZ_CHECK(kv_key_equal(r2, k));
     }
@@ -197,7 +199,7 @@ static void key_laws(const kv_key *k, const char *src)
 
     const kv_key *twice[2] = {k, k};
     kv_key *kk = NULL;
-    kk = must(kv_key_concat(&kk, twice, 2), kk);
+    kk = must(kv_key_concat(&kk, twice, 2), &kk);
     if (kk != NULL) {
         FUZZ_CHECK(kv_key_len(kk) == 2 * n);
         if (n > 0) {
@@ -219,7 +221,7 @@ static void key_laws(const kv_key *k, const char *src)
     kv_key_free(alone);
 
     kv_key *dup = NULL;
-    dup = must(kv_key_dup(&dup, k), dup);
+    dup = must(kv_key_dup(&dup, k), &dup);
     if (dup != NULL)
         FUZZ_CHECK(kv_key_equal(dup, k) && dup != k);
     kv_key_free(dup);
