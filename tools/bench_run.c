@@ -652,9 +652,10 @@ static void describe(section *sec, jobresult *r)
                                           : "synchronous=NORMAL";
         snprintf(r->driver, sizeof r->driver,
                  "kvstore %s async API: one kv_loop per job on its own thread, "
-                 "%u futures in flight per job (kv_fut_then + kv_loop_run), "
+                 "%u future%s in flight per job (kv_fut_then + kv_loop_run), "
                  "kv_pool of %u threads shared by %u job(s); %s%s",
-                 kv_version_string(), o->iodepth, sec->pool_size, o->numjobs,
+                 kv_version_string(), o->iodepth, o->iodepth == 1 ? "" : "s",
+                 sec->pool_size, o->numjobs,
                  mode,
                  o->batch > 1 ? (sec->atomic_ok ? "; batches: kv_put_atomic"
                                                 : o->atomic ? "; batches: kv_put_many (no atomic batches on this backend)"
