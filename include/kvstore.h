@@ -155,6 +155,16 @@ typedef struct kv_loop_opts {
 
 /* Do not ask for IORING_SETUP_SINGLE_ISSUER / DEFER_TASKRUN. */
 #define KV_LOOP_NO_DEFER_TASKRUN 0x1u
+/*
+ * Run in fallback mode even if io_uring is available (as the environment
+ * variable KV_IO_URING=0 does, read by kv_loop_new).  Fallback mode is
+ * otherwise chosen by itself when io_uring cannot be set up (seccomp, e.g.
+ * Docker's default profile; the kernel.io_uring_disabled sysctl; an old
+ * kernel): the loop then runs the same operations as blocking system calls
+ * on a few private worker threads, and waits with poll(2) on its eventfd,
+ * its timers and its sockets.  Every backend works unchanged, slower.
+ */
+#define KV_LOOP_FORCE_FALLBACK 0x2u
 
 typedef enum kv_run_mode {
     KV_RUN_DEFAULT = 0, /* run until nothing is pending                     */
@@ -164,12 +174,21 @@ typedef enum kv_run_mode {
 
 /*
  * Create a loop on the calling thread, which becomes its loop thread.
- * opts may be NULL for the defaults.
- * Errors: KV_EINVAL (bad opts), KV_ENOMEM, KV_ENOTSUP when io_uring is
- * unavailable (kv_last_errmsg names the cause: seccomp, the
- * kernel.io_uring_disabled sysctl, an old kernel), KV_ERROR otherwise.
+ * opts may be NULL for the defaults.  When io_uring is unavailable the loop
+ * starts in fallback mode (see KV_LOOP_FORCE_FALLBACK; kv_loop_backend
+ * tells), and kv_last_errmsg then names why io_uring could not be used
+ * (seccomp, the kernel.io_uring_disabled sysctl, an old kernel).
+ * Errors: KV_EINVAL (bad opts), KV_ENOMEM, KV_ENOTSUP only if even the
+ * fallback cannot start, KV_ERROR otherwise.
  */
 KV_EXTERN int kv_loop_new(kv_loop **out, const kv_loop_opts *opts);
+
+/*
+ * The mode loop runs in: "io_uring", or "fallback" (blocking system calls
+ * on worker threads; see KV_LOOP_FORCE_FALLBACK).  NULL if loop is NULL.
+ * A static string.
+ */
+KV_EXTERN const char *kv_loop_backend(const kv_loop *loop);
 
 /*
  * Run the loop: reap completions, complete futures and run their callbacks.

@@ -66,6 +66,7 @@ struct kv_loop {
     size_t ready_len;
     stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
     size_t nstash, capstash;
+    kv__emu *emu;          /* fallback mode (uring_emu.c), else NULL */
     int efd;               /* eventfd; workers write it (any thread) */
     uint64_t efd_val;      /* buffer of the standing READ */
     unsigned char ops[32]; /* probed opcodes, a bitmap */
@@ -226,7 +227,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         o = *opts;
     else
         memset(&o, 0, sizeof o);
-    if (o.flags & ~KV_LOOP_NO_DEFER_TASKRUN) {
+    if (o.flags & ~(KV_LOOP_NO_DEFER_TASKRUN | KV_LOOP_FORCE_FALLBACK)) {
         kv__set_errmsg("kv_loop_new: unknown flags 0x%x", o.flags);
         return KV_EINVAL;
     }
@@ -266,7 +267,25 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         kv__free(loop);
         return e == ENOMEM ? KV_ENOMEM : KV_ERROR;
     }
-    int rc = setup_ring(loop, sq, cq, o.flags);
+    /* --- fallback section (uring_emu.c) --- */
+    const char *env = getenv("KV_IO_URING");
+    bool force = (o.flags & KV_LOOP_FORCE_FALLBACK) ||
+                 (env != NULL && strcmp(env, "0") == 0);
+    int rc = force ? KV_ENOTSUP : setup_ring(loop, sq, cq, o.flags);
+    if (rc == KV_ENOTSUP) {
+        /* io_uring blocked or refused: emulate it (kv_last_errmsg keeps
+         * the reason setup_ring gave, if any). */
+        rc = kv__emu_new(&loop->emu, loop, &loop->ring, sq, cq);
+        if (rc == KV_OK) {
+            loop->sq_entries = sq;
+            loop->cq_entries = cq;
+            kv__emu_probe(loop->ops);
+            loop->owner = pthread_self();
+            *out = loop;
+            return KV_OK;
+        }
+    }
+    /* --- end fallback section --- */
     if (rc != KV_OK) {
         close(loop->efd);
         kv__free(loop);
@@ -303,6 +322,15 @@ struct io_uring *kv__loop_ring(kv_loop *loop)
 {
     return &loop->ring;
 }
+
+/* --- fallback section (uring_emu.c) --- */
+const char *kv_loop_backend(const kv_loop *loop)
+{
+    if (loop == NULL)
+        return NULL;
+    return loop->emu != NULL ? "fallback" : "io_uring";
+}
+/* --- end fallback section --- */
 
 bool kv__loop_has_op(const kv_loop *loop, int opcode)
 {
@@ -443,6 +471,8 @@ static int stash_cqes(kv_loop *loop)
 {
     struct io_uring_cqe *cqes[REAP_BATCH];
     unsigned n;
+    if (loop->emu != NULL)
+        return KV_OK; /* fallback: no CQ; completions wait in uring_emu.c */
     while ((n = io_uring_peek_batch_cqe(&loop->ring, cqes, REAP_BATCH)) > 0) {
         if (loop->nstash + n > loop->capstash) {
             size_t cap = loop->capstash ? loop->capstash * 2 : 256;
@@ -465,13 +495,21 @@ static int stash_cqes(kv_loop *loop)
     return KV_OK;
 }
 
+/* io_uring_submit, or in fallback mode the emulator's (uring_emu.c). */
+static int ring_submit(kv_loop *loop)
+{
+    if (loop->emu != NULL)
+        return kv__emu_submit(loop->emu);
+    return io_uring_submit(&loop->ring);
+}
+
 /* Make room for n SQEs, submitting what is queued if needed. */
 static int sq_reserve(kv_loop *loop, unsigned n)
 {
     unsigned busy = 0;
     while (io_uring_sq_space_left(&loop->ring) < n) {
         kv__fault_before_submit(loop); /* test fault injector (fault.c) */
-        int r = io_uring_submit(&loop->ring);
+        int r = ring_submit(loop);
         loop->st.submits++;
         if (r > 0)
             continue;
@@ -512,7 +550,7 @@ int kv__loop_flush(kv_loop *loop)
         return KV_OK;
     kv__fault_before_submit(loop); /* test fault injector (fault.c) */
     for (;;) {
-        int r = io_uring_submit(&loop->ring);
+        int r = ring_submit(loop);
         loop->st.submits++;
         if (r >= 0 || r == -EBUSY || r == -EAGAIN)
             return KV_OK; /* what stays queued goes with the next enter */
@@ -526,6 +564,10 @@ static void arm_wake(kv_loop *loop)
 {
     if (loop->wake_armed || loop->closing)
         return;
+    if (loop->emu != NULL) {
+        loop->wake_armed = true; /* fallback: the wait polls the eventfd */
+        return;
+    }
     if (sq_reserve(loop, 1) != KV_OK)
         return; /* the caller waits with a timeout instead */
     struct io_uring_sqe *sqe = io_uring_get_sqe(&loop->ring);
@@ -576,6 +618,12 @@ static void dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags)
     op->cb(op, res, flags);
 }
 
+/* Fallback mode: uring_emu.c's synthetic CQEs, dispatched as ring ones. */
+void kv__loop_dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags)
+{
+    dispatch(loop, ud, res, flags);
+}
+
 static bool dispatch_stash(kv_loop *loop)
 {
     if (loop->nstash == 0)
@@ -602,6 +650,8 @@ static bool reap(kv_loop *loop)
     stashed_cqe batch[REAP_BATCH];
     bool any = dispatch_stash(loop);
     unsigned n;
+    if (loop->emu != NULL)
+        return kv__emu_reap(loop->emu) || any; /* fallback (uring_emu.c) */
     while ((n = io_uring_peek_batch_cqe(&loop->ring, cqes, REAP_BATCH)) > 0) {
         for (unsigned i = 0; i < n; i++) {
             batch[i].ud = cqes[i]->user_data;
@@ -622,8 +672,35 @@ static bool reap(kv_loop *loop)
  * if there is something to submit or to collect (with DEFER_TASKRUN
  * completions only appear inside io_uring_enter(GETEVENTS)).
  */
+/*
+ * Fallback mode's enter (uring_emu.c): submit, then wait on the eventfd,
+ * the timers and the sockets.  The submit may have made pool jobs, so the
+ * sleep protocol is (re)done here, after it.
+ */
+static int emu_enter(kv_loop *loop, bool wait, unsigned timeout_ms)
+{
+    int r = kv__emu_submit(loop->emu);
+    loop->st.submits++;
+    if (r < 0 && r != -EAGAIN)
+        return r;
+    if (!wait || kv__emu_pending_local(loop->emu))
+        return KV_OK;
+    atomic_store(&loop->sleeping, 1);
+    r = KV_OK;
+    if (atomic_load(&loop->posted) == NULL)
+        r = kv__emu_wait(loop->emu, loop->efd, timeout_ms);
+    atomic_store(&loop->sleeping, 0);
+    if (r == 1)
+        loop->st.wake_cqes++; /* the eventfd woke us (the ring's READ CQE) */
+    return r < 0 ? r : KV_OK;
+}
+
 static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
 {
+    if (loop->emu != NULL) {
+        kv__fault_before_submit(loop); /* test fault injector (fault.c) */
+        return emu_enter(loop, wait, timeout_ms);
+    }
     if (wait && loop->valgrind) {
         /*
          * Valgrind (3.19 at least) does not know io_uring_enter can block:
@@ -746,7 +823,7 @@ int kv_loop_run(kv_loop *loop, kv_run_mode mode)
 static void disarm_wake(kv_loop *loop)
 {
     loop->closing = true;
-    if (!loop->wake_armed)
+    if (!loop->wake_armed || loop->emu != NULL)
         return;
     if (sq_reserve(loop, 1) != KV_OK)
         return;
@@ -772,7 +849,10 @@ int kv_loop_free(kv_loop *loop)
     /* A worker may still be inside kv__loop_post after its push. */
     while (atomic_load(&loop->posting) != 0)
         sched_yield();
-    io_uring_queue_exit(&loop->ring);
+    if (loop->emu != NULL)
+        kv__emu_free(loop->emu); /* fallback: no ring to exit */
+    else
+        io_uring_queue_exit(&loop->ring);
     close(loop->efd);
     kv__free(loop->stash);
     kv__free(loop);
