@@ -650,11 +650,16 @@ static void describe(section *sec, jobresult *r)
             mode = o->sync == SYNC_FULL ? "KV_SYNC_FULL (synchronous=FULL)"
                    : o->sync == SYNC_NONE ? "synchronous=NORMAL (the API has no sync=none for sqlite)"
                                           : "synchronous=NORMAL";
+        /* The loop mode the jobs get (io_uring, or fallback where it is
+         * blocked or KV_IO_URING=0): a throwaway loop answers. */
+        kv_loop *probe = NULL;
+        const char *lb = kv_loop_new(&probe, NULL) == KV_OK ? kv_loop_backend(probe) : "unknown";
+        kv_loop_free(probe);
         snprintf(r->driver, sizeof r->driver,
-                 "kvstore %s async API: one kv_loop per job on its own thread, "
+                 "kvstore %s async API (loop: %s): one kv_loop per job on its own thread, "
                  "%u future%s in flight per job (kv_fut_then + kv_loop_run), "
                  "kv_pool of %u threads shared by %u job(s); %s%s",
-                 kv_version_string(), o->iodepth, o->iodepth == 1 ? "" : "s",
+                 kv_version_string(), lb, o->iodepth, o->iodepth == 1 ? "" : "s",
                  sec->pool_size, o->numjobs,
                  mode,
                  o->batch > 1 ? (sec->atomic_ok ? "; batches: kv_put_atomic"
