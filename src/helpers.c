@@ -306,36 +306,11 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
                          kv_atomic_middleware amw, void *arg,
                          const kv_codec *codec)
 {
-    kv_fut *f = kv__store_check(s, true);
-    if (f != NULL)
-        return f;
     bool atomic = mode == T_PUT_ATOMIC || mode == T_DELETE_ATOMIC;
     bool values = mode == T_PUT || mode == T_PUT_ATOMIC;
-    if (atomic && !s->ops->atomic_batch)
-        return kv__fut_failed(s->loop, KV_ENOTSUP,
-                              "the %s backend has no atomic batches",
-                              s->ops->name);
-    if (recs == NULL && n > 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "records array is NULL");
-    if (values && codec != NULL && codec->encode == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "codec has no encode");
-    for (size_t i = 0; i < n; i++) {
-        if (recs[i].key == NULL)
-            return kv__fut_failed(s->loop, KV_EINVAL, "recs[%zu].key is NULL",
-                                  i);
-        if (kv_key_len(recs[i].key) == 0)
-            return kv__fut_failed(s->loop, KV_EINVAL,
-                                  "recs[%zu].key is the empty key", i);
-        if (values && codec == NULL && recs[i].val == NULL && recs[i].len > 0)
-            return kv__fut_failed(s->loop, KV_EINVAL,
-                                  "the value of %s is NULL with length %zu",
-                                  kv_key_id(recs[i].key), recs[i].len);
-        if (values && codec == NULL && recs[i].len > KV_MAX_VALUE_SIZE)
-            return kv__fut_failed(s->loop, KV_EINVAL,
-                                  "the value of %s is %zu bytes, more than "
-                                  "KV_MAX_VALUE_SIZE",
-                                  kv_key_id(recs[i].key), recs[i].len);
-    }
+    kv_fut *f = kv__check_records(s, recs, n, codec, values, atomic, false);
+    if (f != NULL)
+        return f;
     if (max_retries == 0) {
         f = kv__fut_new(s->loop);
         if (f == NULL)

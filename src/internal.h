@@ -494,6 +494,15 @@ void kv__req_submit(kv__req *req);
 kv_fut *kv__req_start(kv__req *req);
 /* NULL if s is open (and writable if write), else a failed future. */
 kv_fut *kv__store_check(kv_store *s, bool write);
+/*
+ * Check the arguments of a write of n records (closed/read-only state first,
+ * then atomic support, the array, the codec's encode when values are
+ * written, each key and raw value): NULL when they are fine, else a failed
+ * future.  Duplicates are not checked here.  Used by store.c and helpers.c.
+ */
+kv_fut *kv__check_records(kv_store *s, const kv_record *recs, size_t n,
+                          const kv_codec *codec, bool values, bool atomic,
+                          bool single);
 /* Free req's items, drop its future reference, free it. */
 void kv__req_free(kv__req *req);
 /* iter.c: on close, mark every iterator closed; on free, detach them. */

@@ -493,6 +493,38 @@ static kv_fut *check_codec(kv_store *s, const kv_codec *codec, bool enc,
     return NULL;
 }
 
+kv_fut *kv__check_records(kv_store *s, const kv_record *recs, size_t n,
+                          const kv_codec *codec, bool values, bool atomic,
+                          bool single)
+{
+    kv_fut *f = kv__store_check(s, true);
+    if (f != NULL)
+        return f;
+    if (atomic && !s->ops->atomic_batch)
+        return kv__fut_failed(s->loop, KV_ENOTSUP,
+                              "the %s backend has no atomic batches",
+                              s->ops->name);
+    if (recs == NULL && n > 0)
+        return kv__fut_failed(s->loop, KV_EINVAL, "records array is NULL");
+    if (values && (f = check_codec(s, codec, true, false)) != NULL)
+        return f;
+    for (size_t i = 0; i < n; i++) {
+        if ((f = check_key(s, recs[i].key, single ? "key" : "recs.key", i,
+                           single)) != NULL)
+            return f;
+        if (values && codec == NULL && recs[i].val == NULL && recs[i].len > 0)
+            return kv__fut_failed(s->loop, KV_EINVAL,
+                                  "the value of %s is NULL with length %zu",
+                                  kv_key_id(recs[i].key), recs[i].len);
+        if (values && codec == NULL && recs[i].len > KV_MAX_VALUE_SIZE)
+            return kv__fut_failed(s->loop, KV_EINVAL,
+                                  "the value of %s is %zu bytes, more than "
+                                  "KV_MAX_VALUE_SIZE",
+                                  kv_key_id(recs[i].key), recs[i].len);
+    }
+    return NULL;
+}
+
 /* Fail KV_EDUPLICATE if keys (key_at(i)) name one key twice. */
 static kv_fut *check_dups(kv_store *s, const void *base, size_t stride,
                           size_t off, size_t n)
@@ -555,31 +587,9 @@ static kv_fut *write_records(kv_store *s, int kind, kv__opcode op,
                              const kv_codec *codec, bool values, bool atomic,
                              bool single)
 {
-    kv_fut *f = kv__store_check(s, true);
+    kv_fut *f = kv__check_records(s, recs, n, codec, values, atomic, single);
     if (f != NULL)
         return f;
-    if (atomic && !s->ops->atomic_batch)
-        return kv__fut_failed(s->loop, KV_ENOTSUP,
-                              "the %s backend has no atomic batches",
-                              s->ops->name);
-    if (recs == NULL && n > 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "records array is NULL");
-    if (values && (f = check_codec(s, codec, true, false)) != NULL)
-        return f;
-    for (size_t i = 0; i < n; i++) {
-        if ((f = check_key(s, recs[i].key, single ? "key" : "recs.key", i,
-                           single)) != NULL)
-            return f;
-        if (values && codec == NULL && recs[i].val == NULL && recs[i].len > 0)
-            return kv__fut_failed(s->loop, KV_EINVAL,
-                                  "the value of %s is NULL with length %zu",
-                                  kv_key_id(recs[i].key), recs[i].len);
-        if (values && codec == NULL && recs[i].len > KV_MAX_VALUE_SIZE)
-            return kv__fut_failed(s->loop, KV_EINVAL,
-                                  "the value of %s is %zu bytes, more than "
-                                  "KV_MAX_VALUE_SIZE",
-                                  kv_key_id(recs[i].key), recs[i].len);
-    }
     if ((f = check_dups(s, recs, sizeof *recs, offsetof(kv_record, key), n)))
         return f;
     if (kind == K_DELETE && recs[0].token == 0)
