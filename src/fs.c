@@ -515,13 +515,76 @@ typedef struct dslot {
     fsdir *d;
 } dslot;
 
+/*
+ * An intrusive chained hash table with power-of-two buckets: the directory
+ * table and the per-key queues both use it.  htab_reserve makes room for one
+ * more entry (the only step that can fail), so htab_link never fails.
+ */
+typedef struct hlink {
+    struct hlink *next;
+    uint64_t hash;
+} hlink;
+
+typedef struct htab {
+    hlink **tab;
+    size_t cap, n;
+} htab;
+
+/* The first entry of h's bucket (walk with ->next, compare ->hash). */
+static hlink *htab_bucket(const htab *t, uint64_t h)
+{
+    return t->cap == 0 ? NULL : t->tab[h & (t->cap - 1)];
+}
+
+static int htab_reserve(htab *t)
+{
+    if (t->n + 1 <= t->cap)
+        return KV_OK;
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    hlink **tab = kv__calloc(cap, sizeof *tab);
+    if (tab == NULL)
+        return KV_ENOMEM;
+    for (size_t i = 0; i < t->cap; i++) {
+        hlink *l = t->tab[i];
+        while (l != NULL) {
+            hlink *next = l->next;
+            l->next = tab[l->hash & (cap - 1)];
+            tab[l->hash & (cap - 1)] = l;
+            l = next;
+        }
+    }
+    kv__free(t->tab);
+    t->tab = tab;
+    t->cap = cap;
+    return KV_OK;
+}
+
+/* Link l (l->hash set) after a successful htab_reserve. */
+static void htab_link(htab *t, hlink *l)
+{
+    l->next = t->tab[l->hash & (t->cap - 1)];
+    t->tab[l->hash & (t->cap - 1)] = l;
+    t->n++;
+}
+
+static void htab_unlink(htab *t, hlink *l)
+{
+    hlink **pp = &t->tab[l->hash & (t->cap - 1)];
+    while (*pp != NULL && *pp != l)
+        pp = &(*pp)->next;
+    if (*pp == l) {
+        *pp = l->next;
+        t->n--;
+    }
+    l->next = NULL;
+}
+
 /* An open (or opening) directory, shared by every operation inside it. */
 struct fsdir {
     fs_state *fs;
     char *path;       /* relative to the root, "" for the root */
     const char *name; /* last component, inside path */
-    uint64_t hash;
-    fsdir *hnext;
+    hlink hl;      /* in fs->dirs, hashed by path */
     fsdir *parent; /* holds one nobj reference on it */
     int fd;
     enum dstate state;
@@ -619,10 +682,9 @@ struct kop {
 };
 
 struct keyq {
+    hlink hl;          /* in fs->keyqs, hashed by key */
     const kv_key *key; /* borrowed from the head kop */
-    uint64_t hash;
     kop *head, *tail;
-    keyq *next;
 };
 
 /* A deferred completion (NOP through the ring, or a pool job). */
@@ -668,11 +730,9 @@ struct fs_state {
     kv__op tok_wop, tok_fop;
     kop *tok_head, *tok_tail;
     /* key queues */
-    keyq **kq_tab;
-    size_t kq_cap, kq_n;
+    htab keyqs;
     /* directories */
-    fsdir **dir_tab;
-    size_t dir_cap, dir_n;
+    htab dirs;
     fsdir *rootdir;
     fsdir *dirs_all;
     fsdir *lru_head, *lru_tail;
@@ -1053,44 +1113,17 @@ static void kop_synced(kop *k, int res);
 
 static fsdir *dir_lookup(fs_state *fs, const char *path, uint64_t h)
 {
-    if (fs->dir_cap == 0)
-        return NULL;
-    for (fsdir *d = fs->dir_tab[h & (fs->dir_cap - 1)]; d; d = d->hnext)
-        if (d->hash == h && strcmp(d->path, path) == 0)
+    for (hlink *l = htab_bucket(&fs->dirs, h); l != NULL; l = l->next) {
+        fsdir *d = KV__CONTAINER_OF(l, fsdir, hl);
+        if (l->hash == h && strcmp(d->path, path) == 0)
             return d;
-    return NULL;
-}
-
-static int dir_table_grow(fs_state *fs)
-{
-    size_t cap = fs->dir_cap ? fs->dir_cap * 2 : 64;
-    fsdir **tab = kv__calloc(cap, sizeof *tab);
-    if (tab == NULL)
-        return KV_ENOMEM;
-    for (size_t i = 0; i < fs->dir_cap; i++) {
-        fsdir *d = fs->dir_tab[i];
-        while (d != NULL) {
-            fsdir *next = d->hnext;
-            d->hnext = tab[d->hash & (cap - 1)];
-            tab[d->hash & (cap - 1)] = d;
-            d = next;
-        }
     }
-    kv__free(fs->dir_tab);
-    fs->dir_tab = tab;
-    fs->dir_cap = cap;
-    return KV_OK;
+    return NULL;
 }
 
 static void dir_table_remove(fs_state *fs, fsdir *d)
 {
-    fsdir **pp = &fs->dir_tab[d->hash & (fs->dir_cap - 1)];
-    while (*pp != NULL && *pp != d)
-        pp = &(*pp)->hnext;
-    if (*pp == d)
-        *pp = d->hnext;
-    d->hnext = NULL;
-    fs->dir_n--;
+    htab_unlink(&fs->dirs, &d->hl);
 }
 
 static void lru_remove(fs_state *fs, fsdir *d)
@@ -1242,7 +1275,7 @@ static fsdir *dir_get(fs_state *fs, const char *path)
     kv__free(ppath);
     if (p == NULL)
         return NULL;
-    if (fs->dir_n + 1 > fs->dir_cap && dir_table_grow(fs) != KV_OK)
+    if (htab_reserve(&fs->dirs) != KV_OK)
         goto oom;
     d = kv__calloc(1, sizeof *d);
     if (d == NULL)
@@ -1254,7 +1287,7 @@ static fsdir *dir_get(fs_state *fs, const char *path)
     }
     d->fs = fs;
     d->name = slash ? d->path + (slash - path) + 1 : d->path;
-    d->hash = h;
+    d->hl.hash = h;
     d->fd = -1;
     d->state = D_CLOSED;
     d->parent = p;
@@ -1265,9 +1298,7 @@ static fsdir *dir_get(fs_state *fs, const char *path)
     d->s_sync.op.cb = dir_cqe_sync;
     d->s_close.op.cb = d_close_cqe;
     d->s_open.d = d->s_mk.d = d->s_mksync.d = d->s_sync.d = d->s_close.d = d;
-    d->hnext = fs->dir_tab[h & (fs->dir_cap - 1)];
-    fs->dir_tab[h & (fs->dir_cap - 1)] = d;
-    fs->dir_n++;
+    htab_link(&fs->dirs, &d->hl);
     d->all_next = fs->dirs_all;
     if (fs->dirs_all)
         fs->dirs_all->all_prev = d;
@@ -1561,48 +1592,25 @@ static void dir_cqe_sync(kv__op *op, int res, uint32_t flags)
 
 static keyq *kq_find(fs_state *fs, const kv_key *key, uint64_t h)
 {
-    if (fs->kq_cap == 0)
-        return NULL;
-    for (keyq *q = fs->kq_tab[h & (fs->kq_cap - 1)]; q; q = q->next)
-        if (q->hash == h && kv_key_equal(q->key, key))
+    for (hlink *l = htab_bucket(&fs->keyqs, h); l != NULL; l = l->next) {
+        keyq *q = KV__CONTAINER_OF(l, keyq, hl);
+        if (l->hash == h && kv_key_equal(q->key, key))
             return q;
+    }
     return NULL;
 }
 
 static int kq_add(fs_state *fs, keyq *q)
 {
-    if (fs->kq_n + 1 > fs->kq_cap) {
-        size_t cap = fs->kq_cap ? fs->kq_cap * 2 : 64;
-        keyq **tab = kv__calloc(cap, sizeof *tab);
-        if (tab == NULL)
-            return KV_ENOMEM;
-        for (size_t i = 0; i < fs->kq_cap; i++) {
-            keyq *x = fs->kq_tab[i];
-            while (x != NULL) {
-                keyq *next = x->next;
-                x->next = tab[x->hash & (cap - 1)];
-                tab[x->hash & (cap - 1)] = x;
-                x = next;
-            }
-        }
-        kv__free(fs->kq_tab);
-        fs->kq_tab = tab;
-        fs->kq_cap = cap;
-    }
-    q->next = fs->kq_tab[q->hash & (fs->kq_cap - 1)];
-    fs->kq_tab[q->hash & (fs->kq_cap - 1)] = q;
-    fs->kq_n++;
-    return KV_OK;
+    int rc = htab_reserve(&fs->keyqs);
+    if (rc == KV_OK)
+        htab_link(&fs->keyqs, &q->hl);
+    return rc;
 }
 
 static void kq_remove(fs_state *fs, keyq *q)
 {
-    keyq **pp = &fs->kq_tab[q->hash & (fs->kq_cap - 1)];
-    while (*pp != NULL && *pp != q)
-        pp = &(*pp)->next;
-    if (*pp == q)
-        *pp = q->next;
-    fs->kq_n--;
+    htab_unlink(&fs->keyqs, &q->hl);
     kv__free(q);
 }
 
@@ -3237,7 +3245,7 @@ static void rec_submit(fs_state *fs, kv__req *req, enum kkind kind)
         q = kv__calloc(1, sizeof *q);
         if (q != NULL) {
             q->key = key;
-            q->hash = h;
+            q->hl.hash = h;
         }
         if (q == NULL || kq_add(fs, q) != KV_OK) {
             kv__free(q);
@@ -3528,20 +3536,18 @@ static void fs_teardown(fs_state *fs)
     fs->dirs_all = NULL;
     fs->lru_head = fs->lru_tail = NULL;
     fs->nidle = 0;
-    kv__free(fs->dir_tab);
-    fs->dir_tab = NULL;
-    fs->dir_cap = fs->dir_n = 0;
+    kv__free(fs->dirs.tab);
+    fs->dirs = (htab){0};
     kv__free(fs->rootdir);
     fs->rootdir = NULL;
-    for (size_t i = 0; i < fs->kq_cap; i++)
-        while (fs->kq_tab[i] != NULL) {
-            keyq *q = fs->kq_tab[i];
-            fs->kq_tab[i] = q->next;
-            kv__free(q);
+    for (size_t i = 0; i < fs->keyqs.cap; i++)
+        while (fs->keyqs.tab[i] != NULL) {
+            hlink *l = fs->keyqs.tab[i];
+            fs->keyqs.tab[i] = l->next;
+            kv__free(KV__CONTAINER_OF(l, keyq, hl));
         }
-    kv__free(fs->kq_tab);
-    fs->kq_tab = NULL;
-    fs->kq_cap = fs->kq_n = 0;
+    kv__free(fs->keyqs.tab);
+    fs->keyqs = (htab){0};
     if (fs->tokfd >= 0)
         close(fs->tokfd);
     if (fs->closing && !fs->readonly && fs->rootfd >= 0 &&
