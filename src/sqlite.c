@@ -595,8 +595,21 @@ static int primary_open(sq *s, sqlite3 **out, char **msg)
         sqlite3_stmt *st = NULL;
         int src = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st,
                                      NULL);
-        if (src == SQLITE_OK)
+        /*
+         * Switching a new database to WAL reads, then writes: if another
+         * connection (another process opening the same new file) does the
+         * same, SQLite answers SQLITE_BUSY at once instead of calling the
+         * busy handler (a reader waiting to write could deadlock).  Retry
+         * for as long as the busy timeout would have waited.
+         */
+        for (int waited = 0; src == SQLITE_OK; waited += 2) {
             src = sqlite3_step(st);
+            if ((src & 0xff) != SQLITE_BUSY || waited >= BUSY_TIMEOUT_MS)
+                break;
+            (void)sqlite3_reset(st);
+            sqlite3_sleep(2);
+            src = SQLITE_OK;
+        }
         if (src == SQLITE_ROW) {
             const unsigned char *m = sqlite3_column_text(st, 0);
             if (m == NULL || strcmp((const char *)m, "wal") != 0)
