@@ -23,11 +23,14 @@
  * are left to LeakSanitizer and valgrind).
  *
  * Two processes.  Two children CAS-increment the counters of one SQLite
- * file, each with its own loop, pool and store: no update is lost.  An fs
- * root locked by one process is KV_EBUSY in another until it is closed.
+ * file, each with its own loop, pool and store: no update is lost.  Six
+ * processes opening one new SQLite file at the same moment all succeed.
+ * An fs root locked by one process is KV_EBUSY in another until it is
+ * closed.
  *
- * Environment: KVT_STRESS_SCALE=x multiplies the operation counts (e.g.
- * 0.2 under valgrind, 5 for a longer run); KVT_BACKEND=name runs one row;
+ * Environment: KVT_STRESS_SCALE=x multiplies the increments, the rounds
+ * and the processes' work (e.g. 0.2 under valgrind; make check-stress uses
+ * 10) and the timeouts with them; KVT_BACKEND=name runs one row;
  * KVT_VERBOSE=1 prints the figures (they are printed to stderr always as
  * "check_stress: ..." lines for docs/RELIABILITY.md).
  */
@@ -615,7 +618,8 @@ START_TEST(test_close_under_load)
     const backend *b = &backends[_i];
     if (!selected(b))
         return;
-    int rounds = scaled(20), nops = scaled(b->fs ? 1500 : 3000);
+    /* the scale multiplies the rounds; each round stays thousands of ops */
+    int rounds = scaled(20), nops = b->fs ? 1500 : 3000;
     kv_loop *loop;
     kv_pool *pool;
     ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
@@ -746,6 +750,106 @@ START_TEST(test_two_processes_sqlite)
 }
 END_TEST
 
+/*
+ * Several processes open the same new SQLite file at the same moment
+ * (released together by closing a pipe): every open must succeed, and
+ * each one's record must be there afterwards.
+ */
+static int child_first_open(const char *path, int go, int i)
+{
+    char c;
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s;
+    if (kv_loop_new(&loop, NULL) != KV_OK || kv_pool_new(&pool, 1) != KV_OK)
+        return 10;
+    if (read(go, &c, 1) != 0) /* EOF: go */
+        return 11;
+    int rc = kv_sqlite_open(&s, loop, pool, path, 0);
+    if (rc != KV_OK) {
+        fprintf(stderr, "opener %d: %s: %s\n", i, kv_err_name(rc),
+                kv_last_errmsg());
+        return 12;
+    }
+    char p[32];
+    snprintf(p, sizeof p, "/opener/%d", i);
+    kv_key *k = NULL;
+    kv_fut *f = NULL;
+    if (kv_key_parse(&k, p) == KV_OK) {
+        f = kv_put_value(s, k, "x", 1, NULL);
+        rc = kv_wait(f);
+        kv_fut_free(f);
+    }
+    kv_key_free(k);
+    f = kv_close(s);
+    int crc = kv_wait(f);
+    kv_fut_free(f);
+    kv_store_free(s);
+    kv_loop_run(loop, KV_RUN_DEFAULT);
+    if (kv_loop_free(loop) != KV_OK)
+        return 13;
+    kv_pool_free(pool);
+    return rc == KV_OK && crc == KV_OK ? 0 : 14;
+}
+
+START_TEST(test_concurrent_first_open)
+{
+    const backend *b = &backends[1]; /* sqlite-file */
+    if (!selected(b))
+        return;
+    enum { OPENERS = 6, ROUNDS = 8 };
+    for (int round = 0; round < ROUNDS; round++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/first-%d.sqlite", tmpdir, round);
+        int go[2];
+        ck_assert_int_eq(pipe(go), 0);
+        pid_t pid[OPENERS];
+        for (int i = 0; i < OPENERS; i++) {
+            pid[i] = fork();
+            ck_assert_int_ge(pid[i], 0);
+            if (pid[i] == 0) {
+                close(go[1]);
+                _exit(child_first_open(path, go[0], i));
+            }
+        }
+        close(go[0]);
+        usleep(20000); /* let every child reach its read */
+        close(go[1]);
+        for (int i = 0; i < OPENERS; i++) {
+            int status = 0;
+            ck_assert_int_eq(waitpid(pid[i], &status, 0), pid[i]);
+            ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                          "round %d, opener %d: status 0x%x", round, i,
+                          status);
+        }
+        kv_loop *loop;
+        kv_pool *pool;
+        kv_store *s;
+        ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+        ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+        ck_assert_kv(kv_sqlite_open(&s, loop, pool, path, 0), KV_OK);
+        kv_key *root = NULL;
+        ck_assert_kv(kv_key_parse(&root, "/opener"), KV_OK);
+        kv_query q = kv_query_init(root);
+        kv_fut *f = kv_query_open(s, &q, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_iter *it = kv_fut_take_iter(f);
+        kv_fut_free(f);
+        f = kv_iter_fetch_all(it);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        size_t n = 0;
+        kv_fut_records(f, &n);
+        ck_assert_uint_eq(n, OPENERS);
+        kv_fut_free(f);
+        kv_iter_free(it);
+        kv_key_free(root);
+        close_free(s);
+        loop_free_clean(loop);
+        kv_pool_free(pool);
+    }
+}
+END_TEST
+
 /* The child: try to open the fs root when told, report the code. */
 static int child_fs_open(const backend *b, int cmd, int res)
 {
@@ -827,23 +931,25 @@ END_TEST
 
 static Suite *stress_suite(void)
 {
+    int timeout = (int)(300 * (scale() > 1 ? scale() : 1));
     Suite *s = suite_create("stress");
     TCase *tc = tcase_create("lost_update");
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 300);
+    tcase_set_timeout(tc, timeout);
     tcase_add_loop_test(tc, test_lost_update, 0, NBACKENDS);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("close_under_load");
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 300);
+    tcase_set_timeout(tc, timeout);
     tcase_add_loop_test(tc, test_close_under_load, 0, NBACKENDS);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("processes");
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 300);
+    tcase_set_timeout(tc, timeout);
     tcase_add_test(tc, test_two_processes_sqlite);
+    tcase_add_test(tc, test_concurrent_first_open);
     tcase_add_test(tc, test_two_processes_fs);
     suite_add_tcase(s, tc);
     return s;
