@@ -54,6 +54,20 @@
 #define FETCH_ROWS 256           /* rows per ITER_FETCH ...                */
 #define FETCH_BYTES (1u << 20)   /* ... or about this many bytes            */
 #define READ_BATCH 64            /* point-read requests per reader job      */
+/* WAL checkpoints (file stores).  SQLite's autocheckpoint would run them
+ * inside the writer's COMMIT, every ~1000 WAL pages: the group commits
+ * stall behind copying pages to the database file and fsyncing it.  Instead
+ * the writer's WAL hook records the WAL size and the loop thread starts a
+ * PASSIVE checkpoint on a connection of its own (s->ck) in a pool job,
+ * concurrent with the writer.  Under a steady write load the WAL never gets
+ * fully backfilled in the background (the writer keeps appending), and only
+ * a fully backfilled WAL is restarted: past CKPT_HARD_PAGES the writer
+ * checkpoints inline after its commit, which finds little left to copy.
+ * A larger WAL than SQLite's default (at most ~64 MiB at 4 KiB pages) lets
+ * a checkpoint copy each page once for many commits: random keys touch a
+ * page per write, and the WAL bytes, then the checkpoint's, are the cost. */
+#define CKPT_PAGES 4000          /* new WAL pages that start a checkpoint   */
+#define CKPT_HARD_PAGES 16000    /* WAL pages: the writer checkpoints       */
 
 /* ------------------------------------------------------------------------ */
 /* Cached statements                                                        */
@@ -177,6 +191,7 @@ struct conn {
     kv_buf kb, kb2;      /* scratch key encodings */
     int64_t tok, tok0;   /* writer: the token counter in a transaction */
     unsigned ncommits;   /* commits made by the last job */
+    int wal_pages;       /* writer: WAL pages after its last commit */
 };
 
 struct sq {
@@ -204,6 +219,12 @@ struct sq {
     int close_status;
     char *close_msg;
     struct kv__sqlite_stats stats;
+    /* Background checkpoints (file stores with a writer). */
+    kv__job ck_job;
+    bool ck_busy;             /* ck_job queued or running */
+    sqlite3 *ck;              /* its connection, opened by its first job */
+    int ck_done;              /* WAL pages backfilled by the last one */
+    int ck_log;               /* worker: WAL pages that job saw */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1274,6 +1295,51 @@ static void tx_lost(conn *c, sreq *upto, int rc, const char *msg)
     }
 }
 
+/* The writer's WAL hook (worker, after each commit): replaces SQLite's
+ * autocheckpoint.  The checkpoint past CKPT_HARD_PAGES is PASSIVE: busy
+ * (a background checkpoint is running) just means later. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    conn *c = arg;
+    c->wal_pages = pages;
+    if (pages >= CKPT_HARD_PAGES)
+        (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE,
+                                        NULL, NULL);
+    return SQLITE_OK;
+}
+
+/* A background checkpoint (worker): best effort, errors are ignored (the
+ * writer's inline checkpoint and close still checkpoint).  s->ck and
+ * s->ck_log are the job's while it runs (ck_busy), like a conn's handle. */
+static void ck_work(kv__job *job)
+{
+    sq *s = KV__CONTAINER_OF(job, sq, ck_job);
+    s->ck_log = -1;
+    if (s->ck == NULL) {
+        sqlite3 *db = NULL;
+        if (db_open(&db, s->path, SQLITE_OPEN_READWRITE, NULL) != KV_OK)
+            return;
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", s->sync);
+        /* schema_version reads the header: the connection opens the WAL.
+         * NO_CKPT_ON_CLOSE: its close must not try the exclusive lock (the
+         * writer's close checkpoints). */
+        if (sqlite3_db_config(db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1,
+                              (int *)NULL) != SQLITE_OK ||
+            exec_sql(db, sql, NULL) != KV_OK ||
+            exec_sql(db, "PRAGMA schema_version", NULL) != KV_OK) {
+            if (sqlite3_close(db) != SQLITE_OK)
+                (void)sqlite3_close_v2(db);
+            return;
+        }
+        s->ck = db;
+    }
+    int nlog = -1, nckpt = -1;
+    if (sqlite3_wal_checkpoint_v2(s->ck, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                  &nlog, &nckpt) == SQLITE_OK)
+        s->ck_log = nckpt;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Worker: the job of a connection                                          */
 /* ------------------------------------------------------------------------ */
@@ -1368,6 +1434,8 @@ static void conn_work(kv__job *job)
 
 static void conn_done(kv__job *job, int status);
 static void soon_done(kv__job *job, int status);
+static void ck_done(kv__job *job, int status);
+static void ck_kick(sq *s);
 static void maybe_close(sq *s);
 static void soon(sq *s, sreq *r, int status, const char *fmt, ...)
     KV__PRINTF(4, 5);
@@ -1600,6 +1668,8 @@ static void conn_done(kv__job *job, int status)
             s->idle = c;
         }
     }
+    if (c == s->writer)
+        ck_kick(s);
     sreq *next;
     for (sreq *r = run.head; r != NULL; r = next) {
         next = r->next;
@@ -1607,6 +1677,37 @@ static void conn_done(kv__job *job, int status)
     }
     kick(c);
     dispatch_reads(s);
+    maybe_close(s);
+}
+
+/* Start a background checkpoint if the WAL grew enough since the last. */
+static void ck_kick(sq *s)
+{
+    int pages = s->writer->wal_pages;
+    if (pages < s->ck_done)
+        s->ck_done = 0; /* the WAL was restarted */
+    /* Past CKPT_HARD_PAGES the writer's own checkpoint must not find this
+     * one running (it would be busy, and the WAL would keep growing). */
+    if (s->ck_busy || s->closing || s->memory ||
+        pages - s->ck_done < CKPT_PAGES || pages >= CKPT_HARD_PAGES)
+        return;
+    s->ck_busy = true;
+    s->pending++;
+    memset(&s->ck_job, 0, sizeof s->ck_job);
+    s->ck_job.work = ck_work;
+    s->ck_job.done = ck_done;
+    kv__pool_submit(s->pool, s->loop, &s->ck_job);
+}
+
+static void ck_done(kv__job *job, int status)
+{
+    sq *s = KV__CONTAINER_OF(job, sq, ck_job);
+    s->ck_busy = false;
+    s->pending--;
+    if (status == KV_OK && s->ck_log >= 0)
+        s->ck_done = s->ck_log;
+    else if (s->writer != NULL) /* failed: wait for CKPT_PAGES more */
+        s->ck_done = s->writer->wal_pages;
     maybe_close(s);
 }
 
@@ -1794,6 +1895,11 @@ static void close_work(kv__job *job)
     sq *s = KV__CONTAINER_OF(job, sq, close_job);
     for (cursor *cu = s->cursors; cu != NULL; cu = cu->next)
         cursor_finish(cu);
+    if (s->ck != NULL) { /* before the writer: its close checkpoints last */
+        if (sqlite3_close(s->ck) != SQLITE_OK)
+            (void)sqlite3_close_v2(s->ck); /* no statements: cannot happen */
+        s->ck = NULL;
+    }
     for (conn *c = s->conns; c != NULL; c = c->next) {
         for (int i = 0; i < ST_COUNT; i++) {
             if (c->st[i] == NULL)
@@ -1875,6 +1981,8 @@ static void sq_close(kv_store *store, kv__req *req)
         if (c->busy)
             (void)kv__pool_cancel(s->pool, &c->job); /* done: ECANCELED */
     }
+    if (s->ck_busy)
+        (void)kv__pool_cancel(s->pool, &s->ck_job); /* done: ECANCELED */
     maybe_close(s); /* submits the close job when nothing is in flight */
 }
 
@@ -1981,6 +2089,8 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             s->idle = c;
         } else {
             s->writer = c;
+            if (!s->memory)
+                (void)sqlite3_wal_hook(c->db, wal_hook, c);
         }
         rc = kv__store_new(out, &kv__sqlite_ops, s, loop, pool, flags);
     }
