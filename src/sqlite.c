@@ -224,6 +224,7 @@ struct sq {
     bool ck_busy;             /* ck_job queued or running */
     sqlite3 *ck;              /* its connection, opened by its first job */
     int ck_done;              /* WAL pages backfilled by the last one */
+    int ck_seen;              /* writer->wal_pages as of its last done */
     int ck_log;               /* worker: WAL pages that job saw */
 };
 
@@ -1683,7 +1684,9 @@ static void conn_done(kv__job *job, int status)
 /* Start a background checkpoint if the WAL grew enough since the last. */
 static void ck_kick(sq *s)
 {
-    int pages = s->writer->wal_pages;
+    /* Called from the writer's done only: its wal_pages is ours to read
+     * now, not once its next job runs (ck_done uses this copy). */
+    int pages = s->ck_seen = s->writer->wal_pages;
     if (pages < s->ck_done)
         s->ck_done = 0; /* the WAL was restarted */
     /* Past CKPT_HARD_PAGES the writer's own checkpoint must not find this
@@ -1707,7 +1710,7 @@ static void ck_done(kv__job *job, int status)
     if (status == KV_OK && s->ck_log >= 0)
         s->ck_done = s->ck_log;
     else if (s->writer != NULL) /* failed: wait for CKPT_PAGES more */
-        s->ck_done = s->writer->wal_pages;
+        s->ck_done = s->ck_seen;
     maybe_close(s);
 }
 
