@@ -555,6 +555,14 @@ struct kv__sqlite_stats {
     uint64_t connections; /* connections made                              */
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
+/*
+ * sqlite.c test hook (loop thread): the writer's next job starts by running
+ * PRAGMA max_page_count = pages on the writer connection (pages <= 0: a
+ * large limit again), so a test can fill the database (SQLITE_FULL).  SQLite
+ * never lowers the limit below the current size.  KV_EINVAL if s is not a
+ * writable SQLite store.
+ */
+int kv__sqlite_set_max_pages(kv_store *s, int64_t pages);
 
 /*
  * fs.c test hooks: the decoders of bytes read from disk, for the fuzz

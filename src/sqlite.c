@@ -192,6 +192,9 @@ struct conn {
     int64_t tok, tok0;   /* writer: the token counter in a transaction */
     unsigned ncommits;   /* commits made by the last job */
     int wal_pages;       /* writer: WAL pages after its last commit */
+    int64_t max_pages;   /* writer, test hook: PRAGMA max_page_count to run
+                          * at the start of this job (0: none); set by the
+                          * loop before the job is submitted */
 };
 
 struct sq {
@@ -226,6 +229,10 @@ struct sq {
     int ck_done;              /* WAL pages backfilled by the last one */
     int ck_seen;              /* writer->wal_pages as of its last done */
     int ck_log;               /* worker: WAL pages that job saw */
+    /* Test hook (kv__sqlite_set_max_pages), loop thread: handed to the
+     * writer's next job by conn_start. */
+    int64_t max_pages_req;
+    bool max_pages_set;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1349,6 +1356,12 @@ static void conn_work(kv__job *job)
 {
     conn *c = KV__CONTAINER_OF(job, conn, job);
     c->ncommits = 0;
+    if (c->max_pages > 0 && c->db != NULL) { /* test hook, writer only */
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA max_page_count = %lld",
+                 (long long)c->max_pages);
+        (void)exec_sql(c->db, sql, NULL);
+    }
     if (c->db == NULL) {
         char *msg = NULL;
         int rc = reader_open(c, &msg);
@@ -1467,6 +1480,11 @@ static void conn_start(conn *c, squeue *take)
     }
     c->busy = true;
     s->pending++;
+    c->max_pages = 0;
+    if (c == s->writer && s->max_pages_set) {
+        c->max_pages = s->max_pages_req;
+        s->max_pages_set = false;
+    }
     memset(&c->job, 0, sizeof c->job);
     c->job.work = conn_work;
     c->job.done = conn_done;
@@ -2033,6 +2051,19 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
         return KV_EINVAL;
     const sq *s = store->backend;
     *out = s->stats;
+    return KV_OK;
+}
+
+int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
+{
+    if (store == NULL || store->ops != &kv__sqlite_ops ||
+        store->backend == NULL)
+        return KV_EINVAL;
+    sq *s = store->backend;
+    if (s->writer == NULL)
+        return KV_EINVAL;
+    s->max_pages_req = pages > 0 ? pages : 1073741823; /* SQLite's old max */
+    s->max_pages_set = true;
     return KV_OK;
 }
 

@@ -4,8 +4,14 @@
  *  - a database file that is not a database: open fails KV_EBACKEND with a
  *    message;
  *  - a read-only directory: opening a new file store there fails with a
- *    clear KV_EBACKEND / KV_EREADONLY message (skipped as root, where the
- *    directory's mode does not stop writes);
+ *    clear KV_EBACKEND / KV_EREADONLY message and creates nothing (as root,
+ *    in a child that drops to uid/gid 65534 first: root's writes go through
+ *    a 0555 directory; skipped only if that fails);
+ *  - a full database (PRAGMA max_page_count through the test hook
+ *    kv__sqlite_set_max_pages): the put that does not fit fails KV_EBACKEND
+ *    saying so, earlier records are intact, an atomic batch that does not
+ *    fit writes nothing, and once the limit is raised the store works again
+ *    and reopens with exactly the committed records;
  *  - the kill -9 test: a child writes (puts and deletes, 8 in flight) as
  *    fast as it can with KV_SYNC_FULL and reports every acknowledged write
  *    through a pipe; it is killed at a random moment, the store reopened,
@@ -20,7 +26,9 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -105,23 +113,336 @@ START_TEST(test_not_a_database)
 }
 END_TEST
 
+/* Entries of dir other than . and .. (-1 if it cannot be read). */
+static int dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* What the unprivileged child reports. */
+typedef struct ro_report {
+    int stage; /* 0: opened (rc below); 1: setgroups/setgid/setuid failed;
+                * 2: the directory cannot be reached as nobody */
+    int rc;
+    char msg[512];
+} ro_report;
+
+static void ro_send(int fd, const ro_report *m)
+{
+    const char *p = (const char *)m;
+    size_t left = sizeof *m;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            _exit(3);
+        p += (size_t)w;
+        left -= (size_t)w;
+    }
+}
+
+static void ro_child(int wfd)
+{
+    ro_report m;
+    memset(&m, 0, sizeof m);
+    if (setgroups(0, NULL) != 0 || setgid(65534) != 0 ||
+        setuid(65534) != 0 || getuid() != 65534 || geteuid() != 65534 ||
+        getegid() != 65534) {
+        m.stage = 1;
+        snprintf(m.msg, sizeof m.msg, "%s", strerror(errno));
+        ro_send(wfd, &m);
+        _exit(0);
+    }
+    if (access(tmpdir, X_OK) != 0) {
+        m.stage = 2;
+        snprintf(m.msg, sizeof m.msg, "%s: %s", tmpdir, strerror(errno));
+        ro_send(wfd, &m);
+        _exit(0);
+    }
+    env e;
+    m.rc = env_try(&e, dbpath, 0);
+    snprintf(m.msg, sizeof m.msg, "%s", kv_last_errmsg());
+    if (m.rc != KV_OK)
+        e.s = NULL;
+    env_done(&e);
+    ro_send(wfd, &m);
+    _exit(0);
+}
+
 START_TEST(test_readonly_directory)
 {
-    if (geteuid() == 0) {
-        /* Root writes through a 0555 directory (CAP_DAC_OVERRIDE). */
-        fprintf(stderr, "check_sqlite_fault: read-only directory case "
-                        "skipped (running as root)\n");
+    if (geteuid() != 0) {
+        ck_assert_int_eq(chmod(tmpdir, 0555), 0);
+        env e;
+        int rc = env_try(&e, dbpath, 0);
+        ck_assert_msg(rc == KV_EBACKEND || rc == KV_EREADONLY,
+                      "open: %s (%s)", kv_err_name(rc), kv_last_errmsg());
+        ck_assert_msg(strlen(kv_last_errmsg()) > 0, "no message");
+        e.s = NULL;
+        env_done(&e);
+        ck_assert_int_eq(dir_entries(tmpdir), 0);
+        chmod(tmpdir, 0755);
         return;
     }
+    /* Root writes through a 0555 directory (CAP_DAC_OVERRIDE): open as
+     * nobody in a child.  The directory stays root's. */
     ck_assert_int_eq(chmod(tmpdir, 0555), 0);
+    int pfd[2];
+    ck_assert_int_eq(pipe(pfd), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        ro_child(pfd[1]);
+        _exit(4);
+    }
+    close(pfd[1]);
+    ro_report m;
+    size_t have = 0;
+    while (have < sizeof m) {
+        ssize_t r = read(pfd[0], (char *)&m + have, sizeof m - have);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        have += (size_t)r;
+    }
+    close(pfd[0]);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "child status %d", status);
+    ck_assert_uint_eq(have, sizeof m);
+    m.msg[sizeof m.msg - 1] = '\0';
+    if (m.stage == 1) {
+        fprintf(stderr, "check_sqlite_fault: read-only directory case "
+                        "skipped (cannot drop root to uid 65534: %s)\n",
+                m.msg);
+        chmod(tmpdir, 0755);
+        return;
+    }
+    ck_assert_msg(m.stage == 0, "nobody cannot reach the test directory "
+                  "(%s): set TMPDIR to a world-searchable directory", m.msg);
+    ck_assert_msg(m.rc == KV_EBACKEND || m.rc == KV_EREADONLY,
+                  "open as nobody: %s (%s)", kv_err_name(m.rc), m.msg);
+    ck_assert_msg(strlen(m.msg) > 0, "no message");
+    fprintf(stderr, "check_sqlite_fault: read-only directory as nobody: "
+                    "%s (%s)\n", kv_err_name(m.rc), m.msg);
+    ck_assert_int_eq(dir_entries(tmpdir), 0);
+    chmod(tmpdir, 0755);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* A full database                                                          */
+/* ------------------------------------------------------------------------ */
+
+#define FULL_VAL 3000u
+#define FULL_MAX 4000u
+#define FULL_BATCH 8u
+
+static void full_value(unsigned char *buf, size_t len, uint32_t k)
+{
+    uint64_t x = 0x51ED2701ull + k * 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf[i] = (unsigned char)x;
+    }
+}
+
+static kv_key *full_key(const char *kind, uint32_t k)
+{
+    char p[64];
+    snprintf(p, sizeof p, "/full/%s%u", kind, k);
+    kv_key *key = NULL;
+    ck_assert_kv(kv_key_parse(&key, p), KV_OK);
+    return key;
+}
+
+/* Put key kind/k (insert) and wait: its status, the token on success. */
+static int full_put(kv_store *s, const char *kind, uint32_t k, uint64_t *tok,
+                    char *msg, size_t cap)
+{
+    unsigned char buf[FULL_VAL];
+    full_value(buf, sizeof buf, k);
+    kv_key *key = full_key(kind, k);
+    kv_record r = {key, buf, sizeof buf, 0};
+    kv_fut *f = kv_put(s, &r, NULL);
+    kv_key_free(key);
+    int rc = kv_wait(f);
+    if (rc == KV_OK)
+        *tok = kv_fut_token(f);
+    else if (msg != NULL)
+        snprintf(msg, cap, "%s",
+                 kv_fut_errmsg(f) != NULL ? kv_fut_errmsg(f) : "");
+    kv_fut_free(f);
+    return rc;
+}
+
+/* Check kind/k: present with its value and token tok, or absent (tok 0). */
+static void full_check(kv_store *s, const char *kind, uint32_t k, uint64_t tok)
+{
+    kv_key *key = full_key(kind, k);
+    kv_fut *f = kv_get(s, key, NULL);
+    kv_key_free(key);
+    int rc = kv_wait(f);
+    if (tok == 0) {
+        ck_assert_msg(rc == KV_ENOTFOUND, "%s%u: %s, want absent", kind, k,
+                      kv_err_name(rc));
+    } else {
+        ck_assert_msg(rc == KV_OK, "%s%u: %s (%s)", kind, k, kv_err_name(rc),
+                      kv_fut_errmsg(f));
+        const kv_record *r = kv_fut_record(f);
+        unsigned char buf[FULL_VAL];
+        full_value(buf, sizeof buf, k);
+        ck_assert_msg(r->token == tok, "%s%u: token %" PRIu64 ", want %" PRIu64,
+                      kind, k, r->token, tok);
+        ck_assert_msg(r->len == sizeof buf && memcmp(r->val, buf, r->len) == 0,
+                      "%s%u: value differs", kind, k);
+    }
+    kv_fut_free(f);
+}
+
+/* An atomic batch of FULL_BATCH records batch<first..>: its status. */
+static int full_batch(kv_store *s, uint32_t first, uint64_t *toks, char *msg,
+                      size_t cap)
+{
+    static unsigned char bufs[FULL_BATCH][FULL_VAL];
+    kv_record recs[FULL_BATCH];
+    for (uint32_t i = 0; i < FULL_BATCH; i++) {
+        full_value(bufs[i], FULL_VAL, first + i);
+        recs[i] = (kv_record){full_key("batch", first + i), bufs[i],
+                              FULL_VAL, 0};
+    }
+    kv_fut *f = kv_put_atomic(s, recs, FULL_BATCH, NULL);
+    for (uint32_t i = 0; i < FULL_BATCH; i++)
+        kv_key_free(recs[i].key);
+    int rc = kv_wait(f);
+    if (rc == KV_OK) {
+        size_t nk = 99;
+        kv_fut_keys(f, &nk);
+        ck_assert_uint_eq(nk, 0);
+    } else {
+        snprintf(msg, cap, "%s",
+                 kv_fut_errmsg(f) != NULL ? kv_fut_errmsg(f) : "");
+    }
+    kv_fut_free(f);
+    /* The batch's tokens, read back (0: absent). */
+    for (uint32_t i = 0; i < FULL_BATCH; i++) {
+        kv_key *key = full_key("batch", first + i);
+        kv_fut *g = kv_get(s, key, NULL);
+        kv_key_free(key);
+        int grc = kv_wait(g);
+        ck_assert_msg(grc == KV_OK || grc == KV_ENOTFOUND, "get: %s",
+                      kv_err_name(grc));
+        toks[i] = grc == KV_OK ? kv_fut_record(g)->token : 0;
+        kv_fut_free(g);
+    }
+    return rc;
+}
+
+/* Records under /full. */
+static size_t full_count(kv_store *s)
+{
+    kv_key *rk = NULL;
+    ck_assert_kv(kv_key_parse(&rk, "/full"), KV_OK);
+    kv_query q = kv_query_init(rk);
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    kv_key_free(rk);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    return n;
+}
+
+START_TEST(test_full_database)
+{
+    static uint64_t toks[FULL_MAX];
+    memset(toks, 0, sizeof toks);
     env e;
     int rc = env_try(&e, dbpath, 0);
-    ck_assert_msg(rc == KV_EBACKEND || rc == KV_EREADONLY, "open: %s (%s)",
-                  kv_err_name(rc), kv_last_errmsg());
-    ck_assert_msg(strlen(kv_last_errmsg()) > 0, "no message");
-    e.s = NULL;
+    ck_assert_msg(rc == KV_OK, "open: %s (%s)", kv_err_name(rc),
+                  kv_last_errmsg());
+    ck_assert_kv(kv__sqlite_set_max_pages(NULL, 10), KV_EINVAL);
+    /* A few records, then a limit of 64 pages (256 KiB at 4 KiB pages). */
+    uint32_t n = 0;
+    for (; n < 4; n++)
+        ck_assert_kv(full_put(e.s, "k", n, &toks[n], NULL, 0), KV_OK);
+    ck_assert_kv(kv__sqlite_set_max_pages(e.s, 64), KV_OK);
+    char msg[512] = "";
+    for (; n < FULL_MAX; n++) {
+        rc = full_put(e.s, "k", n, &toks[n], msg, sizeof msg);
+        if (rc != KV_OK)
+            break;
+    }
+    ck_assert_msg(n < FULL_MAX, "%u puts never filled 64 pages", n);
+    ck_assert_msg(n > 4, "the first put after the limit failed: %s (%s)",
+                  kv_err_name(rc), msg);
+    ck_assert_msg(rc == KV_EBACKEND, "full: %s (%s), want KV_EBACKEND",
+                  kv_err_name(rc), msg);
+    ck_assert_msg(strstr(msg, "full") != NULL,
+                  "full: the message does not say so: \"%s\"", msg);
+    uint32_t failed = n;
+    toks[failed] = 0;
+    fprintf(stderr, "check_sqlite_fault: full after %u puts: %s\n", n, msg);
+    /* Everything committed before is intact; the failed key is absent. */
+    for (uint32_t k = 0; k <= failed; k++)
+        full_check(e.s, "k", k, toks[k]);
+    /* A batch that does not fit writes nothing. */
+    uint64_t bt[FULL_BATCH];
+    char bmsg[512] = "";
+    rc = full_batch(e.s, 0, bt, bmsg, sizeof bmsg);
+    ck_assert_msg(rc == KV_EBACKEND, "batch: %s (%s), want KV_EBACKEND",
+                  kv_err_name(rc), bmsg);
+    ck_assert_msg(strstr(bmsg, "full") != NULL,
+                  "batch: the message does not say so: \"%s\"", bmsg);
+    for (uint32_t i = 0; i < FULL_BATCH; i++)
+        ck_assert_msg(bt[i] == 0, "batch%u written by a failed batch", i);
+    for (uint32_t k = 0; k < failed; k++)
+        full_check(e.s, "k", k, toks[k]);
+    /* Lift the limit: the failed put, the batch and more succeed. */
+    ck_assert_kv(kv__sqlite_set_max_pages(e.s, 0), KV_OK);
+    for (n = failed; n < failed + 64; n++)
+        ck_assert_kv(full_put(e.s, "k", n, &toks[n], NULL, 0), KV_OK);
+    uint32_t total = n;
+    rc = full_batch(e.s, 0, bt, bmsg, sizeof bmsg);
+    ck_assert_msg(rc == KV_OK, "batch after the limit was lifted: %s (%s)",
+                  kv_err_name(rc), bmsg);
+    for (uint32_t i = 0; i < FULL_BATCH; i++)
+        ck_assert_msg(bt[i] != 0, "batch%u missing", i);
+    for (uint32_t k = 0; k < total; k++)
+        full_check(e.s, "k", k, toks[k]);
+    ck_assert_uint_eq(full_count(e.s), total + FULL_BATCH);
     env_done(&e);
-    chmod(tmpdir, 0755);
+    /* Reopened: exactly the committed records. */
+    rc = env_try(&e, dbpath, 0);
+    ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
+                  kv_last_errmsg());
+    for (uint32_t k = 0; k < total; k++)
+        full_check(e.s, "k", k, toks[k]);
+    for (uint32_t i = 0; i < FULL_BATCH; i++)
+        full_check(e.s, "batch", i, bt[i]);
+    full_check(e.s, "k", total, 0);
+    ck_assert_uint_eq(full_count(e.s), total + FULL_BATCH);
+    env_done(&e);
 }
 END_TEST
 
@@ -476,6 +797,7 @@ int main(int argc, char **argv)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_not_a_database);
     tcase_add_test(tc, test_readonly_directory);
+    tcase_add_test(tc, test_full_database);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("crash");
