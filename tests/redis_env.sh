@@ -42,12 +42,16 @@ port_free() {
         ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-next=$((30000 + $$ % 20000))
+# Each instance of this script walks its own block of 50 ports (make -j runs
+# check_store and check_redis at once, and sequential picks from nearby bases
+# collided).  Ports stay below 55000 so that a cluster node's bus port
+# (port + 10000) is valid too, and both must be free.
+next=$((30000 + ($$ % 500) * 50))
 pick_port() {
     while :; do
         next=$((next + 1))
-        [ "$next" -gt 64000 ] && next=30001
-        if port_free "$next"; then
+        [ "$next" -gt 54999 ] && next=30001
+        if port_free "$next" && port_free "$((next + 10000))"; then
             port=$next
             return
         fi
@@ -65,7 +69,7 @@ make_node() {
         echo "  --appendonly yes --appendfsync always --save '' --protected-mode no \\"
         echo "  --logfile '$dir/$name/log' $* >/dev/null 2>&1 &"
         echo "echo \$! > '$dir/$name/pid'"
-        echo "i=0; while [ \$i -lt 100 ]; do"
+        echo "i=0; while [ \$i -lt 400 ]; do"
         echo "  redis-cli -h 127.0.0.1 -p $p ping >/dev/null 2>&1 && exit 0"
         echo "  i=\$((i + 1)); sleep 0.05; done; exit 1"
     } > "$dir/$name/start"
@@ -78,22 +82,37 @@ make_node() {
     sh "$dir/$name/start"
 }
 
-pick_port
-single=$port
-if ! make_node single "$single"; then
-    echo "redis_env.sh: cannot start redis-server on $single" >&2
+# start_node NAME [args...]: start on a free port (set in $port), trying a
+# few ports: another process may take a port between the check and the bind.
+start_node() {
+    sname=$1
+    shift
+    for try in 1 2 3 4 5; do
+        pick_port
+        if make_node "$sname" "$port" "$@"; then
+            return 0
+        fi
+        [ -f "$dir/$sname/pid" ] && kill -9 "$(cat "$dir/$sname/pid")" 2>/dev/null
+        rm -rf "${dir:?}/$sname"
+        echo "redis_env.sh: $sname did not start on port $port (try $try)" >&2
+    done
+    return 1
+}
+
+start_node single || {
+    echo "redis_env.sh: cannot start redis-server" >&2
     exit 99
-fi
+}
+single=$port
 cports=
 for n in 1 2 3; do
-    pick_port
-    cports="$cports $port"
-    make_node "c$n" "$port" --cluster-enabled yes \
+    start_node "c$n" --cluster-enabled yes \
         --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
         --cluster-require-full-coverage no || {
-        echo "redis_env.sh: cannot start cluster node on $port" >&2
+        echo "redis_env.sh: cannot start cluster node c$n" >&2
         exit 99
     }
+    cports="$cports $port"
 done
 set -- "$@"
 hosts=
