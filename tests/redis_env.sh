@@ -44,13 +44,14 @@ port_free() {
 
 # Each instance of this script walks its own block of 50 ports (make -j runs
 # check_store and check_redis at once, and sequential picks from nearby bases
-# collided).  Ports stay below 55000 so that a cluster node's bus port
-# (port + 10000) is valid too, and both must be free.
-next=$((30000 + ($$ % 500) * 50))
+# collided).  Client ports stay in 30000-39999, so the cluster bus ports
+# (port + 10000) are in 40000-49999 and one instance's client port can never
+# be another's bus port; both must be free.
+next=$((30000 + ($$ % 199) * 50))
 pick_port() {
     while :; do
         next=$((next + 1))
-        [ "$next" -gt 54999 ] && next=30001
+        [ "$next" -gt 39999 ] && next=30001
         if port_free "$next" && port_free "$((next + 10000))"; then
             port=$next
             return
