@@ -1,7 +1,8 @@
 #!/bin/sh
 # redis_env.sh PROGRAM [ARGS...] - run a test program with Redis servers.
 #
-# For check_store and check_redis (other programs run as they are), when
+# For check_store, check_redis, check_stress and check_alloc (other programs
+# run as they are), when
 # redis-server and redis-cli are installed and KV_TEST_REDIS is not already
 # set: start, in a temporary directory, on free loopback ports (127.0.0.1
 # only, 30000 and up),
@@ -15,7 +16,7 @@
 set -u
 prog=$1
 case "$prog" in
-*check_store*|*check_redis*) ;;
+*check_store*|*check_redis*|*check_stress*|*check_alloc*) ;;
 *) exec "$@" ;;
 esac
 if [ -n "${KV_TEST_REDIS:-}" ] || ! command -v redis-server >/dev/null 2>&1 ||
