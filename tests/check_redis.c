@@ -9,6 +9,7 @@
 
 #include "testutil.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <string.h>
@@ -28,12 +29,17 @@ typedef struct ctx {
     size_t nkeys;
 } ctx;
 
-static bool open_ctx(ctx *c, const char *env, const char *opts)
+static bool open_ctx_(ctx *c, const char *env, const char *opts,
+                      const char *test)
 {
     memset(c, 0, sizeof *c);
     const char *base = getenv(env);
-    if (base == NULL)
+    if (base == NULL) {
+        fprintf(stderr, "check_redis: %s not set (tests/redis_env.sh sets "
+                        "it when redis-server is installed): %s skipped\n",
+                env, test);
         return false;
+    }
     char uri[512];
     snprintf(uri, sizeof uri, "%s/%s%s", base, prefix, opts);
     ck_assert_kv(kv_loop_new(&c->loop, NULL), KV_OK);
@@ -42,6 +48,8 @@ static bool open_ctx(ctx *c, const char *env, const char *opts)
                   kv_last_errmsg());
     return true;
 }
+
+#define open_ctx(c, env, opts) open_ctx_(c, env, opts, __func__)
 
 static void close_ctx(ctx *c)
 {
@@ -86,13 +94,24 @@ static uint64_t put(ctx *c, const char *key, const char *val, uint64_t tok,
     return t;
 }
 
+/* The client port of node name (c1, f4...) of tests/redis_env.sh. */
+static int node_port(const char *dir, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s/port", dir, name);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    int port = 0;
+    ck_assert_int_eq(fscanf(f, "%d", &port), 1);
+    fclose(f);
+    return port;
+}
+
 static long node_dbsize(const char *dir, int n)
 {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd,
-             "redis-cli -p $(sed -n 's/.*--port \\([0-9]*\\).*/\\1/p' "
-             "'%s/c%d/start') dbsize",
-             dir, n);
+    char name[8], cmd[128];
+    snprintf(name, sizeof name, "c%d", n);
+    snprintf(cmd, sizeof cmd, "redis-cli -p %d dbsize", node_port(dir, name));
     FILE *p = popen(cmd, "r");
     ck_assert_ptr_nonnull(p);
     long v = -1;

@@ -2,86 +2,165 @@
 # redis_env.sh PROGRAM [ARGS...] - run a test program with Redis servers.
 #
 # For check_store, check_redis, check_stress and check_alloc (other programs
-# run as they are), when
-# redis-server and redis-cli are installed and KV_TEST_REDIS is not already
-# set: start, in a temporary directory, on free loopback ports (127.0.0.1
-# only, 30000 and up),
+# run as they are), when redis-server is installed and KV_TEST_REDIS is not
+# already set: start, in a temporary directory, on free loopback ports
+# (127.0.0.1 only; see pick_port),
 #   - one single server                  -> KV_TEST_REDIS
 #   - a 3-master Redis Cluster (no replicas, cluster-require-full-coverage
 #     no)                                -> KV_TEST_REDIS_CLUSTER
+#   - for check_redis only, a second cluster for the failover test: three
+#     masters f1..f3 and f4, a replica of f1 (cluster-node-timeout 1000)
+#                                        -> KV_TEST_REDIS_FAILOVER
 # every one with appendonly yes / appendfsync always; KV_TEST_REDIS_DIR
-# holds c1..c3/start and c1..c3/stop scripts for failure tests.  The servers
-# are killed when the program ends, whatever happens (trap), and each runs
-# under timeout(1) so none outlives an hour even if this shell is killed.
+# holds c1..c3 (and f1..f4) /start and /stop scripts and /port files for
+# the failure tests.  The servers are killed when the program ends, whatever
+# happens (trap), and each runs under timeout(1) so none outlives an hour
+# even if this shell is killed.
+#
+# A set-up that fails (a port taken between the check and the bind, a
+# cluster that does not form) is torn down and made again once, on fresh
+# ports.  If it fails twice the program is not run and this script exits 99
+# (a hard error for the automake harness): a broken Redis set-up must not
+# pass as skipped tests.  Without redis-server the program runs without
+# Redis (its redis tests skip, saying so); KV_TEST_REDIS=skip does the same
+# on a machine that has it.
 set -u
 prog=$1
 case "$prog" in
 *check_store*|*check_redis*|*check_stress*|*check_alloc*) ;;
 *) exec "$@" ;;
 esac
-if [ -n "${KV_TEST_REDIS:-}" ] || ! command -v redis-server >/dev/null 2>&1 ||
-    ! command -v redis-cli >/dev/null 2>&1; then
+if [ "${KV_TEST_REDIS:-}" = skip ]; then
+    echo "redis_env.sh: KV_TEST_REDIS=skip: running $prog without Redis" >&2
+    unset KV_TEST_REDIS KV_TEST_REDIS_CLUSTER KV_TEST_REDIS_DIR \
+        KV_TEST_REDIS_FAILOVER
     exec "$@"
 fi
+[ -n "${KV_TEST_REDIS:-}" ] && exec "$@" # servers given by the caller
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis_env.sh: redis-server is not installed: $prog runs" \
+        "without Redis (apt-get install redis-server)" >&2
+    exec "$@"
+fi
+if ! command -v redis-cli >/dev/null 2>&1; then
+    echo "redis_env.sh: redis-server is installed but redis-cli is not" \
+        "(apt-get install redis-tools)" >&2
+    exit 99
+fi
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/kvredis-XXXXXX") || exec "$@"
+if ! dir=$(mktemp -d "${TMPDIR:-/tmp}/kvredis-XXXXXX") ||
+    ! dir=$(cd "$dir" && pwd -P); then
+    echo "redis_env.sh: cannot make a temporary directory" >&2
+    exit 99
+fi
+
+# Kill every server started so far (SIGTERM, then SIGKILL after 3 s).
+kill_all() {
+    for f in "$dir"/*/pid "$dir"/*/redis.pid; do
+        [ -f "$f" ] && kill "$(cat "$f" 2>/dev/null)" 2>/dev/null
+    done
+    i=0
+    while [ $i -lt 30 ]; do
+        alive=0
+        for f in "$dir"/*/redis.pid; do
+            [ -f "$f" ] && kill -0 "$(cat "$f" 2>/dev/null)" 2>/dev/null && alive=1
+        done
+        [ $alive = 0 ] && break
+        sleep 0.1
+        i=$((i + 1))
+    done
+    for f in "$dir"/*/pid "$dir"/*/redis.pid; do
+        [ -f "$f" ] && kill -9 "$(cat "$f" 2>/dev/null)" 2>/dev/null
+    done
+}
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
-    for f in "$dir"/*/pid; do
-        [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null
-    done
-    sleep 0.2
-    for f in "$dir"/*/pid; do
-        [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
-    done
+    kill_all
     rm -rf "$dir"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
+# A port is free when no socket uses it, listening or connected (an
+# outgoing connection's ephemeral port blocks a bind as well), and no Redis
+# answers on it.
 port_free() {
-    ! redis-cli -h 127.0.0.1 -p "$1" ping >/dev/null 2>&1 &&
-        ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    if command -v ss >/dev/null 2>&1; then
+        [ -z "$(ss -Htan "sport = :$1" 2>/dev/null)" ] || return 1
+    fi
+    ! redis-cli -h 127.0.0.1 -p "$1" ping >/dev/null 2>&1
 }
 
-# Each instance of this script walks its own block of 50 ports (make -j runs
-# check_store and check_redis at once, and sequential picks from nearby bases
-# collided).  Client ports stay in 30000-39999, so the cluster bus ports
-# (port + 10000) are in 40000-49999 and one instance's client port can never
-# be another's bus port; both must be free.
-next=$((30000 + ($$ % 199) * 50))
+# Ports.  Below the kernel's ephemeral range when it starts at 32768 or up
+# (the default): client ports 20000-25999, cluster bus ports (set with
+# cluster-port) 6000 above, 26000-31999, so no outgoing connection (ours or
+# anyone's) can take a port between the check and the bind or while a test
+# has a node stopped.  Otherwise client ports 30000-39999 with the bus at
+# +10000.  Either way one instance's client port is never another's bus
+# port.  Each instance of this script starts in its own block of 30 ports
+# (make -j runs several redis test programs at once, and sequential picks
+# from nearby bases collided).
+eph=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 0)
+if [ "${eph:-0}" -ge 32768 ] 2>/dev/null; then
+    plo=20000 phi=25999 bus=6000
+else
+    plo=30000 phi=39999 bus=10000
+fi
+next=$((plo + ($$ % ((phi - plo) / 30)) * 30))
 pick_port() {
     while :; do
         next=$((next + 1))
-        [ "$next" -gt 39999 ] && next=30001
-        if port_free "$next" && port_free "$((next + 10000))"; then
+        [ "$next" -gt "$phi" ] && next=$((plo + 1))
+        if port_free "$next" && port_free "$((next + bus))"; then
             port=$next
             return
         fi
     done
 }
 
-# make_node NAME PORT [extra redis-server args...]
+# make_node NAME PORT [extra redis-server args...]: write NAME's start and
+# stop scripts and run start.  start succeeds once the server on PORT
+# answers with NAME's directory (not some other server that took the port),
+# and fails at once if the server exits.
 make_node() {
     name=$1 p=$2
     shift 2
-    mkdir -p "$dir/$name"
+    nd=$dir/$name
+    cport=
+    case " $* " in
+    *" --cluster-enabled yes "*) cport="--cluster-port $((p + bus))" ;;
+    esac
+    mkdir -p "$nd"
+    echo "$p" > "$nd/port"
     {
-        echo "cd '$dir/$name' || exit 1"
-        echo "timeout 3600 redis-server --bind 127.0.0.1 --port $p --dir '$dir/$name' \\"
-        echo "  --appendonly yes --appendfsync always --save '' --protected-mode no \\"
-        echo "  --logfile '$dir/$name/log' $* >/dev/null 2>&1 &"
-        echo "echo \$! > '$dir/$name/pid'"
+        echo "cd '$nd' || exit 1"
+        echo "rm -f '$nd/redis.pid'"
+        echo "timeout 3600 redis-server --bind 127.0.0.1 --port $p --dir '$nd' \\"
+        echo "  --pidfile '$nd/redis.pid' --appendonly yes --appendfsync always \\"
+        echo "  --save '' --protected-mode no --logfile '$nd/log' $* $cport \\"
+        echo "  >/dev/null 2>&1 &"
+        echo "echo \$! > '$nd/pid'"
         echo "i=0; while [ \$i -lt 400 ]; do"
-        echo "  redis-cli -h 127.0.0.1 -p $p ping >/dev/null 2>&1 && exit 0"
+        echo "  d=\$(redis-cli -h 127.0.0.1 -p $p config get dir 2>/dev/null | sed -n 2p)"
+        echo "  [ \"\$d\" = '$nd' ] && exit 0"
+        echo "  kill -0 \$(cat '$nd/pid') 2>/dev/null || exit 1"
         echo "  i=\$((i + 1)); sleep 0.05; done; exit 1"
-    } > "$dir/$name/start"
+    } > "$nd/start"
     {
-        echo "[ -f '$dir/$name/pid' ] && kill \$(cat '$dir/$name/pid') 2>/dev/null"
-        echo "i=0; while [ \$i -lt 100 ]; do"
+        echo "[ -f '$nd/pid' ] && kill \$(cat '$nd/pid') 2>/dev/null"
+        echo "i=0; while [ \$i -lt 300 ]; do"
         echo "  redis-cli -h 127.0.0.1 -p $p ping >/dev/null 2>&1 || exit 0"
         echo "  i=\$((i + 1)); sleep 0.05; done; exit 1"
-    } > "$dir/$name/stop"
-    sh "$dir/$name/start"
+    } > "$nd/stop"
+    sh "$nd/start"
+}
+
+# Show the end of a node's log (why it did not start or join).
+show_log() {
+    if [ -f "$dir/$1/log" ]; then
+        echo "redis_env.sh: last lines of $1's log:" >&2
+        tail -n 8 "$dir/$1/log" | sed 's/^/    /' >&2
+    fi
 }
 
 # start_node NAME [args...]: start on a free port (set in $port), trying a
@@ -94,54 +173,151 @@ start_node() {
         if make_node "$sname" "$port" "$@"; then
             return 0
         fi
-        [ -f "$dir/$sname/pid" ] && kill -9 "$(cat "$dir/$sname/pid")" 2>/dev/null
-        rm -rf "${dir:?}/$sname"
         echo "redis_env.sh: $sname did not start on port $port (try $try)" >&2
+        show_log "$sname"
+        [ -f "$dir/$sname/pid" ] && kill -9 "$(cat "$dir/$sname/pid")" 2>/dev/null
+        [ -f "$dir/$sname/redis.pid" ] &&
+            kill -9 "$(cat "$dir/$sname/redis.pid")" 2>/dev/null
+        rm -rf "${dir:?}/$sname"
+    done
+    echo "redis_env.sh: cannot start $sname" >&2
+    return 1
+}
+
+# wait_cluster NODES...: every node sees the cluster ok, every slot served,
+# and as many nodes as given (at most 20 s).
+wait_cluster() {
+    want=$#
+    i=0
+    while [ $i -lt 200 ]; do
+        all=1
+        for n in "$@"; do
+            info=$(redis-cli -h 127.0.0.1 -p "$(cat "$dir/$n/port")" \
+                cluster info 2>/dev/null | tr -d '\r')
+            case "$info" in
+            *cluster_state:ok*) ;;
+            *) all=0 ;;
+            esac
+            echo "$info" | grep -qx 'cluster_slots_ok:16384' || all=0
+            echo "$info" | grep -qx "cluster_known_nodes:$want" || all=0
+        done
+        [ $all = 1 ] && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "redis_env.sh: the cluster of $* did not become ok in 20 s:" >&2
+    for n in "$@"; do
+        echo "  $n:" >&2
+        redis-cli -h 127.0.0.1 -p "$(cat "$dir/$n/port")" cluster info \
+            2>&1 | grep -E 'cluster_(state|slots_ok|known_nodes)' |
+            sed 's/^/    /' >&2
+        show_log "$n"
     done
     return 1
 }
 
-start_node single || {
-    echo "redis_env.sh: cannot start redis-server" >&2
-    exit 99
-}
-single=$port
-cports=
-for n in 1 2 3; do
-    start_node "c$n" --cluster-enabled yes \
-        --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
-        --cluster-require-full-coverage no || {
-        echo "redis_env.sh: cannot start cluster node c$n" >&2
-        exit 99
-    }
-    cports="$cports $port"
-done
-set -- "$@"
-hosts=
-for p in $cports; do hosts="$hosts 127.0.0.1:$p"; done
-# shellcheck disable=SC2086
-if ! redis-cli --cluster create $hosts --cluster-yes >"$dir/create.log" 2>&1; then
-    echo "redis_env.sh: redis-cli --cluster create failed:" >&2
-    cat "$dir/create.log" >&2
-    exit 99
-fi
-ok=0
-for i in $(seq 1 100); do
-    all=1
-    for p in $cports; do
-        redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null |
-            grep -q 'cluster_state:ok' || all=0
+# make_cluster NAME TIMEOUT_MS NODES...: start the nodes and join them as
+# masters with redis-cli --cluster create.
+make_cluster() {
+    cname=$1 nto=$2
+    shift 2
+    hosts=
+    for n in "$@"; do
+        start_node "$n" --cluster-enabled yes \
+            --cluster-config-file nodes.conf --cluster-node-timeout "$nto" \
+            --cluster-require-full-coverage no \
+            --cluster-replica-validity-factor 0 \
+            --repl-diskless-sync-delay 0 || return 1
+        hosts="$hosts 127.0.0.1:$port"
     done
-    if [ "$all" = 1 ]; then
-        ok=1
-        break
+    # shellcheck disable=SC2086
+    if ! redis-cli --cluster create $hosts --cluster-yes \
+        >"$dir/$cname.log" 2>&1; then
+        echo "redis_env.sh: redis-cli --cluster create ($cname) failed:" >&2
+        sed 's/^/    /' "$dir/$cname.log" >&2
+        return 1
     fi
-    sleep 0.1
-done
-[ "$ok" = 1 ] || { echo "redis_env.sh: cluster not ok" >&2; exit 99; }
+    wait_cluster "$@"
+}
 
-KV_TEST_REDIS="redis://127.0.0.1:$single"
-KV_TEST_REDIS_CLUSTER="redis://$(echo $hosts | tr ' ' ',')"
+# The failover cluster: f1..f3 masters, f4 a replica of f1.
+make_failover() {
+    make_cluster failover 1000 f1 f2 f3 || return 1
+    start_node f4 --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout 1000 --cluster-require-full-coverage no \
+        --cluster-replica-validity-factor 0 \
+        --repl-diskless-sync-delay 0 || return 1
+    p1=$(cat "$dir/f1/port")
+    p4=$(cat "$dir/f4/port")
+    id1=$(redis-cli -h 127.0.0.1 -p "$p1" cluster myid | tr -d '\r')
+    if ! redis-cli --cluster add-node "127.0.0.1:$p4" "127.0.0.1:$p1" \
+        --cluster-slave --cluster-master-id "$id1" \
+        >"$dir/failover-add.log" 2>&1; then
+        echo "redis_env.sh: redis-cli --cluster add-node (replica) failed:" >&2
+        sed 's/^/    /' "$dir/failover-add.log" >&2
+        return 1
+    fi
+    wait_cluster f1 f2 f3 f4 || return 1
+    # the replica in sync with f1, and known as f1's replica by every
+    # master (they vote for it when f1 fails)
+    id4=$(redis-cli -h 127.0.0.1 -p "$p4" cluster myid | tr -d '\r')
+    i=0
+    while [ $i -lt 200 ]; do
+        ok=1
+        redis-cli -h 127.0.0.1 -p "$p4" info replication 2>/dev/null |
+            tr -d '\r' | grep -qx 'master_link_status:up' || ok=0
+        for n in f1 f2 f3; do
+            redis-cli -h 127.0.0.1 -p "$(cat "$dir/$n/port")" cluster nodes \
+                2>/dev/null | grep "^$id4 " | grep -q " slave $id1 " || ok=0
+        done
+        [ $ok = 1 ] && return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    echo "redis_env.sh: f4 did not become f1's replica in 20 s" >&2
+    show_log f4
+    return 1
+}
+
+setup() {
+    start_node single || return 1
+    single=$port
+    make_cluster cluster 2000 c1 c2 c3 || return 1
+    cports=
+    for n in c1 c2 c3; do
+        cports="$cports${cports:+,}127.0.0.1:$(cat "$dir/$n/port")"
+    done
+    KV_TEST_REDIS="redis://127.0.0.1:$single"
+    KV_TEST_REDIS_CLUSTER="redis://$cports"
+    case "$prog" in
+    *check_redis*)
+        make_failover || return 1
+        fports=
+        for n in f1 f2 f3; do
+            fports="$fports${fports:+,}127.0.0.1:$(cat "$dir/$n/port")"
+        done
+        KV_TEST_REDIS_FAILOVER="redis://$fports"
+        export KV_TEST_REDIS_FAILOVER
+        ;;
+    esac
+    return 0
+}
+
+attempt=1
+until setup; do
+    kill_all
+    rm -rf "${dir:?}"/*
+    if [ $attempt -ge 2 ]; then
+        echo "redis_env.sh: the Redis set-up failed twice; $prog not run" \
+            "(KV_TEST_REDIS=skip runs it without Redis)" >&2
+        exit 99
+    fi
+    attempt=$((attempt + 1))
+    echo "redis_env.sh: making the whole Redis set-up again on fresh ports" >&2
+done
+
 KV_TEST_REDIS_DIR=$dir
 export KV_TEST_REDIS KV_TEST_REDIS_CLUSTER KV_TEST_REDIS_DIR
 "$@"
+status=$?
+exit $status
