@@ -91,6 +91,13 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
 
+/* Delays before resending a command the server did not run because of a
+ * transient state (TRYAGAIN: a multi-key command on a slot being migrated;
+ * LOADING; CLUSTERDOWN; MASTERDOWN): about 3 s in all, then KV_EBACKEND. */
+static const unsigned retry_ms[] = {5,   10,  20,  40,  80,  160,
+                                    320, 500, 500, 500, 500, 500};
+#define RETRY_MAX (sizeof retry_ms / sizeof retry_ms[0])
+
 /* ------------------------------------------------------------------------ */
 /* CRC16 (XMODEM) and the slot tags                                          */
 /* ------------------------------------------------------------------------ */
@@ -253,6 +260,8 @@ struct rcmd {
     bool eval;     /* send the script body (after NOSCRIPT) */
     bool asking;   /* precede with ASKING */
     int redirects;
+    unsigned tries; /* resends after a transient error */
+    uint64_t due;   /* in the retry queue: when to resend (ms) */
     int nargs;     /* arguments in tail */
     kv_buf tail;   /* the formatted arguments (after EVALSHA sha) */
     rcmd_cb cb;    /* NULL: reply ignored (ASKING) */
@@ -302,6 +311,15 @@ typedef struct rmember {
     size_t len;
 } rmember;
 
+/* A timer of the retry queue (one per distinct wake-up time). */
+typedef struct rtimer {
+    kv__op op;
+    struct __kernel_timespec ts;
+    uint64_t due;
+    struct rtimer *next;
+    rstore *st;
+} rtimer;
+
 /* The iterator cursor (iter->bpriv): sorted members and a position. */
 typedef struct rcursor {
     rmember *m;
@@ -331,6 +349,8 @@ struct rstore {
     bool closing, closed;
     rcursor *cursors; /* live query cursors */
     kv__req *oom;     /* requests that could not get state (bpriv chain) */
+    rcmd *retryq;     /* commands waiting to be resent */
+    rtimer *timers;   /* armed timers of the retry queue */
     unsigned long stats_redirects;
 };
 
@@ -519,6 +539,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags);
 static void send_cb(kv__op *op, int res, uint32_t flags);
 static void connect_cb(kv__op *op, int res, uint32_t flags);
 static void refresh_map(rstore *st);
+static void retry_later(rstore *st, rcmd *c, const char *why);
 
 static void cmd_free(rcmd *c)
 {
@@ -775,10 +796,18 @@ static void handle_reply(rnode *n, redisReply *r)
     }
     if (reply_is_err(r, "NOSCRIPT") && c->script >= 0 && !c->eval) {
         c->eval = true;
-        if (c->slot >= 0 && c->node == NULL)
+        if (c->slot >= 0 && c->node == NULL) {
             cmd_route(st, c);
-        else
+        } else {
+            c->asking = c->slot >= 0; /* a slot command with a node: ASK */
             node_send_cmd(c->node, c);
+        }
+        return;
+    }
+    if (c->slot >= 0 &&
+        (reply_is_err(r, "TRYAGAIN") || reply_is_err(r, "LOADING") ||
+         reply_is_err(r, "CLUSTERDOWN") || reply_is_err(r, "MASTERDOWN"))) {
+        retry_later(st, c, r->str);
         return;
     }
     c->cb(c, r, KV_OK, NULL);
@@ -1005,6 +1034,117 @@ static void cmd_route(rstore *st, rcmd *c)
         return;
     }
     node_send_cmd(n, c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The retry queue                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void retry_arm(rstore *st);
+
+/* Resend every due command (all of them, failed, when the store closes). */
+static void retry_run(rstore *st)
+{
+    uint64_t now = now_ms();
+    rcmd *due = NULL, **dt = &due, **pp = &st->retryq;
+    while (*pp != NULL) {
+        rcmd *c = *pp;
+        if (st->closing || c->due <= now) {
+            *pp = c->next;
+            c->next = NULL;
+            *dt = c;
+            dt = &c->next;
+        } else {
+            pp = &c->next;
+        }
+    }
+    while (due != NULL) {
+        rcmd *c = due;
+        due = c->next;
+        c->next = NULL;
+        if (st->closing)
+            cmd_fail(c, KV_ECANCELED, "store closed");
+        else
+            cmd_route(st, c);
+    }
+    retry_arm(st);
+}
+
+static void timer_cb(kv__op *op, int res, uint32_t flags)
+{
+    (void)res;
+    (void)flags;
+    rtimer *t = KV__CONTAINER_OF(op, rtimer, op);
+    rstore *st = t->st;
+    rtimer **pp = &st->timers;
+    while (*pp != t)
+        pp = &(*pp)->next;
+    *pp = t->next;
+    kv__free(t);
+    retry_run(st);
+    maybe_closed(st);
+}
+
+/* Make sure a timer fires by the earliest due time of the queue. */
+static void retry_arm(rstore *st)
+{
+    if (st->retryq == NULL || st->closing)
+        return;
+    uint64_t first = UINT64_MAX;
+    for (rcmd *c = st->retryq; c != NULL; c = c->next)
+        if (c->due < first)
+            first = c->due;
+    for (rtimer *t = st->timers; t != NULL; t = t->next)
+        if (t->due <= first)
+            return; /* it fires first and arms the next */
+    rtimer *t = kv__calloc(1, sizeof *t);
+    struct io_uring_sqe *sqe = NULL;
+    int rc = t == NULL ? KV_ENOMEM : kv__loop_sqes(st->loop, &sqe, 1);
+    if (rc != KV_OK) {
+        /* no timer: fail what waits rather than leave it hanging */
+        kv__free(t);
+        rcmd *q = st->retryq;
+        st->retryq = NULL;
+        fail_list(q, rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND,
+                  "redis: cannot arm a timer to resend a command");
+        return;
+    }
+    uint64_t now = now_ms(), wait = first > now ? first - now : 1;
+    t->op.cb = timer_cb;
+    t->st = st;
+    t->due = first;
+    t->ts.tv_sec = (long long)(wait / 1000);
+    t->ts.tv_nsec = (long long)(wait % 1000) * 1000000;
+    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&t->op);
+    t->next = st->timers;
+    st->timers = t;
+}
+
+/* The server did not run c (why: its error): resend it later through the
+ * slot map, or fail it once the retries are spent. */
+static void retry_later(rstore *st, rcmd *c, const char *why)
+{
+    if (c->tries >= RETRY_MAX || st->closing) {
+        unsigned total = 0;
+        for (size_t i = 0; i < RETRY_MAX; i++)
+            total += retry_ms[i];
+        char *m = kv__asprintf(
+            "redis: %s (hash slot %d, still after %u resends over %.1f s); "
+            "not applied",
+            why, c->slot, c->tries, (double)total / 1000.0);
+        cmd_fail(c, st->closing ? KV_ECANCELED : KV_EBACKEND,
+                 st->closing ? "store closed" : m);
+        kv__free(m);
+        return;
+    }
+    c->due = now_ms() + retry_ms[c->tries++];
+    c->node = NULL; /* route afresh: the slot may have moved meanwhile */
+    c->asking = false;
+    c->redirects = 0;
+    c->next = st->retryq;
+    st->retryq = c;
+    retry_arm(st);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1769,7 +1909,7 @@ static void maybe_closed(rstore *st)
     if (!st->closing || st->closed || st->close_req == NULL)
         return;
     if (st->s->ninflight > 0 || st->defer != NULL || st->oom != NULL ||
-        st->dpending)
+        st->dpending || st->timers != NULL)
         return;
     for (rnode *n = st->nodes; n != NULL; n = n->next)
         if (n->nops > 0)
@@ -1802,6 +1942,14 @@ static void r_close(kv_store *s, kv__req *req)
     for (rnode *n = st->nodes; n != NULL; n = n->next)
         if (n->state == N_UP || n->state == N_CONNECTING)
             node_fail(n, "store closed");
+    retry_run(st); /* fails the queue */
+    for (rtimer *t = st->timers; t != NULL; t = t->next) {
+        struct io_uring_sqe *sqe;
+        if (kv__loop_sqes(st->loop, &sqe, 1) != KV_OK)
+            break; /* they fire soon anyway */
+        io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&t->op, 0);
+        io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
+    }
     maybe_closed(st);
 }
 

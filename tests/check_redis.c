@@ -9,10 +9,17 @@
 
 #include "testutil.h"
 
+#ifdef HAVE_HIREDIS
+#include <hiredis/hiredis.h>
+#endif
+
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 static char prefix[64];
 static int seq;
@@ -315,6 +322,472 @@ START_TEST(test_master_down)
 }
 END_TEST
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The first line of redis-cli's answer to cmd on node name. */
+static void node_cli(const char *dir, const char *name, const char *cmd,
+                     char *out, size_t outlen)
+{
+    char line[512];
+    snprintf(line, sizeof line, "redis-cli -p %d %s", node_port(dir, name),
+             cmd);
+    FILE *p = popen(line, "r");
+    ck_assert_ptr_nonnull(p);
+    out[0] = '\0';
+    if (fgets(out, (int)outlen, p) != NULL)
+        out[strcspn(out, "\r\n")] = '\0';
+    pclose(p);
+}
+
+/* The failover cluster (f1..f3, f4 a replica of f1): stop f1 with writes
+ * in flight.  Every write succeeds or fails KV_EBACKEND; a failure whose
+ * outcome is unknown is resolved by reading (the value is the attempted one
+ * with a newer token, or the old one with the old token: never anything
+ * else); tokens only grow; the store works again once f4 has taken over;
+ * and a put retried after an unknown outcome with its old token conflicts
+ * instead of overwriting the newer write. */
+START_TEST(test_failover)
+{
+    ctx c;
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_FAILOVER", ""))
+        return;
+    enum { N = 150 };
+    static char ids[N][32], vals[N][32], tried[N][32];
+    static uint64_t toks[N], sent[N], unk_tok[N];
+    static bool unknown[N], had_unknown[N];
+    static kv_fut *fs[N];
+    kv_key *keys[N];
+    for (int i = 0; i < N; i++) {
+        int rc;
+        snprintf(ids[i], sizeof ids[i], "/fo/%d", i);
+        snprintf(vals[i], sizeof vals[i], "v0-%d", i);
+        keys[i] = K(&c, ids[i]);
+        toks[i] = put(&c, ids[i], vals[i], 0, &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+    }
+    char cmd[600], role[64];
+    node_cli(dir, "f4", "role", role, sizeof role);
+    ck_assert_str_eq(role, "slave");
+    snprintf(cmd, sizeof cmd, "sh '%s/f1/stop' >/dev/null 2>&1 &", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    uint64_t start = mono_ms();
+    int nok = 0, nfail = 0, nunknown = 0, napplied = 0, clean = 0, round;
+    for (round = 1; clean < 2; round++) {
+        ck_assert_msg(mono_ms() - start < 60000,
+                      "the store did not recover within 60 s of the stop "
+                      "(round %d, %d failures)",
+                      round, nfail);
+        /* resolve the unknown outcomes of the last round by reading */
+        for (int i = 0; i < N; i++) {
+            if (!unknown[i])
+                continue;
+            kv_fut *f = kv_get(c.s, keys[i], NULL);
+            int rc = kv_wait(f);
+            if (rc == KV_OK) {
+                const kv_record *r = kv_fut_record(f);
+                if (r->len == strlen(tried[i]) &&
+                    memcmp(r->val, tried[i], r->len) == 0) {
+                    ck_assert_uint_gt(r->token, toks[i]); /* applied once */
+                    toks[i] = r->token;
+                    memcpy(vals[i], tried[i], sizeof vals[i]);
+                    napplied++;
+                } else {
+                    ck_assert_msg(r->len == strlen(vals[i]) &&
+                                      memcmp(r->val, vals[i], r->len) == 0,
+                                  "%s: neither the old nor the tried value",
+                                  ids[i]);
+                    ck_assert_uint_eq(r->token, toks[i]);
+                }
+                unknown[i] = false;
+            } else {
+                ck_assert_msg(rc == KV_EBACKEND, "get %s: %s (%s)", ids[i],
+                              kv_err_name(rc), kv_fut_errmsg(f));
+            }
+            kv_fut_free(f);
+        }
+        /* one put per key, all in flight at once */
+        for (int i = 0; i < N; i++) {
+            fs[i] = NULL;
+            if (unknown[i])
+                continue;
+            snprintf(tried[i], sizeof tried[i], "r%d-%d", round, i);
+            kv_record r = {keys[i], tried[i], strlen(tried[i]), toks[i]};
+            sent[i] = toks[i];
+            fs[i] = kv_put(c.s, &r, NULL);
+        }
+        int failed = 0;
+        for (int i = 0; i < N; i++) {
+            if (fs[i] == NULL) {
+                failed++;
+                continue;
+            }
+            int rc = kv_wait(fs[i]);
+            const char *msg = kv_fut_errmsg(fs[i]);
+            if (rc == KV_OK) {
+                uint64_t t = kv_fut_token(fs[i]);
+                ck_assert_uint_gt(t, toks[i]);
+                toks[i] = t;
+                memcpy(vals[i], tried[i], sizeof vals[i]);
+                nok++;
+            } else {
+                /* never a conflict: a failure said not applied was not */
+                ck_assert_msg(rc == KV_EBACKEND, "put %s: %s (%s)", ids[i],
+                              kv_err_name(rc), msg);
+                ck_assert_msg(strstr(msg, "redis") != NULL, "message: %s",
+                              msg);
+                if (strstr(msg, "may or may not") != NULL) {
+                    unknown[i] = had_unknown[i] = true;
+                    unk_tok[i] = sent[i];
+                    nunknown++;
+                }
+                nfail++;
+                failed++;
+            }
+            kv_fut_free(fs[i]);
+        }
+        clean = failed == 0 && nfail > 0 ? clean + 1 : 0;
+        if (failed > 0)
+            ck_assert_kv(wait_free(kv_sleep(c.loop, 20)), KV_OK);
+    }
+    fprintf(stderr,
+            "test_failover: %d rounds, %.1f s from the stop to recovery: %d "
+            "puts ok, %d failed (%d with an unknown outcome, %d of those "
+            "applied)\n",
+            round - 1, (double)(mono_ms() - start) / 1000.0, nok, nfail,
+            nunknown, napplied);
+    ck_assert_int_gt(nfail, 0);
+    node_cli(dir, "f4", "role", role, sizeof role);
+    ck_assert_str_eq(role, "master");
+    /* every record holds its last acknowledged value and token */
+    for (int i = 0; i < N; i++) {
+        kv_fut *f = kv_get(c.s, keys[i], NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        const kv_record *r = kv_fut_record(f);
+        ck_assert_uint_eq(r->token, toks[i]);
+        ck_assert(r->len == strlen(vals[i]) &&
+                  memcmp(r->val, vals[i], r->len) == 0);
+        kv_fut_free(f);
+    }
+    /* retried with the token it was sent with, a put of unknown outcome
+     * conflicts: newer writes went on since (a key with no unknown outcome
+     * uses its token from before the stop) */
+    for (int i = 0; i < N; i++) {
+        int rc;
+        uint64_t old = had_unknown[i] ? unk_tok[i] : 0;
+        if (!had_unknown[i]) {
+            if (i % 10 != 0)
+                continue;
+            old = toks[i] - 1; /* older than the last write */
+        }
+        put(&c, ids[i], "stale", old, &rc, NULL, 0);
+        ck_assert_kv(rc, KV_ECONFLICT);
+    }
+    close_ctx(&c);
+}
+END_TEST
+
+#ifdef HAVE_HIREDIS
+/* The test's own blocking connections to the nodes (hiredis sync API: only
+ * here, never in the library). */
+static redisContext *rconnect(const char *dir, const char *name)
+{
+    redisContext *r = redisConnect("127.0.0.1", node_port(dir, name));
+    ck_assert_msg(r != NULL && r->err == 0, "connect %s: %s", name,
+                  r ? r->errstr : "out of memory");
+    return r;
+}
+
+/* A command (redisCommand format) that must not fail; the reply. */
+static redisReply *rcall(redisContext *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redisvCommand(r, fmt, ap);
+    va_end(ap);
+    ck_assert_msg(rep != NULL, "%s: %s", fmt, r->errstr);
+    ck_assert_msg(rep->type != REDIS_REPLY_ERROR, "%s: %s", fmt, rep->str);
+    return rep;
+}
+
+static long long rcall_int(redisContext *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redisvCommand(r, fmt, ap);
+    va_end(ap);
+    ck_assert_msg(rep != NULL && rep->type == REDIS_REPLY_INTEGER, "%s: %s",
+                  fmt, rep ? (rep->str ? rep->str : "not an integer")
+                           : r->errstr);
+    long long v = rep->integer;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* calls=N of one command in INFO commandstats (0 if never called). */
+static long long cmd_calls(redisContext *r, const char *name)
+{
+    redisReply *rep = rcall(r, "INFO commandstats");
+    char pat[64];
+    snprintf(pat, sizeof pat, "cmdstat_%s:calls=", name);
+    const char *p = strstr(rep->str, pat);
+    long long v = p ? atoll(p + strlen(pat)) : 0;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* count=N of one error prefix in INFO errorstats (0 if never). */
+static long long err_count(redisContext *r, const char *name)
+{
+    redisReply *rep = rcall(r, "INFO errorstats");
+    char pat[64];
+    snprintf(pat, sizeof pat, "errorstat_%s:count=", name);
+    const char *p = strstr(rep->str, pat);
+    long long v = p ? atoll(p + strlen(pat)) : 0;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* MIGRATE the keys of slot that satisfy pick (of their name) src -> dst. */
+static int migrate_keys(redisContext *src, int dport, int slot,
+                        bool (*pick)(const char *k, size_t len))
+{
+    redisReply *ks = rcall(src, "CLUSTER GETKEYSINSLOT %d 10000", slot);
+    ck_assert_int_eq(ks->type, REDIS_REPLY_ARRAY);
+    const char **argv = calloc(ks->elements + 8, sizeof *argv);
+    size_t *lens = calloc(ks->elements + 8, sizeof *lens);
+    ck_assert(argv != NULL && lens != NULL);
+    char port[16];
+    snprintf(port, sizeof port, "%d", dport);
+    const char *head[] = {"MIGRATE", "127.0.0.1", port, "", "0", "10000",
+                          "KEYS"};
+    int argc = 0;
+    for (; argc < 7; argc++) {
+        argv[argc] = head[argc];
+        lens[argc] = strlen(head[argc]);
+    }
+    for (size_t i = 0; i < ks->elements; i++) {
+        if (pick(ks->element[i]->str, ks->element[i]->len)) {
+            argv[argc] = ks->element[i]->str;
+            lens[argc++] = ks->element[i]->len;
+        }
+    }
+    int moved = argc - 7;
+    if (moved > 0) {
+        redisReply *rep = redisCommandArgv(src, argc, argv, lens);
+        ck_assert_msg(rep != NULL && rep->type == REDIS_REPLY_STATUS,
+                      "MIGRATE: %s",
+                      rep ? (rep->str ? rep->str : "?") : src->errstr);
+        freeReplyObject(rep);
+    }
+    free(argv);
+    free(lens);
+    freeReplyObject(ks);
+    return moved;
+}
+
+/* Which keys go first: the records of /mg{m}/k0../mg{m}/k9 (their Redis
+ * key ends with the encoded "k<digit>\0"; no other key name does). */
+static bool pick_first(const char *k, size_t len)
+{
+    return len >= 3 && k[len - 3] == 'k' && k[len - 2] >= '0' &&
+           k[len - 2] <= '9' && k[len - 1] == '\0';
+}
+
+static bool pick_all(const char *k, size_t len)
+{
+    (void)k;
+    (void)len;
+    return true;
+}
+
+/* Run the loop for ms (the library's own retries go on meanwhile). */
+static void spin(ctx *c, uint64_t ms)
+{
+    ck_assert_kv(wait_free(kv_sleep(c->loop, ms)), KV_OK);
+}
+
+/* A hash slot moved from one master to another with the commands redis-cli
+ * --cluster reshard uses (SETSLOT IMPORTING / MIGRATING, MIGRATE, SETSLOT
+ * NODE), records being read and written meanwhile: reads of moved keys
+ * follow ASK, scripts that find their keys split between the nodes are
+ * resent until they can run (TRYAGAIN), everything follows MOVED once the
+ * slot is the other node's; the slot's token counter and index move with
+ * the records (one hash tag), so tokens never repeat and queries see every
+ * record throughout. */
+START_TEST(test_migration)
+{
+    ctx c;
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", ""))
+        return;
+    enum { N = 30 };
+    char ids[N][32];
+    uint64_t toks[N];
+    static uint64_t seen[8 * N];
+    size_t nseen = 0;
+    for (int i = 0; i < N; i++) {
+        int rc;
+        snprintf(ids[i], sizeof ids[i], "/mg{m}/k%d", i);
+        toks[i] = put(&c, ids[i], ids[i], 0, &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+        seen[nseen++] = toks[i];
+    }
+    /* the slot of tag m, its master (src) and another (dst) */
+    redisContext *rc1 = rconnect(dir, "c1");
+    int slot = (int)rcall_int(rc1, "CLUSTER KEYSLOT m");
+    redisFree(rc1);
+    const char *names[] = {"c1", "c2", "c3"};
+    redisContext *r[3];
+    int src = -1;
+    for (int m = 0; m < 3; m++) {
+        r[m] = rconnect(dir, names[m]);
+        long long n = rcall_int(r[m], "CLUSTER COUNTKEYSINSLOT %d", slot);
+        if (n > 0) {
+            /* the records, the slot's token counter and its index: the
+             * same hash slot */
+            ck_assert_int_eq(n, N + 2);
+            src = m;
+        }
+    }
+    ck_assert_int_ge(src, 0);
+    int dst = (src + 1) % 3, other = (src + 2) % 3;
+    char sid[64], did[64];
+    redisReply *rep = rcall(r[src], "CLUSTER MYID");
+    snprintf(sid, sizeof sid, "%s", rep->str);
+    freeReplyObject(rep);
+    rep = rcall(r[dst], "CLUSTER MYID");
+    snprintf(did, sizeof did, "%s", rep->str);
+    freeReplyObject(rep);
+    int dport = node_port(dir, names[dst]);
+    long long asking0 = cmd_calls(r[dst], "asking");
+
+    /* 1. migrating: the records k0..k9 moved, the rest, the counter and
+     * the index still on src */
+    freeReplyObject(
+        rcall(r[dst], "CLUSTER SETSLOT %d IMPORTING %s", slot, sid));
+    freeReplyObject(
+        rcall(r[src], "CLUSTER SETSLOT %d MIGRATING %s", slot, did));
+    ck_assert_int_eq(migrate_keys(r[src], dport, slot, pick_first), 10);
+    for (int i = 0; i < N; i++) { /* reads: k0..k9 through ASK */
+        kv_fut *f = kv_get(c.s, K(&c, ids[i]), NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        ck_assert_uint_eq(kv_fut_record(f)->token, toks[i]);
+        kv_fut_free(f);
+    }
+    ck_assert_int_gt(cmd_calls(r[dst], "asking"), asking0);
+    int rc;
+    uint64_t t = put(&c, ids[20], "a", toks[20], &rc, NULL, 0); /* on src */
+    ck_assert_kv(rc, KV_OK);
+    ck_assert_uint_gt(t, toks[20]);
+    toks[20] = seen[nseen++] = t;
+    /* a query: the index is read on src, the values wherever they are */
+    kv_query q = kv_query_init(K(&c, "/mg{m}"));
+    kv_fut *f = kv_query_open(c.s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, N);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    /* k3's record is on dst, its counter on src: the script cannot run
+     * yet (TRYAGAIN) and is resent */
+    kv_record w3 = {K(&c, ids[3]), "b", 1, toks[3]};
+    kv_fut *f3 = kv_put(c.s, &w3, NULL);
+    spin(&c, 30);
+    ck_assert(!kv_fut_done(f3));
+    ck_assert_int_gt(err_count(r[src], "TRYAGAIN"), 0);
+
+    /* 2. everything moved, the slot not handed over yet: scripts follow
+     * ASK to dst, where every key they name now is */
+    ck_assert_int_eq(migrate_keys(r[src], dport, slot, pick_all), N - 10 + 2);
+    ck_assert_int_eq(rcall_int(r[src], "CLUSTER COUNTKEYSINSLOT %d", slot),
+                     0);
+    ck_assert_kv(kv_wait(f3), KV_OK);
+    t = kv_fut_token(f3);
+    kv_fut_free(f3);
+    ck_assert_uint_gt(t, toks[3]);
+    toks[3] = seen[nseen++] = t;
+    t = put(&c, ids[20], "c", toks[20], &rc, NULL, 0);
+    ck_assert_kv(rc, KV_OK);
+    ck_assert_uint_gt(t, toks[20]);
+    toks[20] = seen[nseen++] = t;
+    /* a new key: its record exists nowhere, so dst answers TRYAGAIN until
+     * the slot is its own */
+    kv_record wn = {K(&c, "/mg{m}/new"), "n", 1, 0};
+    kv_fut *fn = kv_put(c.s, &wn, NULL);
+    spin(&c, 30);
+    ck_assert(!kv_fut_done(fn));
+    ck_assert_int_gt(err_count(r[dst], "TRYAGAIN"), 0);
+    {
+        /* a store closed while a command waits to be resent: the command
+         * is cancelled, the close does not wait for the retry timer */
+        kv_store *s2 = NULL;
+        char uri[512];
+        snprintf(uri, sizeof uri, "%s/%s", getenv("KV_TEST_REDIS_CLUSTER"),
+                 prefix);
+        ck_assert_kv(kv_redis_open(&s2, c.loop, NULL, uri, 0), KV_OK);
+        kv_record w2 = {K(&c, "/mg{m}/other"), "o", 1, 0};
+        kv_fut *f2 = kv_put(s2, &w2, NULL);
+        spin(&c, 30);
+        ck_assert(!kv_fut_done(f2));
+        uint64_t t0 = mono_ms();
+        kv_fut *fc = kv_close(s2);
+        ck_assert_kv(kv_wait(fc), KV_OK);
+        kv_fut_free(fc);
+        ck_assert_uint_lt(mono_ms() - t0, 400);
+        ck_assert_kv(kv_wait(f2), KV_ECANCELED);
+        kv_fut_free(f2);
+        kv_store_free(s2);
+    }
+
+    /* 3. the slot handed over: MOVED, and a new map */
+    long long slots0 = 0;
+    for (int m = 0; m < 3; m++)
+        slots0 += cmd_calls(r[m], "cluster|slots");
+    freeReplyObject(rcall(r[dst], "CLUSTER SETSLOT %d NODE %s", slot, did));
+    freeReplyObject(rcall(r[src], "CLUSTER SETSLOT %d NODE %s", slot, did));
+    freeReplyObject(
+        rcall(r[other], "CLUSTER SETSLOT %d NODE %s", slot, did));
+    ck_assert_kv(kv_wait(fn), KV_OK);
+    seen[nseen++] = kv_fut_token(fn);
+    kv_fut_free(fn);
+    for (int i = 0; i < N; i++) {
+        t = put(&c, ids[i], "d", toks[i], &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+        ck_assert_uint_gt(t, toks[i]);
+        toks[i] = seen[nseen++] = t;
+    }
+    long long slots1 = 0;
+    for (int m = 0; m < 3; m++)
+        slots1 += cmd_calls(r[m], "cluster|slots");
+    ck_assert_int_gt(slots1, slots0); /* the map was read again */
+    ck_assert_int_eq(rcall_int(r[dst], "CLUSTER COUNTKEYSINSLOT %d", slot),
+                     N + 3);
+    /* no token was handed out twice in the slot (so never twice for a
+     * key), and the counter went on from where it was on src */
+    for (size_t i = 0; i < nseen; i++)
+        for (size_t j = i + 1; j < nseen; j++)
+            ck_assert_uint_ne(seen[i], seen[j]);
+    for (size_t i = N; i < nseen; i++)
+        for (size_t j = 0; j < N; j++)
+            ck_assert_uint_gt(seen[i], seen[j]);
+    for (int m = 0; m < 3; m++)
+        redisFree(r[m]);
+    close_ctx(&c);
+}
+END_TEST
+#endif
+
 /* Many requests in flight on one connection, replies matched in order. */
 START_TEST(test_pipelined)
 {
@@ -355,7 +828,11 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_uri_errors);
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);
+#ifdef HAVE_HIREDIS
+    tcase_add_test(tc, test_migration);
+#endif
     tcase_add_test(tc, test_master_down);
+    tcase_add_test(tc, test_failover);
     suite_add_tcase(s, tc);
     return s;
 }
