@@ -535,6 +535,8 @@ KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
 #define KV_SYNC_FULL 0x2u /* sqlite: synchronous=FULL (default NORMAL)     */
 #define KV_NO_FSYNC 0x4u  /* fs: skip fsyncs (tests, benchmarks): no       \
                              durability across a machine crash            */
+#define KV_FS_FANOUT 0x8u /* fs: make a new store with the fan-out layout  \
+                             (see kv_fs_open)                             */
 
 #define KV_DEFAULT_MAX_RETRIES 5
 #define KV_FS_DEFAULT_DEPTH 32
@@ -555,7 +557,39 @@ KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 /*
  * Open a filesystem store rooted at root (created if missing), one file per
  * record.  depth is the maximum number of namespaces in a key (0: 32).  The
- * root is locked: a second open from any process fails KV_EBUSY.
+ * root is locked: a second open from any process fails KV_EBUSY.  Every
+ * put is fsynced, renamed into place and its directory fsynced before it
+ * completes (KV_NO_FSYNC drops the fsyncs).  Open blocks the caller: it
+ * takes the lock, removes temp files a crash left and reserves tokens;
+ * every record operation afterwards goes through loop's ring and queries
+ * walk directories on pool.  loop and pool must outlive the store.
+ *
+ * Layout.  Each namespace of a key is one directory level, so all the
+ * records of one prefix share a directory.  Creating, renaming and
+ * unlinking in one directory serialise on that directory's lock, which
+ * caps durable puts into one prefix whatever the concurrency.  The fan-out
+ * layout (KV_FS_FANOUT when the store is made) puts each record file in
+ * one of 64 bucket subdirectories of its directory, named "00.b" to
+ * "3f.b", chosen by a fixed hash of the record's name; puts into one
+ * prefix then spread over 64 directory locks and fsync the bucket, not
+ * the whole directory.  A record and its children (/a and /a/b) still
+ * coexist, and queries still return key order, offset and limit.  The
+ * layout is written to root/.format when the store is made and is the
+ * store's for good: a later open without KV_FS_FANOUT uses whichever
+ * layout the store has, KV_FS_FANOUT on an existing flat store fails
+ * KV_EINVAL (there is no conversion: dump and load into a new store).  A
+ * store without .format (made before it existed) is read as found: flat,
+ * unless it holds bucket directories; .format is then written for it.
+ *
+ * flags: KV_READONLY (every write fails KV_EREADONLY), KV_NO_FSYNC,
+ * KV_FS_FANOUT; KV_SYNC_FULL is accepted and ignored.  Errors: KV_EINVAL
+ * (NULL or empty argument, unknown flags, KV_FS_FANOUT on a flat store),
+ * KV_ENOTSUP (the kernel's io_uring lacks an operation needed: Linux 5.15
+ * or later), KV_EBUSY (locked by another open store), KV_EREADONLY
+ * (KV_READONLY on a missing root), KV_ECORRUPT (.format unknown to this
+ * version), KV_ENOMEM, KV_EBACKEND (root cannot be made, read or locked);
+ * kv_last_errmsg says more.  On success *out must be closed with kv_close
+ * and freed with kv_store_free.
  */
 KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                          const char *root, unsigned depth, unsigned flags);

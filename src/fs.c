@@ -6,12 +6,29 @@
  * ON-DISK LAYOUT
  *
  *   <root>/.lock            lock file (an OFD write lock while open)
+ *   <root>/.format          the layout, "kvstore-fs 1\nlayout flat\n" or
+ *                           "kvstore-fs 1\nlayout fanout 64\n"
  *   <root>/.tokens          token high-water mark, two 32-byte slots
  *   <root>/.clean           left by a clean close: no temp files to remove
  *   <dir>/<E>.kv            the record of the namespace whose name is E
  *   <dir>/<E>/              the directory of that namespace's children
  *   <dir>/<C>.+/            continuation of a long name (see below)
  *   <dir>/.tmp-<hex>        a put in progress (removed at open)
+ *
+ * FAN-OUT LAYOUT (KV_FS_FANOUT when the store is made): the record files
+ * of a directory live in FANOUT (64) bucket subdirectories of it,
+ *
+ *   <dir>/<hh>.b/<E>.kv     hh = bucket_of(E), two lower-case hex digits
+ *   <dir>/<hh>.b/.tmp-<hex> a put in progress
+ *
+ * while children and continuation directories stay in <dir> itself; with
+ * a long name, the bucket is in the innermost continuation, beside where
+ * the record file would be.  bucket_of is FNV-1a 64 of the whole escaped
+ * name E, folded (h ^ h >> 32), mod 64.  Creates, renames and unlinks of
+ * one prefix then take 64 directory locks instead of one, and the group
+ * commit fsyncs a bucket.  Queries read a directory and its buckets and
+ * sort them together.  A store keeps the layout it was made with
+ * (open_layout); ".b" names are buckets only in this layout.
  *
  * Each namespace id ("field:value" or "value") is one path segment, E, by
  * this reversible, injective escape: bytes [A-Za-z0-9_-] are kept, every
@@ -68,10 +85,11 @@
  * at open and then through the ring, so tokens never repeat for any key,
  * across delete/re-insert and reopen, and are never 0.
  *
- * Queries walk directories on the pool, read each directory whole, sort
- * its decoded entries by namespace id (descending for KV_SORT_DESC) and
- * descend depth-first, a record before its children (after them for
- * DESC): that is kv_key_cmp order.  DROP runs on the pool.
+ * Queries walk directories on the pool, read each directory whole (with
+ * its continuations and buckets), sort its decoded entries by namespace
+ * id (descending for KV_SORT_DESC) and descend depth-first, a record
+ * before its children (after them for DESC): that is kv_key_cmp order.
+ * DROP runs on the pool.
  */
 #include "config.h"
 
@@ -112,6 +130,13 @@
 #define TOK_NAME ".tokens"
 #define CLEAN_NAME ".clean" /* written by a clean close, removed at open */
 #define TMP_PREFIX ".tmp-"
+#define FORMAT_NAME ".format" /* the layout, written when a store is made */
+#define FORMAT_TMP ".tmp-format"
+#define FANOUT 64u            /* buckets per directory (KV_FS_FANOUT) */
+#define BUCKET_NAME_SIZE 8u   /* "3f.b" and its NUL, rounded up */
+/* The only two contents of FORMAT_NAME this version knows. */
+#define FORMAT_FLAT "kvstore-fs 1\nlayout flat\n"
+#define FORMAT_FANOUT "kvstore-fs 1\nlayout fanout 64\n"
 
 /* ------------------------------------------------------------------------ */
 /* Little-endian helpers and CRC32C                                         */
@@ -418,11 +443,35 @@ static int path_add(kv_buf *p, const char *comp, size_t len, const char *sfx)
 }
 
 /*
- * The relative directory of key's record ("" for the root) and its base
- * name (the record is base + ".kv", its children directory is base, both in
- * that directory).  key must not be empty.  KV_OK or KV_ENOMEM.  Any thread.
+ * The bucket of a record in the fan-out layout: FNV-1a (64-bit) of the
+ * whole escaped name E of the key's last namespace (before it is cut into
+ * CHUNK pieces), folded to h ^ (h >> 32), modulo FANOUT.  This is part of
+ * the on-disk format: a store made with it finds its records by it.
  */
-static int key_paths(const kv_key *key, char **dir_out, char **base_out)
+static unsigned bucket_of(const char *e, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)e[i]) * 1099511628211ull;
+    return (unsigned)((h ^ (h >> 32)) % FANOUT);
+}
+
+/* The name of bucket b: two lower-case hex digits and ".b". */
+static void bucket_name(char out[BUCKET_NAME_SIZE], unsigned b)
+{
+    snprintf(out, BUCKET_NAME_SIZE, "%02x.b", b % FANOUT);
+}
+
+/*
+ * The relative directory of key's entry ("" for the root), its base name
+ * (its children directory is base in that directory; so is its record,
+ * base + ".kv", in the flat layout) and, if bucket is not NULL, the bucket
+ * of its record in the fan-out layout (the subdirectory bucket_name() of
+ * that directory).  key must not be empty.  KV_OK or KV_ENOMEM.  Any
+ * thread.
+ */
+static int key_paths(const kv_key *key, char **dir_out, char **base_out,
+                     unsigned *bucket)
 {
     kv_buf dir = {NULL, 0, 0}, e = {NULL, 0, 0};
     char *base = NULL;
@@ -438,6 +487,8 @@ static int key_paths(const kv_key *key, char **dir_out, char **base_out)
             break;
         const char *s = (const char *)e.data;
         size_t el = e.len;
+        if (i + 1 == n && bucket != NULL)
+            *bucket = bucket_of(s, el);
         while (el > CHUNK && rc == KV_OK) {
             rc = path_add(&dir, s, CHUNK, ".+");
             s += CHUNK;
@@ -467,7 +518,8 @@ static int key_paths(const kv_key *key, char **dir_out, char **base_out)
     return KV_OK;
 }
 
-/* The children directory of a non-empty key: dir/base. */
+/* The children directory of a non-empty key: dir/base.  Also the bucket
+ * directory of a record: dir/<bucket name>. */
 static char *child_dir_path(const char *dir, const char *base)
 {
     return dir[0] == '\0' ? kv__strdup(base)
@@ -720,6 +772,7 @@ struct fs_state {
     int rootfd, lockfd, tokfd;
     unsigned depth, flags;
     bool nofsync, readonly, use_openat2;
+    bool fanout; /* records in FANOUT bucket directories (KV_FS_FANOUT) */
     /* tokens */
     uint64_t tok_next, tok_hwm, tok_gen, tok_new;
     bool tok_refilling;
@@ -1711,13 +1764,23 @@ static kop *kop_new(fs_state *fs, kv__req *req, kv__item *it,
     if (k == NULL)
         return NULL;
     char *base = NULL;
-    if (key_paths(it->key, &k->dirpath, &base) != KV_OK) {
+    unsigned b = 0;
+    if (key_paths(it->key, &k->dirpath, &base, &b) != KV_OK) {
         kv__free(k);
         return NULL;
     }
     k->fname = kv__asprintf("%s.kv", base);
     kv__free(base);
-    if (k->fname == NULL) {
+    if (k->fname != NULL && fs->fanout) {
+        /* The record's directory is its bucket. */
+        char bn[BUCKET_NAME_SIZE];
+        bucket_name(bn, b);
+        char *bp = child_dir_path(k->dirpath, bn);
+        kv__free(k->dirpath);
+        k->dirpath = bp;
+    }
+    if (k->fname == NULL || k->dirpath == NULL) {
+        kv__free(k->fname);
         kv__free(k->dirpath);
         kv__free(k);
         return NULL;
@@ -2507,15 +2570,37 @@ out:
 }
 
 /* Kinds of directory entries. */
-enum { E_NONE, E_REC, E_SUB, E_CONT };
+enum { E_NONE, E_REC, E_SUB, E_CONT, E_BUCKET };
 
-/* Classify a name; *bl gets the length of its escaped piece. */
-static int entry_kind(const char *nm, size_t *bl)
+static int lower_hex(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Exactly what bucket_name() makes. */
+static bool is_bucket_name(const char *nm)
+{
+    int hi = lower_hex(nm[0]), lo = hi >= 0 ? lower_hex(nm[1]) : -1;
+    return lo >= 0 && strcmp(nm + 2, ".b") == 0 &&
+           (unsigned)(hi << 4 | lo) < FANOUT;
+}
+
+/* Classify a name; *bl gets the length of its escaped piece.  Bucket
+ * directories exist (and are E_BUCKET) only in the fan-out layout. */
+static int entry_kind(const char *nm, size_t *bl, bool fanout)
 {
     size_t nl = strlen(nm);
     int kind;
     if (nm[0] == '.')
         return E_NONE;
+    if (fanout && is_bucket_name(nm)) {
+        *bl = 0;
+        return E_BUCKET;
+    }
     if (nl > 3 && memcmp(nm + nl - 3, ".kv", 3) == 0) {
         kind = E_REC;
         *bl = nl - 3;
@@ -2544,10 +2629,25 @@ typedef struct qent {
     int sdir;   /* frame directory holding base/, or -1 */
 } qent;
 
-/* One logical directory: its physical directories (continuations
- * included) and its sorted entries. */
+/*
+ * One physical directory of a logical one.  A piece (the directory itself
+ * or a continuation) stays open (d) while its frame lives.  A bucket (the
+ * fan-out layout) is read once when the frame is made and closed; its
+ * descriptor (fd) is opened again when a record in it is read, and closed
+ * when the walk descends below the frame, so that a deep walk holds no
+ * more than one frame's buckets open.
+ */
+typedef struct qdir {
+    DIR *d;          /* a piece; NULL for a bucket */
+    int fd;          /* a bucket's descriptor, or -1 */
+    size_t parent;   /* a bucket: the piece that holds it */
+    unsigned bucket; /* a bucket: its number */
+} qdir;
+
+/* One logical directory: its physical directories and its sorted
+ * entries. */
 typedef struct qframe {
-    DIR **dirs;
+    qdir *dirs;
     size_t ndirs;
     qent *ents;
     size_t n, cap, pos;
@@ -2566,10 +2666,22 @@ struct cursor {
     cursor *next, *prev;
 };
 
-static void frame_fini(qframe *f)
+/* Close the descriptors of f's buckets (reopened when needed). */
+static void frame_close_buckets(qframe *f)
 {
     for (size_t i = 0; i < f->ndirs; i++)
-        closedir(f->dirs[i]);
+        if (f->dirs[i].d == NULL && f->dirs[i].fd >= 0) {
+            close(f->dirs[i].fd);
+            f->dirs[i].fd = -1;
+        }
+}
+
+static void frame_fini(qframe *f)
+{
+    frame_close_buckets(f);
+    for (size_t i = 0; i < f->ndirs; i++)
+        if (f->dirs[i].d != NULL)
+            closedir(f->dirs[i].d);
     kv__free(f->dirs);
     for (size_t i = 0; i < f->n; i++) {
         kv__free(f->ents[i].id);
@@ -2580,14 +2692,37 @@ static void frame_fini(qframe *f)
     memset(f, 0, sizeof *f);
 }
 
-static int frame_add_dir(qframe *f, DIR *d)
+/* Add a piece (d, taken on success) or, with d NULL, bucket b of piece
+ * parent; *idx gets its index. */
+static int frame_add_dir(qframe *f, DIR *d, size_t parent, unsigned b,
+                         size_t *idx)
 {
-    DIR **nd = kv__realloc(f->dirs, (f->ndirs + 1) * sizeof *nd);
+    qdir *nd = kv__realloc(f->dirs, (f->ndirs + 1) * sizeof *nd);
     if (nd == NULL)
         return KV_ENOMEM;
     f->dirs = nd;
-    f->dirs[f->ndirs++] = d;
+    f->dirs[f->ndirs] = (qdir){d, -1, parent, b};
+    if (idx != NULL)
+        *idx = f->ndirs;
+    f->ndirs++;
     return KV_OK;
+}
+
+/* A descriptor of f's directory i (owned by f), or -errno. */
+static int frame_dirfd(qframe *f, size_t i)
+{
+    qdir *q = &f->dirs[i];
+    if (q->d != NULL)
+        return dirfd(q->d);
+    if (q->fd < 0) {
+        char bn[BUCKET_NAME_SIZE];
+        bucket_name(bn, q->bucket);
+        q->fd = openat(dirfd(f->dirs[q->parent].d), bn,
+                       O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (q->fd < 0)
+            return -errno;
+    }
+    return q->fd;
 }
 
 static int frame_add_ent(qframe *f, char *id, const char *base, size_t bl,
@@ -2612,10 +2747,57 @@ static int frame_add_ent(qframe *f, char *id, const char *base, size_t bl,
     return KV_OK;
 }
 
-/* Read physical directory di of f (prefix: the escaped pieces above). */
-static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level)
+/* Decode prefix + the piece and add it as an entry of kind in frame
+ * directory di; a name that is not ours is ignored. */
+static int frame_add_name(qframe *f, kv_buf *prefix, const char *nm,
+                          size_t bl, int kind, size_t di)
 {
-    DIR *dir = f->dirs[di];
+    size_t plen = prefix->len;
+    int rc = kv_buf_append(prefix, nm, bl);
+    if (rc == KV_OK) {
+        char *id = NULL;
+        rc = dec_name((const char *)prefix->data, prefix->len, &id);
+        if (rc == KV_OK) {
+            rc = frame_add_ent(f, id, nm, bl, kind, (int)di);
+            if (rc != KV_OK)
+                kv__free(id);
+        } else if (rc == KV_EINVAL) {
+            rc = KV_OK; /* not ours: ignore */
+        }
+    }
+    prefix->len = plen;
+    return rc;
+}
+
+/* Read a bucket (dir, not kept) of f, index bi: its records only. */
+static int frame_scan_bucket(qframe *f, DIR *dir, size_t bi, kv_buf *prefix)
+{
+    int rc = KV_OK;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(dir);
+        if (de == NULL) {
+            if (errno != 0)
+                rc = -errno;
+            break;
+        }
+        size_t bl;
+        if (entry_kind(de->d_name, &bl, true) != E_REC ||
+            (de->d_type != DT_REG && de->d_type != DT_UNKNOWN))
+            continue;
+        rc = frame_add_name(f, prefix, de->d_name, bl, E_REC, bi);
+        if (rc != KV_OK)
+            break;
+    }
+    return rc;
+}
+
+/* Read piece di of f (prefix: the escaped pieces above).  In the fan-out
+ * layout the records are read from the piece's buckets. */
+static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level,
+                      bool fanout)
+{
+    DIR *dir = f->dirs[di].d;
     struct dirent *de;
     int rc = KV_OK;
     for (;;) {
@@ -2627,47 +2809,51 @@ static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level)
             break;
         }
         size_t bl;
-        int kind = entry_kind(de->d_name, &bl);
-        if (kind == E_NONE)
+        int kind = entry_kind(de->d_name, &bl, fanout);
+        if (kind == E_NONE || (kind == E_REC && fanout))
             continue;
         unsigned char t = de->d_type;
         if (kind == E_REC && t != DT_REG && t != DT_UNKNOWN)
             continue;
         if (kind != E_REC && t != DT_DIR && t != DT_UNKNOWN)
             continue;
-        size_t plen = prefix->len;
-        rc = kv_buf_append(prefix, de->d_name, bl);
-        if (rc != KV_OK)
-            break;
-        if (kind == E_CONT) {
-            int fd = level < 100000
-                         ? openat(dirfd(dir), de->d_name,
-                                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                      O_CLOEXEC)
-                         : -1;
-            if (fd >= 0) {
-                DIR *sub = fdopendir(fd);
-                if (sub == NULL) {
-                    rc = -errno;
-                    close(fd);
-                } else if ((rc = frame_add_dir(f, sub)) != KV_OK) {
+        if (kind == E_CONT || kind == E_BUCKET) {
+            if (level >= 100000)
+                continue;
+            int fd = openat(dirfd(dir), de->d_name,
+                            O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (fd < 0)
+                continue; /* gone, or not ours (a file, a symlink) */
+            DIR *sub = fdopendir(fd);
+            if (sub == NULL) {
+                rc = -errno;
+                close(fd);
+                break;
+            }
+            size_t idx = 0;
+            if (kind == E_BUCKET) {
+                /* Read now, reopened by frame_dirfd when needed. */
+                rc = frame_add_dir(f, NULL, di,
+                                   (unsigned)(lower_hex(de->d_name[0]) << 4 |
+                                              lower_hex(de->d_name[1])),
+                                   &idx);
+                if (rc == KV_OK)
+                    rc = frame_scan_bucket(f, sub, idx, prefix);
+                closedir(sub);
+            } else {
+                size_t plen = prefix->len;
+                rc = kv_buf_append(prefix, de->d_name, bl);
+                if (rc == KV_OK)
+                    rc = frame_add_dir(f, sub, 0, 0, &idx);
+                if (rc != KV_OK)
                     closedir(sub);
-                } else {
-                    rc = frame_scan(f, f->ndirs - 1, prefix, level + 1);
-                }
+                else
+                    rc = frame_scan(f, idx, prefix, level + 1, fanout);
+                prefix->len = plen;
             }
         } else {
-            char *id = NULL;
-            rc = dec_name((const char *)prefix->data, prefix->len, &id);
-            if (rc == KV_OK) {
-                rc = frame_add_ent(f, id, de->d_name, bl, kind, (int)di);
-                if (rc != KV_OK)
-                    kv__free(id);
-            } else if (rc == KV_EINVAL) {
-                rc = KV_OK; /* not ours: ignore */
-            }
+            rc = frame_add_name(f, prefix, de->d_name, bl, kind, di);
         }
-        prefix->len = plen;
         if (rc != KV_OK)
             break;
     }
@@ -2737,14 +2923,14 @@ static int cursor_push_dir(cursor *c, int fd, kv_key *key)
         frame_fini(&f);
         return e;
     }
-    int rc = frame_add_dir(&f, d);
+    int rc = frame_add_dir(&f, d, 0, 0, NULL);
     if (rc != KV_OK) {
         closedir(d);
         frame_fini(&f);
         return rc;
     }
     kv_buf prefix = {NULL, 0, 0};
-    rc = frame_scan(&f, 0, &prefix, 0);
+    rc = frame_scan(&f, 0, &prefix, 0, c->fs->fanout);
     kv__free(prefix.data);
     if (rc == KV_OK) {
         frame_sort(&f, c->desc);
@@ -2784,7 +2970,8 @@ static int cursor_begin(cursor *c)
         return cursor_push_dir(c, fd, k);
     }
     char *dir = NULL, *base = NULL;
-    int rc = key_paths(c->qkey, &dir, &base);
+    unsigned b = 0;
+    int rc = key_paths(c->qkey, &dir, &base, &b);
     if (rc != KV_OK)
         return rc;
     int fd = open_dir_path(fs->rootfd, dir);
@@ -2808,15 +2995,18 @@ static int cursor_begin(cursor *c)
     }
     const char *id = strrchr(kv_key_id(c->qkey), '/') + 1;
     char *idc = kv__strdup(id);
-    rc = frame_add_dir(&f, d);
+    rc = frame_add_dir(&f, d, 0, 0, NULL);
     if (rc != KV_OK)
         closedir(d);
+    size_t rdi = 0; /* where the record is: the piece, or its bucket */
+    if (rc == KV_OK && fs->fanout)
+        rc = frame_add_dir(&f, NULL, 0, b, &rdi);
     if (rc == KV_OK && idc == NULL)
         rc = KV_ENOMEM;
     if (rc == KV_OK)
         rc = kv_key_parent(&f.key, c->qkey);
     if (rc == KV_OK) {
-        rc = frame_add_ent(&f, idc, base, strlen(base), E_REC, 0);
+        rc = frame_add_ent(&f, idc, base, strlen(base), E_REC, (int)rdi);
         if (rc == KV_OK)
             idc = NULL;
     }
@@ -2825,9 +3015,16 @@ static int cursor_begin(cursor *c)
         struct stat st;
         char name[CHUNK + 4];
         snprintf(name, sizeof name, "%s.kv", base);
-        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-            !S_ISREG(st.st_mode))
+        int rfd = frame_dirfd(&f, rdi);
+        if (rfd < 0 && rfd != -ENOENT && rfd != -ENOTDIR && rfd != -ELOOP)
+            rc = rfd;
+        else if (rfd < 0 ||
+                 fstatat(rfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                 !S_ISREG(st.st_mode))
             f.ents[0].rdir = -1;
+    }
+    if (rc == KV_OK) {
+        struct stat st;
         if (fstatat(fd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
             S_ISDIR(st.st_mode))
             f.ents[0].sdir = 0;
@@ -2869,7 +3066,9 @@ static int cursor_next(cursor *c, size_t *fi, size_t *ei)
             return 1;
         }
         if (sub_now && e->sdir >= 0 && kv_key_len(f->key) + 1 < fs->depth) {
-            int fd = openat(dirfd(f->dirs[e->sdir]), e->base,
+            /* Below this frame, its buckets are not needed. */
+            frame_close_buckets(f);
+            int fd = openat(dirfd(f->dirs[e->sdir].d), e->base,
                             O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd < 0) {
                 if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
@@ -2940,8 +3139,12 @@ static void fetch_work(kv__job *job)
         char name[CHUNK + 4];
         snprintf(name, sizeof name, "%s.kv", e->base);
         kv__item *it = &items[n];
-        rc = read_record(dirfd(f->dirs[e->rdir]), name, c->value, &it->val,
-                         &it->len, &it->token);
+        int dfd = frame_dirfd(f, (size_t)e->rdir);
+        if (dfd == -ENOTDIR || dfd == -ELOOP)
+            dfd = -ENOENT; /* a bucket replaced since: not ours */
+        rc = dfd < 0 ? dfd
+                     : read_record(dfd, name, c->value, &it->val, &it->len,
+                                   &it->token);
         if (rc == -ENOENT) {
             rc = KV_OK; /* deleted since the directory was read */
             continue;
@@ -3037,7 +3240,7 @@ static void fetch_done(kv__job *job, int status)
 
 /* Remove every record and store directory inside dfd (not dot-files: temp
  * files of puts in flight stay, and their directories with them). */
-static int drop_tree(int dfd, bool nofsync, unsigned level)
+static int drop_tree(int dfd, bool nofsync, bool fanout, unsigned level)
 {
     int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
@@ -3053,7 +3256,7 @@ static int drop_tree(int dfd, bool nofsync, unsigned level)
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         size_t bl;
-        int kind = entry_kind(de->d_name, &bl);
+        int kind = entry_kind(de->d_name, &bl, fanout);
         if (kind == E_NONE)
             continue;
         if (kind == E_REC) {
@@ -3069,7 +3272,7 @@ static int drop_tree(int dfd, bool nofsync, unsigned level)
                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (sub < 0)
             continue; /* gone, or not ours (a file, a symlink) */
-        int r = drop_tree(sub, nofsync, level + 1);
+        int r = drop_tree(sub, nofsync, fanout, level + 1);
         close(sub);
         if (r != KV_OK && rc == KV_OK)
             rc = r;
@@ -3085,9 +3288,10 @@ static int drop_tree(int dfd, bool nofsync, unsigned level)
 static int drop_key(fs_state *fs, const kv_key *key)
 {
     if (kv_key_len(key) == 0)
-        return drop_tree(fs->rootfd, fs->nofsync, 0);
+        return drop_tree(fs->rootfd, fs->nofsync, fs->fanout, 0);
     char *dir = NULL, *base = NULL;
-    int rc = key_paths(key, &dir, &base);
+    unsigned b = 0;
+    int rc = key_paths(key, &dir, &base, &b);
     if (rc != KV_OK)
         return rc;
     int dfd = open_dir_path(fs->rootfd, dir);
@@ -3099,14 +3303,32 @@ static int drop_key(fs_state *fs, const kv_key *key)
     bool changed = false;
     char name[CHUNK + 4];
     snprintf(name, sizeof name, "%s.kv", base);
-    if (unlinkat(dfd, name, 0) == 0)
+    if (fs->fanout) {
+        /* The record is in its bucket, which stays (shared). */
+        char bn[BUCKET_NAME_SIZE];
+        bucket_name(bn, b);
+        int bfd = openat(dfd, bn, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+                                      O_CLOEXEC);
+        if (bfd >= 0) {
+            if (unlinkat(bfd, name, 0) == 0) {
+                if (!fs->nofsync && fsync(bfd) != 0)
+                    rc = -errno;
+            } else if (errno != ENOENT) {
+                rc = -errno;
+            }
+            close(bfd);
+        } else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP) {
+            rc = -errno; /* (a symlink or a file there is not ours) */
+        }
+    } else if (unlinkat(dfd, name, 0) == 0) {
         changed = true;
-    else if (errno != ENOENT)
+    } else if (errno != ENOENT) {
         rc = -errno;
+    }
     int sub = openat(dfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
                                     O_CLOEXEC);
     if (sub >= 0) {
-        int r = drop_tree(sub, fs->nofsync, 0);
+        int r = drop_tree(sub, fs->nofsync, fs->fanout, 0);
         close(sub);
         if (r != KV_OK && rc == KV_OK)
             rc = r;
@@ -3165,7 +3387,7 @@ static void drop_done(kv__job *job, int status)
                 continue;
             }
             char *dir = NULL, *base = NULL;
-            if (key_paths(key, &dir, &base) == KV_OK) {
+            if (key_paths(key, &dir, &base, NULL) == KV_OK) {
                 char *p = child_dir_path(dir, base);
                 if (p != NULL)
                     dir_invalidate_below(fs, p);
@@ -3641,8 +3863,8 @@ void kv__fs_stats(const kv_store *s, uint64_t out[8])
  * Walk the tree at open: remove temp files left by a crash (cleanup) and
  * find the largest token in use (scan, when .tokens is missing or bad).
  */
-static void open_walk(int dfd, bool cleanup, bool scan, uint64_t *maxtok,
-                      unsigned level)
+static void open_walk(int dfd, bool fanout, bool cleanup, bool scan,
+                      uint64_t *maxtok, unsigned level)
 {
     int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
@@ -3660,7 +3882,7 @@ static void open_walk(int dfd, bool cleanup, bool scan, uint64_t *maxtok,
             continue;
         }
         size_t bl;
-        int kind = entry_kind(nm, &bl);
+        int kind = entry_kind(nm, &bl, fanout);
         if (kind == E_NONE)
             continue;
         if (kind == E_REC) {
@@ -3680,10 +3902,143 @@ static void open_walk(int dfd, bool cleanup, bool scan, uint64_t *maxtok,
                                       O_CLOEXEC);
         if (sub < 0)
             continue;
-        open_walk(sub, cleanup, scan, maxtok, level + 1);
+        open_walk(sub, fanout, cleanup, scan, maxtok, level + 1);
         close(sub);
     }
     closedir(d);
+}
+
+/*
+ * What the tree below dfd holds, for a store without FORMAT_NAME: *any if
+ * it has a store entry at all, *bucket if it has a bucket directory (the
+ * walk stops there).  0, or -errno if dfd cannot be read.
+ */
+static int layout_probe(int dfd, bool *any, bool *bucket, unsigned level)
+{
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    struct dirent *de;
+    while (!*bucket && (de = readdir(d)) != NULL) {
+        size_t bl;
+        int kind = entry_kind(de->d_name, &bl, true);
+        if (kind == E_NONE)
+            continue;
+        *any = true;
+        if (kind == E_REC || level > 100000)
+            continue;
+        int sub = openat(dfd, de->d_name,
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0)
+            continue; /* not a directory: not ours */
+        if (kind == E_BUCKET)
+            *bucket = true;
+        else
+            (void)layout_probe(sub, any, bucket, level + 1);
+        close(sub);
+    }
+    closedir(d);
+    return 0;
+}
+
+/* Write FORMAT_NAME for fs->fanout: a temp file, fsync, rename.  The
+ * rename is made durable by open's fsync of the root.  0 or -errno. */
+static int write_format(fs_state *fs)
+{
+    const char *txt = fs->fanout ? FORMAT_FANOUT : FORMAT_FLAT;
+    size_t n = strlen(txt);
+    int fd = openat(fs->rootfd, FORMAT_TMP,
+                    O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                    0644);
+    if (fd < 0)
+        return -errno;
+    int e = 0;
+    ssize_t w = pwrite(fd, txt, n, 0);
+    if (w < 0)
+        e = -errno;
+    else if ((size_t)w != n)
+        e = -EIO;
+    else if (!fs->nofsync && fsync(fd) != 0)
+        e = -errno;
+    if (close(fd) != 0 && e == 0)
+        e = -errno;
+    if (e == 0 && renameat(fs->rootfd, FORMAT_TMP, fs->rootfd,
+                           FORMAT_NAME) != 0)
+        e = -errno;
+    if (e != 0)
+        (void)unlinkat(fs->rootfd, FORMAT_TMP, 0); /* or at the next open */
+    return e;
+}
+
+/*
+ * Settle the layout: FORMAT_NAME says it.  A store without that file is
+ * new (nothing in it: the layout asked for) or was made before the file
+ * existed (flat, unless a bucket directory shows it is not); the file is
+ * then written, unless read-only.  KV_FS_FANOUT on a flat store is
+ * KV_EINVAL: the layout is chosen when a store is made.  KV_OK or a KV
+ * code with msg set.
+ */
+static int open_layout(fs_state *fs, bool want_fanout, char *msg,
+                       size_t msglen)
+{
+    int fd = openat(fs->rootfd, FORMAT_NAME,
+                    O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+        char buf[64];
+        ssize_t r = pread_full(fd, buf, sizeof buf, 0);
+        close(fd);
+        if (r < 0) {
+            snprintf(msg, msglen, "read %s/%s: %s", fs->root, FORMAT_NAME,
+                     strerror((int)-r));
+            return kv__from_errno((int)r);
+        }
+        if ((size_t)r == strlen(FORMAT_FLAT) &&
+            memcmp(buf, FORMAT_FLAT, (size_t)r) == 0) {
+            fs->fanout = false;
+        } else if ((size_t)r == strlen(FORMAT_FANOUT) &&
+                   memcmp(buf, FORMAT_FANOUT, (size_t)r) == 0) {
+            fs->fanout = true;
+        } else {
+            snprintf(msg, msglen,
+                     "%s/%s does not name a layout this version knows",
+                     fs->root, FORMAT_NAME);
+            return KV_ECORRUPT;
+        }
+    } else if (errno == ENOENT) {
+        bool any = false, bucket = false;
+        int rc = layout_probe(fs->rootfd, &any, &bucket, 0);
+        if (rc < 0) {
+            snprintf(msg, msglen, "read %s: %s", fs->root, strerror(-rc));
+            return kv__from_errno(rc);
+        }
+        fs->fanout = any ? bucket : want_fanout;
+        /* (A refused open writes nothing.) */
+        if (!fs->readonly && !(want_fanout && !fs->fanout) &&
+            (rc = write_format(fs)) < 0) {
+            snprintf(msg, msglen, "write %s/%s: %s", fs->root, FORMAT_NAME,
+                     strerror(-rc));
+            return kv__from_errno(rc);
+        }
+    } else {
+        int e = errno;
+        snprintf(msg, msglen, "open %s/%s: %s", fs->root, FORMAT_NAME,
+                 strerror(e));
+        return e == ELOOP ? KV_ECORRUPT : kv__from_errno(-e);
+    }
+    if (want_fanout && !fs->fanout) {
+        snprintf(msg, msglen,
+                 "%s has the flat layout: KV_FS_FANOUT only chooses the "
+                 "layout of a new store",
+                 fs->root);
+        return KV_EINVAL;
+    }
+    return KV_OK;
 }
 
 static int open_fail(fs_state *fs, int code, const char *fmt, ...)
@@ -3736,7 +4091,7 @@ static int open_tokens(fs_state *fs)
     if (!found) {
         /* New store, or the counter was lost: never reuse a token. */
         uint64_t maxtok = 0;
-        open_walk(fs->rootfd, false, true, &maxtok, 0);
+        open_walk(fs->rootfd, fs->fanout, false, true, &maxtok, 0);
         next = maxtok + 1;
     }
     if (next == 0)
@@ -3777,7 +4132,7 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
         root[0] == '\0')
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: NULL or empty "
                                           "argument");
-    if (flags & ~(KV_READONLY | KV_NO_FSYNC | KV_SYNC_FULL))
+    if (flags & ~(KV_READONLY | KV_NO_FSYNC | KV_SYNC_FULL | KV_FS_FANOUT))
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: unknown flags 0x%x",
                          flags);
     static const int need[] = {IORING_OP_OPENAT,   IORING_OP_READ,
@@ -3874,20 +4229,25 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                          root, strerror(e));
     }
 
+    char msg[512];
+    int lrc = open_layout(fs, (flags & KV_FS_FANOUT) != 0, msg, sizeof msg);
+    if (lrc != KV_OK)
+        return open_fail(fs, lrc, "kv_fs_open: %s", msg);
+
     if (!fs->readonly) {
         /* Temp files are only left by a crash: a clean close leaves a
          * marker, and then the walk is not needed.  (Should the removal of
          * the marker be lost to a machine crash, the price is temp files
          * left until a later open: they are never read as records.) */
         if (unlinkat(fs->rootfd, CLEAN_NAME, 0) != 0)
-            open_walk(fs->rootfd, true, false, NULL, 0);
+            open_walk(fs->rootfd, fs->fanout, true, false, NULL, 0);
         int rc = open_tokens(fs);
         if (rc != KV_OK)
             return open_fail(fs, to_kv(rc),
                              "kv_fs_open: token counter in %s: %s", root,
                              kv_strerror(rc));
-        /* The entries of .lock and .tokens (a lost .tokens would be
-         * rebuilt from the records, missing tokens of deleted ones). */
+        /* The entries of .lock, .format and .tokens (a lost .tokens would
+         * be rebuilt from the records, missing tokens of deleted ones). */
         if (!fs->nofsync && fsync(fs->rootfd) != 0)
             return open_fail(fs, kv__from_errno(-errno),
                              "kv_fs_open: fsync %s: %s", root,

@@ -287,15 +287,21 @@ static void check_tree_fd(int dfd, bool top, size_t *records, size_t *temps)
             continue;
         }
         if (top && (strcmp(nm, ".lock") == 0 || strcmp(nm, ".tokens") == 0 ||
-                    strcmp(nm, ".clean") == 0))
+                    strcmp(nm, ".clean") == 0 || strcmp(nm, ".format") == 0))
             continue;
         size_t len = strlen(nm), bl = len;
         bool rec = len > 3 && strcmp(nm + len - 3, ".kv") == 0;
         bool cont = len > 2 && strcmp(nm + len - 2, ".+") == 0;
+        /* A bucket of the fan-out layout: "00.b" to "3f.b". */
+        bool bucket = len == 4 && strchr("0123", nm[0]) != NULL &&
+                      strchr("0123456789abcdef", nm[1]) != NULL &&
+                      strcmp(nm + 2, ".b") == 0;
         if (rec)
             bl = len - 3;
         else if (cont)
             bl = len - 2;
+        else if (bucket)
+            bl = 2;
         ck_assert_msg(bl > 0 && bl <= 240, "bad name length: %s", nm);
         for (size_t i = 0; i < bl; i++) {
             char c = nm[i];
@@ -494,10 +500,11 @@ static int cmp_keyid(const void *a, const void *b)
     return c;
 }
 
+/* _i: 0 the flat layout, 1 the fan-out layout. */
 START_TEST(test_hostile_keys)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_NO_FSYNC | (_i == 1 ? KV_FS_FANOUT : 0));
     /* Outside the store: nothing may appear here. */
     char *outside = path_in(tmpdir, "outside");
     ck_assert_int_eq(mkdir(outside, 0755), 0);
@@ -1003,6 +1010,485 @@ START_TEST(test_readonly)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* The fan-out layout (KV_FS_FANOUT)                                        */
+/* ------------------------------------------------------------------------ */
+
+#define FORMAT_FLAT "kvstore-fs 1\nlayout flat\n"
+#define FORMAT_FANOUT "kvstore-fs 1\nlayout fanout 64\n"
+
+/* The documented bucket of an escaped name: FNV-1a 64, h ^ h >> 32, % 64. */
+static unsigned t_bucket(const char *e)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *e; e++)
+        h = (h ^ (unsigned char)*e) * 1099511628211ull;
+    return (unsigned)((h ^ (h >> 32)) % 64);
+}
+
+/* "dir/hh.b/name.kv" for a record name that needs no escaping. */
+static char *t_bucket_path(const char *dir, const char *name)
+{
+    char *p = malloc(strlen(dir) + strlen(name) + 16);
+    sprintf(p, "%s%s%02x.b/%s.kv", dir, dir[0] ? "/" : "", t_bucket(name),
+            name);
+    return p;
+}
+
+static char *read_file(const char *dir, const char *rel)
+{
+    char *p = path_in(dir, rel);
+    FILE *fp = fopen(p, "r");
+    free(p);
+    if (fp == NULL)
+        return NULL;
+    char *buf = calloc(1, 256);
+    size_t n = fread(buf, 1, 255, fp);
+    buf[n] = '\0';
+    fclose(fp);
+    return buf;
+}
+
+static void write_file(const char *dir, const char *rel, const char *text)
+{
+    char *p = path_in(dir, rel);
+    FILE *fp = fopen(p, "w");
+    ck_assert_ptr_nonnull(fp);
+    fputs(text, fp);
+    ck_assert_int_eq(fclose(fp), 0);
+    free(p);
+}
+
+static void remove_file(const char *dir, const char *rel)
+{
+    char *p = path_in(dir, rel);
+    ck_assert_int_eq(unlink(p), 0);
+    free(p);
+}
+
+/* The canonical id of a key (heap). */
+static char *canon_id(const char *path)
+{
+    kv_key *k = key_of(path);
+    char *id = strdup(kv_key_id(k));
+    kv_key_free(k);
+    return id;
+}
+
+/* The ids of a query with offset and limit, in order. */
+static int query_page(kv_store *s, const char *prefix, kv_sort sort,
+                      int64_t offset, int64_t limit, char ***ids, size_t *n)
+{
+    kv_key *k = key_of(prefix);
+    kv_query q = kv_query_init(k);
+    q.sort = sort;
+    q.offset = offset;
+    q.limit = limit;
+    q.value = (offset & 1) != 0; /* both ways */
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    int rc = kv_wait(f);
+    kv_key_free(k);
+    *ids = NULL;
+    *n = 0;
+    if (rc == KV_OK) {
+        kv_iter *it = kv_fut_take_iter(f);
+        kv_fut_free(f);
+        f = kv_iter_fetch_all(it);
+        rc = kv_wait(f);
+        if (rc == KV_OK) {
+            size_t m;
+            const kv_record *r = kv_fut_records(f, &m);
+            *ids = calloc(m + 1, sizeof **ids);
+            for (size_t i = 0; i < m; i++)
+                (*ids)[i] = strdup(kv_key_id(r[i].key));
+            *n = m;
+        }
+        kv_iter_free(it);
+    }
+    kv_fut_free(f);
+    return rc;
+}
+
+/* Records land in buckets; get, has, CAS, delete, tokens; the layout is
+ * recorded and adopted by a later open without the flag. */
+START_TEST(test_fanout_layout)
+{
+    env e;
+    env_init(&e, 0, KV_FS_FANOUT);
+    char *fmt = read_file(root, ".format");
+    ck_assert_ptr_nonnull(fmt);
+    ck_assert_str_eq(fmt, FORMAT_FANOUT);
+    free(fmt);
+    enum { N = 200 };
+    uint64_t toks[N];
+    unsigned used[64] = {0};
+    for (int i = 0; i < N; i++) {
+        char p[32], v[32];
+        snprintf(p, sizeof p, "/users/k%03d", i);
+        snprintf(v, sizeof v, "value %d", i);
+        ck_assert_kv(put_s(e.s, p, v, 0, &toks[i]), KV_OK);
+        snprintf(p, sizeof p, "k%03d", i);
+        char *bp = t_bucket_path("users", p);
+        ck_assert_msg(exists(root, bp), "%s is missing", bp);
+        free(bp);
+        char flat[48];
+        snprintf(flat, sizeof flat, "users/%s.kv", p);
+        ck_assert(!exists(root, flat));
+        used[t_bucket(p)]++;
+    }
+    int nbuckets = 0;
+    for (int b = 0; b < 64; b++)
+        nbuckets += used[b] > 0;
+    ck_assert_int_gt(nbuckets, 40); /* ~61 expected for 200 keys */
+    /* A record and its children; the root has buckets too. */
+    ck_assert_kv(put_s(e.s, "/users", "top", 0, NULL), KV_OK);
+    ck_assert_kv(put_s(e.s, "/users/k001/posts", "p", 0, NULL), KV_OK);
+    char *bp = t_bucket_path("", "users");
+    ck_assert(exists(root, bp));
+    free(bp);
+    bp = t_bucket_path("users/k001", "posts");
+    ck_assert(exists(root, bp));
+    free(bp);
+    ck_assert(!exists(root, "users.kv"));
+    size_t records = 0, temps = 0;
+    check_tree(root, true, &records, &temps);
+    ck_assert_uint_eq(records, N + 2);
+    ck_assert_uint_eq(temps, 0);
+    /* CAS, tokens, delete. */
+    uint64_t t2 = 0;
+    ck_assert_kv(put_s(e.s, "/users/k007", "new", toks[7], &t2), KV_OK);
+    ck_assert_uint_gt(t2, toks[7]);
+    ck_assert_kv(put_s(e.s, "/users/k007", "stale", toks[7], NULL),
+                 KV_ECONFLICT);
+    ck_assert_kv(put_s(e.s, "/users/k008", "dup", 0, NULL), KV_ECONFLICT);
+    char *got = NULL;
+    uint64_t tg = 0;
+    ck_assert_kv(get_s(e.s, "/users/k007", &got, &tg), KV_OK);
+    ck_assert_str_eq(got, "new");
+    ck_assert_uint_eq(tg, t2);
+    free(got);
+    bool yes = false;
+    ck_assert_kv(has_s(e.s, "/users/k009", &yes), KV_OK);
+    ck_assert(yes);
+    ck_assert_kv(del_s(e.s, "/users/k009", toks[8]), KV_ECONFLICT);
+    ck_assert_kv(del_s(e.s, "/users/k009", toks[9]), KV_OK);
+    ck_assert_kv(get_s(e.s, "/users/k009", NULL, NULL), KV_ENOTFOUND);
+    ck_assert_kv(has_s(e.s, "/users/k009", &yes), KV_OK);
+    ck_assert(!yes);
+    ck_assert_kv(get_s(e.s, "/nobody/k", NULL, NULL), KV_ENOTFOUND);
+    ck_assert_kv(del_s(e.s, "/nobody/k", 1), KV_ECONFLICT);
+    uint64_t t3 = 0;
+    ck_assert_kv(put_s(e.s, "/users/k009", "again", 0, &t3), KV_OK);
+    ck_assert_uint_gt(t3, t2); /* never a token seen before */
+    /* Reopen without the flag: the store's layout is used. */
+    env_reopen(&e, 0, 0);
+    ck_assert_kv(get_s(e.s, "/users/k007", &got, &tg), KV_OK);
+    ck_assert_str_eq(got, "new");
+    ck_assert_uint_eq(tg, t2);
+    free(got);
+    ck_assert_kv(put_s(e.s, "/users/k500", "after", 0, NULL), KV_OK);
+    bp = t_bucket_path("users", "k500");
+    ck_assert(exists(root, bp));
+    free(bp);
+    char **ids;
+    size_t n;
+    ck_assert_kv(query_ids(e.s, "/users", KV_SORT_ASC, false, &ids, &n),
+                 KV_OK);
+    ck_assert_uint_eq(n, N + 3);
+    ck_assert_str_eq(ids[0], "/users");
+    ck_assert_str_eq(ids[1], "/users/k000");
+    ck_assert_str_eq(ids[2], "/users/k001");
+    ck_assert_str_eq(ids[3], "/users/k001/posts");
+    ck_assert_str_eq(ids[n - 1], "/users/k500");
+    free_ids(ids, n);
+    /* And with it, read-only too. */
+    env_reopen(&e, 0, KV_FS_FANOUT | KV_READONLY);
+    ck_assert_kv(get_s(e.s, "/users/k500", NULL, NULL), KV_OK);
+    env_done(&e);
+}
+END_TEST
+
+/* The layout is the store's: KV_FS_FANOUT cannot reopen a flat store; a
+ * store without .format is probed, never misread. */
+START_TEST(test_fanout_wrong_layout)
+{
+    env e;
+    env_init(&e, 0, KV_NO_FSYNC);
+    ck_assert_kv(put_s(e.s, "/f/k", "flat", 0, NULL), KV_OK);
+    char *fmt = read_file(root, ".format");
+    ck_assert_str_eq(fmt, FORMAT_FLAT);
+    free(fmt);
+    env_close_store(&e);
+    int rc = env_open(&e, root, 0, KV_FS_FANOUT);
+    ck_assert_kv(rc, KV_EINVAL);
+    ck_assert_ptr_null(e.s);
+    ck_assert_msg(strstr(kv_last_errmsg(), "flat layout") != NULL,
+                  "message: %s", kv_last_errmsg());
+    /* The refused open left the store as it was. */
+    env_reopen(&e, 0, 0);
+    char *got = NULL;
+    ck_assert_kv(get_s(e.s, "/f/k", &got, NULL), KV_OK);
+    ck_assert_str_eq(got, "flat");
+    free(got);
+    env_close_store(&e);
+
+    /* A flat store made before .format existed: probed as flat. */
+    remove_file(root, ".format");
+    ck_assert_kv(env_open(&e, root, 0, KV_FS_FANOUT | KV_NO_FSYNC),
+                 KV_EINVAL);
+    ck_assert(!exists(root, ".format")); /* nothing written by a refusal */
+    env_reopen(&e, 0, KV_NO_FSYNC);
+    fmt = read_file(root, ".format");
+    ck_assert_str_eq(fmt, FORMAT_FLAT);
+    free(fmt);
+    ck_assert_kv(get_s(e.s, "/f/k", NULL, NULL), KV_OK);
+    env_close_store(&e);
+
+    /* A fan-out store that lost .format is still read as fan-out. */
+    char *other = path_in(tmpdir, "fan");
+    ck_assert_kv(env_open(&e, other, 0, KV_FS_FANOUT | KV_NO_FSYNC), KV_OK);
+    ck_assert_kv(put_s(e.s, "/deep/er/k", "fan", 0, NULL), KV_OK);
+    env_close_store(&e);
+    remove_file(other, ".format");
+    ck_assert_kv(env_open(&e, other, 0, KV_READONLY), KV_OK);
+    ck_assert_kv(get_s(e.s, "/deep/er/k", &got, NULL), KV_OK);
+    ck_assert_str_eq(got, "fan");
+    free(got);
+    env_close_store(&e);
+    ck_assert(!exists(other, ".format")); /* read-only writes nothing */
+    ck_assert_kv(env_open(&e, other, 0, KV_NO_FSYNC), KV_OK);
+    fmt = read_file(other, ".format");
+    ck_assert_str_eq(fmt, FORMAT_FANOUT);
+    free(fmt);
+    ck_assert_kv(get_s(e.s, "/deep/er/k", NULL, NULL), KV_OK);
+    env_close_store(&e);
+
+    /* A .format this version does not know. */
+    write_file(other, ".format", "kvstore-fs 2\nlayout fanout 256\n");
+    ck_assert_kv(env_open(&e, other, 0, 0), KV_ECORRUPT);
+    ck_assert_kv(env_open(&e, other, 0, KV_FS_FANOUT), KV_ECORRUPT);
+    ck_assert_ptr_null(e.s);
+
+    /* An empty root made beforehand is a new store: either layout. */
+    char *empty = path_in(tmpdir, "empty");
+    ck_assert_int_eq(mkdir(empty, 0755), 0);
+    ck_assert_kv(env_open(&e, empty, 0, KV_FS_FANOUT | KV_NO_FSYNC), KV_OK);
+    env_close_store(&e);
+    fmt = read_file(empty, ".format");
+    ck_assert_str_eq(fmt, FORMAT_FANOUT);
+    free(fmt);
+    free(empty);
+    free(other);
+    env_done(&e);
+}
+END_TEST
+
+/* Queries merge the buckets: key order both ways, offset and limit,
+ * value=false, records with descendants and descendants without a record,
+ * long names (continuations) and escaped names. */
+START_TEST(test_fanout_query_merge)
+{
+    env e;
+    env_init(&e, 0, KV_FS_FANOUT | KV_NO_FSYNC);
+    char lng[600];
+    memset(lng, 'L', sizeof lng - 1);
+    lng[sizeof lng - 1] = '\0';
+    enum { MAXK = 400 };
+    char *keys[MAXK];
+    size_t nk = 0;
+    for (int i = 0; i < 60; i++) {
+        char p[700];
+        snprintf(p, sizeof p, "/q/%02d", i);
+        if (i % 7 != 3) /* some have children but no record */
+            keys[nk++] = canon_id(p);
+        if (i % 3 == 0) {
+            for (int j = 0; j < 4; j++) {
+                snprintf(p, sizeof p, "/q/%02d/c%d", i, j);
+                keys[nk++] = canon_id(p);
+            }
+        } else if (i % 7 == 3) {
+            snprintf(p, sizeof p, "/q/%02d/only", i);
+            keys[nk++] = canon_id(p);
+        }
+        if (i % 10 == 0) {
+            snprintf(p, sizeof p, "/q/%02d/%s%d", i, lng, i);
+            keys[nk++] = canon_id(p);
+            snprintf(p, sizeof p, "/q/%02d/x:y z/.", i);
+            keys[nk++] = canon_id(p);
+        }
+    }
+    keys[nk++] = canon_id("/q");
+    keys[nk++] = canon_id("/qq");
+    keys[nk++] = canon_id("/q:0");
+    ck_assert_uint_le(nk, MAXK);
+    for (size_t i = 0; i < nk; i++)
+        ck_assert_kv(put_s(e.s, keys[i], "v", 0, NULL), KV_OK);
+    /* Expected: the keys at or below /q, in kv_key_cmp order. */
+    char *want[MAXK];
+    size_t nw = 0;
+    for (size_t i = 0; i < nk; i++)
+        if (strcmp(keys[i], "/q") == 0 || strncmp(keys[i], "/q/", 3) == 0)
+            want[nw++] = keys[i];
+    qsort(want, nw, sizeof *want, cmp_keyid);
+    for (int round = 0; round < 2; round++) {
+        char **ids;
+        size_t n;
+        ck_assert_kv(query_ids(e.s, "/q", KV_SORT_ASC, round == 0, &ids, &n),
+                     KV_OK);
+        ck_assert_uint_eq(n, nw);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_str_eq(ids[i], want[i]);
+        free_ids(ids, n);
+        ck_assert_kv(query_ids(e.s, "/q", KV_SORT_DESC, round == 1, &ids, &n),
+                     KV_OK);
+        ck_assert_uint_eq(n, nw);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_str_eq(ids[i], want[nw - 1 - i]);
+        free_ids(ids, n);
+        /* Pages: offset and limit count records, in order. */
+        static const int64_t offs[] = {0, 1, 5, 37, 100};
+        static const int64_t lims[] = {0, 1, 3, 50, -1};
+        for (size_t a = 0; a < KV__ARRAY_SIZE(offs); a++)
+            for (size_t b = 0; b < KV__ARRAY_SIZE(lims); b++)
+                for (int desc = 0; desc < 2; desc++) {
+                    ck_assert_kv(query_page(e.s, "/q",
+                                            desc ? KV_SORT_DESC : KV_SORT_ASC,
+                                            offs[a], lims[b], &ids, &n),
+                                 KV_OK);
+                    size_t from = (size_t)offs[a] < nw ? (size_t)offs[a] : nw;
+                    size_t cnt = nw - from;
+                    if (lims[b] >= 0 && (size_t)lims[b] < cnt)
+                        cnt = (size_t)lims[b];
+                    ck_assert_uint_eq(n, cnt);
+                    for (size_t i = 0; i < n; i++)
+                        ck_assert_str_eq(ids[i],
+                                         desc ? want[nw - 1 - from - i]
+                                              : want[from + i]);
+                    free_ids(ids, n);
+                }
+        /* A query of one key, a record with children. */
+        ck_assert_kv(query_ids(e.s, "/q/00", KV_SORT_ASC, false, &ids, &n),
+                     KV_OK);
+        ck_assert_uint_eq(n, 7);
+        ck_assert_str_eq(ids[0], "/q/00");
+        free_ids(ids, n);
+        ck_assert_kv(query_ids(e.s, "/q/17", KV_SORT_DESC, true, &ids, &n),
+                     KV_OK);
+        ck_assert_uint_eq(n, 1);
+        ck_assert_str_eq(ids[0], "/q/17/only");
+        free_ids(ids, n);
+        /* Unsorted: the same set. */
+        ck_assert_kv(query_ids(e.s, "/", KV_SORT_NONE, false, &ids, &n),
+                     KV_OK);
+        ck_assert_uint_eq(n, nk);
+        free_ids(ids, n);
+        env_reopen(&e, 0, KV_NO_FSYNC);
+    }
+    for (size_t i = 0; i < nk; i++)
+        free(keys[i]);
+    env_done(&e);
+}
+END_TEST
+
+/* Temp files in buckets are removed at open; drop leaves buckets usable;
+ * a bucket directory fsync is shared by the renames that land together. */
+START_TEST(test_fanout_files)
+{
+    env e;
+    env_init(&e, 0, KV_FS_FANOUT);
+    enum { N = 256 };
+    kv_fut *futs[N];
+    uint64_t before[8], after[8];
+    ck_assert_kv(put_s(e.s, "/g/first", "x", 0, NULL), KV_OK);
+    kv__fs_stats(e.s, before);
+    for (int i = 0; i < N; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "/g/%03d", i);
+        kv_key *k = key_of(p);
+        kv_record r = {k, "value", 5, 0};
+        futs[i] = kv_put(e.s, &r, NULL);
+        kv_key_free(k);
+    }
+    for (int i = 0; i < N; i++) {
+        ck_assert_kv(kv_wait(futs[i]), KV_OK);
+        kv_fut_free(futs[i]);
+    }
+    kv__fs_stats(e.s, after);
+    uint64_t dsync = after[S_DFSYNC] - before[S_DFSYNC];
+    uint64_t mk = after[S_MKDIR] - before[S_MKDIR];
+    ck_assert_uint_eq(after[S_PUTS] - before[S_PUTS], N);
+    ck_assert_uint_ge(after[S_FFSYNC] - before[S_FFSYNC], N);
+    ck_assert_uint_le(mk, 64); /* buckets, once each */
+    /* Every bucket written is fsynced after its renames (each mkdir adds
+     * one fsync of the parent); shared within a bucket, never more than
+     * one per put. */
+    bool touched[64] = {false};
+    uint64_t nb = 0;
+    for (int i = 0; i < N; i++) {
+        char nm[8];
+        snprintf(nm, sizeof nm, "%03d", i);
+        nb += !touched[t_bucket(nm)];
+        touched[t_bucket(nm)] = true;
+    }
+    ck_assert_uint_ge(dsync, mk + nb);
+    ck_assert_uint_le(dsync, mk + N);
+    env_close_store(&e);
+
+    /* A crash left temp files in buckets (no .clean marker). */
+    remove_file(root, ".clean");
+    char tmp1[64], tmp2[64];
+    snprintf(tmp1, sizeof tmp1, "g/%02x.b/.tmp-00000000000000aa",
+             t_bucket("001"));
+    snprintf(tmp2, sizeof tmp2, "%02x.b", t_bucket("x"));
+    char *bdir = path_in(root, tmp2);
+    ck_assert_int_eq(mkdir(bdir, 0755), 0);
+    free(bdir);
+    snprintf(tmp2, sizeof tmp2, "%02x.b/.tmp-00000000000000bb",
+             t_bucket("x"));
+    write_file(root, tmp1, "half");
+    write_file(root, tmp2, "half");
+    env_reopen(&e, 0, KV_FS_FANOUT);
+    ck_assert(!exists(root, tmp1));
+    ck_assert(!exists(root, tmp2));
+    size_t records = 0, temps = 0;
+    check_tree(root, true, &records, &temps);
+    ck_assert_uint_eq(records, N + 1);
+    ck_assert_uint_eq(temps, 0);
+
+    /* Drop: the records and children of /g/001 go, other keys of its
+     * bucket stay, and the bucket takes new records. */
+    ck_assert_kv(put_s(e.s, "/g/001/sub", "s", 0, NULL), KV_OK);
+    kv_key *kd = key_of("/g/001");
+    kv_fut *f = kv_drop_prefix(e.s, (const kv_key *const *)&kd, 1);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_key_free(kd);
+    ck_assert_kv(get_s(e.s, "/g/001", NULL, NULL), KV_ENOTFOUND);
+    ck_assert_kv(get_s(e.s, "/g/001/sub", NULL, NULL), KV_ENOTFOUND);
+    ck_assert(!exists(root, "g/001"));
+    ck_assert_kv(get_s(e.s, "/g/002", NULL, NULL), KV_OK);
+    ck_assert_kv(put_s(e.s, "/g/001", "back", 0, NULL), KV_OK);
+    /* Drop a whole prefix, then write into it again. */
+    kd = key_of("/g");
+    f = kv_drop_prefix(e.s, (const kv_key *const *)&kd, 1);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_key_free(kd);
+    ck_assert(!exists(root, "g"));
+    char **ids;
+    size_t n;
+    ck_assert_kv(query_ids(e.s, "/", KV_SORT_ASC, true, &ids, &n), KV_OK);
+    ck_assert_uint_eq(n, 0);
+    free_ids(ids, n);
+    ck_assert_kv(put_s(e.s, "/g/001", "third", 0, NULL), KV_OK);
+    char *got = NULL;
+    ck_assert_kv(get_s(e.s, "/g/001", &got, NULL), KV_OK);
+    ck_assert_str_eq(got, "third");
+    free(got);
+    env_done(&e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 /* Group commit, failures, drop, close                                      */
 /* ------------------------------------------------------------------------ */
 
@@ -1269,13 +1755,13 @@ static int ban_file_syscalls(void)
 
 /* The child: 60 = seccomp unavailable, 0 = pass, 64+i = banned[i] was
  * called on the loop thread, other = an operation failed. */
-static int no_syscalls_child(void)
+static int no_syscalls_child(unsigned flags)
 {
     env e;
     memset(&e, 0, sizeof e);
     if (kv_loop_new(&e.loop, NULL) != KV_OK || kv_pool_new(&e.pool, 2))
         return 2;
-    if (env_open(&e, root, 0, 0) != KV_OK)
+    if (env_open(&e, root, 0, flags) != KV_OK)
         return 3;
     enum { N = 200 };
     kv_key *keys[N];
@@ -1328,9 +1814,11 @@ static int no_syscalls_child(void)
     return 0; /* exit without closing: close may use plain close(2) */
 }
 
+/* _i: 0 the flat layout, 1 the fan-out layout. */
 START_TEST(test_no_file_syscalls_on_loop_thread)
 {
-    int st = wait_child(spawn_child("syscalls", root, NULL, NULL));
+    int st = wait_child(spawn_child(_i == 1 ? "syscalls-fanout" : "syscalls",
+                                    root, NULL, NULL));
     ck_assert_msg(WIFEXITED(st), "child died: status %d", st);
     int code = WEXITSTATUS(st);
     if (code == 60) {
@@ -1346,8 +1834,9 @@ START_TEST(test_no_file_syscalls_on_loop_thread)
 }
 END_TEST
 #else
-static int no_syscalls_child(void)
+static int no_syscalls_child(unsigned flags)
 {
+    (void)flags;
     return 60;
 }
 #endif
@@ -1451,13 +1940,13 @@ static void lane_go(clane *l)
         _exit(23);
 }
 
-static void crash_child(int wfd, uint64_t seed)
+static void crash_child(int wfd, uint64_t seed, unsigned flags)
 {
     env e;
     memset(&e, 0, sizeof e);
     if (kv_loop_new(&e.loop, NULL) != KV_OK || kv_pool_new(&e.pool, 2))
         _exit(30);
-    if (env_open(&e, root, 0, 0) != KV_OK)
+    if (env_open(&e, root, 0, flags) != KV_OK)
         _exit(31);
     cchild c;
     memset(&c, 0, sizeof c);
@@ -1500,7 +1989,8 @@ static bool value_is(const void *v, size_t n, uint64_t seed)
 }
 
 /* One round: run a child, kill it, check the store.  Returns acked ops. */
-static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
+static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
+                          unsigned flags)
 {
     int pfd[2];
     ck_assert_int_eq(pipe(pfd), 0);
@@ -1509,7 +1999,8 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
     char a_seed[32], a_fd[16];
     snprintf(a_seed, sizeof a_seed, "%" PRIu64, seed);
     snprintf(a_fd, sizeof a_fd, "%d", pfd[1]);
-    pid_t pid = spawn_child("crash", root, a_seed, a_fd);
+    pid_t pid = spawn_child((flags & KV_FS_FANOUT) ? "crash-fanout" : "crash",
+                            root, a_seed, a_fd);
     close(pfd[1]);
     struct timespec t0, now;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1564,7 +2055,7 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
 
     /* Reopen (crash recovery) and check every key. */
     env e;
-    env_init(&e, 0, 0);
+    env_init(&e, 0, flags);
     for (uint32_t k = 0; k < CR_KEYS; k++) {
         char p[32];
         snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
@@ -1614,8 +2105,10 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
     return acked;
 }
 
+/* _i: 0 the flat layout, 1 the fan-out layout. */
 START_TEST(test_crash_sigkill)
 {
+    unsigned flags = _i == 1 ? KV_FS_FANOUT : 0;
     const char *env_rounds = getenv("KV_FS_CRASH_ROUNDS");
     int rounds = env_rounds != NULL ? atoi(env_rounds) : 24;
     if (rounds <= 0)
@@ -1627,12 +2120,12 @@ START_TEST(test_crash_sigkill)
     size_t total = 0;
     for (int r = 0; r < rounds; r++) {
         int delay = 20 + (int)(rnd(&x) % 280);
-        total += crash_round(st, rnd(&x), delay);
+        total += crash_round(st, rnd(&x), delay, flags);
     }
     ck_assert_msg(total > 0, "no operation was acknowledged");
-    fprintf(stderr, "check_fs: crash test: %d rounds, %zu acknowledged "
-                    "operations verified (seed %" PRIu64 ")\n",
-            rounds, total, seed);
+    fprintf(stderr, "check_fs: crash test (%s layout): %d rounds, %zu "
+                    "acknowledged operations verified (seed %" PRIu64 ")\n",
+            flags ? "fan-out" : "flat", rounds, total, seed);
 }
 END_TEST
 
@@ -1817,9 +2310,14 @@ static int run_child(int argc, char **argv)
     if (strcmp(argv[2], "fsize") == 0)
         return child_fsize();
     if (strcmp(argv[2], "syscalls") == 0)
-        return no_syscalls_child();
-    if (strcmp(argv[2], "crash") == 0 && argc >= 6) {
-        crash_child(atoi(argv[5]), strtoull(argv[4], NULL, 10));
+        return no_syscalls_child(0);
+    if (strcmp(argv[2], "syscalls-fanout") == 0)
+        return no_syscalls_child(KV_FS_FANOUT);
+    if ((strcmp(argv[2], "crash") == 0 ||
+         strcmp(argv[2], "crash-fanout") == 0) &&
+        argc >= 6) {
+        crash_child(atoi(argv[5]), strtoull(argv[4], NULL, 10),
+                    strcmp(argv[2], "crash") == 0 ? 0 : KV_FS_FANOUT);
         return 34;
     }
     return 126;
@@ -1853,7 +2351,7 @@ int main(int argc, char **argv)
     tc = tcase_create("names");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_hostile_keys);
+    tcase_add_loop_test(tc, test_hostile_keys, 0, 2);
     tcase_add_test(tc, test_depth);
     tcase_add_test(tc, test_symlinks_planted);
     suite_add_tcase(s, tc);
@@ -1869,18 +2367,27 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_readonly);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("fanout");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_fanout_layout);
+    tcase_add_test(tc, test_fanout_wrong_layout);
+    tcase_add_test(tc, test_fanout_query_merge);
+    tcase_add_test(tc, test_fanout_files);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("loop-thread");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
 #ifdef HAVE_SECCOMP_TEST
-    tcase_add_test(tc, test_no_file_syscalls_on_loop_thread);
+    tcase_add_loop_test(tc, test_no_file_syscalls_on_loop_thread, 0, 2);
 #endif
     suite_add_tcase(s, tc);
 
     tc = tcase_create("crash");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_crash_sigkill);
+    tcase_add_loop_test(tc, test_crash_sigkill, 0, 2);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

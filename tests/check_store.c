@@ -439,6 +439,15 @@ static int open_fs(kv_store **out, kv_loop *loop, kv_pool *pool,
     return kv_fs_open(out, loop, pool, path, 0, flags);
 }
 
+/* The fs backend in the fan-out layout (KV_FS_FANOUT, kept on reopen). */
+static int open_fs_fanout(kv_store **out, kv_loop *loop, kv_pool *pool,
+                          const char *dir, unsigned flags)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/fs", dir);
+    return kv_fs_open(out, loop, pool, path, 0, flags | KV_FS_FANOUT);
+}
+
 /*
  * Redis rows: the servers come from tests/redis_env.sh (KV_TEST_REDIS,
  * KV_TEST_REDIS_CLUSTER); each test's store gets its own key prefix, the
@@ -482,6 +491,7 @@ static const backend backends[] = {
     {"sqlite-memory", open_sqlite_memory, false, false, NULL},
     {"sqlite-file", open_sqlite_file, true, true, NULL},
     {"fs", open_fs, true, false, NULL},
+    {"fs-fanout", open_fs_fanout, true, false, NULL},
     {"model", open_model, false, false, NULL},
     {"model-noatomic", open_model_noatomic, false, false, NULL},
     {"redis", open_redis, true, true, "KV_TEST_REDIS"},
@@ -802,7 +812,8 @@ START_TEST(test_put_get_has)
     ck_assert_str_eq(kv_store_backend(c->s),
                      strncmp(c->b->name, "sqlite", 6) == 0 ? "sqlite"
                      : strncmp(c->b->name, "model", 5) == 0 ? "model"
-                                                             : c->b->name);
+                     : strncmp(c->b->name, "fs", 2) == 0    ? "fs"
+                                                            : c->b->name);
     ck_assert(!has_(c, "/a"));
     uint64_t t = PUT(c, "/a", "hello", 0);
     ck_assert_uint_eq(GET(c, "/a", "hello"), t);
