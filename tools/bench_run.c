@@ -574,6 +574,7 @@ static int setup_datasets(section *sec, char *err, size_t errlen)
     for (unsigned i = 0; i < sec->nds; i++) {
         dataset *d = &sec->ds[i];
         d->uri.kind = sec->uri.kind;
+        d->uri.flags = sec->uri.flags;
         if (sec->uri.path) {
             char buf[1100];
             if (per_job)

@@ -45,11 +45,23 @@ int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
             out->kind = TU_SQLITE_MEM;
             return 0;
         }
-        if (*path == '\0') {
+        size_t plen = strlen(path);
+        const char *q = out->kind == TU_FS ? strrchr(path, '?') : NULL;
+        if (q != NULL && strncmp(q, "?fanout=", 8) == 0) {
+            if (strcmp(q + 8, "1") == 0)
+                out->flags |= KV_FS_FANOUT;
+            else if (strcmp(q + 8, "0") != 0) {
+                snprintf(err, errlen,
+                         "store URI '%s': fanout takes 0 or 1", uri);
+                return -1;
+            }
+            plen = (size_t)(q - path);
+        }
+        if (plen == 0) {
             snprintf(err, errlen, "store URI '%s' has no path", uri);
             return -1;
         }
-        out->path = strdup(path);
+        out->path = strndup(path, plen);
         if (!out->path) {
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -94,6 +106,7 @@ int tu_open_store(kv_store **out, kv_loop *loop, kv_pool *pool,
                   const tu_uri *u, unsigned flags, char *err, size_t errlen)
 {
     int rc;
+    flags |= u->flags;
     switch (u->kind) {
     case TU_SQLITE_MEM:
         rc = kv_sqlite_open(out, loop, pool, KV_SQLITE_MEMORY, flags);

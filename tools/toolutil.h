@@ -21,7 +21,7 @@
 typedef enum tu_backend {
     TU_SQLITE_MEM, /* sqlite:memory (also sqlite::memory:)            */
     TU_SQLITE,     /* sqlite:PATH                                     */
-    TU_FS,         /* fs:PATH                                         */
+    TU_FS,         /* fs:PATH[?fanout=1]                              */
     TU_SQLITE_RAW, /* sqlite-raw:PATH  (kvbench peer, not kvstore)    */
     TU_LMDB,       /* lmdb:PATH        (kvbench peer)                 */
     TU_ROCKSDB,    /* rocksdb:PATH     (kvbench peer)                 */
@@ -30,10 +30,15 @@ typedef enum tu_backend {
 
 typedef struct tu_uri {
     tu_backend kind;
-    char *path; /* heap copy; NULL for sqlite:memory */
+    char *path;     /* heap copy; NULL for sqlite:memory */
+    unsigned flags; /* kv_*_open flags the URI asks for (KV_FS_FANOUT) */
 } tu_uri;
 
-/* Parse uri.  0 on success; -1 with a message in err otherwise. */
+/*
+ * Parse uri.  0 on success; -1 with a message in err otherwise.  fs URIs
+ * take "?fanout=1" (KV_FS_FANOUT: a new store gets the fan-out layout) or
+ * "?fanout=0"; a '?' followed by anything else is part of the path.
+ */
 int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen);
 void tu_uri_free(tu_uri *u);
 /* True for backends reached through the kvstore API. */
@@ -42,7 +47,8 @@ bool tu_uri_is_kvstore(const tu_uri *u);
 const char *tu_backend_name(tu_backend k);
 
 /*
- * Open a kvstore store for u (sqlite, sqlite:memory or fs) with flags.
+ * Open a kvstore store for u (sqlite, sqlite:memory or fs) with flags and
+ * u->flags.
  * Returns a kvstore code; on failure err holds a message that includes
  * kv_last_errmsg().
  */
