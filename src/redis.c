@@ -25,6 +25,11 @@
  * answers with an error and serves every slot); MOVED updates the slot and
  * refreshes the whole map, ASK resends once with ASKING; after a node
  * failure the map is refreshed too (a promoted replica takes the slots).
+ * A command the server refused without running it because of a transient
+ * state (TRYAGAIN: a script whose keys are split between the two nodes of
+ * a slot being migrated; LOADING, CLUSTERDOWN, MASTERDOWN) waits in a retry
+ * queue and is routed again through the slot map after 5 ms, doubling to
+ * 500 ms, about 3 s in all, then fails KV_EBACKEND ("not applied").
  *
  * Layout.  A store has a prefix P (URI path, default "kv").  Every Redis
  * key of a hash slot S carries one hash tag {N}, a number chosen so that
@@ -34,6 +39,12 @@
  *   P{N} \0 c                     the slot's token counter (INCR)
  *   P{N} \0 i                     the slot's index: a sorted set of the
  *                                 encoded keys stored in the slot
+ *   P{M} \0 s                     shard=key, M the slot of P itself: the
+ *                                 store's slot directory, a bitmap of
+ *                                 16384 bits, bit S set before the first
+ *                                 record of slot S is written
+ * The counter and the index carry the slot's tag, so they move with the
+ * slot when it is migrated (the tokens go on from the migrated counter).
  * Placement (URI ?shard=): "key" (default) puts each record in the slot of
  * its encoded key, or of the bytes between the first '{' and the next '}'
  * of its id when it has such a tag; "store" puts the whole store in one
@@ -44,11 +55,21 @@
  * from the slot's counter, which never goes back, so a key never sees a
  * token twice (not across delete and re-insert).
  *
- * Queries read the index: one ZRANGEBYLEX per slot that may hold matches
- * (one with shard=store; all 16384, pipelined over the masters, with
- * shard=key), keys merged and sorted here, then values fetched in chunks
- * with HMGET.  The matching keys (not the values) are held in memory for
- * the life of the iterator.
+ * Queries read the index: one ZRANGEBYLEX per slot that may hold matches,
+ * keys merged and sorted here, then values fetched in chunks with HMGET.
+ * The matching keys (not the values) are held in memory for the life of
+ * the iterator.  With shard=store that is one slot.  With shard=key a
+ * query (or drop) first GETs the slot directory (2 KiB) and then reads
+ * only the slots whose bit is set, pipelined over the masters; without a
+ * directory (nothing written yet, or the key was lost) it reads all 16384.
+ * The directory is written ahead: before a put sends its script to a slot
+ * this client has not yet seen in the directory (a cache, seeded at open
+ * and by every query), it SETBITs the slot and waits for the reply.  So a
+ * record exists only in slots whose bit is set, whatever other clients do
+ * concurrently, and a query sees every record whose put completed before
+ * the query began.  Bits are never cleared (a concurrent writer may be
+ * about to use the slot): the directory only grows, at most to every slot.
+ * It is one key: its migration is followed by ASK and MOVED like any other.
  */
 #include "config.h"
 
@@ -267,6 +288,7 @@ struct rcmd {
     rcmd_cb cb;    /* NULL: reply ignored (ASKING) */
     rreq *rq;
     size_t idx;
+    rcmd *then;    /* a directory SETBIT: the write it must precede */
 };
 
 enum { N_DOWN = 0, N_CONNECTING, N_UP, N_FAILING };
@@ -299,6 +321,9 @@ struct rreq {
     int err;
     char *msg;
     rreq *dnext;   /* deferred completion list */
+    /* queries and drops over the slot directory: the encoded prefixes */
+    kv_buf *encs;
+    size_t nencs;
     /* queries */
     struct rmember *m;
     size_t nm, capm;
@@ -350,6 +375,8 @@ struct rstore {
     rcursor *cursors; /* live query cursors */
     kv__req *oom;     /* requests that could not get state (bpriv chain) */
     rcmd *retryq;     /* commands waiting to be resent */
+    /* shard=key: the slots known to be in the store's slot directory */
+    unsigned char dirbits[NSLOTS / 8];
     rtimer *timers;   /* armed timers of the retry queue */
     unsigned long stats_redirects;
 };
@@ -448,6 +475,9 @@ static void maybe_closed(rstore *st);
 
 static void rreq_free(rreq *rq)
 {
+    for (size_t i = 0; i < rq->nencs; i++)
+        kv__free(rq->encs[i].data);
+    kv__free(rq->encs);
     for (size_t i = 0; i < rq->nm; i++)
         kv__free(rq->m[i].p);
     kv__free(rq->m);
@@ -541,8 +571,12 @@ static void connect_cb(kv__op *op, int res, uint32_t flags);
 static void refresh_map(rstore *st);
 static void retry_later(rstore *st, rcmd *c, const char *why);
 
+static void cmd_fail(rcmd *c, int err, const char *msg);
+
 static void cmd_free(rcmd *c)
 {
+    if (c->then != NULL) /* never sent: its request must still hear */
+        cmd_fail(c->then, KV_ECANCELED, "store closed");
     kv__free(c->tail.data);
     kv__free(c);
 }
@@ -1359,6 +1393,123 @@ static int send_read(rstore *st, rreq *rq, size_t i, const kv_key *key,
     return KV_OK;
 }
 
+/* --- the slot directory (shard=key) --------------------------------------- */
+
+static bool dir_has(const rstore *st, unsigned slot)
+{
+    return (st->dirbits[slot >> 3] & (0x80u >> (slot & 7))) != 0;
+}
+
+static void dir_set(rstore *st, unsigned slot)
+{
+    st->dirbits[slot >> 3] |= (unsigned char)(0x80u >> (slot & 7));
+}
+
+/* SETBIT acknowledged: the write may go. */
+static void dirset_cb(rcmd *c, redisReply *r, int err, const char *msg)
+{
+    rcmd *w = c->then;
+    c->then = NULL;
+    rstore *st = cb_store(c);
+    if (err == KV_OK && r->type == REDIS_REPLY_INTEGER) {
+        dir_set(st, (unsigned)w->slot);
+        cmd_route(st, w);
+        return;
+    }
+    char *m = kv__asprintf(
+        "redis: cannot record hash slot %d in the store's slot directory "
+        "(%s); not applied",
+        w->slot,
+        err != KV_OK ? (msg ? msg : kv_strerror(err))
+                     : (r->type == REDIS_REPLY_ERROR && r->str ? r->str
+                                                               : "bad reply"));
+    cmd_fail(w, err != KV_OK ? err : KV_EBACKEND, m);
+    kv__free(m);
+}
+
+/* Send w (rq->pending already counts it) once its slot is in the
+ * directory: SETBIT first, unless this client saw the bit set already. */
+static void dir_then_send(rstore *st, rcmd *w)
+{
+    if (!st->keymode || dir_has(st, (unsigned)w->slot)) {
+        cmd_route(st, w);
+        return;
+    }
+    rcmd *c = cmd_new(w->rq, (int)st->store_slot, -1, 0, dirset_cb);
+    int rc = c == NULL ? KV_ENOMEM : KV_OK;
+    if (rc == KV_OK) {
+        c->nargs = 4;
+        rc = args(&c->tail, "SETBIT");
+        if (rc == KV_OK)
+            rc = arg_key(st, &c->tail, st->store_slot, "\0s", 2);
+        if (rc == KV_OK)
+            rc = argu(&c->tail, (uint64_t)w->slot);
+        if (rc == KV_OK)
+            rc = args(&c->tail, "1");
+    }
+    if (rc != KV_OK) {
+        if (c != NULL)
+            cmd_free(c);
+        cmd_fail(w, rc, NULL);
+        return;
+    }
+    c->then = w;
+    cmd_route(st, c);
+}
+
+static int send_range(rstore *st, rreq *rq, unsigned slot, const kv_buf *enc);
+static int send_prefix_script(rstore *st, rreq *rq, unsigned slot,
+                              int script, kv_buf *encs, size_t nencs);
+
+/* The directory's bitmap: fan the query or drop out to its slots (to
+ * every slot when there is no directory). */
+static void dirget_cb(rcmd *c, redisReply *r, int err, const char *msg)
+{
+    rreq *rq = c->rq;
+    rstore *st = cb_store(c);
+    if (cb_check(c, r, err, msg)) {
+        if (r->type != REDIS_REPLY_NIL && r->type != REDIS_REPLY_STRING) {
+            rreq_fail(rq, KV_EBACKEND, "redis: unexpected reply to GET of "
+                                       "the slot directory");
+        } else {
+            bool all = r->type == REDIS_REPLY_NIL;
+            bool query = rq->req->op == KV__OP_QUERY_OPEN;
+            for (unsigned s = 0; s < NSLOTS && rq->err == KV_OK; s++) {
+                if (!all && ((s >> 3) >= r->len ||
+                             !((unsigned char)r->str[s >> 3] &
+                               (0x80u >> (s & 7)))))
+                    continue;
+                if (!all)
+                    dir_set(st, s);
+                int rc = query ? send_range(st, rq, s, &rq->encs[0])
+                               : send_prefix_script(st, rq, s, SC_DROP,
+                                                    rq->encs, rq->nencs);
+                if (rc != KV_OK)
+                    rreq_fail(rq, rc, NULL);
+            }
+        }
+    }
+    rreq_put(st, rq, false);
+}
+
+/* Read the directory for rq (a query or drop; prefixes in rq->encs). */
+static int dir_read(rstore *st, rreq *rq)
+{
+    rcmd *c = cmd_new(rq, (int)st->store_slot, -1, 0, dirget_cb);
+    if (c == NULL)
+        return KV_ENOMEM;
+    c->nargs = 2;
+    int rc = args(&c->tail, "GET");
+    if (rc == KV_OK)
+        rc = arg_key(st, &c->tail, st->store_slot, "\0s", 2);
+    if (rc != KV_OK) {
+        cmd_free(c);
+        return rc;
+    }
+    rq_send(st, rq, c);
+    return KV_OK;
+}
+
 /* --- writes ------------------------------------------------------------- */
 
 /* A put/delete script reply for items [idx, idx + count). */
@@ -1437,7 +1588,12 @@ static int send_write(rstore *st, rreq *rq, size_t i, size_t count,
         cmd_free(c);
         return rc;
     }
-    rq_send(st, rq, c);
+    if (!put) { /* a record to delete was put first: its slot is known */
+        rq_send(st, rq, c);
+        return KV_OK;
+    }
+    rq->pending++;
+    dir_then_send(st, c);
     return KV_OK;
 }
 
@@ -1799,14 +1955,14 @@ static int submit_prefix(rstore *st, rreq *rq)
             rc = kv__key_encode(req->items[i].key, &encs[i]);
         }
     }
-    if (rc == KV_OK) {
-        if (!st->keymode)
-            rc = send_prefix_script(st, rq, st->store_slot,
-                                    move ? SC_MOVE : SC_DROP, encs, nencs);
-        else
-            for (unsigned s = 0; s < NSLOTS && rc == KV_OK; s++)
-                rc = send_prefix_script(st, rq, s, SC_DROP, encs, nencs);
+    if (rc == KV_OK && st->keymode) {
+        rq->encs = encs; /* for the fan-out once the directory is read */
+        rq->nencs = nencs;
+        return dir_read(st, rq);
     }
+    if (rc == KV_OK)
+        rc = send_prefix_script(st, rq, st->store_slot,
+                                move ? SC_MOVE : SC_DROP, encs, nencs);
     for (size_t i = 0; i < nencs; i++)
         kv__free(encs[i].data);
     kv__free(encs);
@@ -1824,13 +1980,18 @@ static int submit_query(rstore *st, rreq *rq)
         kv__free(enc.data);
         return KV_OK;
     }
-    if (rc == KV_OK) {
-        if (!st->keymode)
-            rc = send_range(st, rq, st->store_slot, &enc);
-        else
-            for (unsigned s = 0; s < NSLOTS && rc == KV_OK; s++)
-                rc = send_range(st, rq, s, &enc);
+    if (rc == KV_OK && st->keymode) {
+        rq->encs = kv__calloc(1, sizeof *rq->encs);
+        if (rq->encs == NULL) {
+            kv__free(enc.data);
+            return KV_ENOMEM;
+        }
+        rq->encs[0] = enc;
+        rq->nencs = 1;
+        return dir_read(st, rq);
     }
+    if (rc == KV_OK)
+        rc = send_range(st, rq, st->store_slot, &enc);
     kv__free(enc.data);
     return rc;
 }
@@ -2089,6 +2250,45 @@ static int open_node(rstore *st, rnode *n, bool learn_sha)
     return KV_OK;
 }
 
+/* Seed the directory cache (shard=key) from the master of the store's
+ * slot: fewer SETBITs before first writes.  Best effort; a node whose
+ * exchange failed is closed (its reader may hold half a reply). */
+static void dir_seed(rstore *st)
+{
+    rnode *n = st->slots[st->store_slot];
+    if (n == NULL || n->state != N_UP || n->fd < 0)
+        return;
+    kv_buf w = {NULL, 0, 0};
+    int rc = buf_fmt(&w, "*2\r\n");
+    if (rc == KV_OK)
+        rc = args(&w, "GET");
+    if (rc == KV_OK)
+        rc = arg_key(st, &w, st->store_slot, "\0s", 2);
+    if (rc != KV_OK) {
+        kv__free(w.data);
+        return;
+    }
+    struct timeval tv = {5, 0};
+    (void)setsockopt(n->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    (void)setsockopt(n->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    redisReply *r = sync_cmd(n->fd, n->rd, &w);
+    kv__free(w.data);
+    if (r == NULL) {
+        close(n->fd);
+        n->fd = -1;
+        n->state = N_DOWN;
+        n->retry_at = 0;
+        redisReaderFree(n->rd);
+        n->rd = redisReaderCreate();
+        return;
+    }
+    sync_done(n->fd);
+    if (r->type == REDIS_REPLY_STRING)
+        memcpy(st->dirbits, r->str,
+               r->len < sizeof st->dirbits ? r->len : sizeof st->dirbits);
+    freeReplyObject(r);
+}
+
 static void rstore_free(rstore *st)
 {
     kv_store fake;
@@ -2289,10 +2489,8 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             }
             (void)open_node(st, n, false); /* a down master: retried later */
         }
-        for (unsigned s = 0; s < NSLOTS; s++)
-            if (st->slots[s] == NULL) {
-                /* uncovered slots fail at use with a clear message */
-            }
+        if (st->keymode)
+            dir_seed(st);
     }
     rc = kv__store_new(out, st->cluster ? &kv__redis_cluster_ops : &kv__redis_ops,
                        st, loop, pool, flags);

@@ -786,6 +786,117 @@ START_TEST(test_migration)
     close_ctx(&c);
 }
 END_TEST
+
+/* Records of the query of prefix on s (kv_fut_records count). */
+static size_t count_query(ctx *c, kv_store *s, const char *prefix_id)
+{
+    kv_query q = kv_query_init(K(c, prefix_id));
+    q.value = false;
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    return n;
+}
+
+/* Calls of a command summed over c1..c3. */
+static long long calls3(redisContext **r, const char *name)
+{
+    long long v = 0;
+    for (int m = 0; m < 3; m++)
+        v += cmd_calls(r[m], name);
+    return v;
+}
+
+/* shard=key queries and drops visit only the slots in the store's slot
+ * directory (a bitmap written before the first record of a slot): another
+ * client's records are found, a client that never saw a slot marks it
+ * before writing there (once), and without a directory every slot is
+ * read. */
+START_TEST(test_slot_directory)
+{
+    ctx c;
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", ""))
+        return;
+    char uri[512];
+    snprintf(uri, sizeof uri, "%s/%s", getenv("KV_TEST_REDIS_CLUSTER"),
+             prefix);
+    kv_store *b = NULL; /* a second client, opened before any write */
+    ck_assert_kv(kv_redis_open(&b, c.loop, NULL, uri, 0), KV_OK);
+    const char *names[] = {"c1", "c2", "c3"};
+    redisContext *r[3];
+    for (int m = 0; m < 3; m++)
+        r[m] = rconnect(dir, names[m]);
+    int rc;
+    const char *ids[] = {"/d/a", "/d/b", "/d/c", "/d/d", "/d/e"};
+    for (int i = 0; i < 5; i++) {
+        put(&c, ids[i], "v", 0, &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+    }
+    long long z0 = calls3(r, "zrangebylex"), g0 = calls3(r, "get");
+    ck_assert_uint_eq(count_query(&c, b, "/d"), 5);
+    long long dz = calls3(r, "zrangebylex") - z0;
+    ck_assert_int_ge(dz, 1);
+    ck_assert_int_le(dz, 5); /* one per slot holding records */
+    ck_assert_int_eq(calls3(r, "get") - g0, 1);
+    /* b writes into a slot it never saw: SETBIT first, once */
+    long long s0 = calls3(r, "setbit");
+    kv_record f1 = {K(&c, "/d/f"), "1", 1, 0};
+    kv_fut *f = kv_put(b, &f1, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    f1.token = kv_fut_token(f);
+    kv_fut_free(f);
+    long long ds = calls3(r, "setbit") - s0;
+    ck_assert_int_le(ds, 1); /* 0 if the query showed b the slot */
+    f = kv_put(b, &f1, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    ck_assert_int_eq(calls3(r, "setbit") - s0, ds);
+    ck_assert_uint_eq(count_query(&c, c.s, "/d"), 6);
+    /* the directory deleted by hand: every slot is read, nothing missed */
+    redisReply *rep = rcall(r[0], "CLUSTER KEYSLOT %s", prefix);
+    long long sslot = rep->integer;
+    freeReplyObject(rep);
+    int deleted = 0;
+    for (int m = 0; m < 3; m++) {
+        redisReply *ks = rcall(r[m], "CLUSTER GETKEYSINSLOT %lld 100", sslot);
+        for (size_t i = 0; i < ks->elements; i++) {
+            const redisReply *k = ks->element[i];
+            if (k->len > 2 && memcmp(k->str + k->len - 2, "\0s", 2) == 0 &&
+                strncmp(k->str, prefix, strlen(prefix)) == 0)
+                deleted += (int)rcall_int(r[m], "DEL %b", k->str, k->len);
+        }
+        freeReplyObject(ks);
+    }
+    ck_assert_int_eq(deleted, 1);
+    z0 = calls3(r, "zrangebylex");
+    ck_assert_uint_eq(count_query(&c, c.s, "/d"), 6);
+    ck_assert_int_eq(calls3(r, "zrangebylex") - z0, 16384);
+    /* a drop, still without a directory: every slot (the writer's cache
+     * holds the slot of /d/g, so it sends no SETBIT) */
+    kv_record g1 = {K(&c, "/d/g"), "1", 1, 0};
+    f = kv_put(c.s, &g1, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    const kv_key *drop[] = {K(&c, "/d")};
+    ck_assert_kv(wait_free(kv_drop_prefix(b, drop, 1)), KV_OK);
+    ck_assert_uint_eq(count_query(&c, c.s, "/d"), 0);
+    for (int m = 0; m < 3; m++)
+        redisFree(r[m]);
+    f = kv_close(b);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_store_free(b);
+    close_ctx(&c);
+}
+END_TEST
 #endif
 
 /* Many requests in flight on one connection, replies matched in order. */
@@ -830,6 +941,7 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_cluster_keymode);
 #ifdef HAVE_HIREDIS
     tcase_add_test(tc, test_migration);
+    tcase_add_test(tc, test_slot_directory);
 #endif
     tcase_add_test(tc, test_master_down);
     tcase_add_test(tc, test_failover);
