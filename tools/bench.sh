@@ -5,6 +5,9 @@
 #
 #   tools/bench.sh                 short run: 5 s per case
 #   KVBENCH_RUNTIME=30 tools/bench.sh
+#   tools/bench.sh redis           only some sections (loop durable fs reads
+#                                  mem redis), reported on stdout unless
+#                                  KVBENCH_OUT is set
 #
 # Environment:
 #   KVBENCH_RUNTIME   seconds per measured case (default 5)
@@ -17,7 +20,15 @@
 #                     disk being measured, not tmpfs
 #   KVBENCH_BUILD     build directory holding tools/kvbench (default: build/
 #                     beside the sources, else kvbench from PATH)
-#   KVBENCH_OUT       the file to write (default docs/BENCHMARKS.md)
+#   KVBENCH_OUT       the file to write (default docs/BENCHMARKS.md; - for
+#                     stdout, the default when only some sections run)
+#   KVBENCH_SECTIONS  the sections to run (default all; arguments win)
+#   KVBENCH_RKEYS     keys for the Redis cases (default 100000)
+#
+# The Redis section starts its own servers when redis-server is installed
+# (tests/redis_env.sh: one single server and a 3-master cluster on loopback
+# ports, appendonly yes, appendfsync always, their files in the scratch
+# directory) and is skipped with a note otherwise.
 #
 # Needs python3 (to read kvbench's JSON); fio is optional (apt-get install
 # fio), so is GNU time (/usr/bin/time, for kvctl's peak RSS).
@@ -28,7 +39,26 @@ RUNTIME=${KVBENCH_RUNTIME:-5}
 KEYS=${KVBENCH_KEYS:-1000000}
 WKEYS=${KVBENCH_WKEYS:-100000}
 FSKEYS=${KVBENCH_FSKEYS:-20000}
-OUT=${KVBENCH_OUT:-$top/docs/BENCHMARKS.md}
+RKEYS=${KVBENCH_RKEYS:-100000}
+ALL_SECTIONS="loop durable fs reads mem redis"
+if [ $# -gt 0 ]; then
+    SECTIONS="$*"
+else
+    SECTIONS=${KVBENCH_SECTIONS:-$ALL_SECTIONS}
+fi
+for sec in $SECTIONS; do
+    case " $ALL_SECTIONS " in
+    *" $sec "*) ;;
+    *) echo "bench.sh: unknown section $sec (sections: $ALL_SECTIONS)" >&2
+       exit 2 ;;
+    esac
+done
+if [ "$SECTIONS" = "$ALL_SECTIONS" ]; then
+    OUT=${KVBENCH_OUT:-$top/docs/BENCHMARKS.md}
+else
+    OUT=${KVBENCH_OUT:--}
+fi
+want() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 find_tool() { # name -> path
     for d in ${KVBENCH_BUILD:+"$KVBENCH_BUILD"} "$top/build" "$top"; do
@@ -51,7 +81,12 @@ command -v python3 >/dev/null || { echo "bench.sh: needs python3" >&2; exit 2; }
 DIR=$(mktemp -d "${KVBENCH_DIR:-/var/tmp}/kvbench.XXXXXX")
 RES="$DIR/results"
 mkdir -p "$RES"
+REDIS_PID=
 cleanup() {
+    if [ -n "$REDIS_PID" ]; then # stop the Redis servers first
+        rm -f "$DIR/redis.hold"
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
     echo "bench.sh: removing $DIR" >&2
     rm -rf "$DIR"
 }
@@ -79,12 +114,13 @@ run() {
 # The engine's ceiling first: CPU only, before the disk cases leave
 # writeback behind them.
 LOOP_OUT=
-if [ -n "$LOOPBENCH" ]; then
+if want loop && [ -n "$LOOPBENCH" ]; then
     echo "bench.sh: loopbench" >&2
     LOOP_OUT=$("$LOOPBENCH" 2>&1 || true)
 fi
 
 # 1. Durable writes: group commit, and the peers at the same depth.
+if want durable; then
 set -- --sync=full --rw=randwrite --keys="$WKEYS" --load \
     --runtime="$RUNTIME" --time_based --value_size=100 \
     --name=sqlite-qd1 --backend="sqlite:$DIR/w1.db" --iodepth=1 \
@@ -98,14 +134,16 @@ if has_peer lmdb; then
 fi
 run durable "$@"
 rm -rf "$DIR"/w1.db* "$DIR"/w64.db* "$DIR"/wraw.db* "$DIR/wrocks" "$DIR/wlmdb"
+fi
 
 # 2. Filesystem backend, durable puts of 4 KiB (file + directory fsync).
+FIO_CMD=
+if want fs; then
 run fs --rw=randwrite --keys="$FSKEYS" --value_size=4k --load \
     --runtime="$RUNTIME" --time_based \
     --name=fs-qd1 --backend="fs:$DIR/fs1" --iodepth=1 \
     --name=fs-qd64 --backend="fs:$DIR/fs64" --iodepth=64
 rm -rf "$DIR/fs1" "$DIR/fs64"
-FIO_CMD=
 if command -v fio >/dev/null; then
     mkdir -p "$DIR/fio"
     FIO_CMD="fio --name=fsync4k --directory=\$DIR/fio --ioengine=io_uring --rw=randwrite --bs=4k --size=256m --iodepth=64 --fsync=1 --runtime=$RUNTIME --time_based --output-format=json"
@@ -116,9 +154,11 @@ if command -v fio >/dev/null; then
         > "$RES/fio.json" 2> "$RES/fio.err" || true
     rm -rf "$DIR/fio"
 fi
+fi
 
 # 3. Point reads over $KEYS records: the async layer against plain SQLite on
 #    one thread.  Separate processes, so that each peak RSS is its own.
+if want reads || want mem; then
 run reads-sqlite --rw=randread --keys="$KEYS" --load \
     --runtime="$RUNTIME" --time_based --value_size=100 \
     --name=sqlite-qd64 --backend="sqlite:$DIR/r.db" --iodepth=64 \
@@ -127,26 +167,78 @@ run reads-raw --rw=randread --keys="$KEYS" --load \
     --runtime="$RUNTIME" --time_based --value_size=100 \
     --name=sqlite-raw-qd1 --backend="sqlite-raw:$DIR/raw.db" --iodepth=1
 rm -rf "$DIR"/raw.db*
+fi
 
 # 4. Memory: kvbench over $KEYS records on the fs backend (sqlite: case 3),
 #    and a full dump (a query of every record) through kvctl.
+DUMP_SQLITE=''
+DUMP_FS=''
+if want mem; then
 run mem-fs --rw=randrw --keys="$KEYS" --load \
     --runtime="$RUNTIME" --time_based --value_size=100 \
     --name=fs-qd64 --backend="fs:$DIR/m" --iodepth=64
-DUMP_SQLITE=''
-DUMP_FS=''
 if [ -n "$KVCTL" ] && [ -x /usr/bin/time ]; then
     echo "bench.sh: kvctl dump" >&2
     DUMP_SQLITE=$( { /usr/bin/time -f '%M' "$KVCTL" "sqlite:$DIR/r.db" dump > /dev/null; } 2>&1 | tail -n 1)
     DUMP_FS=$( { /usr/bin/time -f '%M' "$KVCTL" "fs:$DIR/m" dump > /dev/null; } 2>&1 | tail -n 1)
 fi
+fi
 # (the fs store of $KEYS files goes with the scratch directory at exit:
 # removing a million files takes minutes)
+
+# 5. Redis: a single server and a 3-master cluster, durable (appendfsync
+#    always), started through tests/redis_env.sh in the background: it
+#    writes the URIs to redis.env and keeps the servers while redis.hold
+#    exists, then stops them whatever happens.
+REDIS_NOTE=
+REDIS_VERSION=
+if want redis; then
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        REDIS_NOTE="skipped: redis-server is not installed (apt-get install redis-server)"
+    elif [ ! -f "$top/tests/redis_env.sh" ]; then
+        REDIS_NOTE="skipped: tests/redis_env.sh is missing"
+    else
+        echo "bench.sh: starting Redis servers" >&2
+        REDIS_VERSION=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+        : > "$DIR/redis.hold"
+        KV_TEST_REDIS='' KV_REDIS_ENV_FORCE=1 TMPDIR="$DIR" \
+            sh "$top/tests/redis_env.sh" sh -c \
+            'echo "$KV_TEST_REDIS $KV_TEST_REDIS_CLUSTER" > "$1.tmp" &&
+             mv "$1.tmp" "$1"
+             while [ -f "$2" ]; do sleep 0.2; done' \
+            sh "$DIR/redis.env" "$DIR/redis.hold" 2> "$RES/redis-env.err" &
+        REDIS_PID=$!
+        while [ ! -f "$DIR/redis.env" ] && kill -0 "$REDIS_PID" 2>/dev/null; do
+            sleep 0.2
+        done
+        if [ -f "$DIR/redis.env" ]; then
+            read -r RSINGLE RCLUSTER < "$DIR/redis.env"
+            for dep in single cluster; do
+                if [ $dep = single ]; then uri=$RSINGLE; else uri=$RCLUSTER; fi
+                run "redis-$dep" --keys="$RKEYS" --value_size=100 \
+                    --runtime="$RUNTIME" --time_based --load \
+                    --name="$dep-write-qd32" --backend="$uri/bench" --rw=randwrite --iodepth=32 \
+                    --name="$dep-write-qd64" --backend="$uri/bench" --rw=randwrite --iodepth=64 --load=0 \
+                    --name="$dep-read-qd32" --backend="$uri/bench" --rw=randread --iodepth=32 --load=0 \
+                    --name="$dep-read-qd64" --backend="$uri/bench" --rw=randread --iodepth=64 --load=0
+                sed -i -e "s|$RCLUSTER|redis://\$CLUSTER|g" \
+                    -e "s|$RSINGLE|redis://\$SINGLE|g" "$RES/redis-$dep.cmd"
+            done
+        else
+            REDIS_NOTE="failed: the Redis servers did not start: $(tail -n 3 "$RES/redis-env.err" | tr '\n' ' ')"
+            echo "bench.sh: $REDIS_NOTE" >&2
+        fi
+        rm -f "$DIR/redis.hold"
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=
+    fi
+fi
 
 # ------------------------------------------------------------------------
 # The report.
 mkdir -p "$(dirname "$OUT")"
-export RES RUNTIME KEYS WKEYS FSKEYS FIO_CMD DUMP_SQLITE DUMP_FS LOOP_OUT
+export RES RUNTIME KEYS WKEYS FSKEYS RKEYS FIO_CMD DUMP_SQLITE DUMP_FS LOOP_OUT
+export SECTIONS REDIS_NOTE REDIS_VERSION
 export LOOPBENCH_CMD="${LOOPBENCH:+tools/loopbench}"
 MACHINE="$(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)), $(free -m | awk '/^Mem:/ {print $2}') MiB RAM, Linux $(uname -r), $(df -T "${KVBENCH_DIR:-/var/tmp}" | awk 'NR==2 {print $2 " on " $1}')"
 VERSION=$("$KVBENCH" --version | head -n 1)
@@ -158,6 +250,10 @@ import json, os, sys
 
 res = os.environ["RES"]
 out = sys.argv[1]
+sections = os.environ.get("SECTIONS", "").split()
+
+def want(name):
+    return name in sections
 
 def load(name):
     try:
@@ -240,145 +336,213 @@ w(f"Each case ran {os.environ['RUNTIME']} s (`KVBENCH_RUNTIME`). Figures move fr
 w("")
 
 # 1. durable writes
-d = load("durable")
-w("## Durable writes: group commit")
-w("")
-w("SQLite backend with `--sync=full` (synchronous=FULL: every put durable before "
-  "it completes), 100-byte values, uniform keys over "
-  f"{int(os.environ['WKEYS']):,} loaded records, one job. Peers at the same depth "
-  "and job count; a peer's `--iodepth=64` is 64 threads each making one "
-  "blocking call at a time (with sync on: RocksDB WAL fsync per commit, "
-  "LMDB's default durable commit, sqlite-raw synchronous=FULL).")
-w("")
-w("| job | puts/s | p99 latency | vs sqlite iodepth 1 |")
-w("|---|---|---|---|")
-base = iops(d, "sqlite-qd1", "write")
-for name in ["sqlite-qd1", "sqlite-qd64", "sqlite-raw-qd64", "rocksdb-qd64", "lmdb-qd64"]:
-    if job(d, name) is None:
-        continue
-    if job(d, name).get("error"):
-        w(f"| {name} | failed: {job(d, name)['errmsg']} | | |")
-        continue
-    v = iops(d, name, "write")
-    r = ratio(v, base)
-    w(f"| {name} | {fmt(v)} | {us(p99(d, name, 'write'))} | {'n/a' if r is None else f'{r:.1f}x'} |")
-w("")
-q64 = iops(d, "sqlite-qd64", "write")
-w(f"- sqlite iodepth 64 / iodepth 1: {verdict(ratio(q64, base), 20)}")
-for peer in ["rocksdb-qd64", "lmdb-qd64"]:
-    if job(d, peer) is not None:
-        w(f"- sqlite iodepth 64 / {peer}: {verdict(ratio(q64, iops(d, peer, 'write')), 1)}")
-w("")
-w("```sh")
-w(cmd("durable"))
-w("```")
-w("")
-
-# 2. fs
-f = load("fs")
-w("## Filesystem backend: durable puts")
-w("")
-w("4 KiB values; every put writes a temporary file, fsyncs it, renames it into "
-  "place and fsyncs the directory. Keys spread over 64 directories "
-  f"(`--key_dirs`, the default), {int(os.environ['FSKEYS']):,} loaded records (overwrites).")
-w("")
-w("| job | puts/s | p99 latency |")
-w("|---|---|---|")
-for name in ["fs-qd1", "fs-qd64"]:
-    w(f"| {name} | {cell(f, name, 'write')} | {us(p99(f, name, 'write'))} |")
-fio_iops = None
-try:
-    with open(os.path.join(res, "fio.json")) as fh:
-        fj = json.load(fh)
-    fio_iops = fj["jobs"][0]["write"]["iops"]
-    w(f"| fio: 4 KiB write + fsync, iodepth 64 | {fmt(fio_iops)} | "
-      f"{us(fj['jobs'][0]['write']['clat_ns']['percentile'].get('99.000000'))} |")
-except (OSError, ValueError, KeyError, IndexError):
-    w("| fio | not run (`apt-get install fio`) | |")
-w("")
-fs64, fs1 = iops(f, "fs-qd64", "write"), iops(f, "fs-qd1", "write")
-w(f"- fs iodepth 64 / iodepth 1: {verdict(ratio(fs64, fs1), 3)}")
-w(f"- fs iodepth 64 / fio: {verdict(ratio(fs64, fio_iops), 0.5)}")
-w("")
-w("```sh")
-w(cmd("fs"))
-if os.environ.get("FIO_CMD"):
-    w(os.environ["FIO_CMD"])
-w("```")
-w("")
-
-# 3. reads
-rs, rr = load("reads-sqlite"), load("reads-raw")
-w("## Point reads")
-w("")
-w(f"{int(os.environ['KEYS']):,} records of 100 bytes, uniform random gets. "
-  "kvstore's SQLite backend runs every SQLite call on its pool (reader "
-  "connections in parallel, WAL); sqlite-raw makes plain blocking sqlite3 calls "
-  "on the calling thread.")
-w("")
-w("| job | gets/s | p99 latency |")
-w("|---|---|---|")
-for doc, name in [(rs, "sqlite-qd64"), (rs, "sqlite-qd1"), (rr, "sqlite-raw-qd1")]:
-    w(f"| {name} | {cell(doc, name, 'read')} | {us(p99(doc, name, 'read'))} |")
-w("")
-w(f"- sqlite iodepth 64 / sqlite-raw on one thread: "
-  f"{verdict(ratio(iops(rs, 'sqlite-qd64', 'read'), iops(rr, 'sqlite-raw-qd1', 'read')), 1.0)}")
-w("")
-w("```sh")
-w(cmd("reads-sqlite"))
-w(cmd("reads-raw"))
-w("```")
-w("")
-
-# 4. memory
-m = load("mem-fs")
-w("## Memory")
-w("")
-w(f"Peak RSS (getrusage) of the whole kvbench process over {int(os.environ['KEYS']):,} "
-  "records, load included (kvbench keeps an 8-byte token per key: "
-  f"{int(os.environ['KEYS']) * 8 / 1048576:.1f} MiB of it). The SQLite backend's page "
-  "cache is SQLite's default (`cache_size` -2000: about 2 MiB per connection). "
-  "kvctl's figure is a dump of every record: a query that must stream.")
-w("")
-w("| process | peak RSS |")
-w("|---|---|")
-w(f"| kvbench, sqlite file (case 3) | {fmt(rss(rs, 'sqlite-qd64'), ' MiB')} |")
-w(f"| kvbench, fs | {fmt(rss(m, 'fs-qd64'), ' MiB')} |")
-for label, v in [("sqlite", os.environ.get("DUMP_SQLITE")), ("fs", os.environ.get("DUMP_FS"))]:
-    try:
-        w(f"| kvctl dump, {label} | {int(v) / 1024:.1f} MiB |")
-    except (TypeError, ValueError):
-        w(f"| kvctl dump, {label} | not measured |")
-w("")
-for label, v in [("sqlite", rss(rs, "sqlite-qd64")), ("fs", rss(m, "fs-qd64"))]:
-    w(f"- {label}: " + ("not measured" if v is None else
-      f"{v:.1f} MiB: target under 64 MiB above the page cache: {'met' if v < 64 else 'NOT met'}"))
-w("")
-w("```sh")
-w(cmd("mem-fs"))
-w("kvctl sqlite:$DIR/r.db dump > /dev/null   # under /usr/bin/time -f %M")
-w("kvctl fs:$DIR/m dump > /dev/null")
-w("```")
-w("")
-
-# 5. loop
-w("## The loop's ceiling")
-w("")
-w("Pool jobs completed per second through the eventfd path, and io_uring NOP "
-  "round trips per second: the most any backend can get through one loop.")
-w("")
-lo = os.environ.get("LOOP_OUT", "")
-if lo:
-    w("```")
-    w(lo.rstrip())
+if want("durable"):
+    d = load("durable")
+    w("## Durable writes: group commit")
+    w("")
+    w("SQLite backend with `--sync=full` (synchronous=FULL: every put durable before "
+      "it completes), 100-byte values, uniform keys over "
+      f"{int(os.environ['WKEYS']):,} loaded records, one job. Peers at the same depth "
+      "and job count; a peer's `--iodepth=64` is 64 threads each making one "
+      "blocking call at a time (with sync on: RocksDB WAL fsync per commit, "
+      "LMDB's default durable commit, sqlite-raw synchronous=FULL).")
+    w("")
+    w("| job | puts/s | p99 latency | vs sqlite iodepth 1 |")
+    w("|---|---|---|---|")
+    base = iops(d, "sqlite-qd1", "write")
+    for name in ["sqlite-qd1", "sqlite-qd64", "sqlite-raw-qd64", "rocksdb-qd64", "lmdb-qd64"]:
+        if job(d, name) is None:
+            continue
+        if job(d, name).get("error"):
+            w(f"| {name} | failed: {job(d, name)['errmsg']} | | |")
+            continue
+        v = iops(d, name, "write")
+        r = ratio(v, base)
+        w(f"| {name} | {fmt(v)} | {us(p99(d, name, 'write'))} | {'n/a' if r is None else f'{r:.1f}x'} |")
+    w("")
+    q64 = iops(d, "sqlite-qd64", "write")
+    w(f"- sqlite iodepth 64 / iodepth 1: {verdict(ratio(q64, base), 20)}")
+    for peer in ["rocksdb-qd64", "lmdb-qd64"]:
+        if job(d, peer) is not None:
+            w(f"- sqlite iodepth 64 / {peer}: {verdict(ratio(q64, iops(d, peer, 'write')), 1)}")
+    w("")
+    w("```sh")
+    w(cmd("durable"))
     w("```")
     w("")
-    w(f"Command: `{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
-else:
-    w("loopbench was not found (build it: `make tools/loopbench`).")
-w("")
 
-with open(out, "w") as fh:
-    fh.write("\n".join(lines))
-print(f"bench.sh: wrote {out}", file=sys.stderr)
+# 2. fs
+if want("fs"):
+    f = load("fs")
+    w("## Filesystem backend: durable puts")
+    w("")
+    w("4 KiB values; every put writes a temporary file, fsyncs it, renames it into "
+      "place and fsyncs the directory. Keys spread over 64 directories "
+      f"(`--key_dirs`, the default), {int(os.environ['FSKEYS']):,} loaded records (overwrites).")
+    w("")
+    w("| job | puts/s | p99 latency |")
+    w("|---|---|---|")
+    for name in ["fs-qd1", "fs-qd64"]:
+        w(f"| {name} | {cell(f, name, 'write')} | {us(p99(f, name, 'write'))} |")
+    fio_iops = None
+    try:
+        with open(os.path.join(res, "fio.json")) as fh:
+            fj = json.load(fh)
+        fio_iops = fj["jobs"][0]["write"]["iops"]
+        w(f"| fio: 4 KiB write + fsync, iodepth 64 | {fmt(fio_iops)} | "
+          f"{us(fj['jobs'][0]['write']['clat_ns']['percentile'].get('99.000000'))} |")
+    except (OSError, ValueError, KeyError, IndexError):
+        w("| fio | not run (`apt-get install fio`) | |")
+    w("")
+    fs64, fs1 = iops(f, "fs-qd64", "write"), iops(f, "fs-qd1", "write")
+    w(f"- fs iodepth 64 / iodepth 1: {verdict(ratio(fs64, fs1), 3)}")
+    w(f"- fs iodepth 64 / fio: {verdict(ratio(fs64, fio_iops), 0.5)}")
+    w("")
+    w("```sh")
+    w(cmd("fs"))
+    if os.environ.get("FIO_CMD"):
+        w(os.environ["FIO_CMD"])
+    w("```")
+    w("")
+
+# 3. reads
+if want("reads"):
+    rs, rr = load("reads-sqlite"), load("reads-raw")
+    w("## Point reads")
+    w("")
+    w(f"{int(os.environ['KEYS']):,} records of 100 bytes, uniform random gets. "
+      "kvstore's SQLite backend runs every SQLite call on its pool (reader "
+      "connections in parallel, WAL); sqlite-raw makes plain blocking sqlite3 calls "
+      "on the calling thread.")
+    w("")
+    w("| job | gets/s | p99 latency |")
+    w("|---|---|---|")
+    for doc, name in [(rs, "sqlite-qd64"), (rs, "sqlite-qd1"), (rr, "sqlite-raw-qd1")]:
+        w(f"| {name} | {cell(doc, name, 'read')} | {us(p99(doc, name, 'read'))} |")
+    w("")
+    w(f"- sqlite iodepth 64 / sqlite-raw on one thread: "
+      f"{verdict(ratio(iops(rs, 'sqlite-qd64', 'read'), iops(rr, 'sqlite-raw-qd1', 'read')), 1.0)}")
+    w("")
+    w("```sh")
+    w(cmd("reads-sqlite"))
+    w(cmd("reads-raw"))
+    w("```")
+    w("")
+
+# 4. memory
+if want("mem"):
+    rs = load("reads-sqlite")
+    m = load("mem-fs")
+    w("## Memory")
+    w("")
+    w(f"Peak RSS (getrusage) of the whole kvbench process over {int(os.environ['KEYS']):,} "
+      "records, load included (kvbench keeps an 8-byte token per key: "
+      f"{int(os.environ['KEYS']) * 8 / 1048576:.1f} MiB of it). The SQLite backend's page "
+      "cache is SQLite's default (`cache_size` -2000: about 2 MiB per connection). "
+      "kvctl's figure is a dump of every record: a query that must stream.")
+    w("")
+    w("| process | peak RSS |")
+    w("|---|---|")
+    w(f"| kvbench, sqlite file (case 3) | {fmt(rss(rs, 'sqlite-qd64'), ' MiB')} |")
+    w(f"| kvbench, fs | {fmt(rss(m, 'fs-qd64'), ' MiB')} |")
+    for label, v in [("sqlite", os.environ.get("DUMP_SQLITE")), ("fs", os.environ.get("DUMP_FS"))]:
+        try:
+            w(f"| kvctl dump, {label} | {int(v) / 1024:.1f} MiB |")
+        except (TypeError, ValueError):
+            w(f"| kvctl dump, {label} | not measured |")
+    w("")
+    for label, v in [("sqlite", rss(rs, "sqlite-qd64")), ("fs", rss(m, "fs-qd64"))]:
+        w(f"- {label}: " + ("not measured" if v is None else
+          f"{v:.1f} MiB: target under 64 MiB above the page cache: {'met' if v < 64 else 'NOT met'}"))
+    w("")
+    w("```sh")
+    w(cmd("mem-fs"))
+    w("kvctl sqlite:$DIR/r.db dump > /dev/null   # under /usr/bin/time -f %M")
+    w("kvctl fs:$DIR/m dump > /dev/null")
+    w("```")
+    w("")
+
+# 5. redis
+if want("redis"):
+    w("## Redis backend")
+    w("")
+    note = os.environ.get("REDIS_NOTE", "")
+    if note:
+        w(f"Not measured: {note}.")
+        w("")
+    else:
+        w(f"kvstore's Redis backend against redis-server {os.environ.get('REDIS_VERSION') or ''} "
+          "started by this script on loopback (`tests/redis_env.sh`): one single "
+          "server, and a 3-master Redis Cluster without replicas, the store spread over "
+          "it by key (`shard=key`). Every server runs with `appendonly yes` and "
+          "`appendfsync always` (each write fsynced to the append-only file, in the "
+          "scratch directory on the disk under test, before the server replies; Redis "
+          "fsyncs once per event-loop pass, so writes that arrive together share one "
+          "fsync) and `save ''`. 100-byte values, uniform keys over "
+          f"{int(os.environ['RKEYS']):,} loaded records, one job, one connection per "
+          "node; a put is a compare-and-swap (one Lua script: token check, value, "
+          "token counter and the slot's index), a get one HMGET. The servers, the "
+          "benchmark and its loop share the machine's CPUs.")
+        w("")
+        w("| job | ops/s | p99 latency |")
+        w("|---|---|---|")
+        for dep in ["single", "cluster"]:
+            doc = load("redis-" + dep)
+            for kind, o in [("write", "write"), ("read", "read")]:
+                for qd in [32, 64]:
+                    name = f"{dep}-{kind}-qd{qd}"
+                    w(f"| redis {name} | {cell(doc, name, o)} | {us(p99(doc, name, o))} |")
+        w("")
+        w("Beside the embedded backends (from the sections above when they ran "
+          "in the same run; the record counts differ):")
+        w("")
+        w("| durable puts/s at depth 64 | point reads/s at depth 64 |")
+        w("|---|---|")
+        rows = []
+        ds, rd = load("durable"), load("reads-sqlite")
+        fsd = load("fs")
+        rows.append((f"SQLite, sync=full: {fmt(iops(ds, 'sqlite-qd64', 'write'))}",
+                     f"SQLite: {fmt(iops(rd, 'sqlite-qd64', 'read'))}"))
+        rows.append((f"filesystem (4 KiB): {fmt(iops(fsd, 'fs-qd64', 'write'))}", ""))
+        rs1, rc1 = load("redis-single"), load("redis-cluster")
+        rows.append((f"Redis single: {fmt(iops(rs1, 'single-write-qd64', 'write'))}",
+                     f"Redis single: {fmt(iops(rs1, 'single-read-qd64', 'read'))}"))
+        rows.append((f"Redis cluster: {fmt(iops(rc1, 'cluster-write-qd64', 'write'))}",
+                     f"Redis cluster: {fmt(iops(rc1, 'cluster-read-qd64', 'read'))}"))
+        for a, b in rows:
+            w(f"| {a} | {b} |")
+        w("")
+        w("```sh")
+        w(cmd("redis-single"))
+        w(cmd("redis-cluster"))
+        w("```")
+        w("")
+        w("`$SINGLE` and `$CLUSTER` are the servers' loopback addresses "
+          "(`127.0.0.1:PORT`, three of them for the cluster).")
+        w("")
+
+# 5. loop
+if want("loop"):
+    w("## The loop's ceiling")
+    w("")
+    w("Pool jobs completed per second through the eventfd path, and io_uring NOP "
+      "round trips per second: the most any backend can get through one loop.")
+    w("")
+    lo = os.environ.get("LOOP_OUT", "")
+    if lo:
+        w("```")
+        w(lo.rstrip())
+        w("```")
+        w("")
+        w(f"Command: `{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
+    else:
+        w("loopbench was not found (build it: `make tools/loopbench`).")
+    w("")
+
+if out == "-":
+    sys.stdout.write("\n".join(lines) + "\n")
+else:
+    with open(out, "w") as fh:
+        fh.write("\n".join(lines))
+    print(f"bench.sh: wrote {out}", file=sys.stderr)
 PY
