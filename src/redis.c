@@ -20,6 +20,11 @@
  * KV_EBACKEND ("outcome unknown": it may or may not have run), the socket is
  * shut down and closed once its SQEs are back, and the node is retried
  * after a back-off (50 ms doubling to 2 s) by the next command for it.
+ * A watchdog timer runs while any node connects or owes replies: a connect
+ * that has not completed, or a connection that has sent nothing back while
+ * replies are due, for the URI's timeout (default 10 s) fails the same way
+ * (a peer that vanished without a reset would otherwise hold its commands
+ * for the kernel's TCP timeouts, minutes).
  *
  * Cluster.  Slot map from CLUSTER SLOTS (a single, non-cluster server
  * answers with an error and serves every slot); MOVED updates the slot and
@@ -118,6 +123,10 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 static const unsigned retry_ms[] = {5,   10,  20,  40,  80,  160,
                                     320, 500, 500, 500, 500, 500};
 #define RETRY_MAX (sizeof retry_ms / sizeof retry_ms[0])
+
+/* Default deadline (URI timeout=MS) for a connect to complete, and for a
+ * node with commands awaiting replies to send back any bytes at all. */
+#define TIMEOUT_DEFAULT_MS 10000
 
 /* ------------------------------------------------------------------------ */
 /* CRC16 (XMODEM) and the slot tags                                          */
@@ -310,6 +319,8 @@ struct rnode {
     rcmd *fifo, *fifo_tail; /* sent, awaiting a reply */
     rcmd *wait, *wait_tail; /* waiting for the connection */
     uint64_t retry_at;      /* ms, CLOCK_MONOTONIC */
+    uint64_t since;         /* connect started, or last sign of life while
+                               replies are due (the watchdog's clock) */
     unsigned backoff;
     char *lasterr;
 };
@@ -340,6 +351,7 @@ typedef struct rmember {
 typedef struct rtimer {
     kv__op op;
     struct __kernel_timespec ts;
+    bool watchdog; /* the I/O deadline check, not a retry wake-up */
     uint64_t due;
     struct rtimer *next;
     rstore *st;
@@ -377,7 +389,9 @@ struct rstore {
     rcmd *retryq;     /* commands waiting to be resent */
     /* shard=key: the slots known to be in the store's slot directory */
     unsigned char dirbits[NSLOTS / 8];
-    rtimer *timers;   /* armed timers of the retry queue */
+    rtimer *timers;   /* armed timers (retry queue and watchdog) */
+    bool wd_armed;    /* the watchdog timer is among them */
+    unsigned timeout_ms; /* I/O deadline, 0: none */
     unsigned long stats_redirects;
 };
 
@@ -570,6 +584,7 @@ static void send_cb(kv__op *op, int res, uint32_t flags);
 static void connect_cb(kv__op *op, int res, uint32_t flags);
 static void refresh_map(rstore *st);
 static void retry_later(rstore *st, rcmd *c, const char *why);
+static void watchdog_arm(rstore *st);
 
 static void cmd_fail(rcmd *c, int err, const char *msg);
 
@@ -869,6 +884,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
         maybe_closed(st);
         return;
     }
+    n->since = now_ms(); /* alive */
     if (n->rd == NULL || redisReaderFeed(n->rd, n->rbuf, (size_t)res) !=
                              REDIS_OK) {
         node_fail(n, "cannot parse the reply stream");
@@ -939,11 +955,14 @@ static int node_write(rnode *n, rcmd *c)
     }
     c->asking = false;
     c->next = NULL;
+    if (n->fifo == NULL)
+        n->since = now_ms(); /* replies are due from now */
     if (n->fifo_tail)
         n->fifo_tail->next = c;
     else
         n->fifo = c;
     n->fifo_tail = c;
+    watchdog_arm(st);
     return KV_OK;
 }
 
@@ -969,6 +988,8 @@ static void node_connect(rnode *n)
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&n->cop);
     n->nops++;
     n->state = N_CONNECTING;
+    n->since = now_ms();
+    watchdog_arm(n->st);
 }
 
 static void connect_cb(kv__op *op, int res, uint32_t flags)
@@ -1104,6 +1125,29 @@ static void retry_run(rstore *st)
     retry_arm(st);
 }
 
+/* Fail the connections that missed their deadline (node_fail shuts the
+ * socket down, which ends the SQEs in flight), then watch on. */
+static void watchdog_check(rstore *st)
+{
+    if (st->closing)
+        return;
+    uint64_t now = now_ms();
+    for (rnode *n = st->nodes; n != NULL; n = n->next) {
+        if (now - n->since < st->timeout_ms)
+            continue;
+        char m[96];
+        if (n->state == N_CONNECTING) {
+            snprintf(m, sizeof m, "cannot connect: no answer within %u ms",
+                     st->timeout_ms);
+            node_fail(n, m);
+        } else if (n->state == N_UP && n->fifo != NULL) {
+            snprintf(m, sizeof m, "no reply within %u ms", st->timeout_ms);
+            node_fail(n, m);
+        }
+    }
+    watchdog_arm(st);
+}
+
 static void timer_cb(kv__op *op, int res, uint32_t flags)
 {
     (void)res;
@@ -1114,8 +1158,14 @@ static void timer_cb(kv__op *op, int res, uint32_t flags)
     while (*pp != t)
         pp = &(*pp)->next;
     *pp = t->next;
+    bool wd = t->watchdog;
     kv__free(t);
-    retry_run(st);
+    if (wd) {
+        st->wd_armed = false;
+        watchdog_check(st);
+    } else {
+        retry_run(st);
+    }
     maybe_closed(st);
 }
 
@@ -1153,6 +1203,41 @@ static void retry_arm(rstore *st)
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&t->op);
     t->next = st->timers;
     st->timers = t;
+}
+
+/* Keep a watchdog tick armed while a node connects or owes replies. */
+static void watchdog_arm(rstore *st)
+{
+    if (st->wd_armed || st->closing || st->timeout_ms == 0)
+        return;
+    bool busy = false;
+    for (rnode *n = st->nodes; n != NULL && !busy; n = n->next)
+        busy = n->state == N_CONNECTING ||
+               (n->state == N_UP && n->fifo != NULL);
+    if (!busy)
+        return;
+    rtimer *t = kv__calloc(1, sizeof *t);
+    struct io_uring_sqe *sqe = NULL;
+    if (t == NULL || kv__loop_sqes(st->loop, &sqe, 1) != KV_OK) {
+        kv__free(t); /* unwatched until the next command tries again */
+        return;
+    }
+    /* a tick of a quarter of the deadline (at most 1 s): a connection is
+     * failed between 1 and 1.25 deadlines after its last sign of life */
+    unsigned tick = st->timeout_ms / 4 > 1000 ? 1000 : st->timeout_ms / 4;
+    if (tick == 0)
+        tick = 1;
+    t->op.cb = timer_cb;
+    t->st = st;
+    t->watchdog = true;
+    t->due = UINT64_MAX; /* never a retry wake-up */
+    t->ts.tv_sec = (long long)(tick / 1000);
+    t->ts.tv_nsec = (long long)(tick % 1000) * 1000000;
+    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&t->op);
+    t->next = st->timers;
+    st->timers = t;
+    st->wd_armed = true;
 }
 
 /* The server did not run c (why: its error): resend it later through the
@@ -2297,7 +2382,8 @@ static void rstore_free(rstore *st)
     r_destroy(&fake);
 }
 
-/* Parse "redis://ip:port[,ip:port...][/prefix][?shard=key|store]". */
+/* Parse "redis://ip:port[,ip:port...][/prefix][?opt[&opt]]", options
+ * shard=key|store and timeout=MS. */
 static int parse_uri(rstore *st, const char *uri)
 {
     static const char scheme[] = "redis://";
@@ -2374,15 +2460,35 @@ static int parse_uri(rstore *st, const char *uri)
         return KV_ENOMEM;
     st->plen = pl;
     st->keymode = true;
+    st->timeout_ms = TIMEOUT_DEFAULT_MS;
     if (*rest == '?') {
         rest++;
-        if (strcmp(rest, "shard=store") == 0)
-            st->keymode = false;
-        else if (strcmp(rest, "shard=key") != 0 && rest[0] != '\0') {
-            kv__set_errmsg("kv_redis_open: unknown option %s (shard=key or "
-                           "shard=store)",
-                           rest);
-            return KV_EINVAL;
+        while (*rest != '\0') {
+            size_t ol = strcspn(rest, "&");
+            char *end = NULL;
+            if (ol == 11 && strncmp(rest, "shard=store", ol) == 0) {
+                st->keymode = false;
+            } else if (ol == 9 && strncmp(rest, "shard=key", ol) == 0) {
+                st->keymode = true;
+            } else if (ol > 8 && strncmp(rest, "timeout=", 8) == 0 &&
+                       rest[8] >= '0' && rest[8] <= '9') {
+                unsigned long v = strtoul(rest + 8, &end, 10);
+                if (end != rest + ol || v > 3600000) {
+                    kv__set_errmsg("kv_redis_open: bad timeout in %s "
+                                   "(milliseconds, 0 to 3600000)",
+                                   uri);
+                    return KV_EINVAL;
+                }
+                st->timeout_ms = (unsigned)v;
+            } else {
+                kv__set_errmsg("kv_redis_open: unknown option %.*s in %s "
+                               "(shard=key, shard=store, timeout=MS)",
+                               (int)ol, rest, uri);
+                return KV_EINVAL;
+            }
+            rest += ol;
+            if (*rest == '&')
+                rest++;
         }
     } else if (*rest != '\0') {
         kv__set_errmsg("kv_redis_open: bad URI %s", uri);

@@ -14,6 +14,7 @@
 #endif
 
 #include <errno.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -137,7 +138,12 @@ START_TEST(test_uri_errors)
     ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
     const char *bad[] = {"http://127.0.0.1:1", "redis://", "redis://x.y:1",
                          "redis://127.0.0.1:0", "redis://127.0.0.1:1/a b",
-                         "redis://127.0.0.1:1/p?shard=nope"};
+                         "redis://127.0.0.1:1/p?shard=nope",
+                         "redis://127.0.0.1:1/p?timeout=",
+                         "redis://127.0.0.1:1/p?timeout=-1",
+                         "redis://127.0.0.1:1/p?timeout=5s",
+                         "redis://127.0.0.1:1/p?timeout=3600001",
+                         "redis://127.0.0.1:1/p?shard=key&x=1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = kv_redis_open(&s, loop, NULL, bad[i], 0);
         ck_assert_msg(rc == KV_EINVAL, "%s: %s", bad[i], kv_err_name(rc));
@@ -327,6 +333,12 @@ static uint64_t mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Run the loop for ms (the library's own retries go on meanwhile). */
+static void spin(ctx *c, uint64_t ms)
+{
+    ck_assert_kv(wait_free(kv_sleep(c->loop, ms)), KV_OK);
 }
 
 /* The first line of redis-cli's answer to cmd on node name. */
@@ -604,12 +616,6 @@ static bool pick_all(const char *k, size_t len)
     (void)k;
     (void)len;
     return true;
-}
-
-/* Run the loop for ms (the library's own retries go on meanwhile). */
-static void spin(ctx *c, uint64_t ms)
-{
-    ck_assert_kv(wait_free(kv_sleep(c->loop, ms)), KV_OK);
 }
 
 /* A hash slot moved from one master to another with the commands redis-cli
@@ -899,11 +905,92 @@ START_TEST(test_slot_directory)
 END_TEST
 #endif
 
+/* A node that stops answering (SIGSTOP: its connections stay open and no
+ * reply comes): the commands waiting on it fail KV_EBACKEND, outcome
+ * unknown, once the URI's timeout passes, while the other masters' keys
+ * go on; when it runs again the store uses it again. */
+START_TEST(test_hung_node)
+{
+    ctx c;
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", "?timeout=300"))
+        return;
+    enum { N = 60 };
+    char ids[N][32];
+    uint64_t toks[N];
+    kv_fut *fs[N];
+    for (int i = 0; i < N; i++) {
+        int rc;
+        snprintf(ids[i], sizeof ids[i], "/h/%d", i);
+        toks[i] = put(&c, ids[i], "v0", 0, &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+    }
+    char path[512];
+    snprintf(path, sizeof path, "%s/c1/redis.pid", dir);
+    FILE *pf = fopen(path, "r");
+    ck_assert_msg(pf != NULL, "%s: %s", path, strerror(errno));
+    long pid = 0;
+    ck_assert_int_eq(fscanf(pf, "%ld", &pid), 1);
+    fclose(pf);
+    ck_assert_int_eq(kill((pid_t)pid, SIGSTOP), 0);
+    uint64_t t0 = mono_ms();
+    for (int i = 0; i < N; i++) {
+        kv_record r = {K(&c, ids[i]), "v1", 2, toks[i]};
+        fs[i] = kv_put(c.s, &r, NULL);
+    }
+    int ok = 0, timed_out = 0, other = 0;
+    char bad[256] = "";
+    for (int i = 0; i < N; i++) {
+        int rc = kv_wait(fs[i]);
+        const char *msg = kv_fut_errmsg(fs[i]);
+        if (rc == KV_OK)
+            ok++;
+        else if (rc == KV_EBACKEND && strstr(msg, "no reply within 300 ms") &&
+                 strstr(msg, "may or may not"))
+            timed_out++;
+        else if (other++ == 0)
+            snprintf(bad, sizeof bad, "%s: %s", kv_err_name(rc), msg);
+        kv_fut_free(fs[i]);
+    }
+    uint64_t waited = mono_ms() - t0;
+    /* let it run again before any assertion can end the test */
+    ck_assert_int_eq(kill((pid_t)pid, SIGCONT), 0);
+    ck_assert_msg(other == 0, "%d unexpected results, first %s", other, bad);
+    ck_assert_int_gt(ok, 0);
+    ck_assert_int_gt(timed_out, 0);
+    ck_assert_uint_ge(waited, 300);
+    ck_assert_uint_lt(waited, 3000);
+    /* every key writable again (after the node's back-off) */
+    int round;
+    for (round = 0; round < 100; round++) {
+        int failed = 0;
+        for (int i = 0; i < N; i++) {
+            kv_fut *f = kv_get(c.s, K(&c, ids[i]), NULL);
+            if (kv_wait(f) == KV_OK)
+                toks[i] = kv_fut_record(f)->token;
+            else
+                failed++;
+            kv_fut_free(f);
+        }
+        if (failed == 0)
+            break;
+        spin(&c, 100);
+    }
+    ck_assert_int_lt(round, 100);
+    for (int i = 0; i < N; i++) {
+        int rc;
+        put(&c, ids[i], "v2", toks[i], &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+    }
+    close_ctx(&c);
+}
+END_TEST
+
 /* Many requests in flight on one connection, replies matched in order. */
 START_TEST(test_pipelined)
 {
     ctx c;
-    if (!open_ctx(&c, "KV_TEST_REDIS", ""))
+    if (!open_ctx(&c, "KV_TEST_REDIS", "?timeout=5000&shard=store"))
         return;
     enum { N = 2000 };
     kv_fut *fs[N];
@@ -943,6 +1030,7 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_migration);
     tcase_add_test(tc, test_slot_directory);
 #endif
+    tcase_add_test(tc, test_hung_node);
     tcase_add_test(tc, test_master_down);
     tcase_add_test(tc, test_failover);
     suite_add_tcase(s, tc);
