@@ -352,6 +352,7 @@ typedef struct rtimer {
     kv__op op;
     struct __kernel_timespec ts;
     bool watchdog; /* the I/O deadline check, not a retry wake-up */
+    bool removing; /* a TIMEOUT_REMOVE for it is queued */
     uint64_t due;
     struct rtimer *next;
     rstore *st;
@@ -390,7 +391,7 @@ struct rstore {
     /* shard=key: the slots known to be in the store's slot directory */
     unsigned char dirbits[NSLOTS / 8];
     rtimer *timers;   /* armed timers (retry queue and watchdog) */
-    bool wd_armed;    /* the watchdog timer is among them */
+    rtimer *wd;       /* the watchdog timer, when armed (among them) */
     unsigned timeout_ms; /* I/O deadline, 0: none */
     unsigned long stats_redirects;
 };
@@ -585,6 +586,7 @@ static void connect_cb(kv__op *op, int res, uint32_t flags);
 static void refresh_map(rstore *st);
 static void retry_later(rstore *st, rcmd *c, const char *why);
 static void watchdog_arm(rstore *st);
+static void watchdog_idle(rstore *st);
 
 static void cmd_fail(rcmd *c, int err, const char *msg);
 
@@ -713,6 +715,7 @@ static void node_fail(rnode *n, const char *why)
     node_settle(n);
     if (!st->closing)
         refresh_map(st);
+    watchdog_idle(st);
 }
 
 static void start_recv(rnode *n)
@@ -910,6 +913,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
             break;
     }
     start_recv(n);
+    watchdog_idle(st);
     maybe_closed(st);
 }
 
@@ -1161,7 +1165,7 @@ static void timer_cb(kv__op *op, int res, uint32_t flags)
     bool wd = t->watchdog;
     kv__free(t);
     if (wd) {
-        st->wd_armed = false;
+        st->wd = NULL;
         watchdog_check(st);
     } else {
         retry_run(st);
@@ -1205,16 +1209,19 @@ static void retry_arm(rstore *st)
     st->timers = t;
 }
 
+static bool watchdog_busy(const rstore *st)
+{
+    for (const rnode *n = st->nodes; n != NULL; n = n->next)
+        if (n->state == N_CONNECTING || (n->state == N_UP && n->fifo != NULL))
+            return true;
+    return false;
+}
+
 /* Keep a watchdog tick armed while a node connects or owes replies. */
 static void watchdog_arm(rstore *st)
 {
-    if (st->wd_armed || st->closing || st->timeout_ms == 0)
-        return;
-    bool busy = false;
-    for (rnode *n = st->nodes; n != NULL && !busy; n = n->next)
-        busy = n->state == N_CONNECTING ||
-               (n->state == N_UP && n->fifo != NULL);
-    if (!busy)
+    if (st->wd != NULL || st->closing || st->timeout_ms == 0 ||
+        !watchdog_busy(st))
         return;
     rtimer *t = kv__calloc(1, sizeof *t);
     struct io_uring_sqe *sqe = NULL;
@@ -1237,7 +1244,22 @@ static void watchdog_arm(rstore *st)
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&t->op);
     t->next = st->timers;
     st->timers = t;
-    st->wd_armed = true;
+    st->wd = t;
+}
+
+/* Nothing to watch any more: take the watchdog timer off the ring, so
+ * that an idle store keeps nothing pending on the loop (its CQE comes back
+ * -ECANCELED through timer_cb, which arms it again if work came back). */
+static void watchdog_idle(rstore *st)
+{
+    if (st->wd == NULL || st->wd->removing || watchdog_busy(st))
+        return;
+    struct io_uring_sqe *sqe;
+    if (kv__loop_sqes(st->loop, &sqe, 1) != KV_OK)
+        return; /* it fires within a tick anyway */
+    io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&st->wd->op, 0);
+    io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
+    st->wd->removing = true;
 }
 
 /* The server did not run c (why: its error): resend it later through the

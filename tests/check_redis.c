@@ -1013,6 +1013,11 @@ START_TEST(test_pipelined)
                   memcmp(r->val, vals[i], r->len) == 0);
         kv_fut_free(fs[i]);
     }
+    /* idle, the store keeps nothing pending on the loop (no watchdog tick
+     * left behind: it is 1 s here) */
+    uint64_t t0 = mono_ms();
+    ck_assert_int_ge(kv_loop_run(c.loop, KV_RUN_DEFAULT), 0);
+    ck_assert_uint_lt(mono_ms() - t0, 500);
     close_ctx(&c);
 }
 END_TEST
