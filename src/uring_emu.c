@@ -31,6 +31,19 @@
  * dispatched by kv__emu_reap.  Either way kv__loop_dispatch treats them
  * exactly as ring CQEs.
  *
+ * Out of memory.  A request is allocated per chain.  When that allocation
+ * fails, the chain still completes, as the kernel fails a link it cannot
+ * start: its first SQE -ENOMEM, the rest -ECANCELED (a lone NOP,
+ * TIMEOUT_REMOVE or ASYNC_CANCEL needs no memory and is decided as usual).
+ * Those CQEs go to a completion ring allocated with the emulator (the
+ * loop's cq_entries, at least 2 x sq_entries: an empty one holds any
+ * chain), dispatched by kv__emu_reap like the other local completions, so
+ * submit never dispatches and never leaves a chain behind for want of
+ * memory.  Only if that ring is full (more than cq_entries such CQEs
+ * between two reaps) does submit stop and answer -EAGAIN, as the kernel
+ * answers -EBUSY while its CQ overflows; the loop then does not block
+ * (kv__emu_pending_local), and the next reap makes room.
+ *
  * Everything here runs on the loop thread except emu_work (a worker).
  */
 #include "config.h"
@@ -65,6 +78,12 @@ typedef struct emu_ent {
     int32_t res;
 } emu_ent;
 
+/* A completion decided without a request (see "Out of memory" above). */
+typedef struct emu_cqe {
+    uint64_t ud;
+    int32_t res;
+} emu_cqe;
+
 typedef struct emu_req {
     kv__job job;
     kv__emu *emu;
@@ -88,6 +107,8 @@ struct kv__emu {
     emu_req *local_head, *local_tail;
     struct pollfd *pfds;
     size_t cappfds;
+    emu_cqe *cq; /* ring of cq_cap, cq_n from cq_head; allocated at new */
+    unsigned cq_cap, cq_head, cq_n;
 };
 
 static const int supported[] = {
@@ -102,7 +123,9 @@ static const int supported[] = {
 static int64_t now_ns(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* CLOCK_MONOTONIC with a valid pointer cannot fail (EINVAL/EFAULT). */
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        abort();
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -132,11 +155,15 @@ void kv__emu_probe(unsigned char ops[32])
 int kv__emu_new(kv__emu **out, kv_loop *loop, struct io_uring *ring,
                 unsigned sq, unsigned cq)
 {
+    if (cq < sq)
+        cq = sq; /* a chain (at most sq SQEs) must fit an empty ring */
     kv__emu *e = kv__calloc(1, sizeof *e);
     struct io_uring_sqe *sqes = kv__calloc(sq, sizeof *sqes);
-    if (e == NULL || sqes == NULL) {
+    emu_cqe *cqes = kv__calloc(cq, sizeof *cqes);
+    if (e == NULL || sqes == NULL || cqes == NULL) {
         kv__free(e);
         kv__free(sqes);
+        kv__free(cqes);
         kv__set_errmsg("kv_loop_new: out of memory");
         return KV_ENOMEM;
     }
@@ -144,11 +171,14 @@ int kv__emu_new(kv__emu **out, kv_loop *loop, struct io_uring *ring,
     if (rc != KV_OK) {
         kv__free(e);
         kv__free(sqes);
+        kv__free(cqes);
         return rc;
     }
     e->loop = loop;
     e->ring = ring;
     e->sqes = sqes;
+    e->cq = cqes;
+    e->cq_cap = cq;
     memset(ring, 0, sizeof *ring);
     ring->sq.sqes = sqes;
     ring->sq.khead = &e->khead;
@@ -167,6 +197,7 @@ void kv__emu_free(kv__emu *e)
     kv_pool_free(e->pool);
     kv__free(e->pfds);
     kv__free(e->sqes);
+    kv__free(e->cq);
     kv__free(e);
 }
 
@@ -401,10 +432,11 @@ static int cancel_one(kv__emu *e, uint64_t ud, bool timers_only,
     return 0;
 }
 
-/* Decide a lone loop-thread SQE now (q is in live already). */
-static void start_local(kv__emu *e, emu_req *q)
+/* A lone SQE decided on the loop thread (NOP, TIMEOUT_REMOVE, ASYNC_CANCEL,
+ * an unknown opcode): its result.  self: its request, if it has one. */
+static int local_result(kv__emu *e, const struct io_uring_sqe *s,
+                        emu_req *self)
 {
-    const struct io_uring_sqe *s = &q->ent[0].sqe;
     int res;
     switch (s->opcode) {
     case IORING_OP_NOP:
@@ -412,7 +444,7 @@ static void start_local(kv__emu *e, emu_req *q)
         break;
     case IORING_OP_TIMEOUT_REMOVE:
         res = s->timeout_flags != 0 ? -EINVAL
-                                    : cancel_one(e, s->addr, true, q);
+                                    : cancel_one(e, s->addr, true, self);
         break;
     case IORING_OP_ASYNC_CANCEL:
 #ifdef IORING_ASYNC_CANCEL_ALL
@@ -420,21 +452,65 @@ static void start_local(kv__emu *e, emu_req *q)
             int count = 0, r;
             /* A cancelled job stays listed until its done: stop at the
              * first one found again (-EALREADY). */
-            while ((r = cancel_one(e, s->addr, false, q)) == 0)
+            while ((r = cancel_one(e, s->addr, false, self)) == 0)
                 count++;
             res = count;
             break;
         }
 #endif
         res = s->cancel_flags != 0 ? -EINVAL
-                                   : cancel_one(e, s->addr, false, q);
+                                   : cancel_one(e, s->addr, false, self);
         break;
     default:
         res = -EINVAL;
         break;
     }
-    q->ent[0].res = res;
+    return res;
+}
+
+/* Decide a lone loop-thread SQE now (q is in live already). */
+static void start_local(kv__emu *e, emu_req *q)
+{
+    q->ent[0].res = local_result(e, &q->ent[0].sqe, q);
     local_push(e, q);
+}
+
+static bool is_local(const struct io_uring_sqe *s)
+{
+    return s->opcode == IORING_OP_NOP ||
+           s->opcode == IORING_OP_TIMEOUT_REMOVE ||
+           s->opcode == IORING_OP_ASYNC_CANCEL || !kv__emu_has_op(s->opcode);
+}
+
+/* Queue a completion on the ring (room checked by the caller). */
+static void cq_push(kv__emu *e, uint64_t ud, int res)
+{
+    emu_cqe *c = &e->cq[(e->cq_head + e->cq_n) % e->cq_cap];
+    c->ud = ud;
+    c->res = res;
+    e->cq_n++;
+}
+
+/*
+ * The chain of n SQEs at head could not get its request (out of memory):
+ * complete it through the ring without one.  False if the ring has no room
+ * for its n CQEs (the chain then stays queued).
+ */
+static bool fail_chain(kv__emu *e, unsigned head, unsigned n)
+{
+    if (e->cq_cap - e->cq_n < n)
+        return false;
+    const struct io_uring_sqe *s = &e->sqes[head & e->ring->sq.ring_mask];
+    if (n == 1 && is_local(s)) {
+        /* Needs no memory: decided as if the request had been made. */
+        cq_push(e, s->user_data, local_result(e, s, NULL));
+        return true;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        s = &e->sqes[(head + i) & e->ring->sq.ring_mask];
+        cq_push(e, s->user_data, i == 0 ? -ENOMEM : -ECANCELED);
+    }
+    return true;
 }
 
 static void start_timer(kv__emu *e, emu_req *q)
@@ -485,10 +561,7 @@ static bool start_chain(kv__emu *e, unsigned head, unsigned n)
         q->kind = REQ_SOCK;
         q->lnext = e->socks;
         e->socks = q;
-    } else if (n == 1 && (op == IORING_OP_NOP ||
-                          op == IORING_OP_TIMEOUT_REMOVE ||
-                          op == IORING_OP_ASYNC_CANCEL ||
-                          !kv__emu_has_op(op))) {
+    } else if (n == 1 && is_local(&q->ent[0].sqe)) {
         start_local(e, q);
     } else {
         q->kind = REQ_JOB;
@@ -517,8 +590,8 @@ int kv__emu_submit(kv__emu *e)
                (e->sqes[(head + n - 1) & sq->ring_mask].flags &
                 (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)))
             n++;
-        if (!start_chain(e, head, n))
-            return done > 0 ? done : -EAGAIN; /* retried next turn */
+        if (!start_chain(e, head, n) && !fail_chain(e, head, n))
+            return done > 0 ? done : -EAGAIN; /* after the next reap */
         sq->sqe_head = head + n;
         e->khead = head + n;
         done += (int)n;
@@ -568,19 +641,28 @@ bool kv__emu_reap(kv__emu *e)
     /* Only what is queued now: handlers may queue more (cancels). */
     emu_req *list = e->local_head;
     e->local_head = e->local_tail = NULL;
-    bool any = list != NULL;
+    unsigned ncq = e->cq_n;
+    bool any = list != NULL || ncq > 0;
     while (list != NULL) {
         emu_req *next = list->lnext;
         live_unlink(e, list);
         complete(e, list);
         list = next;
     }
+    /* Then the ring (a cancel's own CQE after its target's, as above);
+     * each entry is taken off before its handler may push more. */
+    for (; ncq > 0; ncq--) {
+        emu_cqe c = e->cq[e->cq_head];
+        e->cq_head = (e->cq_head + 1) % e->cq_cap;
+        e->cq_n--;
+        kv__loop_dispatch(e->loop, c.ud, c.res, 0);
+    }
     return any;
 }
 
 int kv__emu_wait(kv__emu *e, int efd, unsigned timeout_ms)
 {
-    if (e->local_head != NULL)
+    if (kv__emu_pending_local(e))
         return KV_OK;
     int64_t wait_ns = timeout_ms > 0 ? (int64_t)timeout_ms * 1000000 : -1;
     if (e->timers != NULL) {
@@ -632,6 +714,10 @@ int kv__emu_wait(kv__emu *e, int efd, unsigned timeout_ms)
         do {
             rd = read(efd, &v, sizeof v); /* non-blocking */
         } while (rd < 0 && errno == EINTR);
+        /* EAGAIN (already drained) is harmless: the eventfd only wakes
+         * us, the loop's posted list is what counts. */
+        if (rd < 0 && errno != EAGAIN)
+            return -errno;
         return 1;
     }
     return KV_OK;
@@ -639,5 +725,5 @@ int kv__emu_wait(kv__emu *e, int efd, unsigned timeout_ms)
 
 bool kv__emu_pending_local(const kv__emu *e)
 {
-    return e->local_head != NULL;
+    return e->local_head != NULL || e->cq_n > 0;
 }

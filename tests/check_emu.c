@@ -396,6 +396,230 @@ START_TEST(test_async_cancel)
 }
 END_TEST
 
+/*
+ * Out of memory in the emulator's submit (no request for a chain): the
+ * chain completes at once, its first SQE -ENOMEM and the rest -ECANCELED,
+ * nothing of it runs, and the loop neither blocks nor retries.  A lone
+ * NOP, ASYNC_CANCEL or TIMEOUT_REMOVE needs no memory and is decided as
+ * usual.  Afterwards the same loop works.
+ */
+START_TEST(test_oom_chain)
+{
+    char *dir = tu_mkdtemp();
+    char *path = tmpfile_in(dir, "f");
+    kv_loop *loop = emu_loop();
+    int count = 0;
+    rec r[12];
+    rec_init(r, 12, &count);
+    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    ck_assert_int_ge(fd, 0);
+    struct io_uring_sqe *sq[3];
+    struct __kernel_timespec long_ts = {.tv_sec = 10, .tv_nsec = 0};
+
+    /* A long timer, started while memory is there. */
+    ck_assert_kv(kv__loop_sqes(loop, sq, 1), KV_OK);
+    io_uring_prep_timeout(sq[0], &long_ts, 0, 0);
+    set_ud(sq[0], &r[0]);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
+    ck_assert_int_eq(r[0].order, 0);
+
+    /* write -> fsync -> nop, a lone timeout, a NOP, a cancel of the timer
+     * and one of nothing: all submitted with every allocation failing. */
+    ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
+    io_uring_prep_write(sq[0], fd, "abcd", 4, 0);
+    io_uring_prep_fsync(sq[1], fd, 0);
+    io_uring_prep_nop(sq[2]);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2)
+            sq[i]->flags |= IOSQE_IO_LINK;
+        set_ud(sq[i], &r[1 + i]);
+    }
+    ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
+    io_uring_prep_timeout(sq[0], &long_ts, 0, 0);
+    set_ud(sq[0], &r[4]);
+    io_uring_prep_nop(sq[1]);
+    set_ud(sq[1], &r[5]);
+    io_uring_prep_cancel64(sq[2], (uint64_t)(uintptr_t)&r[0].op, 0);
+    set_ud(sq[2], &r[6]);
+    ck_assert_kv(kv__loop_sqes(loop, sq, 1), KV_OK);
+    io_uring_prep_cancel64(sq[0], 0x987654321ull, 0);
+    set_ud(sq[0], &r[7]);
+    double t0 = now_ms();
+    kv__alloc_fail_at(1, true);
+    int rc = kv_loop_run(loop, KV_RUN_DEFAULT);
+    unsigned long tried = kv__alloc_fail_at(0, false);
+    ck_assert_int_ge(rc, 0);
+    ck_assert_uint_ge(tried, 2); /* the chain's and the timeout's request */
+    ck_assert_double_lt(now_ms() - t0, 5000.0); /* the timer did not run */
+    ck_assert_int_eq(r[1].res, -ENOMEM);
+    ck_assert_int_eq(r[2].res, -ECANCELED);
+    ck_assert_int_eq(r[3].res, -ECANCELED);
+    ck_assert_int_lt(r[1].order, r[2].order);
+    ck_assert_int_lt(r[2].order, r[3].order);
+    ck_assert_int_eq(r[4].res, -ENOMEM);
+    ck_assert_int_eq(r[5].res, 0);
+    ck_assert_int_eq(r[0].res, -ECANCELED); /* cancelled without memory */
+    ck_assert_int_eq(r[6].res, 0);
+    ck_assert_int_lt(r[0].order, r[6].order);
+    ck_assert_int_eq(r[7].res, -ENOENT);
+    struct stat st;
+    ck_assert_int_eq(fstat(fd, &st), 0);
+    ck_assert_int_eq(st.st_size, 0); /* the failed chain never ran */
+
+    /* The same chain with memory: it runs. */
+    rec_init(r, 3, &count);
+    ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
+    io_uring_prep_write(sq[0], fd, "abcd", 4, 0);
+    io_uring_prep_fsync(sq[1], fd, 0);
+    io_uring_prep_nop(sq[2]);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2)
+            sq[i]->flags |= IOSQE_IO_LINK;
+        set_ud(sq[i], &r[i]);
+    }
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(r[0].res, 4);
+    ck_assert_int_eq(r[1].res, 0);
+    ck_assert_int_eq(r[2].res, 0);
+    ck_assert_int_eq(fstat(fd, &st), 0);
+    ck_assert_int_eq(st.st_size, 4);
+    ck_assert_int_eq(close(fd), 0);
+    finish_loop(loop);
+    tu_rmrf(dir);
+    free(path);
+    free(dir);
+}
+END_TEST
+
+/*
+ * The completions of chains failed for memory wait in a ring of the
+ * loop's cq_entries.  A handler that keeps preparing SQEs while every
+ * allocation fails fills it: kv__loop_sqes then answers KV_EBUSY (as when
+ * the kernel's CQ overflows) instead of blocking or losing a completion,
+ * and every SQE it did accept completes once, -ENOMEM.
+ */
+typedef struct flood {
+    kv__op op;
+    kv_loop *loop;
+    int fd;
+    int accepted, refused;
+    rec *r;
+} flood;
+
+static void flood_cb(kv__op *op, int res, uint32_t flags)
+{
+    flood *fl = (flood *)(void *)op;
+    (void)flags;
+    ck_assert_int_eq(res, 0); /* a NOP: decided without memory */
+    for (int i = 0; i < 64; i++) {
+        struct io_uring_sqe *sqe;
+        int rc = kv__loop_sqes(fl->loop, &sqe, 1);
+        if (rc != KV_OK) {
+            ck_assert_kv(rc, KV_EBUSY);
+            fl->refused++;
+            break;
+        }
+        io_uring_prep_fsync(sqe, fl->fd, 0);
+        set_ud(sqe, &fl->r[fl->accepted++]);
+    }
+}
+
+START_TEST(test_oom_ring_full)
+{
+    kv_loop *loop = NULL;
+    kv_loop_opts o;
+    memset(&o, 0, sizeof o);
+    o.flags = KV_LOOP_FORCE_FALLBACK;
+    o.sq_entries = 8;
+    o.cq_entries = 16;
+    ck_assert_kv(kv_loop_new(&loop, &o), KV_OK);
+    int count = 0;
+    static rec r[64];
+    rec_init(r, 64, &count);
+    flood fl = {.op.cb = flood_cb, .loop = loop, .r = r};
+    fl.fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ck_assert_int_ge(fl.fd, 0);
+    struct io_uring_sqe *sq[1];
+    ck_assert_kv(kv__loop_sqes(loop, sq, 1), KV_OK);
+    io_uring_prep_nop(sq[0]);
+    io_uring_sqe_set_data64(sq[0], (uint64_t)(uintptr_t)&fl.op);
+    kv__alloc_fail_at(1, true);
+    int rc = kv_loop_run(loop, KV_RUN_DEFAULT);
+    kv__alloc_fail_at(0, false);
+    ck_assert_int_ge(rc, 0);
+    /* 16 completions in the ring and 8 SQEs queued, then no room. */
+    ck_assert_int_eq(fl.accepted, 24);
+    ck_assert_int_eq(fl.refused, 1);
+    for (int i = 0; i < fl.accepted; i++) {
+        ck_assert_int_eq(r[i].res, -ENOMEM);
+        ck_assert_int_eq(r[i].order, i + 1);
+    }
+    ck_assert_int_eq(close(fl.fd), 0);
+    finish_loop(loop);
+}
+END_TEST
+
+/*
+ * Through the public API: a sleep and an fs put whose SQEs are submitted
+ * while every allocation fails complete KV_ENOMEM at once; the store and
+ * the loop go on working.
+ */
+START_TEST(test_oom_store)
+{
+    char *dir = tu_mkdtemp();
+    char *root = tmpfile_in(dir, "store");
+    kv_loop *loop = emu_loop();
+    kv_pool *pool = NULL;
+    kv_store *s = NULL;
+    kv_key *k = NULL;
+    ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
+    ck_assert_kv(kv_fs_open(&s, loop, pool, root, 0, 0), KV_OK);
+    ck_assert_kv(kv_key_parse(&k, "/a/b"), KV_OK);
+    kv_fut *f = kv_put_value(s, k, "one", 3, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    uint64_t tok = kv_fut_token(f);
+    kv_fut_free(f);
+
+    double t0 = now_ms();
+    kv_fut *sl = kv_sleep(loop, 10000);
+    kv_record nr = {.key = k, .val = "two", .len = 3, .token = tok};
+    f = kv_put(s, &nr, NULL);
+    /* Both are queued, not yet submitted: the next turn's submit is the
+     * first allocation from here on. */
+    ck_assert_uint_ge(io_uring_sq_ready(kv__loop_ring(loop)), 2);
+    kv__alloc_fail_at(1, true);
+    int st_sleep = kv_wait(sl);
+    int st_put = kv_wait(f);
+    ck_assert_uint_gt(kv__alloc_fail_at(0, false), 0);
+    ck_assert_kv(st_sleep, KV_ENOMEM);
+    ck_assert_kv(st_put, KV_ENOMEM);
+    ck_assert_double_lt(now_ms() - t0, 5000.0);
+    kv_fut_free(sl);
+    kv_fut_free(f);
+
+    /* Nothing was written; the store works. */
+    f = kv_get(s, k, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    ck_assert_uint_eq(kv_fut_record(f)->len, 3);
+    ck_assert_mem_eq(kv_fut_record(f)->val, "one", 3);
+    ck_assert_uint_eq(kv_fut_record(f)->token, tok);
+    kv_fut_free(f);
+    f = kv_put(s, &nr, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    f = kv_close(s);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_store_free(s);
+    kv_key_free(k);
+    finish_loop(loop);
+    kv_pool_free(pool);
+    tu_rmrf(dir);
+    free(root);
+    free(dir);
+}
+END_TEST
+
 /* The fs backend through the emulation: put, get, overwrite, delete. */
 static int fs_roundtrip(kv_loop *loop, const char *dir)
 {
@@ -523,6 +747,9 @@ int main(void)
     tcase_add_test(tc, test_timeouts);
     tcase_add_test(tc, test_async_cancel);
     tcase_add_test(tc, test_fs_store);
+    tcase_add_test(tc, test_oom_chain);
+    tcase_add_test(tc, test_oom_ring_full);
+    tcase_add_test(tc, test_oom_store);
     tcase_add_test(tc, test_seccomp);
     suite_add_tcase(s, tc);
     return tu_run(s);
