@@ -883,6 +883,8 @@ static void sleep_done(kv__op *op, int res, uint32_t flags)
         status = KV_OK;
     else if (res == -ECANCELED)
         status = KV_ECANCELED;
+    else if (res == -ENOMEM)
+        status = KV_ENOMEM; /* fallback mode: no memory to start the timer */
     else
         status = res;
     if (status == KV_OK || status == KV_ECANCELED)
