@@ -378,11 +378,19 @@ static unsigned long sequence(const backend *b, const char *dir, keys *k,
                 seen++;
             ck_assert_msg(seen < 3, "N=%lu: query returned %s", n,
                           kv_key_id(rec->key));
+            /* A put_many that failed is not atomic (fs): it may have
+             * replaced /a before a later record failed, so /a holds
+             * either value, never anything else. */
             if (seen > 0 || a_written || (many_ok && !skipped[2]))
                 ck_assert_msg(val_is(rec, want[seen]) ||
-                                  (seen == 0 && val_is(rec, "alpha")),
-                              "N=%lu: %s has a wrong value", n,
-                              kv_key_id(rec->key));
+                                  (seen == 0 && val_is(rec, "alpha")) ||
+                                  (seen == 0 && !many_ok &&
+                                   val_is(rec, "ALPHA")),
+                              "N=%lu: %s has a wrong value (%zu bytes: "
+                              "%.*s)",
+                              n, kv_key_id(rec->key), rec->len,
+                              (int)(rec->len < 32 ? rec->len : 32),
+                              rec->val != NULL ? (const char *)rec->val : "");
             seen++;
             kv_fut_free(f);
         }
@@ -827,12 +835,20 @@ int main(int argc, char **argv)
      * in use, and a new arena (when two workers first allocate at once)
      * counts its header: run with the cache off and one arena, so that the
      * before/after comparison sees only real leaks (re-executing once with
-     * the tunables set).
+     * the tunables set).  Likewise glibc's cache of thread stacks (40 MiB
+     * by default): each stack it frees or makes takes its TLS vector (a
+     * heap block) with it, and which ones it keeps depends on the order the
+     * workers exit in, so with more than five 8 MiB stacks (the fallback
+     * mode's loop has a pool of 8 workers) the heap moved by a few bytes
+     * from run to run without any leak.  A cache big enough for every
+     * stack (address space only) keeps them all after the warm-up runs.
      */
     if (heap_measurable() && getenv("KVT_ALLOC_TUNED") == NULL) {
         const char *old = getenv("GLIBC_TUNABLES");
         char tun[1024];
-        snprintf(tun, sizeof tun, "%s%sglibc.malloc.tcache_count=0:glibc.malloc.arena_max=1",
+        snprintf(tun, sizeof tun,
+                 "%s%sglibc.malloc.tcache_count=0:glibc.malloc.arena_max=1:"
+                 "glibc.pthread.stack_cache_size=0x40000000",
                  old != NULL ? old : "", old != NULL && *old ? ":" : "");
         setenv("GLIBC_TUNABLES", tun, 1);
         setenv("KVT_ALLOC_TUNED", "1", 1);
