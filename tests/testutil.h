@@ -5,9 +5,15 @@
 #define KV_TESTUTIL_H
 
 #include <check.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "kvstore.h"
@@ -48,6 +54,57 @@ static inline void tu_rmrf(const char *path)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     if (system(cmd) != 0)
         fprintf(stderr, "warning: could not remove %s\n", path);
+}
+
+/*
+ * The number of records under prefix (the prefix's own record included),
+ * by a keys-only query fetched whole; the query must succeed.
+ */
+static inline size_t tu_query_count(kv_store *s, const kv_key *prefix)
+{
+    kv_query q = kv_query_init(prefix);
+    q.value = false;
+    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it = kv_fut_take_iter(f);
+    ck_assert_ptr_nonnull(it);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    size_t n = 0;
+    kv_fut_records(f, &n);
+    kv_fut_free(f);
+    kv_iter_free(it);
+    return n;
+}
+
+/*
+ * Make io_uring_setup fail EPERM in this process from now on, as Docker's
+ * default seccomp profile does, with a seccomp filter (after
+ * PR_SET_NO_NEW_PRIVS, so no privilege is needed).  The filter cannot be
+ * removed and is inherited: call this in a child process.  0, or -1 (errno
+ * set) where seccomp filters are unavailable: the caller then skips.
+ */
+static inline int tu_block_io_uring(void)
+{
+#if defined(__NR_io_uring_setup) && defined(SECCOMP_RET_ERRNO)
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & 0xffff)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {
+        .len = (unsigned short)(sizeof filter / sizeof filter[0]),
+        .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+        return -1;
+    return 0;
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
 }
 
 /* Run a suite; returns the process exit status. */
