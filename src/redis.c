@@ -103,6 +103,7 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -615,6 +616,15 @@ static rnode *node_find(rstore *st, const char *ip, int port)
     return NULL;
 }
 
+/* A numeric IPv4 address and a port that node_get accepts. */
+static bool addr_ok(const char *ip, int port)
+{
+    struct in_addr a;
+    return port > 0 && port <= 65535 && inet_pton(AF_INET, ip, &a) == 1;
+}
+
+/* The node of ip:port, made if new; NULL for a bad address (see addr_ok)
+ * or out of memory. */
 static rnode *node_get(rstore *st, const char *ip, int port)
 {
     rnode *n = node_find(st, ip, port);
@@ -1311,9 +1321,12 @@ static int apply_slots(rstore *st, const redisReply *r, const char *seed_ip)
         const char *ip = e->element[2]->element[0]->str;
         if (ip[0] == '\0')
             ip = seed_ip;
-        rnode *n = node_get(st, ip, (int)e->element[2]->element[1]->integer);
-        if (n == NULL)
+        long long port = e->element[2]->element[1]->integer;
+        if (port <= 0 || port > 65535 || !addr_ok(ip, (int)port))
             return KV_EBACKEND;
+        rnode *n = node_get(st, ip, (int)port);
+        if (n == NULL)
+            return KV_ENOMEM;
         for (long long s = a; s <= b && s < NSLOTS; s++)
             if (s >= 0)
                 st->slots[s] = n;
@@ -2258,33 +2271,69 @@ static const struct kv_backend_ops kv__redis_cluster_ops = {
 /* Open: blocking setup                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* Send wire and read one reply on a blocking socket.  NULL on failure. */
-static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire)
+/* Send wire and read one reply on a blocking socket.  NULL on failure,
+ * *err then KV_ENOMEM (no reader, or it ran out of memory) or KV_EBACKEND
+ * (with *why: what failed). */
+static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
+                            int *err, const char **why)
 {
+    *err = KV_EBACKEND;
+    *why = "no reply";
+    if (rd == NULL) {
+        *err = KV_ENOMEM;
+        return NULL;
+    }
     size_t off = 0;
     while (off < wire->len) {
         ssize_t w = send(fd, wire->data + off, wire->len - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
+        if (w <= 0) {
+            *why = w < 0 ? strerror(errno) : "send failed";
             return NULL;
+        }
         off += (size_t)w;
     }
     char buf[16384];
     for (;;) {
         void *rep = NULL;
-        if (redisReaderGetReply(rd, &rep) != REDIS_OK)
+        if (redisReaderGetReply(rd, &rep) != REDIS_OK) {
+            if (rd->err == REDIS_ERR_OOM)
+                *err = KV_ENOMEM;
+            *why = "protocol error";
             return NULL;
+        }
         if (rep != NULL)
             return rep;
         ssize_t r = recv(fd, buf, sizeof buf, 0);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
+        if (r <= 0) {
+            *why = r < 0 ? (errno == EAGAIN ? "no reply within 5 s"
+                                            : strerror(errno))
+                         : "connection closed by the server";
             return NULL;
-        if (redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK)
+        }
+        if (redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK) {
+            if (rd->err == REDIS_ERR_OOM)
+                *err = KV_ENOMEM;
+            *why = "protocol error";
             return NULL;
+        }
     }
+}
+
+/* A node whose blocking exchange failed: closed, with a fresh reader (the
+ * old one may hold half a reply), to be connected again through the ring. */
+static void sync_abandon(rnode *n)
+{
+    if (n->fd >= 0)
+        close(n->fd);
+    n->fd = -1;
+    n->state = N_DOWN;
+    n->retry_at = 0;
+    redisReaderFree(n->rd);
+    n->rd = redisReaderCreate(); /* NULL on OOM: checked before use */
 }
 
 static int sync_connect(const struct sockaddr_in *sa)
@@ -2297,8 +2346,29 @@ static int sync_connect(const struct sockaddr_in *sa)
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) {
         int e = errno;
-        close(fd);
-        return -e;
+        if (e == EINTR) {
+            /* interrupted (a signal, or io_uring task work: with a send
+             * timeout the kernel does not restart it); the connect goes on
+             * in the background: wait for it (5 s) and take its result */
+            struct pollfd pfd = {fd, POLLOUT, 0};
+            int pr;
+            uint64_t end = now_ms() + 5000, now;
+            do {
+                now = now_ms();
+                pr = now < end ? poll(&pfd, 1, (int)(end - now)) : 0;
+            } while (pr < 0 && errno == EINTR);
+            socklen_t len = sizeof e;
+            if (pr < 0)
+                e = errno;
+            else if (pr == 0)
+                e = ETIMEDOUT;
+            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0)
+                e = errno;
+        }
+        if (e != 0) {
+            close(fd);
+            return -e;
+        }
     }
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -2320,7 +2390,7 @@ static int open_node(rstore *st, rnode *n, bool learn_sha)
         if (fd < 0) {
             node_set_err(n, "cannot connect: %s", strerror(-fd));
             n->retry_at = 0;
-            return KV_EBACKEND;
+            return fd == -ENOMEM ? KV_ENOMEM : KV_EBACKEND;
         }
         n->fd = fd;
     }
@@ -2335,17 +2405,26 @@ static int open_node(rstore *st, rnode *n, bool learn_sha)
             rc = args(&w, scripts[i]);
         if (rc != KV_OK) {
             kv__free(w.data);
+            sync_abandon(n);
             return rc;
         }
-        redisReply *r = sync_cmd(n->fd, n->rd, &w);
+        int err;
+        const char *why;
+        redisReply *r = sync_cmd(n->fd, n->rd, &w, &err, &why);
         kv__free(w.data);
         if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
+            if (r == NULL && err == KV_ENOMEM) {
+                sync_abandon(n);
+                return KV_ENOMEM;
+            }
             kv__set_errmsg("kv_redis_open: SCRIPT LOAD on %s failed: %s",
                            n->name,
-                           r && r->type == REDIS_REPLY_ERROR ? r->str
-                                                            : "no reply");
+                           r == NULL ? why
+                           : r->type == REDIS_REPLY_ERROR && r->str ? r->str
+                                                                 : "bad reply");
             if (r)
                 freeReplyObject(r);
+            sync_abandon(n);
             return KV_EBACKEND;
         }
         if (learn_sha)
@@ -2378,15 +2457,12 @@ static void dir_seed(rstore *st)
     struct timeval tv = {5, 0};
     (void)setsockopt(n->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     (void)setsockopt(n->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    redisReply *r = sync_cmd(n->fd, n->rd, &w);
+    int err;
+    const char *why;
+    redisReply *r = sync_cmd(n->fd, n->rd, &w, &err, &why);
     kv__free(w.data);
     if (r == NULL) {
-        close(n->fd);
-        n->fd = -1;
-        n->state = N_DOWN;
-        n->retry_at = 0;
-        redisReaderFree(n->rd);
-        n->rd = redisReaderCreate();
+        sync_abandon(n);
         return;
     }
     sync_done(n->fd);
@@ -2441,12 +2517,14 @@ static int parse_uri(rstore *st, const char *uri)
         }
         if (strcmp(hp, "localhost") == 0)
             snprintf(hp, sizeof hp, "127.0.0.1");
-        if (node_get(st, hp, port) == NULL) {
+        if (!addr_ok(hp, port)) {
             kv__set_errmsg("kv_redis_open: %s is not a numeric IPv4 "
-                           "address (or out of memory)",
+                           "address",
                            hp);
             return KV_EINVAL;
         }
+        if (node_get(st, hp, port) == NULL)
+            return KV_ENOMEM;
         h += l;
         if (*h == ',')
             h++;
@@ -2561,14 +2639,19 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             rc = args(&w, "CLUSTER");
         if (rc == KV_OK)
             rc = args(&w, "SLOTS");
-        slots = rc == KV_OK ? sync_cmd(fd, n->rd, &w) : NULL;
+        int err = rc;
+        const char *why = "out of memory";
+        slots = rc == KV_OK ? sync_cmd(fd, n->rd, &w, &err, &why) : NULL;
         kv__free(w.data);
         if (slots == NULL) {
+            sync_abandon(n);
+            if (err == KV_ENOMEM) {
+                rstore_free(st);
+                return KV_ENOMEM;
+            }
             size_t l = strlen(errs);
-            snprintf(errs + l, sizeof errs - l, "%s%s: no reply",
-                     l ? "; " : "", n->name);
-            close(fd);
-            n->fd = -1;
+            snprintf(errs + l, sizeof errs - l, "%s%s: %s", l ? "; " : "",
+                     n->name, why);
             continue;
         }
         seed = n;
@@ -2587,12 +2670,15 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
         st->cluster = true;
         char ip[48];
         inet_ntop(AF_INET, &seed->sa.sin_addr, ip, sizeof ip);
-        if (apply_slots(st, slots, ip) != KV_OK) {
+        rc = apply_slots(st, slots, ip);
+        if (rc != KV_OK) {
             freeReplyObject(slots);
-            kv__set_errmsg("kv_redis_open: cannot read CLUSTER SLOTS from %s",
-                           seed->name);
+            if (rc != KV_ENOMEM)
+                kv__set_errmsg("kv_redis_open: cannot read CLUSTER SLOTS "
+                               "from %s",
+                               seed->name);
             rstore_free(st);
-            return KV_EBACKEND;
+            return rc;
         }
     }
     freeReplyObject(slots);
