@@ -1810,28 +1810,49 @@ static void range_cb(rcmd *c, redisReply *r, int err, const char *msg)
 
 static int send_range(rstore *st, rreq *rq, unsigned slot, const kv_buf *enc)
 {
+    /* Each slot is asked for at most offset + limit members, from the end
+     * the query's order starts at: the merge needs no more from any. */
+    const kv_query *q = &rq->req->iter->q;
+    bool desc = q->sort == KV_SORT_DESC;
+    uint64_t want = 0;
+    if (q->limit >= 0) {
+        uint64_t off = q->offset > 0 ? (uint64_t)q->offset : 0;
+        want = (uint64_t)q->limit > UINT64_MAX / 2 || off > UINT64_MAX / 2
+                   ? 0
+                   : off + (uint64_t)q->limit;
+    }
     rcmd *c = cmd_new(rq, (int)slot, -1, 0, range_cb);
     if (c == NULL)
         return KV_ENOMEM;
     kv_buf *b = &c->tail;
-    c->nargs = 4;
-    int rc = args(b, "ZRANGEBYLEX");
+    c->nargs = want > 0 ? 7 : 4;
+    int rc = args(b, desc ? "ZREVRANGEBYLEX" : "ZRANGEBYLEX");
     if (rc == KV_OK)
         rc = arg_key(st, b, slot, "\0i", 2);
-    if (rc == KV_OK && enc->len == 0) {
-        rc = args(b, "-");
+    for (int end = 0; end < 2 && rc == KV_OK; end++) {
+        bool low = (end == 0) != desc; /* ZREVRANGEBYLEX: max first */
+        if (enc->len == 0) {
+            rc = args(b, low ? "-" : "+");
+        } else if (low) { /* [prefix */
+            rc = buf_fmt(b, "$%zu\r\n[", enc->len + 1);
+            if (rc == KV_OK)
+                rc = kv_buf_append(b, enc->data, enc->len);
+            if (rc == KV_OK)
+                rc = kv_buf_append(b, "\r\n", 2);
+        } else { /* (prefix without its final 0x00, then 0x01 */
+            rc = buf_fmt(b, "$%zu\r\n(", enc->len + 1);
+            if (rc == KV_OK)
+                rc = kv_buf_append(b, enc->data, enc->len - 1);
+            if (rc == KV_OK)
+                rc = kv_buf_append(b, "\1\r\n", 3);
+        }
+    }
+    if (rc == KV_OK && want > 0) {
+        rc = args(b, "LIMIT");
         if (rc == KV_OK)
-            rc = args(b, "+");
-    } else if (rc == KV_OK) {
-        rc = buf_fmt(b, "$%zu\r\n[", enc->len + 1);
+            rc = args(b, "0");
         if (rc == KV_OK)
-            rc = kv_buf_append(b, enc->data, enc->len);
-        if (rc == KV_OK)
-            rc = buf_fmt(b, "\r\n$%zu\r\n(", enc->len + 1);
-        if (rc == KV_OK)
-            rc = kv_buf_append(b, enc->data, enc->len - 1);
-        if (rc == KV_OK)
-            rc = kv_buf_append(b, "\1\r\n", 3);
+            rc = argu(b, want);
     }
     if (rc != KV_OK) {
         cmd_free(c);

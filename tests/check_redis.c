@@ -205,6 +205,23 @@ START_TEST(test_cluster_keymode)
     }
     kv_fut_free(f);
     kv_iter_free(it);
+    /* descending, offset and limit: each slot gives at most offset + limit
+     * keys from its end */
+    q.sort = KV_SORT_DESC;
+    q.offset = 5;
+    q.limit = 20;
+    f = kv_query_open(c.s, &q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    it = kv_fut_take_iter(f);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    r = kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, 20);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_str_eq(kv_key_id(r[i].key), ids[N - 1 - 5 - i]);
+    kv_fut_free(f);
+    kv_iter_free(it);
     /* atomic across slots: KV_ENOTSUP saying why */
     kv_record two[] = {{K(&c, "/x/a"), "1", 1, 0}, {K(&c, "/x/b"), "2", 1, 0}};
     f = kv_put_atomic(c.s, two, 2, NULL);
