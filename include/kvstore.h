@@ -557,12 +557,19 @@ KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 /*
  * Open a filesystem store rooted at root (created if missing), one file per
  * record.  depth is the maximum number of namespaces in a key (0: 32).  The
- * root is locked: a second open from any process fails KV_EBUSY.  Every
- * put is fsynced, renamed into place and its directory fsynced before it
- * completes (KV_NO_FSYNC drops the fsyncs).  Open blocks the caller: it
- * takes the lock, removes temp files a crash left and reserves tokens;
- * every record operation afterwards goes through loop's ring and queries
- * walk directories on pool.  loop and pool must outlive the store.
+ * root is locked: a second open from any process fails KV_EBUSY, and the
+ * store assumes that nothing else changes its files while it is open.
+ * Every put writes a new file, syncs it, renames it into place and fsyncs
+ * its directory before it completes (KV_NO_FSYNC drops the syncs).  While
+ * several puts run, a put that replaces a record keeps the replaced file
+ * under a temp name and a later put in that directory overwrites it
+ * instead of creating a file (fdatasync then suffices), which saves an
+ * inode and its blocks per put; at most 256 such files (64 MiB) exist, and
+ * none once no put runs, after close, or after the next open following a
+ * crash.  Open blocks the caller: it takes the lock, removes temp files a
+ * crash left and reserves tokens; every record operation afterwards goes
+ * through loop's ring and queries walk directories on pool.  loop and pool
+ * must outlive the store.
  *
  * Layout.  Each namespace of a key is one directory level, so all the
  * records of one prefix share a directory.  Creating, renaming and

@@ -68,10 +68,14 @@
  *         ring, each made durable by an fsync of its parent)
  *   [cas] openat(record) -> read(header) -> close: current token (0 if
  *         absent) must equal T, else KV_ECONFLICT
- *   [tmp] openat(.tmp-N, O_CREAT|O_EXCL|O_WRONLY)
- *   [chain] writev -> fsync -> close -> renameat(tmp, record), linked with
- *         IOSQE_IO_LINK (never HARDLINK: a failed fsync must cancel the
- *         rename); a short write cancels the rest, which is resumed
+ *   [tmp] openat(.tmp-N, O_CREAT|O_EXCL|O_WRONLY), or openat(spare,
+ *         O_WRONLY) to overwrite a spare file of the directory (see
+ *         "Spare files": replaced record files reused while puts run)
+ *   [chain] writev -> fsync (fdatasync over a spare) -> close ->
+ *         renameat(tmp, record) (RENAME_EXCHANGE to leave the replaced
+ *         file as a spare), linked with IOSQE_IO_LINK (never HARDLINK: a
+ *         failed fsync must cancel the rename); a short write cancels the
+ *         rest, which is resumed
  *   [dsync] fsync of the directory, shared: renames that complete while a
  *         directory fsync is in flight wait for the next one, which covers
  *         them all (group commit).  The put completes after it.
@@ -133,6 +137,13 @@
 #define FORMAT_NAME ".format" /* the layout, written when a store is made */
 #define FORMAT_TMP ".tmp-format"
 #define FANOUT 64u            /* buckets per directory (KV_FS_FANOUT) */
+#define SPARE_DIR_MAX 64u     /* spare files kept per directory */
+#define SPARE_MAX 256u        /* spare files kept per store */
+#define SPARE_BYTES (64u << 20) /* and their bytes at most (about) */
+#define TMPNAME_SIZE 32u      /* ".tmp-" + 16 hex digits + NUL, rounded */
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1) /* linux/fs.h */
+#endif
 #define BUCKET_NAME_SIZE 8u   /* "3f.b" and its NUL, rounded up */
 /* The only two contents of FORMAT_NAME this version knows. */
 #define FORMAT_FLAT "kvstore-fs 1\nlayout flat\n"
@@ -541,6 +552,7 @@ static uint64_t str_hash(const char *s)
 typedef struct fs_state fs_state;
 typedef struct kop kop;
 typedef struct fsdir fsdir;
+typedef struct spare spare;
 typedef struct keyq keyq;
 typedef struct cursor cursor;
 
@@ -657,6 +669,24 @@ struct fsdir {
     unsigned sync_pos; /* SQ tail just after the fsync's SQE */
     kop *ready_head, *ready_tail;
     kop *sync_head;
+    /* spare files (see "Spare files"): each holds a user reference */
+    spare *spares;
+    unsigned nspares, nexch; /* kept; exchanges in flight that may add */
+};
+
+/*
+ * A spare file: the file of a replaced record, left under a temp name by
+ * the put that replaced it (RENAME_EXCHANGE), kept for a later put in the
+ * same directory to overwrite.  In d->spares and in the store's FIFO.
+ */
+struct spare {
+    kv__op op;       /* the unlinkat that removes it (spare_drop) */
+    fs_state *fs;
+    fsdir *d;        /* its directory: one user reference while kept */
+    spare *dnext;    /* d->spares */
+    spare *fprev, *fnext; /* fs->sp_head..sp_tail, oldest first */
+    uint64_t size;   /* its length: a whole record, HDR_SIZE + value */
+    char name[TMPNAME_SIZE];
 };
 
 enum kkind { K_GET, K_HAS, K_PUT, K_DEL };
@@ -672,6 +702,7 @@ enum kstate {
     ST_TOKEN,
     ST_TMP,
     ST_WRITE,
+    ST_RENAME, /* a plain rename after a refused exchange */
     ST_UNLINK,
     ST_DSYNC,
     ST_CLEAN,
@@ -709,7 +740,7 @@ struct kop {
     kslot sl[SL_N];
     char *dirpath;
     char *fname; /* base + ".kv" */
-    char tmpname[32];
+    char tmpname[TMPNAME_SIZE];
     fsdir *dir; /* held (users) while set */
     waiter dw;
     int fd;
@@ -719,6 +750,15 @@ struct kop {
     unsigned char rhdr[HDR_SIZE];
     unsigned char whdr[HDR_SIZE];
     uint64_t new_token;
+    uint64_t cur_size;  /* the record's length when its header was read */
+    spare *sp;          /* the spare reused, or kept for the one made */
+    spare *sp_made;     /* the file its exchange replaced, until synced */
+    uint64_t foreign_mark; /* fs->foreign_gen when the exchange was sent */
+    bool foreign;       /* runs outside a key queue (counted in nforeign) */
+    bool reused;        /* tmpname is a spare being overwritten */
+    bool no_spare;      /* opening a spare failed: create a temp file */
+    bool exch;          /* the rename is a RENAME_EXCHANGE (reserved) */
+    bool put_counted;   /* counted in fs->nputs */
     struct iovec iov[2];
     uint64_t woff, wtotal;
     unsigned char *rbuf;
@@ -797,6 +837,19 @@ struct fs_state {
     cursor *cursors;
     uint64_t tmp_seq;
     bool in_submit, in_close;
+    /* spare files: kept while puts run (nputs > 0), oldest first */
+    spare *sp_head, *sp_tail;
+    unsigned nspares;
+    uint64_t spare_bytes;
+    size_t nputs;       /* puts started and not finished */
+    /* Readers outside the key queues (query fetches, kops run unordered
+     * after an allocation failure): running now, and started ever.  A
+     * replaced file is kept as a spare only if none ran during its
+     * exchange. */
+    unsigned nforeign;
+    uint64_t foreign_gen;
+    unsigned ndrops;    /* drop jobs in flight */
+    bool no_exchange;   /* the file system refused RENAME_EXCHANGE */
     /* Admission: at most maxrun kops run at once (descriptors). */
     size_t nrun, maxrun;
     kop *adm_head, *adm_tail;
@@ -807,7 +860,7 @@ struct fs_state {
     bool oom_busy;
     bool closing, closed;
     kv__req *close_req;
-    uint64_t stats[8];
+    uint64_t stats[16]; /* STAT_* */
 };
 
 /* stats[] indices, read by kv__fs_stats */
@@ -819,11 +872,17 @@ enum {
     STAT_DIR_FSYNC,
     STAT_MKDIR,
     STAT_SHORT_WRITES,
-    STAT_TMP_LEAKS
+    STAT_TMP_LEAKS,
+    STAT_RECYCLED, /* puts that overwrote a spare file */
+    STAT_EXCHANGED, /* puts that left the replaced file as a spare */
+    STAT_N
 };
 
-/* For tests and benchmarks: the counters above (8 values). */
-void kv__fs_stats(const kv_store *s, uint64_t out[8]);
+/* For tests and benchmarks: the counters above (KV__FS_NSTATS values). */
+#define KV__FS_NSTATS 10
+_Static_assert(STAT_N == KV__FS_NSTATS && STAT_N <= 16,
+               "kv__fs_stats fills STAT_N values");
+void kv__fs_stats(const kv_store *s, uint64_t out[KV__FS_NSTATS]);
 
 /* ------------------------------------------------------------------------ */
 /* Ring, completion and request helpers                                     */
@@ -1640,6 +1699,235 @@ static void dir_cqe_sync(kv__op *op, int res, uint32_t flags)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Spare files                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Replacing a record by a new file frees the old file's inode and blocks
+ * and allocates new ones for the next put: measured here that was half of
+ * a durable put's CPU (ext4 without a journal discards freed blocks
+ * synchronously and scans for an inode not recently freed).  So while
+ * several puts run, a put that replaces a record renames with
+ * RENAME_EXCHANGE: the new file takes the record's name and the old one
+ * its temp name, and is kept as a spare of the directory.  A later put in
+ * that directory opens a spare no bigger than its record instead of
+ * creating a temp file, overwrites it from offset 0 (growing it if need
+ * be) and fdatasyncs it: the file is not new, so its directory entry needs
+ * no sync, and with the same length neither does its inode.  Then it
+ * exchanges it in turn.
+ *
+ * Why this is safe:
+ *  - A spare is a temp file (TMP_PREFIX): never read as a record, removed
+ *    by the open after a crash like any temp file.  The exchange is as
+ *    atomic as a rename and is followed by the same directory fsync.
+ *  - A spare is overwritten only once the exchange that made it is
+ *    durable: it becomes available when the directory fsync covering the
+ *    exchange succeeds (kop_synced).  Before that a crash could bring back
+ *    the record's old name on that very file, which must then still hold
+ *    the old record.  (So KV_NO_FSYNC stores, which never sync the
+ *    directory, do not recycle.)
+ *  - Nothing reads a spare's old contents while it is overwritten.  Every
+ *    record operation on its old key is ordered by the key queue, and
+ *    closed its descriptor (or finished reading) before the put that made
+ *    the spare started.  Query fetches read records by name on the pool:
+ *    a file is kept as a spare only if no fetch ran at any time between
+ *    the exchange's submission and its completion (foreign_gen,
+ *    nforeign); later fetches find the new file under the record's name.
+ *  - Spares exist only while puts run: one is kept only if another put is
+ *    running, and the last put to finish removes them all (spares_drain),
+ *    as do close and drop.  So a store at rest holds no temp file.
+ *  - Bounded: SPARE_DIR_MAX per directory, SPARE_MAX and SPARE_BYTES per
+ *    store (the oldest are removed to keep a new one; records bigger than
+ *    SPARE_BYTES / 4 are not kept).  A directory with spares keeps its
+ *    descriptor open.
+ * Deletes and puts of new keys are unchanged (a put of a new key may still
+ * use a spare, which then becomes the record).
+ */
+
+static void spare_cqe(kv__op *op, int res, uint32_t flags)
+{
+    (void)flags;
+    spare *sp = KV__CONTAINER_OF(op, spare, op);
+    fs_state *fs = sp->fs;
+    fs->nsqe--;
+    if (res < 0 && res != -ENOENT)
+        fs->stats[STAT_TMP_LEAKS]++; /* removed at the next open */
+    dir_release(sp->d);
+    kv__free(sp);
+    fs_check_closed(fs);
+}
+
+/* Take sp out of its directory's list and the store's FIFO (its directory
+ * reference stays with sp). */
+static void spare_unlink(fs_state *fs, spare *sp)
+{
+    fsdir *d = sp->d;
+    for (spare **pp = &d->spares; *pp != NULL; pp = &(*pp)->dnext)
+        if (*pp == sp) {
+            *pp = sp->dnext;
+            break;
+        }
+    sp->dnext = NULL;
+    d->nspares--;
+    if (sp->fprev)
+        sp->fprev->fnext = sp->fnext;
+    else
+        fs->sp_head = sp->fnext;
+    if (sp->fnext)
+        sp->fnext->fprev = sp->fprev;
+    else
+        fs->sp_tail = sp->fprev;
+    sp->fprev = sp->fnext = NULL;
+    fs->nspares--;
+    fs->spare_bytes -= sp->size;
+}
+
+/* Remove sp's file (not in any list; holds a reference on sp->d, open). */
+static void spare_drop(fs_state *fs, spare *sp)
+{
+    struct io_uring_sqe *sqe;
+    sp->fs = fs;
+    sp->op.cb = spare_cqe;
+    if (ring_get(fs, &sqe, 1) != KV_OK) {
+        fs->stats[STAT_TMP_LEAKS]++; /* removed at the next open */
+        dir_release(sp->d);
+        kv__free(sp);
+        return;
+    }
+    io_uring_prep_unlinkat(sqe, sp->d->fd, sp->name, 0);
+    io_uring_sqe_set_data64(sqe, (uintptr_t)&sp->op);
+}
+
+/* Remove every spare file (no put runs, close, drop). */
+static void spares_drain(fs_state *fs)
+{
+    while (fs->sp_head != NULL) {
+        spare *sp = fs->sp_head;
+        spare_unlink(fs, sp);
+        spare_drop(fs, sp);
+    }
+}
+
+/* Keep sp (name and size set; holding a reference on d) as a spare of d,
+ * removing the store's oldest spare if the store has SPARE_MAX. */
+static void spare_keep(fs_state *fs, fsdir *d, spare *sp)
+{
+    while (fs->sp_head != NULL &&
+           (fs->nspares >= SPARE_MAX ||
+            fs->spare_bytes + sp->size > SPARE_BYTES)) {
+        spare *old = fs->sp_head;
+        spare_unlink(fs, old);
+        spare_drop(fs, old);
+    }
+    sp->fs = fs;
+    sp->d = d;
+    sp->dnext = d->spares;
+    d->spares = sp;
+    d->nspares++;
+    sp->fnext = NULL;
+    sp->fprev = fs->sp_tail;
+    if (fs->sp_tail)
+        fs->sp_tail->fnext = sp;
+    else
+        fs->sp_head = sp;
+    fs->sp_tail = sp;
+    fs->nspares++;
+    fs->spare_bytes += sp->size;
+}
+
+/* A spare of d to overwrite with a record of need bytes (one of that
+ * length if any, else a shorter one), out of the lists; the caller takes
+ * over its file and the directory reference is dropped (the caller holds
+ * its own).  NULL if none fits. */
+static spare *spare_take(fs_state *fs, fsdir *d, uint64_t need)
+{
+    spare *best = NULL;
+    for (spare *sp = d->spares; sp != NULL; sp = sp->dnext) {
+        if (sp->size == need) {
+            best = sp;
+            break;
+        }
+        if (sp->size < need && best == NULL)
+            best = sp;
+    }
+    if (best != NULL) {
+        spare_unlink(fs, best);
+        dir_release(d);
+    }
+    return best;
+}
+
+/* Whether k (a put replacing a record, about to send its rename) should
+ * exchange and keep the replaced file as a spare; reserves its place. */
+static bool exch_want(kop *k)
+{
+    fs_state *fs = k->fs;
+    fsdir *d = k->dir;
+    if (k->cur_size == 0 || k->cur_size > SPARE_BYTES / 4 ||
+        fs->nofsync || fs->no_exchange || fs->closing || fs->nputs < 2 ||
+        fs->nforeign > 0 || fs->ndrops > 0 || d->stale ||
+        d->nspares + d->nexch >= SPARE_DIR_MAX)
+        return false;
+    if (k->sp == NULL && (k->sp = kv__calloc(1, sizeof *k->sp)) == NULL)
+        return false;
+    d->nexch++;
+    k->foreign_mark = fs->foreign_gen;
+    return true;
+}
+
+static void exch_release(kop *k)
+{
+    if (k->exch) {
+        k->exch = false;
+        k->dir->nexch--;
+    }
+}
+
+/* Whether a spare of d may be kept now. */
+static bool spare_keepable(fs_state *fs, fsdir *d)
+{
+    return !fs->closing && fs->nputs > 1 && fs->ndrops == 0 && !d->stale &&
+           d->nspares < SPARE_DIR_MAX;
+}
+
+/* k's exchange succeeded: its temp name now holds the replaced record's
+ * file.  It may become a spare once the exchange is durable (spare_synced)
+ * if no reader outside the key queues could have it open; else remove
+ * it. */
+static void spare_made(kop *k)
+{
+    fs_state *fs = k->fs;
+    fsdir *d = k->dir;
+    spare *sp = k->sp;
+    k->sp = NULL;
+    exch_release(k);
+    fs->stats[STAT_EXCHANGED]++;
+    memcpy(sp->name, k->tmpname, sizeof sp->name);
+    sp->size = k->cur_size;
+    sp->d = d;
+    d->users++; /* the spare's reference (k holds one: d stays open) */
+    if (fs->nforeign == 0 && fs->foreign_gen == k->foreign_mark &&
+        spare_keepable(fs, d))
+        k->sp_made = sp;
+    else
+        spare_drop(fs, sp);
+}
+
+/* k's directory fsync completed with res: keep the file its exchange
+ * replaced as a spare (the exchange is durable), or remove it. */
+static void spare_synced(kop *k, int res)
+{
+    spare *sp = k->sp_made;
+    if (sp == NULL)
+        return;
+    k->sp_made = NULL;
+    if (res >= 0 && spare_keepable(k->fs, sp->d))
+        spare_keep(k->fs, sp->d, sp);
+    else
+        spare_drop(k->fs, sp);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Per-key FIFO queues                                                      */
 /* ------------------------------------------------------------------------ */
 
@@ -1814,6 +2102,7 @@ static void kop_free(kop *k)
     if (k->anext)
         k->anext->aprev = k->aprev;
     fs->nkops--;
+    kv__free(k->sp);
     kv__free(k->rbuf);
     kv__free(k->dirpath);
     kv__free(k->fname);
@@ -1860,12 +2149,25 @@ static void kop_finish(kop *k, int status)
         }
     }
     if (k->dir != NULL) {
+        exch_release(k);
+        if (k->sp_made != NULL)
+            spare_synced(k, -ECANCELED); /* (not reached: safety) */
         dir_release(k->dir);
         k->dir = NULL;
     }
+    kv__free(k->sp); /* an unused spare record (its file is gone or ours) */
+    k->sp = NULL;
     if (k->admitted) {
         k->admitted = false;
         fs->nrun--;
+    }
+    if (k->put_counted) {
+        k->put_counted = false;
+        fs->nputs--;
+    }
+    if (k->foreign) {
+        k->foreign = false;
+        fs->nforeign--;
     }
     kop *next = NULL;
     keyq *q = k->kq;
@@ -1889,6 +2191,8 @@ static void kop_finish(kop *k, int status)
     if (next != NULL)
         kop_start(next);
     admit_waiting(fs);
+    if (fs->nputs == 0 && fs->sp_head != NULL)
+        spares_drain(fs); /* no put left to use them */
     /* Last: completing a request may re-enter submit (iterators). */
     if (last) {
         req->bpriv = NULL;
@@ -2012,6 +2316,10 @@ static void kop_start(kop *k)
     }
     if (!kop_admit(k))
         return;
+    if (k->kind == K_PUT && !k->put_counted) {
+        k->put_counted = true;
+        fs->nputs++;
+    }
     fsdir *d = dir_get(fs, k->dirpath);
     if (d == NULL) {
         kop_finish(k, KV_ENOMEM);
@@ -2025,6 +2333,7 @@ static void kop_start(kop *k)
 }
 
 static void put_tmp(kop *k);
+static void put_rename(kop *k);
 
 static void kop_token_ready(kop *k)
 {
@@ -2069,16 +2378,32 @@ static void put_tmp(kop *k)
         kop_finish(k, KV_ECANCELED);
         return;
     }
-    snprintf(k->tmpname, sizeof k->tmpname, TMP_PREFIX "%016" PRIx64,
-             fs->tmp_seq++);
+    int flags = O_WRONLY | O_CREAT | O_EXCL;
+    spare *sp = k->no_spare ? NULL
+                            : spare_take(fs, k->dir,
+                                         HDR_SIZE + (uint64_t)k->it->len);
+    k->reused = sp != NULL;
+    if (sp != NULL) {
+        /* Overwrite a spare file (see "Spare files"). */
+        kv__free(k->sp);
+        k->sp = sp;
+        memcpy(k->tmpname, sp->name, sizeof k->tmpname);
+        flags = O_WRONLY;
+    } else {
+        snprintf(k->tmpname, sizeof k->tmpname, TMP_PREFIX "%016" PRIx64,
+                 fs->tmp_seq++);
+    }
     struct io_uring_sqe *sqe;
     int rc = ring_get(fs, &sqe, 1);
     if (rc != KV_OK) {
+        /* (A spare taken is gone from the lists, its file left over.) */
+        if (k->reused)
+            fs->stats[STAT_TMP_LEAKS]++;
+        k->reused = false;
         k_fail(k, "submit", rc);
         return;
     }
-    prep_open(fs, sqe, k->dir->fd, k->tmpname,
-              O_WRONLY | O_CREAT | O_EXCL, 0644, &k->how);
+    prep_open(fs, sqe, k->dir->fd, k->tmpname, flags, 0644, &k->how);
     k_arm(k, sqe, SL_OPEN, false);
     k->state = ST_TMP;
 }
@@ -2111,19 +2436,23 @@ static void put_chain(kop *k)
     k_arm(k, sq[i++], SL_WRITE, true);
     k->fsync_in_chain = !fs->nofsync;
     if (k->fsync_in_chain) {
-        io_uring_prep_fsync(sq[i], k->fd, 0);
+        /* A spare is not a new file: fdatasync writes its data and, if
+         * it grew, its length; no directory entry, no timestamps. */
+        io_uring_prep_fsync(sq[i], k->fd,
+                            k->reused ? IORING_FSYNC_DATASYNC : 0);
         k_arm(k, sq[i++], SL_FSYNC, true);
     }
     io_uring_prep_close(sq[i], k->fd);
     k_arm(k, sq[i++], SL_CLOSE, true);
     io_uring_prep_renameat(sq[i], k->dir->fd, k->tmpname, k->dir->fd,
-                           k->fname, 0);
+                           k->fname, k->exch ? RENAME_EXCHANGE : 0);
     k_arm(k, sq[i], SL_NAME, false);
     k->state = ST_WRITE;
 }
 
 static void kop_synced(kop *k, int res)
 {
+    spare_synced(k, res);
     if (res < 0) {
         /* Final: the rename may not survive a crash; never retried. */
         k_msg(k, "fsync directory of", res);
@@ -2170,6 +2499,7 @@ static void on_open(kop *k)
     int res = k->sl[SL_OPEN].res;
     if (res < 0) {
         if (res == -ENOENT) {
+            k->cur_size = 0;
             if (k->kind == K_PUT)
                 put_cas(k, 0);
             else
@@ -2256,6 +2586,7 @@ static void on_hdr(kop *k)
         return;
     }
     k_bg_close(k); /* only if the linked close did not run */
+    k->cur_size = HDR_SIZE + vlen;
     switch (k->kind) {
     case K_PUT:
         put_cas(k, tok);
@@ -2343,10 +2674,24 @@ static void on_tmp(kop *k)
             k_cleanup(k, KV_ECANCELED);
             return;
         }
+        if (k->reused)
+            k->fs->stats[STAT_RECYCLED]++;
         hdr_make(k->whdr, k->new_token, k->it->val, k->it->len);
         k->woff = 0;
         k->wtotal = HDR_SIZE + (uint64_t)k->it->len;
+        k->exch = exch_want(k);
         put_chain(k);
+    } else if (k->reused) {
+        /* The spare cannot be opened: remove it (if it is still there)
+         * and create a temp file instead. */
+        spare *sp = k->sp;
+        k->sp = NULL;
+        sp->d = k->dir;
+        k->dir->users++; /* spare_drop's reference */
+        spare_drop(k->fs, sp);
+        k->reused = false;
+        k->no_spare = true;
+        put_tmp(k);
     } else if (res == -EEXIST && k->retries++ < MAX_RETRY) {
         put_tmp(k);
     } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
@@ -2395,6 +2740,48 @@ static void on_write(kop *k)
         k_fail(k, "close", c);
         return;
     }
+    if (r < 0 && k->exch &&
+        (r == -ENOENT || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOSYS)) {
+        /* The record is gone (a drop), or the file system cannot
+         * exchange: the file is complete and synced, rename it. */
+        if (r != -ENOENT)
+            fs->no_exchange = true;
+        exch_release(k);
+        put_rename(k);
+        return;
+    }
+    if (r < 0) {
+        k_fail(k, "rename", r);
+        return;
+    }
+    k->tmp_exists = false;
+    if (k->exch)
+        spare_made(k);
+    k_committed(k);
+}
+
+/* A plain rename of the synced temp file (after a refused exchange). */
+static void put_rename(kop *k)
+{
+    if (k_stop(k)) {
+        k_cleanup(k, KV_ECANCELED);
+        return;
+    }
+    struct io_uring_sqe *sqe;
+    int rc = ring_get(k->fs, &sqe, 1);
+    if (rc != KV_OK) {
+        k_fail(k, "submit", rc);
+        return;
+    }
+    io_uring_prep_renameat(sqe, k->dir->fd, k->tmpname, k->dir->fd,
+                           k->fname, 0);
+    k_arm(k, sqe, SL_NAME, false);
+    k->state = ST_RENAME;
+}
+
+static void on_rename(kop *k)
+{
+    int r = k->sl[SL_NAME].res;
     if (r < 0) {
         k_fail(k, "rename", r);
         return;
@@ -2444,6 +2831,9 @@ static void kop_step(kop *k)
         break;
     case ST_WRITE:
         on_write(k);
+        break;
+    case ST_RENAME:
+        on_rename(k);
         break;
     case ST_UNLINK:
         on_unlink(k);
@@ -3216,6 +3606,7 @@ static void fetch_done(kv__job *job, int status)
     cursor *c = j->c;
     kv__req *req = j->req;
     job_unlink(fs, j);
+    fs->nforeign--;
     c->busy = false;
     if (c->disposed)
         cursor_free(c);
@@ -3379,6 +3770,7 @@ static void drop_done(kv__job *job, int status)
     fs_state *fs = j->fs;
     kv__req *req = j->req;
     job_unlink(fs, j);
+    fs->ndrops--;
     if (status == KV_OK) {
         for (size_t i = 0; i < req->n; i++) {
             const kv_key *key = req->items[i].key;
@@ -3471,7 +3863,11 @@ static void rec_submit(fs_state *fs, kv__req *req, enum kkind kind)
         }
         if (q == NULL || kq_add(fs, q) != KV_OK) {
             kv__free(q);
-            /* Not queued: it runs unordered (only on out-of-memory). */
+            /* Not queued: it runs unordered (only on out-of-memory), so
+             * it may read a file another put replaces. */
+            k->foreign = true;
+            fs->nforeign++;
+            fs->foreign_gen++;
             continue;
         }
         q->head = q->tail = k;
@@ -3548,6 +3944,8 @@ static void fetch_submit(fs_state *fs, kv__req *req)
     j->job.work = fetch_work;
     j->job.done = fetch_done;
     c->busy = true;
+    fs->nforeign++; /* it reads records by name (see "Spare files") */
+    fs->foreign_gen++;
     job_submit(fs, j);
 }
 
@@ -3588,6 +3986,8 @@ static void drop_submit(fs_state *fs, kv__req *req)
     j->req = req;
     j->job.work = drop_work;
     j->job.done = drop_done;
+    fs->ndrops++; /* no spare is kept until it is done */
+    spares_drain(fs);
     job_submit(fs, j);
 }
 
@@ -3746,6 +4146,13 @@ static void fs_teardown(fs_state *fs)
 {
     while (fs->cursors != NULL)
         cursor_free(fs->cursors);
+    while (fs->sp_head != NULL) {
+        /* Never closed: the files stay (no .clean marker), removed at
+         * the next open. */
+        spare *sp = fs->sp_head;
+        spare_unlink(fs, sp);
+        kv__free(sp);
+    }
     fsdir *d = fs->dirs_all;
     while (d != NULL) {
         fsdir *next = d->all_next;
@@ -3811,6 +4218,7 @@ static void fs_close(kv_store *s, kv__req *req)
     fs->closing = true;
     fs->close_req = req;
     cancel_kops(fs, NULL, true);
+    spares_drain(fs);
     for (cursor *c = fs->cursors, *next; c != NULL; c = next) {
         next = c->next;
         if (c->iter != NULL && c->iter->bpriv == c)
@@ -3847,11 +4255,11 @@ const struct kv_backend_ops kv__fs_ops = {
     .destroy = fs_destroy,
 };
 
-void kv__fs_stats(const kv_store *s, uint64_t out[8])
+void kv__fs_stats(const kv_store *s, uint64_t out[KV__FS_NSTATS])
 {
     const fs_state *fs = s != NULL && s->ops == &kv__fs_ops ? s->backend
                                                              : NULL;
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < KV__FS_NSTATS; i++)
         out[i] = fs != NULL ? fs->stats[i] : 0;
 }
 

@@ -6,8 +6,9 @@
  * crash test (SIGKILL at a random moment, repeated), and a proof that the
  * loop thread issues no file syscall during puts and gets (seccomp).
  *
- * "./check_fs bench [dir]" measures puts/s instead of testing (see
- * run_bench); it is not part of make check.
+ * "./check_fs bench [dir [label]]" measures puts/s instead of testing
+ * (see run_bench; label: only the cases whose label holds it); it is not
+ * part of make check.
  *
  * Environment: KV_FS_CRASH_ROUNDS=n sets the crash rounds (default 24;
  * 0 skips, e.g. under valgrind).
@@ -40,9 +41,13 @@
 #endif
 
 /* fs.c's counters: puts, deletes, gets, file fsyncs, dir fsyncs, mkdirs,
- * short writes, temp files left behind. */
-void kv__fs_stats(const kv_store *s, uint64_t out[8]);
-enum { S_PUTS, S_DELS, S_GETS, S_FFSYNC, S_DFSYNC, S_MKDIR, S_SHORT, S_LEAK };
+ * short writes, temp files left behind, puts that overwrote a spare file,
+ * puts that left the replaced file as a spare (exchanged). */
+void kv__fs_stats(const kv_store *s, uint64_t out[10]);
+enum {
+    S_PUTS, S_DELS, S_GETS, S_FFSYNC, S_DFSYNC, S_MKDIR, S_SHORT, S_LEAK,
+    S_RECYCLED, S_EXCHANGED, S_N
+};
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                  */
@@ -1397,7 +1402,7 @@ START_TEST(test_fanout_files)
     env_init(&e, 0, KV_FS_FANOUT);
     enum { N = 256 };
     kv_fut *futs[N];
-    uint64_t before[8], after[8];
+    uint64_t before[10], after[10];
     ck_assert_kv(put_s(e.s, "/g/first", "x", 0, NULL), KV_OK);
     kv__fs_stats(e.s, before);
     for (int i = 0; i < N; i++) {
@@ -1489,6 +1494,450 @@ START_TEST(test_fanout_files)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* Spare files: replaced record files overwritten by later puts             */
+/* ------------------------------------------------------------------------ */
+
+/* The value of key i at generation g, len bytes: "k=III g=GGGG " then a
+ * pattern of both. */
+static void rc_value(unsigned char *buf, size_t len, size_t i, unsigned g)
+{
+    char head[32];
+    int h = snprintf(head, sizeof head, "k=%03zu g=%04u ", i, g);
+    for (size_t j = 0; j < len; j++)
+        buf[j] = j < (size_t)h ? (unsigned char)head[j]
+                               : (unsigned char)('a' + (i * 7 + g + j) % 26);
+}
+
+static bool rc_value_is(const void *v, size_t n, size_t len, size_t i,
+                        unsigned g)
+{
+    unsigned char buf[8192];
+    if (n != len || len > sizeof buf)
+        return false;
+    rc_value(buf, len, i, g);
+    return memcmp(v, buf, len) == 0;
+}
+
+/* A stream of puts, keys[0..n) each once with its token, at most depth in
+ * flight, each started when one finishes (so later puts find spares). */
+typedef struct rstream {
+    kv_store *s;
+    kv_key **keys;
+    uint64_t *tok; /* in: current tokens; out: the new ones */
+    int *rc;
+    char (*msg)[160];
+    size_t n, next, done;
+    size_t len;
+    unsigned gen;
+    unsigned char val[8192];
+} rstream;
+
+typedef struct rslot {
+    rstream *st;
+    size_t i;
+} rslot;
+
+static void rs_start(rslot *sl);
+
+static void rs_done(kv_fut *f, void *arg)
+{
+    rslot *sl = arg;
+    rstream *st = sl->st;
+    int rc = kv_fut_status(f);
+    st->rc[sl->i] = rc;
+    if (rc == KV_OK)
+        st->tok[sl->i] = kv_fut_token(f);
+    else
+        snprintf(st->msg[sl->i], sizeof st->msg[sl->i], "%s",
+                 kv_fut_errmsg(f));
+    kv_fut_free(f);
+    st->done++;
+    rs_start(sl);
+}
+
+static void rs_start(rslot *sl)
+{
+    rstream *st = sl->st;
+    if (st->next >= st->n)
+        return;
+    sl->i = st->next++;
+    rc_value(st->val, st->len, sl->i, st->gen);
+    kv_record r = {st->keys[sl->i], st->val, st->len, st->tok[sl->i]};
+    kv_fut *f = kv_put(st->s, &r, NULL);
+    ck_assert_kv(kv_fut_then(f, rs_done, sl), KV_OK);
+}
+
+/* Run a stream of generation gen, len-byte values, depth in flight; with
+ * wait, until every put finished. */
+static void rs_run(env *e, rstream *st, size_t depth, unsigned gen,
+                   size_t len, rslot *slots, bool wait)
+{
+    st->s = e->s;
+    st->next = st->done = 0;
+    st->gen = gen;
+    st->len = len;
+    for (size_t i = 0; i < st->n; i++) {
+        st->rc[i] = KV_ECANCELED;
+        st->msg[i][0] = '\0';
+    }
+    for (size_t i = 0; i < depth; i++) {
+        slots[i].st = st;
+        rs_start(&slots[i]);
+    }
+    while (wait && st->done < st->n)
+        ck_assert_int_ge(kv_loop_run(e->loop, KV_RUN_ONCE), 0);
+}
+
+static size_t temps_under(const char *dir)
+{
+    size_t records = 0, temps = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    ck_assert_int_ge(fd, 0);
+    count_files(fd, &records, &temps);
+    close(fd);
+    return temps;
+}
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the DIR's own */
+}
+
+#define RC_KEYS 64
+
+static void rc_keys(kv_key **keys, const char *prefix)
+{
+    for (size_t i = 0; i < RC_KEYS; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "%s/k%03zu", prefix, i);
+        keys[i] = key_of(p);
+    }
+}
+
+/* Every key holds generation g[i] with token tok[i]. */
+static void rc_check(kv_store *s, kv_key **keys, const uint64_t *tok,
+                     const unsigned *g, const size_t *len)
+{
+    for (size_t i = 0; i < RC_KEYS; i++) {
+        void *v = NULL;
+        size_t n = 0;
+        uint64_t t = 0;
+        ck_assert_kv(get_k(s, keys[i], &v, &n, &t), KV_OK);
+        ck_assert_msg(t == tok[i] && rc_value_is(v, n, len[i], i, g[i]),
+                      "key %zu: token %" PRIu64 " (want %" PRIu64
+                      "), value %.12s... (want generation %u)",
+                      i, t, tok[i], (char *)v, g[i]);
+        free(v);
+    }
+}
+
+/*
+ * Streams of replacements: spare files are made and overwritten (values
+ * the same length, longer, shorter), every put lands whole with its
+ * token, and no temp file is left once the puts are done; across a
+ * reopen too.  _i: 0 the flat layout, 1 the fan-out layout.
+ */
+START_TEST(test_recycle_stream)
+{
+    env e;
+    env_init(&e, 0, _i == 1 ? KV_FS_FANOUT : 0);
+    kv_key *keys[RC_KEYS];
+    rc_keys(keys, "/rc");
+    static uint64_t tok[RC_KEYS];
+    static int rcs[RC_KEYS];
+    static char msgs[RC_KEYS][160];
+    static rstream st;
+    memset(tok, 0, sizeof tok);
+    st.keys = keys;
+    st.tok = tok;
+    st.rc = rcs;
+    st.msg = msgs;
+    st.n = RC_KEYS;
+    rslot slots[16];
+    unsigned g[RC_KEYS];
+    size_t lens[RC_KEYS];
+    static const size_t rlen[] = {300, 300, 4096, 4096, 200, 5000, 300};
+    uint64_t s0[S_N], s1[S_N];
+    kv__fs_stats(e.s, s0);
+    for (unsigned gen = 0; gen < KV__ARRAY_SIZE(rlen); gen++) {
+        rs_run(&e, &st, gen == 0 ? 4 : 16, gen, rlen[gen], slots, true);
+        for (size_t i = 0; i < RC_KEYS; i++) {
+            ck_assert_msg(rcs[i] == KV_OK, "gen %u key %zu: %s %s", gen, i,
+                          kv_err_name(rcs[i]), msgs[i]);
+            g[i] = gen;
+            lens[i] = rlen[gen];
+        }
+        rc_check(e.s, keys, tok, g, lens);
+        /* At rest: the spares are removed. */
+        ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
+        ck_assert_uint_eq(temps_under(root), 0);
+    }
+    kv__fs_stats(e.s, s1);
+    ck_assert_uint_gt(s1[S_EXCHANGED] - s0[S_EXCHANGED], RC_KEYS);
+    /* (Fan-out: 64 keys over 64 buckets find fewer spares.) */
+    ck_assert_uint_gt(s1[S_RECYCLED] - s0[S_RECYCLED], _i == 1 ? 8 : RC_KEYS);
+    ck_assert_uint_eq(s1[S_LEAK], 0);
+    if (getenv("KVT_VERBOSE"))
+        fprintf(stderr, "recycle: %" PRIu64 " puts, %" PRIu64
+                        " exchanged, %" PRIu64 " recycled\n",
+                s1[S_PUTS] - s0[S_PUTS], s1[S_EXCHANGED] - s0[S_EXCHANGED],
+                s1[S_RECYCLED] - s0[S_RECYCLED]);
+    /* Close in the middle of a stream: no temp file after it. */
+    rs_run(&e, &st, 16, 100, 300, slots, false);
+    for (int i = 0; i < 30; i++)
+        ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_ONCE), 0);
+    env_close_store(&e);
+    ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
+    ck_assert_uint_eq(st.done, st.n);
+    ck_assert_uint_eq(temps_under(root), 0);
+    ck_assert(exists(root, ".clean"));
+    env_reopen(&e, 0, 0);
+    for (size_t i = 0; i < RC_KEYS; i++) {
+        if (rcs[i] == KV_OK) {
+            g[i] = 100;
+            lens[i] = 300;
+            continue;
+        }
+        /* Cancelled by the close (it may have landed), or started after
+         * it: the old record or the new one, whole. */
+        ck_assert_msg(rcs[i] == KV_ECANCELED || rcs[i] == KV_ECLOSED,
+                      "key %zu: %s", i, kv_err_name(rcs[i]));
+        void *v = NULL;
+        size_t n = 0;
+        uint64_t t = 0;
+        ck_assert_kv(get_k(e.s, keys[i], &v, &n, &t), KV_OK);
+        if (t != tok[i]) {
+            ck_assert_msg(rc_value_is(v, n, 300, i, 100), "key %zu torn", i);
+            tok[i] = t;
+            g[i] = 100;
+            lens[i] = 300;
+        }
+        free(v);
+    }
+    rc_check(e.s, keys, tok, g, lens);
+    for (size_t i = 0; i < RC_KEYS; i++)
+        kv_key_free(keys[i]);
+    env_done(&e);
+}
+END_TEST
+
+/*
+ * Queries while replacements stream: a query reads record files by name
+ * on the pool, so a file it may have open is never overwritten as a
+ * spare.  Every row must be a whole record of its own key.
+ */
+START_TEST(test_recycle_queries)
+{
+    env e;
+    env_init(&e, 0, 0);
+    kv_key *keys[RC_KEYS];
+    rc_keys(keys, "/rq");
+    static uint64_t tok[RC_KEYS];
+    static int rcs[RC_KEYS];
+    static char msgs[RC_KEYS][160];
+    static rstream st;
+    memset(tok, 0, sizeof tok);
+    st.keys = keys;
+    st.tok = tok;
+    st.rc = rcs;
+    st.msg = msgs;
+    st.n = RC_KEYS;
+    rslot slots[16];
+    rs_run(&e, &st, 16, 0, 1000, slots, true);
+    uint64_t s0[S_N], s1[S_N];
+    kv__fs_stats(e.s, s0);
+    size_t rows = 0, queries = 0;
+    for (unsigned gen = 1; gen <= 40; gen++) {
+        rs_run(&e, &st, 16, gen, 1000, slots, false);
+        while (st.done < st.n) {
+            kv_key *pk = key_of("/rq");
+            kv_query q = kv_query_init(pk);
+            q.sort = queries % 2 ? KV_SORT_DESC : KV_SORT_NONE;
+            kv_fut *f = kv_query_open(e.s, &q, NULL);
+            ck_assert_kv(kv_wait(f), KV_OK);
+            kv_iter *it = kv_fut_take_iter(f);
+            kv_fut_free(f);
+            f = kv_iter_fetch_all(it);
+            ck_assert_kv(kv_wait(f), KV_OK);
+            size_t m;
+            const kv_record *r = kv_fut_records(f, &m);
+            ck_assert_uint_eq(m, RC_KEYS);
+            for (size_t j = 0; j < m; j++) {
+                const char *id = kv_key_id(r[j].key);
+                size_t i = (size_t)atoi(strrchr(id, 'k') + 1);
+                char head[16];
+                snprintf(head, sizeof head, "k=%03zu g=", i);
+                ck_assert_msg(r[j].len == 1000 &&
+                                  memcmp(r[j].val, head, strlen(head)) == 0,
+                              "%s holds \"%.12s\"", id, (char *)r[j].val);
+                unsigned rg = (unsigned)atoi((const char *)r[j].val + 8);
+                ck_assert(rc_value_is(r[j].val, r[j].len, 1000, i, rg));
+                rows++;
+            }
+            kv_fut_free(f);
+            kv_iter_free(it);
+            kv_key_free(pk);
+            queries++;
+        }
+        for (size_t i = 0; i < RC_KEYS; i++)
+            ck_assert_msg(rcs[i] == KV_OK, "gen %u key %zu: %s %s", gen, i,
+                          kv_err_name(rcs[i]), msgs[i]);
+    }
+    kv__fs_stats(e.s, s1);
+    if (getenv("KVT_VERBOSE"))
+        fprintf(stderr, "recycle+queries: %zu queries, %zu rows, %" PRIu64
+                        " exchanged, %" PRIu64 " recycled\n",
+                queries, rows, s1[S_EXCHANGED] - s0[S_EXCHANGED],
+                s1[S_RECYCLED] - s0[S_RECYCLED]);
+    ck_assert_uint_gt(queries, 40);
+    ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
+    ck_assert_uint_eq(temps_under(root), 0);
+    for (size_t i = 0; i < RC_KEYS; i++)
+        kv_key_free(keys[i]);
+    env_done(&e);
+}
+END_TEST
+
+/*
+ * Faults in the middle of replacement streams (spare files being made and
+ * overwritten): the nth ring operation of a kind fails.  Each put either
+ * succeeds or fails with a clear KV_EBACKEND and leaves the old record
+ * (or, failing only in its directory fsync, the new one); no temp file is
+ * left once the puts are done, no descriptor leaks, the store goes on.
+ */
+START_TEST(test_recycle_faults)
+{
+    env e;
+    env_init(&e, 0, 0);
+    kv_key *keys[RC_KEYS];
+    rc_keys(keys, "/rf");
+    static uint64_t tok[RC_KEYS], before[RC_KEYS];
+    static int rcs[RC_KEYS];
+    static char msgs[RC_KEYS][160];
+    static rstream st;
+    memset(tok, 0, sizeof tok);
+    st.keys = keys;
+    st.tok = tok;
+    st.rc = rcs;
+    st.msg = msgs;
+    st.n = RC_KEYS;
+    rslot slots[8];
+    unsigned g[RC_KEYS];
+    size_t lens[RC_KEYS];
+    unsigned gen = 0;
+    rs_run(&e, &st, 8, gen, 500, slots, true);
+    for (size_t i = 0; i < RC_KEYS; i++) {
+        g[i] = gen;
+        lens[i] = 500;
+    }
+    static const struct {
+        int op;
+        int res;
+    } kinds[] = {
+        {IORING_OP_OPENAT, -EIO},    {IORING_OP_OPENAT, -ENOENT},
+        {IORING_OP_READ, -EIO},      {IORING_OP_WRITE, -EIO},
+        {IORING_OP_WRITE, 7},        {IORING_OP_FSYNC, -EIO},
+        {IORING_OP_CLOSE, -EIO},     {IORING_OP_RENAMEAT, -EIO},
+        {IORING_OP_RENAMEAT, -EINVAL}, {IORING_OP_RENAMEAT, -ENOENT},
+        {IORING_OP_UNLINKAT, -EIO},
+    };
+    /* How many of each a clean stream submits, and that it recycles. */
+    uint64_t s0[S_N], s1[S_N];
+    kv__fs_stats(e.s, s0);
+    kv__fault_arm(e.loop, -1, 0, 0);
+    rs_run(&e, &st, 8, ++gen, 500, slots, true);
+    unsigned long count[KV__ARRAY_SIZE(kinds)];
+    for (size_t k = 0; k < KV__ARRAY_SIZE(kinds); k++)
+        count[k] = kv__fault_seen(kinds[k].op);
+    kv__fault_disarm();
+    kv__fs_stats(e.s, s1);
+    ck_assert_uint_gt(s1[S_RECYCLED] - s0[S_RECYCLED], 0);
+    ck_assert_uint_gt(s1[S_EXCHANGED] - s0[S_EXCHANGED], 0);
+    ck_assert_uint_gt(count[7], 0);
+    for (size_t i = 0; i < RC_KEYS; i++) {
+        ck_assert_kv(rcs[i], KV_OK);
+        g[i] = gen;
+    }
+    ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
+    int fds0 = count_fds();
+    size_t cases = 0, failed = 0;
+    for (size_t k = 0; k < KV__ARRAY_SIZE(kinds); k++) {
+        for (unsigned long nth = 1; nth <= count[k]; nth = nth * 2 + 1) {
+            memcpy(before, tok, sizeof before);
+            gen++;
+            kv__fault_arm(e.loop, kinds[k].op, nth, kinds[k].res);
+            rs_run(&e, &st, 8, gen, 500, slots, true);
+            kv__fault_disarm();
+            ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
+            cases++;
+            for (size_t i = 0; i < RC_KEYS; i++) {
+                if (rcs[i] == KV_OK) {
+                    g[i] = gen;
+                    continue;
+                }
+                failed++;
+                /* (A record open failing ENOENT reads as "absent".) */
+                ck_assert_msg((kv_err_is(rcs[i], KV_EBACKEND) &&
+                               strncmp(msgs[i], "fs: ", 4) == 0) ||
+                                  (rcs[i] == KV_ECONFLICT &&
+                                   kinds[k].res == -ENOENT),
+                              "op %d #%lu (%d): key %zu: %s \"%s\"",
+                              kinds[k].op, nth, kinds[k].res, i,
+                              kv_err_name(rcs[i]), msgs[i]);
+                /* The old record, unless only the directory fsync
+                 * failed after the rename. */
+                void *v = NULL;
+                size_t n = 0;
+                uint64_t t = 0;
+                ck_assert_kv(get_k(e.s, keys[i], &v, &n, &t), KV_OK);
+                bool is_old = t == before[i] &&
+                              rc_value_is(v, n, lens[i], i, g[i]);
+                bool is_new = strstr(msgs[i], "fsync directory") != NULL &&
+                              t > before[i] &&
+                              rc_value_is(v, n, 500, i, gen);
+                free(v);
+                ck_assert_msg(is_old || is_new,
+                              "op %d #%lu (%d): key %zu lost (%s)",
+                              kinds[k].op, nth, kinds[k].res, i, msgs[i]);
+                tok[i] = t;
+                if (is_new)
+                    g[i] = gen;
+            }
+            rc_check(e.s, keys, tok, g, lens);
+            /* (A get completes before its descriptor's close.) */
+            ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
+            ck_assert_msg(temps_under(root) == 0,
+                          "op %d #%lu (%d): temp file left", kinds[k].op,
+                          nth, kinds[k].res);
+            ck_assert_msg(count_fds() <= fds0,
+                          "op %d #%lu (%d): %d descriptors, %d before",
+                          kinds[k].op, nth, kinds[k].res, count_fds(), fds0);
+            if (kinds[k].op == IORING_OP_RENAMEAT &&
+                kinds[k].res == -EINVAL) {
+                /* (EINVAL turned exchanges off for this store.) */
+                env_reopen(&e, 0, 0);
+                ck_assert_int_le(count_fds(), fds0);
+            }
+        }
+    }
+    if (getenv("KVT_VERBOSE"))
+        fprintf(stderr, "recycle faults: %zu cases, %zu puts failed\n",
+                cases, failed);
+    ck_assert_uint_gt(failed, 0);
+    for (size_t i = 0; i < RC_KEYS; i++)
+        kv_key_free(keys[i]);
+    env_done(&e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 /* Group commit, failures, drop, close                                      */
 /* ------------------------------------------------------------------------ */
 
@@ -1505,7 +1954,7 @@ START_TEST(test_group_commit)
         keys[i] = key_of(p);
     }
     ck_assert_kv(put_s(e.s, "/g/first", "x", 0, NULL), KV_OK);
-    uint64_t before[8], after[8];
+    uint64_t before[10], after[10];
     kv__fs_stats(e.s, before);
     for (int i = 0; i < N; i++) {
         kv_record r = {keys[i], "value", 5, 0};
@@ -1563,7 +2012,7 @@ static int child_fsize(void)
         tok2 != tok)
         return 13;
     free(got);
-    uint64_t st[8];
+    uint64_t st[10];
     kv__fs_stats(e.s, st);
     if (st[S_SHORT] < 1)
         return 14;
@@ -1855,6 +2304,7 @@ typedef struct cmsg {
     int32_t status;
     uint64_t token;
     uint64_t seed;
+    uint64_t recycled; /* M_ACK: the child's puts that reused a spare */
 } cmsg;
 
 enum { M_INTENT = 1, M_ACK, M_FAIL };
@@ -1895,7 +2345,9 @@ static void lane_cb(kv_fut *f, void *arg)
     clane *l = arg;
     cchild *c = l->c;
     int st = kv_fut_status(f);
-    cmsg m = {M_ACK, l->key, l->op, st, 0, l->seed};
+    uint64_t stats[S_N];
+    kv__fs_stats(c->s, stats);
+    cmsg m = {M_ACK, l->key, l->op, st, 0, l->seed, stats[S_RECYCLED]};
     if (st != KV_OK) {
         m.kind = M_FAIL;
         cr_send(c->wfd, &m);
@@ -1919,7 +2371,7 @@ static void lane_go(clane *l)
     l->key = k;
     l->op = c->tokens[k] != 0 && rnd(&c->rng) % 4 == 0 ? OP_DEL : OP_PUT;
     l->seed = rnd(&c->rng);
-    cmsg m = {M_INTENT, k, l->op, 0, 0, l->seed};
+    cmsg m = {M_INTENT, k, l->op, 0, 0, l->seed, 0};
     cr_send(c->wfd, &m);
     char p[32];
     snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
@@ -1988,6 +2440,9 @@ static bool value_is(const void *v, size_t n, uint64_t seed)
     return m == n && (n == 0 || memcmp(v, buf, n) == 0);
 }
 
+/* The most puts over a spare file a child reported in this round. */
+static uint64_t cr_recycled_round;
+
 /* One round: run a child, kill it, check the store.  Returns acked ops. */
 static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
                           unsigned flags)
@@ -2043,6 +2498,8 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
                 s->token = m.token;
                 s->seed = m.seed;
                 acked++;
+                if (m.recycled > cr_recycled_round)
+                    cr_recycled_round = m.recycled;
             }
         }
         memmove(buf, buf + used, have - used);
@@ -2118,14 +2575,18 @@ START_TEST(test_crash_sigkill)
     uint64_t seed = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
     uint64_t x = seed | 1;
     size_t total = 0;
+    uint64_t recycled = 0;
     for (int r = 0; r < rounds; r++) {
         int delay = 20 + (int)(rnd(&x) % 280);
+        cr_recycled_round = 0;
         total += crash_round(st, rnd(&x), delay, flags);
+        recycled += cr_recycled_round;
     }
     ck_assert_msg(total > 0, "no operation was acknowledged");
     fprintf(stderr, "check_fs: crash test (%s layout): %d rounds, %zu "
-                    "acknowledged operations verified (seed %" PRIu64 ")\n",
-            flags ? "fan-out" : "flat", rounds, total, seed);
+                    "acknowledged operations verified; %" PRIu64
+                    " puts overwrote a spare file (seed %" PRIu64 ")\n",
+            flags ? "fan-out" : "flat", rounds, total, recycled, seed);
 }
 END_TEST
 
@@ -2140,9 +2601,53 @@ static double now_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void bench_one(const char *dir, const char *label, unsigned flags,
-                      int depth, int nputs, int ndirs)
+/* Put keys[order[i]] for i < n, depth at once, with the tokens in tok
+ * (updated); the seconds it took. */
+static double bench_puts(env *e, kv_key **keys, const int *order, int n,
+                         const void *val, size_t len, uint64_t *tok,
+                         int depth)
 {
+    kv_fut **futs = calloc((size_t)depth, sizeof *futs);
+    int *which = calloc((size_t)depth, sizeof *which);
+    int next = 0, done = 0;
+    double t0 = now_s();
+    while (done < n) {
+        for (int i = 0; i < depth; i++) {
+            if (futs[i] != NULL && kv_fut_done(futs[i])) {
+                if (kv_fut_status(futs[i]) != KV_OK) {
+                    fprintf(stderr, "put: %s\n", kv_fut_errmsg(futs[i]));
+                    exit(1);
+                }
+                tok[which[i]] = kv_fut_token(futs[i]);
+                kv_fut_free(futs[i]);
+                futs[i] = NULL;
+                done++;
+            }
+            if (futs[i] == NULL && next < n) {
+                which[i] = order[next++];
+                kv_record r = {keys[which[i]], (void *)val, len,
+                               tok[which[i]]};
+                futs[i] = kv_put(e->s, &r, NULL);
+            }
+        }
+        if (done < n)
+            kv_loop_run(e->loop, KV_RUN_ONCE);
+    }
+    double dt = now_s() - t0;
+    free(futs);
+    free(which);
+    return dt;
+}
+
+/* nputs puts of fresh keys (inserts) at depth, or with replace, nputs
+ * replacements of those keys in random order after inserting them. */
+static const char *bench_only; /* run only labels holding this */
+
+static void bench_one(const char *dir, const char *label, unsigned flags,
+                      int depth, int nputs, int ndirs, bool replace)
+{
+    if (bench_only != NULL && strstr(label, bench_only) == NULL)
+        return;
     char path[4300];
     snprintf(path, sizeof path, "%s/%s-d%d", dir, label, depth);
     env e;
@@ -2155,6 +2660,8 @@ static void bench_one(const char *dir, const char *label, unsigned flags,
         exit(1);
     }
     kv_key **keys = malloc((size_t)nputs * sizeof *keys);
+    int *order = malloc((size_t)nputs * sizeof *order);
+    uint64_t *tok = calloc((size_t)nputs, sizeof *tok);
     for (int i = 0; i < nputs; i++) {
         char p[64];
         if (ndirs <= 1)
@@ -2162,63 +2669,41 @@ static void bench_one(const char *dir, const char *label, unsigned flags,
         else
             snprintf(p, sizeof p, "/bench%03d/k%07d", i % ndirs, i);
         keys[i] = key_of(p);
-    }
-    /* Warm up: make the directories. */
-    for (int i = 0; i < (ndirs > 1 ? ndirs : 1); i++) {
-        kv_record r = {keys[i], "warm", 4, 0};
-        kv_fut *f = kv_put(e.s, &r, NULL);
-        kv_wait(f);
-        kv_fut_free(f);
+        order[i] = i;
     }
     char val[100];
     memset(val, 'v', sizeof val);
-    uint64_t s0[8], s1[8];
+    /* Warm up: make the directories. */
+    int warm = ndirs > 1 ? ndirs : 1;
+    bench_puts(&e, keys, order, warm, "warm", 4, tok, 1);
+    uint64_t s0[S_N], s1[S_N];
     kv__fs_stats(e.s, s0);
-    kv_fut **futs = calloc((size_t)depth, sizeof *futs);
-    double t0 = now_s();
-    int next = ndirs > 1 ? ndirs : 1, done = 0;
-    uint64_t *tok = calloc((size_t)nputs, sizeof *tok);
-    for (int i = 0; i < (ndirs > 1 ? ndirs : 1); i++)
-        tok[i] = 0;
-    /* Keep depth puts in flight, each a fresh key (inserts). */
-    int start = next;
-    int slot = 0;
-    for (; slot < depth && next < nputs; slot++, next++) {
-        kv_record r = {keys[next], val, sizeof val, 0};
-        futs[slot] = kv_put(e.s, &r, NULL);
-    }
-    while (done < nputs - start) {
-        for (int i = 0; i < depth; i++) {
-            if (futs[i] == NULL || !kv_fut_done(futs[i]))
-                continue;
-            if (kv_fut_status(futs[i]) != KV_OK) {
-                fprintf(stderr, "put: %s\n", kv_fut_errmsg(futs[i]));
-                exit(1);
-            }
-            kv_fut_free(futs[i]);
-            futs[i] = NULL;
-            done++;
-            if (next < nputs) {
-                kv_record r = {keys[next++], val, sizeof val, 0};
-                futs[i] = kv_put(e.s, &r, NULL);
-            }
+    double dt = bench_puts(&e, keys, order + warm, nputs - warm, val,
+                           sizeof val, tok, depth);
+    if (replace) {
+        uint64_t x = 88172645463325252ull;
+        for (int i = nputs - 1; i > 0; i--) {
+            int j = (int)(rnd(&x) % (uint64_t)(i + 1));
+            int t = order[i];
+            order[i] = order[j];
+            order[j] = t;
         }
-        if (done < nputs - start)
-            kv_loop_run(e.loop, KV_RUN_ONCE);
+        kv__fs_stats(e.s, s0);
+        dt = bench_puts(&e, keys, order, nputs, val, sizeof val, tok, depth);
     }
-    double dt = now_s() - t0;
     kv__fs_stats(e.s, s1);
     double puts = (double)(s1[S_PUTS] - s0[S_PUTS]);
     printf("%-28s depth %3d: %8.0f puts/s  %.2f file fsyncs/put  %.3f dir "
-           "fsyncs/put  (%d puts, %.2f s)\n",
+           "fsyncs/put  %.2f recycled/put  (%d puts, %.2f s)\n",
            label, depth, puts / dt,
            (double)(s1[S_FFSYNC] - s0[S_FFSYNC]) / puts,
-           (double)(s1[S_DFSYNC] - s0[S_DFSYNC]) / puts, (int)puts, dt);
+           (double)(s1[S_DFSYNC] - s0[S_DFSYNC]) / puts,
+           (double)(s1[S_RECYCLED] - s0[S_RECYCLED]) / puts, (int)puts, dt);
     fflush(stdout);
     for (int i = 0; i < nputs; i++)
         kv_key_free(keys[i]);
     free(keys);
-    free(futs);
+    free(order);
     free(tok);
     kv_fut *cf = kv_close(e.s);
     kv_wait(cf);
@@ -2273,16 +2758,22 @@ static int run_bench(const char *dir)
     }
     const int n1 = 2000, n64 = 20000;
     printf("kvstore fs backend, 100-byte values, inserts, %s\n", dir);
-    bench_raw(dir, n1);
-    bench_one(dir, "fsync one-dir", 0, 1, n1, 1);
-    bench_one(dir, "fsync spread-64-dirs", 0, 1, n1, 64);
-    bench_one(dir, "fsync one-dir", 0, 8, n64 / 2, 1);
-    bench_one(dir, "fsync one-dir", 0, 64, n64, 1);
-    bench_one(dir, "fsync spread-64-dirs", 0, 64, n64, 64);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 1, n64, 1);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 8, n64, 1);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 64, n64, 1);
-    bench_one(dir, "nofsync spread-64-dirs", KV_NO_FSYNC, 64, n64, 64);
+    if (bench_only == NULL)
+        bench_raw(dir, n1);
+    bench_one(dir, "fsync one-dir", 0, 1, n1, 1, false);
+    bench_one(dir, "fsync spread-64-dirs", 0, 1, n1, 64, false);
+    bench_one(dir, "fsync one-dir", 0, 8, n64 / 2, 1, false);
+    bench_one(dir, "fsync one-dir", 0, 64, n64, 1, false);
+    bench_one(dir, "fsync one-dir fanout", KV_FS_FANOUT, 64, n64, 1, false);
+    bench_one(dir, "fsync spread-64-dirs", 0, 64, n64, 64, false);
+    bench_one(dir, "fsync replace one-dir", 0, 64, n64, 1, true);
+    bench_one(dir, "fsync replace fanout", KV_FS_FANOUT, 64, n64, 1, true);
+    bench_one(dir, "fsync replace 64-dirs", 0, 64, n64, 64, true);
+    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 1, n64, 1, false);
+    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 8, n64, 1, false);
+    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 64, n64, 1, false);
+    bench_one(dir, "nofsync spread-64-dirs", KV_NO_FSYNC, 64, n64, 64,
+              false);
     if (own != NULL) {
         tu_rmrf(own);
         free(own);
@@ -2334,6 +2825,7 @@ int main(int argc, char **argv)
         _exit(run_child(argc, argv)); /* no atexit work: rings stay open */
     if (argc >= 2 && strcmp(argv[1], "bench") == 0) {
         in_child = true;
+        bench_only = argc >= 4 ? argv[3] : NULL;
         return run_bench(argc >= 3 ? argv[2] : NULL);
     }
     Suite *s = suite_create("fs");
@@ -2374,6 +2866,14 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_fanout_wrong_layout);
     tcase_add_test(tc, test_fanout_query_merge);
     tcase_add_test(tc, test_fanout_files);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("recycle");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_recycle_stream, 0, 2);
+    tcase_add_test(tc, test_recycle_queries);
+    tcase_add_test(tc, test_recycle_faults);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("loop-thread");
