@@ -603,7 +603,7 @@ KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 
 /*
  * Open a Redis store (Redis or Valkey 7, single server or Redis Cluster).
- * uri is "redis://ip:port[,ip:port...][/prefix][?shard=key|store]":
+ * uri is "redis://ip:port[,ip:port...][/prefix][?option[&option]]":
  *  - ip:port seeds (numeric IPv4; "localhost" means 127.0.0.1; port 6379
  *    by default): the first that answers is asked for CLUSTER SLOTS, and
  *    every master is then found from the cluster itself.  A server that is
@@ -617,34 +617,53 @@ KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
  *    keys with a common tag share a slot.  shard=store keeps the whole store
  *    in one slot (one master): every operation below then works as on
  *    SQLite.
+ *  - timeout=MS (0 to 3600000, default 10000; 0: none): a connect that has
+ *    not completed, or a node that has sent nothing back while replies are
+ *    due, for that long is treated as a broken connection (see Errors).
  * Atomicity: every write is one Lua script that checks the token and writes
- * value and token together; tokens come from a per-slot counter, never 0,
- * never repeated for a key.  kv_supports_atomic_batch reports true, but
+ * value and token together; tokens come from a per-slot counter kept in the
+ * slot itself (it moves with the slot when the cluster migrates it), never
+ * 0, never repeated for a key.  kv_supports_atomic_batch reports true, but
  * with shard=key an atomic batch whose keys lie in several hash slots fails
  * KV_ENOTSUP (its message names two such keys), and kv_move_prefix_atomic
  * fails KV_ENOTSUP (use shard=store).
  * Queries read a per-slot index (a sorted set of keys kept by the same
- * scripts): one ZRANGEBYLEX with shard=store, one per hash slot (16384,
- * pipelined over the masters) with shard=key; the matching keys are sorted
- * here and held by the iterator, values are fetched 128 at a time.
- * kv_drop_prefix costs one script per slot likewise.
+ * scripts), asking each slot for at most offset + limit keys.  With
+ * shard=store that is one ZRANGEBYLEX.  With shard=key it is one GET of the
+ * store's slot directory (a 2 KiB bitmap of the slots that ever held a
+ * record of the store, marked before the first record of each slot is
+ * written) and one ZRANGEBYLEX per marked slot, pipelined over the masters:
+ * at most min(records ever written, 16384) range reads per query, whatever
+ * the prefix matches (all 16384 if the directory is missing).  The
+ * directory never shrinks: slots emptied by deletes are still read.  The
+ * matching keys are sorted here and held by the iterator; values are
+ * fetched 128 at a time.  kv_drop_prefix costs one script per marked slot
+ * likewise.  A query sees every record whose put completed before it began.
  * Durability is Redis's: a write is acknowledged once the master applied
  * it; it survives a crash only as the server's appendonly/appendfsync
  * settings make it (appendfsync always: fsynced before the reply), and a
- * failover may lose writes not yet replicated.  KV_NO_FSYNC and
- * KV_SYNC_FULL are accepted and ignored.
+ * failover may lose writes not yet replicated (including a mark of the
+ * slot directory, which then hides that slot's records from queries).
+ * KV_NO_FSYNC and KV_SYNC_FULL are accepted and ignored.
  * Errors: an operation whose node cannot be reached fails KV_EBACKEND with
- * the node and the cause; one whose connection broke after it was sent
- * fails KV_EBACKEND saying the outcome is unknown (re-read the token before
- * retrying: a retried put with the old token then conflicts instead of
- * overwriting a newer write).  Nodes are reconnected with a back-off (50 ms
- * doubling to 2 s) by the next operation that needs them, and the slot map
- * is refreshed after MOVED redirects and node failures.
- * Threads: open blocks its caller (blocking sockets: connect, CLUSTER SLOTS,
- * SCRIPT LOAD on each master); afterwards all socket I/O goes through
- * loop's io_uring.  pool is unused (may be NULL).  Errors of open: KV_EINVAL
- * (bad URI or flags), KV_ENOMEM, KV_EBACKEND (no seed answered; see
- * kv_last_errmsg), KV_ENOTSUP (built without hiredis).
+ * the node and the cause; one whose connection broke or timed out after it
+ * was sent fails KV_EBACKEND saying the outcome is unknown (re-read the
+ * token before retrying: a retried put with the old token then conflicts
+ * instead of overwriting a newer write).  Nodes are reconnected with a
+ * back-off (50 ms doubling to 2 s) by the next operation that needs them,
+ * and the slot map is refreshed after MOVED redirects and node failures,
+ * so a replica promoted by a failover is found without help.  ASK
+ * redirects of a slot being migrated are followed; a command the server
+ * refuses without running it (TRYAGAIN while a migrating slot's keys are
+ * split between two nodes, LOADING, CLUSTERDOWN, MASTERDOWN) is resent for
+ * about 3 s (5 ms doubling to 500 ms), then fails KV_EBACKEND saying it was
+ * not applied.
+ * Threads: open blocks its caller (blocking sockets, 5 s timeouts: connect,
+ * CLUSTER SLOTS, SCRIPT LOAD on each master, GET of the slot directory);
+ * afterwards all socket I/O and timers go through loop's io_uring.  pool
+ * is unused (may be NULL).  Errors of open: KV_EINVAL (bad URI or flags),
+ * KV_ENOMEM, KV_EBACKEND (no seed answered; see kv_last_errmsg),
+ * KV_ENOTSUP (built without hiredis).
  */
 KV_EXTERN int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                             const char *uri, unsigned flags);
