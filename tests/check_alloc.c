@@ -37,8 +37,7 @@
  *
  * Environment: KVT_BACKEND=name runs one backend; KVT_ALLOC_STRIDE=k tries
  * every kth N only (for slow runs, e.g. valgrind); KVT_VERBOSE=1 prints
- * each failing step; KVT_REDIS_STRICT=1 tolerates none of the known
- * redis.c bugs below.
+ * each failing step.
  */
 #include "config.h"
 
@@ -247,48 +246,6 @@ static const backend backends[] = {
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
 
-/*
- * Known redis.c bugs (reported; docs/RELIABILITY.md), tolerated at the open
- * step of the Redis rows unless KVT_REDIS_STRICT=1, and counted in the
- * figures:
- *  - an allocation failure inside kv_redis_open comes back as KV_EINVAL
- *    ("... is not a numeric IPv4 address (or out of memory)") or
- *    KV_EBACKEND ("cannot reach any redis node (...: no reply)" when the
- *    CLUSTER SLOTS command could not be formatted, "cannot read CLUSTER
- *    SLOTS" when a node could not be allocated): taken as the KV_ENOMEM it
- *    is;
- *  - its blocking connect fails "Interrupted system call" when io_uring
- *    task work (the previous run's ring going away) interrupts it (with a
- *    send timeout set, connect is not restarted): the run is repeated.
- */
-static unsigned long redis_misreported, redis_interrupted;
-static bool run_interrupted;
-
-static bool redis_strict(void)
-{
-    const char *v = getenv("KVT_REDIS_STRICT");
-    return v != NULL && v[0] != '\0' && v[0] != '0';
-}
-
-static int redis_open_known_bug(int st, const char *msg)
-{
-    if (st == KV_OK || redis_strict())
-        return st;
-    if (st == KV_EBACKEND && strstr(msg, "Interrupted system call") != NULL) {
-        redis_interrupted++;
-        run_interrupted = true;
-        return KV_ENOMEM; /* the run ends here and is repeated */
-    }
-    if ((st == KV_EINVAL && strstr(msg, "(or out of memory)") != NULL) ||
-        (st == KV_EBACKEND && (strstr(msg, ": no reply)") != NULL ||
-                               strstr(msg, "cannot read CLUSTER SLOTS") !=
-                                   NULL))) {
-        redis_misreported++;
-        return KV_ENOMEM;
-    }
-    return st;
-}
-
 /* Run b's row?  (KVT_BACKEND; the servers of a Redis row.) */
 static bool selected(const backend *b)
 {
@@ -371,8 +328,6 @@ static unsigned long sequence(const backend *b, const char *dir, keys *k,
 
     step(&r, "open");
     st = b->open(&s, loop, pool, dir);
-    if (b->env != NULL)
-        st = redis_open_known_bug(st, kv_last_errmsg());
     ALLOWED(&r, st, kv_last_errmsg(), KV_ENOMEM);
     if (st != KV_OK) {
         ck_assert_kv(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
@@ -623,11 +578,9 @@ static void walk(const backend *b, bool sticky)
     }
     ck_assert_uint_gt(total, 10);
     bool measure = heap_measurable();
-    unsigned long step_n = stride(), points = 0, n, retries = 0;
-    redis_misreported = redis_interrupted = 0;
+    unsigned long step_n = stride(), points = 0, n;
     for (n = 1;; n += step_n) {
         size_t before = heap_in_use();
-        run_interrupted = false;
         unsigned long made = sequence(b, tmpdir, &k, n, sticky);
         clean_dir(tmpdir);
         if (measure) {
@@ -637,14 +590,6 @@ static void walk(const backend *b, bool sticky)
                           sticky ? " sticky" : "",
                           (ssize_t)(after - before));
         }
-        if (run_interrupted) {
-            /* a spurious open failure (above): the same N again */
-            ck_assert_msg(++retries < 10, "%s N=%lu: open interrupted "
-                          "10 times", b->name, n);
-            n -= step_n;
-            continue;
-        }
-        retries = 0;
         if (made < n)
             break; /* the run no longer reached the Nth allocation */
         points++;
@@ -654,13 +599,6 @@ static void walk(const backend *b, bool sticky)
             "check_alloc: %s%s: %lu failure points (N = 1..%lu, step %lu; "
             "a clean run makes about %lu allocations)\n",
             b->name, sticky ? " sticky" : "", points, n - 1, step_n, total);
-    if (redis_misreported > 0 || redis_interrupted > 0)
-        fprintf(stderr,
-                "check_alloc: %s%s: known redis.c bugs: %lu open failures "
-                "for memory misreported, %lu opens interrupted (run "
-                "again)\n",
-                b->name, sticky ? " sticky" : "", redis_misreported,
-                redis_interrupted);
     kv_key_free(k.root);
     kv_key_free(k.a);
     kv_key_free(k.b);
