@@ -41,7 +41,7 @@
  * CRC16(N) mod 16384 == S (table made once), so the keys of one slot are
  * all addressable from one Lua script:
  *   P{N} <kv__key_encode bytes>   a hash: v (value), t (token)
- *   P{N} \0 c                     the slot's token counter (INCR)
+ *   P{N} \0 c                     the slot's token counter
  *   P{N} \0 i                     the slot's index: a sorted set of the
  *                                 encoded keys stored in the slot
  *   P{M} \0 s                     shard=key, M the slot of P itself: the
@@ -57,8 +57,9 @@
  *
  * Writes are Lua scripts (EVALSHA; resent as EVAL on NOSCRIPT) that check
  * the token and write value, token and index entry together.  Tokens come
- * from the slot's counter, which never goes back, so a key never sees a
- * token twice (not across delete and re-insert).
+ * from the slot's counter, advanced to at least the server's clock in
+ * microseconds, so a key never sees a token twice (not across delete and
+ * re-insert, nor after a failover lost the counter's last writes).
  *
  * Queries read the index: one ZRANGEBYLEX per slot that may hold matches,
  * keys merged and sorted here, then values fetched in chunks with HMGET.
@@ -177,10 +178,28 @@ static void slot_tag_init(void)
 
 enum { SC_PUT, SC_DEL, SC_MOVE, SC_DROP, NSCRIPTS };
 
+/* Lua: the next token of a slot: one more than its counter, and at least
+ * the server's clock in microseconds, so that a counter that went back
+ * (a failover that lost writes not yet replicated) still hands out tokens
+ * above every token it gave before, unless the new master's clock is
+ * behind the old one's by more than the failover took.  Stored with %d:
+ * Lua 5.1 would print a number this large in exponent form. */
+#define LUA_NEXTTOK                                                         \
+    "local function nexttok(k)\n"                                           \
+    "  local c = tonumber(redis.call('GET', k) or '0')\n"                   \
+    "  local tm = redis.call('TIME')\n"                                     \
+    "  local t = tonumber(tm[1]) * 1000000 + tonumber(tm[2])\n"             \
+    "  if t <= c then t = c + 1 end\n"                                      \
+    "  local ts = string.format('%d', t)\n"                                 \
+    "  redis.call('SET', k, ts)\n"                                          \
+    "  return t, ts\n"                                                      \
+    "end\n"
+
 /* KEYS: counter, index, records.  ARGV: atomic, then token, value, member
  * per record.  Returns per record its new token, 0 on conflict (1 for an
  * unwritten record of an atomic batch that had a conflict). */
 static const char script_put[] =
+    LUA_NEXTTOK
     "local n = #KEYS - 2\n"
     "local res = {}\n"
     "local bad = false\n"
@@ -193,8 +212,8 @@ static const char script_put[] =
     "if bad and ARGV[1] == '1' then return res end\n"
     "for i = 1, n do\n"
     "  if res[i] == 1 then\n"
-    "    local t = redis.call('INCR', KEYS[1])\n"
-    "    redis.call('HSET', KEYS[i+2], 'v', ARGV[3*i], 't', t)\n"
+    "    local t, ts = nexttok(KEYS[1])\n"
+    "    redis.call('HSET', KEYS[i+2], 'v', ARGV[3*i], 't', ts)\n"
     "    redis.call('ZADD', KEYS[2], 0, ARGV[3*i+1])\n"
     "    res[i] = t\n"
     "  end\n"
@@ -222,6 +241,7 @@ static const char script_del[] =
 
 /* KEYS: counter, index.  ARGV: base, then from, to (encoded prefixes). */
 static const char script_move[] =
+    LUA_NEXTTOK
     "local base = ARGV[1]\n"
     "local moving = {}\n"
     "local plan = {}\n"
@@ -246,8 +266,8 @@ static const char script_move[] =
     "  redis.call('ZREM', KEYS[2], p[1])\n"
     "end\n"
     "for i, p in ipairs(plan) do\n"
-    "  local t = redis.call('INCR', KEYS[1])\n"
-    "  redis.call('HSET', base .. p[2], 'v', vals[i], 't', t)\n"
+    "  local t, ts = nexttok(KEYS[1])\n"
+    "  redis.call('HSET', base .. p[2], 'v', vals[i], 't', ts)\n"
     "  redis.call('ZADD', KEYS[2], 0, p[2])\n"
     "end\n"
     "return 1\n";

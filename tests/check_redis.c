@@ -920,6 +920,77 @@ START_TEST(test_slot_directory)
     close_ctx(&c);
 }
 END_TEST
+
+/* A failover that lost the last writes of a slot leaves the new master
+ * with an older token counter.  The tokens it hands out next must still be
+ * new for every key (a client holding an older token must conflict, not
+ * succeed): simulated by setting the counter back by hand. */
+START_TEST(test_token_counter_back)
+{
+    ctx c;
+    if (!open_ctx(&c, "KV_TEST_REDIS", ""))
+        return;
+    const char *uri = getenv("KV_TEST_REDIS");
+    const char *colon = strrchr(uri, ':');
+    ck_assert_ptr_nonnull(colon);
+    redisContext *r = redisConnect("127.0.0.1", atoi(colon + 1));
+    ck_assert_msg(r != NULL && r->err == 0, "connect %s", uri);
+
+    int rc;
+    uint64_t toks[6];
+    toks[0] = put(&c, "/tb", "v0", 0, &rc, NULL, 0);
+    ck_assert_kv(rc, KV_OK);
+
+    /* the slot's counter: the store's key ending in "\0c" */
+    redisReply *keys = rcall(r, "KEYS %s*", prefix);
+    ck_assert_int_eq(keys->type, REDIS_REPLY_ARRAY);
+    const char *ckey = NULL;
+    size_t cklen = 0;
+    for (size_t i = 0; i < keys->elements; i++) {
+        const redisReply *e = keys->element[i];
+        if (e->len >= 2 && e->str[e->len - 2] == '\0' &&
+            e->str[e->len - 1] == 'c') {
+            ck_assert_ptr_null(ckey); /* one slot in use: one counter */
+            ckey = e->str;
+            cklen = e->len;
+        }
+    }
+    ck_assert_ptr_nonnull(ckey);
+    redisReply *saved = rcall(r, "GET %b", ckey, cklen);
+    ck_assert_int_eq(saved->type, REDIS_REPLY_STRING);
+
+    for (int i = 1; i < 6; i++) {
+        toks[i] = put(&c, "/tb", "v", toks[i - 1], &rc, NULL, 0);
+        ck_assert_kv(rc, KV_OK);
+        ck_assert_uint_gt(toks[i], toks[i - 1]);
+    }
+    /* the failover: the counter as it was after the first put */
+    freeReplyObject(rcall(r, "SET %b %b", ckey, cklen, saved->str,
+                          saved->len));
+    struct timespec ms = {0, 2000000};
+    nanosleep(&ms, NULL);
+
+    /* a client still holding the second token must conflict */
+    put(&c, "/tb", "stale", toks[1], &rc, NULL, 0);
+    ck_assert_kv(rc, KV_ECONFLICT);
+    uint64_t t = put(&c, "/tb", "after", toks[5], &rc, NULL, 0);
+    ck_assert_kv(rc, KV_OK);
+    for (int i = 0; i < 6; i++)
+        ck_assert_uint_ne(t, toks[i]);
+    ck_assert_uint_gt(t, toks[5]);
+    /* ... and a delete and re-insert gets a new token too */
+    kv_fut *f = kv_delete(c.s, K(&c, "/tb"), t);
+    ck_assert_kv(wait_free(f), KV_OK);
+    uint64_t t2 = put(&c, "/tb", "again", 0, &rc, NULL, 0);
+    ck_assert_kv(rc, KV_OK);
+    ck_assert_uint_gt(t2, t);
+
+    freeReplyObject(saved);
+    freeReplyObject(keys);
+    redisFree(r);
+    close_ctx(&c);
+}
+END_TEST
 #endif
 
 /* A node that stops answering (SIGSTOP: its connections stay open and no
@@ -1051,6 +1122,7 @@ static Suite *redis_suite(void)
 #ifdef HAVE_HIREDIS
     tcase_add_test(tc, test_migration);
     tcase_add_test(tc, test_slot_directory);
+    tcase_add_test(tc, test_token_counter_back);
 #endif
     tcase_add_test(tc, test_hung_node);
     tcase_add_test(tc, test_master_down);
