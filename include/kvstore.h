@@ -622,8 +622,11 @@ KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
  *    due, for that long is treated as a broken connection (see Errors).
  * Atomicity: every write is one Lua script that checks the token and writes
  * value and token together; tokens come from a per-slot counter kept in the
- * slot itself (it moves with the slot when the cluster migrates it), never
- * 0, never repeated for a key.  kv_supports_atomic_batch reports true, but
+ * slot itself (it moves with the slot when the cluster migrates it) and
+ * advanced to at least the server's clock in microseconds: never 0, never
+ * repeated for a key, even after a failover that lost the counter's last
+ * writes (unless the new master's clock is behind the old one's by more
+ * than the failover took).  kv_supports_atomic_batch reports true, but
  * with shard=key an atomic batch whose keys lie in several hash slots fails
  * KV_ENOTSUP (its message names two such keys), and kv_move_prefix_atomic
  * fails KV_ENOTSUP (use shard=store).
