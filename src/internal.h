@@ -175,8 +175,10 @@ void kv__emu_probe(unsigned char ops[32]);
 bool kv__emu_has_op(int opcode);
 /*
  * Take every SQE prepared since the last submit (chains whole): pool jobs,
- * timers, socket waits or local completions.  Never dispatches.  Returns
- * the number taken, or -EAGAIN if none could be (out of memory).
+ * timers, socket waits or local completions; a chain whose request cannot
+ * be allocated completes -ENOMEM (-ECANCELED after its first SQE) through
+ * kv__emu_reap.  Never dispatches.  Returns the number taken, or -EAGAIN
+ * if none could be (the ring of such completions is full).
  */
 int kv__emu_submit(kv__emu *e);
 /* Dispatch completions that are due (timers, sockets, local).  True if any. */
