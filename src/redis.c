@@ -343,6 +343,7 @@ struct rnode {
     uint64_t since;         /* connect started, or last sign of life while
                                replies are due (the watchdog's clock) */
     unsigned backoff;
+    bool nomem;             /* failed for want of memory: no back-off */
     char *lasterr;
 };
 
@@ -704,6 +705,12 @@ static void node_settle(rnode *n)
     n->state = N_DOWN;
     n->sbuf.len = n->qbuf.len = 0;
     n->soff = 0;
+    if (n->nomem) {
+        /* nothing wrong with the node: the next operation reconnects */
+        n->nomem = false;
+        n->retry_at = 0;
+        return;
+    }
     n->backoff = n->backoff == 0 ? BACKOFF_MIN_MS
                  : n->backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
                                                    : n->backoff * 2;
@@ -719,8 +726,10 @@ static void fail_list(rcmd *c, int err, const char *msg)
     }
 }
 
-/* The connection broke (or the store closes): fail what it carried. */
-static void node_fail(rnode *n, const char *why)
+/* The connection broke (or the store closes): fail what it carried, with
+ * err (KV_EBACKEND; KV_ENOMEM when the socket operation itself had no
+ * memory, as the fallback mode's emulated ring can report). */
+static void node_fail_err(rnode *n, const char *why, int err)
 {
     rstore *st = n->st;
     if (n->state == N_UP || n->state == N_CONNECTING) {
@@ -733,7 +742,10 @@ static void node_fail(rnode *n, const char *why)
     n->rd = redisReaderCreate(); /* NULL on OOM: checked before use */
     rcmd *fifo = n->fifo, *wait = n->wait;
     n->fifo = n->fifo_tail = n->wait = n->wait_tail = NULL;
-    int err = st->closing ? KV_ECANCELED : KV_EBACKEND;
+    if (st->closing)
+        err = KV_ECANCELED;
+    else if (err == KV_ENOMEM)
+        n->nomem = true;
     char *m1 = kv__asprintf("redis node %s: %s; the operation may or may "
                             "not have been applied",
                             n->name, why);
@@ -748,6 +760,17 @@ static void node_fail(rnode *n, const char *why)
     watchdog_idle(st);
 }
 
+static void node_fail(rnode *n, const char *why)
+{
+    node_fail_err(n, why, KV_EBACKEND);
+}
+
+/* A socket operation's negative result: KV_ENOMEM for -ENOMEM. */
+static int sock_err(int res)
+{
+    return res == -ENOMEM ? KV_ENOMEM : KV_EBACKEND;
+}
+
 static void start_recv(rnode *n)
 {
     if (n->recving || n->state != N_UP || n->fifo == NULL)
@@ -755,7 +778,8 @@ static void start_recv(rnode *n)
     struct io_uring_sqe *sqe;
     int rc = kv__loop_sqes(n->st->loop, &sqe, 1);
     if (rc != KV_OK) {
-        node_fail(n, "cannot queue a receive on the ring");
+        node_fail_err(n, "cannot queue a receive on the ring",
+                      rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND);
         return;
     }
     io_uring_prep_recv(sqe, n->fd, n->rbuf, RBUF_SIZE, 0);
@@ -780,7 +804,8 @@ static void start_send(rnode *n)
     struct io_uring_sqe *sqe;
     int rc = kv__loop_sqes(n->st->loop, &sqe, 1);
     if (rc != KV_OK) {
-        node_fail(n, "cannot queue a send on the ring");
+        node_fail_err(n, "cannot queue a send on the ring",
+                      rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND);
         return;
     }
     io_uring_prep_send(sqe, n->fd, n->sbuf.data + n->soff,
@@ -804,7 +829,7 @@ static void send_cb(kv__op *op, int res, uint32_t flags)
     if (res < 0) {
         char m[128];
         snprintf(m, sizeof m, "send: %s", strerror(-res));
-        node_fail(n, m);
+        node_fail_err(n, m, sock_err(res));
     } else {
         n->soff += (size_t)res;
         if (n->soff >= n->sbuf.len) {
@@ -913,7 +938,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
         snprintf(m, sizeof m, "%s",
                  res == 0 ? "connection closed by the server"
                           : strerror(-res));
-        node_fail(n, m);
+        node_fail_err(n, m, res == 0 ? KV_EBACKEND : sock_err(res));
         maybe_closed(st);
         return;
     }
@@ -1040,7 +1065,7 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
     if (res < 0) {
         char m[128];
         snprintf(m, sizeof m, "cannot connect: %s", strerror(-res));
-        node_fail(n, m);
+        node_fail_err(n, m, sock_err(res));
         maybe_closed(st);
         return;
     }
@@ -1098,7 +1123,7 @@ static void node_send_cmd(rnode *n, rcmd *c)
     if (n->state == N_FAILING) {
         char *m = kv__asprintf("redis node %s: connection lost (%s)", n->name,
                                n->lasterr ? n->lasterr : "?");
-        cmd_fail(c, KV_EBACKEND, m);
+        cmd_fail(c, n->nomem ? KV_ENOMEM : KV_EBACKEND, m);
         kv__free(m);
         return;
     }

@@ -3,15 +3,11 @@
 # fallback mode (KV_IO_URING=0: ring operations emulated on worker threads,
 # as where seccomp or the kernel.io_uring_disabled sysctl blocks io_uring).
 #
-# check_loop, check_fs, check_store, check_alloc and check_stress; check_store
-# and check_stress through redis_env.sh, so that their redis rows run too
-# when redis-server is installed.  Excluded: check_fs's "loop-thread" case,
+# check_loop, check_fs, check_store, check_alloc and check_stress; the last
+# three through redis_env.sh, so that their redis rows run too when
+# redis-server is installed.  Excluded: check_fs's "loop-thread" case,
 # which bans read(2) on the loop thread (in fallback mode the loop thread
-# reads its eventfd; file syscalls still run on the workers only), and
-# check_alloc's redis rows (KV_TEST_REDIS=skip): in this mode a socket
-# operation the emulator has no memory for completes -ENOMEM, which redis.c
-# takes for a broken connection (KV_EBACKEND, not KV_ENOMEM; reported, see
-# docs/RELIABILITY.md).
+# reads its eventfd; file syscalls still run on the workers only).
 set -u
 : "${top_builddir:=.}" "${top_srcdir:=.}" "${EXEEXT:=}"
 KV_IO_URING=0
@@ -34,11 +30,8 @@ for t in check_loop check_fs check_store check_alloc check_stress; do
             [ "$c" = loop-thread ] && continue
             CK_RUN_CASE=$c "$prog" || rc=1
         done ;;
-    check_store|check_stress)
+    check_store|check_stress|check_alloc)
         sh "$top_srcdir/tests/redis_env.sh" "$prog" || rc=1 ;;
-    check_alloc)
-        KV_TEST_REDIS=skip sh "$top_srcdir/tests/redis_env.sh" "$prog" ||
-            rc=1 ;;
     *) "$prog" || rc=1 ;;
     esac
 done
