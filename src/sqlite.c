@@ -14,7 +14,9 @@
  * Connections.
  *  - The writer: every write goes through it.  Write requests wait in
  *    writer->wait; when the writer is idle, one job takes the whole queue and
- *    runs it in one BEGIN IMMEDIATE ... COMMIT (group commit).  A request
+ *    runs it in one BEGIN IMMEDIATE ... COMMIT (group commit).  The job
+ *    starts at the end of the loop turn that queued its first request (see
+ *    kick), so what the callbacks of one turn submit is one group.  A request
  *    with more than one statement runs inside its own SAVEPOINT, so a
  *    conflicting atomic batch or a request that hits an SQLite error rolls
  *    back alone; if COMMIT fails, every request of the group fails.
@@ -222,6 +224,10 @@ struct sq {
     int close_status;
     char *close_msg;
     struct kv__sqlite_stats stats;
+    /* The writer's deferred start (kick): a NOP on the ring whose completion
+     * starts the writer's job once the callbacks of this loop turn ran. */
+    kv__op wstart_op;
+    bool wstart_armed;        /* the NOP is in flight */
     /* Background checkpoints (file stores with a writer). */
     kv__job ck_job;
     bool ck_busy;             /* ck_job queued or running */
@@ -1491,8 +1497,8 @@ static void conn_start(conn *c, squeue *take)
     kv__pool_submit(s->pool, s->loop, &c->job);
 }
 
-/* If c is idle and requests wait for it, run them all in one job. */
-static void kick(conn *c)
+/* If c is idle and requests wait for it, run them all in one job now. */
+static void kick_now(conn *c)
 {
     if (c->busy || c->wait.head == NULL)
         return;
@@ -1508,6 +1514,48 @@ static void kick(conn *c)
         }
     }
     conn_start(c, &c->wait);
+}
+
+static void wstart_cb(kv__op *op, int res, uint32_t flags)
+{
+    sq *s = KV__CONTAINER_OF(op, sq, wstart_op);
+    (void)res; /* a NOP (or a fault-injected failure): start either way */
+    (void)flags;
+    s->wstart_armed = false;
+    s->pending--;
+    kick_now(s->writer);
+    maybe_close(s);
+}
+
+/*
+ * If c is idle and requests wait for it, run them all in one job: now for a
+ * reader; for the writer at the end of this loop turn.  The writer's group
+ * is what waits when it starts: when a group completes, its callbacks
+ * submit the next writes one by one, and starting the writer on the first
+ * of them would split the next group in two (a group of one, then the
+ * rest), two commits and two fsyncs where one does.  A NOP on the ring
+ * completes once the loop has run the callbacks that are due, whatever
+ * they submitted is then in the group.  If no SQE can be had, start now.
+ */
+static void kick(conn *c)
+{
+    sq *s = c->s;
+    if (c != s->writer || c->busy || c->wait.head == NULL) {
+        kick_now(c);
+        return;
+    }
+    if (s->wstart_armed)
+        return;
+    struct io_uring_sqe *sqe;
+    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK) {
+        kick_now(c);
+        return;
+    }
+    io_uring_prep_nop(sqe);
+    s->wstart_op.cb = wstart_cb;
+    io_uring_sqe_set_data64(sqe, (uintptr_t)&s->wstart_op);
+    s->wstart_armed = true;
+    s->pending++; /* close waits for the NOP's completion */
 }
 
 /* File stores: hand waiting reads to idle (or new) readers. */
