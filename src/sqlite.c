@@ -70,6 +70,11 @@
  * page per write, and the WAL bytes, then the checkpoint's, are the cost. */
 #define CKPT_PAGES 4000          /* new WAL pages that start a checkpoint   */
 #define CKPT_HARD_PAGES 16000    /* WAL pages: the writer checkpoints       */
+/* The writer's page cache (KiB; SQLite's default is 2 MiB): a random put
+ * reads its table leaf (and the key index's) before changing it; with the
+ * default, a store of 100,000 100 B records misses ~1.6 pages per put, each
+ * a pread (and a WAL lookup).  Readers keep the default. */
+#define WRITER_CACHE_KIB 16384
 
 /* ------------------------------------------------------------------------ */
 /* Cached statements                                                        */
@@ -659,6 +664,12 @@ static int primary_open(sq *s, sqlite3 **out, char **msg)
         if (rc == KV_OK) {
             char sql[64];
             snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", s->sync);
+            rc = exec_sql(db, sql, msg);
+        }
+        if (rc == KV_OK) {
+            char sql[64];
+            snprintf(sql, sizeof sql, "PRAGMA cache_size=-%d",
+                     WRITER_CACHE_KIB);
             rc = exec_sql(db, sql, msg);
         }
     }
