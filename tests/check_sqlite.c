@@ -2,8 +2,9 @@
  * check_sqlite.c - what only the SQLite backend promises: persistence,
  * read-only stores, refusal of foreign files, synchronous=FULL, group commit
  * (and how groups form), two opens of one file, the token counter's end,
- * streaming queries, the snapshot of a reader connection.  The behaviour
- * every backend shares is in check_store.c.
+ * WAL restarts under a light load, streaming queries, the snapshot of a
+ * reader connection.  The behaviour every backend shares is in
+ * check_store.c.
  */
 #include "config.h"
 
@@ -13,6 +14,7 @@
 #include <inttypes.h>
 #include <sqlite3.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 /* ------------------------------------------------------------------------ */
 /* Fixture                                                                  */
@@ -699,6 +701,95 @@ START_TEST(test_write_lock_busy)
 }
 END_TEST
 
+/* The database's page size, through a connection of its own. */
+static long page_size(const char *path)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st,
+                                        NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    long page = sqlite3_column_int(st, 0);
+    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    ck_assert_int_gt(page, 0);
+    return page;
+}
+
+/* The WAL's size in frames (its header is 32 bytes, each frame has 24). */
+static long wal_frames(const char *path, long page)
+{
+    char wal[4300];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    struct stat stb;
+    if (stat(wal, &stb) != 0)
+        return 0;
+    return stb.st_size > 32 ? (long)(stb.st_size - 32) / (page + 24) : 0;
+}
+
+/*
+ * Updates of one record, one at a time (each its own commit), on a store
+ * using pool p: returns how many commits the WAL took to restart (the
+ * first put after which the file did not grow: until a restart every
+ * commit appends), or -1 if it did not within n.
+ */
+static int light_load(kv_pool *p, int n)
+{
+    kv_store *s = NULL;
+    ck_assert_kv(kv_sqlite_open(&s, loop, p, dbpath, KV_NO_FSYNC), KV_OK);
+    const kv_key *key = K("/wal");
+    uint64_t t = put(s, "/wal", "0", 0);
+    long page = page_size(dbpath);
+    long last = wal_frames(dbpath, page);
+    int restart = -1;
+    for (int i = 1; i <= n && restart < 0; i++) {
+        char val[16];
+        snprintf(val, sizeof val, "%d", i);
+        kv_record r = {(kv_key *)key, val, strlen(val), t};
+        kv_fut *f = kv_put(s, &r, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        t = kv_fut_token(f);
+        kv_fut_free(f);
+        long frames = wal_frames(dbpath, page);
+        if (frames <= last)
+            restart = i;
+        last = frames;
+    }
+    close_store(s);
+    return restart;
+}
+
+/*
+ * Under a light load the WAL restarts after about a thousand commits, so
+ * the file stops growing early and later commits overwrite its blocks (a
+ * commit that appends makes its fsync write the inode too).  With a pool
+ * of one thread the background checkpoint and the writer take turns and
+ * the checkpoint catches up: what restarts the WAL this early is that a
+ * checkpoint is due by commits, not only every 4000 pages (4000 commits
+ * here).  With two threads the checkpoint runs beside the writer and never
+ * quite catches up; the writer copies the few pages it left, where the WAL
+ * would otherwise grow until 16000 pages.
+ */
+START_TEST(test_wal_restarts_light_load)
+{
+    enum { N = 3000, BY = 1300 };
+    kv_pool *one = NULL;
+    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
+    int at = light_load(one, N);
+    kv_pool_free(one);
+    ck_assert_msg(at > 0 && at <= BY, "pool of 1: WAL restart after %d puts",
+                  at);
+    tu_rmrf(dir);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+    at = light_load(pool, N);
+    ck_assert_msg(at > 0 && at <= BY, "pool of 2: WAL restart after %d puts",
+                  at);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Two opens of one file: CAS increments lose nothing                      */
 /* ------------------------------------------------------------------------ */
@@ -1145,6 +1236,7 @@ int main(void)
     tcase_add_test(tc, test_group_commit_memory);
     tcase_add_test(tc, test_group_rounds_file);
     tcase_add_test(tc, test_group_rounds_memory);
+    tcase_add_test(tc, test_wal_restarts_light_load);
     tcase_add_test(tc, test_group_mixed_results);
     tcase_add_test(tc, test_two_opens_no_lost_update);
     tcase_add_test(tc, test_close_in_flight);
