@@ -30,11 +30,20 @@
  *    statement lives (the statement's WAL snapshot must not leak into later
  *    reads), and its fetches queue on that reader.
  *
- * Tokens.  kv_meta's 'token' row is the last token handed out.  A write job
- * reads it after BEGIN IMMEDIATE, hands out counter + 1, + 2, ... and stores
- * the counter before COMMIT: so tokens are never 0 and never repeat, not
- * after delete and re-insert, not after a reopen, not between two processes
- * (or two opens) sharing the file.  At INT64_MAX a write fails KV_ECORRUPT.
+ * Tokens.  kv_meta's 'token' row is at least every token handed out in a
+ * committed transaction: the writer reserves TOKEN_BLOCK tokens at a time.
+ * A write job reads the counter after BEGIN IMMEDIATE; if it is still the
+ * value this writer stored (tok_max), the tokens between the last one it
+ * handed out and tok_max are its own, else it starts from the counter.  It
+ * hands out last + 1, + 2, ... and, only when it went past tok_max, stores
+ * a new reservation (last + TOKEN_BLOCK) before COMMIT: one kv_meta page
+ * write per TOKEN_BLOCK tokens instead of one per commit (a put that
+ * commits alone writes one page, not two).  So tokens are never 0 and never
+ * repeat, not after delete and re-insert, not after a reopen (which skips
+ * what was left of the reservation), not between two processes (or two
+ * opens) sharing the file: each hands out tokens only below a counter it
+ * stored itself, above the counter it read.  At INT64_MAX a write fails
+ * KV_ECORRUPT.
  *
  * Keys are stored as kv__key_encode bytes (memcmp order is kv_key_cmp order),
  * so "the key and everything below it" is the index range
@@ -52,6 +61,7 @@
 #include <sys/stat.h>
 
 #define SCHEMA_FORMAT 1          /* kv_meta('format'); bump on layout change */
+#define TOKEN_BLOCK 1024         /* tokens reserved per kv_meta write       */
 #define BUSY_TIMEOUT_MS 5000
 #define FETCH_ROWS 256           /* rows per ITER_FETCH ...                */
 #define FETCH_BYTES (1u << 20)   /* ... or about this many bytes            */
@@ -212,7 +222,9 @@ struct conn {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT];
     kv_buf kb, kb2;      /* scratch key encodings */
-    int64_t tok, tok0;   /* writer: the token counter in a transaction */
+    int64_t tok;         /* writer: the last token handed out */
+    int64_t tok_max;     /* writer: the counter it last stored or read
+                          * (tokens up to it are reserved; -1: none) */
     unsigned ncommits;   /* commits made by the last job */
     int wal_pages;       /* writer: WAL pages after its last commit */
     bool ck_finish;      /* writer: checkpoint inline after this job's
@@ -1287,10 +1299,16 @@ static int tx_begin(conn *c, char **msg)
     if (rc == KV_OK) {
         int src = sqlite3_step(st);
         if (src == SQLITE_ROW) {
-            c->tok = sqlite3_column_int64(st, 0);
-            if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || c->tok < 0)
+            int64_t v = sqlite3_column_int64(st, 0);
+            if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || v < 0) {
                 rc = fail_msg(KV_ECORRUPT, msg,
                               "sqlite: the token counter is invalid");
+            } else if (v != c->tok_max || c->tok > v) {
+                /* Not our reservation (first write, another writer, or
+                 * a counter changed behind our back): start above it. */
+                c->tok = v;
+                c->tok_max = v;
+            }
         } else if (src == SQLITE_DONE) {
             rc = fail_msg(KV_ECORRUPT, msg,
                           "sqlite: the token counter is missing");
@@ -1299,21 +1317,25 @@ static int tx_begin(conn *c, char **msg)
         }
         (void)sqlite3_reset(st); /* repeats the step's error, handled */
     }
-    c->tok0 = c->tok;
     if (rc != KV_OK && !sqlite3_get_autocommit(c->db))
         (void)exec_id(c, ST_ROLLBACK, NULL);
     return rc;
 }
 
-/* Store the token counter and COMMIT; on failure roll back. */
+/* Store a new token reservation if this transaction went past the last
+ * one, and COMMIT; on failure roll back (and forget the new reservation:
+ * the next transaction reads the counter again). */
 static int tx_commit(conn *c, char **msg)
 {
     int rc = KV_OK;
-    if (c->tok != c->tok0) {
+    int64_t max = c->tok_max;
+    if (c->tok > c->tok_max) {
+        max = c->tok > INT64_MAX - TOKEN_BLOCK ? INT64_MAX
+                                               : c->tok + TOKEN_BLOCK;
         sqlite3_stmt *st;
         rc = prep(c, ST_TOK_SET, &st, msg);
         if (rc == KV_OK) {
-            int src = sqlite3_bind_int64(st, 1, c->tok);
+            int src = sqlite3_bind_int64(st, 1, max);
             rc = src == SQLITE_OK ? step_done(c->db, st, "token counter", msg)
                                   : db_fail(c->db, src, "bind", msg);
         }
@@ -1321,9 +1343,11 @@ static int tx_commit(conn *c, char **msg)
     if (rc == KV_OK)
         rc = exec_id(c, ST_COMMIT, msg);
     if (rc == KV_OK) {
+        c->tok_max = max;
         c->ncommits++;
         return KV_OK;
     }
+    c->tok_max = -1;
     if (!sqlite3_get_autocommit(c->db))
         (void)exec_id(c, ST_ROLLBACK, NULL);
     return rc;
@@ -2226,6 +2250,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             s->idle = c;
         } else {
             s->writer = c;
+            c->tok_max = -1;
             if (!s->memory)
                 (void)sqlite3_wal_hook(c->db, wal_hook, c);
         }

@@ -1,10 +1,10 @@
 /*
  * check_sqlite.c - what only the SQLite backend promises: persistence,
  * read-only stores, refusal of foreign files, synchronous=FULL, group commit
- * (and how groups form), two opens of one file, the token counter's end,
- * WAL restarts under a light load, streaming queries, the snapshot of a
- * reader connection.  The behaviour every backend shares is in
- * check_store.c.
+ * (and how groups form), two opens of one file, the token counter (its
+ * reservations and its end), WAL restarts under a light load, streaming
+ * queries, the snapshot of a reader connection.  The behaviour every backend
+ * shares is in check_store.c.
  */
 #include "config.h"
 
@@ -191,6 +191,24 @@ static int query_all_rc(kv_store *s, const char *root, size_t *n)
 {
     kv_query q = kv_query_init(K(root));
     return drain(open_iter(s, &q), n);
+}
+
+/* The token counter in kv_meta, read through a connection of its own. */
+static int64_t token_counter(const char *path)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT value FROM kv_meta "
+                                            "WHERE name = 'token'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    return v;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -398,6 +416,68 @@ START_TEST(test_token_counter_corrupt)
     sql_exec(dbpath, "UPDATE kv_meta SET value = -5 WHERE name = 'token'");
     s = NULL;
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_ECORRUPT);
+}
+END_TEST
+
+/* Every stored token is distinct and at most the counter in kv_meta. */
+static void check_tokens(const char *path)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "SELECT count(*), "
+                                        "count(DISTINCT token), "
+                                        "ifnull(max(token), 0) FROM kv",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int64_t rows = sqlite3_column_int64(st, 0);
+    int64_t distinct = sqlite3_column_int64(st, 1);
+    int64_t max = sqlite3_column_int64(st, 2);
+    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    ck_assert_int_eq(distinct, rows);
+    ck_assert_int_le(max, token_counter(path));
+}
+
+/*
+ * The writer reserves tokens in blocks: kv_meta is not rewritten by every
+ * commit (a put alone in its commit writes one page, not two), yet the
+ * counter stays at least every committed token; another open of the file
+ * hands out tokens above this one's reservation, and this one then above
+ * the other's; a reopen goes on above the counter.
+ */
+START_TEST(test_token_reservation)
+{
+    kv_store *a = open_store(dbpath, 0);
+    uint64_t last = put(a, "/a/0", "x", 0);
+    int64_t counter = token_counter(dbpath);
+    ck_assert_int_ge(counter, (int64_t)last);
+    for (int i = 1; i < 20; i++) { /* each put its own commit */
+        char name[32];
+        snprintf(name, sizeof name, "/a/%d", i);
+        uint64_t t = put(a, name, "x", 0);
+        ck_assert_uint_gt(t, last);
+        ck_assert_uint_le(t, (uint64_t)counter);
+        last = t;
+    }
+    ck_assert_int_eq(token_counter(dbpath), counter);
+    kv_store *b = open_store(dbpath, 0);
+    for (int i = 0; i < 10; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/b/%d", i);
+        uint64_t t = put(i % 2 == 0 ? b : a, name, "x", 0);
+        ck_assert_uint_gt(t, last);
+        ck_assert_int_ge(token_counter(dbpath), (int64_t)t);
+        last = t;
+    }
+    close_store(b);
+    a = reopen(a, dbpath, 0);
+    ck_assert_uint_gt(put(a, "/after", "x", 0), last);
+    close_store(a);
+    check_tokens(dbpath);
 }
 END_TEST
 
@@ -1219,6 +1299,7 @@ int main(void)
     tcase_add_test(tc, test_sync_full);
     tcase_add_test(tc, test_token_overflow);
     tcase_add_test(tc, test_token_counter_corrupt);
+    tcase_add_test(tc, test_token_reservation);
     tcase_add_test(tc, test_corrupt_rows);
     suite_add_tcase(su, tc);
 
