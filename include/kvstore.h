@@ -576,10 +576,13 @@ KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
  * unlinking in one directory serialise on that directory's lock, which
  * caps durable puts into one prefix whatever the concurrency.  The fan-out
  * layout (KV_FS_FANOUT when the store is made) puts each record file in
- * one of 64 bucket subdirectories of its directory, named "00.b" to
- * "3f.b", chosen by a fixed hash of the record's name; puts into one
- * prefix then spread over 64 directory locks and fsync the bucket, not
- * the whole directory.  A record and its children (/a and /a/b) still
+ * one of 16 bucket subdirectories of its directory, named "00.b" to
+ * "0f.b", chosen by a fixed hash of the record's name; inserts and
+ * deletes in one prefix then spread over 16 directory locks and fsync a
+ * bucket, not the whole directory.  It pays off when a prefix takes many
+ * inserts; replacing existing records is as fast in the flat layout, and
+ * a store of many small namespaces is better flat (16 times the
+ * directories).  A record and its children (/a and /a/b) still
  * coexist, and queries still return key order, offset and limit.  The
  * layout is written to root/.format when the store is made and is the
  * store's for good: a later open without KV_FS_FANOUT uses whichever
