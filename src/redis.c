@@ -1856,15 +1856,17 @@ static void range_cb(rcmd *c, redisReply *r, int err, const char *msg)
 static int send_range(rstore *st, rreq *rq, unsigned slot, const kv_buf *enc)
 {
     /* Each slot is asked for at most offset + limit members, from the end
-     * the query's order starts at: the merge needs no more from any. */
+     * the query's order starts at: the merge needs no more from any.  No
+     * LIMIT (0 here) when the sum is past INT64_MAX: Redis reads the count
+     * as a signed 64-bit integer and refuses a larger one ("value is not
+     * an integer or out of range"), and no slot holds that many anyway. */
     const kv_query *q = &rq->req->iter->q;
     bool desc = q->sort == KV_SORT_DESC;
     uint64_t want = 0;
     if (q->limit >= 0) {
         uint64_t off = q->offset > 0 ? (uint64_t)q->offset : 0;
-        want = (uint64_t)q->limit > UINT64_MAX / 2 || off > UINT64_MAX / 2
-                   ? 0
-                   : off + (uint64_t)q->limit;
+        uint64_t lim = (uint64_t)q->limit;
+        want = lim > (uint64_t)INT64_MAX - off ? 0 : off + lim;
     }
     rcmd *c = cmd_new(rq, (int)slot, -1, 0, range_cb);
     if (c == NULL)
