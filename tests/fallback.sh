@@ -3,9 +3,9 @@
 # fallback mode (KV_IO_URING=0: ring operations emulated on worker threads,
 # as where seccomp or the kernel.io_uring_disabled sysctl blocks io_uring).
 #
-# check_loop, check_fs, check_store, check_alloc and check_stress; the last
-# three through redis_env.sh, so that their redis rows run too when
-# redis-server is installed.  Excluded: check_fs's "loop-thread" case,
+# check_loop, check_fs, check_store, check_alloc, check_stress and
+# check_hostile; the last four through redis_env.sh, so that their redis
+# rows run too when redis-server is installed.  Excluded: check_fs's "loop-thread" case,
 # which bans read(2) on the loop thread (in fallback mode the loop thread
 # reads its eventfd; file syscalls still run on the workers only).
 set -u
@@ -13,7 +13,7 @@ set -u
 KV_IO_URING=0
 export KV_IO_URING
 rc=0
-for t in check_loop check_fs check_store check_alloc check_stress; do
+for t in check_loop check_fs check_store check_alloc check_stress check_hostile; do
     prog="$top_builddir/tests/$t$EXEEXT"
     if [ ! -x "$prog" ]; then
         echo "fallback.sh: $prog not built, skipped"
@@ -30,7 +30,7 @@ for t in check_loop check_fs check_store check_alloc check_stress; do
             [ "$c" = loop-thread ] && continue
             CK_RUN_CASE=$c "$prog" || rc=1
         done ;;
-    check_store|check_stress|check_alloc)
+    check_store|check_stress|check_alloc|check_hostile)
         sh "$top_srcdir/tests/redis_env.sh" "$prog" || rc=1 ;;
     *) "$prog" || rc=1 ;;
     esac

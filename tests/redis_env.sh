@@ -1,11 +1,11 @@
 #!/bin/sh
 # redis_env.sh PROGRAM [ARGS...] - run a test program with Redis servers.
 #
-# For check_store, check_redis, check_stress and check_alloc (other programs
-# run as they are, unless KV_REDIS_ENV_FORCE is set: tools/bench.sh uses
-# that), when redis-server is installed and KV_TEST_REDIS is not
-# already set: start, in a temporary directory, on free loopback ports
-# (127.0.0.1 only; see pick_port),
+# For check_store, check_redis, check_stress, check_alloc and check_hostile
+# (other programs run as they are, unless KV_REDIS_ENV_FORCE is set:
+# tools/bench.sh uses that), when redis-server is installed and
+# KV_TEST_REDIS is not already set: start, in a temporary directory, on
+# free loopback ports (127.0.0.1 only; see pick_port),
 #   - one single server                  -> KV_TEST_REDIS
 #   - a 3-master Redis Cluster (no replicas, cluster-require-full-coverage
 #     no)                                -> KV_TEST_REDIS_CLUSTER
@@ -28,7 +28,7 @@
 set -u
 prog=$1
 case "$prog" in
-*check_store*|*check_redis*|*check_stress*|*check_alloc*) ;;
+*check_store*|*check_redis*|*check_stress*|*check_alloc*|*check_hostile*) ;;
 *) [ -n "${KV_REDIS_ENV_FORCE:-}" ] || exec "$@" ;;
 esac
 if [ "${KV_TEST_REDIS:-}" = skip ]; then
