@@ -564,7 +564,7 @@ KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
  * several puts run, a put that replaces a record keeps the replaced file
  * under a temp name and a later put in that directory overwrites it
  * instead of creating a file (fdatasync then suffices), which saves an
- * inode and its blocks per put; at most 256 such files (64 MiB) exist, and
+ * inode and its blocks per put; at most 128 such files (64 MiB) exist, and
  * none once no put runs, after close, or after the next open following a
  * crash.  Open blocks the caller: it takes the lock, removes temp files a
  * crash left and reserves tokens; every record operation afterwards goes

@@ -140,7 +140,9 @@
 #define FORMAT_TMP ".tmp-format"
 #define FANOUT 16u            /* buckets per directory (KV_FS_FANOUT) */
 #define SPARE_DIR_MAX 64u     /* spare files kept per directory */
-#define SPARE_MAX 256u        /* spare files kept per store */
+#define SPARE_MAX 128u        /* spare files kept per store (each may pin
+                                 a directory descriptor: with the running
+                                 kops and DIR_IDLE_MAX, under 1024) */
 #define SPARE_BYTES (64u << 20) /* and their bytes at most (about) */
 #define TMPNAME_SIZE 32u      /* ".tmp-" + 16 hex digits + NUL, rounded */
 #ifndef RENAME_EXCHANGE
