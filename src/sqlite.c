@@ -25,10 +25,11 @@
  *    queued behind a write in the same group sees that write).
  *  - A file store reads through reader connections, opened read-only and
  *    lazily on a worker.  Point reads wait in s->rq and run on idle readers,
- *    at most kv_pool_size() read jobs at a time, a batch of them in one read
- *    transaction (one snapshot).  A query pins a reader for as long as its
- *    statement lives (the statement's WAL snapshot must not leak into later
- *    reads), and its fetches queue on that reader.
+ *    at most READ_JOBS_PER_THREAD x kv_pool_size() read jobs at a time (a
+ *    worker finds the next batch queued instead of sleeping), each batch in
+ *    one read transaction (one snapshot).  A query pins a reader for as
+ *    long as its statement lives (the statement's WAL snapshot must not leak
+ *    into later reads), and its fetches queue on that reader.
  *
  * Tokens.  kv_meta's 'token' row is at least every token handed out in a
  * committed transaction: the writer reserves TOKEN_BLOCK tokens at a time.
@@ -66,6 +67,12 @@
 #define FETCH_ROWS 256           /* rows per ITER_FETCH ...                */
 #define FETCH_BYTES (1u << 20)   /* ... or about this many bytes            */
 #define READ_BATCH 64            /* point-read requests per reader job      */
+/* Read jobs in flight per pool thread.  With one, a worker that finishes
+ * its batch sleeps until the loop has taken the results and queued more;
+ * with two, the next batch is already waiting in the pool.  Measured
+ * (kvbench randread, 1M records, iodepth 64, 2 threads): 149-152k gets/s
+ * with one, 167-182k with two, 169-186k with three. */
+#define READ_JOBS_PER_THREAD 2
 /* WAL checkpoints (file stores).  SQLite's autocheckpoint would run them
  * inside the writer's COMMIT, every ~1000 WAL pages: the group commits
  * stall behind copying pages to the database file and fsyncing it.  Instead
@@ -2232,7 +2239,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     s->sync = (flags & KV_SYNC_FULL)  ? "FULL"
               : (flags & KV_NO_FSYNC) ? "OFF"
                                       : "NORMAL";
-    s->max_read_jobs = kv_pool_size(pool);
+    s->max_read_jobs = READ_JOBS_PER_THREAD * kv_pool_size(pool);
     if (s->max_read_jobs == 0)
         s->max_read_jobs = 1;
 
