@@ -558,6 +558,19 @@ struct kv__sqlite_stats {
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 /*
+ * sqlite_vfs.c: a VFS over SQLite's default one that gathers a WAL file's
+ * frame writes into one write per commit, for connections that run
+ * synchronous=FULL only (see the file's comment).  kv__sqlite_vfs_walbuf
+ * registers it on first use and returns its name, or NULL if it could not
+ * (then open with the default VFS).  Test hooks: the writes SQLite made to
+ * wrapped WAL files and the writes they became, process-wide; and a
+ * failure (an SQLite result code) of the nth flush from now (0: none).
+ */
+#define KV__SQLITE_VFS_WALBUF "kvstore-walbuf"
+const char *kv__sqlite_vfs_walbuf(void);
+void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
+void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
+/*
  * sqlite.c test hook (loop thread): the writer's next job starts by running
  * PRAGMA max_page_count = pages on the writer connection (pages <= 0: a
  * large limit again), so a test can fill the database (SQLITE_FULL).  SQLite

@@ -496,14 +496,16 @@ static char *key_text(const void *bytes, size_t len)
 /* Opening connections                                                      */
 /* ------------------------------------------------------------------------ */
 
-/* Open path with flags, busy timeout and extended codes.  Any thread. */
-static int db_open(sqlite3 **out, const char *path, int flags, char **msg)
+/* Open path with flags, busy timeout and extended codes, on the VFS named
+ * vfs (NULL: the default one).  Any thread. */
+static int db_open_vfs(sqlite3 **out, const char *path, int flags,
+                       const char *vfs, char **msg)
 {
     sqlite3 *db = NULL;
     int rc = sqlite3_open_v2(path, &db,
                              flags | SQLITE_OPEN_NOMUTEX |
                                  SQLITE_OPEN_PRIVATECACHE,
-                             NULL);
+                             vfs);
     if (rc == SQLITE_OK)
         rc = sqlite3_extended_result_codes(db, 1);
     if (rc == SQLITE_OK)
@@ -518,6 +520,11 @@ static int db_open(sqlite3 **out, const char *path, int flags, char **msg)
     }
     *out = db;
     return KV_OK;
+}
+
+static int db_open(sqlite3 **out, const char *path, int flags, char **msg)
+{
+    return db_open_vfs(out, path, flags, NULL, msg);
 }
 
 /* A reader's first job opens it (worker). */
@@ -667,8 +674,13 @@ static int primary_open(sq *s, sqlite3 **out, char **msg)
                             "store cannot create one",
                             s->path);
     }
+    /* The writer of a durable file store gathers each commit's WAL frames
+     * into one write (sqlite_vfs.c: safe with synchronous=FULL only). */
+    const char *vfs = NULL;
+    if (!s->memory && !s->readonly && strcmp(s->sync, "FULL") == 0)
+        vfs = kv__sqlite_vfs_walbuf();
     sqlite3 *db = NULL;
-    int rc = db_open(&db, s->path, flags, msg);
+    int rc = db_open_vfs(&db, s->path, flags, vfs, msg);
     if (rc != KV_OK)
         return rc;
     rc = probe_header(db, s->path, msg);

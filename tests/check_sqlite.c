@@ -3,7 +3,8 @@
  * read-only stores, refusal of foreign files, synchronous=FULL, group commit
  * (and how groups form), two opens of one file, the token counter (its
  * reservations and its end), WAL restarts under a light load, streaming
- * queries, the snapshot of a reader connection.  The behaviour every backend
+ * queries, the snapshot of a reader connection, the writer's gathered WAL
+ * writes under KV_SYNC_FULL.  The behaviour every backend
  * shares is in check_store.c.
  */
 #include "config.h"
@@ -154,6 +155,17 @@ static int settle(kv_fut *f)
     return rc;
 }
 
+/* Wait for the batch write f, which must succeed with no key skipped, and
+ * free it. */
+static void batch_ok(kv_fut *f)
+{
+    ck_assert_msg(kv_wait(f) == KV_OK, "batch: %s", kv_fut_errmsg(f));
+    size_t nskip = 0;
+    kv_fut_keys(f, &nskip);
+    ck_assert_uint_eq(nskip, 0);
+    kv_fut_free(f);
+}
+
 /* Move everything below from to below to, atomically; returns the status. */
 static int move(kv_store *s, const char *from, const char *to)
 {
@@ -193,22 +205,27 @@ static int query_all_rc(kv_store *s, const char *root, size_t *n)
     return drain(open_iter(s, &q), n);
 }
 
-/* The token counter in kv_meta, read through a connection of its own. */
-static int64_t token_counter(const char *path)
+/* The integer of the one row sql returns, through a read-only connection
+ * of its own to path. */
+static int64_t sql_int(const char *path, const char *sql)
 {
     sqlite3 *db = NULL;
     ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
                      SQLITE_OK);
     sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT value FROM kv_meta "
-                                            "WHERE name = 'token'",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
+    ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK,
+                  "%s: %s", sql, sqlite3_errmsg(db));
     ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
     int64_t v = sqlite3_column_int64(st, 0);
     ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
     ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
     return v;
+}
+
+/* The token counter in kv_meta. */
+static int64_t token_counter(const char *path)
+{
+    return sql_int(path, "SELECT value FROM kv_meta WHERE name = 'token'");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -422,24 +439,11 @@ END_TEST
 /* Every stored token is distinct and at most the counter in kv_meta. */
 static void check_tokens(const char *path)
 {
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
-                     SQLITE_OK);
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db,
-                                        "SELECT count(*), "
-                                        "count(DISTINCT token), "
-                                        "ifnull(max(token), 0) FROM kv",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-    int64_t rows = sqlite3_column_int64(st, 0);
-    int64_t distinct = sqlite3_column_int64(st, 1);
-    int64_t max = sqlite3_column_int64(st, 2);
-    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
-    ck_assert_int_eq(distinct, rows);
-    ck_assert_int_le(max, token_counter(path));
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) - count(DISTINCT token) "
+                                   "FROM kv"),
+                     0);
+    ck_assert_int_le(sql_int(path, "SELECT ifnull(max(token), 0) FROM kv"),
+                     token_counter(path));
 }
 
 /*
@@ -781,20 +785,10 @@ START_TEST(test_write_lock_busy)
 }
 END_TEST
 
-/* The database's page size, through a connection of its own. */
+/* The database's page size. */
 static long page_size(const char *path)
 {
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
-                     SQLITE_OK);
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st,
-                                        NULL),
-                     SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-    long page = sqlite3_column_int(st, 0);
-    ck_assert_int_eq(sqlite3_finalize(st), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    long page = (long)sql_int(path, "PRAGMA page_size");
     ck_assert_int_gt(page, 0);
     return page;
 }
@@ -991,12 +985,7 @@ static void fill(kv_store *s, const char *prefix, int n)
             recs[i].len = strlen(vals[i]);
             recs[i].token = 0;
         }
-        kv_fut *f = kv_put_many(s, recs, (size_t)m, NULL);
-        ck_assert_kv(kv_wait(f), KV_OK);
-        size_t nskip = 0;
-        kv_fut_keys(f, &nskip);
-        ck_assert_uint_eq(nskip, 0);
-        kv_fut_free(f);
+        batch_ok(kv_put_many(s, recs, (size_t)m, NULL));
         for (int i = 0; i < m; i++)
             kv_key_free(recs[i].key);
     }
@@ -1279,6 +1268,191 @@ START_TEST(test_alloc_failures_file) { chaos(dbpath); }
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* The writer's WAL writes (sqlite_vfs.c)                                   */
+/* ------------------------------------------------------------------------ */
+
+/* A value of len bytes that depends on i and len. */
+static void pattern(unsigned char *buf, size_t len, unsigned i)
+{
+    uint32_t x = 2166136261u ^ i;
+    for (size_t j = 0; j < len; j++) {
+        x = x * 16777619u + (uint32_t)j;
+        buf[j] = (unsigned char)(x >> 24);
+    }
+}
+
+/* n puts of len-byte values below /w, submitted before the loop runs (one
+ * group, one commit); each must succeed.  Keys /w/<base + i>. */
+static void put_group(kv_store *s, unsigned base, unsigned n, size_t len)
+{
+    kv_fut **fs = calloc(n, sizeof *fs);
+    unsigned char *val = malloc(len);
+    ck_assert(fs != NULL && val != NULL);
+    for (unsigned i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%06u", base + i);
+        kv_key *k = NULL;
+        ck_assert_kv(kv_key_parse(&k, name), KV_OK);
+        pattern(val, len, base + i);
+        fs[i] = kv_put_value(s, k, val, len, NULL);
+        kv_key_free(k);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        ck_assert_msg(kv_wait(fs[i]) == KV_OK, "put %u: %s", base + i,
+                      kv_fut_errmsg(fs[i]));
+        kv_fut_free(fs[i]);
+    }
+    free(val);
+    free(fs);
+}
+
+/* Every /w/<i> for i in [base, base + n) has its len-byte value (through
+ * the store's readers), and no other record is below /w when all is set. */
+static void check_group(kv_store *s, unsigned base, unsigned n, size_t len)
+{
+    unsigned char *want = malloc(len);
+    ck_assert_ptr_nonnull(want);
+    for (unsigned i = base; i < base + n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%06u", i);
+        kv_key *k = NULL;
+        ck_assert_kv(kv_key_parse(&k, name), KV_OK);
+        kv_fut *f = kv_get(s, k, NULL);
+        ck_assert_msg(kv_wait(f) == KV_OK, "get %s: %s", name,
+                      kv_fut_errmsg(f));
+        const kv_record *r = kv_fut_record(f);
+        pattern(want, len, i);
+        ck_assert_uint_eq(r->len, len);
+        ck_assert_msg(memcmp(r->val, want, len) == 0, "%s: wrong value", name);
+        kv_fut_free(f);
+        kv_key_free(k);
+    }
+    free(want);
+}
+
+/* PRAGMA integrity_check through a plain connection says "ok", and the kv
+ * table holds rows rows. */
+static void check_file(const char *path, int64_t rows)
+{
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM pragma_integrity_check "
+                                   "WHERE integrity_check <> 'ok'"),
+                     0);
+    ck_assert_int_eq(sql_int(path, "SELECT count(*) FROM kv"), rows);
+}
+
+/*
+ * With KV_SYNC_FULL the writer's WAL frame writes are gathered: a group of
+ * 64 puts of ~3 KiB (a page each, two writes per frame) reaches the file
+ * in a few writes; readers, a plain connection and a reopen see all of it.
+ * Without KV_SYNC_FULL nothing goes through the gathering VFS.
+ */
+START_TEST(test_walbuf_gathers_commit)
+{
+    enum { N = 64, LEN = 3000 };
+    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    put_group(s, 0, 1, LEN); /* the WAL exists */
+    unsigned long w0, f0, w1, f1;
+    kv__sqlite_walbuf_counts(&w0, &f0);
+    put_group(s, 1, N, LEN);
+    kv__sqlite_walbuf_counts(&w1, &f1);
+    ck_assert_uint_ge(w1 - w0, 2 * N); /* header + page per frame */
+    ck_assert_uint_ge(f1 - f0, 1);
+    /* ~64 * 4120 bytes in writes of at most 120 KiB, plus the commit. */
+    ck_assert_uint_le(f1 - f0, 4);
+    check_group(s, 0, N + 1, LEN);
+    check_file(dbpath, N + 1);
+    s = reopen(s, dbpath, KV_SYNC_FULL);
+    check_group(s, 0, N + 1, LEN);
+    close_store(s);
+
+    s = open_store(dbpath, 0); /* synchronous=NORMAL: direct writes */
+    kv__sqlite_walbuf_counts(&w0, &f0);
+    put_group(s, 100, N, LEN);
+    kv__sqlite_walbuf_counts(&w1, &f1);
+    ck_assert_uint_eq(w1 - w0, 0);
+    ck_assert_uint_eq(f1 - f0, 0);
+    check_group(s, 0, N + 1, LEN);
+    check_group(s, 100, N, LEN);
+    close_store(s);
+    check_file(dbpath, 2 * N + 1);
+}
+END_TEST
+
+/*
+ * A transaction larger than the writer's page cache (SQLite writes pages to
+ * the WAL before the commit, and reads them back) and than the gathering
+ * buffer: one atomic batch of 2,500 records of 8 KiB (~20 MiB).
+ */
+START_TEST(test_walbuf_large_transaction)
+{
+    enum { N = 2500, LEN = 8192 };
+    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    kv_record *recs = calloc(N, sizeof *recs);
+    unsigned char *vals = malloc((size_t)N * LEN);
+    ck_assert(recs != NULL && vals != NULL);
+    for (unsigned i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%06u", i);
+        ck_assert_kv(kv_key_parse(&recs[i].key, name), KV_OK);
+        pattern(vals + (size_t)i * LEN, LEN, i);
+        recs[i].val = vals + (size_t)i * LEN;
+        recs[i].len = LEN;
+    }
+    batch_ok(kv_put_atomic(s, recs, N, NULL));
+    for (unsigned i = 0; i < N; i++)
+        kv_key_free(recs[i].key);
+    free(recs);
+    free(vals);
+    check_group(s, 0, N, LEN);
+    s = reopen(s, dbpath, KV_SYNC_FULL);
+    check_group(s, 0, N, LEN);
+    close_store(s);
+    check_file(dbpath, N);
+}
+END_TEST
+
+/*
+ * A gathered write that fails (test hook: the commit's flush returns an
+ * SQLite I/O error, as a failing pwrite would) fails that group's puts
+ * KV_EBACKEND; the store goes on, and neither readers, a reopen nor a
+ * plain connection ever see the lost group.
+ */
+START_TEST(test_walbuf_flush_fails)
+{
+    enum { N = 32, LEN = 3000 };
+    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    put_group(s, 0, N, LEN);
+    kv__sqlite_walbuf_fail(1, SQLITE_IOERR_WRITE);
+    kv_fut *fs[N];
+    unsigned char val[LEN];
+    for (unsigned i = 0; i < N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%06u", 1000 + i);
+        kv_key *k = NULL;
+        ck_assert_kv(kv_key_parse(&k, name), KV_OK);
+        pattern(val, LEN, 1000 + i);
+        fs[i] = kv_put_value(s, k, val, LEN, NULL);
+        kv_key_free(k);
+    }
+    for (unsigned i = 0; i < N; i++) {
+        ck_assert_kv(kv_wait(fs[i]), KV_EBACKEND);
+        kv_fut_free(fs[i]);
+    }
+    kv__sqlite_walbuf_fail(0, 0);
+    ck_assert_uint_eq(tu_query_count(s, K("/w")), N);
+    put_group(s, 2000, N, LEN); /* the store goes on */
+    check_group(s, 0, N, LEN);
+    check_group(s, 2000, N, LEN);
+    ck_assert_uint_eq(tu_query_count(s, K("/w")), 2 * N);
+    s = reopen(s, dbpath, KV_SYNC_FULL);
+    ck_assert_uint_eq(tu_query_count(s, K("/w")), 2 * N);
+    get_is(s, "/w/001000", NULL);
+    close_store(s);
+    check_file(dbpath, 2 * N);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 
 int main(void)
 {
@@ -1334,6 +1508,14 @@ int main(void)
     tcase_add_test(tc, test_close_with_cursors);
     tcase_add_test(tc, test_move_swap_and_overlap);
     tcase_add_test(tc, test_prefix_ranges);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("walbuf");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_walbuf_gathers_commit);
+    tcase_add_test(tc, test_walbuf_large_transaction);
+    tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("alloc");
