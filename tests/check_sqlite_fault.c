@@ -57,11 +57,7 @@ static void teardown(void)
     tmpdir = NULL;
 }
 
-typedef struct env {
-    kv_loop *loop;
-    kv_pool *pool;
-    kv_store *s;
-} env;
+typedef tu_env env;
 
 static int env_try(env *e, const char *path, unsigned flags)
 {
@@ -71,19 +67,6 @@ static int env_try(env *e, const char *path, unsigned flags)
     if (kv_pool_new(&e->pool, 2) != KV_OK)
         return KV_ERROR;
     return kv_sqlite_open(&e->s, e->loop, e->pool, path, flags);
-}
-
-static void env_done(env *e)
-{
-    if (e->s != NULL) {
-        kv_fut *f = kv_close(e->s);
-        kv_wait(f);
-        kv_fut_free(f);
-        kv_store_free(e->s);
-    }
-    kv_loop_run(e->loop, KV_RUN_DEFAULT);
-    kv_loop_free(e->loop);
-    kv_pool_free(e->pool);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -105,7 +88,7 @@ START_TEST(test_not_a_database)
                   kv_last_errmsg());
     ck_assert_msg(strlen(kv_last_errmsg()) > 0, "no message");
     e.s = NULL;
-    env_done(&e);
+    tu_env_close(&e, false);
     /* The file is left as it was. */
     struct stat st;
     ck_assert_int_eq(stat(dbpath, &st), 0);
@@ -174,7 +157,7 @@ static void ro_child(int wfd)
     snprintf(m.msg, sizeof m.msg, "%s", kv_last_errmsg());
     if (m.rc != KV_OK)
         e.s = NULL;
-    env_done(&e);
+    tu_env_close(&e, false);
     ro_send(wfd, &m);
     _exit(0);
 }
@@ -189,7 +172,7 @@ START_TEST(test_readonly_directory)
                       "open: %s (%s)", kv_err_name(rc), kv_last_errmsg());
         ck_assert_msg(strlen(kv_last_errmsg()) > 0, "no message");
         e.s = NULL;
-        env_done(&e);
+        tu_env_close(&e, false);
         ck_assert_int_eq(dir_entries(tmpdir), 0);
         chmod(tmpdir, 0755);
         return;
@@ -353,23 +336,13 @@ static int full_batch(kv_store *s, uint32_t first, uint64_t *toks, char *msg,
     return rc;
 }
 
-/* Records under /full. */
-static size_t full_count(kv_store *s)
+/* Records under prefix (a query with values). */
+static size_t count_under(kv_store *s, const char *prefix)
 {
     kv_key *rk = NULL;
-    ck_assert_kv(kv_key_parse(&rk, "/full"), KV_OK);
-    kv_query q = kv_query_init(rk);
-    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_key_parse(&rk, prefix), KV_OK);
+    size_t n = tu_query_count_v(s, rk, true);
     kv_key_free(rk);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    size_t n = 0;
-    kv_fut_records(f, &n);
-    kv_fut_free(f);
-    kv_iter_free(it);
     return n;
 }
 
@@ -430,8 +403,8 @@ START_TEST(test_full_database)
         ck_assert_msg(bt[i] != 0, "batch%u missing", i);
     for (uint32_t k = 0; k < total; k++)
         full_check(e.s, "k", k, toks[k]);
-    ck_assert_uint_eq(full_count(e.s), total + FULL_BATCH);
-    env_done(&e);
+    ck_assert_uint_eq(count_under(e.s, "/full"), total + FULL_BATCH);
+    tu_env_close(&e, false);
     /* Reopened: exactly the committed records. */
     rc = env_try(&e, dbpath, 0);
     ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
@@ -441,8 +414,8 @@ START_TEST(test_full_database)
     for (uint32_t i = 0; i < FULL_BATCH; i++)
         full_check(e.s, "batch", i, bt[i]);
     full_check(e.s, "k", total, 0);
-    ck_assert_uint_eq(full_count(e.s), total + FULL_BATCH);
-    env_done(&e);
+    ck_assert_uint_eq(count_under(e.s, "/full"), total + FULL_BATCH);
+    tu_env_close(&e, false);
 }
 END_TEST
 
@@ -754,7 +727,7 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
     ck_assert_uint_eq(nrec, present);
     kv_fut_free(f);
     kv_iter_free(it);
-    env_done(&e);
+    tu_env_close(&e, false);
     return acked;
 }
 

@@ -5,9 +5,11 @@
 #define KV_TESTUTIL_H
 
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,14 +58,61 @@ static inline void tu_rmrf(const char *path)
         fprintf(stderr, "warning: could not remove %s\n", path);
 }
 
+/* A store with its loop and pool. */
+typedef struct tu_env {
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s;
+} tu_env;
+
+/*
+ * Close and free e's store, if open, and clear it.  With check the close
+ * must succeed; without (child processes, which must not call ck_assert:
+ * even a passing one talks to the test runner) nothing is checked.
+ */
+static inline void tu_env_close_store(tu_env *e, bool check)
+{
+    if (e->s == NULL)
+        return;
+    kv_fut *f = kv_close(e->s);
+    int rc = kv_wait(f);
+    if (check)
+        ck_assert_msg(rc == KV_OK, "kv_close: got %s (%d: %s), want KV_OK",
+                      kv_err_name(rc), rc, kv_strerror(rc));
+    kv_fut_free(f);
+    kv_store_free(e->s);
+    e->s = NULL;
+}
+
+/*
+ * Tear e down: close its store (tu_env_close_store), run the loop dry, free
+ * the loop and the pool.  With check, the close, the run and the loop's
+ * free must succeed; without, nothing is checked.
+ */
+static inline void tu_env_close(tu_env *e, bool check)
+{
+    tu_env_close_store(e, check);
+    int rc = kv_loop_run(e->loop, KV_RUN_DEFAULT);
+    if (check)
+        ck_assert_msg(rc >= 0, "kv_loop_run: got %d, want >= 0", rc);
+    rc = kv_loop_free(e->loop);
+    if (check)
+        ck_assert_msg(rc == KV_OK,
+                      "kv_loop_free: got %s (%d: %s), want KV_OK",
+                      kv_err_name(rc), rc, kv_strerror(rc));
+    kv_pool_free(e->pool);
+}
+
 /*
  * The number of records under prefix (the prefix's own record included),
- * by a keys-only query fetched whole; the query must succeed.
+ * by a query fetched whole, with values or keys only; the query must
+ * succeed.
  */
-static inline size_t tu_query_count(kv_store *s, const kv_key *prefix)
+static inline size_t tu_query_count_v(kv_store *s, const kv_key *prefix,
+                                      bool value)
 {
     kv_query q = kv_query_init(prefix);
-    q.value = false;
+    q.value = value;
     kv_fut *f = kv_query_open(s, &q, NULL);
     ck_assert_kv(kv_wait(f), KV_OK);
     kv_iter *it = kv_fut_take_iter(f);
@@ -76,6 +125,25 @@ static inline size_t tu_query_count(kv_store *s, const kv_key *prefix)
     kv_fut_free(f);
     kv_iter_free(it);
     return n;
+}
+
+/* tu_query_count_v keys only. */
+static inline size_t tu_query_count(kv_store *s, const kv_key *prefix)
+{
+    return tu_query_count_v(s, prefix, false);
+}
+
+/* The descriptors this process has open. */
+static inline int tu_count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the DIR's own */
 }
 
 /*
