@@ -17,6 +17,7 @@
 
 #include "internal.h"
 #include "testutil.h"
+#include "crashutil.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -2238,260 +2239,74 @@ static int no_syscalls_child(unsigned flags)
 /* ------------------------------------------------------------------------ */
 
 #define CR_KEYS 48
-#define CR_LANES 8
 
-typedef struct cmsg {
-    uint32_t kind; /* M_INTENT, M_ACK, M_FAIL */
-    uint32_t key;
-    uint32_t op; /* OP_PUT, OP_DEL */
-    int32_t status;
-    uint64_t token;
-    uint64_t seed;
-    uint64_t recycled; /* M_ACK: the child's puts that reused a spare */
-} cmsg;
-
-enum { M_INTENT = 1, M_ACK, M_FAIL };
-enum { OP_PUT = 1, OP_DEL };
-
-typedef struct cchild {
-    kv_store *s;
-    int wfd;
-    uint64_t tokens[CR_KEYS];
-    uint64_t rng;
-} cchild;
-
-typedef struct clane {
-    cchild *c;
-    int lane;
-    uint32_t key, op;
-    uint64_t seed;
-} clane;
-
-static uint64_t rnd(uint64_t *x)
+/* Child: the puts so far that overwrote a spare file. */
+static uint64_t cr_recycled(kv_store *s)
 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    return *x;
-}
-
-static void cr_send(int fd, const cmsg *m)
-{
-    if (write(fd, m, sizeof *m) != (ssize_t)sizeof *m)
-        _exit(20);
-}
-
-static void lane_go(clane *l);
-
-static void lane_cb(kv_fut *f, void *arg)
-{
-    clane *l = arg;
-    cchild *c = l->c;
-    int st = kv_fut_status(f);
     uint64_t stats[S_N];
-    kv__fs_stats(c->s, stats);
-    cmsg m = {M_ACK, l->key, l->op, st, 0, l->seed, stats[S_RECYCLED]};
-    if (st != KV_OK) {
-        m.kind = M_FAIL;
-        cr_send(c->wfd, &m);
-        _exit(21);
-    }
-    if (l->op == OP_PUT)
-        c->tokens[l->key] = m.token = kv_fut_token(f);
-    else
-        c->tokens[l->key] = 0;
-    kv_fut_free(f);
-    cr_send(c->wfd, &m);
-    lane_go(l);
+    kv__fs_stats(s, stats);
+    return stats[S_RECYCLED];
 }
 
-static void lane_go(clane *l)
+typedef struct cround {
+    unsigned flags;
+    uint64_t recycled; /* the most puts over a spare file a child reported
+                        * in this round */
+    uint64_t recycled_total; /* summed over the rounds */
+} cround;
+
+/* Parent: each acknowledgement carries the child's recycled count. */
+static void cr_on_ack(cu_crash *c, const cu_msg *m)
 {
-    cchild *c = l->c;
-    /* Lane i owns keys i, i + LANES, ...: one operation per key at once. */
-    uint32_t k = (uint32_t)(l->lane + CR_LANES * (int)(rnd(&c->rng) %
-                                                       (CR_KEYS / CR_LANES)));
-    l->key = k;
-    l->op = c->tokens[k] != 0 && rnd(&c->rng) % 4 == 0 ? OP_DEL : OP_PUT;
-    l->seed = rnd(&c->rng);
-    cmsg m = {M_INTENT, k, l->op, 0, 0, l->seed, 0};
-    cr_send(c->wfd, &m);
-    char p[32];
-    snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
-    kv_key *key = NULL;
-    if (kv_key_parse(&key, p) != KV_OK)
-        _exit(22);
-    kv_fut *f;
-    if (l->op == OP_PUT) {
-        unsigned char buf[6000];
-        size_t n = gen_value(l->seed, buf, sizeof buf);
-        kv_record r = {key, buf, n, c->tokens[k]};
-        f = kv_put(c->s, &r, NULL);
-    } else {
-        f = kv_delete(c->s, key, c->tokens[k]);
-    }
-    kv_key_free(key);
-    if (kv_fut_then(f, lane_cb, l) != KV_OK)
-        _exit(23);
+    cround *cr = c->arg;
+    if (m->extra > cr->recycled)
+        cr->recycled = m->extra;
+}
+
+/* The crash test on the layout of flags, in the parent and the child. */
+static void cr_init(cu_crash *c, cround *cr, unsigned flags)
+{
+    memset(c, 0, sizeof *c);
+    memset(cr, 0, sizeof *cr);
+    cr->flags = flags;
+    c->exe = self_exe;
+    c->mode = (flags & KV_FS_FANOUT) ? "crash-fanout" : "crash";
+    c->path = root;
+    c->nkeys = CR_KEYS;
+    c->lane_keys = true;
+    c->token_grows = true;
+    c->value = gen_value;
+    c->ack_extra = cr_recycled;
+    c->on_ack = cr_on_ack;
+    c->arg = cr;
 }
 
 static void crash_child(int wfd, uint64_t seed, unsigned flags)
 {
+    cu_crash c;
+    cround cr;
+    cr_init(&c, &cr, flags);
     env e;
     memset(&e, 0, sizeof e);
     if (kv_loop_new(&e.loop, NULL) != KV_OK || kv_pool_new(&e.pool, 2))
         _exit(30);
     if (env_open(&e, root, 0, flags) != KV_OK)
         _exit(31);
-    cchild c;
-    memset(&c, 0, sizeof c);
-    c.s = e.s;
-    c.wfd = wfd;
-    c.rng = seed | 1;
-    for (uint32_t k = 0; k < CR_KEYS; k++) {
-        char p[32];
-        snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
-        uint64_t tok = 0;
-        int rc = get_s(e.s, p, NULL, &tok);
-        if (rc != KV_OK && rc != KV_ENOTFOUND)
-            _exit(32);
-        c.tokens[k] = rc == KV_OK ? tok : 0;
-    }
-    clane lanes[CR_LANES];
-    for (int i = 0; i < CR_LANES; i++) {
-        lanes[i].c = &c;
-        lanes[i].lane = i;
-        lane_go(&lanes[i]);
-    }
-    for (;;)
-        if (kv_loop_run(e.loop, KV_RUN_ONCE) < 0)
-            _exit(33);
+    cu_child_run(&c, e.loop, e.s, wfd, seed);
 }
-
-typedef struct cstate {
-    bool present;
-    uint64_t token, seed;
-    bool pending;
-    uint32_t pop;
-    uint64_t pseed;
-} cstate;
-
-static bool value_is(const void *v, size_t n, uint64_t seed)
-{
-    unsigned char buf[6000];
-    size_t m = gen_value(seed, buf, sizeof buf);
-    return m == n && (n == 0 || memcmp(v, buf, n) == 0);
-}
-
-/* The most puts over a spare file a child reported in this round. */
-static uint64_t cr_recycled_round;
 
 /* One round: run a child, kill it, check the store.  Returns acked ops. */
-static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
-                          unsigned flags)
+static size_t crash_round(cu_crash *c, uint64_t seed, int delay_ms)
 {
-    int pfd[2];
-    ck_assert_int_eq(pipe(pfd), 0);
-    fcntl(pfd[0], F_SETPIPE_SZ, 1 << 20);
-    fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
-    char a_seed[32], a_fd[16];
-    snprintf(a_seed, sizeof a_seed, "%" PRIu64, seed);
-    snprintf(a_fd, sizeof a_fd, "%d", pfd[1]);
-    pid_t pid = spawn_child((flags & KV_FS_FANOUT) ? "crash-fanout" : "crash",
-                            root, a_seed, a_fd);
-    close(pfd[1]);
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    unsigned char buf[sizeof(cmsg) * 256];
-    size_t have = 0, acked = 0;
-    bool killed = false;
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long el = (now.tv_sec - t0.tv_sec) * 1000 +
-                  (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (!killed && el >= delay_ms) {
-            kill(pid, SIGKILL);
-            killed = true;
-        }
-        struct pollfd p = {pfd[0], POLLIN, 0};
-        int pr = poll(&p, 1, killed ? 1000 : 1);
-        if (pr == 0)
-            continue;
-        ssize_t r = read(pfd[0], buf + have, sizeof buf - have);
-        if (r <= 0)
-            break;
-        have += (size_t)r;
-        size_t used = 0;
-        while (have - used >= sizeof(cmsg)) {
-            cmsg m;
-            memcpy(&m, buf + used, sizeof m);
-            used += sizeof m;
-            ck_assert_uint_lt(m.key, CR_KEYS);
-            cstate *s = &st[m.key];
-            ck_assert_msg(m.kind != M_FAIL, "child: op on key %u failed: %s",
-                          m.key, kv_err_name(m.status));
-            if (m.kind == M_INTENT) {
-                s->pending = true;
-                s->pop = m.op;
-                s->pseed = m.seed;
-            } else {
-                ck_assert(s->pending && s->pseed == m.seed);
-                s->pending = false;
-                s->present = m.op == OP_PUT;
-                s->token = m.token;
-                s->seed = m.seed;
-                acked++;
-                if (m.recycled > cr_recycled_round)
-                    cr_recycled_round = m.recycled;
-            }
-        }
-        memmove(buf, buf + used, have - used);
-        have -= used;
-    }
-    close(pfd[0]);
-    int status = wait_child(pid);
-    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "child ended on its own: status %d", status);
+    cround *cr = c->arg;
+    cr->recycled = 0;
+    size_t acked = cu_child_round(c, seed, delay_ms);
+    cr->recycled_total += cr->recycled;
 
     /* Reopen (crash recovery) and check every key. */
     env e;
-    env_init(&e, 0, flags);
-    for (uint32_t k = 0; k < CR_KEYS; k++) {
-        char p[32];
-        snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
-        kv_key *key = key_of(p);
-        void *v = NULL;
-        size_t n = 0;
-        uint64_t tok = 0;
-        int rc = get_k(e.s, key, &v, &n, &tok);
-        kv_key_free(key);
-        cstate *s = &st[k];
-        ck_assert_msg(rc == KV_OK || rc == KV_ENOTFOUND,
-                      "key %u: get failed %s", k, kv_err_name(rc));
-        bool as_acked =
-            s->present ? rc == KV_OK && tok == s->token &&
-                             value_is(v, n, s->seed)
-                       : rc == KV_ENOTFOUND;
-        bool as_intended = false;
-        if (s->pending)
-            as_intended = s->pop == OP_PUT
-                              ? rc == KV_OK && tok > s->token &&
-                                    value_is(v, n, s->pseed)
-                              : rc == KV_ENOTFOUND;
-        ck_assert_msg(as_acked || as_intended,
-                      "key %u: state lost (seed %" PRIu64
-                      ", delay %d ms): rc %s, token %" PRIu64
-                      ", acked present %d token %" PRIu64 ", pending %d",
-                      k, seed, delay_ms, kv_err_name(rc), tok, s->present,
-                      s->token, s->pending);
-        if (as_intended && !as_acked) {
-            s->present = s->pop == OP_PUT;
-            s->token = tok;
-            s->seed = s->pseed;
-        }
-        s->pending = false;
-        free(v);
-    }
+    env_init(&e, 0, cr->flags);
+    cu_check_keys(c, e.s, seed, delay_ms);
     /* No torn file anywhere, no temp file after the reopen. */
     size_t records = 0, temps = 0;
     check_tree(root, true, &records, &temps);
@@ -2509,27 +2324,19 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
 START_TEST(test_crash_sigkill)
 {
     unsigned flags = _i == 1 ? KV_FS_FANOUT : 0;
-    const char *env_rounds = getenv("KV_FS_CRASH_ROUNDS");
-    int rounds = env_rounds != NULL ? atoi(env_rounds) : 24;
+    int rounds = cu_rounds("KV_FS_CRASH_ROUNDS", 24);
     if (rounds <= 0)
         return;
-    cstate st[CR_KEYS];
-    memset(st, 0, sizeof st);
-    uint64_t seed = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
-    uint64_t x = seed | 1;
-    size_t total = 0;
-    uint64_t recycled = 0;
-    for (int r = 0; r < rounds; r++) {
-        int delay = 20 + (int)(rnd(&x) % 280);
-        cr_recycled_round = 0;
-        total += crash_round(st, rnd(&x), delay, flags);
-        recycled += cr_recycled_round;
-    }
-    ck_assert_msg(total > 0, "no operation was acknowledged");
+    cu_crash c;
+    cround cr;
+    cr_init(&c, &cr, flags);
+    uint64_t seed;
+    size_t total = cu_run(&c, rounds, 20, 280, crash_round, &seed);
     fprintf(stderr, "check_fs: crash test (%s layout): %d rounds, %zu "
                     "acknowledged operations verified; %" PRIu64
                     " puts overwrote a spare file (seed %" PRIu64 ")\n",
-            flags ? "fan-out" : "flat", rounds, total, recycled, seed);
+            flags ? "fan-out" : "flat", rounds, total, cr.recycled_total,
+            seed);
 }
 END_TEST
 
@@ -2626,7 +2433,7 @@ static void bench_one(const char *dir, const char *label, unsigned flags,
     if (replace) {
         uint64_t x = 88172645463325252ull;
         for (int i = nputs - 1; i > 0; i--) {
-            int j = (int)(rnd(&x) % (uint64_t)(i + 1));
+            int j = (int)(cu_rnd(&x) % (uint64_t)(i + 1));
             int t = order[i];
             order[i] = order[j];
             order[j] = t;
