@@ -122,17 +122,8 @@ typedef struct ro_report {
 
 static void ro_send(int fd, const ro_report *m)
 {
-    const char *p = (const char *)m;
-    size_t left = sizeof *m;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(3);
-        p += (size_t)w;
-        left -= (size_t)w;
-    }
+    if (tu_write_all(fd, m, sizeof *m) != 0)
+        _exit(3);
 }
 
 static void ro_child(int wfd)

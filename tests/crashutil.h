@@ -129,17 +129,8 @@ struct cu_child {
 
 static inline void cu_send(int fd, const cu_msg *m)
 {
-    const char *p = (const char *)m;
-    size_t left = sizeof *m;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(20);
-        p += w;
-        left -= (size_t)w;
-    }
+    if (tu_write_all(fd, m, sizeof *m) != 0)
+        _exit(20);
 }
 
 static inline void cu_lane_go(cu_lane *l);

@@ -175,6 +175,22 @@ static inline int tu_block_io_uring(void)
 #endif
 }
 
+/* Write all n bytes of p to fd (again after EINTR): 0, or -1 on error. */
+static inline int tu_write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 /* Run a suite; returns the process exit status. */
 static inline int tu_run(Suite *s)
 {
