@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvstore.h"
@@ -56,6 +57,22 @@ static inline void tu_rmrf(const char *path)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     if (system(cmd) != 0)
         fprintf(stderr, "warning: could not remove %s\n", path);
+}
+
+/* Milliseconds on the monotonic clock. */
+static inline double tu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Run loop until nothing is pending, then free it: it must be clean. */
+static inline void tu_finish_loop(kv_loop *loop)
+{
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert(!kv_loop_alive(loop));
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
 }
 
 /* A store with its loop and pool. */
