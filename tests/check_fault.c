@@ -29,17 +29,14 @@ static unsigned long n_cases;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
     snprintf(root, sizeof root, "%s/store", tmpdir);
 }
 
 static void teardown(void)
 {
     kv__fault_disarm();
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 typedef tu_env env;

@@ -44,8 +44,7 @@ static char self_exe[PATH_MAX];
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
     snprintf(dbpath, sizeof dbpath, "%s/db.sqlite", tmpdir);
 }
 
@@ -53,9 +52,7 @@ static void teardown(void)
 {
     if (tmpdir != NULL)
         chmod(tmpdir, 0755);
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 typedef tu_env env;

@@ -59,6 +59,21 @@ static inline void tu_rmrf(const char *path)
         fprintf(stderr, "warning: could not remove %s\n", path);
 }
 
+/* Halves of a per-test fixture: *dir a new temporary directory (which must
+ * be made); *dir removed, freed and cleared. */
+static inline void tu_tmpdir_new(char **dir)
+{
+    *dir = tu_mkdtemp();
+    ck_assert_ptr_nonnull(*dir);
+}
+
+static inline void tu_tmpdir_free(char **dir)
+{
+    tu_rmrf(*dir);
+    free(*dir);
+    *dir = NULL;
+}
+
 /* Milliseconds on the monotonic clock. */
 static inline double tu_now_ms(void)
 {
