@@ -65,15 +65,12 @@ static char *tmpdir;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
 }
 
 static void teardown(void)
 {
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 static double scale(void)
@@ -147,6 +144,20 @@ static int open_store(const backend *b, kv_store **s, kv_loop *loop,
     if (b->fs)
         return kv_fs_open(s, loop, pool, path, 0, flags);
     return kv_sqlite_open(s, loop, pool, path, flags);
+}
+
+/* A loop, a pool of nthreads and b's store on them: the store (all three
+ * must open). */
+static kv_store *open_env(const backend *b, kv_loop **loop, kv_pool **pool,
+                          unsigned nthreads)
+{
+    ck_assert_kv(kv_loop_new(loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(pool, nthreads), KV_OK);
+    kv_store *s = NULL;
+    int rc = open_store(b, &s, *loop, *pool, 0);
+    ck_assert_msg(rc == KV_OK, "%s: open: %s (%s)", b->name, kv_err_name(rc),
+                  kv_last_errmsg());
+    return s;
 }
 
 static void close_free(kv_store *s)
@@ -402,12 +413,7 @@ START_TEST(test_lost_update)
     make_keys(keys);
     kv_loop *loop;
     kv_pool *pool;
-    kv_store *s;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_pool_new(&pool, 4), KV_OK);
-    int orc = open_store(b, &s, loop, pool, 0);
-    ck_assert_msg(orc == KV_OK, "%s: open: %s (%s)", b->name,
-                  kv_err_name(orc), kv_last_errmsg());
+    kv_store *s = open_env(b, &loop, &pool, 4);
     /* half the counters exist at the start, the others are created by
      * the first increment (an insert race) */
     for (int i = 0; i < NCOUNTERS; i += 2) {
@@ -776,10 +782,7 @@ START_TEST(test_two_processes_sqlite)
     make_keys(keys);
     kv_loop *loop;
     kv_pool *pool;
-    kv_store *s;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
-    ck_assert_kv(open_store(b, &s, loop, pool, 0), KV_OK);
+    kv_store *s = open_env(b, &loop, &pool, 2);
     uint64_t sum = counters_sum(s, keys);
     ck_assert_msg(sum == (uint64_t)ok,
                   "two processes: counters add up to %" PRIu64
@@ -932,10 +935,7 @@ START_TEST(test_two_processes_fs)
     close(res[1]);
     kv_loop *loop;
     kv_pool *pool;
-    kv_store *s;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
-    ck_assert_kv(open_store(b, &s, loop, pool, 0), KV_OK);
+    kv_store *s = open_env(b, &loop, &pool, 2);
     /* while this process holds the root: the other gets KV_EBUSY */
     int rc = 0;
     ck_assert_int_eq(write(cmd[1], "o", 1), 1);
