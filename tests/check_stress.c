@@ -176,6 +176,14 @@ static void loop_free_clean(kv_loop *loop)
     ck_assert_kv(kv_loop_free(loop), KV_OK);
 }
 
+/* Close and free s, run loop dry and free it, free pool. */
+static void close_env(kv_store *s, kv_loop *loop, kv_pool *pool)
+{
+    close_free(s);
+    loop_free_clean(loop);
+    kv_pool_free(pool);
+}
+
 /* ------------------------------------------------------------------------ */
 /* CAS increment lanes                                                      */
 /* ------------------------------------------------------------------------ */
@@ -320,6 +328,12 @@ static void make_keys(kv_key **keys)
         snprintf(p, sizeof p, "/stress/counter:%02d", i);
         ck_assert_kv(kv_key_parse(&keys[i], p), KV_OK);
     }
+}
+
+static void free_keys(kv_key **keys)
+{
+    for (int i = 0; i < NCOUNTERS; i++)
+        kv_key_free(keys[i]);
 }
 
 /* The sum of the counters (each must exist). */
@@ -469,11 +483,8 @@ START_TEST(test_lost_update)
             "check_stress: lost-update %s (%s): %ld increments on %d "
             "counters, sum %" PRIu64 ", %ld conflicts retried\n",
             b->name, form, ok, NCOUNTERS, sum, conflicts);
-    close_free(s);
-    loop_free_clean(loop);
-    kv_pool_free(pool);
-    for (int i = 0; i < NCOUNTERS; i++)
-        kv_key_free(keys[i]);
+    close_env(s, loop, pool);
+    free_keys(keys);
 }
 END_TEST
 
@@ -738,8 +749,7 @@ static int child_increments(const backend *b, int per_lane, int gid, int fd)
         kv_loop_free(loop) != KV_OK)
         return 15;
     kv_pool_free(pool);
-    for (int i = 0; i < NCOUNTERS; i++)
-        kv_key_free(keys[i]);
+    free_keys(keys);
     if (write(fd, &ok, sizeof ok) != (ssize_t)sizeof ok)
         return 16;
     return 0;
@@ -792,11 +802,8 @@ START_TEST(test_two_processes_sqlite)
             "check_stress: two processes on one SQLite file: %ld "
             "increments, sum %" PRIu64 ", none lost\n",
             ok, sum);
-    close_free(s);
-    loop_free_clean(loop);
-    kv_pool_free(pool);
-    for (int i = 0; i < NCOUNTERS; i++)
-        kv_key_free(keys[i]);
+    close_env(s, loop, pool);
+    free_keys(keys);
 }
 END_TEST
 
@@ -882,9 +889,7 @@ START_TEST(test_concurrent_first_open)
         ck_assert_kv(kv_key_parse(&root, "/opener"), KV_OK);
         ck_assert_uint_eq(tu_query_count(s, root), OPENERS);
         kv_key_free(root);
-        close_free(s);
-        loop_free_clean(loop);
-        kv_pool_free(pool);
+        close_env(s, loop, pool);
     }
 }
 END_TEST
