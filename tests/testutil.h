@@ -30,6 +30,22 @@
                       kv_err_name(code));                                     \
     } while (0)
 
+/* Wait for f, which must not be NULL, and assert its status is want;
+ * what and line name the call in the message.  Returns f. */
+static inline kv_fut *tu_await(kv_fut *f, int want, const char *what,
+                               int line)
+{
+    ck_assert_msg(f != NULL, "line %d: %s returned NULL", line, what);
+    int rc = kv_wait(f);
+    ck_assert_msg(rc == want, "line %d: %s: got %s (%s), want %s", line, what,
+                  kv_err_name(rc), kv_fut_errmsg(f), kv_err_name(want));
+    return f;
+}
+/* Wait for f, assert its status, return it (the caller frees it). */
+#define AWAIT(f, want) tu_await((f), (want), #f, __LINE__)
+/* Wait, assert, free. */
+#define EXPECT(f, want) kv_fut_free(AWAIT(f, want))
+
 /* Make a temporary directory (mkdtemp under $TMPDIR or /tmp).  Caller frees. */
 static inline char *tu_mkdtemp(void)
 {
