@@ -2263,19 +2263,17 @@ static void cr_on_ack(cu_crash *c, const cu_msg *m)
 /* The crash test on the layout of flags, in the parent and the child. */
 static void cr_init(cu_crash *c, cround *cr, unsigned flags)
 {
-    memset(c, 0, sizeof *c);
-    memset(cr, 0, sizeof *cr);
-    cr->flags = flags;
-    c->exe = self_exe;
-    c->mode = (flags & KV_FS_FANOUT) ? "crash-fanout" : "crash";
-    c->path = root;
-    c->nkeys = CR_KEYS;
-    c->lane_keys = true;
-    c->token_grows = true;
-    c->value = gen_value;
-    c->ack_extra = cr_recycled;
-    c->on_ack = cr_on_ack;
-    c->arg = cr;
+    *cr = (cround){.flags = flags};
+    *c = (cu_crash){.exe = self_exe,
+                    .mode = (flags & KV_FS_FANOUT) ? "crash-fanout" : "crash",
+                    .path = root,
+                    .nkeys = CR_KEYS,
+                    .lane_keys = true,
+                    .token_grows = true,
+                    .value = gen_value,
+                    .ack_extra = cr_recycled,
+                    .on_ack = cr_on_ack,
+                    .arg = cr};
 }
 
 static void crash_child(int wfd, uint64_t seed, unsigned flags)

@@ -428,12 +428,11 @@ static size_t gen_value(uint64_t seed, unsigned char *buf, size_t cap)
 /* The crash test, in the parent and the child. */
 static void cr_init(cu_crash *c)
 {
-    memset(c, 0, sizeof *c);
-    c->exe = self_exe;
-    c->mode = "crash";
-    c->path = dbpath;
-    c->nkeys = CR_KEYS;
-    c->value = gen_value;
+    *c = (cu_crash){.exe = self_exe,
+                    .mode = "crash",
+                    .path = dbpath,
+                    .nkeys = CR_KEYS,
+                    .value = gen_value};
 }
 
 static void crash_child(int wfd, uint64_t seed)
