@@ -58,16 +58,13 @@ static char *tmpdir;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
 }
 
 static void teardown(void)
 {
     kv__alloc_fail_at(0, false);
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 static int rm_one(const char *path, const struct stat *st, int type,

@@ -22,13 +22,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static kv_loop *emu_loop(void)
 {
     kv_loop *loop = NULL;
@@ -38,13 +31,6 @@ static kv_loop *emu_loop(void)
     ck_assert_kv(kv_loop_new(&loop, &o), KV_OK);
     ck_assert_str_eq(kv_loop_backend(loop), "fallback");
     return loop;
-}
-
-static void finish_loop(kv_loop *loop)
-{
-    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert(!kv_loop_alive(loop));
-    ck_assert_kv(kv_loop_free(loop), KV_OK);
 }
 
 /* A CQE recorder: one op per SQE, its result and the completion order. */
@@ -88,6 +74,39 @@ static char *tmpfile_in(const char *dir, const char *name)
     return p;
 }
 
+/* A file "f" in a new temporary directory *dir (at *path), open
+ * read-write: its descriptor.  rm_tmpfile removes both. */
+static int new_tmpfile(char **dir, char **path)
+{
+    *dir = tu_mkdtemp();
+    *path = tmpfile_in(*dir, "f");
+    int fd = open(*path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    ck_assert_int_ge(fd, 0);
+    return fd;
+}
+
+static void rm_tmpfile(char *dir, char *path)
+{
+    tu_rmrf(dir);
+    free(path);
+    free(dir);
+}
+
+/* write "abcd" at 0 -> fsync -> nop on fd, linked, completing in r[0..2]. */
+static void prep_chain3(kv_loop *loop, int fd, rec *r)
+{
+    struct io_uring_sqe *sq[3];
+    ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
+    io_uring_prep_write(sq[0], fd, "abcd", 4, 0);
+    io_uring_prep_fsync(sq[1], fd, 0);
+    io_uring_prep_nop(sq[2]);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2)
+            sq[i]->flags |= IOSQE_IO_LINK;
+        set_ud(sq[i], &r[i]);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 
 START_TEST(test_mode_selection)
@@ -101,13 +120,13 @@ START_TEST(test_mode_selection)
     ck_assert(kv__loop_has_op(loop, IORING_OP_WRITEV));
     ck_assert(kv__loop_has_op(loop, IORING_OP_TIMEOUT));
     ck_assert(!kv__loop_has_op(loop, IORING_OP_LINK_TIMEOUT));
-    finish_loop(loop);
+    tu_finish_loop(loop);
     unsetenv("KV_IO_URING");
     /* Without it, io_uring where the kernel allows it. */
     ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
     const char *b = kv_loop_backend(loop);
     ck_assert(strcmp(b, "io_uring") == 0 || strcmp(b, "fallback") == 0);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     /* The fake ring reports the sizes asked. */
     kv_loop_opts o;
     memset(&o, 0, sizeof o);
@@ -116,7 +135,7 @@ START_TEST(test_mode_selection)
     ck_assert_kv(kv_loop_new(&loop, &o), KV_OK);
     ck_assert_uint_eq(kv__loop_ring(loop)->sq.ring_entries, 8);
     ck_assert_uint_ge(kv__loop_ring(loop)->cq.ring_entries, 16);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -207,7 +226,7 @@ START_TEST(test_fs_ops)
     ck_assert_int_eq(r[13].res, -ENOENT);
     ck_assert_int_eq(r[14].res, -EINVAL);
     close(dfd);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     tu_rmrf(dir);
     free(dir);
 }
@@ -217,14 +236,12 @@ END_TEST
  * not; a short write breaks the chain. */
 START_TEST(test_links)
 {
-    char *dir = tu_mkdtemp();
-    char *path = tmpfile_in(dir, "f");
+    char *dir, *path;
+    int fd = new_tmpfile(&dir, &path);
     kv_loop *loop = emu_loop();
     int count = 0;
     rec r[12];
     rec_init(r, 12, &count);
-    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
-    ck_assert_int_ge(fd, 0);
     struct io_uring_sqe *sq[4];
 
     /* write -> fsync(bad fd) -> write -> nop: 4, -EBADF, -ECANCELED x2 */
@@ -279,10 +296,8 @@ START_TEST(test_links)
     close(p[0]);
     close(p[1]);
     close(fd);
-    finish_loop(loop);
-    tu_rmrf(dir);
-    free(path);
-    free(dir);
+    tu_finish_loop(loop);
+    rm_tmpfile(dir, path);
 }
 END_TEST
 
@@ -290,14 +305,14 @@ END_TEST
 START_TEST(test_timeouts)
 {
     kv_loop *loop = emu_loop();
-    double t0 = now_ms();
+    double t0 = tu_now_ms();
     kv_fut *f = kv_sleep(loop, 30);
     ck_assert_kv(kv_wait(f), KV_OK);
     kv_fut_free(f);
-    ck_assert_double_ge(now_ms() - t0, 29.0);
+    ck_assert_double_ge(tu_now_ms() - t0, 29.0);
 
     /* A long sleep cancelled completes at once. */
-    t0 = now_ms();
+    t0 = tu_now_ms();
     f = kv_sleep(loop, 10000);
     kv_fut *g = kv_sleep(loop, 5);
     ck_assert_kv(kv_wait(g), KV_OK);
@@ -306,7 +321,7 @@ START_TEST(test_timeouts)
     kv_fut_free(f);
     kv_fut_free(g);
     ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert_double_lt(now_ms() - t0, 5000.0);
+    ck_assert_double_lt(tu_now_ms() - t0, 5000.0);
 
     /* Raw: a timeout removed (0, target -ECANCELED); removing an unknown
      * one is -ENOENT; timers fire in deadline order. */
@@ -330,16 +345,16 @@ START_TEST(test_timeouts)
     set_ud(sq[0], &r[3]);
     io_uring_prep_timeout_remove(sq[1], 0x123456789ull, 0);
     set_ud(sq[1], &r[4]);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert_double_lt(now_ms() - t0, 5000.0);
+    ck_assert_double_lt(tu_now_ms() - t0, 5000.0);
     ck_assert_int_eq(r[0].res, -ECANCELED);
     ck_assert_int_eq(r[1].res, -ETIME);
     ck_assert_int_eq(r[2].res, -ETIME);
     ck_assert_int_eq(r[3].res, 0);
     ck_assert_int_eq(r[4].res, -ENOENT);
     ck_assert_int_lt(r[2].order, r[1].order);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -387,7 +402,7 @@ START_TEST(test_async_cancel)
     for (int i = 0; i < N - 1; i++)
         ck_assert_int_eq(r[i].res, 1);
     close(p[0]);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -400,14 +415,12 @@ END_TEST
  */
 START_TEST(test_oom_chain)
 {
-    char *dir = tu_mkdtemp();
-    char *path = tmpfile_in(dir, "f");
+    char *dir, *path;
+    int fd = new_tmpfile(&dir, &path);
     kv_loop *loop = emu_loop();
     int count = 0;
     rec r[12];
     rec_init(r, 12, &count);
-    int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
-    ck_assert_int_ge(fd, 0);
     struct io_uring_sqe *sq[3];
     struct __kernel_timespec long_ts = {.tv_sec = 10, .tv_nsec = 0};
 
@@ -420,15 +433,7 @@ START_TEST(test_oom_chain)
 
     /* write -> fsync -> nop, a lone timeout, a NOP, a cancel of the timer
      * and one of nothing: all submitted with every allocation failing. */
-    ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
-    io_uring_prep_write(sq[0], fd, "abcd", 4, 0);
-    io_uring_prep_fsync(sq[1], fd, 0);
-    io_uring_prep_nop(sq[2]);
-    for (int i = 0; i < 3; i++) {
-        if (i < 2)
-            sq[i]->flags |= IOSQE_IO_LINK;
-        set_ud(sq[i], &r[1 + i]);
-    }
+    prep_chain3(loop, fd, &r[1]);
     ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
     io_uring_prep_timeout(sq[0], &long_ts, 0, 0);
     set_ud(sq[0], &r[4]);
@@ -439,13 +444,13 @@ START_TEST(test_oom_chain)
     ck_assert_kv(kv__loop_sqes(loop, sq, 1), KV_OK);
     io_uring_prep_cancel64(sq[0], 0x987654321ull, 0);
     set_ud(sq[0], &r[7]);
-    double t0 = now_ms();
+    double t0 = tu_now_ms();
     kv__alloc_fail_at(1, true);
     int rc = kv_loop_run(loop, KV_RUN_DEFAULT);
     unsigned long tried = kv__alloc_fail_at(0, false);
     ck_assert_int_ge(rc, 0);
     ck_assert_uint_ge(tried, 2); /* the chain's and the timeout's request */
-    ck_assert_double_lt(now_ms() - t0, 5000.0); /* the timer did not run */
+    ck_assert_double_lt(tu_now_ms() - t0, 5000.0); /* the timer did not run */
     ck_assert_int_eq(r[1].res, -ENOMEM);
     ck_assert_int_eq(r[2].res, -ECANCELED);
     ck_assert_int_eq(r[3].res, -ECANCELED);
@@ -463,15 +468,7 @@ START_TEST(test_oom_chain)
 
     /* The same chain with memory: it runs. */
     rec_init(r, 3, &count);
-    ck_assert_kv(kv__loop_sqes(loop, sq, 3), KV_OK);
-    io_uring_prep_write(sq[0], fd, "abcd", 4, 0);
-    io_uring_prep_fsync(sq[1], fd, 0);
-    io_uring_prep_nop(sq[2]);
-    for (int i = 0; i < 3; i++) {
-        if (i < 2)
-            sq[i]->flags |= IOSQE_IO_LINK;
-        set_ud(sq[i], &r[i]);
-    }
+    prep_chain3(loop, fd, r);
     ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
     ck_assert_int_eq(r[0].res, 4);
     ck_assert_int_eq(r[1].res, 0);
@@ -479,10 +476,8 @@ START_TEST(test_oom_chain)
     ck_assert_int_eq(fstat(fd, &st), 0);
     ck_assert_int_eq(st.st_size, 4);
     ck_assert_int_eq(close(fd), 0);
-    finish_loop(loop);
-    tu_rmrf(dir);
-    free(path);
-    free(dir);
+    tu_finish_loop(loop);
+    rm_tmpfile(dir, path);
 }
 END_TEST
 
@@ -550,7 +545,7 @@ START_TEST(test_oom_ring_full)
         ck_assert_int_eq(r[i].order, i + 1);
     }
     ck_assert_int_eq(close(fl.fd), 0);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -575,7 +570,7 @@ START_TEST(test_oom_store)
     uint64_t tok = kv_fut_token(f);
     kv_fut_free(f);
 
-    double t0 = now_ms();
+    double t0 = tu_now_ms();
     kv_fut *sl = kv_sleep(loop, 10000);
     kv_record nr = {.key = k, .val = "two", .len = 3, .token = tok};
     f = kv_put(s, &nr, NULL);
@@ -588,7 +583,7 @@ START_TEST(test_oom_store)
     ck_assert_uint_gt(kv__alloc_fail_at(0, false), 0);
     ck_assert_kv(st_sleep, KV_ENOMEM);
     ck_assert_kv(st_put, KV_ENOMEM);
-    ck_assert_double_lt(now_ms() - t0, 5000.0);
+    ck_assert_double_lt(tu_now_ms() - t0, 5000.0);
     kv_fut_free(sl);
     kv_fut_free(f);
 
@@ -607,7 +602,7 @@ START_TEST(test_oom_store)
     kv_fut_free(f);
     kv_store_free(s);
     kv_key_free(k);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     kv_pool_free(pool);
     tu_rmrf(dir);
     free(root);
@@ -670,7 +665,7 @@ START_TEST(test_fs_store)
     char *root = tmpfile_in(dir, "store");
     kv_loop *loop = emu_loop();
     ck_assert_int_eq(fs_roundtrip(loop, root), 0);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     tu_rmrf(dir);
     free(root);
     free(dir);

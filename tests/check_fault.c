@@ -29,24 +29,17 @@ static unsigned long n_cases;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
     snprintf(root, sizeof root, "%s/store", tmpdir);
 }
 
 static void teardown(void)
 {
     kv__fault_disarm();
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
-typedef struct env {
-    kv_loop *loop;
-    kv_pool *pool;
-    kv_store *s;
-} env;
+typedef tu_env env;
 
 static void env_init(env *e, unsigned flags)
 {
@@ -56,17 +49,6 @@ static void env_init(env *e, unsigned flags)
     int rc = kv_fs_open(&e->s, e->loop, e->pool, root, 0, flags);
     ck_assert_msg(rc == KV_OK, "open: %s (%s)", kv_err_name(rc),
                   kv_last_errmsg());
-}
-
-static void env_done(env *e)
-{
-    kv_fut *f = kv_close(e->s);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_fut_free(f);
-    kv_store_free(e->s);
-    ck_assert_int_ge(kv_loop_run(e->loop, KV_RUN_DEFAULT), 0);
-    ck_assert_kv(kv_loop_free(e->loop), KV_OK);
-    kv_pool_free(e->pool);
 }
 
 static kv_key *key_of(const char *path)
@@ -134,19 +116,6 @@ static int del_s(env *e, const char *path, uint64_t tok, char *msg,
     int rc = settle(e, f, msg, cap);
     kv_fut_free(f);
     return rc;
-}
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        if (de->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1; /* the DIR's own */
 }
 
 /* Temp files anywhere under dir. */
@@ -282,7 +251,7 @@ static void check_after(sweep *s, enum scen sc, int rc, const char *msg,
                   msg);
     /* (A put of a new key may leave its new directory in the cache of
      * idle directory descriptors.) */
-    int fds = count_fds(), allowed = s->fds + (sc == SC_PUT_NEW);
+    int fds = tu_count_fds(), allowed = s->fds + (sc == SC_PUT_NEW);
     ck_assert_msg(fds <= allowed, "%s: %d descriptors, %d before (%s)", what,
                   fds, s->fds, msg);
     /* The record: the old value with its token, or what the op did. */
@@ -364,7 +333,7 @@ static void sweep_scen(sweep *s, enum scen sc)
                          scen_name[sc], kinds[i].name, nth,
                          res < 0 ? "" : "short ",
                          res < 0 ? kv_err_name(res) : (res == 1 ? "1" : "45"));
-                s->fds = count_fds();
+                s->fds = tu_count_fds();
                 kv__fault_arm(s->e.loop, kinds[i].op, nth, res);
                 rc = run_scen(s, sc, msg, sizeof msg, newpath,
                               sizeof newpath);
@@ -390,7 +359,7 @@ static void sweep_all(unsigned flags)
 {
     sweep s;
     memset(&s, 0, sizeof s);
-    int fds0 = count_fds();
+    int fds0 = tu_count_fds();
     env_init(&s.e, flags);
     char msg[512];
     /* Warm up: the directories of /f, /fresh and the root are open. */
@@ -402,9 +371,9 @@ static void sweep_all(unsigned flags)
                  KV_OK);
     for (int sc = SC_PUT; sc <= SC_HAS; sc++)
         sweep_scen(&s, (enum scen)sc);
-    env_done(&s.e);
+    tu_env_close(&s.e, true);
     /* Everything the store opened is closed with it. */
-    ck_assert_int_eq(count_fds(), fds0);
+    ck_assert_int_eq(tu_count_fds(), fds0);
     /* Reopen: everything still reads. */
     env_init(&s.e, flags);
     void *v = NULL;
@@ -414,7 +383,7 @@ static void sweep_all(unsigned flags)
                  KV_OK);
     ck_assert_uint_eq(tok, s.tok);
     free(v);
-    env_done(&s.e);
+    tu_env_close(&s.e, true);
 }
 
 START_TEST(test_fs_sweep)
@@ -470,7 +439,7 @@ START_TEST(test_fs_token_refill)
     unsigned p = refill_puts(&e, 0, &hits, &maxtok);
     kv__fault_disarm();
     ck_assert_uint_gt(p, 0);
-    env_done(&e);
+    tu_env_close(&e, true);
     /* Its write (the pth: one per put before it) fails with EIO, ENOSPC;
      * then, with fsyncs, its fsync (two per put before it, one more for
      * the mkdir of /t) fails with EIO. */
@@ -492,7 +461,7 @@ START_TEST(test_fs_token_refill)
         ck_assert_uint_gt(refill_puts(&e, 1, &hits, &maxtok), 0);
         kv__fault_disarm();
         n_injected++;
-        env_done(&e);
+        tu_env_close(&e, true);
         /* Reopen: new tokens above every one handed out. */
         env_init(&e, cases[c].flags);
         char msg[512];
@@ -500,7 +469,7 @@ START_TEST(test_fs_token_refill)
         ck_assert_kv(put_s(&e, "/t/after", "v", 1, 0, &t, msg, sizeof msg),
                      KV_OK);
         ck_assert_uint_gt(t, maxtok);
-        env_done(&e);
+        tu_env_close(&e, true);
     }
 }
 END_TEST
@@ -538,7 +507,7 @@ START_TEST(test_fs_query)
         ck_assert_msg(kv__fault_seen(kinds[i].op) == 0,
                       "a query submitted %s", kinds[i].name);
     kv__fault_disarm();
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 

@@ -17,6 +17,7 @@
 
 #include "internal.h"
 #include "testutil.h"
+#include "crashutil.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -58,23 +59,16 @@ static char root[4200]; /* tmpdir/store */
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
     snprintf(root, sizeof root, "%s/store", tmpdir);
 }
 
 static void teardown(void)
 {
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
-typedef struct env {
-    kv_loop *loop;
-    kv_pool *pool;
-    kv_store *s;
-} env;
+typedef tu_env env;
 
 static int env_open(env *e, const char *dir, unsigned depth, unsigned flags)
 {
@@ -91,31 +85,12 @@ static void env_init(env *e, unsigned depth, unsigned flags)
                   kv_last_errmsg());
 }
 
-static void env_close_store(env *e)
-{
-    if (e->s == NULL)
-        return;
-    kv_fut *f = kv_close(e->s);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_fut_free(f);
-    kv_store_free(e->s);
-    e->s = NULL;
-}
-
 static void env_reopen(env *e, unsigned depth, unsigned flags)
 {
-    env_close_store(e);
+    tu_env_close_store(e, true);
     int rc = env_open(e, root, depth, flags);
     ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
                   kv_last_errmsg());
-}
-
-static void env_done(env *e)
-{
-    env_close_store(e);
-    ck_assert_int_ge(kv_loop_run(e->loop, KV_RUN_DEFAULT), 0);
-    ck_assert_kv(kv_loop_free(e->loop), KV_OK);
-    kv_pool_free(e->pool);
 }
 
 /* Set in "child" processes, which must not call ck_assert (even a passing
@@ -446,7 +421,7 @@ START_TEST(test_value_sizes)
         kv_key_free(k);
     }
     free(buf);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -488,7 +463,7 @@ START_TEST(test_record_and_children)
     /* The metadata files never show up. */
     ck_assert(exists(root, ".lock"));
     ck_assert(exists(root, ".tokens"));
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -634,7 +609,7 @@ START_TEST(test_hostile_keys)
     for (size_t i = 19; i <= 22; i++)
         free(paths[i]);
     free(outside);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -666,7 +641,7 @@ START_TEST(test_depth)
     p[strlen(p) - 2] = '\0';
     ck_assert_kv(put_s(e.s, p, "32", 0, NULL), KV_OK);
     ck_assert_kv(get_s(e.s, p, NULL, NULL), KV_OK);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -727,7 +702,7 @@ START_TEST(test_symlinks_planted)
     free(l1);
     free(l2);
     free(l3);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -825,7 +800,7 @@ START_TEST(test_corruption)
     kv_fut_free(f);
     kv_key_free(kc);
     ck_assert_kv(put_s(e.s, "/c/hdr", "new", 0, NULL), KV_OK);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -847,14 +822,14 @@ START_TEST(test_lock)
                   "a second process could open the store: status %d", st);
     /* The store still works; after close the root opens again. */
     ck_assert_kv(put_s(e.s, "/k", "v", 0, NULL), KV_OK);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     ck_assert_kv(kv_fs_open(&s2, e.loop, e.pool, root, 0, 0), KV_OK);
     ck_assert_kv(get_s(s2, "/k", NULL, NULL), KV_OK);
     kv_fut *f = kv_close(s2);
     ck_assert_kv(kv_wait(f), KV_OK);
     kv_fut_free(f);
     kv_store_free(s2);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -863,7 +838,7 @@ START_TEST(test_temp_cleanup)
     env e;
     env_init(&e, 0, KV_NO_FSYNC);
     ck_assert_kv(put_s(e.s, "/d/k", "v", 0, NULL), KV_OK);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     /* A clean close leaves a marker that skips the walk; a crash leaves
      * none. */
     ck_assert(exists(root, ".clean"));
@@ -887,7 +862,7 @@ START_TEST(test_temp_cleanup)
     ck_assert_uint_eq(n, 1);
     ck_assert_str_eq(ids[0], "/d/k");
     free_ids(ids, n);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -907,7 +882,7 @@ START_TEST(test_tokens_reopen)
     ck_assert_kv(put_s(e.s, "/t", "3", 0, &t3), KV_OK);
     ck_assert_uint_gt(t3, t2);
     /* Lose the counter file: the next open scans the records. */
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     char *p = path_in(root, ".tokens");
     ck_assert_int_eq(unlink(p), 0);
     free(p);
@@ -915,7 +890,7 @@ START_TEST(test_tokens_reopen)
     ck_assert_kv(put_s(e.s, "/u", "4", 0, &t4), KV_OK);
     ck_assert_uint_gt(t4, t3);
     /* A corrupt counter file is the same as a lost one. */
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     p = path_in(root, ".tokens");
     FILE *fp = fopen(p, "w");
     fputs("garbage", fp);
@@ -936,7 +911,7 @@ START_TEST(test_tokens_reopen)
         last = cur = nt;
     }
     kv_key_free(k);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -988,7 +963,7 @@ START_TEST(test_token_refill)
     ck_assert_kv(put_s(e.s, "/tr/after", "x", 0, &t), KV_OK);
     ck_assert_uint_gt(t, toks[N - 1]);
     free(toks);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1003,14 +978,14 @@ START_TEST(test_readonly)
     ck_assert_str_eq(got, "v");
     free(got);
     ck_assert_kv(put_s(e.s, "/r2", "v", 0, NULL), KV_EREADONLY);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     kv_store *s = NULL;
     char *missing = path_in(tmpdir, "missing");
     ck_assert_kv(kv_fs_open(&s, e.loop, e.pool, missing, 0, KV_READONLY),
                  KV_EREADONLY);
     ck_assert(!exists(tmpdir, "missing"));
     free(missing);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1209,7 +1184,7 @@ START_TEST(test_fanout_layout)
     /* And with it, read-only too. */
     env_reopen(&e, 0, KV_FS_FANOUT | KV_READONLY);
     ck_assert_kv(get_s(e.s, "/users/k500", NULL, NULL), KV_OK);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1223,7 +1198,7 @@ START_TEST(test_fanout_wrong_layout)
     char *fmt = read_file(root, ".format");
     ck_assert_str_eq(fmt, FORMAT_FLAT);
     free(fmt);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     int rc = env_open(&e, root, 0, KV_FS_FANOUT);
     ck_assert_kv(rc, KV_EINVAL);
     ck_assert_ptr_null(e.s);
@@ -1235,7 +1210,7 @@ START_TEST(test_fanout_wrong_layout)
     ck_assert_kv(get_s(e.s, "/f/k", &got, NULL), KV_OK);
     ck_assert_str_eq(got, "flat");
     free(got);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
 
     /* A flat store made before .format existed: probed as flat. */
     remove_file(root, ".format");
@@ -1247,26 +1222,26 @@ START_TEST(test_fanout_wrong_layout)
     ck_assert_str_eq(fmt, FORMAT_FLAT);
     free(fmt);
     ck_assert_kv(get_s(e.s, "/f/k", NULL, NULL), KV_OK);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
 
     /* A fan-out store that lost .format is still read as fan-out. */
     char *other = path_in(tmpdir, "fan");
     ck_assert_kv(env_open(&e, other, 0, KV_FS_FANOUT | KV_NO_FSYNC), KV_OK);
     ck_assert_kv(put_s(e.s, "/deep/er/k", "fan", 0, NULL), KV_OK);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     remove_file(other, ".format");
     ck_assert_kv(env_open(&e, other, 0, KV_READONLY), KV_OK);
     ck_assert_kv(get_s(e.s, "/deep/er/k", &got, NULL), KV_OK);
     ck_assert_str_eq(got, "fan");
     free(got);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     ck_assert(!exists(other, ".format")); /* read-only writes nothing */
     ck_assert_kv(env_open(&e, other, 0, KV_NO_FSYNC), KV_OK);
     fmt = read_file(other, ".format");
     ck_assert_str_eq(fmt, FORMAT_FANOUT);
     free(fmt);
     ck_assert_kv(get_s(e.s, "/deep/er/k", NULL, NULL), KV_OK);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
 
     /* A .format this version does not know. */
     write_file(other, ".format", "kvstore-fs 2\nlayout fanout 256\n");
@@ -1278,13 +1253,13 @@ START_TEST(test_fanout_wrong_layout)
     char *empty = path_in(tmpdir, "empty");
     ck_assert_int_eq(mkdir(empty, 0755), 0);
     ck_assert_kv(env_open(&e, empty, 0, KV_FS_FANOUT | KV_NO_FSYNC), KV_OK);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     fmt = read_file(empty, ".format");
     ck_assert_str_eq(fmt, FORMAT_FANOUT);
     free(fmt);
     free(empty);
     free(other);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1391,7 +1366,7 @@ START_TEST(test_fanout_query_merge)
     }
     for (size_t i = 0; i < nk; i++)
         free(keys[i]);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1437,7 +1412,7 @@ START_TEST(test_fanout_files)
     }
     ck_assert_uint_ge(dsync, mk + nb);
     ck_assert_uint_le(dsync, mk + N);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
 
     /* A crash left temp files in buckets (no .clean marker). */
     remove_file(root, ".clean");
@@ -1490,7 +1465,7 @@ START_TEST(test_fanout_files)
     ck_assert_kv(get_s(e.s, "/g/001", &got, NULL), KV_OK);
     ck_assert_str_eq(got, "third");
     free(got);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1519,14 +1494,16 @@ static bool rc_value_is(const void *v, size_t n, size_t len, size_t i,
     return memcmp(v, buf, len) == 0;
 }
 
+#define RC_KEYS 64
+
 /* A stream of puts, keys[0..n) each once with its token, at most depth in
  * flight, each started when one finishes (so later puts find spares). */
 typedef struct rstream {
     kv_store *s;
-    kv_key **keys;
-    uint64_t *tok; /* in: current tokens; out: the new ones */
-    int *rc;
-    char (*msg)[160];
+    kv_key *keys[RC_KEYS];
+    uint64_t tok[RC_KEYS]; /* in: current tokens; out: the new ones */
+    int rc[RC_KEYS];
+    char msg[RC_KEYS][160];
     size_t n, next, done;
     size_t len;
     unsigned gen;
@@ -1599,27 +1576,22 @@ static size_t temps_under(const char *dir)
     return temps;
 }
 
-static int count_fds(void)
+/* A stream over the RC_KEYS keys prefix/kNNN, with no tokens yet. */
+static void rs_init(rstream *st, const char *prefix)
 {
-    DIR *d = opendir("/proc/self/fd");
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL)
-        n += de->d_name[0] != '.';
-    closedir(d);
-    return n - 1; /* the DIR's own */
-}
-
-#define RC_KEYS 64
-
-static void rc_keys(kv_key **keys, const char *prefix)
-{
+    memset(st, 0, sizeof *st);
     for (size_t i = 0; i < RC_KEYS; i++) {
         char p[64];
         snprintf(p, sizeof p, "%s/k%03zu", prefix, i);
-        keys[i] = key_of(p);
+        st->keys[i] = key_of(p);
     }
+    st->n = RC_KEYS;
+}
+
+static void rs_free(rstream *st)
+{
+    for (size_t i = 0; i < RC_KEYS; i++)
+        kv_key_free(st->keys[i]);
 }
 
 /* Every key holds generation g[i] with token tok[i]. */
@@ -1649,18 +1621,8 @@ START_TEST(test_recycle_stream)
 {
     env e;
     env_init(&e, 0, _i == 1 ? KV_FS_FANOUT : 0);
-    kv_key *keys[RC_KEYS];
-    rc_keys(keys, "/rc");
-    static uint64_t tok[RC_KEYS];
-    static int rcs[RC_KEYS];
-    static char msgs[RC_KEYS][160];
     static rstream st;
-    memset(tok, 0, sizeof tok);
-    st.keys = keys;
-    st.tok = tok;
-    st.rc = rcs;
-    st.msg = msgs;
-    st.n = RC_KEYS;
+    rs_init(&st, "/rc");
     rslot slots[16];
     unsigned g[RC_KEYS];
     size_t lens[RC_KEYS];
@@ -1670,12 +1632,12 @@ START_TEST(test_recycle_stream)
     for (unsigned gen = 0; gen < KV__ARRAY_SIZE(rlen); gen++) {
         rs_run(&e, &st, gen == 0 ? 4 : 16, gen, rlen[gen], slots, true);
         for (size_t i = 0; i < RC_KEYS; i++) {
-            ck_assert_msg(rcs[i] == KV_OK, "gen %u key %zu: %s %s", gen, i,
-                          kv_err_name(rcs[i]), msgs[i]);
+            ck_assert_msg(st.rc[i] == KV_OK, "gen %u key %zu: %s %s", gen, i,
+                          kv_err_name(st.rc[i]), st.msg[i]);
             g[i] = gen;
             lens[i] = rlen[gen];
         }
-        rc_check(e.s, keys, tok, g, lens);
+        rc_check(e.s, st.keys, st.tok, g, lens);
         /* At rest: the spares are removed. */
         ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
         ck_assert_uint_eq(temps_under(root), 0);
@@ -1694,38 +1656,37 @@ START_TEST(test_recycle_stream)
     rs_run(&e, &st, 16, 100, 300, slots, false);
     for (int i = 0; i < 30; i++)
         ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_ONCE), 0);
-    env_close_store(&e);
+    tu_env_close_store(&e, true);
     ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
     ck_assert_uint_eq(st.done, st.n);
     ck_assert_uint_eq(temps_under(root), 0);
     ck_assert(exists(root, ".clean"));
     env_reopen(&e, 0, 0);
     for (size_t i = 0; i < RC_KEYS; i++) {
-        if (rcs[i] == KV_OK) {
+        if (st.rc[i] == KV_OK) {
             g[i] = 100;
             lens[i] = 300;
             continue;
         }
         /* Cancelled by the close (it may have landed), or started after
          * it: the old record or the new one, whole. */
-        ck_assert_msg(rcs[i] == KV_ECANCELED || rcs[i] == KV_ECLOSED,
-                      "key %zu: %s", i, kv_err_name(rcs[i]));
+        ck_assert_msg(st.rc[i] == KV_ECANCELED || st.rc[i] == KV_ECLOSED,
+                      "key %zu: %s", i, kv_err_name(st.rc[i]));
         void *v = NULL;
         size_t n = 0;
         uint64_t t = 0;
-        ck_assert_kv(get_k(e.s, keys[i], &v, &n, &t), KV_OK);
-        if (t != tok[i]) {
+        ck_assert_kv(get_k(e.s, st.keys[i], &v, &n, &t), KV_OK);
+        if (t != st.tok[i]) {
             ck_assert_msg(rc_value_is(v, n, 300, i, 100), "key %zu torn", i);
-            tok[i] = t;
+            st.tok[i] = t;
             g[i] = 100;
             lens[i] = 300;
         }
         free(v);
     }
-    rc_check(e.s, keys, tok, g, lens);
-    for (size_t i = 0; i < RC_KEYS; i++)
-        kv_key_free(keys[i]);
-    env_done(&e);
+    rc_check(e.s, st.keys, st.tok, g, lens);
+    rs_free(&st);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1738,18 +1699,8 @@ START_TEST(test_recycle_queries)
 {
     env e;
     env_init(&e, 0, 0);
-    kv_key *keys[RC_KEYS];
-    rc_keys(keys, "/rq");
-    static uint64_t tok[RC_KEYS];
-    static int rcs[RC_KEYS];
-    static char msgs[RC_KEYS][160];
     static rstream st;
-    memset(tok, 0, sizeof tok);
-    st.keys = keys;
-    st.tok = tok;
-    st.rc = rcs;
-    st.msg = msgs;
-    st.n = RC_KEYS;
+    rs_init(&st, "/rq");
     rslot slots[16];
     rs_run(&e, &st, 16, 0, 1000, slots, true);
     uint64_t s0[S_N], s1[S_N];
@@ -1788,8 +1739,8 @@ START_TEST(test_recycle_queries)
             queries++;
         }
         for (size_t i = 0; i < RC_KEYS; i++)
-            ck_assert_msg(rcs[i] == KV_OK, "gen %u key %zu: %s %s", gen, i,
-                          kv_err_name(rcs[i]), msgs[i]);
+            ck_assert_msg(st.rc[i] == KV_OK, "gen %u key %zu: %s %s", gen, i,
+                          kv_err_name(st.rc[i]), st.msg[i]);
     }
     kv__fs_stats(e.s, s1);
     if (getenv("KVT_VERBOSE"))
@@ -1800,9 +1751,8 @@ START_TEST(test_recycle_queries)
     ck_assert_uint_gt(queries, 40);
     ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
     ck_assert_uint_eq(temps_under(root), 0);
-    for (size_t i = 0; i < RC_KEYS; i++)
-        kv_key_free(keys[i]);
-    env_done(&e);
+    rs_free(&st);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1817,18 +1767,9 @@ START_TEST(test_recycle_faults)
 {
     env e;
     env_init(&e, 0, 0);
-    kv_key *keys[RC_KEYS];
-    rc_keys(keys, "/rf");
-    static uint64_t tok[RC_KEYS], before[RC_KEYS];
-    static int rcs[RC_KEYS];
-    static char msgs[RC_KEYS][160];
     static rstream st;
-    memset(tok, 0, sizeof tok);
-    st.keys = keys;
-    st.tok = tok;
-    st.rc = rcs;
-    st.msg = msgs;
-    st.n = RC_KEYS;
+    rs_init(&st, "/rf");
+    static uint64_t before[RC_KEYS];
     rslot slots[8];
     unsigned g[RC_KEYS];
     size_t lens[RC_KEYS];
@@ -1863,15 +1804,15 @@ START_TEST(test_recycle_faults)
     ck_assert_uint_gt(s1[S_EXCHANGED] - s0[S_EXCHANGED], 0);
     ck_assert_uint_gt(count[7], 0);
     for (size_t i = 0; i < RC_KEYS; i++) {
-        ck_assert_kv(rcs[i], KV_OK);
+        ck_assert_kv(st.rc[i], KV_OK);
         g[i] = gen;
     }
     ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
-    int fds0 = count_fds();
+    int fds0 = tu_count_fds();
     size_t cases = 0, failed = 0;
     for (size_t k = 0; k < KV__ARRAY_SIZE(kinds); k++) {
         for (unsigned long nth = 1; nth <= count[k]; nth = nth * 2 + 1) {
-            memcpy(before, tok, sizeof before);
+            memcpy(before, st.tok, sizeof before);
             gen++;
             kv__fault_arm(e.loop, kinds[k].op, nth, kinds[k].res);
             rs_run(&e, &st, 8, gen, 500, slots, true);
@@ -1879,52 +1820,52 @@ START_TEST(test_recycle_faults)
             ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
             cases++;
             for (size_t i = 0; i < RC_KEYS; i++) {
-                if (rcs[i] == KV_OK) {
+                if (st.rc[i] == KV_OK) {
                     g[i] = gen;
                     continue;
                 }
                 failed++;
                 /* (A record open failing ENOENT reads as "absent".) */
-                ck_assert_msg((kv_err_is(rcs[i], KV_EBACKEND) &&
-                               strncmp(msgs[i], "fs: ", 4) == 0) ||
-                                  (rcs[i] == KV_ECONFLICT &&
+                ck_assert_msg((kv_err_is(st.rc[i], KV_EBACKEND) &&
+                               strncmp(st.msg[i], "fs: ", 4) == 0) ||
+                                  (st.rc[i] == KV_ECONFLICT &&
                                    kinds[k].res == -ENOENT),
                               "op %d #%lu (%d): key %zu: %s \"%s\"",
                               kinds[k].op, nth, kinds[k].res, i,
-                              kv_err_name(rcs[i]), msgs[i]);
+                              kv_err_name(st.rc[i]), st.msg[i]);
                 /* The old record, unless only the directory fsync
                  * failed after the rename. */
                 void *v = NULL;
                 size_t n = 0;
                 uint64_t t = 0;
-                ck_assert_kv(get_k(e.s, keys[i], &v, &n, &t), KV_OK);
+                ck_assert_kv(get_k(e.s, st.keys[i], &v, &n, &t), KV_OK);
                 bool is_old = t == before[i] &&
                               rc_value_is(v, n, lens[i], i, g[i]);
-                bool is_new = strstr(msgs[i], "fsync directory") != NULL &&
+                bool is_new = strstr(st.msg[i], "fsync directory") != NULL &&
                               t > before[i] &&
                               rc_value_is(v, n, 500, i, gen);
                 free(v);
                 ck_assert_msg(is_old || is_new,
                               "op %d #%lu (%d): key %zu lost (%s)",
-                              kinds[k].op, nth, kinds[k].res, i, msgs[i]);
-                tok[i] = t;
+                              kinds[k].op, nth, kinds[k].res, i, st.msg[i]);
+                st.tok[i] = t;
                 if (is_new)
                     g[i] = gen;
             }
-            rc_check(e.s, keys, tok, g, lens);
+            rc_check(e.s, st.keys, st.tok, g, lens);
             /* (A get completes before its descriptor's close.) */
             ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
             ck_assert_msg(temps_under(root) == 0,
                           "op %d #%lu (%d): temp file left", kinds[k].op,
                           nth, kinds[k].res);
-            ck_assert_msg(count_fds() <= fds0,
+            ck_assert_msg(tu_count_fds() <= fds0,
                           "op %d #%lu (%d): %d descriptors, %d before",
-                          kinds[k].op, nth, kinds[k].res, count_fds(), fds0);
+                          kinds[k].op, nth, kinds[k].res, tu_count_fds(), fds0);
             if (kinds[k].op == IORING_OP_RENAMEAT &&
                 kinds[k].res == -EINVAL) {
                 /* (EINVAL turned exchanges off for this store.) */
                 env_reopen(&e, 0, 0);
-                ck_assert_int_le(count_fds(), fds0);
+                ck_assert_int_le(tu_count_fds(), fds0);
             }
         }
     }
@@ -1932,9 +1873,8 @@ START_TEST(test_recycle_faults)
         fprintf(stderr, "recycle faults: %zu cases, %zu puts failed\n",
                 cases, failed);
     ck_assert_uint_gt(failed, 0);
-    for (size_t i = 0; i < RC_KEYS; i++)
-        kv_key_free(keys[i]);
-    env_done(&e);
+    rs_free(&st);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -1978,7 +1918,7 @@ START_TEST(test_group_commit)
                   dsync, puts);
     for (int i = 0; i < N; i++)
         kv_key_free(keys[i]);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -2082,7 +2022,7 @@ START_TEST(test_drop_and_recreate)
     ck_assert(exists(root, ".lock"));
     ck_assert_kv(put_s(e.s, "/p/a/b", "third", 0, NULL), KV_OK);
     kv_key_free(kp);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -2129,7 +2069,7 @@ START_TEST(test_close_inflight)
     ck_assert_kv(query_ids(e.s, "/", KV_SORT_NONE, true, &ids, &n), KV_OK);
     ck_assert_uint_eq(n, records);
     free_ids(ids, n);
-    env_done(&e);
+    tu_env_close(&e, true);
 }
 END_TEST
 
@@ -2296,260 +2236,72 @@ static int no_syscalls_child(unsigned flags)
 /* ------------------------------------------------------------------------ */
 
 #define CR_KEYS 48
-#define CR_LANES 8
 
-typedef struct cmsg {
-    uint32_t kind; /* M_INTENT, M_ACK, M_FAIL */
-    uint32_t key;
-    uint32_t op; /* OP_PUT, OP_DEL */
-    int32_t status;
-    uint64_t token;
-    uint64_t seed;
-    uint64_t recycled; /* M_ACK: the child's puts that reused a spare */
-} cmsg;
-
-enum { M_INTENT = 1, M_ACK, M_FAIL };
-enum { OP_PUT = 1, OP_DEL };
-
-typedef struct cchild {
-    kv_store *s;
-    int wfd;
-    uint64_t tokens[CR_KEYS];
-    uint64_t rng;
-} cchild;
-
-typedef struct clane {
-    cchild *c;
-    int lane;
-    uint32_t key, op;
-    uint64_t seed;
-} clane;
-
-static uint64_t rnd(uint64_t *x)
+/* Child: the puts so far that overwrote a spare file. */
+static uint64_t cr_recycled(kv_store *s)
 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    return *x;
-}
-
-static void cr_send(int fd, const cmsg *m)
-{
-    if (write(fd, m, sizeof *m) != (ssize_t)sizeof *m)
-        _exit(20);
-}
-
-static void lane_go(clane *l);
-
-static void lane_cb(kv_fut *f, void *arg)
-{
-    clane *l = arg;
-    cchild *c = l->c;
-    int st = kv_fut_status(f);
     uint64_t stats[S_N];
-    kv__fs_stats(c->s, stats);
-    cmsg m = {M_ACK, l->key, l->op, st, 0, l->seed, stats[S_RECYCLED]};
-    if (st != KV_OK) {
-        m.kind = M_FAIL;
-        cr_send(c->wfd, &m);
-        _exit(21);
-    }
-    if (l->op == OP_PUT)
-        c->tokens[l->key] = m.token = kv_fut_token(f);
-    else
-        c->tokens[l->key] = 0;
-    kv_fut_free(f);
-    cr_send(c->wfd, &m);
-    lane_go(l);
+    kv__fs_stats(s, stats);
+    return stats[S_RECYCLED];
 }
 
-static void lane_go(clane *l)
+typedef struct cround {
+    unsigned flags;
+    uint64_t recycled; /* the most puts over a spare file a child reported
+                        * in this round */
+    uint64_t recycled_total; /* summed over the rounds */
+} cround;
+
+/* Parent: each acknowledgement carries the child's recycled count. */
+static void cr_on_ack(cu_crash *c, const cu_msg *m)
 {
-    cchild *c = l->c;
-    /* Lane i owns keys i, i + LANES, ...: one operation per key at once. */
-    uint32_t k = (uint32_t)(l->lane + CR_LANES * (int)(rnd(&c->rng) %
-                                                       (CR_KEYS / CR_LANES)));
-    l->key = k;
-    l->op = c->tokens[k] != 0 && rnd(&c->rng) % 4 == 0 ? OP_DEL : OP_PUT;
-    l->seed = rnd(&c->rng);
-    cmsg m = {M_INTENT, k, l->op, 0, 0, l->seed, 0};
-    cr_send(c->wfd, &m);
-    char p[32];
-    snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
-    kv_key *key = NULL;
-    if (kv_key_parse(&key, p) != KV_OK)
-        _exit(22);
-    kv_fut *f;
-    if (l->op == OP_PUT) {
-        unsigned char buf[6000];
-        size_t n = gen_value(l->seed, buf, sizeof buf);
-        kv_record r = {key, buf, n, c->tokens[k]};
-        f = kv_put(c->s, &r, NULL);
-    } else {
-        f = kv_delete(c->s, key, c->tokens[k]);
-    }
-    kv_key_free(key);
-    if (kv_fut_then(f, lane_cb, l) != KV_OK)
-        _exit(23);
+    cround *cr = c->arg;
+    if (m->extra > cr->recycled)
+        cr->recycled = m->extra;
+}
+
+/* The crash test on the layout of flags, in the parent and the child. */
+static void cr_init(cu_crash *c, cround *cr, unsigned flags)
+{
+    *cr = (cround){.flags = flags};
+    *c = (cu_crash){.exe = self_exe,
+                    .mode = (flags & KV_FS_FANOUT) ? "crash-fanout" : "crash",
+                    .path = root,
+                    .nkeys = CR_KEYS,
+                    .lane_keys = true,
+                    .token_grows = true,
+                    .value = gen_value,
+                    .ack_extra = cr_recycled,
+                    .on_ack = cr_on_ack,
+                    .arg = cr};
 }
 
 static void crash_child(int wfd, uint64_t seed, unsigned flags)
 {
+    cu_crash c;
+    cround cr;
+    cr_init(&c, &cr, flags);
     env e;
     memset(&e, 0, sizeof e);
     if (kv_loop_new(&e.loop, NULL) != KV_OK || kv_pool_new(&e.pool, 2))
         _exit(30);
     if (env_open(&e, root, 0, flags) != KV_OK)
         _exit(31);
-    cchild c;
-    memset(&c, 0, sizeof c);
-    c.s = e.s;
-    c.wfd = wfd;
-    c.rng = seed | 1;
-    for (uint32_t k = 0; k < CR_KEYS; k++) {
-        char p[32];
-        snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
-        uint64_t tok = 0;
-        int rc = get_s(e.s, p, NULL, &tok);
-        if (rc != KV_OK && rc != KV_ENOTFOUND)
-            _exit(32);
-        c.tokens[k] = rc == KV_OK ? tok : 0;
-    }
-    clane lanes[CR_LANES];
-    for (int i = 0; i < CR_LANES; i++) {
-        lanes[i].c = &c;
-        lanes[i].lane = i;
-        lane_go(&lanes[i]);
-    }
-    for (;;)
-        if (kv_loop_run(e.loop, KV_RUN_ONCE) < 0)
-            _exit(33);
+    cu_child_run(&c, e.loop, e.s, wfd, seed);
 }
-
-typedef struct cstate {
-    bool present;
-    uint64_t token, seed;
-    bool pending;
-    uint32_t pop;
-    uint64_t pseed;
-} cstate;
-
-static bool value_is(const void *v, size_t n, uint64_t seed)
-{
-    unsigned char buf[6000];
-    size_t m = gen_value(seed, buf, sizeof buf);
-    return m == n && (n == 0 || memcmp(v, buf, n) == 0);
-}
-
-/* The most puts over a spare file a child reported in this round. */
-static uint64_t cr_recycled_round;
 
 /* One round: run a child, kill it, check the store.  Returns acked ops. */
-static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
-                          unsigned flags)
+static size_t crash_round(cu_crash *c, uint64_t seed, int delay_ms)
 {
-    int pfd[2];
-    ck_assert_int_eq(pipe(pfd), 0);
-    fcntl(pfd[0], F_SETPIPE_SZ, 1 << 20);
-    fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
-    char a_seed[32], a_fd[16];
-    snprintf(a_seed, sizeof a_seed, "%" PRIu64, seed);
-    snprintf(a_fd, sizeof a_fd, "%d", pfd[1]);
-    pid_t pid = spawn_child((flags & KV_FS_FANOUT) ? "crash-fanout" : "crash",
-                            root, a_seed, a_fd);
-    close(pfd[1]);
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    unsigned char buf[sizeof(cmsg) * 256];
-    size_t have = 0, acked = 0;
-    bool killed = false;
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long el = (now.tv_sec - t0.tv_sec) * 1000 +
-                  (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (!killed && el >= delay_ms) {
-            kill(pid, SIGKILL);
-            killed = true;
-        }
-        struct pollfd p = {pfd[0], POLLIN, 0};
-        int pr = poll(&p, 1, killed ? 1000 : 1);
-        if (pr == 0)
-            continue;
-        ssize_t r = read(pfd[0], buf + have, sizeof buf - have);
-        if (r <= 0)
-            break;
-        have += (size_t)r;
-        size_t used = 0;
-        while (have - used >= sizeof(cmsg)) {
-            cmsg m;
-            memcpy(&m, buf + used, sizeof m);
-            used += sizeof m;
-            ck_assert_uint_lt(m.key, CR_KEYS);
-            cstate *s = &st[m.key];
-            ck_assert_msg(m.kind != M_FAIL, "child: op on key %u failed: %s",
-                          m.key, kv_err_name(m.status));
-            if (m.kind == M_INTENT) {
-                s->pending = true;
-                s->pop = m.op;
-                s->pseed = m.seed;
-            } else {
-                ck_assert(s->pending && s->pseed == m.seed);
-                s->pending = false;
-                s->present = m.op == OP_PUT;
-                s->token = m.token;
-                s->seed = m.seed;
-                acked++;
-                if (m.recycled > cr_recycled_round)
-                    cr_recycled_round = m.recycled;
-            }
-        }
-        memmove(buf, buf + used, have - used);
-        have -= used;
-    }
-    close(pfd[0]);
-    int status = wait_child(pid);
-    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "child ended on its own: status %d", status);
+    cround *cr = c->arg;
+    cr->recycled = 0;
+    size_t acked = cu_child_round(c, seed, delay_ms);
+    cr->recycled_total += cr->recycled;
 
     /* Reopen (crash recovery) and check every key. */
     env e;
-    env_init(&e, 0, flags);
-    for (uint32_t k = 0; k < CR_KEYS; k++) {
-        char p[32];
-        snprintf(p, sizeof p, "/crash/%u/k%u", k % 4, k);
-        kv_key *key = key_of(p);
-        void *v = NULL;
-        size_t n = 0;
-        uint64_t tok = 0;
-        int rc = get_k(e.s, key, &v, &n, &tok);
-        kv_key_free(key);
-        cstate *s = &st[k];
-        ck_assert_msg(rc == KV_OK || rc == KV_ENOTFOUND,
-                      "key %u: get failed %s", k, kv_err_name(rc));
-        bool as_acked =
-            s->present ? rc == KV_OK && tok == s->token &&
-                             value_is(v, n, s->seed)
-                       : rc == KV_ENOTFOUND;
-        bool as_intended = false;
-        if (s->pending)
-            as_intended = s->pop == OP_PUT
-                              ? rc == KV_OK && tok > s->token &&
-                                    value_is(v, n, s->pseed)
-                              : rc == KV_ENOTFOUND;
-        ck_assert_msg(as_acked || as_intended,
-                      "key %u: state lost (seed %" PRIu64
-                      ", delay %d ms): rc %s, token %" PRIu64
-                      ", acked present %d token %" PRIu64 ", pending %d",
-                      k, seed, delay_ms, kv_err_name(rc), tok, s->present,
-                      s->token, s->pending);
-        if (as_intended && !as_acked) {
-            s->present = s->pop == OP_PUT;
-            s->token = tok;
-            s->seed = s->pseed;
-        }
-        s->pending = false;
-        free(v);
-    }
+    env_init(&e, 0, cr->flags);
+    cu_check_keys(c, e.s, seed, delay_ms);
     /* No torn file anywhere, no temp file after the reopen. */
     size_t records = 0, temps = 0;
     check_tree(root, true, &records, &temps);
@@ -2559,7 +2311,7 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
     ck_assert_kv(query_ids(e.s, "/", KV_SORT_ASC, true, &ids, &n), KV_OK);
     ck_assert_uint_eq(n, records);
     free_ids(ids, n);
-    env_done(&e);
+    tu_env_close(&e, true);
     return acked;
 }
 
@@ -2567,27 +2319,19 @@ static size_t crash_round(cstate *st, uint64_t seed, int delay_ms,
 START_TEST(test_crash_sigkill)
 {
     unsigned flags = _i == 1 ? KV_FS_FANOUT : 0;
-    const char *env_rounds = getenv("KV_FS_CRASH_ROUNDS");
-    int rounds = env_rounds != NULL ? atoi(env_rounds) : 24;
+    int rounds = cu_rounds("KV_FS_CRASH_ROUNDS", 24);
     if (rounds <= 0)
         return;
-    cstate st[CR_KEYS];
-    memset(st, 0, sizeof st);
-    uint64_t seed = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
-    uint64_t x = seed | 1;
-    size_t total = 0;
-    uint64_t recycled = 0;
-    for (int r = 0; r < rounds; r++) {
-        int delay = 20 + (int)(rnd(&x) % 280);
-        cr_recycled_round = 0;
-        total += crash_round(st, rnd(&x), delay, flags);
-        recycled += cr_recycled_round;
-    }
-    ck_assert_msg(total > 0, "no operation was acknowledged");
+    cu_crash c;
+    cround cr;
+    cr_init(&c, &cr, flags);
+    uint64_t seed;
+    size_t total = cu_run(&c, rounds, 20, 280, crash_round, &seed);
     fprintf(stderr, "check_fs: crash test (%s layout): %d rounds, %zu "
                     "acknowledged operations verified; %" PRIu64
                     " puts overwrote a spare file (seed %" PRIu64 ")\n",
-            flags ? "fan-out" : "flat", rounds, total, recycled, seed);
+            flags ? "fan-out" : "flat", rounds, total, cr.recycled_total,
+            seed);
 }
 END_TEST
 
@@ -2684,7 +2428,7 @@ static void bench_one(const char *dir, const char *label, unsigned flags,
     if (replace) {
         uint64_t x = 88172645463325252ull;
         for (int i = nputs - 1; i > 0; i--) {
-            int j = (int)(rnd(&x) % (uint64_t)(i + 1));
+            int j = (int)(cu_rnd(&x) % (uint64_t)(i + 1));
             int t = order[i];
             order[i] = order[j];
             order[j] = t;
@@ -2706,13 +2450,7 @@ static void bench_one(const char *dir, const char *label, unsigned flags,
     free(keys);
     free(order);
     free(tok);
-    kv_fut *cf = kv_close(e.s);
-    kv_wait(cf);
-    kv_fut_free(cf);
-    kv_store_free(e.s);
-    kv_loop_run(e.loop, KV_RUN_DEFAULT);
-    kv_loop_free(e.loop);
-    kv_pool_free(e.pool);
+    tu_env_close(&e, false);
 }
 
 /* The same durable insert with plain blocking syscalls on one thread, for

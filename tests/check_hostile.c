@@ -51,15 +51,12 @@ static char *tmpdir;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
 }
 
 static void teardown(void)
 {
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 /* What a row's atomic calls do. */
@@ -185,22 +182,11 @@ static kv_key *K(ctx *c, const char *path)
     return k;
 }
 
-static kv_fut *await_(kv_fut *f, int want, const char *what, int line)
-{
-    ck_assert_msg(f != NULL, "line %d: %s returned NULL", line, what);
-    int rc = kv_wait(f);
-    ck_assert_msg(rc == want, "line %d: %s: got %s (%s), want %s", line, what,
-                  kv_err_name(rc), kv_fut_errmsg(f), kv_err_name(want));
-    return f;
-}
-#define AWAIT(f, want) await_((f), (want), #f, __LINE__)
-#define EXPECT(f, want) kv_fut_free(AWAIT(f, want))
-
 static uint64_t put_(ctx *c, const kv_key *k, const void *v, size_t len,
                      uint64_t tok, int want, int line)
 {
     kv_record r = {(kv_key *)k, (void *)v, len, tok};
-    kv_fut *f = await_(kv_put(c->s, &r, NULL), want, "kv_put", line);
+    kv_fut *f = tu_await(kv_put(c->s, &r, NULL), want, "kv_put", line);
     uint64_t t = kv_fut_token(f);
     kv_fut_free(f);
     if (want == KV_OK)
@@ -215,8 +201,8 @@ static uint64_t put_(ctx *c, const kv_key *k, const void *v, size_t len,
 static uint64_t get_(ctx *c, const kv_key *k, const void *v, size_t len,
                      int line)
 {
-    kv_fut *f = await_(kv_get(c->s, k, NULL), v ? KV_OK : KV_ENOTFOUND,
-                       "kv_get", line);
+    kv_fut *f = tu_await(kv_get(c->s, k, NULL), v ? KV_OK : KV_ENOTFOUND,
+                        "kv_get", line);
     uint64_t t = 0;
     if (v != NULL) {
         const kv_record *r = kv_fut_record(f);

@@ -25,13 +25,6 @@ static unsigned scale_div(void)
     return v < 1 ? 1u : (unsigned)v;
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static kv_loop *new_loop(void)
 {
     kv_loop *loop = NULL;
@@ -46,14 +39,6 @@ static kv_pool *new_pool(unsigned n)
     kv_pool *pool = NULL;
     ck_assert_kv(kv_pool_new(&pool, n), KV_OK);
     return pool;
-}
-
-/* Run until nothing is pending, then free the loop: it must be clean. */
-static void finish_loop(kv_loop *loop)
-{
-    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert(!kv_loop_alive(loop));
-    ck_assert_kv(kv_loop_free(loop), KV_OK);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -123,7 +108,7 @@ START_TEST(test_pool_100k_jobs)
     kv__loop_get_stats(loop, &st);
     ck_assert_uint_eq(st.jobs, (uint64_t)n);
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     free(jobs);
 }
 END_TEST
@@ -253,7 +238,7 @@ START_TEST(test_pool_burst_while_busy)
                   (unsigned long long)(after.turns - burst_stats.turns));
     ck_assert_uint_eq(after.waits, burst_stats.waits); /* never slept */
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     free(jobs);
 }
 END_TEST
@@ -355,7 +340,7 @@ START_TEST(test_pool_work_status)
     kv_fut_free(c);
     kv_fut_free(d);
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -392,7 +377,7 @@ START_TEST(test_pool_cancel_queued)
     gate_open(&g);
     for (int i = 0; i < 10; i++)
         kv_wait(f[i]);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     loop = NULL;
     ck_assert_int_eq(cb_count, 5);
     for (int i = 0; i < 10; i++) {
@@ -414,20 +399,30 @@ START_TEST(test_pool_cancel_queued)
 }
 END_TEST
 
+/* A loop and a one-thread pool whose thread a gate_work job on g holds:
+ * the job's future. */
+static kv_fut *held_pool(kv_loop **loop, kv_pool **pool, gate *g)
+{
+    *loop = new_loop();
+    *pool = new_pool(1);
+    gate_init(g);
+    kv_fut *f = kv_pool_work(*loop, *pool, gate_work, g);
+    gate_wait_blocked(g, 1);
+    return f;
+}
+
 START_TEST(test_pool_cancel_running)
 {
-    kv_loop *loop = new_loop();
-    kv_pool *pool = new_pool(1);
+    kv_loop *loop;
+    kv_pool *pool;
     gate g;
-    gate_init(&g);
-    kv_fut *f = kv_pool_work(loop, pool, gate_work, &g);
-    gate_wait_blocked(&g, 1);
+    kv_fut *f = held_pool(&loop, &pool, &g);
     kv_fut_cancel(f); /* running: not interrupted, the future is cancelled */
     ck_assert_kv(kv_fut_status(f), KV_ECANCELED);
     ck_assert(kv_loop_alive(loop)); /* the job still runs */
     ck_assert_kv(kv_loop_free(loop), KV_EBUSY);
     gate_open(&g);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     ck_assert_kv(kv_fut_status(f), KV_ECANCELED);
     kv_fut_free(f);
     kv_pool_free(pool);
@@ -435,33 +430,33 @@ START_TEST(test_pool_cancel_running)
 }
 END_TEST
 
-typedef struct freer {
-    kv_pool *pool;
-} freer;
-
 static void *pool_free_main(void *arg)
 {
-    kv_pool_free(((freer *)arg)->pool);
+    kv_pool_free(arg);
     return NULL;
+}
+
+/* kv_pool_free(pool) on a new thread, which the caller joins. */
+static pthread_t free_pool_async(kv_pool *pool)
+{
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, pool_free_main, pool), 0);
+    return th;
 }
 
 START_TEST(test_pool_free_cancels_queued)
 {
     memset(work_ran, 0, sizeof work_ran);
-    kv_loop *loop = new_loop();
-    kv_pool *pool = new_pool(1);
+    kv_loop *loop;
+    kv_pool *pool;
     gate g;
-    gate_init(&g);
-    kv_fut *blocker = kv_pool_work(loop, pool, gate_work, &g);
-    gate_wait_blocked(&g, 1);
+    kv_fut *blocker = held_pool(&loop, &pool, &g);
     kv_fut *f[10];
     for (int i = 0; i < 10; i++)
         f[i] = kv_pool_work(loop, pool, flag_work, (void *)(intptr_t)i);
     /* Free the pool on another thread: it cancels the queue at once, then
      * waits for the running blocker. */
-    freer fr = {pool};
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, pool_free_main, &fr), 0);
+    pthread_t th = free_pool_async(pool);
     for (int i = 0; i < 10; i++)
         ck_assert_kv(kv_wait(f[i]), KV_ECANCELED);
     ck_assert(!kv_fut_done(blocker));
@@ -473,7 +468,7 @@ START_TEST(test_pool_free_cancels_queued)
         kv_fut_free(f[i]);
     }
     kv_fut_free(blocker);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     gate_destroy(&g);
 }
 END_TEST
@@ -516,7 +511,7 @@ START_TEST(test_pool_cancel_internal)
     ck_assert_int_eq(atomic_load(&blocker.ran), 1);
     ck_assert(!kv__pool_cancel(pool, &blocker.job)); /* finished */
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     gate_destroy(&g);
 }
 END_TEST
@@ -536,10 +531,10 @@ START_TEST(test_pool_wakes_sleeping_loop)
     for (int round = 0; round < 5; round++) {
         kv__loop_stats a, b;
         kv__loop_get_stats(loop, &a);
-        double t0 = now_ms();
+        double t0 = tu_now_ms();
         kv_fut *f = kv_pool_work(loop, pool, slow_work, (void *)(intptr_t)50);
         ck_assert_kv(kv_wait(f), KV_OK);
-        double dt = now_ms() - t0;
+        double dt = tu_now_ms() - t0;
         kv__loop_get_stats(loop, &b);
         ck_assert_msg(dt < 1000, "woken after %.1f ms", dt);
         if (b.waits > a.waits) { /* it slept (unless descheduled 50 ms) */
@@ -551,7 +546,7 @@ START_TEST(test_pool_wakes_sleeping_loop)
     }
     ck_assert_int_ge(slept, 1);
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -576,7 +571,7 @@ START_TEST(test_pool_and_timers_mixed)
     kv_fut_free(s2);
     kv_fut_free(w);
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -584,23 +579,19 @@ END_TEST
 START_TEST(test_cancel_after_pool_free)
 {
     memset(work_ran, 0, sizeof work_ran);
-    kv_loop *loop = new_loop();
-    kv_pool *pool = new_pool(1);
+    kv_loop *loop;
+    kv_pool *pool;
     gate g;
-    gate_init(&g);
-    kv_fut *blocker = kv_pool_work(loop, pool, gate_work, &g);
-    gate_wait_blocked(&g, 1);
+    kv_fut *blocker = held_pool(&loop, &pool, &g);
     kv_fut *q = kv_pool_work(loop, pool, flag_work, (void *)(intptr_t)3);
-    freer fr = {pool};
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, pool_free_main, &fr), 0);
+    pthread_t th = free_pool_async(pool);
     usleep(100 * 1000); /* kv_pool_free cancels the queue, then joins */
     gate_open(&g);
     pthread_join(th, NULL); /* the pool is gone */
     kv_fut_cancel(q);       /* posted but not yet finished on the loop */
     ck_assert_kv(kv_fut_status(q), KV_ECANCELED);
     ck_assert_kv(kv_wait(blocker), KV_OK);
-    finish_loop(loop);
+    tu_finish_loop(loop);
     ck_assert_int_eq(atomic_load(&work_ran[3]), 0);
     kv_fut_free(q);
     kv_fut_free(blocker);
@@ -634,7 +625,7 @@ START_TEST(test_sleep_order)
     kv_loop *loop = new_loop();
     kv_fut *f[6];
     norder = 0;
-    double t0 = now_ms();
+    double t0 = tu_now_ms();
     for (int i = 0; i < 6; i++) {
         f[i] = kv_sleep(loop, (uint64_t)ms[i]);
         ck_assert_int_eq(
@@ -642,14 +633,14 @@ START_TEST(test_sleep_order)
         ck_assert(!kv_fut_done(f[i]));
     }
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    double dt = now_ms() - t0;
+    double dt = tu_now_ms() - t0;
     ck_assert_int_eq(norder, 6);
     for (int i = 0; i < 6; i++)
         ck_assert_int_eq(order[i], i * 10);
     ck_assert_msg(dt >= 49.0, "slept %.1f ms", dt);
     for (int i = 0; i < 6; i++)
         kv_fut_free(f[i]);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -671,13 +662,13 @@ START_TEST(test_sleep_cancel)
     ck_assert_kv(kv_fut_status(b), KV_ECANCELED);
     /* Freed right after cancel: the timeout's CQE must not touch it. */
     kv_fut_free(b);
-    double t0 = now_ms();
+    double t0 = tu_now_ms();
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert_msg(now_ms() - t0 < 2000, "cancel did not remove the timer");
+    ck_assert_msg(tu_now_ms() - t0 < 2000, "cancel did not remove the timer");
     ck_assert_int_eq(cb_count, 1);
     ck_assert_kv(kv_fut_status(a), KV_ECANCELED);
     kv_fut_free(a);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -710,7 +701,7 @@ START_TEST(test_free_pending_futures)
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
     ck_assert_int_eq(cb_count, 3);
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -748,7 +739,7 @@ START_TEST(test_loop_free_busy)
     ck_assert(kv_loop_alive(loop));
     ck_assert_kv(kv_loop_free(loop), KV_EBUSY);
     kv_fut_free(u);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -763,25 +754,25 @@ START_TEST(test_loop_modes)
 {
     kv_loop *loop = new_loop();
     /* Nothing alive: ONCE and DEFAULT return at once. */
-    double t0 = now_ms();
+    double t0 = tu_now_ms();
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_ONCE), 0);
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
-    ck_assert(now_ms() - t0 < 100);
+    ck_assert(tu_now_ms() - t0 < 100);
     ck_assert_int_eq(kv_loop_run(NULL, KV_RUN_ONCE), KV_EINVAL);
     ck_assert_int_eq(kv_loop_run(loop, (kv_run_mode)7), KV_EINVAL);
 
     /* NOWAIT does not wait for a pending timer. */
     kv_fut *f = kv_sleep(loop, 200);
-    t0 = now_ms();
+    t0 = tu_now_ms();
     ck_assert_int_gt(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
     ck_assert_int_gt(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
-    ck_assert(now_ms() - t0 < 150);
+    ck_assert(tu_now_ms() - t0 < 150);
     ck_assert(!kv_fut_done(f));
     /* ONCE blocks until it fires. */
     while (!kv_fut_done(f))
         ck_assert_int_ge(kv_loop_run(loop, KV_RUN_ONCE), 0);
-    ck_assert(now_ms() - t0 >= 199.0);
+    ck_assert(tu_now_ms() - t0 >= 199.0);
     ck_assert_kv(kv_fut_status(f), KV_OK);
 
     /* Re-entry from a callback is refused. */
@@ -792,7 +783,7 @@ START_TEST(test_loop_modes)
     ck_assert_int_eq(reentry_rc, KV_EINVAL);
     ck_assert_int_eq(wait_rc, KV_OK); /* f is done: kv_wait need not run */
     kv_fut_free(f);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -829,7 +820,7 @@ START_TEST(test_loop_opts)
     kv_fut *f = kv_sleep(loop, 1);
     ck_assert_kv(kv_wait(f), KV_OK);
     kv_fut_free(f);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -875,7 +866,7 @@ START_TEST(test_loop_pool_oom)
     ck_assert_ptr_null(kv_fut_loop(f));
     kv_fut_free(f);
     kv_pool_free(pool);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -906,7 +897,7 @@ START_TEST(test_loop_off_thread)
     ck_assert_msg(strstr(o.msg, "loop thread") != NULL, "%s", o.msg);
     ck_assert_kv(kv_wait(f), KV_OK); /* the owner still runs it */
     kv_fut_free(f);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -995,7 +986,7 @@ START_TEST(test_ring_nop_round_trips)
     io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
     ck_assert(kv_loop_alive(loop));
     ck_assert_kv(kv__loop_flush(loop), KV_OK);
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 
@@ -1027,7 +1018,7 @@ START_TEST(test_ring_sq_full)
     ck_assert_kv(kv__loop_sqes(loop, sqes, 9), KV_EINVAL);
     ck_assert_kv(kv__loop_sqes(loop, sqes, 0), KV_EINVAL);
     ck_assert(!kv_loop_alive(loop));
-    finish_loop(loop);
+    tu_finish_loop(loop);
 }
 END_TEST
 

@@ -59,6 +59,17 @@ static bool open_ctx_(ctx *c, const char *env, const char *opts,
 
 #define open_ctx(c, env, opts) open_ctx_(c, env, opts, __func__)
 
+/* open_ctx for a test that also reaches the nodes of tests/redis_env.sh:
+ * their directory (KV_TEST_REDIS_DIR), or NULL (the test skips). */
+static const char *open_nodes_(ctx *c, const char *env, const char *opts,
+                               const char *test)
+{
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    return dir != NULL && open_ctx_(c, env, opts, test) ? dir : NULL;
+}
+
+#define open_nodes(c, env, opts) open_nodes_(c, env, opts, __func__)
+
 static void close_ctx(ctx *c)
 {
     kv_fut *f = kv_close(c->s);
@@ -277,8 +288,8 @@ END_TEST
 START_TEST(test_master_down)
 {
     ctx c;
-    const char *dir = getenv("KV_TEST_REDIS_DIR");
-    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", ""))
+    const char *dir = open_nodes(&c, "KV_TEST_REDIS_CLUSTER", "");
+    if (dir == NULL)
         return;
     enum { N = 60 };
     char ids[N][32];
@@ -383,8 +394,8 @@ static void node_cli(const char *dir, const char *name, const char *cmd,
 START_TEST(test_failover)
 {
     ctx c;
-    const char *dir = getenv("KV_TEST_REDIS_DIR");
-    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_FAILOVER", ""))
+    const char *dir = open_nodes(&c, "KV_TEST_REDIS_FAILOVER", "");
+    if (dir == NULL)
         return;
     enum { N = 150 };
     static char ids[N][32], vals[N][32], tried[N][32];
@@ -646,8 +657,8 @@ static bool pick_all(const char *k, size_t len)
 START_TEST(test_migration)
 {
     ctx c;
-    const char *dir = getenv("KV_TEST_REDIS_DIR");
-    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", ""))
+    const char *dir = open_nodes(&c, "KV_TEST_REDIS_CLUSTER", "");
+    if (dir == NULL)
         return;
     enum { N = 30 };
     char ids[N][32];
@@ -813,19 +824,7 @@ END_TEST
 /* Records of the query of prefix on s (kv_fut_records count). */
 static size_t count_query(ctx *c, kv_store *s, const char *prefix_id)
 {
-    kv_query q = kv_query_init(K(c, prefix_id));
-    q.value = false;
-    kv_fut *f = kv_query_open(s, &q, NULL);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    size_t n = 0;
-    kv_fut_records(f, &n);
-    kv_fut_free(f);
-    kv_iter_free(it);
-    return n;
+    return tu_query_count(s, K(c, prefix_id));
 }
 
 /* Calls of a command summed over c1..c3. */
@@ -845,8 +844,8 @@ static long long calls3(redisContext **r, const char *name)
 START_TEST(test_slot_directory)
 {
     ctx c;
-    const char *dir = getenv("KV_TEST_REDIS_DIR");
-    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", ""))
+    const char *dir = open_nodes(&c, "KV_TEST_REDIS_CLUSTER", "");
+    if (dir == NULL)
         return;
     char uri[512];
     snprintf(uri, sizeof uri, "%s/%s", getenv("KV_TEST_REDIS_CLUSTER"),
@@ -1000,8 +999,8 @@ END_TEST
 START_TEST(test_hung_node)
 {
     ctx c;
-    const char *dir = getenv("KV_TEST_REDIS_DIR");
-    if (dir == NULL || !open_ctx(&c, "KV_TEST_REDIS_CLUSTER", "?timeout=300"))
+    const char *dir = open_nodes(&c, "KV_TEST_REDIS_CLUSTER", "?timeout=300");
+    if (dir == NULL)
         return;
     enum { N = 60 };
     char ids[N][32];

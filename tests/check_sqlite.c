@@ -34,8 +34,7 @@ static void setup(void)
 {
     ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
     ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
-    dir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(dir);
+    tu_tmpdir_new(&dir);
     snprintf(dbpath, sizeof dbpath, "%s/store.db", dir);
     nkeys = 0;
 }
@@ -47,8 +46,7 @@ static void teardown(void)
     nkeys = 0;
     kv_pool_free(pool);
     ck_assert_kv(kv_loop_free(loop), KV_OK);
-    tu_rmrf(dir);
-    free(dir);
+    tu_tmpdir_free(&dir);
 }
 
 static const kv_key *K(const char *path)

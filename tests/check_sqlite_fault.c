@@ -24,6 +24,7 @@
 
 #include "internal.h"
 #include "testutil.h"
+#include "crashutil.h"
 
 #include <errno.h>
 #include <dirent.h>
@@ -43,8 +44,7 @@ static char self_exe[PATH_MAX];
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
     snprintf(dbpath, sizeof dbpath, "%s/db.sqlite", tmpdir);
 }
 
@@ -52,16 +52,10 @@ static void teardown(void)
 {
     if (tmpdir != NULL)
         chmod(tmpdir, 0755);
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
-typedef struct env {
-    kv_loop *loop;
-    kv_pool *pool;
-    kv_store *s;
-} env;
+typedef tu_env env;
 
 static int env_try(env *e, const char *path, unsigned flags)
 {
@@ -71,19 +65,6 @@ static int env_try(env *e, const char *path, unsigned flags)
     if (kv_pool_new(&e->pool, 2) != KV_OK)
         return KV_ERROR;
     return kv_sqlite_open(&e->s, e->loop, e->pool, path, flags);
-}
-
-static void env_done(env *e)
-{
-    if (e->s != NULL) {
-        kv_fut *f = kv_close(e->s);
-        kv_wait(f);
-        kv_fut_free(f);
-        kv_store_free(e->s);
-    }
-    kv_loop_run(e->loop, KV_RUN_DEFAULT);
-    kv_loop_free(e->loop);
-    kv_pool_free(e->pool);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -105,7 +86,7 @@ START_TEST(test_not_a_database)
                   kv_last_errmsg());
     ck_assert_msg(strlen(kv_last_errmsg()) > 0, "no message");
     e.s = NULL;
-    env_done(&e);
+    tu_env_close(&e, false);
     /* The file is left as it was. */
     struct stat st;
     ck_assert_int_eq(stat(dbpath, &st), 0);
@@ -138,17 +119,8 @@ typedef struct ro_report {
 
 static void ro_send(int fd, const ro_report *m)
 {
-    const char *p = (const char *)m;
-    size_t left = sizeof *m;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(3);
-        p += (size_t)w;
-        left -= (size_t)w;
-    }
+    if (tu_write_all(fd, m, sizeof *m) != 0)
+        _exit(3);
 }
 
 static void ro_child(int wfd)
@@ -174,7 +146,7 @@ static void ro_child(int wfd)
     snprintf(m.msg, sizeof m.msg, "%s", kv_last_errmsg());
     if (m.rc != KV_OK)
         e.s = NULL;
-    env_done(&e);
+    tu_env_close(&e, false);
     ro_send(wfd, &m);
     _exit(0);
 }
@@ -189,7 +161,7 @@ START_TEST(test_readonly_directory)
                       "open: %s (%s)", kv_err_name(rc), kv_last_errmsg());
         ck_assert_msg(strlen(kv_last_errmsg()) > 0, "no message");
         e.s = NULL;
-        env_done(&e);
+        tu_env_close(&e, false);
         ck_assert_int_eq(dir_entries(tmpdir), 0);
         chmod(tmpdir, 0755);
         return;
@@ -353,23 +325,13 @@ static int full_batch(kv_store *s, uint32_t first, uint64_t *toks, char *msg,
     return rc;
 }
 
-/* Records under /full. */
-static size_t full_count(kv_store *s)
+/* Records under prefix (a query with values). */
+static size_t count_under(kv_store *s, const char *prefix)
 {
     kv_key *rk = NULL;
-    ck_assert_kv(kv_key_parse(&rk, "/full"), KV_OK);
-    kv_query q = kv_query_init(rk);
-    kv_fut *f = kv_query_open(s, &q, NULL);
+    ck_assert_kv(kv_key_parse(&rk, prefix), KV_OK);
+    size_t n = tu_query_count_v(s, rk, true);
     kv_key_free(rk);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    size_t n = 0;
-    kv_fut_records(f, &n);
-    kv_fut_free(f);
-    kv_iter_free(it);
     return n;
 }
 
@@ -430,8 +392,8 @@ START_TEST(test_full_database)
         ck_assert_msg(bt[i] != 0, "batch%u missing", i);
     for (uint32_t k = 0; k < total; k++)
         full_check(e.s, "k", k, toks[k]);
-    ck_assert_uint_eq(full_count(e.s), total + FULL_BATCH);
-    env_done(&e);
+    ck_assert_uint_eq(count_under(e.s, "/full"), total + FULL_BATCH);
+    tu_env_close(&e, false);
     /* Reopened: exactly the committed records. */
     rc = env_try(&e, dbpath, 0);
     ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
@@ -441,8 +403,8 @@ START_TEST(test_full_database)
     for (uint32_t i = 0; i < FULL_BATCH; i++)
         full_check(e.s, "batch", i, bt[i]);
     full_check(e.s, "k", total, 0);
-    ck_assert_uint_eq(full_count(e.s), total + FULL_BATCH);
-    env_done(&e);
+    ck_assert_uint_eq(count_under(e.s, "/full"), total + FULL_BATCH);
+    tu_env_close(&e, false);
 }
 END_TEST
 
@@ -451,24 +413,6 @@ END_TEST
 /* ------------------------------------------------------------------------ */
 
 #define CR_KEYS 64u
-#define CR_LANES 8
-
-enum { M_INTENT = 1, M_ACK = 2, M_FAIL = 3 };
-enum { OP_PUT = 1, OP_DEL = 2 };
-
-typedef struct cmsg {
-    uint32_t kind, key, op;
-    int32_t status;
-    uint64_t token, seed;
-} cmsg;
-
-static uint64_t rnd(uint64_t *x)
-{
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    return *x;
-}
 
 static size_t gen_value(uint64_t seed, unsigned char *buf, size_t cap)
 {
@@ -477,303 +421,53 @@ static size_t gen_value(uint64_t seed, unsigned char *buf, size_t cap)
         len = cap;
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
     for (size_t i = 0; i < len; i++)
-        buf[i] = (unsigned char)rnd(&x);
+        buf[i] = (unsigned char)cu_rnd(&x);
     return len;
 }
 
-static void key_name(char *p, size_t cap, uint32_t k)
+/* The crash test, in the parent and the child. */
+static void cr_init(cu_crash *c)
 {
-    snprintf(p, cap, "/crash/%u/k%u", k % 4, k);
-}
-
-typedef struct cchild cchild;
-typedef struct clane {
-    cchild *c;
-    uint32_t key, op;
-    uint64_t seed;
-} clane;
-struct cchild {
-    kv_store *s;
-    int wfd;
-    uint64_t rng;
-    uint64_t tokens[CR_KEYS];
-    bool busy[CR_KEYS];
-};
-
-static void cr_send(int fd, const cmsg *m)
-{
-    const char *p = (const char *)m;
-    size_t left = sizeof *m;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(40);
-        p += w;
-        left -= (size_t)w;
-    }
-}
-
-static void lane_go(clane *l);
-
-static void lane_cb(kv_fut *f, void *arg)
-{
-    clane *l = arg;
-    cchild *c = l->c;
-    int rc = kv_fut_status(f);
-    cmsg m = {M_ACK, l->key, l->op, rc, 0, l->seed};
-    if (rc == KV_OK && l->op == OP_PUT)
-        m.token = kv_fut_token(f);
-    if (rc != KV_OK)
-        m.kind = M_FAIL;
-    kv_fut_free(f);
-    c->tokens[l->key] = rc == KV_OK && l->op == OP_PUT ? m.token
-                        : rc == KV_OK                  ? 0
-                                                       : c->tokens[l->key];
-    c->busy[l->key] = false;
-    cr_send(c->wfd, &m);
-    lane_go(l);
-}
-
-static void lane_go(clane *l)
-{
-    cchild *c = l->c;
-    uint32_t k;
-    do
-        k = (uint32_t)(rnd(&c->rng) % CR_KEYS);
-    while (c->busy[k]);
-    c->busy[k] = true;
-    l->key = k;
-    l->op = c->tokens[k] != 0 && rnd(&c->rng) % 4 == 0 ? OP_DEL : OP_PUT;
-    l->seed = rnd(&c->rng);
-    cmsg m = {M_INTENT, k, l->op, 0, 0, l->seed};
-    cr_send(c->wfd, &m);
-    char p[32];
-    key_name(p, sizeof p, k);
-    kv_key *key = NULL;
-    if (kv_key_parse(&key, p) != KV_OK)
-        _exit(41);
-    kv_fut *f;
-    if (l->op == OP_PUT) {
-        unsigned char buf[3000];
-        size_t n = gen_value(l->seed, buf, sizeof buf);
-        kv_record r = {key, buf, n, c->tokens[k]};
-        f = kv_put(c->s, &r, NULL);
-    } else {
-        f = kv_delete(c->s, key, c->tokens[k]);
-    }
-    kv_key_free(key);
-    if (kv_fut_then(f, lane_cb, l) != KV_OK)
-        _exit(42);
-}
-
-/* Read key k: KV_OK with value and token, or KV_ENOTFOUND. */
-static int get_k(kv_store *s, uint32_t k, void **v, size_t *n, uint64_t *tok)
-{
-    char p[32];
-    key_name(p, sizeof p, k);
-    kv_key *key = NULL;
-    if (kv_key_parse(&key, p) != KV_OK)
-        return KV_EINVAL;
-    kv_fut *f = kv_get(s, key, NULL);
-    kv_key_free(key);
-    int rc = kv_wait(f);
-    if (rc == KV_OK) {
-        const kv_record *r = kv_fut_record(f);
-        *n = r->len;
-        *v = malloc(r->len + 1);
-        memcpy(*v, r->val, r->len);
-        *tok = r->token;
-    }
-    kv_fut_free(f);
-    return rc;
+    *c = (cu_crash){.exe = self_exe,
+                    .mode = "crash",
+                    .path = dbpath,
+                    .nkeys = CR_KEYS,
+                    .value = gen_value};
 }
 
 static void crash_child(int wfd, uint64_t seed)
 {
+    static cu_crash c;
+    cr_init(&c);
     env e;
     if (env_try(&e, dbpath, KV_SYNC_FULL) != KV_OK)
         _exit(30);
-    static cchild c;
-    c.s = e.s;
-    c.wfd = wfd;
-    c.rng = seed | 1;
-    for (uint32_t k = 0; k < CR_KEYS; k++) {
-        void *v = NULL;
-        size_t n = 0;
-        uint64_t tok = 0;
-        int rc = get_k(e.s, k, &v, &n, &tok);
-        if (rc != KV_OK && rc != KV_ENOTFOUND)
-            _exit(32);
-        free(v);
-        c.tokens[k] = rc == KV_OK ? tok : 0;
-    }
-    static clane lanes[CR_LANES];
-    for (int i = 0; i < CR_LANES; i++) {
-        lanes[i].c = &c;
-        lane_go(&lanes[i]);
-    }
-    for (;;)
-        if (kv_loop_run(e.loop, KV_RUN_ONCE) < 0)
-            _exit(33);
+    cu_child_run(&c, e.loop, e.s, wfd, seed);
 }
 
-typedef struct cstate {
-    bool present, pending;
-    uint64_t token, seed;
-    uint32_t pop;
-    uint64_t pseed;
-} cstate;
-
-static bool value_is(const void *v, size_t n, uint64_t seed)
+static size_t crash_round(cu_crash *c, uint64_t seed, int delay_ms)
 {
-    unsigned char buf[3000];
-    size_t m = gen_value(seed, buf, sizeof buf);
-    return m == n && (n == 0 || memcmp(v, buf, n) == 0);
-}
-
-static size_t crash_round(cstate *st, uint64_t seed, int delay_ms)
-{
-    int pfd[2];
-    ck_assert_int_eq(pipe(pfd), 0);
-    fcntl(pfd[0], F_SETPIPE_SZ, 1 << 20);
-    fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
-    char a_seed[32], a_fd[16];
-    snprintf(a_seed, sizeof a_seed, "%" PRIu64, seed);
-    snprintf(a_fd, sizeof a_fd, "%d", pfd[1]);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        char *argv[] = {self_exe, "child", dbpath, a_seed, a_fd, NULL};
-        execv(self_exe, argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    unsigned char buf[sizeof(cmsg) * 256];
-    size_t have = 0, acked = 0;
-    bool killed = false;
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long el = (now.tv_sec - t0.tv_sec) * 1000 +
-                  (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (!killed && el >= delay_ms) {
-            kill(pid, SIGKILL);
-            killed = true;
-        }
-        struct pollfd p = {pfd[0], POLLIN, 0};
-        if (poll(&p, 1, killed ? 1000 : 1) == 0)
-            continue;
-        ssize_t r = read(pfd[0], buf + have, sizeof buf - have);
-        if (r <= 0)
-            break;
-        have += (size_t)r;
-        size_t used = 0;
-        while (have - used >= sizeof(cmsg)) {
-            cmsg m;
-            memcpy(&m, buf + used, sizeof m);
-            used += sizeof m;
-            ck_assert_uint_lt(m.key, CR_KEYS);
-            cstate *s = &st[m.key];
-            ck_assert_msg(m.kind != M_FAIL, "child: op on key %u failed: %s",
-                          m.key, kv_err_name(m.status));
-            if (m.kind == M_INTENT) {
-                s->pending = true;
-                s->pop = m.op;
-                s->pseed = m.seed;
-            } else {
-                ck_assert(s->pending && s->pseed == m.seed);
-                s->pending = false;
-                s->present = m.op == OP_PUT;
-                s->token = m.token;
-                s->seed = m.seed;
-                acked++;
-            }
-        }
-        memmove(buf, buf + used, have - used);
-        have -= used;
-    }
-    close(pfd[0]);
-    int status;
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
-                  "child ended on its own: status %d", status);
-
+    size_t acked = cu_child_round(c, seed, delay_ms);
     env e;
     int rc = env_try(&e, dbpath, KV_SYNC_FULL);
     ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
                   kv_last_errmsg());
-    for (uint32_t k = 0; k < CR_KEYS; k++) {
-        void *v = NULL;
-        size_t n = 0;
-        uint64_t tok = 0;
-        rc = get_k(e.s, k, &v, &n, &tok);
-        cstate *s = &st[k];
-        ck_assert_msg(rc == KV_OK || rc == KV_ENOTFOUND,
-                      "key %u: get failed %s", k, kv_err_name(rc));
-        bool as_acked = s->present ? rc == KV_OK && tok == s->token &&
-                                         value_is(v, n, s->seed)
-                                   : rc == KV_ENOTFOUND;
-        bool as_intended = false;
-        if (s->pending)
-            as_intended = s->pop == OP_PUT ? rc == KV_OK &&
-                                                 tok != s->token &&
-                                                 value_is(v, n, s->pseed)
-                                           : rc == KV_ENOTFOUND;
-        ck_assert_msg(as_acked || as_intended,
-                      "key %u: state lost (seed %" PRIu64
-                      ", delay %d ms): rc %s, token %" PRIu64
-                      ", acked present %d token %" PRIu64 ", pending %d",
-                      k, seed, delay_ms, kv_err_name(rc), tok, s->present,
-                      s->token, s->pending);
-        if (as_intended && !as_acked) {
-            s->present = s->pop == OP_PUT;
-            s->token = tok;
-            s->seed = s->pseed;
-        }
-        s->pending = false;
-        free(v);
-    }
+    cu_check_keys(c, e.s, seed, delay_ms);
     /* No stray record: a query sees exactly the present keys. */
-    kv_key *rk = NULL;
-    ck_assert_kv(kv_key_parse(&rk, "/crash"), KV_OK);
-    kv_query q = kv_query_init(rk);
-    kv_fut *f = kv_query_open(e.s, &q, NULL);
-    kv_key_free(rk);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    size_t nrec = 0, present = 0;
-    kv_fut_records(f, &nrec);
-    for (uint32_t k = 0; k < CR_KEYS; k++)
-        present += st[k].present;
-    ck_assert_uint_eq(nrec, present);
-    kv_fut_free(f);
-    kv_iter_free(it);
-    env_done(&e);
+    ck_assert_uint_eq(count_under(e.s, "/crash"), cu_present(c));
+    tu_env_close(&e, false);
     return acked;
 }
 
 START_TEST(test_crash_sigkill)
 {
-    const char *env_rounds = getenv("KV_SQLITE_CRASH_ROUNDS");
-    int rounds = env_rounds != NULL ? atoi(env_rounds) : 20;
+    int rounds = cu_rounds("KV_SQLITE_CRASH_ROUNDS", 20);
     if (rounds <= 0)
         return;
-    static cstate st[CR_KEYS];
-    memset(st, 0, sizeof st);
-    uint64_t seed = (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid();
-    uint64_t x = seed | 1;
-    size_t total = 0;
-    for (int r = 0; r < rounds; r++) {
-        int delay = 30 + (int)(rnd(&x) % 270);
-        total += crash_round(st, rnd(&x), delay);
-    }
-    ck_assert_msg(total > 0, "no operation was acknowledged");
+    static cu_crash c;
+    cr_init(&c);
+    uint64_t seed;
+    size_t total = cu_run(&c, rounds, 30, 270, crash_round, &seed);
     fprintf(stderr, "check_sqlite_fault: crash test: %d rounds, %zu "
                     "acknowledged operations verified (seed %" PRIu64 ")\n",
             rounds, total, seed);
@@ -787,9 +481,10 @@ int main(int argc, char **argv)
         snprintf(self_exe, sizeof self_exe, "%s", argv[0]);
     else
         self_exe[n] = '\0';
-    if (argc >= 5 && strcmp(argv[1], "child") == 0) {
-        snprintf(dbpath, sizeof dbpath, "%s", argv[2]);
-        crash_child(atoi(argv[4]), strtoull(argv[3], NULL, 10));
+    if (argc >= 6 && strcmp(argv[1], "child") == 0 &&
+        strcmp(argv[2], "crash") == 0) {
+        snprintf(dbpath, sizeof dbpath, "%s", argv[3]);
+        crash_child(atoi(argv[5]), strtoull(argv[4], NULL, 10));
         _exit(34);
     }
     Suite *s = suite_create("sqlite_fault");

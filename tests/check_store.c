@@ -507,15 +507,12 @@ static char *tmpdir;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
 }
 
 static void teardown(void)
 {
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 #define MAXKEYS 4096
@@ -594,19 +591,6 @@ static kv_key *K(tctx *c, const char *path)
     return k;
 }
 
-static kv_fut *await_(kv_fut *f, int want, const char *what, int line)
-{
-    ck_assert_ptr_nonnull(f);
-    int rc = kv_wait(f);
-    ck_assert_msg(rc == want, "line %d: %s: got %s (%s), want %s", line, what,
-                  kv_err_name(rc), kv_fut_errmsg(f), kv_err_name(want));
-    return f;
-}
-/* Wait for f, assert its status, return it (the caller frees it). */
-#define AWAIT(f, want) await_((f), (want), #f, __LINE__)
-/* Wait, assert, free. */
-#define EXPECT(f, want) kv_fut_free(AWAIT(f, want))
-
 static bool val_is(const kv_record *r, const char *s)
 {
     return r != NULL && r->len == strlen(s) &&
@@ -617,7 +601,7 @@ static uint64_t put_(tctx *c, const char *key, const char *val, uint64_t tok,
                      int want, int line)
 {
     kv_record r = {K(c, key), (void *)val, strlen(val), tok};
-    kv_fut *f = await_(kv_put(c->s, &r, NULL), want, "kv_put", line);
+    kv_fut *f = tu_await(kv_put(c->s, &r, NULL), want, "kv_put", line);
     uint64_t t = kv_fut_token(f);
     kv_fut_free(f);
     if (want == KV_OK)
@@ -631,8 +615,8 @@ static uint64_t put_(tctx *c, const char *key, const char *val, uint64_t tok,
 /* Get key: its token, asserting its value (NULL: asserting it is absent). */
 static uint64_t get_(tctx *c, const char *key, const char *val, int line)
 {
-    kv_fut *f = await_(kv_get(c->s, K(c, key), NULL),
-                       val ? KV_OK : KV_ENOTFOUND, "kv_get", line);
+    kv_fut *f = tu_await(kv_get(c->s, K(c, key), NULL),
+                        val ? KV_OK : KV_ENOTFOUND, "kv_get", line);
     uint64_t t = 0;
     if (val != NULL) {
         const kv_record *r = kv_fut_record(f);

@@ -65,15 +65,12 @@ static char *tmpdir;
 
 static void setup(void)
 {
-    tmpdir = tu_mkdtemp();
-    ck_assert_ptr_nonnull(tmpdir);
+    tu_tmpdir_new(&tmpdir);
 }
 
 static void teardown(void)
 {
-    tu_rmrf(tmpdir);
-    free(tmpdir);
-    tmpdir = NULL;
+    tu_tmpdir_free(&tmpdir);
 }
 
 static double scale(void)
@@ -149,6 +146,20 @@ static int open_store(const backend *b, kv_store **s, kv_loop *loop,
     return kv_sqlite_open(s, loop, pool, path, flags);
 }
 
+/* A loop, a pool of nthreads and b's store on them: the store (all three
+ * must open). */
+static kv_store *open_env(const backend *b, kv_loop **loop, kv_pool **pool,
+                          unsigned nthreads)
+{
+    ck_assert_kv(kv_loop_new(loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(pool, nthreads), KV_OK);
+    kv_store *s = NULL;
+    int rc = open_store(b, &s, *loop, *pool, 0);
+    ck_assert_msg(rc == KV_OK, "%s: open: %s (%s)", b->name, kv_err_name(rc),
+                  kv_last_errmsg());
+    return s;
+}
+
 static void close_free(kv_store *s)
 {
     kv_fut *f = kv_close(s);
@@ -163,6 +174,14 @@ static void loop_free_clean(kv_loop *loop)
 {
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
     ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+
+/* Close and free s, run loop dry and free it, free pool. */
+static void close_env(kv_store *s, kv_loop *loop, kv_pool *pool)
+{
+    close_free(s);
+    loop_free_clean(loop);
+    kv_pool_free(pool);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -311,6 +330,12 @@ static void make_keys(kv_key **keys)
     }
 }
 
+static void free_keys(kv_key **keys)
+{
+    for (int i = 0; i < NCOUNTERS; i++)
+        kv_key_free(keys[i]);
+}
+
 /* The sum of the counters (each must exist). */
 static uint64_t counters_sum(kv_store *s, kv_key *const *keys)
 {
@@ -402,12 +427,7 @@ START_TEST(test_lost_update)
     make_keys(keys);
     kv_loop *loop;
     kv_pool *pool;
-    kv_store *s;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_pool_new(&pool, 4), KV_OK);
-    int orc = open_store(b, &s, loop, pool, 0);
-    ck_assert_msg(orc == KV_OK, "%s: open: %s (%s)", b->name,
-                  kv_err_name(orc), kv_last_errmsg());
+    kv_store *s = open_env(b, &loop, &pool, 4);
     /* half the counters exist at the start, the others are created by
      * the first increment (an insert race) */
     for (int i = 0; i < NCOUNTERS; i += 2) {
@@ -463,11 +483,8 @@ START_TEST(test_lost_update)
             "check_stress: lost-update %s (%s): %ld increments on %d "
             "counters, sum %" PRIu64 ", %ld conflicts retried\n",
             b->name, form, ok, NCOUNTERS, sum, conflicts);
-    close_free(s);
-    loop_free_clean(loop);
-    kv_pool_free(pool);
-    for (int i = 0; i < NCOUNTERS; i++)
-        kv_key_free(keys[i]);
+    close_env(s, loop, pool);
+    free_keys(keys);
 }
 END_TEST
 
@@ -732,8 +749,7 @@ static int child_increments(const backend *b, int per_lane, int gid, int fd)
         kv_loop_free(loop) != KV_OK)
         return 15;
     kv_pool_free(pool);
-    for (int i = 0; i < NCOUNTERS; i++)
-        kv_key_free(keys[i]);
+    free_keys(keys);
     if (write(fd, &ok, sizeof ok) != (ssize_t)sizeof ok)
         return 16;
     return 0;
@@ -776,10 +792,7 @@ START_TEST(test_two_processes_sqlite)
     make_keys(keys);
     kv_loop *loop;
     kv_pool *pool;
-    kv_store *s;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
-    ck_assert_kv(open_store(b, &s, loop, pool, 0), KV_OK);
+    kv_store *s = open_env(b, &loop, &pool, 2);
     uint64_t sum = counters_sum(s, keys);
     ck_assert_msg(sum == (uint64_t)ok,
                   "two processes: counters add up to %" PRIu64
@@ -789,11 +802,8 @@ START_TEST(test_two_processes_sqlite)
             "check_stress: two processes on one SQLite file: %ld "
             "increments, sum %" PRIu64 ", none lost\n",
             ok, sum);
-    close_free(s);
-    loop_free_clean(loop);
-    kv_pool_free(pool);
-    for (int i = 0; i < NCOUNTERS; i++)
-        kv_key_free(keys[i]);
+    close_env(s, loop, pool);
+    free_keys(keys);
 }
 END_TEST
 
@@ -879,9 +889,7 @@ START_TEST(test_concurrent_first_open)
         ck_assert_kv(kv_key_parse(&root, "/opener"), KV_OK);
         ck_assert_uint_eq(tu_query_count(s, root), OPENERS);
         kv_key_free(root);
-        close_free(s);
-        loop_free_clean(loop);
-        kv_pool_free(pool);
+        close_env(s, loop, pool);
     }
 }
 END_TEST
@@ -932,10 +940,7 @@ START_TEST(test_two_processes_fs)
     close(res[1]);
     kv_loop *loop;
     kv_pool *pool;
-    kv_store *s;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_pool_new(&pool, 2), KV_OK);
-    ck_assert_kv(open_store(b, &s, loop, pool, 0), KV_OK);
+    kv_store *s = open_env(b, &loop, &pool, 2);
     /* while this process holds the root: the other gets KV_EBUSY */
     int rc = 0;
     ck_assert_int_eq(write(cmd[1], "o", 1), 1);
