@@ -334,12 +334,13 @@ static int enc_append(kv_buf *b, const char *id, size_t len)
     return KV_OK;
 }
 
-static int hexval(char c)
+/* The value of hex digit c whose letters start at a ('A' or 'a'), or -1. */
+static int hex_digit(char c, char a)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= a && c <= a + 5)
+        return c - a + 10;
     return -1;
 }
 
@@ -361,7 +362,7 @@ static int dec_name(const char *s, size_t len, char **out)
         }
         if (c != '%' || i + 2 >= len)
             goto out;
-        int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+        int hi = hex_digit(s[i + 1], 'A'), lo = hex_digit(s[i + 2], 'A');
         if (hi < 0 || lo < 0)
             goto out;
         unsigned char b = (unsigned char)(hi << 4 | lo);
@@ -938,28 +939,29 @@ static void req_finish(kv__req *req, int status, const char *msg)
         kv__req_done(req, status, NULL);
 }
 
+/* Complete d's request (its NOP or job already uncounted).  After the
+ * close request completes, fs may be gone: touch it no more. */
 static void defer_fire(fdefer *d)
 {
+    fs_state *fs = d->fs;
+    bool last = d->is_close;
     kv__req *req = d->req;
     int st = d->status;
     char *msg = d->msg;
     kv__free(d);
     req_finish(req, st, msg);
     kv__free(msg);
+    if (!last)
+        fs_check_closed(fs);
 }
 
-/* After the close request completes, fs may be gone: touch it no more. */
 static void defer_cqe(kv__op *op, int res, uint32_t flags)
 {
     (void)res;
     (void)flags;
     fdefer *d = KV__CONTAINER_OF(op, fdefer, op);
-    fs_state *fs = d->fs;
-    bool last = d->is_close;
-    fs->nsqe--;
+    d->fs->nsqe--;
     defer_fire(d);
-    if (!last)
-        fs_check_closed(fs);
 }
 
 static void defer_work(kv__job *job)
@@ -971,12 +973,8 @@ static void defer_job_done(kv__job *job, int status)
 {
     (void)status;
     fdefer *d = KV__CONTAINER_OF(job, fdefer, job);
-    fs_state *fs = d->fs;
-    bool last = d->is_close;
-    fs->njobs--;
+    d->fs->njobs--;
     defer_fire(d);
-    if (!last)
-        fs_check_closed(fs);
 }
 
 /*
@@ -1295,13 +1293,20 @@ static void dir_maybe_free(fsdir *d)
     }
 }
 
+/* The directory whose slot op completed (its SQE uncounted). */
+static fsdir *dir_of_cqe(kv__op *op)
+{
+    fsdir *d = ((dslot *)(void *)op)->d;
+    d->fs->nsqe--;
+    return d;
+}
+
 static void d_close_cqe(kv__op *op, int res, uint32_t flags)
 {
     (void)res; /* a directory close error loses nothing */
     (void)flags;
-    fsdir *d = ((dslot *)(void *)op)->d;
+    fsdir *d = dir_of_cqe(op);
     fs_state *fs = d->fs;
-    fs->nsqe--;
     d->fd = -1;
     d->state = D_CLOSED;
     if (d->wait_head != NULL)
@@ -1473,6 +1478,13 @@ static void dir_fail(fsdir *d, int res)
     dir_wake(d, res, false);
 }
 
+/* d's open or creation failed with res while d held its parent. */
+static void dir_abort(fsdir *d, int res)
+{
+    dir_release(d->parent);
+    dir_fail(d, res);
+}
+
 static void dir_parent_ready(waiter *w, int res)
 {
     fsdir *d = KV__CONTAINER_OF(w, fsdir, pw);
@@ -1481,8 +1493,7 @@ static void dir_parent_ready(waiter *w, int res)
         return;
     }
     if (d->fs->closing) {
-        dir_release(d->parent);
-        dir_fail(d, KV_ECANCELED);
+        dir_abort(d, KV_ECANCELED);
         return;
     }
     dir_submit_open(d);
@@ -1530,28 +1541,42 @@ static bool dir_use(fsdir *d, waiter *w, bool create)
     return false;
 }
 
+/* The SQE of d's next step (opening or creating it, d holding its
+ * parent), or NULL after d failed (the ring refused). */
+static struct io_uring_sqe *dir_sqe(fsdir *d)
+{
+    struct io_uring_sqe *sqe;
+    int rc = ring_get(d->fs, &sqe, 1);
+    if (rc != KV_OK) {
+        dir_abort(d, rc);
+        return NULL;
+    }
+    return sqe;
+}
+
+/* Point sqe (prepared) at slot s of d, which enters state st. */
+static void dir_arm(fsdir *d, struct io_uring_sqe *sqe, dslot *s,
+                    enum dstate st)
+{
+    io_uring_sqe_set_data64(sqe, (uintptr_t)&s->op);
+    d->state = st;
+}
+
 static void dir_submit_open(fsdir *d)
 {
-    fs_state *fs = d->fs;
-    struct io_uring_sqe *sqe;
-    int rc = ring_get(fs, &sqe, 1);
-    if (rc != KV_OK) {
-        dir_release(d->parent);
-        dir_fail(d, rc);
+    struct io_uring_sqe *sqe = dir_sqe(d);
+    if (sqe == NULL)
         return;
-    }
-    prep_open(fs, sqe, d->parent->fd, d->name, O_RDONLY | O_DIRECTORY, 0,
-              &d->how);
-    io_uring_sqe_set_data64(sqe, (uintptr_t)&d->s_open.op);
-    d->state = D_OPENING;
+    prep_open(d->fs, sqe, d->parent->fd, d->name, O_RDONLY | O_DIRECTORY,
+              0, &d->how);
+    dir_arm(d, sqe, &d->s_open, D_OPENING);
 }
 
 static void dir_cqe_open(kv__op *op, int res, uint32_t flags)
 {
     (void)flags;
-    fsdir *d = ((dslot *)(void *)op)->d;
+    fsdir *d = dir_of_cqe(op);
     fs_state *fs = d->fs;
-    fs->nsqe--;
     if (res >= 0) {
         d->fd = res;
         d->state = D_OPEN;
@@ -1561,19 +1586,13 @@ static void dir_cqe_open(kv__op *op, int res, uint32_t flags)
                dir_wants_create(d) && d->tries++ < MAX_RETRY) {
         /* Readers learn now that it is missing; creators wait for mkdir. */
         dir_wake(d, -ENOENT, true);
-        struct io_uring_sqe *sqe;
-        int rc = ring_get(fs, &sqe, 1);
-        if (rc != KV_OK) {
-            dir_release(d->parent);
-            dir_fail(d, rc);
-        } else {
+        struct io_uring_sqe *sqe = dir_sqe(d);
+        if (sqe != NULL) {
             io_uring_prep_mkdirat(sqe, d->parent->fd, d->name, 0755);
-            io_uring_sqe_set_data64(sqe, (uintptr_t)&d->s_mk.op);
-            d->state = D_MKDIR;
+            dir_arm(d, sqe, &d->s_mk, D_MKDIR);
         }
     } else {
-        dir_release(d->parent);
-        dir_fail(d, res);
+        dir_abort(d, res);
     }
     fs_check_closed(fs);
 }
@@ -1581,30 +1600,23 @@ static void dir_cqe_open(kv__op *op, int res, uint32_t flags)
 static void dir_cqe_mk(kv__op *op, int res, uint32_t flags)
 {
     (void)flags;
-    fsdir *d = ((dslot *)(void *)op)->d;
+    fsdir *d = dir_of_cqe(op);
     fs_state *fs = d->fs;
-    fs->nsqe--;
     if (res == 0)
         fs->stats[STAT_MKDIR]++;
-    /* EEXIST too: whoever made it may not have made it durable yet. */
-    if ((res == 0 || res == -EEXIST) && !fs->nofsync) {
-        /* The new entry is durable once its parent is fsynced. */
-        struct io_uring_sqe *sqe;
-        int rc = ring_get(fs, &sqe, 1);
-        if (rc != KV_OK) {
-            dir_release(d->parent);
-            dir_fail(d, rc);
-        } else {
-            io_uring_prep_fsync(sqe, d->parent->fd, 0);
-            io_uring_sqe_set_data64(sqe, (uintptr_t)&d->s_mksync.op);
-            d->state = D_MKSYNC;
-            fs->stats[STAT_DIR_FSYNC]++;
-        }
-    } else if (res == 0 || res == -EEXIST) {
+    if (res != 0 && res != -EEXIST) {
+        dir_abort(d, res);
+    } else if (fs->nofsync) {
         dir_submit_open(d);
     } else {
-        dir_release(d->parent);
-        dir_fail(d, res);
+        /* EEXIST too: whoever made it may not have made it durable yet.
+         * The new entry is durable once its parent is fsynced. */
+        struct io_uring_sqe *sqe = dir_sqe(d);
+        if (sqe != NULL) {
+            io_uring_prep_fsync(sqe, d->parent->fd, 0);
+            dir_arm(d, sqe, &d->s_mksync, D_MKSYNC);
+            fs->stats[STAT_DIR_FSYNC]++;
+        }
     }
     fs_check_closed(fs);
 }
@@ -1612,16 +1624,24 @@ static void dir_cqe_mk(kv__op *op, int res, uint32_t flags)
 static void dir_cqe_mksync(kv__op *op, int res, uint32_t flags)
 {
     (void)flags;
-    fsdir *d = ((dslot *)(void *)op)->d;
+    fsdir *d = dir_of_cqe(op);
     fs_state *fs = d->fs;
-    fs->nsqe--;
-    if (res < 0) {
-        dir_release(d->parent);
-        dir_fail(d, res);
-    } else {
+    if (res < 0)
+        dir_abort(d, res);
+    else
         dir_submit_open(d);
-    }
     fs_check_closed(fs);
+}
+
+/* Deliver res to every kop of a directory fsync's list. */
+static void dir_synced_list(kop *k, int res)
+{
+    while (k != NULL) {
+        kop *next = k->gnext;
+        k->gnext = NULL;
+        kop_synced(k, res);
+        k = next;
+    }
 }
 
 /* Group commit: one fsync of d covers every kop queued before it starts. */
@@ -1637,12 +1657,7 @@ static void dir_sync_start(fsdir *d)
         kop *k = d->sync_head;
         d->sync_head = NULL;
         d->syncing = false;
-        while (k != NULL) {
-            kop *next = k->gnext;
-            k->gnext = NULL;
-            kop_synced(k, rc);
-            k = next;
-        }
+        dir_synced_list(k, rc);
         return;
     }
     io_uring_prep_fsync(sqe, d->fd, 0);
@@ -1684,21 +1699,15 @@ static void dir_sync_add(fsdir *d, kop *k)
 static void dir_cqe_sync(kv__op *op, int res, uint32_t flags)
 {
     (void)flags;
-    fsdir *d = ((dslot *)(void *)op)->d;
+    fsdir *d = dir_of_cqe(op);
     fs_state *fs = d->fs;
-    fs->nsqe--;
     kop *k = d->sync_head;
     d->sync_head = NULL;
     d->syncing = false;
     /* Start the next round first: its kops hold d open. */
     if (d->ready_head != NULL)
         dir_sync_start(d);
-    while (k != NULL) {
-        kop *next = k->gnext;
-        k->gnext = NULL;
-        kop_synced(k, res);
-        k = next;
-    }
+    dir_synced_list(k, res);
     fs_check_closed(fs);
 }
 
@@ -2265,14 +2274,49 @@ static bool k_stop(const kop *k)
     return k->fs->closing || k->canceled;
 }
 
+/* If k must stop (close, cancel): release what it holds, finish it with
+ * KV_ECANCELED and return true. */
+static bool k_canceled(kop *k)
+{
+    if (!k_stop(k))
+        return false;
+    k_cleanup(k, KV_ECANCELED);
+    return true;
+}
+
+/* n SQEs for k's next step; false after failing k if the ring refuses. */
+static bool k_sqes(kop *k, struct io_uring_sqe **sq, unsigned n)
+{
+    int rc = ring_get(k->fs, sq, n);
+    if (rc != KV_OK) {
+        k_fail(k, "submit", rc);
+        return false;
+    }
+    return true;
+}
+
+/* Read the record's header from k->rgot on, then close it (linked). */
+static void k_read_hdr(kop *k, struct io_uring_sqe *sq[2])
+{
+    io_uring_prep_read(sq[0], k->fd, k->rhdr + k->rgot,
+                       (unsigned)(HDR_SIZE - k->rgot), k->rgot);
+    k_arm(k, sq[0], SL_READ, true);
+    io_uring_prep_close(sq[1], k->fd);
+    k_arm(k, sq[1], SL_CLOSE, false);
+}
+
+/* A directory vanished under k (a drop): forget it and its parents. */
+static void dir_invalidate_up(fsdir *d)
+{
+    for (fsdir *x = d; x != NULL; x = x->parent)
+        dir_invalidate(x);
+}
+
 static void k_open_record(kop *k)
 {
     struct io_uring_sqe *sqe;
-    int rc = ring_get(k->fs, &sqe, 1);
-    if (rc != KV_OK) {
-        k_fail(k, "submit", rc);
+    if (!k_sqes(k, &sqe, 1))
         return;
-    }
     prep_open(k->fs, sqe, k->dir->fd, k->fname, O_RDONLY | O_NONBLOCK, 0,
               &k->how);
     k_arm(k, sqe, SL_OPEN, false);
@@ -2290,9 +2334,7 @@ static void k_dir_ready(waiter *w, int res)
         } else if (res == -ENOENT && k->kind != K_PUT) {
             kop_finish(k, k->kind == K_DEL ? KV_ECONFLICT : KV_ENOTFOUND);
         } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
-            /* A directory vanished under us (drop): forget it, retry. */
-            for (fsdir *x = d; x != NULL; x = x->parent)
-                dir_invalidate(x);
+            dir_invalidate_up(d); /* then retry */
             kop_start(k);
         } else if (res == -ELOOP || res == -ENOTDIR) {
             k_msg(k, "a path component is a symlink or not a directory:",
@@ -2304,21 +2346,14 @@ static void k_dir_ready(waiter *w, int res)
         }
         return;
     }
-    if (k_stop(k)) {
-        kop_finish(k, KV_ECANCELED);
-        return;
-    }
-    k_open_record(k);
+    if (!k_canceled(k))
+        k_open_record(k);
 }
 
 static void kop_start(kop *k)
 {
     fs_state *fs = k->fs;
-    if (k_stop(k)) {
-        kop_finish(k, KV_ECANCELED);
-        return;
-    }
-    if (!kop_admit(k))
+    if (k_canceled(k) || !kop_admit(k))
         return;
     if (k->kind == K_PUT && !k->put_counted) {
         k->put_counted = true;
@@ -2341,10 +2376,8 @@ static void put_rename(kop *k);
 
 static void kop_token_ready(kop *k)
 {
-    if (k_stop(k)) {
-        kop_finish(k, KV_ECANCELED);
+    if (k_canceled(k))
         return;
-    }
     int rc = tok_take(k->fs, &k->new_token);
     if (rc == 1) {
         put_tmp(k);
@@ -2378,10 +2411,8 @@ static void put_cas(kop *k, uint64_t cur)
 static void put_tmp(kop *k)
 {
     fs_state *fs = k->fs;
-    if (k_stop(k)) {
-        kop_finish(k, KV_ECANCELED);
+    if (k_canceled(k))
         return;
-    }
     int flags = O_WRONLY | O_CREAT | O_EXCL;
     spare *sp = k->no_spare ? NULL
                             : spare_take(fs, k->dir,
@@ -2431,11 +2462,8 @@ static void put_chain(kop *k)
     }
     unsigned n = fs->nofsync ? 3 : 4, i = 0;
     struct io_uring_sqe *sq[4];
-    int rc = ring_get(fs, sq, n);
-    if (rc != KV_OK) {
-        k_fail(k, "submit", rc);
+    if (!k_sqes(k, sq, n))
         return;
-    }
     io_uring_prep_writev(sq[i], k->fd, k->iov, niov, off);
     k_arm(k, sq[i++], SL_WRITE, true);
     k->fsync_in_chain = !fs->nofsync;
@@ -2483,16 +2511,9 @@ static void del_cas(kop *k, uint64_t cur)
         kop_finish(k, KV_ECONFLICT);
         return;
     }
-    if (k_stop(k)) {
-        kop_finish(k, KV_ECANCELED);
-        return;
-    }
     struct io_uring_sqe *sqe;
-    int rc = ring_get(k->fs, &sqe, 1);
-    if (rc != KV_OK) {
-        k_fail(k, "submit", rc);
+    if (k_canceled(k) || !k_sqes(k, &sqe, 1))
         return;
-    }
     io_uring_prep_unlinkat(sqe, k->dir->fd, k->fname, 0);
     k_arm(k, sqe, SL_NAME, false);
     k->state = ST_UNLINK;
@@ -2518,10 +2539,8 @@ static void on_open(kop *k)
         return;
     }
     k->fd = res;
-    if (k_stop(k)) {
-        k_cleanup(k, KV_ECANCELED);
+    if (k_canceled(k))
         return;
-    }
     bool whole = k->kind == K_GET && k->want_value;
     unsigned n = whole ? 1 : 2;
     if (whole) {
@@ -2535,23 +2554,16 @@ static void on_open(kop *k)
         }
     }
     struct io_uring_sqe *sq[2];
-    int rc = ring_get(k->fs, sq, n);
-    if (rc != KV_OK) {
-        k_fail(k, "submit", rc);
+    if (!k_sqes(k, sq, n))
         return;
-    }
+    k->rgot = 0;
     if (whole) {
-        k->rgot = 0;
         k->rreq = k->rcap;
         io_uring_prep_read(sq[0], k->fd, k->rbuf, (unsigned)k->rreq, 0);
         k_arm(k, sq[0], SL_READ, false);
         k->state = ST_READ;
     } else {
-        k->rgot = 0;
-        io_uring_prep_read(sq[0], k->fd, k->rhdr, HDR_SIZE, 0);
-        k_arm(k, sq[0], SL_READ, true);
-        io_uring_prep_close(sq[1], k->fd);
-        k_arm(k, sq[1], SL_CLOSE, false);
+        k_read_hdr(k, sq);
         k->state = ST_HDR;
     }
 }
@@ -2572,16 +2584,8 @@ static void on_hdr(kop *k)
         /* A short read is not the end of the file (only a read of 0 bytes
          * is): read the rest; the linked close was cancelled. */
         struct io_uring_sqe *sq[2];
-        int rc = ring_get(k->fs, sq, 2);
-        if (rc != KV_OK) {
-            k_fail(k, "submit", rc);
-            return;
-        }
-        io_uring_prep_read(sq[0], k->fd, k->rhdr + k->rgot,
-                           (unsigned)(HDR_SIZE - k->rgot), k->rgot);
-        k_arm(k, sq[0], SL_READ, true);
-        io_uring_prep_close(sq[1], k->fd);
-        k_arm(k, sq[1], SL_CLOSE, false);
+        if (k_sqes(k, sq, 2))
+            k_read_hdr(k, sq);
         return;
     }
     if (k->rgot < HDR_SIZE || !hdr_parse(k->rhdr, &tok, &vlen, &vcrc)) {
@@ -2642,11 +2646,8 @@ static void on_read(kop *k)
         size_t want = k->rcap - k->rgot;
         k->rreq = want > (1u << 30) ? (1u << 30) : want;
         struct io_uring_sqe *sqe;
-        int rc = ring_get(k->fs, &sqe, 1);
-        if (rc != KV_OK) {
-            k_fail(k, "submit", rc);
+        if (!k_sqes(k, &sqe, 1))
             return;
-        }
         io_uring_prep_read(sqe, k->fd, k->rbuf + k->rgot, (unsigned)k->rreq,
                            k->rgot);
         k_arm(k, sqe, SL_READ, false);
@@ -2674,10 +2675,8 @@ static void on_tmp(kop *k)
     if (res >= 0) {
         k->fd = res;
         k->tmp_exists = true;
-        if (k_stop(k)) {
-            k_cleanup(k, KV_ECANCELED);
+        if (k_canceled(k))
             return;
-        }
         if (k->reused)
             k->fs->stats[STAT_RECYCLED]++;
         hdr_make(k->whdr, k->new_token, k->it->val, k->it->len);
@@ -2700,8 +2699,7 @@ static void on_tmp(kop *k)
         put_tmp(k);
     } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
         /* The directory was removed (drop) after we opened it. */
-        for (fsdir *x = k->dir; x != NULL; x = x->parent)
-            dir_invalidate(x);
+        dir_invalidate_up(k->dir);
         dir_release(k->dir);
         k->dir = NULL;
         kop_start(k);
@@ -2730,9 +2728,7 @@ static void on_write(kop *k)
         fs->stats[STAT_SHORT_WRITES]++;
         if (w == 0 || k->fd < 0)
             k_fail(k, "write", -EIO);
-        else if (k_stop(k))
-            k_cleanup(k, KV_ECANCELED);
-        else
+        else if (!k_canceled(k))
             put_chain(k);
         return;
     }
@@ -2767,16 +2763,9 @@ static void on_write(kop *k)
 /* A plain rename of the synced temp file (after a refused exchange). */
 static void put_rename(kop *k)
 {
-    if (k_stop(k)) {
-        k_cleanup(k, KV_ECANCELED);
-        return;
-    }
     struct io_uring_sqe *sqe;
-    int rc = ring_get(k->fs, &sqe, 1);
-    if (rc != KV_OK) {
-        k_fail(k, "submit", rc);
+    if (k_canceled(k) || !k_sqes(k, &sqe, 1))
         return;
-    }
     io_uring_prep_renameat(sqe, k->dir->fd, k->tmpname, k->dir->fd,
                            k->fname, 0);
     k_arm(k, sqe, SL_NAME, false);
@@ -2857,6 +2846,53 @@ static void kop_step(kop *k)
 /* Blocking helpers for the pool and for open                               */
 /* ------------------------------------------------------------------------ */
 
+/* A new descriptor of the directory dfd, or -1 with errno set. */
+static int dir_dup(int dfd)
+{
+    return openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+/* Open the directory name in dfd, refusing a symlink: a new descriptor,
+ * or -1 with errno set. */
+static int subdir_open(int dfd, const char *name)
+{
+    return openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* A stream over a new descriptor of dfd (which stays usable for *at
+ * calls): 0 and *out, or -errno. */
+static int dir_stream(int dfd, DIR **out)
+{
+    int fd = dir_dup(dfd);
+    if (fd < 0)
+        return -errno;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    *out = d;
+    return 0;
+}
+
+/* The next entry of dir: 1 with *de set, 0 at the end, or -errno. */
+static int dir_next(DIR *dir, struct dirent **de)
+{
+    errno = 0;
+    *de = readdir(dir);
+    if (*de != NULL)
+        return 1;
+    return errno != 0 ? -errno : 0;
+}
+
+/* The record file name of the escaped piece base: base ".kv". */
+#define REC_NAME_SIZE (CHUNK + 4)
+static void rec_name(char out[REC_NAME_SIZE], const char *base)
+{
+    snprintf(out, REC_NAME_SIZE, "%s.kv", base);
+}
+
 /* pread until n bytes or EOF; bytes read or -errno. */
 static ssize_t pread_full(int fd, void *buf, size_t n, off_t off)
 {
@@ -2879,7 +2915,7 @@ static ssize_t pread_full(int fd, void *buf, size_t n, off_t off)
  * symlinks.  A new descriptor or -errno. */
 static int open_dir_path(int rootfd, const char *path)
 {
-    int fd = openat(rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = dir_dup(rootfd);
     if (fd < 0)
         return -errno;
     const char *p = path;
@@ -2893,8 +2929,7 @@ static int open_dir_path(int rootfd, const char *path)
         }
         memcpy(comp, p, len);
         comp[len] = '\0';
-        int nfd = openat(fd, comp,
-                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int nfd = subdir_open(fd, comp);
         int e = errno;
         close(fd);
         if (nfd < 0)
@@ -2966,21 +3001,15 @@ out:
 /* Kinds of directory entries. */
 enum { E_NONE, E_REC, E_SUB, E_CONT, E_BUCKET };
 
-static int lower_hex(char c)
+/* The number of the bucket nm names (exactly what bucket_name() makes),
+ * or -1. */
+static int bucket_num(const char *nm)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Exactly what bucket_name() makes. */
-static bool is_bucket_name(const char *nm)
-{
-    int hi = lower_hex(nm[0]), lo = hi >= 0 ? lower_hex(nm[1]) : -1;
-    return lo >= 0 && strcmp(nm + 2, ".b") == 0 &&
-           (unsigned)(hi << 4 | lo) < FANOUT;
+    int hi = hex_digit(nm[0], 'a'), lo = hi >= 0 ? hex_digit(nm[1], 'a') : -1;
+    if (lo < 0 || strcmp(nm + 2, ".b") != 0 ||
+        (unsigned)(hi << 4 | lo) >= FANOUT)
+        return -1;
+    return hi << 4 | lo;
 }
 
 /* Classify a name; *bl gets the length of its escaped piece.  Bucket
@@ -2991,7 +3020,7 @@ static int entry_kind(const char *nm, size_t *bl, bool fanout)
     int kind;
     if (nm[0] == '.')
         return E_NONE;
-    if (fanout && is_bucket_name(nm)) {
+    if (fanout && bucket_num(nm) >= 0) {
         *bl = 0;
         return E_BUCKET;
     }
@@ -3060,6 +3089,20 @@ struct cursor {
     cursor *next, *prev;
 };
 
+/* arr (n elements of sz bytes, room for *cap) with room for one more: the
+ * same or a reallocated array (*cap updated; the first holds first), or
+ * NULL without memory (arr unchanged). */
+static void *grow(void *arr, size_t *cap, size_t n, size_t sz, size_t first)
+{
+    if (n < *cap)
+        return arr;
+    size_t nc = *cap ? *cap * 2 : first;
+    void *na = kv__realloc(arr, nc * sz);
+    if (na != NULL)
+        *cap = nc;
+    return na;
+}
+
 /* Close the descriptors of f's buckets (reopened when needed). */
 static void frame_close_buckets(qframe *f)
 {
@@ -3111,8 +3154,7 @@ static int frame_dirfd(qframe *f, size_t i)
     if (q->fd < 0) {
         char bn[BUCKET_NAME_SIZE];
         bucket_name(bn, q->bucket);
-        q->fd = openat(dirfd(f->dirs[q->parent].d), bn,
-                       O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        q->fd = subdir_open(dirfd(f->dirs[q->parent].d), bn);
         if (q->fd < 0)
             return -errno;
     }
@@ -3122,14 +3164,10 @@ static int frame_dirfd(qframe *f, size_t i)
 static int frame_add_ent(qframe *f, char *id, const char *base, size_t bl,
                          int kind, int di)
 {
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 16;
-        qent *ne = kv__realloc(f->ents, cap * sizeof *ne);
-        if (ne == NULL)
-            return KV_ENOMEM;
-        f->ents = ne;
-        f->cap = cap;
-    }
+    qent *ne = grow(f->ents, &f->cap, f->n, sizeof *ne, 16);
+    if (ne == NULL)
+        return KV_ENOMEM;
+    f->ents = ne;
     qent *e = &f->ents[f->n];
     e->base = kv__strndup(base, bl);
     if (e->base == NULL)
@@ -3166,24 +3204,15 @@ static int frame_add_name(qframe *f, kv_buf *prefix, const char *nm,
 /* Read a bucket (dir, not kept) of f, index bi: its records only. */
 static int frame_scan_bucket(qframe *f, DIR *dir, size_t bi, kv_buf *prefix)
 {
-    int rc = KV_OK;
-    for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(dir);
-        if (de == NULL) {
-            if (errno != 0)
-                rc = -errno;
-            break;
-        }
+    int rc = KV_OK, more = 0;
+    struct dirent *de;
+    while (rc == KV_OK && (more = dir_next(dir, &de)) > 0) {
         size_t bl;
-        if (entry_kind(de->d_name, &bl, true) != E_REC ||
-            (de->d_type != DT_REG && de->d_type != DT_UNKNOWN))
-            continue;
-        rc = frame_add_name(f, prefix, de->d_name, bl, E_REC, bi);
-        if (rc != KV_OK)
-            break;
+        if (entry_kind(de->d_name, &bl, true) == E_REC &&
+            (de->d_type == DT_REG || de->d_type == DT_UNKNOWN))
+            rc = frame_add_name(f, prefix, de->d_name, bl, E_REC, bi);
     }
-    return rc;
+    return rc != KV_OK ? rc : more;
 }
 
 /* Read piece di of f (prefix: the escaped pieces above).  In the fan-out
@@ -3192,16 +3221,9 @@ static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level,
                       bool fanout)
 {
     DIR *dir = f->dirs[di].d;
+    int rc = KV_OK, more = 0;
     struct dirent *de;
-    int rc = KV_OK;
-    for (;;) {
-        errno = 0;
-        de = readdir(dir);
-        if (de == NULL) {
-            if (errno != 0)
-                rc = -errno;
-            break;
-        }
+    while (rc == KV_OK && (more = dir_next(dir, &de)) > 0) {
         size_t bl;
         int kind = entry_kind(de->d_name, &bl, fanout);
         if (kind == E_NONE || (kind == E_REC && fanout))
@@ -3214,8 +3236,7 @@ static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level,
         if (kind == E_CONT || kind == E_BUCKET) {
             if (level >= 100000)
                 continue;
-            int fd = openat(dirfd(dir), de->d_name,
-                            O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int fd = subdir_open(dirfd(dir), de->d_name);
             if (fd < 0)
                 continue; /* gone, or not ours (a file, a symlink) */
             DIR *sub = fdopendir(fd);
@@ -3228,9 +3249,7 @@ static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level,
             if (kind == E_BUCKET) {
                 /* Read now, reopened by frame_dirfd when needed. */
                 rc = frame_add_dir(f, NULL, di,
-                                   (unsigned)(lower_hex(de->d_name[0]) << 4 |
-                                              lower_hex(de->d_name[1])),
-                                   &idx);
+                                   (unsigned)bucket_num(de->d_name), &idx);
                 if (rc == KV_OK)
                     rc = frame_scan_bucket(f, sub, idx, prefix);
                 closedir(sub);
@@ -3248,10 +3267,8 @@ static int frame_scan(qframe *f, size_t di, kv_buf *prefix, unsigned level,
         } else {
             rc = frame_add_name(f, prefix, de->d_name, bl, kind, di);
         }
-        if (rc != KV_OK)
-            break;
     }
-    return rc;
+    return rc != KV_OK ? rc : more;
 }
 
 static int ent_cmp(const void *a, const void *b)
@@ -3291,14 +3308,10 @@ static void frame_sort(qframe *f, bool desc)
 
 static int cursor_push(cursor *c, qframe *nf)
 {
-    if (c->nst == c->capst) {
-        size_t cap = c->capst ? c->capst * 2 : 8;
-        qframe *ns = kv__realloc(c->st, cap * sizeof *ns);
-        if (ns == NULL)
-            return KV_ENOMEM;
-        c->st = ns;
-        c->capst = cap;
-    }
+    qframe *ns = grow(c->st, &c->capst, c->nst, sizeof *ns, 8);
+    if (ns == NULL)
+        return KV_ENOMEM;
+    c->st = ns;
     c->st[c->nst++] = *nf;
     return KV_OK;
 }
@@ -3346,13 +3359,34 @@ static int ent_key(const qframe *f, const qent *e, kv_key **out)
     return rc;
 }
 
+/*
+ * Open the directory of key's entry (key_paths; key not empty): a new
+ * descriptor with *base and *bucket set, or a KV code or -errno (*base
+ * NULL).  Any thread.
+ */
+static int key_dir_open(int rootfd, const kv_key *key, char **base,
+                        unsigned *bucket)
+{
+    char *dir = NULL;
+    int rc = key_paths(key, &dir, base, bucket);
+    if (rc != KV_OK)
+        return rc;
+    int fd = open_dir_path(rootfd, dir);
+    kv__free(dir);
+    if (fd < 0) {
+        kv__free(*base);
+        *base = NULL;
+    }
+    return fd;
+}
+
 /* Set up the first frame: the whole root, or the query key's entry. */
 static int cursor_begin(cursor *c)
 {
     fs_state *fs = c->fs;
     c->started = true;
     if (kv_key_len(c->qkey) == 0) {
-        int fd = openat(fs->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int fd = dir_dup(fs->rootfd);
         if (fd < 0)
             return -errno;
         kv_key *k = NULL;
@@ -3363,15 +3397,11 @@ static int cursor_begin(cursor *c)
         }
         return cursor_push_dir(c, fd, k);
     }
-    char *dir = NULL, *base = NULL;
+    char *base = NULL;
     unsigned b = 0;
-    int rc = key_paths(c->qkey, &dir, &base, &b);
-    if (rc != KV_OK)
-        return rc;
-    int fd = open_dir_path(fs->rootfd, dir);
-    kv__free(dir);
+    int rc;
+    int fd = key_dir_open(fs->rootfd, c->qkey, &base, &b);
     if (fd < 0) {
-        kv__free(base);
         if (fd == -ENOENT || fd == -ENOTDIR || fd == -ELOOP) {
             c->eof = true;
             return KV_OK;
@@ -3407,8 +3437,8 @@ static int cursor_begin(cursor *c)
     if (rc == KV_OK) {
         /* Offsets count records, so know whether this one exists. */
         struct stat st;
-        char name[CHUNK + 4];
-        snprintf(name, sizeof name, "%s.kv", base);
+        char name[REC_NAME_SIZE];
+        rec_name(name, base);
         int rfd = frame_dirfd(&f, rdi);
         if (rfd < 0 && rfd != -ENOENT && rfd != -ENOTDIR && rfd != -ELOOP)
             rc = rfd;
@@ -3462,8 +3492,7 @@ static int cursor_next(cursor *c, size_t *fi, size_t *ei)
         if (sub_now && e->sdir >= 0 && kv_key_len(f->key) + 1 < fs->depth) {
             /* Below this frame, its buckets are not needed. */
             frame_close_buckets(f);
-            int fd = openat(dirfd(f->dirs[e->sdir].d), e->base,
-                            O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int fd = subdir_open(dirfd(f->dirs[e->sdir].d), e->base);
             if (fd < 0) {
                 if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP)
                     continue;
@@ -3530,8 +3559,8 @@ static void fetch_work(kv__job *job)
         }
         qframe *f = &c->st[fi];
         qent *e = &f->ents[ei];
-        char name[CHUNK + 4];
-        snprintf(name, sizeof name, "%s.kv", e->base);
+        char name[REC_NAME_SIZE];
+        rec_name(name, e->base);
         kv__item *it = &items[n];
         int dfd = frame_dirfd(f, (size_t)e->rdir);
         if (dfd == -ENOTDIR || dfd == -ELOOP)
@@ -3593,6 +3622,23 @@ static void job_unlink(fs_state *fs, fjob *j)
     fs->njobs--;
 }
 
+/* A job of req running work then done, or NULL after completing req
+ * with KV_ENOMEM. */
+static fjob *job_new(fs_state *fs, kv__req *req, void (*work)(kv__job *),
+                     void (*done)(kv__job *, int))
+{
+    fjob *j = kv__calloc(1, sizeof *j);
+    if (j == NULL) {
+        defer_done(fs, req, KV_ENOMEM, NULL);
+        return NULL;
+    }
+    j->fs = fs;
+    j->req = req;
+    j->job.work = work;
+    j->job.done = done;
+    return j;
+}
+
 static void job_submit(fs_state *fs, fjob *j)
 {
     j->next = fs->jobs;
@@ -3635,18 +3681,30 @@ static void fetch_done(kv__job *job, int status)
 
 /* Remove every record and store directory inside dfd (not dot-files: temp
  * files of puts in flight stay, and their directories with them). */
+static int drop_tree(int dfd, bool nofsync, bool fanout, unsigned level);
+
+/* Empty the store directory name in dfd (drop_tree) and remove it: *changed
+ * if it went, the first error kept in *rc. */
+static void drop_dir(int dfd, const char *name, bool nofsync, bool fanout,
+                     unsigned level, int *rc, bool *changed)
+{
+    int sub = subdir_open(dfd, name);
+    if (sub < 0)
+        return; /* gone, or not ours (a file, a symlink) */
+    int r = drop_tree(sub, nofsync, fanout, level);
+    close(sub);
+    if (r != KV_OK && *rc == KV_OK)
+        *rc = r;
+    if (unlinkat(dfd, name, AT_REMOVEDIR) == 0)
+        *changed = true;
+}
+
 static int drop_tree(int dfd, bool nofsync, bool fanout, unsigned level)
 {
-    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    int rc = KV_OK;
+    DIR *d = NULL;
+    int rc = dir_stream(dfd, &d);
+    if (rc != 0)
+        return rc;
     bool changed = false;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
@@ -3661,18 +3719,9 @@ static int drop_tree(int dfd, bool nofsync, bool fanout, unsigned level)
                 rc = -errno;
             continue;
         }
-        if (level > 100000)
-            continue;
-        int sub = openat(dfd, de->d_name,
-                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (sub < 0)
-            continue; /* gone, or not ours (a file, a symlink) */
-        int r = drop_tree(sub, nofsync, fanout, level + 1);
-        close(sub);
-        if (r != KV_OK && rc == KV_OK)
-            rc = r;
-        if (unlinkat(dfd, de->d_name, AT_REMOVEDIR) == 0)
-            changed = true;
+        if (level <= 100000)
+            drop_dir(dfd, de->d_name, nofsync, fanout, level + 1, &rc,
+                     &changed);
     }
     closedir(d);
     if (changed && !nofsync && fsync(dfd) != 0 && rc == KV_OK)
@@ -3684,26 +3733,20 @@ static int drop_key(fs_state *fs, const kv_key *key)
 {
     if (kv_key_len(key) == 0)
         return drop_tree(fs->rootfd, fs->nofsync, fs->fanout, 0);
-    char *dir = NULL, *base = NULL;
+    char *base = NULL;
     unsigned b = 0;
-    int rc = key_paths(key, &dir, &base, &b);
-    if (rc != KV_OK)
-        return rc;
-    int dfd = open_dir_path(fs->rootfd, dir);
-    kv__free(dir);
-    if (dfd < 0) {
-        kv__free(base);
+    int dfd = key_dir_open(fs->rootfd, key, &base, &b);
+    if (dfd < 0)
         return dfd == -ENOENT ? KV_OK : dfd;
-    }
+    int rc = KV_OK;
     bool changed = false;
-    char name[CHUNK + 4];
-    snprintf(name, sizeof name, "%s.kv", base);
+    char name[REC_NAME_SIZE];
+    rec_name(name, base);
     if (fs->fanout) {
         /* The record is in its bucket, which stays (shared). */
         char bn[BUCKET_NAME_SIZE];
         bucket_name(bn, b);
-        int bfd = openat(dfd, bn, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                      O_CLOEXEC);
+        int bfd = subdir_open(dfd, bn);
         if (bfd >= 0) {
             if (unlinkat(bfd, name, 0) == 0) {
                 if (!fs->nofsync && fsync(bfd) != 0)
@@ -3720,16 +3763,7 @@ static int drop_key(fs_state *fs, const kv_key *key)
     } else if (errno != ENOENT) {
         rc = -errno;
     }
-    int sub = openat(dfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                    O_CLOEXEC);
-    if (sub >= 0) {
-        int r = drop_tree(sub, fs->nofsync, fs->fanout, 0);
-        close(sub);
-        if (r != KV_OK && rc == KV_OK)
-            rc = r;
-        if (unlinkat(dfd, base, AT_REMOVEDIR) == 0)
-            changed = true;
-    }
+    drop_dir(dfd, base, fs->nofsync, fs->fanout, 0, &rc, &changed);
     if (changed && !fs->nofsync && fsync(dfd) != 0 && rc == KV_OK)
         rc = -errno;
     close(dfd);
@@ -3937,16 +3971,10 @@ static void fetch_submit(fs_state *fs, kv__req *req)
         defer_done(fs, req, KV_OK, NULL);
         return;
     }
-    fjob *j = kv__calloc(1, sizeof *j);
-    if (j == NULL) {
-        defer_done(fs, req, KV_ENOMEM, NULL);
+    fjob *j = job_new(fs, req, fetch_work, fetch_done);
+    if (j == NULL)
         return;
-    }
-    j->fs = fs;
-    j->req = req;
     j->c = c;
-    j->job.work = fetch_work;
-    j->job.done = fetch_done;
     c->busy = true;
     fs->nforeign++; /* it reads records by name (see "Spare files") */
     fs->foreign_gen++;
@@ -3981,15 +4009,9 @@ static void drop_submit(fs_state *fs, kv__req *req)
                                   "the store's depth"));
             return;
         }
-    fjob *j = kv__calloc(1, sizeof *j);
-    if (j == NULL) {
-        defer_done(fs, req, KV_ENOMEM, NULL);
+    fjob *j = job_new(fs, req, drop_work, drop_done);
+    if (j == NULL)
         return;
-    }
-    j->fs = fs;
-    j->req = req;
-    j->job.work = drop_work;
-    j->job.done = drop_done;
     fs->ndrops++; /* no spare is kept until it is done */
     spares_drain(fs);
     job_submit(fs, j);
@@ -4278,14 +4300,9 @@ void kv__fs_stats(const kv_store *s, uint64_t out[KV__FS_NSTATS])
 static void open_walk(int dfd, bool fanout, bool cleanup, bool scan,
                       uint64_t *maxtok, unsigned level)
 {
-    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
+    DIR *d = NULL;
+    if (dir_stream(dfd, &d) != 0)
         return;
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        close(fd);
-        return;
-    }
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *nm = de->d_name;
@@ -4310,8 +4327,7 @@ static void open_walk(int dfd, bool fanout, bool cleanup, bool scan,
         }
         if (level > 100000)
             continue;
-        int sub = openat(dfd, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-                                      O_CLOEXEC);
+        int sub = subdir_open(dfd, nm);
         if (sub < 0)
             continue;
         open_walk(sub, fanout, cleanup, scan, maxtok, level + 1);
@@ -4327,15 +4343,10 @@ static void open_walk(int dfd, bool fanout, bool cleanup, bool scan,
  */
 static int layout_probe(int dfd, bool *any, bool *bucket, unsigned level)
 {
-    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
+    DIR *d = NULL;
+    int rc = dir_stream(dfd, &d);
+    if (rc != 0)
+        return rc;
     struct dirent *de;
     while (!*bucket && (de = readdir(d)) != NULL) {
         size_t bl;
@@ -4345,8 +4356,7 @@ static int layout_probe(int dfd, bool *any, bool *bucket, unsigned level)
         *any = true;
         if (kind == E_REC || level > 100000)
             continue;
-        int sub = openat(dfd, de->d_name,
-                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int sub = subdir_open(dfd, de->d_name);
         if (sub < 0)
             continue; /* not a directory: not ours */
         if (kind == E_BUCKET)
