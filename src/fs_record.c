@@ -191,8 +191,8 @@ int kv__fs_record_check(const void *buf, size_t len, uint64_t *token,
     uint64_t tok = 0, l = 0;
     uint32_t vcrc = 0;
     const unsigned char *b = buf;
-    /* What a get accepts (on_read): a valid header, then exactly the
-     * value it announces, whose CRC matches. */
+    /* What a get accepts (on_read in fs_kop.c): a valid header, then
+     * exactly the value it announces, whose CRC matches. */
     if (len < HDR_SIZE || !fs__hdr_parse(b, &tok, &l, &vcrc) ||
         len - HDR_SIZE != l || fs__crc32c(b + HDR_SIZE, (size_t)l) != vcrc)
         return KV_ECORRUPT;
@@ -231,13 +231,7 @@ bool fs__tok_slot_parse(const unsigned char b[TOK_SLOT], uint64_t *gen,
 }
 
 /* ------------------------------------------------------------------------ */
-/* ------------------------------------------------------------------------ */
-/* ------------------------------------------------------------------------ */
-/* ------------------------------------------------------------------------ */
 /* Blocking reads (the pool and open)                                       */
-/* ------------------------------------------------------------------------ */
-/* ------------------------------------------------------------------------ */
-/* ------------------------------------------------------------------------ */
 /* ------------------------------------------------------------------------ */
 
 /* pread until n bytes or EOF; bytes read or -errno. */
