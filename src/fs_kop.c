@@ -1,0 +1,1205 @@
+/*
+ * fs_kop.c - the filesystem backend's record operations (loop thread,
+ * every file operation through the ring): one kop per item of a has / get /
+ * put / delete request, ordered per key by a FIFO queue, admitted up to
+ * fs->maxrun at once, then stepped by its CQEs through the chains described
+ * under "PUT" in fs.c.  Also the store-wide token counter (its refills
+ * through the ring) and the cancellation of kops.
+ */
+#include "config.h"
+
+#include "fs_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Tokens (refilled through the ring)                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Per-request bookkeeping (req->bpriv). */
+typedef struct freq {
+    size_t remaining;
+    int err;
+    char *msg;
+} freq;
+
+static void kop_token_ready(kop *k);
+
+static void tok_wake(fs_state *fs)
+{
+    kop *k = fs->tok_head;
+    fs->tok_head = fs->tok_tail = NULL;
+    while (k != NULL) {
+        kop *next = k->gnext;
+        k->gnext = NULL;
+        kop_token_ready(k);
+        k = next;
+    }
+}
+
+static void tok_cqe_common(fs_state *fs)
+{
+    fs->nsqe--;
+    if (--fs->tok_pending > 0)
+        return;
+    fs->tok_refilling = false;
+    int err = 0;
+    if (fs->tok_wres < 0)
+        err = fs->tok_wres;
+    else if (fs->tok_wres != (int)TOK_SLOT)
+        err = -EIO;
+    else if (!fs->nofsync && fs->tok_fres < 0)
+        err = fs->tok_fres;
+    if (err == 0) {
+        fs->tok_hwm = fs->tok_new;
+        fs->tok_gen++;
+    } else if (!fs->closing) {
+        /* The kops waiting for this block fail with the error. */
+        fs->tok_err = fs__to_kv(err);
+    }
+    tok_wake(fs);
+    /*
+     * Not sticky: no token of the new block was handed out, the other slot
+     * still holds the durable high-water mark, and the next refill rewrites
+     * this whole slot (same generation) before fsyncing it again, so it can
+     * retry safely; meanwhile the tokens already reserved are still good.
+     */
+    if (err != 0)
+        fs->tok_err = KV_OK;
+    fs__check_closed(fs);
+}
+
+void fs__tok_wcqe(kv__op *op, int res, uint32_t flags)
+{
+    (void)flags;
+    fs_state *fs = KV__CONTAINER_OF(op, fs_state, tok_wop);
+    fs->tok_wres = res;
+    tok_cqe_common(fs);
+}
+
+void fs__tok_fcqe(kv__op *op, int res, uint32_t flags)
+{
+    (void)flags;
+    fs_state *fs = KV__CONTAINER_OF(op, fs_state, tok_fop);
+    fs->tok_fres = res;
+    tok_cqe_common(fs);
+}
+
+/* Reserve the next block through the ring: write the other slot, fsync. */
+static int tok_refill(fs_state *fs)
+{
+    if (fs->tok_refilling)
+        return KV_OK;
+    if (fs->tok_err != KV_OK)
+        return fs->tok_err;
+    if (fs->tok_hwm > UINT64_MAX - TOKEN_BLOCK) {
+        fs->tok_err = KV_ECORRUPT;
+        return fs->tok_err;
+    }
+    unsigned n = fs->nofsync ? 1 : 2;
+    struct io_uring_sqe *sq[2];
+    int rc = fs__ring_get(fs, sq, n);
+    if (rc != KV_OK)
+        return rc;
+    uint64_t gen = fs->tok_gen + 1;
+    fs->tok_new = fs->tok_hwm + TOKEN_BLOCK;
+    fs__tok_slot_make(fs->tok_buf, gen, fs->tok_new);
+    io_uring_prep_write(sq[0], fs->tokfd, fs->tok_buf, TOK_SLOT,
+                        (gen & 1) * TOK_SLOT_OFF);
+    io_uring_sqe_set_data64(sq[0], (uintptr_t)&fs->tok_wop);
+    if (n == 2) {
+        sq[0]->flags |= IOSQE_IO_LINK;
+        io_uring_prep_fsync(sq[1], fs->tokfd, 0);
+        io_uring_sqe_set_data64(sq[1], (uintptr_t)&fs->tok_fop);
+        fs->stats[STAT_FILE_FSYNC]++;
+    }
+    fs->tok_wres = fs->tok_fres = 0;
+    fs->tok_pending = n;
+    fs->tok_refilling = true;
+    return KV_OK;
+}
+
+/* 1 and a token, 0 if the caller must wait for tok_wake, or an error. */
+static int tok_take(fs_state *fs, uint64_t *out)
+{
+    if (fs->tok_err != KV_OK)
+        return fs->tok_err;
+    if (fs->tok_next < fs->tok_hwm) {
+        *out = fs->tok_next++;
+        if (fs->tok_hwm - fs->tok_next < TOKEN_BLOCK / 2)
+            (void)tok_refill(fs); /* retried by the next take on failure */
+        return 1;
+    }
+    int rc = tok_refill(fs);
+    return rc != KV_OK ? rc : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-key FIFO queues                                                      */
+/* ------------------------------------------------------------------------ */
+
+static keyq *kq_find(fs_state *fs, const kv_key *key, uint64_t h)
+{
+    for (hlink *l = fs__htab_bucket(&fs->keyqs, h); l != NULL; l = l->next) {
+        keyq *q = KV__CONTAINER_OF(l, keyq, hl);
+        if (l->hash == h && kv_key_equal(q->key, key))
+            return q;
+    }
+    return NULL;
+}
+
+static int kq_add(fs_state *fs, keyq *q)
+{
+    int rc = fs__htab_reserve(&fs->keyqs);
+    if (rc == KV_OK)
+        fs__htab_link(&fs->keyqs, &q->hl);
+    return rc;
+}
+
+static void kq_remove(fs_state *fs, keyq *q)
+{
+    fs__htab_unlink(&fs->keyqs, &q->hl);
+    kv__free(q);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Record operations (loop thread, every file operation through the ring)   */
+/* ------------------------------------------------------------------------ */
+
+static void kop_start(kop *k);
+static void kop_step(kop *k);
+
+static void k_cqe(kv__op *op, int res, uint32_t flags)
+{
+    (void)flags;
+    kslot *sl = (kslot *)(void *)op;
+    kop *k = sl->k;
+    fs_state *fs = k->fs;
+    sl->res = res;
+    sl->busy = false;
+    fs->nsqe--;
+    if (--k->pending == 0)
+        kop_step(k);
+    fs__check_closed(fs);
+}
+
+/* Point sqe at slot s of k; link it to the next SQE if link. */
+static void k_arm(kop *k, struct io_uring_sqe *sqe, int s, bool link)
+{
+    io_uring_sqe_set_data64(sqe, (uintptr_t)&k->sl[s].op);
+    if (link)
+        sqe->flags |= IOSQE_IO_LINK;
+    k->sl[s].busy = true;
+    k->sl[s].res = 0;
+    k->pending++;
+}
+
+/*
+ * Admission.  Every running kop holds a descriptor (record or temp file)
+ * and pins its directory's, so a batch of 100,000 records (or as many
+ * single operations in flight) must not start at once: it would hit
+ * RLIMIT_NOFILE (EMFILE).  At most fs->maxrun kops run; the others wait,
+ * in order, in a FIFO, and each finished kop admits the next.
+ */
+static void adm_unlink(fs_state *fs, kop *k)
+{
+    if (k->dprev != NULL)
+        k->dprev->dnext = k->dnext;
+    else
+        fs->adm_head = k->dnext;
+    if (k->dnext != NULL)
+        k->dnext->dprev = k->dprev;
+    else
+        fs->adm_tail = k->dprev;
+    k->dnext = k->dprev = NULL;
+}
+
+/* True if k may run now; else k waits in the FIFO. */
+static bool kop_admit(kop *k)
+{
+    fs_state *fs = k->fs;
+    if (k->admitted)
+        return true;
+    if (fs->nrun >= fs->maxrun || (fs->adm_head != NULL && !fs->admitting)) {
+        k->state = ST_ADMIT;
+        k->dprev = fs->adm_tail;
+        k->dnext = NULL;
+        if (fs->adm_tail != NULL)
+            fs->adm_tail->dnext = k;
+        else
+            fs->adm_head = k;
+        fs->adm_tail = k;
+        return false;
+    }
+    k->admitted = true;
+    fs->nrun++;
+    return true;
+}
+
+/* Start waiting kops while slots are free (never recursively: a kop that
+ * finishes at once would otherwise nest one call per waiting kop). */
+static void admit_waiting(fs_state *fs)
+{
+    if (fs->admitting)
+        return;
+    fs->admitting = true;
+    while (fs->adm_head != NULL && fs->nrun < fs->maxrun) {
+        kop *k = fs->adm_head;
+        adm_unlink(fs, k);
+        k->state = ST_NEW;
+        kop_start(k);
+    }
+    fs->admitting = false;
+}
+
+static kop *kop_new(fs_state *fs, kv__req *req, kv__item *it,
+                    enum kkind kind)
+{
+    kop *k = kv__calloc(1, sizeof *k);
+    if (k == NULL)
+        return NULL;
+    char *base = NULL;
+    unsigned b = 0;
+    if (fs__key_paths(it->key, &k->dirpath, &base, &b) != KV_OK) {
+        kv__free(k);
+        return NULL;
+    }
+    k->fname = kv__asprintf("%s.kv", base);
+    kv__free(base);
+    if (k->fname != NULL && fs->fanout) {
+        /* The record's directory is its bucket. */
+        char bn[BUCKET_NAME_SIZE];
+        fs__bucket_name(bn, b);
+        char *bp = fs__child_dir_path(k->dirpath, bn);
+        kv__free(k->dirpath);
+        k->dirpath = bp;
+    }
+    if (k->fname == NULL || k->dirpath == NULL) {
+        kv__free(k->fname);
+        kv__free(k->dirpath);
+        kv__free(k);
+        return NULL;
+    }
+    k->fs = fs;
+    k->req = req;
+    k->it = it;
+    k->kind = kind;
+    k->state = ST_NEW;
+    k->want_value = req->want_value;
+    k->fd = -1;
+    for (int i = 0; i < SL_N; i++) {
+        k->sl[i].op.cb = k_cqe;
+        k->sl[i].k = k;
+    }
+    k->anext = fs->kops;
+    if (fs->kops)
+        fs->kops->aprev = k;
+    fs->kops = k;
+    fs->nkops++;
+    return k;
+}
+
+static void kop_free(kop *k)
+{
+    fs_state *fs = k->fs;
+    if (k->aprev)
+        k->aprev->anext = k->anext;
+    else
+        fs->kops = k->anext;
+    if (k->anext)
+        k->anext->aprev = k->aprev;
+    fs->nkops--;
+    kv__free(k->sp);
+    kv__free(k->rbuf);
+    kv__free(k->dirpath);
+    kv__free(k->fname);
+    kv__free(k->errmsg);
+    kv__free(k);
+}
+
+static void k_msg(kop *k, const char *what, int res)
+{
+    if (k->errmsg != NULL || k->it == NULL)
+        return;
+    k->errmsg = kv__asprintf("fs: %s %s: %s", what, kv_key_id(k->it->key),
+                             kv_strerror(res));
+}
+
+/* Deliver k's result, advance its key queue, maybe complete its request. */
+static void kop_finish(kop *k, int status)
+{
+    fs_state *fs = k->fs;
+    if (k->done)
+        return;
+    k->done = true;
+    k->state = ST_DONE;
+    kv__req *req = k->req;
+    kv__item *it = k->it;
+    freq *fr = req->bpriv;
+    if (fs->closing && status == KV_OK)
+        status = KV_ECANCELED;
+    it->status = status;
+    if (status == KV_OK) {
+        if (k->kind == K_PUT) {
+            it->token = k->new_token;
+            fs->stats[STAT_PUTS]++;
+        } else if (k->kind == K_DEL) {
+            fs->stats[STAT_DELS]++;
+        } else {
+            fs->stats[STAT_GETS]++;
+        }
+    } else if (status != KV_ECONFLICT && status != KV_ENOTFOUND) {
+        if (fr->err == KV_OK) {
+            fr->err = status;
+            fr->msg = k->errmsg;
+            k->errmsg = NULL;
+        }
+    }
+    if (k->dir != NULL) {
+        fs__exch_release(k);
+        if (k->sp_made != NULL)
+            fs__spare_synced(k, -ECANCELED); /* (not reached: safety) */
+        fs__dir_release(k->dir);
+        k->dir = NULL;
+    }
+    kv__free(k->sp); /* an unused spare record (its file is gone or ours) */
+    k->sp = NULL;
+    if (k->admitted) {
+        k->admitted = false;
+        fs->nrun--;
+    }
+    if (k->put_counted) {
+        k->put_counted = false;
+        fs->nputs--;
+    }
+    if (k->foreign) {
+        k->foreign = false;
+        fs->nforeign--;
+    }
+    kop *next = NULL;
+    keyq *q = k->kq;
+    if (q != NULL) {
+        k->kq = NULL;
+        q->head = k->qnext;
+        if (q->head == NULL) {
+            q->tail = NULL;
+            kq_remove(fs, q);
+        } else {
+            q->key = q->head->it->key;
+            next = q->head;
+        }
+    }
+    k->qnext = NULL;
+    k->req = NULL;
+    k->it = NULL;
+    bool last = --fr->remaining == 0;
+    if (k->pending == 0)
+        kop_free(k);
+    if (next != NULL)
+        kop_start(next);
+    admit_waiting(fs);
+    if (fs->nputs == 0 && fs->sp_head != NULL)
+        fs__spares_drain(fs); /* no put left to use them */
+    /* Last: completing a request may re-enter submit (iterators). */
+    if (last) {
+        req->bpriv = NULL;
+        int err = fr->err;
+        char *msg = fr->msg;
+        kv__free(fr);
+        fs__req_end(fs, req, err, msg);
+    }
+}
+
+/* Close in the background; k stays alive until the CQE. */
+static void k_bg_close(kop *k)
+{
+    if (k->fd < 0)
+        return;
+    struct io_uring_sqe *sqe;
+    if (fs__ring_get(k->fs, &sqe, 1) != KV_OK) {
+        close(k->fd);
+    } else {
+        io_uring_prep_close(sqe, k->fd);
+        k_arm(k, sqe, SL_BG, false);
+    }
+    k->fd = -1;
+}
+
+/* Fail: close the descriptor, unlink the temp file, then finish. */
+static void k_cleanup(kop *k, int status)
+{
+    k->err = status;
+    unsigned n = (k->fd >= 0) + (k->tmp_exists && k->dir != NULL);
+    if (n == 0) {
+        kop_finish(k, status);
+        return;
+    }
+    struct io_uring_sqe *sq[2];
+    if (fs__ring_get(k->fs, sq, n) != KV_OK) {
+        if (k->fd >= 0)
+            close(k->fd);
+        k->fd = -1;
+        if (k->tmp_exists)
+            k->fs->stats[STAT_TMP_LEAKS]++; /* removed at the next open */
+        k->tmp_exists = false;
+        kop_finish(k, status);
+        return;
+    }
+    unsigned i = 0;
+    if (k->fd >= 0) {
+        io_uring_prep_close(sq[i], k->fd);
+        k_arm(k, sq[i++], SL_CLOSE, false);
+    }
+    if (k->tmp_exists && k->dir != NULL) {
+        io_uring_prep_unlinkat(sq[i], k->dir->fd, k->tmpname, 0);
+        k_arm(k, sq[i], SL_NAME, false);
+    }
+    k->state = ST_CLEAN;
+}
+
+static void k_fail(kop *k, const char *what, int res)
+{
+    k_msg(k, what, res);
+    k_cleanup(k, fs__to_kv(res));
+}
+
+static bool k_stop(const kop *k)
+{
+    return k->fs->closing || k->canceled;
+}
+
+/* If k must stop (close, cancel): release what it holds, finish it with
+ * KV_ECANCELED and return true. */
+static bool k_canceled(kop *k)
+{
+    if (!k_stop(k))
+        return false;
+    k_cleanup(k, KV_ECANCELED);
+    return true;
+}
+
+/* n SQEs for k's next step; false after failing k if the ring refuses. */
+static bool k_sqes(kop *k, struct io_uring_sqe **sq, unsigned n)
+{
+    int rc = fs__ring_get(k->fs, sq, n);
+    if (rc != KV_OK) {
+        k_fail(k, "submit", rc);
+        return false;
+    }
+    return true;
+}
+
+/* Read the record's header from k->rgot on, then close it (linked). */
+static void k_read_hdr(kop *k, struct io_uring_sqe *sq[2])
+{
+    io_uring_prep_read(sq[0], k->fd, k->rhdr + k->rgot,
+                       (unsigned)(HDR_SIZE - k->rgot), k->rgot);
+    k_arm(k, sq[0], SL_READ, true);
+    io_uring_prep_close(sq[1], k->fd);
+    k_arm(k, sq[1], SL_CLOSE, false);
+}
+
+static void k_open_record(kop *k)
+{
+    struct io_uring_sqe *sqe;
+    if (!k_sqes(k, &sqe, 1))
+        return;
+    fs__prep_open(k->fs, sqe, k->dir->fd, k->fname, O_RDONLY | O_NONBLOCK, 0,
+                  &k->how);
+    k_arm(k, sqe, SL_OPEN, false);
+    k->state = ST_OPEN;
+}
+
+static void k_dir_ready(waiter *w, int res)
+{
+    kop *k = KV__CONTAINER_OF(w, kop, dw);
+    if (res < 0) {
+        fsdir *d = k->dir; /* alive while its waiters run */
+        k->dir = NULL;
+        if (k_stop(k)) {
+            kop_finish(k, KV_ECANCELED);
+        } else if (res == -ENOENT && k->kind != K_PUT) {
+            kop_finish(k, k->kind == K_DEL ? KV_ECONFLICT : KV_ENOTFOUND);
+        } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
+            fs__dir_invalidate_up(d); /* then retry */
+            kop_start(k);
+        } else if (res == -ELOOP || res == -ENOTDIR) {
+            k_msg(k, "a path component is a symlink or not a directory:",
+                  res);
+            kop_finish(k, KV_EBACKEND);
+        } else {
+            k_msg(k, "open directory of", res);
+            kop_finish(k, fs__to_kv(res));
+        }
+        return;
+    }
+    if (!k_canceled(k))
+        k_open_record(k);
+}
+
+static void kop_start(kop *k)
+{
+    fs_state *fs = k->fs;
+    if (k_canceled(k) || !kop_admit(k))
+        return;
+    if (k->kind == K_PUT && !k->put_counted) {
+        k->put_counted = true;
+        fs->nputs++;
+    }
+    fsdir *d = fs__dir_get(fs, k->dirpath);
+    if (d == NULL) {
+        kop_finish(k, KV_ENOMEM);
+        return;
+    }
+    k->state = ST_DIR;
+    k->dir = d;
+    k->dw.fn = k_dir_ready;
+    if (fs__dir_use(d, &k->dw, k->kind == K_PUT))
+        k_dir_ready(&k->dw, 0);
+}
+
+static void put_tmp(kop *k);
+static void put_rename(kop *k);
+
+static void kop_token_ready(kop *k)
+{
+    if (k_canceled(k))
+        return;
+    int rc = tok_take(k->fs, &k->new_token);
+    if (rc == 1) {
+        put_tmp(k);
+    } else if (rc == 0) {
+        k->state = ST_TOKEN;
+        k->gnext = NULL;
+        if (k->fs->tok_tail)
+            k->fs->tok_tail->gnext = k;
+        else
+            k->fs->tok_head = k;
+        k->fs->tok_tail = k;
+    } else {
+        k_msg(k, "reserve a token for", rc);
+        kop_finish(k, rc);
+    }
+}
+
+/* The current token is cur (0: absent). */
+static void put_cas(kop *k, uint64_t cur)
+{
+    if (k->it->token != cur) {
+        kop_finish(k, KV_ECONFLICT);
+        return;
+    }
+    if (k->new_token != 0)
+        put_tmp(k); /* kept from an earlier attempt */
+    else
+        kop_token_ready(k);
+}
+
+static void put_tmp(kop *k)
+{
+    fs_state *fs = k->fs;
+    if (k_canceled(k))
+        return;
+    int flags = O_WRONLY | O_CREAT | O_EXCL;
+    spare *sp = k->no_spare ? NULL
+                            : fs__spare_take(fs, k->dir,
+                                             HDR_SIZE + (uint64_t)k->it->len);
+    k->reused = sp != NULL;
+    if (sp != NULL) {
+        /* Overwrite a spare file (see "Spare files"). */
+        kv__free(k->sp);
+        k->sp = sp;
+        memcpy(k->tmpname, sp->name, sizeof k->tmpname);
+        flags = O_WRONLY;
+    } else {
+        snprintf(k->tmpname, sizeof k->tmpname, TMP_PREFIX "%016" PRIx64,
+                 fs->tmp_seq++);
+    }
+    struct io_uring_sqe *sqe;
+    int rc = fs__ring_get(fs, &sqe, 1);
+    if (rc != KV_OK) {
+        /* (A spare taken is gone from the lists, its file left over.) */
+        if (k->reused)
+            fs->stats[STAT_TMP_LEAKS]++;
+        k->reused = false;
+        k_fail(k, "submit", rc);
+        return;
+    }
+    fs__prep_open(fs, sqe, k->dir->fd, k->tmpname, flags, 0644, &k->how);
+    k_arm(k, sqe, SL_OPEN, false);
+    k->state = ST_TMP;
+}
+
+/* writev -> fsync -> close -> renameat, linked, from woff on. */
+static void put_chain(kop *k)
+{
+    fs_state *fs = k->fs;
+    uint64_t off = k->woff;
+    unsigned niov;
+    if (off < HDR_SIZE) {
+        k->iov[0].iov_base = k->whdr + off;
+        k->iov[0].iov_len = HDR_SIZE - off;
+        k->iov[1].iov_base = k->it->val;
+        k->iov[1].iov_len = k->it->len;
+        niov = k->it->len > 0 ? 2 : 1;
+    } else {
+        k->iov[0].iov_base = (char *)k->it->val + (off - HDR_SIZE);
+        k->iov[0].iov_len = k->it->len - (off - HDR_SIZE);
+        niov = 1;
+    }
+    unsigned n = fs->nofsync ? 3 : 4, i = 0;
+    struct io_uring_sqe *sq[4];
+    if (!k_sqes(k, sq, n))
+        return;
+    io_uring_prep_writev(sq[i], k->fd, k->iov, niov, off);
+    k_arm(k, sq[i++], SL_WRITE, true);
+    k->fsync_in_chain = !fs->nofsync;
+    if (k->fsync_in_chain) {
+        /* A spare is not a new file: fdatasync writes its data and, if
+         * it grew, its length; no directory entry, no timestamps. */
+        io_uring_prep_fsync(sq[i], k->fd,
+                            k->reused ? IORING_FSYNC_DATASYNC : 0);
+        k_arm(k, sq[i++], SL_FSYNC, true);
+    }
+    io_uring_prep_close(sq[i], k->fd);
+    k_arm(k, sq[i++], SL_CLOSE, true);
+    io_uring_prep_renameat(sq[i], k->dir->fd, k->tmpname, k->dir->fd,
+                           k->fname, k->exch ? RENAME_EXCHANGE : 0);
+    k_arm(k, sq[i], SL_NAME, false);
+    k->state = ST_WRITE;
+}
+
+void fs__kop_synced(kop *k, int res)
+{
+    fs__spare_synced(k, res);
+    if (res < 0) {
+        /* Final: the rename may not survive a crash; never retried. */
+        k_msg(k, "fsync directory of", res);
+        kop_finish(k, fs__to_kv(res));
+    } else {
+        kop_finish(k, KV_OK);
+    }
+}
+
+/* The record was renamed / unlinked: sync its directory (group commit). */
+static void k_committed(kop *k)
+{
+    if (k->fs->nofsync) {
+        kop_finish(k, KV_OK);
+        return;
+    }
+    k->state = ST_DSYNC;
+    fs__dir_sync_add(k->dir, k);
+}
+
+static void del_cas(kop *k, uint64_t cur)
+{
+    if (cur == 0 || k->it->token != cur) {
+        kop_finish(k, KV_ECONFLICT);
+        return;
+    }
+    struct io_uring_sqe *sqe;
+    if (k_canceled(k) || !k_sqes(k, &sqe, 1))
+        return;
+    io_uring_prep_unlinkat(sqe, k->dir->fd, k->fname, 0);
+    k_arm(k, sqe, SL_NAME, false);
+    k->state = ST_UNLINK;
+}
+
+static void on_open(kop *k)
+{
+    int res = k->sl[SL_OPEN].res;
+    if (res < 0) {
+        if (res == -ENOENT) {
+            k->cur_size = 0;
+            if (k->kind == K_PUT)
+                put_cas(k, 0);
+            else
+                kop_finish(k, k->kind == K_DEL ? KV_ECONFLICT
+                                               : KV_ENOTFOUND);
+        } else if (res == -ELOOP) {
+            k_msg(k, "record file is a symlink:", res);
+            kop_finish(k, KV_ECORRUPT);
+        } else {
+            k_fail(k, "open", res);
+        }
+        return;
+    }
+    k->fd = res;
+    if (k_canceled(k))
+        return;
+    bool whole = k->kind == K_GET && k->want_value;
+    unsigned n = whole ? 1 : 2;
+    if (whole) {
+        k->rcap = READ_FIRST;
+        /* Zeroed: tools that cannot see the ring's writes (valgrind) would
+         * take the buffer for uninitialised. */
+        k->rbuf = kv__calloc(1, k->rcap);
+        if (k->rbuf == NULL) {
+            k_fail(k, "read", KV_ENOMEM);
+            return;
+        }
+    }
+    struct io_uring_sqe *sq[2];
+    if (!k_sqes(k, sq, n))
+        return;
+    k->rgot = 0;
+    if (whole) {
+        k->rreq = k->rcap;
+        io_uring_prep_read(sq[0], k->fd, k->rbuf, (unsigned)k->rreq, 0);
+        k_arm(k, sq[0], SL_READ, false);
+        k->state = ST_READ;
+    } else {
+        k_read_hdr(k, sq);
+        k->state = ST_HDR;
+    }
+}
+
+static void on_hdr(kop *k)
+{
+    int r = k->sl[SL_READ].res, c = k->sl[SL_CLOSE].res;
+    if (c != -ECANCELED)
+        k->fd = -1; /* closed, even if close reported an error */
+    uint64_t tok = 0, vlen;
+    uint32_t vcrc;
+    if (r < 0) {
+        k_fail(k, "read", r);
+        return;
+    }
+    k->rgot += (size_t)r;
+    if (k->rgot < HDR_SIZE && r > 0 && k->fd >= 0 && !k_stop(k)) {
+        /* A short read is not the end of the file (only a read of 0 bytes
+         * is): read the rest; the linked close was cancelled. */
+        struct io_uring_sqe *sq[2];
+        if (k_sqes(k, sq, 2))
+            k_read_hdr(k, sq);
+        return;
+    }
+    if (k->rgot < HDR_SIZE || !fs__hdr_parse(k->rhdr, &tok, &vlen, &vcrc)) {
+        k_msg(k, "corrupt record header of", KV_ECORRUPT);
+        k_cleanup(k, KV_ECORRUPT);
+        return;
+    }
+    k_bg_close(k); /* only if the linked close did not run */
+    k->cur_size = HDR_SIZE + vlen;
+    switch (k->kind) {
+    case K_PUT:
+        put_cas(k, tok);
+        break;
+    case K_DEL:
+        del_cas(k, tok);
+        break;
+    default:
+        k->it->token = tok;
+        kop_finish(k, KV_OK);
+        break;
+    }
+}
+
+static void on_read(kop *k)
+{
+    int r = k->sl[SL_READ].res;
+    if (r < 0) {
+        k_fail(k, "read", r);
+        return;
+    }
+    k->rgot += (size_t)r;
+    bool eof = (size_t)r < k->rreq;
+    uint64_t tok = 0, vlen = 0;
+    uint32_t vcrc = 0;
+    bool hdr_ok =
+        k->rgot >= HDR_SIZE && fs__hdr_parse(k->rbuf, &tok, &vlen, &vcrc);
+    /* A short read is not the end of the file (a read of 0 bytes is):
+     * before the record's announced end, read on. */
+    if (eof && r > 0 && k->rgot < HDR_SIZE + (hdr_ok ? vlen : 0))
+        eof = false;
+    if (!hdr_ok && (eof || k->rgot >= HDR_SIZE))
+        goto corrupt;
+    if (!eof) {
+        size_t total = HDR_SIZE + (size_t)vlen;
+        if (k->rgot > total)
+            goto corrupt; /* more bytes than the header says */
+        if (k->rgot == k->rcap) {
+            /* Room for the whole record and one byte more (to see EOF). */
+            unsigned char *nb = kv__realloc(k->rbuf, total + 1);
+            if (nb == NULL) {
+                k_fail(k, "read", KV_ENOMEM);
+                return;
+            }
+            memset(nb + k->rcap, 0, total + 1 - k->rcap);
+            k->rbuf = nb;
+            k->rcap = total + 1;
+        }
+        size_t want = k->rcap - k->rgot;
+        k->rreq = want > (1u << 30) ? (1u << 30) : want;
+        struct io_uring_sqe *sqe;
+        if (!k_sqes(k, &sqe, 1))
+            return;
+        io_uring_prep_read(sqe, k->fd, k->rbuf + k->rgot, (unsigned)k->rreq,
+                           k->rgot);
+        k_arm(k, sqe, SL_READ, false);
+        return;
+    }
+    if (k->rgot != HDR_SIZE + vlen ||
+        fs__crc32c(k->rbuf + HDR_SIZE, (size_t)vlen) != vcrc)
+        goto corrupt;
+    memmove(k->rbuf, k->rbuf + HDR_SIZE, (size_t)vlen);
+    k->it->val = k->rbuf;
+    k->it->len = (size_t)vlen;
+    k->it->token = tok;
+    k->rbuf = NULL;
+    k_bg_close(k);
+    kop_finish(k, KV_OK);
+    return;
+corrupt:
+    k_msg(k, "corrupt record", KV_ECORRUPT);
+    k_cleanup(k, KV_ECORRUPT);
+}
+
+static void on_tmp(kop *k)
+{
+    int res = k->sl[SL_OPEN].res;
+    if (res >= 0) {
+        k->fd = res;
+        k->tmp_exists = true;
+        if (k_canceled(k))
+            return;
+        if (k->reused)
+            k->fs->stats[STAT_RECYCLED]++;
+        fs__hdr_make(k->whdr, k->new_token, k->it->val, k->it->len);
+        k->woff = 0;
+        k->wtotal = HDR_SIZE + (uint64_t)k->it->len;
+        k->exch = fs__exch_want(k);
+        put_chain(k);
+    } else if (k->reused) {
+        /* The spare cannot be opened: remove it (if it is still there)
+         * and create a temp file instead. */
+        spare *sp = k->sp;
+        k->sp = NULL;
+        sp->d = k->dir;
+        k->dir->users++; /* fs__spare_drop's reference */
+        fs__spare_drop(k->fs, sp);
+        k->reused = false;
+        k->no_spare = true;
+        put_tmp(k);
+    } else if (res == -EEXIST && k->retries++ < MAX_RETRY) {
+        put_tmp(k);
+    } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
+        /* The directory was removed (drop) after we opened it. */
+        fs__dir_invalidate_up(k->dir);
+        fs__dir_release(k->dir);
+        k->dir = NULL;
+        kop_start(k);
+    } else {
+        k_fail(k, "create temp file for", res);
+    }
+}
+
+static void on_write(kop *k)
+{
+    fs_state *fs = k->fs;
+    int w = k->sl[SL_WRITE].res;
+    int f = k->fsync_in_chain ? k->sl[SL_FSYNC].res : 0;
+    int c = k->sl[SL_CLOSE].res, r = k->sl[SL_NAME].res;
+    if (c != -ECANCELED)
+        k->fd = -1;
+    if (k->fsync_in_chain && f != -ECANCELED)
+        fs->stats[STAT_FILE_FSYNC]++;
+    if (w < 0) {
+        k_fail(k, "write", w);
+        return;
+    }
+    k->woff += (uint64_t)w;
+    if (k->woff < k->wtotal) {
+        /* Short write: the rest of the chain was cancelled; resume. */
+        fs->stats[STAT_SHORT_WRITES]++;
+        if (w == 0 || k->fd < 0)
+            k_fail(k, "write", -EIO);
+        else if (!k_canceled(k))
+            put_chain(k);
+        return;
+    }
+    if (f < 0) {
+        k_fail(k, "fsync", f); /* final: never retried */
+        return;
+    }
+    if (c < 0) {
+        k_fail(k, "close", c);
+        return;
+    }
+    if (r < 0 && k->exch &&
+        (r == -ENOENT || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOSYS)) {
+        /* The record is gone (a drop), or the file system cannot
+         * exchange: the file is complete and synced, rename it. */
+        if (r != -ENOENT)
+            fs->no_exchange = true;
+        fs__exch_release(k);
+        put_rename(k);
+        return;
+    }
+    if (r < 0) {
+        k_fail(k, "rename", r);
+        return;
+    }
+    k->tmp_exists = false;
+    if (k->exch)
+        fs__spare_made(k);
+    k_committed(k);
+}
+
+/* A plain rename of the synced temp file (after a refused exchange). */
+static void put_rename(kop *k)
+{
+    struct io_uring_sqe *sqe;
+    if (k_canceled(k) || !k_sqes(k, &sqe, 1))
+        return;
+    io_uring_prep_renameat(sqe, k->dir->fd, k->tmpname, k->dir->fd,
+                           k->fname, 0);
+    k_arm(k, sqe, SL_NAME, false);
+    k->state = ST_RENAME;
+}
+
+static void on_rename(kop *k)
+{
+    int r = k->sl[SL_NAME].res;
+    if (r < 0) {
+        k_fail(k, "rename", r);
+        return;
+    }
+    k->tmp_exists = false;
+    k_committed(k);
+}
+
+static void on_unlink(kop *k)
+{
+    int r = k->sl[SL_NAME].res;
+    if (r == 0)
+        k_committed(k);
+    else if (r == -ENOENT)
+        kop_finish(k, KV_ECONFLICT);
+    else
+        k_fail(k, "unlink", r);
+}
+
+static void on_clean(kop *k)
+{
+    if (k->fd >= 0)
+        k->fd = -1; /* the close ran (an error still releases the fd) */
+    if (k->tmp_exists) {
+        int r = k->sl[SL_NAME].res;
+        if (r < 0 && r != -ENOENT)
+            k->fs->stats[STAT_TMP_LEAKS]++;
+        k->tmp_exists = false;
+    }
+    kop_finish(k, k->err);
+}
+
+static void kop_step(kop *k)
+{
+    switch (k->state) {
+    case ST_OPEN:
+        on_open(k);
+        break;
+    case ST_HDR:
+        on_hdr(k);
+        break;
+    case ST_READ:
+        on_read(k);
+        break;
+    case ST_TMP:
+        on_tmp(k);
+        break;
+    case ST_WRITE:
+        on_write(k);
+        break;
+    case ST_RENAME:
+        on_rename(k);
+        break;
+    case ST_UNLINK:
+        on_unlink(k);
+        break;
+    case ST_CLEAN:
+        on_clean(k);
+        break;
+    case ST_DONE:
+        kop_free(k);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Submit and cancel                                                        */
+/* ------------------------------------------------------------------------ */
+
+void fs__rec_submit(fs_state *fs, kv__req *req, enum kkind kind)
+{
+    if ((kind == K_PUT || kind == K_DEL) && fs->readonly) {
+        fs__defer_done(fs, req, KV_EREADONLY, NULL);
+        return;
+    }
+    for (size_t i = 0; i < req->n; i++) {
+        const kv_key *key = req->items[i].key;
+        size_t len = key != NULL ? kv_key_len(key) : 0;
+        if (len == 0 || len > fs->depth) {
+            fs__defer_done(fs, req, KV_EINVAL,
+                           len == 0
+                               ? kv__strdup("fs: empty or missing key")
+                               : kv__asprintf("fs: key %s has %zu "
+                                              "namespaces, more than the "
+                                              "store's depth %u",
+                                              kv_key_id(key), len, fs->depth));
+            return;
+        }
+    }
+    if (req->n == 0) {
+        fs__defer_done(fs, req, KV_OK, NULL);
+        return;
+    }
+    freq *fr = kv__calloc(1, sizeof *fr);
+    kop **ks = kv__calloc(req->n, sizeof *ks);
+    bool ok = fr != NULL && ks != NULL;
+    for (size_t i = 0; ok && i < req->n; i++)
+        ok = (ks[i] = kop_new(fs, req, &req->items[i], kind)) != NULL;
+    if (!ok) {
+        for (size_t i = 0; ks != NULL && i < req->n && ks[i]; i++)
+            kop_free(ks[i]);
+        kv__free(ks);
+        kv__free(fr);
+        fs__defer_done(fs, req, KV_ENOMEM, NULL);
+        return;
+    }
+    fr->remaining = req->n;
+    req->bpriv = fr;
+    /* Queue every kop before starting any: a synchronous failure of one
+     * must not complete the request while others are still being set up. */
+    for (size_t i = 0; i < req->n; i++) {
+        kop *k = ks[i];
+        const kv_key *key = k->it->key;
+        uint64_t h = kv_key_hash(key);
+        keyq *q = kq_find(fs, key, h);
+        if (q != NULL) {
+            q->tail->qnext = k;
+            q->tail = k;
+            k->kq = q;
+            k->state = ST_QUEUED;
+            ks[i] = NULL; /* started by its predecessor */
+            continue;
+        }
+        q = kv__calloc(1, sizeof *q);
+        if (q != NULL) {
+            q->key = key;
+            q->hl.hash = h;
+        }
+        if (q == NULL || kq_add(fs, q) != KV_OK) {
+            kv__free(q);
+            /* Not queued: it runs unordered (only on out-of-memory), so
+             * it may read a file another put replaces. */
+            k->foreign = true;
+            fs->nforeign++;
+            fs->foreign_gen++;
+            continue;
+        }
+        q->head = q->tail = k;
+        k->kq = q;
+    }
+    for (size_t i = 0; i < req->n; i++)
+        if (ks[i] != NULL)
+            kop_start(ks[i]);
+    kv__free(ks);
+}
+
+/* Remove k (not running, not a queue head) from its key queue. */
+static void kq_unlink(fs_state *fs, kop *k)
+{
+    keyq *q = k->kq;
+    if (q == NULL)
+        return;
+    kop *prev = NULL;
+    for (kop *x = q->head; x != NULL && x != k; x = x->qnext)
+        prev = x;
+    if (prev == NULL)
+        q->head = k->qnext;
+    else
+        prev->qnext = k->qnext;
+    if (q->tail == k)
+        q->tail = prev;
+    if (q->head == NULL)
+        kq_remove(fs, q);
+    k->kq = NULL;
+    k->qnext = NULL;
+}
+
+static void tok_unwait(fs_state *fs, kop *k)
+{
+    kop *prev = NULL;
+    for (kop *x = fs->tok_head; x != NULL && x != k; x = x->gnext)
+        prev = x;
+    if (prev == NULL)
+        fs->tok_head = k->gnext;
+    else
+        prev->gnext = k->gnext;
+    if (fs->tok_tail == k)
+        fs->tok_tail = prev;
+    k->gnext = NULL;
+}
+
+/* Best effort: ask the kernel to cancel k's SQEs in flight (not closes). */
+static void kop_cancel_ring(kop *k)
+{
+    static const int which[] = {SL_OPEN, SL_READ, SL_WRITE, SL_FSYNC,
+                                SL_NAME};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(which); i++) {
+        if (!k->sl[which[i]].busy)
+            continue;
+        struct io_uring_sqe *sqe;
+        if (kv__loop_sqes(k->fs->loop, &sqe, 1) != KV_OK)
+            return;
+        io_uring_prep_cancel64(sqe, (uintptr_t)&k->sl[which[i]].op, 0);
+        io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
+    }
+}
+
+/*
+ * Stop the kops of req (all of them if req is NULL) that are parked in a
+ * key queue or waiting for a token; flag the others so that they stop at
+ * their next step; cancel pool jobs that have not started.
+ */
+void fs__cancel_kops(fs_state *fs, kv__req *req, bool ring_cancel)
+{
+    kop *parked = NULL;
+    for (kop *k = fs->kops; k != NULL; k = k->anext) {
+        if (k->done || (req != NULL && k->req != req))
+            continue;
+        k->canceled = true;
+        if (k->state == ST_QUEUED) {
+            kq_unlink(fs, k);
+        } else if (k->state == ST_ADMIT) {
+            adm_unlink(fs, k);
+        } else if (k->state == ST_TOKEN) {
+            tok_unwait(fs, k);
+        } else {
+            if (ring_cancel)
+                kop_cancel_ring(k);
+            continue;
+        }
+        k->state = ST_NEW;
+        k->gnext = parked;
+        parked = k;
+    }
+    while (parked != NULL) {
+        kop *k = parked;
+        parked = k->gnext;
+        k->gnext = NULL;
+        kop_finish(k, KV_ECANCELED);
+    }
+    for (fjob *j = fs->jobs; j != NULL; j = j->next)
+        if (req == NULL || j->req == req)
+            (void)kv__pool_cancel(fs->pool, &j->job);
+}
