@@ -1814,6 +1814,7 @@ START_TEST(test_recycle_faults)
         for (unsigned long nth = 1; nth <= count[k]; nth = nth * 2 + 1) {
             memcpy(before, st.tok, sizeof before);
             gen++;
+            kv__fs_stats(e.s, s0);
             kv__fault_arm(e.loop, kinds[k].op, nth, kinds[k].res);
             rs_run(&e, &st, 8, gen, 500, slots, true);
             kv__fault_disarm();
@@ -1855,9 +1856,18 @@ START_TEST(test_recycle_faults)
             rc_check(e.s, st.keys, st.tok, g, lens);
             /* (A get completes before its descriptor's close.) */
             ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_DEFAULT), 0);
-            ck_assert_msg(temps_under(root) == 0,
-                          "op %d #%lu (%d): temp file left", kinds[k].op,
-                          nth, kinds[k].res);
+            size_t temps = temps_under(root);
+            if (temps > 0 && kinds[k].op == IORING_OP_UNLINKAT) {
+                /* The failed unlink was a spare's or a temp's (which one
+                 * the nth is depends on timing): the file is counted as
+                 * left and the next open removes it. */
+                kv__fs_stats(e.s, s1);
+                ck_assert_uint_eq(s1[S_LEAK] - s0[S_LEAK], temps);
+                env_reopen(&e, 0, 0);
+                temps = temps_under(root);
+            }
+            ck_assert_msg(temps == 0, "op %d #%lu (%d): temp file left",
+                          kinds[k].op, nth, kinds[k].res);
             ck_assert_msg(tu_count_fds() <= fds0,
                           "op %d #%lu (%d): %d descriptors, %d before",
                           kinds[k].op, nth, kinds[k].res, tu_count_fds(), fds0);
