@@ -547,9 +547,12 @@ KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
  * 5000 ms busy timeout; opening a file store sees everything committed to
  * it before.  Every SQLite call of an operation runs on pool; open itself
  * blocks the caller until the database is open.  loop and pool must outlive
- * the store.  Errors: KV_EINVAL, KV_ENOMEM, KV_EBACKEND (cannot open, not a
- * database: see kv_last_errmsg), KV_EREADONLY (KV_READONLY on a missing
- * database).
+ * the store.  With KV_SYNC_FULL the writer connection opens on a VFS
+ * registered by the library ("kvstore-walbuf", over SQLite's default one)
+ * that sends each commit's WAL frames to the file in one write; the file
+ * format is SQLite's own, and any SQLite program can open it.  Errors:
+ * KV_EINVAL, KV_ENOMEM, KV_EBACKEND (cannot open, not a database: see
+ * kv_last_errmsg), KV_EREADONLY (KV_READONLY on a missing database).
  */
 KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                              const char *path, unsigned flags);
