@@ -460,7 +460,8 @@ if want("mem"):
     w(f"Peak RSS (getrusage) of the whole kvbench process over {int(os.environ['KEYS']):,} "
       "records, load included (kvbench keeps an 8-byte token per key: "
       f"{int(os.environ['KEYS']) * 8 / 1048576:.1f} MiB of it). The SQLite backend's page "
-      "cache is SQLite's default (`cache_size` -2000: about 2 MiB per connection). "
+      "cache: 16 MiB for the writer connection, SQLite's default (`cache_size` -2000, "
+      "about 2 MiB) for each reader (up to two per pool thread, so four here). "
       "kvctl's figure is a dump of every record: a query that must stream.")
     w("")
     w("| process | peak RSS |")
