@@ -1,9 +1,12 @@
 /*
  * check_redis.c - what the conformance suite cannot show about the Redis
  * backend: URI errors, shard=key placement over a cluster (spread, queries
- * merged across slots, atomic batches by {tag}), and a master stopped and
- * restarted mid-run.  Servers come from tests/redis_env.sh; without them
- * the server tests are skipped (they pass doing nothing).
+ * merged across slots, atomic batches by {tag}), a master stopped and
+ * restarted mid-run, and, through a proxy of the test's own in front of
+ * the single server, a connect that is never answered and the transient
+ * errors a server refuses commands with.  Servers come from
+ * tests/redis_env.sh; without them the server tests are skipped (they pass
+ * doing nothing).
  */
 #include "config.h"
 
