@@ -765,10 +765,15 @@ static void node_fail(rnode *n, const char *why)
     node_fail_err(n, why, KV_EBACKEND);
 }
 
-/* A socket operation's negative result: KV_ENOMEM for -ENOMEM. */
-static int sock_err(int res)
+/* The status of the commands an I/O failure fails: KV_ENOMEM for a
+ * memory shortage, KV_EBACKEND for anything else.  rc is a socket
+ * operation's negative result (a CQE's negated errno; -ENOMEM from the
+ * fallback mode's emulated ring, or from sync_connect) or a ring call's
+ * failure (kv__loop_sqes: KV_ENOMEM, another kv code, or
+ * io_uring_submit's negated errno). */
+static int io_err(int rc)
 {
-    return res == -ENOMEM ? KV_ENOMEM : KV_EBACKEND;
+    return rc == -ENOMEM || rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND;
 }
 
 static void start_recv(rnode *n)
@@ -778,8 +783,7 @@ static void start_recv(rnode *n)
     struct io_uring_sqe *sqe;
     int rc = kv__loop_sqes(n->st->loop, &sqe, 1);
     if (rc != KV_OK) {
-        node_fail_err(n, "cannot queue a receive on the ring",
-                      rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND);
+        node_fail_err(n, "cannot queue a receive on the ring", io_err(rc));
         return;
     }
     io_uring_prep_recv(sqe, n->fd, n->rbuf, RBUF_SIZE, 0);
@@ -804,8 +808,7 @@ static void start_send(rnode *n)
     struct io_uring_sqe *sqe;
     int rc = kv__loop_sqes(n->st->loop, &sqe, 1);
     if (rc != KV_OK) {
-        node_fail_err(n, "cannot queue a send on the ring",
-                      rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND);
+        node_fail_err(n, "cannot queue a send on the ring", io_err(rc));
         return;
     }
     io_uring_prep_send(sqe, n->fd, n->sbuf.data + n->soff,
@@ -829,7 +832,7 @@ static void send_cb(kv__op *op, int res, uint32_t flags)
     if (res < 0) {
         char m[128];
         snprintf(m, sizeof m, "send: %s", strerror(-res));
-        node_fail_err(n, m, sock_err(res));
+        node_fail_err(n, m, io_err(res));
     } else {
         n->soff += (size_t)res;
         if (n->soff >= n->sbuf.len) {
@@ -938,7 +941,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
         snprintf(m, sizeof m, "%s",
                  res == 0 ? "connection closed by the server"
                           : strerror(-res));
-        node_fail_err(n, m, res == 0 ? KV_EBACKEND : sock_err(res));
+        node_fail_err(n, m, res == 0 ? KV_EBACKEND : io_err(res));
         maybe_closed(st);
         return;
     }
@@ -1065,7 +1068,7 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
     if (res < 0) {
         char m[128];
         snprintf(m, sizeof m, "cannot connect: %s", strerror(-res));
-        node_fail_err(n, m, sock_err(res));
+        node_fail_err(n, m, io_err(res));
         maybe_closed(st);
         return;
     }
@@ -1248,7 +1251,7 @@ static void retry_arm(rstore *st)
         kv__free(t);
         rcmd *q = st->retryq;
         st->retryq = NULL;
-        fail_list(q, rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND,
+        fail_list(q, io_err(rc),
                   "redis: cannot arm a timer to resend a command");
         return;
     }
@@ -2458,7 +2461,7 @@ static int open_node(rstore *st, rnode *n, bool learn_sha)
         if (fd < 0) {
             node_set_err(n, "cannot connect: %s", strerror(-fd));
             n->retry_at = 0;
-            return fd == -ENOMEM ? KV_ENOMEM : KV_EBACKEND;
+            return io_err(fd);
         }
         n->fd = fd;
     }

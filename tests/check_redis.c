@@ -1,9 +1,12 @@
 /*
  * check_redis.c - what the conformance suite cannot show about the Redis
  * backend: URI errors, shard=key placement over a cluster (spread, queries
- * merged across slots, atomic batches by {tag}), and a master stopped and
- * restarted mid-run.  Servers come from tests/redis_env.sh; without them
- * the server tests are skipped (they pass doing nothing).
+ * merged across slots, atomic batches by {tag}), a master stopped and
+ * restarted mid-run, and, through a proxy of the test's own in front of
+ * the single server, a connect that is never answered and the transient
+ * errors a server refuses commands with.  Servers come from
+ * tests/redis_env.sh; without them the server tests are skipped (they pass
+ * doing nothing).
  */
 #include "config.h"
 
@@ -13,7 +16,14 @@
 #include <hiredis/hiredis.h>
 #endif
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -128,7 +138,7 @@ static int node_port(const char *dir, const char *name)
 
 static long node_dbsize(const char *dir, int n)
 {
-    char name[8], cmd[128];
+    char name[16], cmd[128];
     snprintf(name, sizeof name, "c%d", n);
     snprintf(cmd, sizeof cmd, "redis-cli -p %d dbsize", node_port(dir, name));
     FILE *p = popen(cmd, "r");
@@ -990,6 +1000,608 @@ START_TEST(test_token_counter_back)
     close_ctx(&c);
 }
 END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* A proxy in front of the single server, for the failures a real server   */
+/* cannot be made to show on demand                                        */
+/* ------------------------------------------------------------------------ */
+
+/* A thread of the test listens on a loopback port (backlog 0) and, per
+ * connection, parses the client's requests (hiredis's reader reads RESP
+ * requests as it reads replies) and handles them one at a time: forwarded
+ * to the server, its reply passed back byte for byte, or, while the test
+ * has set an error, answered with that error (a cluster's transient states
+ * without a cluster).  Dark, it drops its connections and stops accepting;
+ * the test then fills its listen queue, so a connect gets no answer at all
+ * (the kernel drops a SYN to a full queue) until the proxy accepts again. */
+typedef struct pconn {
+    int fd, up;           /* the client's connection, the server's */
+    redisReader *rd, *urd; /* requests, replies */
+} pconn;
+
+typedef struct proxy {
+    int lfd, port, upport;
+    int wake[2]; /* the test's writes wake the thread */
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* under mu */
+    char err[128];  /* answer every request with -err when set */
+    long answered;  /* requests answered with err */
+    long forwarded; /* requests passed to the server */
+    bool dark, stop;
+    unsigned req, ack; /* the thread has seen the test's change req */
+    /* the thread's own */
+    pconn conns[16];
+    int nconns;
+    /* the test's own: connections filling the listen queue */
+    int fill[8];
+    int nfill;
+} proxy;
+
+static void pconn_close(pconn *c)
+{
+    close(c->fd);
+    if (c->up >= 0)
+        close(c->up);
+    redisReaderFree(c->rd);
+    redisReaderFree(c->urd);
+}
+
+static bool send_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* One request: answered with the error, or forwarded and its reply passed
+ * back.  False when the connection is to be dropped. */
+static bool proxy_request(proxy *p, pconn *c, const redisReply *req)
+{
+    if (req->type != REDIS_REPLY_ARRAY)
+        return false;
+    char line[160];
+    pthread_mutex_lock(&p->mu);
+    bool err = p->err[0] != '\0';
+    if (err) {
+        snprintf(line, sizeof line, "-%s\r\n", p->err);
+        p->answered++;
+    } else {
+        p->forwarded++;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (err)
+        return send_all(c->fd, line, strlen(line));
+    snprintf(line, sizeof line, "*%zu\r\n", req->elements);
+    if (!send_all(c->up, line, strlen(line)))
+        return false;
+    for (size_t i = 0; i < req->elements; i++) {
+        const redisReply *e = req->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            return false;
+        snprintf(line, sizeof line, "$%zu\r\n", e->len);
+        if (!send_all(c->up, line, strlen(line)) ||
+            !send_all(c->up, e->str, e->len) || !send_all(c->up, "\r\n", 2))
+            return false;
+    }
+    /* one request outstanding: every byte until a whole reply is its */
+    for (;;) {
+        void *rep = NULL;
+        if (redisReaderGetReply(c->urd, &rep) != REDIS_OK)
+            return false;
+        if (rep != NULL) {
+            freeReplyObject(rep);
+            return true;
+        }
+        char buf[16384];
+        ssize_t r = recv(c->up, buf, sizeof buf, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || redisReaderFeed(c->urd, buf, (size_t)r) != REDIS_OK ||
+            !send_all(c->fd, buf, (size_t)r))
+            return false;
+    }
+}
+
+/* What the client sent: false when the connection is to be dropped. */
+static bool proxy_input(proxy *p, pconn *c)
+{
+    char buf[16384];
+    ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+    if (r < 0 && errno == EINTR)
+        return true;
+    if (r <= 0 || redisReaderFeed(c->rd, buf, (size_t)r) != REDIS_OK)
+        return false;
+    for (;;) {
+        void *req = NULL;
+        if (redisReaderGetReply(c->rd, &req) != REDIS_OK)
+            return false;
+        if (req == NULL)
+            return true;
+        bool ok = proxy_request(p, c, req);
+        freeReplyObject(req);
+        if (!ok)
+            return false;
+    }
+}
+
+static int connect_port(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void *proxy_main(void *arg)
+{
+    proxy *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        bool stop = p->stop, dark = p->dark;
+        if (dark || stop) {
+            for (int i = 0; i < p->nconns; i++)
+                pconn_close(&p->conns[i]);
+            p->nconns = 0;
+        }
+        p->ack = p->req;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        if (stop)
+            return NULL;
+        struct pollfd pfd[18];
+        int np = 0;
+        pfd[np++] = (struct pollfd){p->wake[0], POLLIN, 0};
+        if (!dark && p->nconns < 16)
+            pfd[np++] = (struct pollfd){p->lfd, POLLIN, 0};
+        int first = np;
+        for (int i = 0; i < p->nconns; i++)
+            pfd[np++] = (struct pollfd){p->conns[i].fd, POLLIN, 0};
+        if (poll(pfd, (nfds_t)np, -1) < 0)
+            continue; /* EINTR */
+        if (pfd[0].revents != 0) {
+            char b[64];
+            (void)read(p->wake[0], b, sizeof b);
+            continue; /* the flags first */
+        }
+        /* the connections before a new one (the indices hold) */
+        for (int i = p->nconns - 1; i >= 0; i--) {
+            if (pfd[first + i].revents == 0)
+                continue;
+            if (!proxy_input(p, &p->conns[i])) {
+                pconn_close(&p->conns[i]);
+                p->conns[i] = p->conns[--p->nconns];
+            }
+        }
+        if (first == 2 && pfd[1].revents != 0) {
+            int fd = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd < 0)
+                continue;
+            pconn *c = &p->conns[p->nconns];
+            c->fd = fd;
+            c->up = connect_port(p->upport);
+            c->rd = redisReaderCreate();
+            c->urd = redisReaderCreate();
+            if (c->up < 0 || c->rd == NULL || c->urd == NULL)
+                pconn_close(c); /* the client sees it closed */
+            else
+                p->nconns++;
+        }
+    }
+}
+
+/* A proxy to the single server of KV_TEST_REDIS, or NULL (the test
+ * skips). */
+static proxy *proxy_new_(const char *test)
+{
+    const char *base = getenv("KV_TEST_REDIS");
+    if (base == NULL) {
+        fprintf(stderr, "check_redis: KV_TEST_REDIS not set "
+                        "(tests/redis_env.sh sets it when redis-server is "
+                        "installed): %s skipped\n",
+                test);
+        return NULL;
+    }
+    const char *colon = strrchr(base, ':');
+    ck_assert_ptr_nonnull(colon);
+    proxy *p = calloc(1, sizeof *p);
+    ck_assert_ptr_nonnull(p);
+    p->upport = atoi(colon + 1);
+    p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(p->lfd, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sa;
+    ck_assert_int_eq(bind(p->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    ck_assert_int_eq(listen(p->lfd, 0), 0);
+    ck_assert_int_eq(getsockname(p->lfd, (struct sockaddr *)&sa, &len), 0);
+    p->port = ntohs(sa.sin_port);
+    ck_assert_int_eq(pipe2(p->wake, O_CLOEXEC | O_NONBLOCK), 0);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    ck_assert_int_eq(pthread_create(&p->th, NULL, proxy_main, p), 0);
+    return p;
+}
+
+#define proxy_new() proxy_new_(__func__)
+
+/* Wake the thread and wait until it has seen the change made under mu
+ * (called with mu held; returns with it released). */
+static void proxy_sync_unlock(proxy *p)
+{
+    unsigned want = ++p->req;
+    ck_assert_int_eq(write(p->wake[1], "w", 1), 1);
+    while (p->ack < want)
+        pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Answer every request with -err from now on (NULL: forward again). */
+static void proxy_error(proxy *p, const char *err)
+{
+    pthread_mutex_lock(&p->mu);
+    snprintf(p->err, sizeof p->err, "%s", err ? err : "");
+    p->answered = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static long proxy_answered(proxy *p)
+{
+    pthread_mutex_lock(&p->mu);
+    long n = p->answered;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+/* Dark: every connection dropped, nothing accepted, the listen queue full
+ * (a connect is never answered).  Lit again: the queue drained, connections
+ * accepted and served. */
+static void proxy_dark(proxy *p, bool dark)
+{
+    pthread_mutex_lock(&p->mu);
+    p->dark = dark;
+    proxy_sync_unlock(p);
+    if (!dark) {
+        for (int i = 0; i < p->nfill; i++)
+            close(p->fill[i]); /* the proxy accepts them and sees EOF */
+        p->nfill = 0;
+        return;
+    }
+    /* connect until one is not answered within 300 ms: the queue is full
+     * (backlog 0 admits one or two, depending on the kernel) */
+    for (;;) {
+        ck_assert_int_lt(p->nfill, 8);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                        0);
+        ck_assert_int_ge(fd, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)p->port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+        ck_assert(rc == 0 || errno == EINPROGRESS);
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        if (rc != 0 && poll(&pfd, 1, 300) == 0) {
+            close(fd);
+            return;
+        }
+        int e = 0;
+        socklen_t len = sizeof e;
+        ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len), 0);
+        ck_assert_int_eq(e, 0);
+        p->fill[p->nfill++] = fd;
+    }
+}
+
+static void proxy_free(proxy *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = true;
+    proxy_sync_unlock(p);
+    ck_assert_int_eq(pthread_join(p->th, NULL), 0);
+    for (int i = 0; i < p->nfill; i++)
+        close(p->fill[i]);
+    close(p->lfd);
+    close(p->wake[0]);
+    close(p->wake[1]);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+}
+
+/* Open a store on loop through p (opts: the URI's ?options). */
+static kv_store *proxy_open(proxy *p, kv_loop *loop, const char *opts)
+{
+    char uri[256];
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d/%s%s", p->port, prefix,
+             opts);
+    kv_store *s = NULL;
+    int rc = kv_redis_open(&s, loop, NULL, uri, 0);
+    ck_assert_msg(rc == KV_OK, "open %s: %s (%s)", uri, kv_err_name(rc),
+                  kv_last_errmsg());
+    return s;
+}
+
+static void store_close(kv_store *s)
+{
+    kv_fut *f = kv_close(s);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_store_free(s);
+}
+
+/* A connect that is never answered (the proxy dark, its listen queue full):
+ * with timeout=MS the operation fails KV_EBACKEND within about MS, saying
+ * so, while a store with the default timeout still waits; a store closes
+ * at once with its connect hanging (the operation cancelled); once the
+ * node answers again the store works; no descriptor is left behind. */
+START_TEST(test_connect_timeout)
+{
+    int fds0 = tu_count_fds();
+    proxy *p = proxy_new();
+    if (p == NULL)
+        return;
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    kv_store *s = proxy_open(p, loop, "?timeout=500");
+    kv_store *s2 = proxy_open(p, loop, ""); /* 10 s */
+    kv_key *ka = NULL, *kb = NULL;
+    ck_assert_kv(kv_key_parse(&ka, "/ct/a"), KV_OK);
+    ck_assert_kv(kv_key_parse(&kb, "/ct/b"), KV_OK);
+    EXPECT(kv_put_value(s, ka, "a", 1, NULL), KV_OK);
+    EXPECT(kv_put_value(s2, kb, "b", 1, NULL), KV_OK);
+
+    proxy_dark(p, true);
+    /* the connections were dropped under the stores: the next operation
+     * on each finds out (or is refused during the back-off) */
+    kv_fut *f = kv_has(s, ka), *f2 = kv_has(s2, kb);
+    ck_assert_kv(kv_wait(f), KV_EBACKEND);
+    ck_assert_kv(kv_wait(f2), KV_EBACKEND);
+    kv_fut_free(f);
+    kv_fut_free(f2);
+    ck_assert_kv(wait_free(kv_sleep(loop, 300)), KV_OK); /* the back-off */
+
+    /* now each connects, and the connect hangs */
+    uint64_t t0 = mono_ms();
+    f = kv_get(s, ka, NULL);
+    f2 = kv_has(s2, kb);
+    int rc = kv_wait(f);
+    uint64_t waited = mono_ms() - t0;
+    ck_assert_msg(rc == KV_EBACKEND, "%s (%s)", kv_err_name(rc),
+                  kv_fut_errmsg(f));
+    char node[64];
+    snprintf(node, sizeof node, "redis node 127.0.0.1:%d: ", p->port);
+    ck_assert_msg(strstr(kv_fut_errmsg(f), node) != NULL &&
+                      strstr(kv_fut_errmsg(f), "cannot connect: no answer "
+                                               "within 500 ms") != NULL,
+                  "message: %s", kv_fut_errmsg(f));
+    fprintf(stderr, "test_connect_timeout: failed after %" PRIu64 " ms: %s\n",
+            waited, kv_fut_errmsg(f));
+    ck_assert_uint_ge(waited, 450);
+    ck_assert_uint_lt(waited, 3000);
+    kv_fut_free(f);
+    /* the default deadline has not passed: still waiting */
+    ck_assert(!kv_fut_done(f2));
+    t0 = mono_ms();
+    kv_fut *fc = kv_close(s2);
+    ck_assert_kv(kv_wait(fc), KV_OK);
+    kv_fut_free(fc);
+    ck_assert_uint_lt(mono_ms() - t0, 2000);
+    ck_assert_kv(kv_wait(f2), KV_ECANCELED);
+    kv_fut_free(f2);
+    kv_store_free(s2);
+
+    /* the node answers again: s works again (after its back-off) */
+    proxy_dark(p, false);
+    int round;
+    for (round = 0; round < 100; round++) {
+        f = kv_get(s, ka, NULL);
+        rc = kv_wait(f);
+        if (rc == KV_OK) {
+            const kv_record *r = kv_fut_record(f);
+            ck_assert(r->len == 1 && memcmp(r->val, "a", 1) == 0);
+            kv_fut_free(f);
+            break;
+        }
+        ck_assert_msg(rc == KV_EBACKEND, "%s (%s)", kv_err_name(rc),
+                      kv_fut_errmsg(f));
+        kv_fut_free(f);
+        ck_assert_kv(wait_free(kv_sleep(loop, 100)), KV_OK);
+    }
+    ck_assert_int_lt(round, 100);
+    EXPECT(kv_put_value(s, kb, "b2", 2, NULL), KV_ECONFLICT);
+    store_close(s);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_key_free(ka);
+    kv_key_free(kb);
+    proxy_free(p);
+    ck_assert_int_eq(tu_count_fds(), fds0);
+}
+END_TEST
+
+/* The transient states a server refuses a command in without running it,
+ * each from its own proxy. */
+static const char *const transient[] = {
+    "TRYAGAIN Multiple keys request during rehashing of slot",
+    "LOADING Redis is loading the dataset in memory",
+    "CLUSTERDOWN The cluster is down",
+    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is no",
+};
+#define NTRANSIENT (sizeof transient / sizeof transient[0])
+
+/* Run loop until every future of fs is done (at most 20 s); when[i]: ms
+ * from t0 to the first look that found fs[i] done. */
+static void wait_all(kv_loop *loop, kv_fut **fs, size_t n, uint64_t t0,
+                     uint64_t *when)
+{
+    for (size_t i = 0; i < n; i++)
+        when[i] = 0;
+    for (size_t left = n; left > 0;) {
+        ck_assert_uint_lt(mono_ms() - t0, 20000);
+        ck_assert_kv(wait_free(kv_sleep(loop, 10)), KV_OK);
+        for (size_t i = 0; i < n; i++)
+            if (when[i] == 0 && kv_fut_done(fs[i])) {
+                when[i] = mono_ms() - t0;
+                left--;
+            }
+    }
+}
+
+/* A node that answers TRYAGAIN, LOADING, CLUSTERDOWN or MASTERDOWN to
+ * every command: a write (and a read beside it) is resent for about 3 s,
+ * then fails KV_EBACKEND saying it was not applied (and it was not: the
+ * record is unchanged and its token still valid). */
+START_TEST(test_transient_give_up)
+{
+    enum { N = 2 * NTRANSIENT };
+    proxy *p[NTRANSIENT];
+    kv_store *s[NTRANSIENT];
+    kv_fut *fs[N];
+    uint64_t tok[NTRANSIENT], when[N];
+    kv_loop *loop = NULL;
+    kv_key *k = NULL;
+    for (size_t i = 0; i < NTRANSIENT; i++)
+        if ((p[i] = proxy_new()) == NULL)
+            return;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_key_parse(&k, "/tr/k"), KV_OK);
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        char opts[32];
+        snprintf(opts, sizeof opts, "-%zu?shard=store", i); /* own prefix */
+        s[i] = proxy_open(p[i], loop, opts);
+        kv_fut *f = AWAIT(kv_put_value(s[i], k, "v0", 2, NULL), KV_OK);
+        tok[i] = kv_fut_token(f);
+        kv_fut_free(f);
+        proxy_error(p[i], transient[i]);
+    }
+    uint64_t t0 = mono_ms();
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        kv_record r = {k, "v1", 2, tok[i]};
+        fs[i] = kv_put(s[i], &r, NULL);
+        fs[NTRANSIENT + i] = kv_get(s[i], k, NULL);
+    }
+    wait_all(loop, fs, N, t0, when);
+    for (size_t i = 0; i < NTRANSIENT; i++)
+        fprintf(stderr, "test_transient_give_up: %.11s: failed after %" PRIu64
+                        " ms, %ld answers\n",
+                transient[i], when[i], proxy_answered(p[i]));
+    for (size_t j = 0; j < N; j++) {
+        size_t i = j % NTRANSIENT;
+        const char *msg = kv_fut_errmsg(fs[j]);
+        int rc = kv_wait(fs[j]);
+        ck_assert_msg(rc == KV_EBACKEND, "%s: %s (%s)", transient[i],
+                      kv_err_name(rc), msg);
+        ck_assert_msg(strstr(msg, "not applied") != NULL &&
+                          strstr(msg, transient[i]) != NULL &&
+                          strstr(msg, "may or may not") == NULL,
+                      "message: %s", msg);
+        ck_assert_msg(when[j] >= 2500 && when[j] < 6000,
+                      "%s: failed after %" PRIu64 " ms", transient[i],
+                      when[j]);
+        kv_fut_free(fs[j]);
+    }
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        /* each resent, not held: 13 answers each for the put and the get */
+        ck_assert_int_ge(proxy_answered(p[i]), 10);
+        /* the node recovers: nothing was written */
+        proxy_error(p[i], NULL);
+        kv_fut *f = AWAIT(kv_get(s[i], k, NULL), KV_OK);
+        const kv_record *r = kv_fut_record(f);
+        ck_assert(r->len == 2 && memcmp(r->val, "v0", 2) == 0);
+        ck_assert_uint_eq(r->token, tok[i]);
+        kv_fut_free(f);
+        kv_record w = {k, "v2", 2, tok[i]};
+        f = AWAIT(kv_put(s[i], &w, NULL), KV_OK);
+        ck_assert_uint_gt(kv_fut_token(f), tok[i]);
+        kv_fut_free(f);
+        EXPECT(kv_delete(s[i], k, tok[i]), KV_ECONFLICT);
+    }
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        store_close(s[i]);
+        proxy_free(p[i]);
+    }
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_key_free(k);
+}
+END_TEST
+
+/* The same states cleared after about 1 s (a CLUSTERDOWN while the cluster
+ * heals, a LOADING while the server loads...): the resent write succeeds,
+ * once. */
+START_TEST(test_transient_clears)
+{
+    proxy *p[NTRANSIENT];
+    kv_store *s[NTRANSIENT];
+    kv_fut *fs[NTRANSIENT];
+    uint64_t tok[NTRANSIENT], when[NTRANSIENT];
+    long tries[NTRANSIENT];
+    kv_loop *loop = NULL;
+    kv_key *k = NULL;
+    for (size_t i = 0; i < NTRANSIENT; i++)
+        if ((p[i] = proxy_new()) == NULL)
+            return;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_key_parse(&k, "/tc/k"), KV_OK);
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        char opts[32];
+        snprintf(opts, sizeof opts, "-%zu?shard=store", i);
+        s[i] = proxy_open(p[i], loop, opts);
+        kv_fut *f = AWAIT(kv_put_value(s[i], k, "v0", 2, NULL), KV_OK);
+        tok[i] = kv_fut_token(f);
+        kv_fut_free(f);
+        proxy_error(p[i], transient[i]);
+    }
+    uint64_t t0 = mono_ms();
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        kv_record r = {k, "v1", 2, tok[i]};
+        fs[i] = kv_put(s[i], &r, NULL);
+    }
+    ck_assert_kv(wait_free(kv_sleep(loop, 1000)), KV_OK);
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        ck_assert_msg(!kv_fut_done(fs[i]), "%s: done after 1 s (%s)",
+                      transient[i], kv_fut_errmsg(fs[i]));
+        tries[i] = proxy_answered(p[i]);
+        proxy_error(p[i], NULL);
+    }
+    wait_all(loop, fs, NTRANSIENT, t0, when);
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        ck_assert_msg(kv_wait(fs[i]) == KV_OK, "%s: %s (%s)", transient[i],
+                      kv_err_name(kv_wait(fs[i])), kv_fut_errmsg(fs[i]));
+        ck_assert_int_ge(tries[i], 2);
+        uint64_t t = kv_fut_token(fs[i]);
+        ck_assert_uint_gt(t, tok[i]);
+        kv_fut_free(fs[i]);
+        kv_fut *f = AWAIT(kv_get(s[i], k, NULL), KV_OK);
+        const kv_record *r = kv_fut_record(f);
+        ck_assert(r->len == 2 && memcmp(r->val, "v1", 2) == 0);
+        ck_assert_uint_eq(r->token, t);
+        kv_fut_free(f);
+    }
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        store_close(s[i]);
+        proxy_free(p[i]);
+    }
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_key_free(k);
+}
+END_TEST
 #endif
 
 /* A node that stops answering (SIGSTOP: its connections stay open and no
@@ -1122,6 +1734,9 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_migration);
     tcase_add_test(tc, test_slot_directory);
     tcase_add_test(tc, test_token_counter_back);
+    tcase_add_test(tc, test_connect_timeout);
+    tcase_add_test(tc, test_transient_give_up);
+    tcase_add_test(tc, test_transient_clears);
 #endif
     tcase_add_test(tc, test_hung_node);
     tcase_add_test(tc, test_master_down);
