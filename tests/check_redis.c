@@ -1444,6 +1444,53 @@ static const char *const transient[] = {
 };
 #define NTRANSIENT (sizeof transient / sizeof transient[0])
 
+/* A proxy per transient error, a loop, the key and, behind each proxy p[i],
+ * a store of its own prefix holding key = "v0" (its token in tok[i]); then
+ * p[i] answers every command with transient[i].  false: no test server
+ * (proxy_new said why; the test skips). */
+static bool transient_setup(proxy **p, kv_loop **loop, kv_key **k,
+                            const char *key, kv_store **s, uint64_t *tok)
+{
+    for (size_t i = 0; i < NTRANSIENT; i++)
+        if ((p[i] = proxy_new()) == NULL)
+            return false;
+    ck_assert_kv(kv_loop_new(loop, NULL), KV_OK);
+    ck_assert_kv(kv_key_parse(k, key), KV_OK);
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        char opts[32];
+        snprintf(opts, sizeof opts, "-%zu?shard=store", i); /* own prefix */
+        s[i] = proxy_open(p[i], *loop, opts);
+        kv_fut *f = AWAIT(kv_put_value(s[i], *k, "v0", 2, NULL), KV_OK);
+        tok[i] = kv_fut_token(f);
+        kv_fut_free(f);
+        proxy_error(p[i], transient[i]);
+    }
+    return true;
+}
+
+/* Close what transient_setup made. */
+static void transient_teardown(proxy **p, kv_loop *loop, kv_key *k,
+                               kv_store **s)
+{
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        store_close(s[i]);
+        proxy_free(p[i]);
+    }
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_key_free(k);
+}
+
+/* Into fs[i]: the write of "v1" over k with tok[i] on s[i]. */
+static void transient_puts(kv_store **s, kv_key *k, const uint64_t *tok,
+                           kv_fut **fs)
+{
+    for (size_t i = 0; i < NTRANSIENT; i++) {
+        kv_record r = {k, "v1", 2, tok[i]};
+        fs[i] = kv_put(s[i], &r, NULL);
+    }
+}
+
 /* Run loop until every future of fs is done (at most 20 s); when[i]: ms
  * from t0 to the first look that found fs[i] done. */
 static void wait_all(kv_loop *loop, kv_fut **fs, size_t n, uint64_t t0,
@@ -1475,26 +1522,12 @@ START_TEST(test_transient_give_up)
     uint64_t tok[NTRANSIENT], when[N];
     kv_loop *loop = NULL;
     kv_key *k = NULL;
-    for (size_t i = 0; i < NTRANSIENT; i++)
-        if ((p[i] = proxy_new()) == NULL)
-            return;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_key_parse(&k, "/tr/k"), KV_OK);
-    for (size_t i = 0; i < NTRANSIENT; i++) {
-        char opts[32];
-        snprintf(opts, sizeof opts, "-%zu?shard=store", i); /* own prefix */
-        s[i] = proxy_open(p[i], loop, opts);
-        kv_fut *f = AWAIT(kv_put_value(s[i], k, "v0", 2, NULL), KV_OK);
-        tok[i] = kv_fut_token(f);
-        kv_fut_free(f);
-        proxy_error(p[i], transient[i]);
-    }
+    if (!transient_setup(p, &loop, &k, "/tr/k", s, tok))
+        return;
     uint64_t t0 = mono_ms();
-    for (size_t i = 0; i < NTRANSIENT; i++) {
-        kv_record r = {k, "v1", 2, tok[i]};
-        fs[i] = kv_put(s[i], &r, NULL);
+    transient_puts(s, k, tok, fs);
+    for (size_t i = 0; i < NTRANSIENT; i++)
         fs[NTRANSIENT + i] = kv_get(s[i], k, NULL);
-    }
     wait_all(loop, fs, N, t0, when);
     for (size_t i = 0; i < NTRANSIENT; i++)
         fprintf(stderr, "test_transient_give_up: %.11s: failed after %" PRIu64
@@ -1531,13 +1564,7 @@ START_TEST(test_transient_give_up)
         kv_fut_free(f);
         EXPECT(kv_delete(s[i], k, tok[i]), KV_ECONFLICT);
     }
-    for (size_t i = 0; i < NTRANSIENT; i++) {
-        store_close(s[i]);
-        proxy_free(p[i]);
-    }
-    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert_kv(kv_loop_free(loop), KV_OK);
-    kv_key_free(k);
+    transient_teardown(p, loop, k, s);
 }
 END_TEST
 
@@ -1553,25 +1580,10 @@ START_TEST(test_transient_clears)
     long tries[NTRANSIENT];
     kv_loop *loop = NULL;
     kv_key *k = NULL;
-    for (size_t i = 0; i < NTRANSIENT; i++)
-        if ((p[i] = proxy_new()) == NULL)
-            return;
-    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    ck_assert_kv(kv_key_parse(&k, "/tc/k"), KV_OK);
-    for (size_t i = 0; i < NTRANSIENT; i++) {
-        char opts[32];
-        snprintf(opts, sizeof opts, "-%zu?shard=store", i);
-        s[i] = proxy_open(p[i], loop, opts);
-        kv_fut *f = AWAIT(kv_put_value(s[i], k, "v0", 2, NULL), KV_OK);
-        tok[i] = kv_fut_token(f);
-        kv_fut_free(f);
-        proxy_error(p[i], transient[i]);
-    }
+    if (!transient_setup(p, &loop, &k, "/tc/k", s, tok))
+        return;
     uint64_t t0 = mono_ms();
-    for (size_t i = 0; i < NTRANSIENT; i++) {
-        kv_record r = {k, "v1", 2, tok[i]};
-        fs[i] = kv_put(s[i], &r, NULL);
-    }
+    transient_puts(s, k, tok, fs);
     ck_assert_kv(wait_free(kv_sleep(loop, 1000)), KV_OK);
     for (size_t i = 0; i < NTRANSIENT; i++) {
         ck_assert_msg(!kv_fut_done(fs[i]), "%s: done after 1 s (%s)",
@@ -1593,13 +1605,7 @@ START_TEST(test_transient_clears)
         ck_assert_uint_eq(r->token, t);
         kv_fut_free(f);
     }
-    for (size_t i = 0; i < NTRANSIENT; i++) {
-        store_close(s[i]);
-        proxy_free(p[i]);
-    }
-    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
-    ck_assert_kv(kv_loop_free(loop), KV_OK);
-    kv_key_free(k);
+    transient_teardown(p, loop, k, s);
 }
 END_TEST
 #endif
