@@ -373,6 +373,20 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Close s while f (one of its operations) still waits: the close completes
+ * within max_ms and f is KV_ECANCELED.  Frees f and s. */
+static void close_cancels(kv_store *s, kv_fut *f, uint64_t max_ms)
+{
+    uint64_t t0 = mono_ms();
+    kv_fut *fc = kv_close(s);
+    ck_assert_kv(kv_wait(fc), KV_OK);
+    kv_fut_free(fc);
+    ck_assert_uint_lt(mono_ms() - t0, max_ms);
+    ck_assert_kv(kv_wait(f), KV_ECANCELED);
+    kv_fut_free(f);
+    kv_store_free(s);
+}
+
 /* Run the loop for ms (the library's own retries go on meanwhile). */
 static void spin(ctx *c, uint64_t ms)
 {
@@ -784,14 +798,7 @@ START_TEST(test_migration)
         kv_fut *f2 = kv_put(s2, &w2, NULL);
         spin(&c, 30);
         ck_assert(!kv_fut_done(f2));
-        uint64_t t0 = mono_ms();
-        kv_fut *fc = kv_close(s2);
-        ck_assert_kv(kv_wait(fc), KV_OK);
-        kv_fut_free(fc);
-        ck_assert_uint_lt(mono_ms() - t0, 400);
-        ck_assert_kv(kv_wait(f2), KV_ECANCELED);
-        kv_fut_free(f2);
-        kv_store_free(s2);
+        close_cancels(s2, f2, 400);
     }
 
     /* 3. the slot handed over: MOVED, and a new map */
@@ -1396,14 +1403,7 @@ START_TEST(test_connect_timeout)
     kv_fut_free(f);
     /* the default deadline has not passed: still waiting */
     ck_assert(!kv_fut_done(f2));
-    t0 = mono_ms();
-    kv_fut *fc = kv_close(s2);
-    ck_assert_kv(kv_wait(fc), KV_OK);
-    kv_fut_free(fc);
-    ck_assert_uint_lt(mono_ms() - t0, 2000);
-    ck_assert_kv(kv_wait(f2), KV_ECANCELED);
-    kv_fut_free(f2);
-    kv_store_free(s2);
+    close_cancels(s2, f2, 2000);
 
     /* the node answers again: s works again (after its back-off) */
     proxy_dark(p, false);
