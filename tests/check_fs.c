@@ -1712,12 +1712,8 @@ START_TEST(test_recycle_queries)
             kv_key *pk = key_of("/rq");
             kv_query q = kv_query_init(pk);
             q.sort = queries % 2 ? KV_SORT_DESC : KV_SORT_NONE;
-            kv_fut *f = kv_query_open(e.s, &q, NULL);
-            ck_assert_kv(kv_wait(f), KV_OK);
-            kv_iter *it = kv_fut_take_iter(f);
-            kv_fut_free(f);
-            f = kv_iter_fetch_all(it);
-            ck_assert_kv(kv_wait(f), KV_OK);
+            kv_iter *it;
+            kv_fut *f = tu_query_fetch(e.s, &q, &it);
             size_t m;
             const kv_record *r = kv_fut_records(f, &m);
             ck_assert_uint_eq(m, RC_KEYS);

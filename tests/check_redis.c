@@ -212,12 +212,8 @@ START_TEST(test_cluster_keymode)
     kv_query q = kv_query_init(K(&c, "/q"));
     q.offset = 10;
     q.limit = 200;
-    f = kv_query_open(c.s, &q, NULL);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it;
+    f = tu_query_fetch(c.s, &q, &it);
     const kv_record *r = kv_fut_records(f, &n);
     ck_assert_uint_eq(n, 200);
     for (size_t i = 0; i < n; i++) {
@@ -231,12 +227,7 @@ START_TEST(test_cluster_keymode)
     q.sort = KV_SORT_DESC;
     q.offset = 5;
     q.limit = 20;
-    f = kv_query_open(c.s, &q, NULL);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
+    f = tu_query_fetch(c.s, &q, &it);
     r = kv_fut_records(f, &n);
     ck_assert_uint_eq(n, 20);
     for (size_t i = 0; i < n; i++)
@@ -279,12 +270,7 @@ START_TEST(test_cluster_keymode)
     ck_assert_kv(wait_free(kv_drop_prefix(c.s, drop, 1)), KV_OK);
     kv_query all = kv_query_init(K(&c, "/"));
     all.value = false;
-    f = kv_query_open(c.s, &all, NULL);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
+    f = tu_query_fetch(c.s, &all, &it);
     kv_fut_records(f, &n);
     ck_assert_uint_eq(n, 3); /* /q0, /u{7}/a, /u{7}/b */
     kv_fut_free(f);
@@ -746,12 +732,8 @@ START_TEST(test_migration)
     toks[20] = seen[nseen++] = t;
     /* a query: the index is read on src, the values wherever they are */
     kv_query q = kv_query_init(K(&c, "/mg{m}"));
-    kv_fut *f = kv_query_open(c.s, &q, NULL);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it;
+    kv_fut *f = tu_query_fetch(c.s, &q, &it);
     size_t n = 0;
     kv_fut_records(f, &n);
     ck_assert_uint_eq(n, N);

@@ -152,6 +152,24 @@ static inline void tu_env_close(tu_env *e, bool check)
 }
 
 /*
+ * Open q on s and fetch it whole, both of which must succeed.  Returns the
+ * fetch's future (kv_fut_records) and *it the iterator: the caller frees
+ * both.
+ */
+static inline kv_fut *tu_query_fetch(kv_store *s, const kv_query *q,
+                                     kv_iter **it)
+{
+    kv_fut *f = kv_query_open(s, q, NULL);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    *it = kv_fut_take_iter(f);
+    ck_assert_ptr_nonnull(*it);
+    kv_fut_free(f);
+    f = kv_iter_fetch_all(*it);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    return f;
+}
+
+/*
  * The number of records under prefix (the prefix's own record included),
  * by a query fetched whole, with values or keys only; the query must
  * succeed.
@@ -161,13 +179,8 @@ static inline size_t tu_query_count_v(kv_store *s, const kv_key *prefix,
 {
     kv_query q = kv_query_init(prefix);
     q.value = value;
-    kv_fut *f = kv_query_open(s, &q, NULL);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_iter *it = kv_fut_take_iter(f);
-    ck_assert_ptr_nonnull(it);
-    kv_fut_free(f);
-    f = kv_iter_fetch_all(it);
-    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_iter *it;
+    kv_fut *f = tu_query_fetch(s, &q, &it);
     size_t n = 0;
     kv_fut_records(f, &n);
     kv_fut_free(f);
