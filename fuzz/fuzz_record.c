@@ -18,7 +18,8 @@
 #include "config.h"
 
 #include "fuzz.h"
-#include "internal.h"
+#include "store/store_int.h"
+#include "backend/fs/fs.h"
 
 #include <string.h>
 

@@ -12,7 +12,7 @@
 
 #include "testutil.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -14,7 +14,8 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
+#include "core/fault.h"
 #include "testutil.h"
 
 #include <dirent.h>

@@ -15,7 +15,9 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
+#include "backend/fs/fs.h"
+#include "core/fault.h"
 #include "testutil.h"
 #include "crashutil.h"
 

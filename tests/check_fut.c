@@ -7,7 +7,7 @@
 
 #include "testutil.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 
 static kv_loop *loop;
 

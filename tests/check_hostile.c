@@ -35,7 +35,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 #include "testutil.h"
 
 #include <inttypes.h>

@@ -3,7 +3,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 #include "testutil.h"
 
 #include <stdint.h>

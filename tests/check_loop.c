@@ -10,7 +10,7 @@
 
 #include "testutil.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 
 #include <errno.h>
 #include <pthread.h>

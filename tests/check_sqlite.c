@@ -9,7 +9,8 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
+#include "backend/sqlite/sqlite.h"
 #include "testutil.h"
 
 #include <inttypes.h>

@@ -22,7 +22,8 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
+#include "backend/sqlite/sqlite.h"
 #include "testutil.h"
 #include "crashutil.h"
 

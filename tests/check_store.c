@@ -17,7 +17,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 #include "testutil.h"
 
 #include <inttypes.h>

@@ -15,7 +15,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "core/core.h"
 
 #include <getopt.h>
 #include <stdio.h>

@@ -27,7 +27,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 
 #include <errno.h>
 #include <fcntl.h>

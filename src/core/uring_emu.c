@@ -48,7 +48,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "core/core_int.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -17,7 +17,8 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "core/core_int.h"
+#include "core/fault.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -31,7 +31,8 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "core/core_int.h"
+#include "core/fault.h"
 
 #include <errno.h>
 #include <string.h>

@@ -3,7 +3,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <stdio.h>

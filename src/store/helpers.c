@@ -9,7 +9,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/store_int.h"
 
 #include <string.h>
 

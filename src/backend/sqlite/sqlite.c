@@ -52,7 +52,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "backend/sqlite/sqlite.h"
 
 #include <errno.h>
 #include <limits.h>

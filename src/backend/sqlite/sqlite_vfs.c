@@ -43,7 +43,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "backend/sqlite/sqlite.h"
 
 #include <pthread.h>
 #include <sqlite3.h>

@@ -16,7 +16,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "core/core_int.h"
 
 #include <string.h>
 

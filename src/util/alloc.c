@@ -3,8 +3,9 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "util/util.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

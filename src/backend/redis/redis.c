@@ -79,7 +79,7 @@
  */
 #include "config.h"
 
-#include "internal.h"
+#include "store/backend.h"
 
 #ifndef HAVE_HIREDIS
 

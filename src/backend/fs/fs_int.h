@@ -17,7 +17,7 @@
 #ifndef KV_FS_INT_H
 #define KV_FS_INT_H
 
-#include "internal.h"
+#include "backend/fs/fs.h"
 
 #include <dirent.h>
 #include <linux/openat2.h>

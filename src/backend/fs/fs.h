@@ -1,0 +1,28 @@
+/*
+ * backend/fs/fs.h - the fs backend's operation table and the decoders the
+ * fuzz targets call.
+ */
+#ifndef KV_BACKEND_FS_H
+#define KV_BACKEND_FS_H
+
+#include "store/backend.h"
+
+extern const struct kv_backend_ops kv__fs_ops;
+
+/*
+ * fs.c test hooks: the decoders of bytes read from disk, for the fuzz
+ * targets (any thread).  kv__fs_record_make appends a record file's bytes
+ * (header and value) to out.  kv__fs_record_check checks buf[0..len) as a
+ * whole record file, as a get does: KV_OK with the token and where the
+ * value lies, or KV_ECORRUPT.  kv__fs_name_decode turns an escaped path
+ * piece back into a namespace id (a heap string): KV_OK, KV_EINVAL (not the
+ * canonical escape of a valid id) or KV_ENOMEM; kv__fs_name_encode appends
+ * the escape of id[0..len) to out.
+ */
+int kv__fs_record_make(uint64_t token, const void *val, size_t len,
+                       kv_buf *out);
+int kv__fs_record_check(const void *buf, size_t len, uint64_t *token,
+                        size_t *voff, size_t *vlen);
+int kv__fs_name_decode(const char *name, size_t len, char **id);
+int kv__fs_name_encode(const char *id, size_t len, kv_buf *out);
+#endif /* KV_BACKEND_FS_H */

@@ -1,0 +1,47 @@
+/*
+ * backend/sqlite/sqlite.h - the SQLite backend's operation table and its
+ * test hooks.
+ */
+#ifndef KV_BACKEND_SQLITE_H
+#define KV_BACKEND_SQLITE_H
+
+#include "store/backend.h"
+
+extern const struct kv_backend_ops kv__sqlite_ops;
+
+/*
+ * sqlite.c test hook: counters of a SQLite store since it opened (loop
+ * thread).  KV_EINVAL if s is not a SQLite store.
+ */
+struct kv__sqlite_stats {
+    uint64_t groups;      /* writer jobs that ran writes (group commits)   */
+    uint64_t write_reqs;  /* write requests those jobs ran                 */
+    uint64_t max_group;   /* most write requests in one job                */
+    uint64_t commits;     /* transactions committed                        */
+    uint64_t read_jobs;   /* reader jobs (file stores)                     */
+    uint64_t fetches;     /* ITER_FETCH requests run on a connection       */
+    uint64_t connections; /* connections made                              */
+};
+int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
+/*
+ * sqlite_vfs.c: a VFS over SQLite's default one that gathers a WAL file's
+ * frame writes into one write per commit, for connections that run
+ * synchronous=FULL only (see the file's comment).  kv__sqlite_vfs_walbuf
+ * registers it on first use and returns its name, or NULL if it could not
+ * (then open with the default VFS).  Test hooks: the writes SQLite made to
+ * wrapped WAL files and the writes they became, process-wide; and a
+ * failure (an SQLite result code) of the nth flush from now (0: none).
+ */
+#define KV__SQLITE_VFS_WALBUF "kvstore-walbuf"
+const char *kv__sqlite_vfs_walbuf(void);
+void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
+void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
+/*
+ * sqlite.c test hook (loop thread): the writer's next job starts by running
+ * PRAGMA max_page_count = pages on the writer connection (pages <= 0: a
+ * large limit again), so a test can fill the database (SQLITE_FULL).  SQLite
+ * never lowers the limit below the current size.  KV_EINVAL if s is not a
+ * writable SQLite store.
+ */
+int kv__sqlite_set_max_pages(kv_store *s, int64_t pages);
+#endif /* KV_BACKEND_SQLITE_H */

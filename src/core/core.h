@@ -1,0 +1,226 @@
+/*
+ * core/core.h - the engine: the loop (one io_uring), the worker pool and
+ * futures.  What the layers above (store, backends) may use of the core.
+ * Everything here is loop-thread-only unless marked "any thread".
+ */
+#ifndef KV_CORE_H
+#define KV_CORE_H
+
+#include "util/util.h"
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* ------------------------------------------------------------------------ */
+/* loop.c                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A ring operation.  Embed one in your operation state; its address is the
+ * SQE's user_data, and cb runs on the loop thread with the CQE's res and
+ * flags.  One op may be the user_data of several SQEs in a chain (each CQE
+ * calls cb) as long as the owner tells them apart.
+ */
+typedef struct kv__op kv__op;
+typedef void (*kv__op_cb)(kv__op *op, int res, uint32_t cqe_flags);
+struct kv__op {
+    kv__op_cb cb;
+};
+
+/*
+ * Reserved user_data values (never valid pointers; loop.c keeps every value
+ * below 4096 for itself).
+ */
+#define KV__UD_IGNORE ((uint64_t)0)  /* CQE counted and dropped (cancels)  */
+#define KV__UD_WAKE ((uint64_t)1)    /* the standing eventfd read          */
+
+/*
+ * Hand out n SQEs for one submission (a linked chain must take all its SQEs
+ * in one call: space is reserved for the whole chain before any is returned,
+ * submitting what is queued first if needed, so a chain is never split
+ * across two submits).  The SQEs are zeroed-prepared by the caller with
+ * io_uring_prep_* and io_uring_sqe_set_data64(sqe, (uintptr_t)op) or
+ * KV__UD_IGNORE.  Every SQE must produce exactly one CQE (no
+ * IOSQE_CQE_SKIP_SUCCESS): the loop counts them to know it is alive.
+ * Returns KV_OK, or KV_EINVAL (n == 0 or larger than the SQ), or a negative
+ * code from a failed submit.
+ */
+int kv__loop_sqes(kv_loop *loop, struct io_uring_sqe **sqes, unsigned n);
+
+/*
+ * Note for kv__loop_sqes: prepare the SQEs it returned before the next call
+ * that may submit (another kv__loop_sqes, kv__loop_flush, kv_loop_run): a
+ * submit sends every SQE handed out so far.  A multishot SQE may produce
+ * several CQEs; only the last one (without IORING_CQE_F_MORE) is counted.
+ */
+
+/* Submit what has been prepared now (normally the loop does it itself). */
+int kv__loop_flush(kv_loop *loop);
+
+/*
+ * Keep the loop alive without a ring op or pool job (e.g. an operation
+ * parked in a backend queue).  Balanced calls.
+ */
+void kv__loop_ref(kv_loop *loop);
+void kv__loop_unref(kv_loop *loop);
+
+/*
+ * Post a finished pool job to its loop (any thread: a worker).  The job's
+ * done callback runs on the loop thread.  Signals coalesce: the eventfd is
+ * written only when the loop may be asleep.
+ */
+typedef struct kv__job kv__job;
+void kv__loop_post(kv_loop *loop, kv__job *job);
+
+/* The ring, for feature probes (loop thread). */
+struct io_uring *kv__loop_ring(kv_loop *loop);
+/* True if the kernel supports opcode (probed at kv_loop_new). */
+bool kv__loop_has_op(const kv_loop *loop, int opcode);
+
+/*
+ * pool.c calls this (loop thread) when it accepts a job for loop: the loop
+ * counts the job as pending, and alive, until it takes the posted job off
+ * its completion list and has called kv__job_finish.
+ */
+void kv__loop_job_pending(kv_loop *loop);
+
+/*
+ * True if nothing on the loop can make progress any more: no ring operation
+ * in flight, no pool job pending, no callback due (kv__loop_ref references
+ * alone cannot complete anything).  kv_wait uses it to refuse to block.
+ */
+bool kv__loop_stalled(const kv_loop *loop);
+
+/* Counters, for tools/loopbench and tests (loop thread; wakes any thread). */
+typedef struct kv__loop_stats {
+    uint64_t turns;     /* kv_loop_run iterations                          */
+    uint64_t waits;     /* turns that blocked in io_uring_enter            */
+    uint64_t submits;   /* io_uring_enter calls that submitted or waited   */
+    uint64_t cqes;      /* CQEs dispatched (not counting the eventfd read) */
+    uint64_t jobs;      /* posted pool jobs finished on this loop          */
+    uint64_t wake_cqes; /* completions of the standing eventfd read        */
+    uint64_t wakes;     /* eventfd writes by posters                       */
+} kv__loop_stats;
+void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out);
+/* ------------------------------------------------------------------------ */
+/* pool.c                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A blocking job.  work runs on a worker thread and must not touch loop
+ * state; done runs afterwards on the submitting loop's thread with status
+ * KV_OK, or KV_ECANCELED when the job was cancelled before it started (work
+ * then never ran).  The job memory belongs to the submitter; the pool
+ * touches it no more once done has been called.
+ */
+struct kv__job {
+    void (*work)(kv__job *job);
+    void (*done)(kv__job *job, int status);
+    kv_loop *loop;     /* set by kv__pool_submit */
+    kv__job *next;     /* pool queue / loop completion list */
+    kv__job *prev;     /* pool queue */
+    int status;        /* KV_OK or KV_ECANCELED, for done */
+    int state;         /* pool-private */
+};
+
+/* Queue job on pool; done will run on loop.  Loop thread. */
+void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job);
+/*
+ * Cancel job if it has not started: it is removed from the queue and its
+ * done runs later with KV_ECANCELED (never inside this call).  Returns true
+ * if it was removed, false if it is running or finished.  Loop thread.
+ */
+bool kv__pool_cancel(kv_pool *pool, kv__job *job);
+
+/* Called by the loop thread when a posted job is taken off the list. */
+void kv__job_finish(kv__job *job);
+
+/* ------------------------------------------------------------------------ */
+/* fut.c                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Lifetime rule.  A future is reference counted (loop thread only):
+ *  - kv__fut_new returns it with one reference, the caller's; kv_fut_free
+ *    (or kv__fut_unref) drops it;
+ *  - a producer that keeps a pointer to finish the future later (an op
+ *    state, a pool job, a backend request) takes its own reference with
+ *    kv__fut_ref when it stores the pointer, and drops it with
+ *    kv__fut_unref after its kv__fut_finish (or once it no longer needs
+ *    the pointer);
+ *  - the loop's ready FIFO holds a reference while callbacks are due.
+ * So a user may free a pending future at any time: the producer's pointer
+ * stays valid, its completion still runs the registered callbacks, and the
+ * memory goes with the last reference.  Never keep a pointer to a future
+ * without holding a reference.
+ */
+
+/* A pending future with one reference (the caller's).  NULL on OOM. */
+kv_fut *kv__fut_new(kv_loop *loop);
+/* A future already failed with code; never NULL (static fallback on OOM). */
+kv_fut *kv__fut_failed(kv_loop *loop, int code, const char *fmt, ...)
+    KV__PRINTF(3, 4);
+void kv__fut_ref(kv_fut *f);
+void kv__fut_unref(kv_fut *f); /* kv_fut_free is the same for the caller */
+
+/*
+ * Complete f with status (KV_OK or negative) and an optional message (fmt
+ * may be NULL).  Its callbacks are queued to run on the loop's next turn.
+ * Returns false (and does nothing) if f was already done, e.g. cancelled;
+ * the producer must then free any result it meant to attach.
+ */
+bool kv__fut_finish(kv_fut *f, int status, const char *fmt, ...)
+    KV__PRINTF(3, 4);
+bool kv__fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap);
+
+/*
+ * Called by kv_fut_cancel while f is pending, before f completes
+ * KV_ECANCELED: stop the underlying work if possible.  The producer still
+ * finishes its own bookkeeping later; kv__fut_finish then returns false.
+ */
+void kv__fut_on_cancel(kv_fut *f, void (*fn)(kv_fut *f, void *arg), void *arg);
+
+/*
+ * Results, set before kv__fut_finish (ownership moves to the future; on a
+ * false return from kv__fut_finish the future frees them itself).  typed
+ * records hold codec objects in val, freed with codec->free_obj.  Whatever
+ * is passed to a setter belongs to the future from then on, even when the
+ * future is already done (cancelled): then it is freed at once (an
+ * iterator: with the future) and never shown by the getters.  A result set
+ * on a future that then fails stays visible (e.g. skipped keys).
+ */
+void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
+                         const kv_codec *codec);
+void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n);
+void kv__fut_set_bool(kv_fut *f, bool v);
+void kv__fut_set_token(kv_fut *f, uint64_t token);
+void kv__fut_set_bytes(kv_fut *f, void *bytes, size_t len);
+void kv__fut_set_iter(kv_fut *f, kv_iter *it); /* freed with f unless taken */
+/* Take a kv_fut_complete_obj object out of f (NULL if none). */
+void *kv__fut_take_obj(kv_fut *f);
+/* Take records out of f (caller owns them afterwards). */
+kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
+
+/* Records: free the key and val of n records (val via codec if typed)
+ * and then the array itself (fut.c's behaviour: never pass an element). */
+void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
+
+/*
+ * Run the loop's queue of futures whose callbacks are due (those queued when
+ * the call starts; callbacks that make more futures ready run next turn).
+ * Returns true if any callback ran.  loop.c calls.
+ */
+bool kv__fut_run_ready(kv_loop *loop);
+
+/*
+ * Loop hooks fut.c uses (loop.c implements): the loop's FIFO of futures
+ * whose callbacks are due.  The FIFO is intrusive: it links futures through
+ * the field kv__fut_ready_link returns (fut.c).  The queue's reference is
+ * taken and dropped by fut.c.
+ */
+void kv__loop_ready_push(kv_loop *loop, kv_fut *f);
+kv_fut *kv__loop_ready_pop(kv_loop *loop); /* NULL when empty */
+size_t kv__loop_ready_len(const kv_loop *loop);
+kv_fut **kv__fut_ready_link(kv_fut *f);
+#endif /* KV_CORE_H */

@@ -1,0 +1,149 @@
+/*
+ * store/backend.h - everything a backend needs from the store layer and
+ * nothing else: the request and item types, the backend operation table,
+ * kv__req_done, the store and iterator handles, and the storage encoding
+ * of keys.  A backend includes this header (and the core's, through it).
+ */
+#ifndef KV_STORE_BACKEND_H
+#define KV_STORE_BACKEND_H
+
+#include "core/core.h"
+
+/* ------------------------------------------------------------------------ */
+/* key.c: the storage encoding of keys, shared by backends.                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Encode key as the bytes of each namespace id followed by 0x00.  memcmp
+ * order of encodings (shorter first on a common prefix) equals kv_key_cmp
+ * order, and every key below k has k's encoding as a prefix.  Appends to
+ * out.  KV_OK or KV_ENOMEM.
+ */
+int kv__key_encode(const kv_key *key, kv_buf *out);
+/* Decode what kv__key_encode made.  KV_ECORRUPT on malformed bytes. */
+int kv__key_decode(kv_key **out, const void *bytes, size_t len);
+
+/* ------------------------------------------------------------------------ */
+/* store.c: the generic layer and the backend contract                      */
+/* ------------------------------------------------------------------------ */
+
+typedef enum kv__opcode {
+    KV__OP_HAS = 1,       /* items: key -> status OK / ENOTFOUND, token     */
+    KV__OP_GET,           /* items: key -> status, val/len (if want_value), token */
+    KV__OP_PUT,           /* items: key,val,len,token -> status OK/ECONFLICT, token */
+    KV__OP_DELETE,        /* items: key,token -> status OK/ECONFLICT (token 0 never matches) */
+    KV__OP_PUT_ATOMIC,    /* as PUT; on any conflict nothing is written      */
+    KV__OP_DELETE_ATOMIC, /* as DELETE; on any conflict nothing is written   */
+    KV__OP_MOVE,          /* items: key -> key2; req status ECONFLICT on collision */
+    KV__OP_DROP,          /* items: key; deletes key and all below it        */
+    KV__OP_QUERY_OPEN,    /* iter: open a cursor for iter->q                 */
+    KV__OP_ITER_FETCH,    /* iter: fill items (status OK) with the next rows; eof */
+    KV__OP_ITER_DISPOSE,  /* iter: release the cursor                        */
+    KV__OP_CLOSE          /* the request given to ops->close                 */
+} kv__opcode;
+
+typedef struct kv__item {
+    kv_key *key;   /* owned by the item */
+    kv_key *key2;  /* MOVE destination, else NULL */
+    void *val;     /* PUT input / GET and FETCH output (kv__malloc'd); owned */
+    size_t len;
+    uint64_t token; /* input CAS token; output stored/new token */
+    int status;     /* output: KV_OK, KV_ECONFLICT or KV_ENOTFOUND */
+} kv__item;
+
+/* Allocate n zeroed items; free n items with their keys and values. */
+kv__item *kv__items_new(size_t n);
+void kv__items_free(kv__item *items, size_t n);
+
+typedef struct kv__req kv__req;
+struct kv__req {
+    kv__opcode op;
+    kv_store *store;
+    kv__item *items;   /* inputs and outputs; FETCH: the backend allocates */
+    size_t n;
+    bool want_value;   /* GET/FETCH: false -> do not read values */
+    bool eof;          /* FETCH output: no rows after these */
+    bool canceled;     /* set by the store layer when the future was cancelled */
+    kv_iter *iter;     /* QUERY_OPEN, ITER_FETCH, ITER_DISPOSE */
+    void *bpriv;       /* free for the backend */
+    /* store.c private below */
+    kv_fut *fut;
+    kv__req *prev, *next;
+    int kind;
+    kv_codec codec;
+    bool typed;
+    bool linked;       /* in the store's in-flight list */
+    /* completion hook for iterator and close requests (NULL: generic) */
+    void (*done)(kv__req *req, int status, const char *msg);
+};
+
+/*
+ * The backend contract.  Every callback runs on the loop thread.  submit
+ * starts req and must call kv__req_done exactly once for it, never inside
+ * submit itself (complete from a CQE or pool done callback).  cancel (may be
+ * NULL) is a best-effort hint that req's future was cancelled.  close stops
+ * new work, completes every outstanding req (KV_ECANCELED is fine),
+ * releases cursors, descriptors and locks, then calls kv__req_done(req).
+ * destroy frees the backend state after close completed.
+ */
+#define KV__BACKEND_VERSION 1
+struct kv_backend_ops {
+    int version;
+    const char *name;
+    bool atomic_batch;
+    void (*submit)(kv_store *s, kv__req *req);
+    void (*cancel)(kv_store *s, kv__req *req);
+    void (*close)(kv_store *s, kv__req *req);
+    void (*destroy)(kv_store *s);
+};
+
+/*
+ * Backend completion: status KV_OK (see items) or a negative code for the
+ * whole request, with an optional printf message.  Loop thread.
+ */
+void kv__req_done(kv__req *req, int status, const char *fmt, ...)
+    KV__PRINTF(3, 4);
+
+/* The store handle.  Backends read the public part. */
+struct kv_store {
+    const struct kv_backend_ops *ops;
+    void *backend;       /* the backend's state */
+    kv_loop *loop;
+    kv_pool *pool;
+    unsigned flags;      /* KV_READONLY, ... */
+    /* store.c private below */
+    int state;
+    kv__req *inflight;   /* doubly linked via req->prev/next */
+    size_t ninflight;
+    kv_iter *iters;      /* live iterators */
+    kv_fut *close_fut;
+    kv__req *close_req;  /* allocated up front: close never fails on OOM */
+};
+
+/* Make a store over a backend (called by kv_sqlite_open / kv_fs_open). */
+int kv__store_new(kv_store **out, const struct kv_backend_ops *ops,
+                  void *backend, kv_loop *loop, kv_pool *pool, unsigned flags);
+
+/* The iterator.  Backends read q and use bpriv; the rest is store.c's. */
+struct kv_iter {
+    kv_store *store;
+    kv_query q;          /* q.key is an owned copy */
+    void *bpriv;         /* backend cursor */
+    /* store.c private below */
+    kv_iter *prev, *next;
+    int state;
+    kv_codec codec;
+    bool typed;
+    kv__item *buf;       /* fetched, not yet returned */
+    size_t nbuf, pos;
+    bool eof;
+    bool fetching;
+    struct kv__waiter *waiters, *waiters_tail;
+    kv_loop *loop;       /* survives kv_store_free */
+    bool finished;       /* a next returned the end */
+    bool freed;          /* kv_iter_free called: free when idle */
+    bool disposing;      /* ITER_DISPOSE in flight */
+    kv_fut *dispose_fut; /* internal; user dispose futures relay it */
+    kv__req *dispose_req; /* allocated at open: dispose never fails on OOM */
+};
+#endif /* KV_STORE_BACKEND_H */

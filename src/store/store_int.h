@@ -1,0 +1,68 @@
+/*
+ * store/store_int.h - what the files of the store layer (store.c, iter.c,
+ * helpers.c, key.c, record.c) share; backends need none of it.
+ */
+#ifndef KV_STORE_INT_H
+#define KV_STORE_INT_H
+
+#include "store/backend.h"
+
+/*
+ * Store-layer internals shared by store.c, iter.c and helpers.c (backends
+ * need none of these).
+ */
+/* A request with op set and no items; NULL on OOM. */
+kv__req *kv__req_new(kv_store *s, kv__opcode op);
+/* Link req in the in-flight list and call ops->submit. */
+void kv__req_submit(kv__req *req);
+/*
+ * Give req a new future (the caller's reference plus one the request holds
+ * until kv__req_free), make kv_fut_cancel on it reach ops->cancel, and submit
+ * it.  Returns the future (a failed one on OOM, req freed).
+ */
+kv_fut *kv__req_start(kv__req *req);
+/* NULL if s is open (and writable if write), else a failed future. */
+kv_fut *kv__store_check(kv_store *s, bool write);
+/*
+ * Check the arguments of a write of n records (closed/read-only state first,
+ * then atomic support, the array, the codec's encode when values are
+ * written, each key and raw value): NULL when they are fine, else a failed
+ * future.  Duplicates are not checked here.  Used by store.c and helpers.c.
+ */
+kv_fut *kv__check_records(kv_store *s, const kv_record *recs, size_t n,
+                          const kv_codec *codec, bool values, bool atomic,
+                          bool single);
+/* Free req's items, drop its future reference, free it. */
+void kv__req_free(kv__req *req);
+/* iter.c: on close, mark every iterator closed; on free, detach them. */
+void kv__iters_store_closing(kv_store *s);
+void kv__iters_store_freed(kv_store *s);
+/*
+ * Move an item's key, value and token into a record, decoding the value
+ * through codec (NULL: raw bytes).  value false: no value (val NULL).  On a
+ * decode error returns the codec's code, out is zeroed and the item keeps
+ * what it had.
+ */
+int kv__item_to_record(kv__item *item, kv_record *out, const kv_codec *codec,
+                       bool value);
+/* record.c: free one record's key and value (via codec if typed; the
+ * record itself is not freed) and zero it. */
+void kv__record_clear(kv_record *r, const kv_codec *codec);
+/* A future completed with status now (KV_OK: empty result). */
+kv_fut *kv__fut_done_now(kv_loop *loop, int status);
+/* Complete relay with src's status and message once src is done, holding
+ * a reference to relay meanwhile.  KV_OK or KV_ENOMEM. */
+int kv__fut_relay(kv_fut *src, kv_fut *relay);
+
+/* A set of borrowed keys (open addressing on kv_key_hash). */
+typedef struct kv__keyset {
+    const kv_key **slots;
+    size_t cap; /* a power of two, 0 if empty */
+} kv__keyset;
+/* Room for n keys.  KV_OK or KV_ENOMEM. */
+int kv__keyset_init(kv__keyset *ks, size_t n);
+/* Add key: true if it was new, false if already present. */
+bool kv__keyset_add(kv__keyset *ks, const kv_key *key);
+bool kv__keyset_has(const kv__keyset *ks, const kv_key *key);
+void kv__keyset_free(kv__keyset *ks);
+#endif /* KV_STORE_INT_H */

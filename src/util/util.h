@@ -1,0 +1,61 @@
+/*
+ * util/util.h - the bottom layer: allocation, error messages, small macros.
+ * Depends on nothing of the library but the public header (for kv_buf and
+ * the error codes).  Not installed, not API.
+ *
+ * Naming: kv__ for internal symbols that are not static (hidden by
+ * -fvisibility=hidden and the export list), plain names for statics.
+ */
+#ifndef KV_UTIL_H
+#define KV_UTIL_H
+
+#include "kvstore.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define KV__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define KV__UNUSED __attribute__((unused))
+#else
+#define KV__PRINTF(a, b)
+#define KV__UNUSED
+#endif
+
+#define KV__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define KV__CONTAINER_OF(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+/* ------------------------------------------------------------------------ */
+/* alloc.c: every allocation goes through these (hookable for failure      */
+/* tests).  Any thread.                                                     */
+/* ------------------------------------------------------------------------ */
+
+void *kv__malloc(size_t n);
+void *kv__calloc(size_t count, size_t size);
+void *kv__realloc(void *p, size_t n);
+void kv__free(void *p);
+char *kv__strdup(const char *s);
+char *kv__strndup(const char *s, size_t n);
+void *kv__memdup(const void *p, size_t n); /* n == 0 gives a valid 1-byte block */
+/* Printf into a new heap string; NULL on OOM. */
+char *kv__asprintf(const char *fmt, ...) KV__PRINTF(1, 2);
+char *kv__vasprintf(const char *fmt, va_list ap);
+
+/*
+ * Test hook: make the nth allocation from now fail (1 = the next one), and
+ * every one after it if sticky; 0 turns failures off.  Returns how many
+ * allocations were made since the last call.
+ */
+unsigned long kv__alloc_fail_at(unsigned long nth, bool sticky);
+
+/* ------------------------------------------------------------------------ */
+/* error.c                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Set this thread's kv_last_errmsg(). */
+void kv__set_errmsg(const char *fmt, ...) KV__PRINTF(1, 2);
+/* Map a negated errno to a kvstore code (ENOMEM -> KV_ENOMEM, else KV_EBACKEND). */
+int kv__from_errno(int neg_errno);
+#endif /* KV_UTIL_H */
