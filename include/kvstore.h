@@ -114,10 +114,10 @@ KV_EXTERN bool kv_err_is(int code, int kind);
 
 /*
  * The detailed message of the last failed synchronous call on this thread
- * (kv_loop_new, kv_pool_new, kv_sqlite_open, kv_fs_open, key parsing), e.g.
- * "io_uring_setup: Operation not permitted (blocked by seccomp or the
- * kernel.io_uring_disabled sysctl?)".  Thread-local; valid until the next
- * failing call on this thread; "" when there is none.
+ * (kv_loop_new, kv_pool_new, kv_sqlite_open, kv_fs_open, kv_redis_open,
+ * key parsing), e.g. "io_uring_setup: Operation not permitted (blocked by
+ * seccomp or the kernel.io_uring_disabled sysctl?)".  Thread-local; valid
+ * until the next failing call on this thread; "" when there is none.
  */
 KV_EXTERN const char *kv_last_errmsg(void);
 
@@ -531,148 +531,104 @@ KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
 
 #define KV_SQLITE_MEMORY ":memory:"
 
-#define KV_READONLY 0x1u  /* every write fails KV_EREADONLY                */
-#define KV_SYNC_FULL 0x2u /* sqlite: synchronous=FULL (default NORMAL)     */
-#define KV_NO_FSYNC 0x4u  /* fs: skip fsyncs (tests, benchmarks): no       \
-                             durability across a machine crash            */
-#define KV_FS_FANOUT 0x8u /* fs: make a new store with the fan-out layout  \
-                             (see kv_fs_open)                             */
+/*
+ * Open flags.  KV_READONLY is every backend's.  Every other flag belongs to
+ * one backend, carries that backend's name, and has a bit no other flag
+ * uses: a kv_*_open given a flag it does not accept (another backend's, or
+ * a bit no flag uses) fails KV_EINVAL, and kv_last_errmsg names the flag
+ * and the backend.
+ */
+#define KV_READONLY 0x1u /* every backend: every write fails KV_EREADONLY */
+
+/* kv_sqlite_open (kvstore-sqlite(3)); the two exclude each other. */
+#define KV_SQLITE_SYNC_FULL 0x2u /* synchronous=FULL (default NORMAL)     */
+#define KV_SQLITE_SYNC_OFF 0x10u /* synchronous=OFF: no fsync at all      \
+                                    (tests, benchmarks)                   */
+/* kv_fs_open (kvstore-fs(3)). */
+#define KV_FS_NO_FSYNC 0x4u /* skip fsyncs (tests, benchmarks): no        \
+                               durability across a machine crash         */
+#define KV_FS_FANOUT 0x8u   /* make a new store with the fan-out layout   */
+/* kv_redis_open (kvstore-redis(3)) has no flag of its own. */
+
+/*
+ * Deprecated names of the flags above, kept only until the library's own
+ * tests and tools use the new names; they will be removed.  KV_NO_FSYNC is
+ * the fs flag: a SQLite store without fsyncs is KV_SQLITE_SYNC_OFF.
+ */
+#define KV_SYNC_FULL KV_SQLITE_SYNC_FULL /* deprecated */
+#define KV_NO_FSYNC KV_FS_NO_FSYNC       /* deprecated */
 
 #define KV_DEFAULT_MAX_RETRIES 5
 #define KV_FS_DEFAULT_DEPTH 32
 
 /*
- * Open a SQLite store: path is a file name or KV_SQLITE_MEMORY.  File
- * databases use WAL, synchronous=NORMAL (FULL with KV_SYNC_FULL) and a
- * 5000 ms busy timeout; opening a file store sees everything committed to
- * it before.  Every SQLite call of an operation runs on pool; open itself
- * blocks the caller until the database is open.  loop and pool must outlive
- * the store.  With KV_SYNC_FULL the writer connection opens on a VFS
- * registered by the library ("kvstore-walbuf", over SQLite's default one)
- * that sends each commit's WAL frames to the file in one write; the file
- * format is SQLite's own, and any SQLite program can open it.  Errors:
- * KV_EINVAL, KV_ENOMEM, KV_EBACKEND (cannot open, not a database: see
- * kv_last_errmsg), KV_EREADONLY (KV_READONLY on a missing database).
+ * Open a SQLite store on path: a database file (created if missing; WAL
+ * mode; opening it sees everything committed to it before, and any SQLite
+ * program can open it) or KV_SQLITE_MEMORY.
+ * flags: KV_READONLY (not with KV_SQLITE_MEMORY), KV_SQLITE_SYNC_FULL or
+ * KV_SQLITE_SYNC_OFF (not both); any other bit fails KV_EINVAL.
+ * Threads: open blocks the caller until the database is open; every SQLite
+ * call of an operation then runs on pool.  loop and pool must outlive the
+ * store.
+ * Errors: KV_EINVAL (a NULL or empty argument, a flag it does not accept,
+ * both sync flags, KV_READONLY in memory), KV_ENOMEM, KV_EBACKEND (cannot
+ * open, not a database, SQLite built without threads), KV_EREADONLY
+ * (KV_READONLY on a missing database); kv_last_errmsg says more.
+ * Durability, group commit, the WAL-gathering VFS of KV_SQLITE_SYNC_FULL,
+ * connections and checkpoints: kvstore-sqlite(3).
  */
 KV_EXTERN int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                              const char *path, unsigned flags);
 
 /*
  * Open a filesystem store rooted at root (created if missing), one file per
- * record.  depth is the maximum number of namespaces in a key (0: 32).  The
- * root is locked: a second open from any process fails KV_EBUSY, and the
- * store assumes that nothing else changes its files while it is open.
- * Every put writes a new file, syncs it, renames it into place and fsyncs
- * its directory before it completes (KV_NO_FSYNC drops the syncs).  While
- * several puts run, a put that replaces a record keeps the replaced file
- * under a temp name and a later put in that directory overwrites it
- * instead of creating a file (fdatasync then suffices), which saves an
- * inode and its blocks per put; at most 128 such files (64 MiB) exist, and
- * none once no put runs, after close, or after the next open following a
- * crash.  Open blocks the caller: it takes the lock, removes temp files a
- * crash left and reserves tokens; every record operation afterwards goes
+ * record.  depth is the maximum number of namespaces in a key (0:
+ * KV_FS_DEFAULT_DEPTH).  The root is locked: a second open from any process
+ * fails KV_EBUSY, and the store assumes that nothing else changes its files
+ * while it is open.  A put completes once its record file and directory
+ * are synced (KV_FS_NO_FSYNC drops the syncs).
+ * flags: KV_READONLY, KV_FS_NO_FSYNC, KV_FS_FANOUT (a new store gets the
+ * fan-out layout; an existing store keeps the layout it was made with);
+ * any other bit fails KV_EINVAL.
+ * Threads: open blocks the caller (it takes the lock, removes temp files a
+ * crash left and reserves tokens); every record operation afterwards goes
  * through loop's ring and queries walk directories on pool.  loop and pool
- * must outlive the store.
- *
- * Layout.  Each namespace of a key is one directory level, so all the
- * records of one prefix share a directory.  Creating, renaming and
- * unlinking in one directory serialise on that directory's lock, which
- * caps durable puts into one prefix whatever the concurrency.  The fan-out
- * layout (KV_FS_FANOUT when the store is made) puts each record file in
- * one of 16 bucket subdirectories of its directory, named "00.b" to
- * "0f.b", chosen by a fixed hash of the record's name; inserts and
- * deletes in one prefix then spread over 16 directory locks and fsync a
- * bucket, not the whole directory.  It pays off when a prefix takes many
- * inserts; replacing existing records is as fast in the flat layout, and
- * a store of many small namespaces is better flat (16 times the
- * directories).  A record and its children (/a and /a/b) still
- * coexist, and queries still return key order, offset and limit.  The
- * layout is written to root/.format when the store is made and is the
- * store's for good: a later open without KV_FS_FANOUT uses whichever
- * layout the store has, KV_FS_FANOUT on an existing flat store fails
- * KV_EINVAL (there is no conversion: dump and load into a new store).  A
- * store without .format (made before it existed) is read as found: flat,
- * unless it holds bucket directories; .format is then written for it.
- *
- * flags: KV_READONLY (every write fails KV_EREADONLY), KV_NO_FSYNC,
- * KV_FS_FANOUT; KV_SYNC_FULL is accepted and ignored.  Errors: KV_EINVAL
- * (NULL or empty argument, unknown flags, KV_FS_FANOUT on a flat store),
- * KV_ENOTSUP (the kernel's io_uring lacks an operation needed: Linux 5.15
- * or later), KV_EBUSY (locked by another open store), KV_EREADONLY
- * (KV_READONLY on a missing root), KV_ECORRUPT (.format unknown to this
- * version), KV_ENOMEM, KV_EBACKEND (root cannot be made, read or locked);
- * kv_last_errmsg says more.  On success *out must be closed with kv_close
+ * must outlive the store.  On success *out must be closed with kv_close
  * and freed with kv_store_free.
+ * Errors: KV_EINVAL (NULL or empty argument, a flag it does not accept,
+ * KV_FS_FANOUT on a flat store), KV_ENOTSUP (the kernel's io_uring lacks
+ * an operation needed: Linux 5.15 or later), KV_EBUSY (locked by another
+ * open store), KV_EREADONLY (KV_READONLY on a missing root), KV_ECORRUPT
+ * (.format unknown to this version), KV_ENOMEM, KV_EBACKEND (root cannot
+ * be made, read or locked); kv_last_errmsg says more.
+ * Layout on disk, the fan-out layout, the reuse of replaced files and
+ * durability: kvstore-fs(3).
  */
 KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                          const char *root, unsigned depth, unsigned flags);
 
 /*
  * Open a Redis store (Redis or Valkey 7, single server or Redis Cluster).
- * uri is "redis://ip:port[,ip:port...][/prefix][?option[&option]]":
- *  - ip:port seeds (numeric IPv4; "localhost" means 127.0.0.1; port 6379
- *    by default): the first that answers is asked for CLUSTER SLOTS, and
- *    every master is then found from the cluster itself.  A server that is
- *    not a cluster serves every key.
- *  - prefix ([A-Za-z0-9_.:-], default "kv") starts every Redis key of the
- *    store: stores with different prefixes share a server without seeing
- *    each other.
- *  - shard=key (default) spreads records over the hash slots (so over the
- *    masters) by their key; a key whose id holds "{tag}" (the bytes
- *    between its first '{' and the next '}') is placed by the tag alone, so
- *    keys with a common tag share a slot.  shard=store keeps the whole store
- *    in one slot (one master): every operation below then works as on
- *    SQLite.
- *  - timeout=MS (0 to 3600000, default 10000; 0: none): a connect that has
- *    not completed, or a node that has sent nothing back while replies are
- *    due, for that long is treated as a broken connection (see Errors).
- * Atomicity: every write is one Lua script that checks the token and writes
- * value and token together; tokens come from a per-slot counter kept in the
- * slot itself (it moves with the slot when the cluster migrates it) and
- * advanced to at least the server's clock in microseconds: never 0, never
- * repeated for a key, even after a failover that lost the counter's last
- * writes (unless the new master's clock is behind the old one's by more
- * than the failover took).  kv_supports_atomic_batch reports true, but
- * with shard=key an atomic batch whose keys lie in several hash slots fails
- * KV_ENOTSUP (its message names two such keys), and kv_move_prefix_atomic
- * fails KV_ENOTSUP (use shard=store).
- * Queries read a per-slot index (a sorted set of keys kept by the same
- * scripts), asking each slot for at most offset + limit keys.  With
- * shard=store that is one ZRANGEBYLEX.  With shard=key it is one GET of the
- * store's slot directory (a 2 KiB bitmap of the slots that ever held a
- * record of the store, marked before the first record of each slot is
- * written) and one ZRANGEBYLEX per marked slot, pipelined over the masters:
- * at most min(records ever written, 16384) range reads per query, whatever
- * the prefix matches (all 16384 if the directory is missing).  The
- * directory never shrinks: slots emptied by deletes are still read.  The
- * matching keys are sorted here and held by the iterator; values are
- * fetched 128 at a time.  kv_drop_prefix costs one script per marked slot
- * likewise.  A query sees every record whose put completed before it began.
- * Durability is Redis's: a write is acknowledged once the master applied
- * it; it survives a crash only as the server's appendonly/appendfsync
- * settings make it (appendfsync always: fsynced before the reply), and a
- * failover may lose writes not yet replicated (including a mark of the
- * slot directory, which then hides that slot's records from queries).
- * KV_NO_FSYNC and KV_SYNC_FULL are accepted and ignored.
- * Errors: an operation whose node cannot be reached fails KV_EBACKEND with
- * the node and the cause; one whose connection broke or timed out after it
- * was sent fails KV_EBACKEND saying the outcome is unknown (re-read the
- * token before retrying: a retried put with the old token then conflicts
- * instead of overwriting a newer write).  Nodes are reconnected with a
- * back-off (50 ms doubling to 2 s) by the next operation that needs them,
- * and the slot map is refreshed after MOVED redirects and node failures,
- * so a replica promoted by a failover is found without help.  ASK
- * redirects of a slot being migrated are followed; a command the server
- * refuses without running it (TRYAGAIN while a migrating slot's keys are
- * split between two nodes, LOADING, CLUSTERDOWN, MASTERDOWN) is resent for
- * about 3 s (5 ms doubling to 500 ms), then fails KV_EBACKEND saying it was
- * not applied.
+ * uri is "redis://ip:port[,ip:port...][/prefix][?option[&option]]" with the
+ * options shard=key|store and timeout=MS (grammar and defaults in
+ * kvstore-redis(3)); a bad URI fails KV_EINVAL.  pool is unused (may be
+ * NULL).
+ * flags: KV_READONLY; any other bit fails KV_EINVAL.
  * Threads: open blocks its caller (blocking sockets, 5 s timeouts: connect,
  * CLUSTER SLOTS, SCRIPT LOAD on each master, GET of the slot directory);
- * afterwards all socket I/O and timers go through loop's io_uring.  pool
- * is unused (may be NULL).  Errors of open: KV_EINVAL (bad URI or flags),
+ * afterwards all socket I/O and timers go through loop's io_uring.
+ * Atomic calls: kv_supports_atomic_batch reports true, but with shard=key
+ * an atomic batch whose keys lie in several hash slots fails KV_ENOTSUP
+ * (its message names two such keys), and kv_move_prefix_atomic fails
+ * KV_ENOTSUP (use shard=store).
+ * Errors of open: KV_EINVAL (bad URI, a flag it does not accept),
  * KV_ENOMEM, KV_EBACKEND (no seed answered; see kv_last_errmsg),
- * KV_ENOTSUP (built without hiredis).
+ * KV_ENOTSUP (built without hiredis).  Errors of operations: KV_EBACKEND
+ * when a node cannot be reached, or when the outcome is unknown (the
+ * connection broke or timed out after the command was sent: re-read the
+ * token before retrying).
+ * Tokens, queries, durability (Redis's own), reconnection, redirects and
+ * retries: kvstore-redis(3).
  */
 KV_EXTERN int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                             const char *uri, unsigned flags);
