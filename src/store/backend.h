@@ -146,4 +146,14 @@ struct kv_iter {
     kv_fut *dispose_fut; /* internal; user dispose futures relay it */
     kv__req *dispose_req; /* allocated at open: dispose never fails on OOM */
 };
+
+/*
+ * flags.c: the open flags check every kv_*_open makes first.  KV_OK if
+ * flags has no bit outside allowed; else KV_EINVAL, with kv_last_errmsg
+ * "kv_<backend>_open: ..." naming each foreign flag, the backend it belongs
+ * to, any unknown bits, and the flags backend accepts.  backend is the name
+ * in kv_<backend>_open ("sqlite", "fs", "redis").
+ */
+int kv__check_open_flags(const char *backend, unsigned flags,
+                         unsigned allowed);
 #endif /* KV_STORE_BACKEND_H */
