@@ -89,14 +89,23 @@ static void r_destroy(kv_store *s)
 }
 
 static const struct kv_backend_ops kv__redis_ops = {
-    KV__BACKEND_VERSION, "redis", true, redis__submit, r_cancel, r_close,
-    r_destroy,
+    .version = KV__BACKEND_VERSION,
+    .name = "redis",
+    .atomic_batch = true,
+    .submit = redis__submit,
+    .cancel = r_cancel,
+    .close = r_close,
+    .destroy = r_destroy,
 };
 /* The same over a Redis Cluster (only the name differs). */
 static const struct kv_backend_ops kv__redis_cluster_ops = {
-    KV__BACKEND_VERSION, "redis-cluster", true,
-    redis__submit,       r_cancel,        r_close,
-    r_destroy,
+    .version = KV__BACKEND_VERSION,
+    .name = "redis-cluster",
+    .atomic_batch = true,
+    .submit = redis__submit,
+    .cancel = r_cancel,
+    .close = r_close,
+    .destroy = r_destroy,
 };
 
 /* ------------------------------------------------------------------------ */
