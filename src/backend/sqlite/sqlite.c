@@ -53,6 +53,7 @@
 #include "config.h"
 
 #include "backend/sqlite/sqlite.h"
+#include "util/list.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -171,8 +172,9 @@ typedef struct conn conn;
 typedef struct cursor cursor;
 typedef struct sreq sreq;
 
+/* Requests in a queue, or in a job's run list: sreq.link nodes. */
 typedef struct squeue {
-    sreq *head, *tail;
+    kv__list head;
     size_t n;
 } squeue;
 
@@ -181,8 +183,8 @@ enum { W_NONE, W_QUEUED, W_RUNNING, W_SOON };
 
 /* The backend's side of one kv__req (req->bpriv). */
 struct sreq {
+    kv__list link;     /* the queue it waits in, or its job's run list */
     kv__req *req;
-    sreq *prev, *next; /* the queue it waits in, or its job's run list */
     squeue *q;         /* that queue while W_QUEUED */
     conn *c;           /* its connection while W_RUNNING */
     int where;
@@ -197,7 +199,7 @@ struct sreq {
 /* A query cursor (iter->bpriv).  Kept in s->cursors until disposed, or until
  * destroy: the store may free the kv_iter at close without a dispose. */
 struct cursor {
-    cursor *prev, *next; /* s->cursors */
+    kv__list link;       /* s->cursors */
     conn *c;             /* its connection (file: pinned while live) */
     /* The query, copied on the loop thread at submit. */
     kv_buf lo, hi;       /* the range; lo.len == 0: everything */
@@ -252,7 +254,7 @@ struct sq {
     conn *idle;               /* file: readers with nothing to do */
     unsigned nread_jobs, max_read_jobs;
     squeue rq;                /* file: point reads and query opens waiting */
-    cursor *cursors;
+    kv__list cursors;         /* cursor.link */
     unsigned pending;         /* connection jobs submitted, not yet done */
     /* Completions that must not run inside submit/cancel/close. */
     kv__job soon_job;
@@ -291,15 +293,29 @@ struct sq {
 /* Small helpers                                                            */
 /* ------------------------------------------------------------------------ */
 
+static void q_init(squeue *q)
+{
+    kv__list_init(&q->head);
+    q->n = 0;
+}
+
+/* The first request of q, or NULL. */
+static sreq *q_first(squeue *q)
+{
+    kv__list *l = kv__list_first(&q->head);
+    return l != NULL ? KV__LIST_ENTRY(l, sreq, link) : NULL;
+}
+
+/* The request after r in q, or NULL. */
+static sreq *q_next(squeue *q, sreq *r)
+{
+    return r->link.next != &q->head ? KV__LIST_ENTRY(r->link.next, sreq, link)
+                                    : NULL;
+}
+
 static void q_push(squeue *q, sreq *r)
 {
-    r->prev = q->tail;
-    r->next = NULL;
-    if (q->tail != NULL)
-        q->tail->next = r;
-    else
-        q->head = r;
-    q->tail = r;
+    kv__list_push_back(&q->head, &r->link);
     q->n++;
     r->q = q;
     r->where = W_QUEUED;
@@ -307,18 +323,28 @@ static void q_push(squeue *q, sreq *r)
 
 static void q_remove(squeue *q, sreq *r)
 {
-    if (r->prev != NULL)
-        r->prev->next = r->next;
-    else
-        q->head = r->next;
-    if (r->next != NULL)
-        r->next->prev = r->prev;
-    else
-        q->tail = r->prev;
-    r->prev = r->next = NULL;
+    kv__list_remove(&r->link);
     r->q = NULL;
     r->where = W_NONE;
     q->n--;
+}
+
+/* Unlink and return q's first request (its where and q left alone). */
+static sreq *q_pop(squeue *q)
+{
+    kv__list *l = kv__list_pop_front(&q->head);
+    if (l == NULL)
+        return NULL;
+    q->n--;
+    return KV__LIST_ENTRY(l, sreq, link);
+}
+
+/* Move every request of from to the end of to. */
+static void q_take(squeue *to, squeue *from)
+{
+    kv__list_splice_back(&to->head, &from->head);
+    to->n += from->n;
+    from->n = 0;
 }
 
 static bool is_write(kv__opcode op)
@@ -1375,7 +1401,8 @@ static int tx_commit(conn *c, char **msg)
 /* Fail every write of the current transaction with rc (it was lost). */
 static void tx_lost(conn *c, sreq *upto, int rc, const char *msg)
 {
-    for (sreq *p = c->run.head; p != NULL && p != upto; p = p->next) {
+    for (sreq *p = q_first(&c->run); p != NULL && p != upto;
+         p = q_next(&c->run, p)) {
         if (!p->in_tx)
             continue;
         p->in_tx = false;
@@ -1448,7 +1475,7 @@ static void conn_work(kv__job *job)
         char *msg = NULL;
         int rc = reader_open(c, &msg);
         if (rc != KV_OK) {
-            for (sreq *r = c->run.head; r != NULL; r = r->next)
+            for (sreq *r = q_first(&c->run); r != NULL; r = q_next(&c->run, r))
                 sreq_fail(r, rc, dup_msg(msg));
             kv__free(msg);
             return;
@@ -1458,7 +1485,7 @@ static void conn_work(kv__job *job)
     bool rtx = false;
     if (c->reader) {
         size_t items = 0;
-        for (sreq *r = c->run.head; r != NULL; r = r->next)
+        for (sreq *r = q_first(&c->run); r != NULL; r = q_next(&c->run, r))
             if (r->req->op == KV__OP_HAS || r->req->op == KV__OP_GET)
                 items += r->req->n;
         rtx = items > 1 && exec_id(c, ST_BEGIN, NULL) == KV_OK;
@@ -1466,7 +1493,7 @@ static void conn_work(kv__job *job)
     bool wtx = false;
     int begin_rc = KV_OK;
     char *begin_msg = NULL;
-    for (sreq *r = c->run.head; r != NULL; r = r->next) {
+    for (sreq *r = q_first(&c->run); r != NULL; r = q_next(&c->run, r)) {
         switch (r->req->op) {
         case KV__OP_HAS:
         case KV__OP_GET:
@@ -1516,7 +1543,7 @@ static void conn_work(kv__job *job)
         if (rc != KV_OK)
             tx_lost(c, NULL, rc, msg);
         kv__free(msg);
-        for (sreq *r = c->run.head; r != NULL; r = r->next)
+        for (sreq *r = q_first(&c->run); r != NULL; r = q_next(&c->run, r))
             r->in_tx = false;
         /* Best effort, like the background checkpoint: a failure or a busy
          * reader just leaves the WAL to the usual thresholds. */
@@ -1549,6 +1576,8 @@ static conn *conn_new(sq *s, bool reader)
         return NULL;
     c->s = s;
     c->reader = reader;
+    q_init(&c->wait);
+    q_init(&c->run);
     c->next = s->conns;
     s->conns = c;
     s->stats.connections++;
@@ -1559,9 +1588,8 @@ static conn *conn_new(sq *s, bool reader)
 static void conn_start(conn *c, squeue *take)
 {
     sq *s = c->s;
-    c->run = *take;
-    memset(take, 0, sizeof *take);
-    for (sreq *r = c->run.head; r != NULL; r = r->next) {
+    q_take(&c->run, take);
+    for (sreq *r = q_first(&c->run); r != NULL; r = q_next(&c->run, r)) {
         r->q = NULL;
         r->c = c;
         r->where = W_RUNNING;
@@ -1589,11 +1617,12 @@ static void conn_start(conn *c, squeue *take)
 /* If c is idle and requests wait for it, run them all in one job now. */
 static void kick_now(conn *c)
 {
-    if (c->busy || c->wait.head == NULL)
+    if (c->busy || q_first(&c->wait) == NULL)
         return;
     if (c == c->s->writer) {
         size_t w = 0;
-        for (sreq *r = c->wait.head; r != NULL; r = r->next)
+        for (sreq *r = q_first(&c->wait); r != NULL;
+             r = q_next(&c->wait, r))
             w += is_write(r->req->op);
         if (w > 0) {
             c->s->stats.groups++;
@@ -1629,7 +1658,7 @@ static void wstart_cb(kv__op *op, int res, uint32_t flags)
 static void kick(conn *c)
 {
     sq *s = c->s;
-    if (c != s->writer || c->busy || c->wait.head == NULL) {
+    if (c != s->writer || c->busy || q_first(&c->wait) == NULL) {
         kick_now(c);
         return;
     }
@@ -1650,21 +1679,21 @@ static void kick(conn *c)
 /* File stores: hand waiting reads to idle (or new) readers. */
 static void dispatch_reads(sq *s)
 {
-    while (s->rq.head != NULL && s->nread_jobs < s->max_read_jobs &&
+    while (q_first(&s->rq) != NULL && s->nread_jobs < s->max_read_jobs &&
            !s->closing) {
         conn *c = s->idle;
         if (c != NULL) {
             s->idle = c->next_idle;
             c->next_idle = NULL;
         } else if ((c = conn_new(s, true)) == NULL) {
-            sreq *r = s->rq.head;
+            sreq *r = q_first(&s->rq);
             q_remove(&s->rq, r);
             soon(s, r, KV_ENOMEM, NULL);
             continue;
         }
         squeue take;
-        memset(&take, 0, sizeof take);
-        sreq *r = s->rq.head;
+        q_init(&take);
+        sreq *r = q_first(&s->rq);
         if (r->req->op == KV__OP_QUERY_OPEN) {
             q_remove(&s->rq, r);
             q_push(&take, r);
@@ -1675,7 +1704,7 @@ static void dispatch_reads(sq *s)
             size_t want = (s->rq.n + avail - 1) / avail;
             if (want > READ_BATCH)
                 want = READ_BATCH;
-            while ((r = s->rq.head) != NULL && take.n < want &&
+            while ((r = q_first(&s->rq)) != NULL && take.n < want &&
                    r->req->op != KV__OP_QUERY_OPEN) {
                 q_remove(&s->rq, r);
                 q_push(&take, r);
@@ -1721,14 +1750,9 @@ static void soon(sq *s, sreq *r, int status, const char *fmt, ...)
     soon_kick(s);
 }
 
-static void cursor_free(sq *s, cursor *cu)
+static void cursor_free(cursor *cu)
 {
-    if (cu->prev != NULL)
-        cu->prev->next = cu->next;
-    else
-        s->cursors = cu->next;
-    if (cu->next != NULL)
-        cu->next->prev = cu->prev;
+    kv__list_remove(&cu->link);
     if (cu->c != NULL && cu->c->pin == cu)
         cu->c->pin = NULL;
     kv__free(cu->lo.data);
@@ -1747,7 +1771,7 @@ static void finish_one(sq *s, sreq *r)
             cu->live = cu->st != NULL;
             q->iter->bpriv = cu;
         } else if (cu != NULL) {
-            cursor_free(s, cu);
+            cursor_free(cu);
             r->cur = NULL;
         }
         break;
@@ -1782,7 +1806,7 @@ static void complete(sq *s, sreq *r)
     else
         kv__free(r);
     if (dead != NULL)
-        cursor_free(s, dead); /* r is gone if it was dead->dsr */
+        cursor_free(dead); /* r is gone if it was dead->dsr */
     if (msg != NULL) {
         kv__req_done(q, status, "%s", msg);
         kv__free(msg);
@@ -1795,8 +1819,9 @@ static void conn_done(kv__job *job, int status)
 {
     conn *c = KV__CONTAINER_OF(job, conn, job);
     sq *s = c->s;
-    squeue run = c->run;
-    memset(&c->run, 0, sizeof c->run);
+    squeue run;
+    q_init(&run);
+    q_take(&run, &c->run);
     c->busy = false;
     s->pending--;
     s->stats.commits += c->ncommits;
@@ -1805,7 +1830,7 @@ static void conn_done(kv__job *job, int status)
         c->rq_job = false;
         s->nread_jobs--;
     }
-    for (sreq *r = run.head; r != NULL; r = r->next) {
+    for (sreq *r = q_first(&run); r != NULL; r = q_next(&run, r)) {
         r->where = W_NONE;
         r->c = NULL;
         if (status == KV_ECANCELED) /* the pool dropped the job unrun */
@@ -1815,22 +1840,20 @@ static void conn_done(kv__job *job, int status)
         finish_one(s, r);
     }
     if (c->reader) {
-        if (c->pin != NULL && !c->pin->live && c->wait.head == NULL) {
+        if (c->pin != NULL && !c->pin->live && q_first(&c->wait) == NULL) {
             c->pin->c = NULL;
             c->pin = NULL;
         }
-        if (c->pin == NULL && c->wait.head == NULL) {
+        if (c->pin == NULL && q_first(&c->wait) == NULL) {
             c->next_idle = s->idle;
             s->idle = c;
         }
     }
     if (c == s->writer)
         ck_kick(s);
-    sreq *next;
-    for (sreq *r = run.head; r != NULL; r = next) {
-        next = r->next;
+    sreq *r;
+    while ((r = q_pop(&run)) != NULL)
         complete(s, r);
-    }
     kick(c);
     dispatch_reads(s);
     maybe_close(s);
@@ -1883,17 +1906,16 @@ static void soon_done(kv__job *job, int status)
     sq *s = KV__CONTAINER_OF(job, sq, soon_job);
     (void)status; /* nothing ran: the completions are the same either way */
     s->soon_busy = false;
-    squeue list = s->soon;
-    memset(&s->soon, 0, sizeof s->soon);
+    squeue list;
+    q_init(&list);
+    q_take(&list, &s->soon);
     kv__req *oom = s->oom;
     s->oom = NULL;
-    for (sreq *r = list.head; r != NULL; r = r->next)
+    for (sreq *r = q_first(&list); r != NULL; r = q_next(&list, r))
         finish_one(s, r);
-    sreq *next;
-    for (sreq *r = list.head; r != NULL; r = next) {
-        next = r->next;
+    sreq *r;
+    while ((r = q_pop(&list)) != NULL)
         complete(s, r);
-    }
     while (oom != NULL) {
         kv__req *q = oom;
         oom = q->bpriv;
@@ -1924,10 +1946,7 @@ static cursor *cursor_new(sq *s, const kv_iter *it)
     cu->sort = it->q.sort;
     cu->offset = it->q.offset;
     cu->limit = it->q.limit;
-    cu->next = s->cursors;
-    if (s->cursors != NULL)
-        s->cursors->prev = cu;
-    s->cursors = cu;
+    kv__list_push_front(&s->cursors, &cu->link);
     return cu;
 }
 
@@ -2051,7 +2070,7 @@ static void sq_cancel(kv_store *store, kv__req *req)
         q_remove(r->q, r);
         soon(s, r, KV_ECANCELED, NULL);
     } else if (r->where == W_RUNNING && r->c != NULL &&
-               r->c->run.head == r && r->c->run.tail == r) {
+               q_first(&r->c->run) == r && r->c->run.n == 1) {
         /* Alone in a job that has not started: its done gets ECANCELED. */
         (void)kv__pool_cancel(s->pool, &r->c->job);
     }
@@ -2060,8 +2079,9 @@ static void sq_cancel(kv_store *store, kv__req *req)
 static void close_work(kv__job *job)
 {
     sq *s = KV__CONTAINER_OF(job, sq, close_job);
-    for (cursor *cu = s->cursors; cu != NULL; cu = cu->next)
-        cursor_finish(cu);
+    kv__list *l;
+    KV__LIST_FOREACH(l, &s->cursors)
+        cursor_finish(KV__LIST_ENTRY(l, cursor, link));
     if (s->ck != NULL) { /* before the writer: its close checkpoints last */
         if (sqlite3_close(s->ck) != SQLITE_OK)
             (void)sqlite3_close_v2(s->ck); /* no statements: cannot happen */
@@ -2118,7 +2138,7 @@ static void maybe_close(sq *s)
 static void cancel_queue(sq *s, squeue *q)
 {
     sreq *r;
-    while ((r = q->head) != NULL) {
+    while ((r = q_first(q)) != NULL) {
         q_remove(q, r);
         soon(s, r, KV_ECANCELED, "the store is closing");
     }
@@ -2161,8 +2181,8 @@ static void sq_destroy(kv_store *store)
     /* Handles are still open only if the close job never ran (the pool
      * went away first): close them here rather than leak them. */
     close_work(&s->close_job);
-    while (s->cursors != NULL)
-        cursor_free(s, s->cursors);
+    while (!kv__list_empty(&s->cursors))
+        cursor_free(KV__LIST_ENTRY(s->cursors.next, cursor, link));
     conn *next;
     for (conn *c = s->conns; c != NULL; c = next) {
         next = c->next;
@@ -2246,6 +2266,9 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     }
     s->loop = loop;
     s->pool = pool;
+    q_init(&s->rq);
+    q_init(&s->soon);
+    kv__list_init(&s->cursors);
     s->memory = memory;
     s->readonly = (flags & KV_READONLY) != 0;
     s->sync = (flags & KV_SYNC_FULL)  ? "FULL"
