@@ -1,45 +1,11 @@
 /*
- * sqlite_vfs.c - a VFS over SQLite's default one that gathers the writes
- * of a WAL file into one write per commit.
- *
- * SQLite appends a WAL frame as two writes: the 24-byte frame header, then
- * the page.  A group commit of 64 random puts dirties ~64 pages: 128
- * pwrite(2) calls of which the kernel side (entry, file checks, locking the
- * inode, page-cache lookups for a range straddling two pages) costs more
- * than copying the bytes.  Measured here: 171-182 us per 64 frames written
- * that way, 40-44 us as one write of the same bytes.  With the WAL's
- * fdatasync that is ~15% of a group commit's time.
- *
- * The file of a connection opened on KV__SQLITE_VFS_WALBUF whose name SQLite
- * flags SQLITE_OPEN_WAL (and not read-only) is wrapped: writes that extend
- * a contiguous run are copied into a buffer, a write inside the run
- * overwrites it there, any other write first flushes the run.  The run goes
- * to the file (xWrites of the default VFS of up to WRITE_MAX bytes each,
- * which resume short writes and EINTR) before any other call on that file: xSync, xRead, xFileSize,
- * xTruncate, xFileControl, xFetch and xClose all flush first, so everything
- * SQLite can observe through the file is what direct writes would have
- * left.  Every other file of the connection is the default VFS's own.
- *
- * Why this is safe only with synchronous=FULL (sqlite.c uses this VFS for
- * the writer of a KV_SYNC_FULL store only): a commit becomes visible to
- * other connections when SQLite updates the wal-index header in shared
- * memory, not through the WAL file.  With FULL, SQLite syncs the WAL
- * (xSync, which flushes) after writing a commit's frames and before it
- * appends them to the wal-index (sqlite3WalFrames), so a frame is in the
- * file before any reader can look for it.  With NORMAL there is no call on
- * the WAL file between the last frame and the header update (tried: under
- * kvbench randwrite, a reader soon failed SQLITE_CORRUPT).  A process
- * killed with frames still buffered loses only frames of a transaction that
- * had not committed: its commit's xSync had not returned.
- *
- * A flush that fails returns its error from the call that needed it (for a
- * commit: xSync, so SQLite fails the COMMIT and rolls back) and drops the
- * run: the bytes may be partly in the file, past the last valid frame,
- * where the next transaction overwrites them and recovery ignores them
- * (their checksums do not chain), as with a failed direct write.
- *
- * Threads: a file is used by one connection, on one thread at a time (the
- * connection's); the counters are atomics for tests.
+ * backend/sqlite/sqlite_vfs.c - a VFS over SQLite's default one that
+ * gathers the writes of a WAL file into one write per commit (SQLite makes
+ * two per frame), flushed before any other call on the file.
+ * Safe with synchronous=FULL only: the writer of a KV_SYNC_FULL store uses
+ * it.  Threads: a file is used by one connection, on one thread at a time;
+ * the counters are atomics for tests.  Why and why safe: docs/DESIGN.md,
+ * "backend/sqlite".
  */
 #include "config.h"
 
