@@ -13,7 +13,8 @@ set -u
 KV_IO_URING=0
 export KV_IO_URING
 rc=0
-for t in check_loop check_fs check_store check_alloc check_stress check_hostile; do
+for t in core/check_loop backend/check_fs conformance/check_store \
+    reliability/check_alloc reliability/check_stress reliability/check_hostile; do
     prog="$top_builddir/tests/$t$EXEEXT"
     if [ ! -x "$prog" ]; then
         echo "fallback.sh: $prog not built, skipped"
@@ -21,16 +22,16 @@ for t in check_loop check_fs check_store check_alloc check_stress check_hostile;
     fi
     echo "fallback.sh: $t with KV_IO_URING=0"
     case $t in
-    check_fs)
+    */check_fs)
         # check has no way to exclude a case: run the others one by one.
         cases=$(sed -n 's/.*tcase_create("\([^"]*\)").*/\1/p' \
-            "$top_srcdir/tests/check_fs.c")
+            "$top_srcdir/tests/$t.c")
         [ -n "$cases" ] || rc=1
         for c in $cases; do
             [ "$c" = loop-thread ] && continue
             CK_RUN_CASE=$c "$prog" || rc=1
         done ;;
-    check_store|check_stress|check_alloc|check_hostile)
+    */check_store|*/check_stress|*/check_alloc|*/check_hostile)
         sh "$top_srcdir/tests/redis_env.sh" "$prog" || rc=1 ;;
     *) "$prog" || rc=1 ;;
     esac
