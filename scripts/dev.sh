@@ -58,7 +58,8 @@ run_check() {
     dir=$1; shift
     build "$dir" "$@"
     if ! make -C "$dir" -j"$jobs" check; then
-        for f in "$dir"/tests/*.log; do
+        # Test logs sit next to their programs, in tests/ and its folders.
+        for f in $(find "$dir/tests" -name '*.log' 2>/dev/null); do
             case "$f" in */test-suite.log) continue ;; esac
             if grep -qE '^:test-result: (FAIL|ERROR)' "${f%.log}.trs" 2>/dev/null; then
                 echo "=== $f"; tail -n 60 "$f"

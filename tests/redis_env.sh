@@ -1,7 +1,8 @@
 #!/bin/sh
 # redis_env.sh PROGRAM [ARGS...] - run a test program with Redis servers.
 #
-# For check_store, check_redis, check_stress, check_alloc and check_hostile
+# For the conformance programs (tests/conformance/check_*), check_redis,
+# check_stress, check_alloc and check_hostile
 # (other programs run as they are, unless KV_REDIS_ENV_FORCE is set:
 # tools/bench.sh uses that), when redis-server is installed and
 # KV_TEST_REDIS is not already set: start, in a temporary directory, on
@@ -28,7 +29,7 @@
 set -u
 prog=$1
 case "$prog" in
-*check_store*|*check_redis*|*check_stress*|*check_alloc*|*check_hostile*) ;;
+*conformance/check_*|*check_redis*|*check_stress*|*check_alloc*|*check_hostile*) ;;
 *) [ -n "${KV_REDIS_ENV_FORCE:-}" ] || exec "$@" ;;
 esac
 if [ "${KV_TEST_REDIS:-}" = skip ]; then

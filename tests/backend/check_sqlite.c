@@ -5,7 +5,7 @@
  * reservations and its end), WAL restarts under a light load, streaming
  * queries, the snapshot of a reader connection, the writer's gathered WAL
  * writes under KV_SYNC_FULL.  The behaviour every backend
- * shares is in check_store.c.
+ * shares is in the conformance suite (tests/conformance/).
  */
 #include "config.h"
 

@@ -6,9 +6,7 @@
  * crash test (SIGKILL at a random moment, repeated), and a proof that the
  * loop thread issues no file syscall during puts and gets (seccomp).
  *
- * "./check_fs bench [dir [label]]" measures puts/s instead of testing
- * (see run_bench; label: only the cases whose label holds it); it is not
- * part of make check.
+ * The benchmark that measures puts/s and fsyncs per put is tools/fsbench.
  *
  * Environment: KV_FS_CRASH_ROUNDS=n sets the crash rounds (default 24;
  * 0 skips, e.g. under valgrind).
@@ -2344,191 +2342,6 @@ START_TEST(test_crash_sigkill)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
-/* Benchmark (not a test): ./check_fs bench [dir]                           */
-/* ------------------------------------------------------------------------ */
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-/* Put keys[order[i]] for i < n, depth at once, with the tokens in tok
- * (updated); the seconds it took. */
-static double bench_puts(env *e, kv_key **keys, const int *order, int n,
-                         const void *val, size_t len, uint64_t *tok,
-                         int depth)
-{
-    kv_fut **futs = calloc((size_t)depth, sizeof *futs);
-    int *which = calloc((size_t)depth, sizeof *which);
-    int next = 0, done = 0;
-    double t0 = now_s();
-    while (done < n) {
-        for (int i = 0; i < depth; i++) {
-            if (futs[i] != NULL && kv_fut_done(futs[i])) {
-                if (kv_fut_status(futs[i]) != KV_OK) {
-                    fprintf(stderr, "put: %s\n", kv_fut_errmsg(futs[i]));
-                    exit(1);
-                }
-                tok[which[i]] = kv_fut_token(futs[i]);
-                kv_fut_free(futs[i]);
-                futs[i] = NULL;
-                done++;
-            }
-            if (futs[i] == NULL && next < n) {
-                which[i] = order[next++];
-                kv_record r = {keys[which[i]], (void *)val, len,
-                               tok[which[i]]};
-                futs[i] = kv_put(e->s, &r, NULL);
-            }
-        }
-        if (done < n)
-            kv_loop_run(e->loop, KV_RUN_ONCE);
-    }
-    double dt = now_s() - t0;
-    free(futs);
-    free(which);
-    return dt;
-}
-
-/* nputs puts of fresh keys (inserts) at depth, or with replace, nputs
- * replacements of those keys in random order after inserting them. */
-static const char *bench_only; /* run only labels holding this */
-
-static void bench_one(const char *dir, const char *label, unsigned flags,
-                      int depth, int nputs, int ndirs, bool replace)
-{
-    if (bench_only != NULL && strstr(label, bench_only) == NULL)
-        return;
-    char path[4300];
-    snprintf(path, sizeof path, "%s/%s-d%d", dir, label, depth);
-    env e;
-    memset(&e, 0, sizeof e);
-    kv_loop_new(&e.loop, NULL);
-    kv_pool_new(&e.pool, 2);
-    int rc = env_open(&e, path, 0, flags);
-    if (rc != KV_OK) {
-        fprintf(stderr, "open %s: %s\n", path, kv_last_errmsg());
-        exit(1);
-    }
-    kv_key **keys = malloc((size_t)nputs * sizeof *keys);
-    int *order = malloc((size_t)nputs * sizeof *order);
-    uint64_t *tok = calloc((size_t)nputs, sizeof *tok);
-    for (int i = 0; i < nputs; i++) {
-        char p[64];
-        if (ndirs <= 1)
-            snprintf(p, sizeof p, "/bench/k%07d", i);
-        else
-            snprintf(p, sizeof p, "/bench%03d/k%07d", i % ndirs, i);
-        keys[i] = key_of(p);
-        order[i] = i;
-    }
-    char val[100];
-    memset(val, 'v', sizeof val);
-    /* Warm up: make the directories. */
-    int warm = ndirs > 1 ? ndirs : 1;
-    bench_puts(&e, keys, order, warm, "warm", 4, tok, 1);
-    uint64_t s0[S_N], s1[S_N];
-    kv__fs_stats(e.s, s0);
-    double dt = bench_puts(&e, keys, order + warm, nputs - warm, val,
-                           sizeof val, tok, depth);
-    if (replace) {
-        uint64_t x = 88172645463325252ull;
-        for (int i = nputs - 1; i > 0; i--) {
-            int j = (int)(cu_rnd(&x) % (uint64_t)(i + 1));
-            int t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
-        kv__fs_stats(e.s, s0);
-        dt = bench_puts(&e, keys, order, nputs, val, sizeof val, tok, depth);
-    }
-    kv__fs_stats(e.s, s1);
-    double puts = (double)(s1[S_PUTS] - s0[S_PUTS]);
-    printf("%-28s depth %3d: %8.0f puts/s  %.2f file fsyncs/put  %.3f dir "
-           "fsyncs/put  %.2f recycled/put  (%d puts, %.2f s)\n",
-           label, depth, puts / dt,
-           (double)(s1[S_FFSYNC] - s0[S_FFSYNC]) / puts,
-           (double)(s1[S_DFSYNC] - s0[S_DFSYNC]) / puts,
-           (double)(s1[S_RECYCLED] - s0[S_RECYCLED]) / puts, (int)puts, dt);
-    fflush(stdout);
-    for (int i = 0; i < nputs; i++)
-        kv_key_free(keys[i]);
-    free(keys);
-    free(order);
-    free(tok);
-    tu_env_close(&e, false);
-}
-
-/* The same durable insert with plain blocking syscalls on one thread, for
- * comparison on the same machine at the same time. */
-static void bench_raw(const char *dir, int n)
-{
-    char path[4300];
-    snprintf(path, sizeof path, "%s/raw", dir);
-    mkdir(path, 0755);
-    int dfd = open(path, O_RDONLY | O_DIRECTORY);
-    if (dfd < 0)
-        return;
-    char val[140];
-    memset(val, 'v', sizeof val);
-    double t0 = now_s();
-    for (int i = 0; i < n; i++) {
-        char name[32], tmp[32];
-        snprintf(name, sizeof name, "k%07d.kv", i);
-        snprintf(tmp, sizeof tmp, ".tmp-%d", i);
-        int fd = openat(dfd, name, O_RDONLY); /* the CAS read: absent */
-        if (fd >= 0)
-            close(fd);
-        fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
-        if (fd < 0 || write(fd, val, sizeof val) != (ssize_t)sizeof val ||
-            fsync(fd) != 0 || close(fd) != 0 ||
-            renameat(dfd, tmp, dfd, name) != 0 || fsync(dfd) != 0) {
-            perror("raw");
-            break;
-        }
-    }
-    double dt = now_s() - t0;
-    printf("%-28s depth %3d: %8.0f puts/s  (blocking syscalls, one "
-           "thread)\n",
-           "raw syscalls one-dir", 1, n / dt);
-    close(dfd);
-}
-
-static int run_bench(const char *dir)
-{
-    char *own = NULL;
-    if (dir == NULL) {
-        own = tu_mkdtemp();
-        dir = own;
-    }
-    const int n1 = 2000, n64 = 20000;
-    printf("kvstore fs backend, 100-byte values, inserts, %s\n", dir);
-    if (bench_only == NULL)
-        bench_raw(dir, n1);
-    bench_one(dir, "fsync one-dir", 0, 1, n1, 1, false);
-    bench_one(dir, "fsync spread-64-dirs", 0, 1, n1, 64, false);
-    bench_one(dir, "fsync one-dir", 0, 8, n64 / 2, 1, false);
-    bench_one(dir, "fsync one-dir", 0, 64, n64, 1, false);
-    bench_one(dir, "fsync one-dir fanout", KV_FS_FANOUT, 64, n64, 1, false);
-    bench_one(dir, "fsync spread-64-dirs", 0, 64, n64, 64, false);
-    bench_one(dir, "fsync replace one-dir", 0, 64, n64, 1, true);
-    bench_one(dir, "fsync replace fanout", KV_FS_FANOUT, 64, n64, 1, true);
-    bench_one(dir, "fsync replace 64-dirs", 0, 64, n64, 64, true);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 1, n64, 1, false);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 8, n64, 1, false);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 64, n64, 1, false);
-    bench_one(dir, "nofsync spread-64-dirs", KV_NO_FSYNC, 64, n64, 64,
-              false);
-    if (own != NULL) {
-        tu_rmrf(own);
-        free(own);
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------------ */
 
 static int run_child(int argc, char **argv)
 {
@@ -2570,11 +2383,6 @@ int main(int argc, char **argv)
         self_exe[n] = '\0';
     if (argc >= 2 && strcmp(argv[1], "child") == 0)
         _exit(run_child(argc, argv)); /* no atexit work: rings stay open */
-    if (argc >= 2 && strcmp(argv[1], "bench") == 0) {
-        in_child = true;
-        bench_only = argc >= 4 ? argv[3] : NULL;
-        return run_bench(argc >= 3 ? argv[2] : NULL);
-    }
     Suite *s = suite_create("fs");
     TCase *tc = tcase_create("records");
     tcase_add_checked_fixture(tc, setup, teardown);

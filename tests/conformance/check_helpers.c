@@ -1,0 +1,394 @@
+/*
+ * check_helpers.c - the conformance suite, group "helpers": the helpers:
+ * try_put, try_delete, try_atomic with a refreshing middleware,
+ * get_or_put, cancelling a helper.
+ *
+ * Every test runs against every row of the backends table
+ * (tests/lib/conformance.c); KVT_BACKEND=name runs one row only.
+ */
+#include "config.h"
+
+#include "conformance.h"
+#include "store/store_int.h"
+
+/* ======================================================================== */
+/* Helpers                                                                  */
+/* ======================================================================== */
+
+/* A middleware that refreshes tokens from the store (get_many). */
+typedef struct refresh {
+    tctx *c;
+    int calls;
+    size_t last_n;
+    int fail_with; /* non-zero: fail the future with this */
+    bool change_keys; /* atomic: return a different key set */
+} refresh;
+
+typedef struct refresh_job {
+    kv_fut *out;
+    kv_record *recs;
+    size_t n;
+} refresh_job;
+
+static void refresh_done(kv_fut *g, void *arg)
+{
+    refresh_job *j = arg;
+    size_t nf = 0;
+    const kv_record *fresh = kv_fut_records(g, &nf);
+    for (size_t i = 0; i < j->n; i++) {
+        j->recs[i].token = 0;
+        for (size_t k = 0; k < nf; k++)
+            if (kv_key_equal(fresh[k].key, j->recs[i].key))
+                j->recs[i].token = fresh[k].token;
+    }
+    kv_fut_complete_records(j->out, j->recs, j->n);
+    for (size_t i = 0; i < j->n; i++) {
+        kv_key_free(j->recs[i].key);
+        free(j->recs[i].val);
+    }
+    free(j->recs);
+    free(j);
+    kv_fut_free(g);
+}
+
+static kv_fut *refresh_records(refresh *rf, const kv_record *recs, size_t n)
+{
+    rf->calls++;
+    rf->last_n = n;
+    kv_fut *out = kv_fut_new(rf->c->loop);
+    if (rf->fail_with) {
+        kv_fut_fail(out, rf->fail_with, "middleware gave up");
+        return out;
+    }
+    refresh_job *j = calloc(1, sizeof *j);
+    j->out = out;
+    j->n = n;
+    j->recs = calloc(n, sizeof *j->recs);
+    const kv_key **keys = calloc(n, sizeof *keys);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_eq(kv_key_dup(&j->recs[i].key, recs[i].key), KV_OK);
+        if (rf->change_keys && i == 0) {
+            kv_key_free(j->recs[i].key);
+            ck_assert_int_eq(kv_key_parse(&j->recs[i].key, "/other"), KV_OK);
+        }
+        j->recs[i].val = malloc(recs[i].len + 1);
+        if (recs[i].len)
+            memcpy(j->recs[i].val, recs[i].val, recs[i].len);
+        j->recs[i].len = recs[i].len;
+        keys[i] = j->recs[i].key;
+    }
+    kv_fut *g = kv_get_many(rf->c->s, keys, n, NULL);
+    free(keys);
+    kv_fut_then(g, refresh_done, j);
+    return out;
+}
+
+static kv_fut *mw_refresh(const kv_record *failed, size_t n, void *arg)
+{
+    return refresh_records(arg, failed, n);
+}
+
+static kv_fut *amw_refresh(const kv_record *all, size_t n,
+                           const kv_key *const *conflicts, size_t nconf,
+                           void *arg)
+{
+    ck_assert_uint_gt(nconf, 0);
+    ck_assert_ptr_nonnull(conflicts);
+    return refresh_records(arg, all, n);
+}
+
+START_TEST(test_try_put)
+{
+    OPEN(c);
+    uint64_t ta = PUT(c, "/tp/a", "a0", 0);
+    PUT(c, "/tp/b", "b0", 0);
+    /* stale tokens: a middleware refreshing them succeeds */
+    kv_record recs[] = {{K(c, "/tp/a"), "a1", 2, ta},
+                        {K(c, "/tp/b"), "b1", 2, 12345},
+                        {K(c, "/tp/c"), "c1", 2, 999}};
+    PUT(c, "/tp/a", "a-other", ta); /* someone else wrote /tp/a */
+    refresh rf = {c, 0, 0, 0, false};
+    kv_fut *f = AWAIT(kv_try_put(c->s, recs, 3, 3, mw_refresh, &rf, NULL),
+                      KV_OK);
+    size_t n = 9;
+    kv_fut_keys(f, &n);
+    ck_assert_uint_eq(n, 0);
+    kv_fut_free(f);
+    ck_assert_int_eq(rf.calls, 1);
+    ck_assert_uint_eq(rf.last_n, 3); /* all three were skipped */
+    GET(c, "/tp/a", "a1");
+    GET(c, "/tp/b", "b1");
+    GET(c, "/tp/c", "c1");
+    /* no middleware: the same records again, until attempts run out */
+    kv_record stale[] = {{K(c, "/tp/a"), "x", 1, 1},
+                         {K(c, "/tp/new"), "n", 1, 0}};
+    f = AWAIT(kv_try_put(c->s, stale, 2, 3, NULL, NULL, NULL),
+              KV_EMAXRETRIES);
+    ck_assert(KEYS_ARE(f, "/tp/a"));
+    kv_fut_free(f);
+    GET(c, "/tp/a", "a1");
+    GET(c, "/tp/new", "n");
+    /* zero attempts: KV_EMAXRETRIES at once, nothing written */
+    kv_record z[] = {{K(c, "/tp/z"), "z", 1, 0}};
+    f = AWAIT(kv_try_put(c->s, z, 1, 0, NULL, NULL, NULL), KV_EMAXRETRIES);
+    ck_assert(KEYS_ARE(f, "/tp/z"));
+    kv_fut_free(f);
+    GET(c, "/tp/z", NULL);
+    /* a middleware returning nothing: success, no more attempts */
+    rf.calls = 0;
+    f = AWAIT(kv_try_put(c->s, stale, 1, 5, mw_refresh, &(refresh){c, 0, 0, 0,
+                                                                     false},
+                         NULL),
+              KV_OK);
+    kv_fut_free(f);
+    /* a failing middleware aborts with its error */
+    refresh bad = {c, 0, 0, KV_EBACKEND, false};
+    f = AWAIT(kv_try_put(c->s, stale, 1, 5, mw_refresh, &bad, NULL),
+              KV_EBACKEND);
+    ck_assert_str_eq(kv_fut_errmsg(f), "middleware gave up");
+    kv_fut_free(f);
+    ck_assert_int_eq(bad.calls, 1);
+    /* exhaustion with a middleware: attempts counted in all */
+    refresh count = {c, 0, 0, 0, false};
+    kv_record never[] = {{K(c, "/tp/a"), "q", 1, 0}}; /* refresh: token 0? */
+    /* /tp/a exists; a refreshed token makes it succeed on attempt 2 */
+    f = AWAIT(kv_try_put(c->s, never, 1, 2, mw_refresh, &count, NULL), KV_OK);
+    kv_fut_free(f);
+    ck_assert_int_eq(count.calls, 1);
+    GET(c, "/tp/a", "q");
+    /* typed */
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    person dan = {"dan", 5};
+    kv_record tr[] = {{K(c, "/tp/dan"), &dan, 0, 0}};
+    EXPECT(kv_try_put(c->s, tr, 1, 1, NULL, NULL, &codec), KV_OK);
+    GET(c, "/tp/dan", "dan:5");
+    ctx_done(c);
+}
+END_TEST
+
+START_TEST(test_try_delete)
+{
+    OPEN(c);
+    uint64_t ta = PUT(c, "/td/a", "a", 0);
+    PUT(c, "/td/b", "b", 0);
+    kv_record dels[] = {{K(c, "/td/a"), NULL, 0, ta},
+                        {K(c, "/td/b"), NULL, 0, 0}};
+    refresh rf = {c, 0, 0, 0, false};
+    EXPECT(kv_try_delete(c->s, dels, 2, 2, mw_refresh, &rf), KV_OK);
+    ck_assert_int_eq(rf.calls, 1);
+    ck_assert_uint_eq(rf.last_n, 1);
+    ck_assert(!has_(c, "/td/a"));
+    ck_assert(!has_(c, "/td/b"));
+    /* without middleware: a zero token never succeeds */
+    PUT(c, "/td/c", "c", 0);
+    kv_record zero[] = {{K(c, "/td/c"), NULL, 0, 0}};
+    kv_fut *f = AWAIT(kv_try_delete(c->s, zero, 1, 3, NULL, NULL),
+                      KV_EMAXRETRIES);
+    ck_assert(KEYS_ARE(f, "/td/c"));
+    kv_fut_free(f);
+    ck_assert(has_(c, "/td/c"));
+    EXPECT(kv_try_delete(c->s, zero, 1, 0, NULL, NULL), KV_EMAXRETRIES);
+    EXPECT(kv_try_delete(c->s, NULL, 0, 1, NULL, NULL), KV_OK);
+    ctx_done(c);
+}
+END_TEST
+
+START_TEST(test_try_atomic)
+{
+    OPEN(c);
+    uint64_t ta = PUT(c, "/ta/a", "a0", 0);
+    kv_record recs[] = {{K(c, "/ta/a"), "a1", 2, ta + 1000},
+                        {K(c, "/ta/b"), "b1", 2, 0}};
+    refresh rf = {c, 0, 0, 0, false};
+    if (!kv_supports_atomic_batch(c->s)) {
+        EXPECT(kv_try_put_atomic(c->s, recs, 2, 3, amw_refresh, &rf, NULL),
+               KV_ENOTSUP);
+        EXPECT(kv_try_delete_atomic(c->s, recs, 2, 3, amw_refresh, &rf),
+               KV_ENOTSUP);
+        ck_assert_int_eq(rf.calls, 0);
+        ctx_done(c);
+        return;
+    }
+    /* without middleware: KV_ECONFLICT with the conflicts, no retry */
+    kv_fut *f = AWAIT(kv_try_put_atomic(c->s, recs, 2, 3, NULL, NULL, NULL),
+                      KV_ECONFLICT);
+    ck_assert(KEYS_ARE(f, "/ta/a"));
+    kv_fut_free(f);
+    GET(c, "/ta/b", NULL);
+    /* a middleware refreshing every token */
+    f = AWAIT(kv_try_put_atomic(c->s, recs, 2, 3, amw_refresh, &rf, NULL),
+              KV_OK);
+    kv_fut_free(f);
+    ck_assert_int_eq(rf.calls, 1);
+    ck_assert_uint_eq(rf.last_n, 2); /* it sees the whole batch */
+    GET(c, "/ta/a", "a1");
+    uint64_t tb = GET(c, "/ta/b", "b1");
+    /* a middleware returning another key set: KV_EINVAL */
+    refresh chg = {c, 0, 0, 0, true};
+    EXPECT(kv_try_put_atomic(c->s, recs, 2, 3, amw_refresh, &chg, NULL),
+           KV_EINVAL);
+    GET(c, "/ta/a", "a1");
+    /* exhaustion: KV_EMAXRETRIES with the conflicting keys */
+    refresh rf1 = {c, 0, 0, 0, false};
+    f = AWAIT(kv_try_put_atomic(c->s, recs, 2, 1, amw_refresh, &rf1, NULL),
+              KV_EMAXRETRIES);
+    ck_assert(KEYS_ARE(f, "/ta/a", "/ta/b"));
+    kv_fut_free(f);
+    ck_assert_int_eq(rf1.calls, 0);
+    EXPECT(kv_try_put_atomic(c->s, recs, 2, 0, NULL, NULL, NULL),
+           KV_EMAXRETRIES);
+    /* delete atomic */
+    kv_record dels[] = {{K(c, "/ta/a"), NULL, 0, 1},
+                        {K(c, "/ta/b"), NULL, 0, tb}};
+    f = AWAIT(kv_try_delete_atomic(c->s, dels, 2, 3, NULL, NULL),
+              KV_ECONFLICT);
+    ck_assert(KEYS_ARE(f, "/ta/a"));
+    kv_fut_free(f);
+    ck_assert(has_(c, "/ta/b"));
+    refresh rd = {c, 0, 0, 0, false};
+    EXPECT(kv_try_delete_atomic(c->s, dels, 2, 3, amw_refresh, &rd), KV_OK);
+    ck_assert(!has_(c, "/ta/a"));
+    ck_assert(!has_(c, "/ta/b"));
+    ctx_done(c);
+}
+END_TEST
+
+
+
+START_TEST(test_get_or_put)
+{
+    OPEN(c);
+    producer p = {c, 0, "made", NULL, NULL, NULL, NULL, false};
+    kv_fut *f = AWAIT(kv_get_or_put(c->s, K(c, "/g/1"), produce, &p, 3, NULL),
+                      KV_OK);
+    const kv_record *r = kv_fut_record(f);
+    ck_assert(val_is(r, "made"));
+    uint64_t t = r->token;
+    ck_assert(t != 0);
+    kv_fut_free(f);
+    ck_assert_int_eq(p.calls, 1);
+    ck_assert_uint_eq(GET(c, "/g/1", "made"), t);
+    /* present: the producer is not called */
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/g/1"), produce, &p, 3, NULL), KV_OK);
+    ck_assert(val_is(kv_fut_record(f), "made"));
+    ck_assert_uint_eq(kv_fut_record(f)->token, t);
+    kv_fut_free(f);
+    ck_assert_int_eq(p.calls, 1);
+    /* lost race: the winner's record */
+    producer pr = {c, 0, "loser", "winner", NULL, NULL, NULL, false};
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/g/2"), produce, &pr, 3, NULL), KV_OK);
+    ck_assert(val_is(kv_fut_record(f), "winner"));
+    kv_fut_free(f);
+    ck_assert_int_eq(pr.calls, 1);
+    GET(c, "/g/2", "winner");
+    /* bounds */
+    EXPECT(kv_get_or_put(c->s, K(c, "/g/3"), produce, &p, 0, NULL),
+           KV_EMAXRETRIES);
+    EXPECT(kv_get_or_put(c->s, K(c, "/g/3"), NULL, &p, 3, NULL), KV_EINVAL);
+    EXPECT(kv_get_or_put(c->s, K(c, "/"), produce, &p, 3, NULL), KV_EINVAL);
+    /* one insert attempt, lost: the winner is still read and returned */
+    producer racing1 = {c, 0, "loser", "winner", NULL, NULL, NULL, false};
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/g/4"), produce, &racing1, 1, NULL),
+              KV_OK);
+    ck_assert(val_is(kv_fut_record(f), "winner"));
+    kv_fut_free(f);
+    ck_assert_int_eq(racing1.calls, 1);
+    /* typed */
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    person eve = {"eve", 7};
+    producer pt = {c, 0, NULL, NULL, &eve, &pc, NULL, false};
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/g/eve"), produce, &pt, 3, &codec),
+              KV_OK);
+    ck_assert_str_eq(((const person *)kv_fut_record(f)->val)->name, "eve");
+    kv_fut_free(f);
+    GET(c, "/g/eve", "eve:7");
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/g/eve"), produce, &pt, 3, &codec),
+              KV_OK);
+    ck_assert_int_eq(((const person *)kv_fut_record(f)->val)->age, 7);
+    kv_fut_free(f);
+    ck_assert_int_eq(pt.calls, 1);
+    ck_assert_int_eq(pc.live, 0); /* the produced object went to free_obj */
+    ctx_done(c);
+}
+END_TEST
+
+/* A middleware that cancels the helper it serves and completes later. */
+typedef struct cancel_mw {
+    tctx *c;
+    kv_fut *helper;
+    kv_fut *out;
+    int calls;
+} cancel_mw;
+
+static kv_fut *mw_cancel_helper(const kv_record *failed, size_t n, void *arg)
+{
+    (void)failed;
+    (void)n;
+    cancel_mw *m = arg;
+    m->calls++;
+    kv_fut_cancel(m->helper);
+    m->out = kv_fut_new(m->c->loop);
+    return m->out;
+}
+
+START_TEST(test_helper_cancel)
+{
+    OPEN(c);
+    /* Cancel while the middleware's future is pending: the helper completes
+     * KV_ECANCELED once, the middleware may still complete its future, and
+     * no further attempt is made. */
+    uint64_t t = PUT(c, "/hc", "v0", 0);
+    kv_record stale = {K(c, "/hc"), "v1", 2, t + 1};
+    cancel_mw m = {c, NULL, NULL, 0};
+    counted done = {0, 0};
+    m.helper = kv_try_put(c->s, &stale, 1, 5, mw_cancel_helper, &m, NULL);
+    kv__fut_ref(m.helper); /* keep it for the check below */
+    kv_fut_then(m.helper, on_count, &done);
+    ck_assert_kv(kv_wait(m.helper), KV_ECANCELED);
+    ck_assert_int_eq(m.calls, 1);
+    kv_record fresh = {K(c, "/hc"), "v1", 2, t};
+    kv_fut_complete_records(m.out, &fresh, 1);
+    ck_assert_int_ge(kv_loop_run(c->loop, KV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(done.calls, 1);
+    ck_assert_int_eq(done.status, KV_ECANCELED);
+    kv_fut_free(m.helper);
+    GET(c, "/hc", "v0");
+    /* The same for get_or_put with its producer's future pending. */
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    person zed = {"zed", 3};
+    producer p = {c, 0, NULL, NULL, &zed, &pc, NULL, true};
+    kv_fut *f = kv_get_or_put(c->s, K(c, "/hc/g"), produce, &p, 3, &codec);
+    while (p.calls == 0)
+        ck_assert_int_ge(kv_loop_run(c->loop, KV_RUN_ONCE), 0);
+    kv_fut_cancel(f);
+    ck_assert_kv(kv_wait(f), KV_ECANCELED);
+    kv_fut_free(f);
+    person *o = malloc(sizeof *o);
+    *o = zed;
+    pc.live++;
+    kv_fut_complete_obj(p.hold, o); /* the library frees it via the codec */
+    ck_assert_int_ge(kv_loop_run(c->loop, KV_RUN_DEFAULT), 0);
+    ck_assert_int_eq(pc.live, 0);
+    GET(c, "/hc/g", NULL);
+    /* Cancelling an attempt in flight. */
+    f = kv_try_put(c->s, &stale, 1, 5, NULL, NULL, NULL);
+    kv_fut_cancel(f);
+    ck_assert_kv(kv_wait(f), KV_ECANCELED);
+    kv_fut_free(f);
+    ck_assert_int_ge(kv_loop_run(c->loop, KV_RUN_DEFAULT), 0);
+    GET(c, "/hc", "v0");
+    ctx_done(c);
+}
+END_TEST
+
+/* ======================================================================== */
+
+int main(void)
+{
+    const TTest *tests[] = {test_try_put, test_try_delete, test_try_atomic,
+                            test_get_or_put, test_helper_cancel};
+    return tu_conformance_run("helpers", tests, sizeof tests / sizeof tests[0]);
+}
