@@ -10,6 +10,7 @@
 #include "backend/sqlite/sqlite_int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
