@@ -53,8 +53,9 @@ int kv__check_open_flags(const char *backend, unsigned flags, unsigned allowed)
      */
     char msg[512];
     size_t len = 0;
-    append(msg, sizeof msg, &len, "kv_%s_open: flags the %s backend does not "
-           "accept:", backend, backend);
+    append(msg, sizeof msg, &len,
+           "kv_%s_open: flags the %s backend does not accept:", backend,
+           backend);
     unsigned unknown = bad;
     const char *sep = " ";
     for (size_t i = 0; i < KV__ARRAY_SIZE(flag_names); i++) {
