@@ -63,8 +63,8 @@ struct kv_loop {
     unsigned inflight; /* SQEs handed out whose final CQE has not come */
     size_t jobs;       /* pool jobs accepted for this loop, not yet finished */
     size_t refs;       /* kv__loop_ref */
-    kv_fut *ready_head, *ready_tail; /* futures whose callbacks are due */
-    size_t ready_len;
+    kv__list ready; /* FIFO of due work (fut.c: futures whose callbacks are
+                     * due); the loop only tests it for emptiness */
     stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
     size_t nstash, capstash;
     kv__emu *emu;          /* fallback mode (uring_emu.c), else NULL */
@@ -252,6 +252,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         kv__set_errmsg("kv_loop_new: out of memory");
         return KV_ENOMEM;
     }
+    kv__list_init(&loop->ready);
     atomic_init(&loop->posted, NULL);
     atomic_init(&loop->sleeping, 0);
     atomic_init(&loop->posting, 0);
@@ -344,13 +345,13 @@ bool kv_loop_alive(const kv_loop *loop)
 {
     if (loop == NULL)
         return false;
-    return loop->inflight > 0 || loop->jobs > 0 || loop->ready_len > 0 ||
+    return loop->inflight > 0 || loop->jobs > 0 || !kv__list_empty(&loop->ready) ||
            loop->refs > 0 || loop->nstash > 0;
 }
 
 bool kv__loop_stalled(const kv_loop *loop)
 {
-    return loop->inflight == 0 && loop->jobs == 0 && loop->ready_len == 0 &&
+    return loop->inflight == 0 && loop->jobs == 0 && kv__list_empty(&loop->ready) &&
            loop->nstash == 0;
 }
 
@@ -376,38 +377,9 @@ void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out)
     out->wakes = atomic_load_explicit(&loop->wakes, memory_order_relaxed);
 }
 
-/* ------------------------------------------------------------------------ */
-/* The ready FIFO (futures whose callbacks are due)                         */
-/* ------------------------------------------------------------------------ */
-
-void kv__loop_ready_push(kv_loop *loop, kv_fut *f)
+kv__list *kv__loop_ready(kv_loop *loop)
 {
-    *kv__fut_ready_link(f) = NULL;
-    if (loop->ready_tail != NULL)
-        *kv__fut_ready_link(loop->ready_tail) = f;
-    else
-        loop->ready_head = f;
-    loop->ready_tail = f;
-    loop->ready_len++;
-}
-
-kv_fut *kv__loop_ready_pop(kv_loop *loop)
-{
-    kv_fut *f = loop->ready_head;
-    if (f == NULL)
-        return NULL;
-    kv_fut **link = kv__fut_ready_link(f);
-    loop->ready_head = *link;
-    *link = NULL;
-    if (loop->ready_head == NULL)
-        loop->ready_tail = NULL;
-    loop->ready_len--;
-    return f;
-}
-
-size_t kv__loop_ready_len(const kv_loop *loop)
-{
-    return loop->ready_len;
+    return &loop->ready;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -765,7 +737,7 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     progressed |= drain_posted(loop);
     progressed |= dispatch_stash(loop);
 
-    bool block = mode != KV_RUN_NOWAIT && !progressed && loop->ready_len == 0 &&
+    bool block = mode != KV_RUN_NOWAIT && !progressed && kv__list_empty(&loop->ready) &&
                  (loop->inflight > 0 || loop->jobs > 0);
     unsigned timeout_ms = 0;
     if (block && loop->jobs > 0) {

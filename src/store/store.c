@@ -48,37 +48,6 @@ static void fut_fail_msg(kv_fut *f, int status, const char *msg)
         kv__fut_finish(f, status, NULL);
 }
 
-kv_fut *kv__fut_done_now(kv_loop *loop, int status)
-{
-    if (status != KV_OK)
-        return kv__fut_failed(loop, status, NULL);
-    kv_fut *f = kv__fut_new(loop);
-    if (f == NULL)
-        return kv__fut_failed(loop, KV_ENOMEM, NULL);
-    kv__fut_finish(f, KV_OK, NULL);
-    return f;
-}
-
-static void relay_cb(kv_fut *src, void *arg)
-{
-    kv_fut *relay = arg;
-    int st = kv_fut_status(src);
-    if (st == KV_OK)
-        kv__fut_finish(relay, KV_OK, NULL);
-    else
-        fut_fail_msg(relay, st, kv_fut_errmsg(src));
-    kv__fut_unref(relay);
-}
-
-int kv__fut_relay(kv_fut *src, kv_fut *relay)
-{
-    kv__fut_ref(relay);
-    int rc = kv_fut_then(src, relay_cb, relay);
-    if (rc != KV_OK)
-        kv__fut_unref(relay);
-    return rc;
-}
-
 /* The first check of every operation: a usable store. */
 kv_fut *kv__store_check(kv_store *s, bool write)
 {
