@@ -6,6 +6,7 @@
 #ifndef KV_CORE_H
 #define KV_CORE_H
 
+#include "util/list.h"
 #include "util/util.h"
 
 #include <liburing.h>
@@ -65,25 +66,12 @@ int kv__loop_flush(kv_loop *loop);
 void kv__loop_ref(kv_loop *loop);
 void kv__loop_unref(kv_loop *loop);
 
-/*
- * Post a finished pool job to its loop (any thread: a worker).  The job's
- * done callback runs on the loop thread.  Signals coalesce: the eventfd is
- * written only when the loop may be asleep.
- */
 typedef struct kv__job kv__job;
-void kv__loop_post(kv_loop *loop, kv__job *job);
 
 /* The ring, for feature probes (loop thread). */
 struct io_uring *kv__loop_ring(kv_loop *loop);
 /* True if the kernel supports opcode (probed at kv_loop_new). */
 bool kv__loop_has_op(const kv_loop *loop, int opcode);
-
-/*
- * pool.c calls this (loop thread) when it accepts a job for loop: the loop
- * counts the job as pending, and alive, until it takes the posted job off
- * its completion list and has called kv__job_finish.
- */
-void kv__loop_job_pending(kv_loop *loop);
 
 /*
  * True if nothing on the loop can make progress any more: no ring operation
@@ -118,14 +106,23 @@ struct kv__job {
     void (*work)(kv__job *job);
     void (*done)(kv__job *job, int status);
     kv_loop *loop;     /* set by kv__pool_submit */
-    kv__job *next;     /* pool queue / loop completion list */
-    kv__job *prev;     /* pool queue */
+    /* Set by kv__pool_submit: hands the finished (or cancelled) job back to
+     * its loop; the pool calls it (any thread) and touches the job no more. */
+    void (*post)(kv__job *job);
+    kv__job *next;     /* the loop's completion list */
+    kv__list queue;    /* the pool's FIFO */
     int status;        /* KV_OK or KV_ECANCELED, for done */
     int state;         /* pool-private */
 };
 
-/* Queue job on pool; done will run on loop.  Loop thread. */
+/*
+ * Queue job on pool; done will run on loop (loop.c: the loop counts the
+ * job as pending, and alive, until done has run, and gives the pool its
+ * post).  Loop thread.
+ */
 void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job);
+/* pool.c: queue a job whose post is set (kv__pool_submit's second half). */
+void kv__pool_enqueue(kv_pool *pool, kv__job *job);
 /*
  * Cancel job if it has not started: it is removed from the queue and its
  * done runs later with KV_ECANCELED (never inside this call).  Returns true

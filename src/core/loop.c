@@ -19,6 +19,7 @@
 
 #include "core/core_int.h"
 #include "core/fault.h"
+#include "util/time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -366,11 +367,6 @@ void kv__loop_unref(kv_loop *loop)
         loop->refs--;
 }
 
-void kv__loop_job_pending(kv_loop *loop)
-{
-    loop->jobs++;
-}
-
 void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out)
 {
     *out = loop->st;
@@ -386,8 +382,14 @@ kv__list *kv__loop_ready(kv_loop *loop)
 /* Pool completions                                                         */
 /* ------------------------------------------------------------------------ */
 
-void kv__loop_post(kv_loop *loop, kv__job *job)
+/*
+ * A job's post (any thread: a worker, or the loop thread for a cancel).
+ * Signals coalesce: the eventfd is written only when the loop may be
+ * asleep.
+ */
+static void post_job(kv__job *job)
 {
+    kv_loop *loop = job->loop; /* before the push: then job is the loop's */
     atomic_fetch_add(&loop->posting, 1);
     kv__job *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
     do {
@@ -405,6 +407,15 @@ void kv__loop_post(kv_loop *loop, kv__job *job)
         /* EAGAIN: the counter is saturated, so the loop is woken anyway. */
     }
     atomic_fetch_sub(&loop->posting, 1);
+}
+
+void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job)
+{
+    job->loop = loop;
+    job->post = post_job;
+    /* Pending, and alive, until drain_posted has finished it. */
+    loop->jobs++;
+    kv__pool_enqueue(pool, job);
 }
 
 /* Take every posted job, oldest first, and finish it.  True if any. */
@@ -688,9 +699,7 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
     for (;;) {
         int r;
         if (wait && timeout_ms > 0) {
-            struct __kernel_timespec ts = {
-                .tv_sec = timeout_ms / 1000,
-                .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+            struct __kernel_timespec ts = kv__ms_to_kts(timeout_ms);
             struct io_uring_cqe *cqe;
             r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, &ts,
                                                  NULL);
@@ -830,81 +839,4 @@ int kv_loop_free(kv_loop *loop)
     kv__free(loop->stash);
     kv__free(loop);
     return KV_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Timers                                                                   */
-/* ------------------------------------------------------------------------ */
-
-/*
- * A sleep's state lives until its timeout CQE arrives, independent of the
- * future: kv_fut_cancel only removes the timer and completes the future; the
- * timeout's own CQE (-ECANCELED) then frees this.
- */
-typedef struct sleep_op {
-    kv__op op;
-    struct __kernel_timespec ts;
-    kv_loop *loop;
-    kv_fut *fut; /* a reference of ours */
-} sleep_op;
-
-static void sleep_done(kv__op *op, int res, uint32_t flags)
-{
-    sleep_op *s = KV__CONTAINER_OF(op, sleep_op, op);
-    int status;
-    if (res == -ETIME || res == 0)
-        status = KV_OK;
-    else if (res == -ECANCELED)
-        status = KV_ECANCELED;
-    else if (res == -ENOMEM)
-        status = KV_ENOMEM; /* fallback mode: no memory to start the timer */
-    else
-        status = res;
-    if (status == KV_OK || status == KV_ECANCELED)
-        kv__fut_finish(s->fut, status, NULL);
-    else
-        kv__fut_finish(s->fut, status, "timeout: %s", strerror(-res));
-    kv__fut_unref(s->fut);
-    kv__free(s);
-}
-
-static void sleep_cancel(kv_fut *f, void *arg)
-{
-    sleep_op *s = arg;
-    struct io_uring_sqe *sqe;
-    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
-        return; /* the timer fires later; the future is cancelled anyway */
-    io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&s->op, 0);
-    io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
-}
-
-kv_fut *kv_sleep(kv_loop *loop, uint64_t ms)
-{
-    if (loop == NULL)
-        return kv__fut_failed(NULL, KV_EINVAL, "kv_sleep: loop is NULL");
-    kv_fut *f = kv__fut_new(loop);
-    sleep_op *s = kv__calloc(1, sizeof *s);
-    if (f == NULL || s == NULL) {
-        kv_fut_free(f);
-        kv__free(s);
-        return kv__fut_failed(loop, KV_ENOMEM, NULL);
-    }
-    s->op.cb = sleep_done;
-    s->loop = loop;
-    s->ts.tv_sec = (long long)(ms / 1000);
-    s->ts.tv_nsec = (long long)(ms % 1000) * 1000000;
-    struct io_uring_sqe *sqe;
-    int rc = kv__loop_sqes(loop, &sqe, 1);
-    if (rc != KV_OK) {
-        kv_fut_free(f);
-        kv__free(s);
-        return kv__fut_failed(loop, rc, "kv_sleep: cannot submit: %s",
-                              kv_strerror(rc));
-    }
-    io_uring_prep_timeout(sqe, &s->ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&s->op);
-    kv__fut_ref(f);
-    s->fut = f;
-    kv__fut_on_cancel(f, sleep_cancel, s);
-    return f;
 }

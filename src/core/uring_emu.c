@@ -49,6 +49,8 @@
 #include "config.h"
 
 #include "core/core_int.h"
+#include "util/list.h"
+#include "util/time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,7 +89,7 @@ typedef struct emu_cqe {
 typedef struct emu_req {
     kv__job job;
     kv__emu *emu;
-    struct emu_req *prev, *next; /* e->live: every req not yet dispatched */
+    kv__list live;               /* e->live: every req not yet dispatched */
     struct emu_req *lnext;       /* e->timers, e->socks or e->local        */
     int kind;
     int64_t deadline; /* REQ_TIMER: CLOCK_MONOTONIC ns */
@@ -101,7 +103,7 @@ struct kv__emu {
     struct io_uring *ring; /* the loop's fake ring */
     struct io_uring_sqe *sqes;
     unsigned khead; /* SQEs consumed (what the kernel's head would say) */
-    emu_req *live;  /* doubly linked, for cancellation */
+    kv__list live;  /* emu_req.live, for cancellation (newest first) */
     emu_req *timers; /* sorted by deadline */
     emu_req *socks;
     emu_req *local_head, *local_tail;
@@ -120,13 +122,10 @@ static const int supported[] = {
     IORING_OP_RENAMEAT,   IORING_OP_UNLINKAT,  IORING_OP_MKDIRAT,
 };
 
+/* Deadlines are signed so that "deadline - now" may go below zero. */
 static int64_t now_ns(void)
 {
-    struct timespec ts;
-    /* CLOCK_MONOTONIC with a valid pointer cannot fail (EINVAL/EFAULT). */
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        abort();
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return (int64_t)kv__now_ns();
 }
 
 static bool have_openat2(void)
@@ -174,6 +173,7 @@ int kv__emu_new(kv__emu **out, kv_loop *loop, struct io_uring *ring,
         kv__free(cqes);
         return rc;
     }
+    kv__list_init(&e->live);
     e->loop = loop;
     e->ring = ring;
     e->sqes = sqes;
@@ -340,15 +340,9 @@ static void emu_work(kv__job *job)
 /* The loop side                                                            */
 /* ------------------------------------------------------------------------ */
 
-static void live_unlink(kv__emu *e, emu_req *q)
+static void live_unlink(emu_req *q)
 {
-    if (q->prev != NULL)
-        q->prev->next = q->next;
-    else
-        e->live = q->next;
-    if (q->next != NULL)
-        q->next->prev = q->prev;
-    q->prev = q->next = NULL;
+    kv__list_remove(&q->live);
 }
 
 /* Dispatch q's CQEs in order and free it (q must be off every list). */
@@ -366,7 +360,7 @@ static void emu_done(kv__job *job, int status)
     if (status != KV_OK)
         for (unsigned i = 0; i < q->n; i++)
             q->ent[i].res = -ECANCELED; /* removed before it started */
-    live_unlink(e, q);
+    live_unlink(q);
     complete(e, q);
 }
 
@@ -393,7 +387,9 @@ static void list_remove(emu_req **head, emu_req *q)
 
 static emu_req *live_find(kv__emu *e, uint64_t ud, emu_req *skip)
 {
-    for (emu_req *q = e->live; q != NULL; q = q->next) {
+    kv__list *pos;
+    KV__LIST_FOREACH(pos, &e->live) {
+        emu_req *q = KV__LIST_ENTRY(pos, emu_req, live);
         if (q == skip || q->kind == REQ_LOCAL)
             continue;
         for (unsigned i = 0; i < q->n; i++)
@@ -550,10 +546,7 @@ static bool start_chain(kv__emu *e, unsigned head, unsigned n)
         q->ent[i].sqe = e->sqes[(head + i) & e->ring->sq.ring_mask];
         q->ent[i].res = 0;
     }
-    q->next = e->live;
-    if (e->live != NULL)
-        e->live->prev = q;
-    e->live = q;
+    kv__list_push_front(&e->live, &q->live);
     uint8_t op = q->ent[0].sqe.opcode;
     if (n == 1 && op == IORING_OP_TIMEOUT) {
         start_timer(e, q);
@@ -645,7 +638,7 @@ bool kv__emu_reap(kv__emu *e)
     bool any = list != NULL || ncq > 0;
     while (list != NULL) {
         emu_req *next = list->lnext;
-        live_unlink(e, list);
+        live_unlink(list);
         complete(e, list);
         list = next;
     }
