@@ -144,34 +144,22 @@ kv__req *kv__req_new(kv_store *s, kv__opcode op)
         return NULL;
     req->op = op;
     req->store = s;
+    kv__list_init(&req->link);
     return req;
 }
 
 static void req_unlink(kv__req *req)
 {
-    if (!req->linked)
+    if (!kv__list_linked(&req->link))
         return;
-    kv_store *s = req->store;
-    if (req->prev != NULL)
-        req->prev->next = req->next;
-    else
-        s->inflight = req->next;
-    if (req->next != NULL)
-        req->next->prev = req->prev;
-    req->prev = req->next = NULL;
-    req->linked = false;
-    s->ninflight--;
+    kv__list_remove(&req->link);
+    req->store->ninflight--;
 }
 
 void kv__req_submit(kv__req *req)
 {
     kv_store *s = req->store;
-    req->prev = NULL;
-    req->next = s->inflight;
-    if (s->inflight != NULL)
-        s->inflight->prev = req;
-    s->inflight = req;
-    req->linked = true;
+    kv__list_push_front(&s->inflight, &req->link);
     s->ninflight++;
     s->ops->submit(s, req);
 }
@@ -817,6 +805,8 @@ int kv__store_new(kv_store **out, const struct kv_backend_ops *ops,
         kv__free(s);
         return KV_ENOMEM;
     }
+    kv__list_init(&s->inflight);
+    kv__list_init(&s->iters);
     s->ops = ops;
     s->backend = backend;
     s->loop = loop;
@@ -852,9 +842,9 @@ static void start_close(kv_store *s)
     s->state = ST_CLOSING;
     s->close_fut = kv__fut_new(s->loop); /* NULL on OOM: close goes on */
     kv__iters_store_closing(s);
-    kv__req *next;
-    for (kv__req *req = s->inflight; req != NULL; req = next) {
-        next = req->next;
+    kv__list *pos, *next;
+    KV__LIST_FOREACH_SAFE(pos, next, &s->inflight) {
+        kv__req *req = KV__LIST_ENTRY(pos, kv__req, link);
         if (req->fut != NULL && !kv_fut_done(req->fut)) {
             kv_fut_cancel(req->fut); /* req_on_cancel tells the backend */
         } else if (!req->canceled) {
