@@ -1,18 +1,8 @@
 /*
- * fut.c - futures: completion, callbacks, results, references.
- *
- * Lifetime.  A future is reference counted (loop thread only, no atomics):
- *  - kv__fut_new gives one reference, the caller's (kv_fut_free drops it);
- *  - a producer that keeps a pointer to finish the future later takes its
- *    own with kv__fut_ref and drops it with kv__fut_unref after finishing;
- *  - the loop's ready FIFO holds one while the future's callbacks are due.
- * So freeing a pending future only drops the caller's reference: the
- * producer's pointer stays valid, its completion still runs the registered
- * callbacks, and the memory goes when the last reference does.
- *
- * Callbacks never run inside the call that registers them or completes the
- * future: both queue the future on its loop, and kv__fut_run_ready runs the
- * callbacks on the next turn, in registration order.
+ * fut.c - futures: references, completion, callbacks (queued on the loop's
+ * ready FIFO, run on its next turn), cancel, kv_wait, and results: the
+ * generic ones and one owned result slot for the layers above.  Lifetime
+ * rule in core.h; design notes in docs/DESIGN.md ("core").
  */
 #include "config.h"
 
@@ -29,7 +19,12 @@ typedef struct cb_entry {
 } cb_entry;
 
 /* Which scalar results a future holds (bits of have). */
-enum { R_BOOL = 1u << 0, R_TOKEN = 1u << 1, R_BYTES = 1u << 2, R_OBJ = 1u << 3 };
+enum {
+    R_BOOL = 1u << 0,
+    R_TOKEN = 1u << 1,
+    R_BYTES = 1u << 2,
+    R_OBJ = 1u << 3
+};
 
 struct kv_fut {
     kv_loop *loop;
@@ -367,8 +362,8 @@ void kv__fut_set_result(kv_fut *f, const kv__fut_kind *kind, void *ptr,
 {
     bool late = f != NULL && !f->is_static && f->done;
     if (f == NULL || f->is_static ||
-        (late && (!kind->free_late ||
-                  (f->rkind != NULL && f->rkind != kind)))) {
+        (late &&
+         (!kind->free_late || (f->rkind != NULL && f->rkind != kind)))) {
         /* No future, or done and not to be kept hidden: freed at once. */
         kind->release(ptr, n, aux);
         return;

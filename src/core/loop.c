@@ -1,19 +1,8 @@
 /*
- * loop.c - the io_uring completion loop, pool completions and timers.
- *
- * One ring per loop, created and driven on the loop thread.  Every
- * completion arrives here: ring operations as CQEs dispatched by user_data,
- * finished pool jobs through a lock-free list signalled by an eventfd that
- * the ring keeps one READ outstanding on.
- *
- * The sleep protocol (pool completions).  A worker pushes a finished job on
- * loop->posted, then writes the eventfd only if loop->sleeping was set, and
- * clears it, so a burst of posts costs one write.  The loop sets sleeping,
- * then re-checks posted, and only blocks if the list is empty.  Every access
- * to the two words is sequentially consistent, so in the single total order
- * either the loop's re-check sees the push or the worker's check sees
- * sleeping == 1: a post is never missed.  The eventfd READ is armed before
- * sleeping is set, so a write always produces a CQE that ends the wait.
+ * loop.c - the io_uring completion loop: ring ops dispatched by user_data,
+ * finished pool jobs through a lock-free list signalled by an eventfd, the
+ * ready FIFO of futures.  The sleep protocol (why a post is never missed)
+ * is in docs/DESIGN.md ("core").
  */
 #include "config.h"
 
@@ -64,8 +53,8 @@ struct kv_loop {
     unsigned inflight; /* SQEs handed out whose final CQE has not come */
     size_t jobs;       /* pool jobs accepted for this loop, not yet finished */
     size_t refs;       /* kv__loop_ref */
-    kv__list ready; /* FIFO of due work (fut.c: futures whose callbacks are
-                     * due); the loop only tests it for emptiness */
+    kv__list ready;    /* FIFO of due work (fut.c: futures whose callbacks are
+                        * due); the loop only tests it for emptiness */
     stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
     size_t nstash, capstash;
     kv__emu *emu;          /* fallback mode (uring_emu.c), else NULL */
@@ -346,14 +335,14 @@ bool kv_loop_alive(const kv_loop *loop)
 {
     if (loop == NULL)
         return false;
-    return loop->inflight > 0 || loop->jobs > 0 || !kv__list_empty(&loop->ready) ||
-           loop->refs > 0 || loop->nstash > 0;
+    return loop->inflight > 0 || loop->jobs > 0 ||
+           !kv__list_empty(&loop->ready) || loop->refs > 0 || loop->nstash > 0;
 }
 
 bool kv__loop_stalled(const kv_loop *loop)
 {
-    return loop->inflight == 0 && loop->jobs == 0 && kv__list_empty(&loop->ready) &&
-           loop->nstash == 0;
+    return loop->inflight == 0 && loop->jobs == 0 &&
+           kv__list_empty(&loop->ready) && loop->nstash == 0;
 }
 
 void kv__loop_ref(kv_loop *loop)
@@ -746,7 +735,8 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     progressed |= drain_posted(loop);
     progressed |= dispatch_stash(loop);
 
-    bool block = mode != KV_RUN_NOWAIT && !progressed && kv__list_empty(&loop->ready) &&
+    bool block = mode != KV_RUN_NOWAIT && !progressed &&
+                 kv__list_empty(&loop->ready) &&
                  (loop->inflight > 0 || loop->jobs > 0);
     unsigned timeout_ms = 0;
     if (block && loop->jobs > 0) {

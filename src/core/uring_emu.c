@@ -1,50 +1,9 @@
 /*
  * uring_emu.c - the loop's fallback when io_uring is blocked (seccomp, the
- * kernel.io_uring_disabled sysctl, an old kernel) or KV_IO_URING=0.
- *
- * The backends keep preparing struct io_uring_sqe with io_uring_prep_*.  The
- * loop's struct io_uring is then a fake one: only its SQ fields are set
- * (sqes = our array, khead = our consumed counter, ring_mask, ring_entries,
- * sqe_head/sqe_tail maintained like liburing does), so io_uring_get_sqe,
- * io_uring_sq_ready and io_uring_sq_space_left work unchanged, and so does
- * any code that looks at sq.sqe_head/sqe_tail (fs.c's group commit).  No
- * liburing call that enters the kernel is ever made on it.
- *
- * kv__emu_submit consumes the SQEs from sq.sqe_head to sq.sqe_tail, split
- * into chains (IOSQE_IO_LINK / IOSQE_IO_HARDLINK), each chain becoming one
- * request:
- *   - a blocking job on the emulator's private kv_pool that runs the chain's
- *     syscalls in order; after a failure (res < 0) or a short read/write,
- *     the rest of an IO_LINK chain completes -ECANCELED, as the kernel does;
- *   - a lone TIMEOUT: a deadline in a sorted list the loop's wait honours
- *     (-ETIME when it expires; the count argument is not emulated);
- *   - a lone TIMEOUT_REMOVE / ASYNC_CANCEL: decided on the loop thread at
- *     submit (0, -ENOENT, -EALREADY for a job already running);
- *   - a lone SEND / RECV: attempted on the loop thread with MSG_DONTWAIT
- *     each time the wait reports the descriptor ready, so a standing recv
- *     on a socket never holds a worker;
- *   - a lone NOP, or an opcode the emulator does not know: a local
- *     completion (0, -EINVAL).
- * Completions are synthetic CQEs (user_data, res, flags 0): a job's arrive
- * through the pool's post (the loop's lock-free list and eventfd) and are
- * dispatched from its done callback; the others are queued here and
- * dispatched by kv__emu_reap.  Either way kv__loop_dispatch treats them
- * exactly as ring CQEs.
- *
- * Out of memory.  A request is allocated per chain.  When that allocation
- * fails, the chain still completes, as the kernel fails a link it cannot
- * start: its first SQE -ENOMEM, the rest -ECANCELED (a lone NOP,
- * TIMEOUT_REMOVE or ASYNC_CANCEL needs no memory and is decided as usual).
- * Those CQEs go to a completion ring allocated with the emulator (the
- * loop's cq_entries, at least 2 x sq_entries: an empty one holds any
- * chain), dispatched by kv__emu_reap like the other local completions, so
- * submit never dispatches and never leaves a chain behind for want of
- * memory.  Only if that ring is full (more than cq_entries such CQEs
- * between two reaps) does submit stop and answer -EAGAIN, as the kernel
- * answers -EBUSY while its CQ overflows; the loop then does not block
- * (kv__emu_pending_local), and the next reap makes room.
- *
- * Everything here runs on the loop thread except emu_work (a worker).
+ * kernel.io_uring_disabled sysctl, an old kernel) or KV_IO_URING=0: a fake
+ * SQ whose chains run on a private pool, timers, socket waits and local
+ * completions, all delivered as synthetic CQEs.  Loop thread, except
+ * emu_work (a worker).  How and why: docs/DESIGN.md ("core").
  */
 #include "config.h"
 
@@ -388,7 +347,8 @@ static void list_remove(emu_req **head, emu_req *q)
 static emu_req *live_find(kv__emu *e, uint64_t ud, emu_req *skip)
 {
     kv__list *pos;
-    KV__LIST_FOREACH(pos, &e->live) {
+    KV__LIST_FOREACH(pos, &e->live)
+    {
         emu_req *q = KV__LIST_ENTRY(pos, emu_req, live);
         if (q == skip || q->kind == REQ_LOCAL)
             continue;

@@ -1,16 +1,7 @@
 /*
- * iter.c - query iterators over the backends' streaming cursors.
- *
- * The backend hands rows over in chunks (KV__OP_ITER_FETCH fills req->items
- * and says whether more follow); the iterator buffers one chunk and serves
- * kv_iter_next calls from it in FIFO order, with at most one fetch in flight.
- * Pending calls wait in a queue of waiters; kv_iter_fetch_all is a waiter
- * that takes everything up to the end.
- *
- * Lifetime: an iterator is in its store's list from kv_query_open until it
- * is freed (so close can mark it closed and kv_store_free can detach it).
- * Its memory lives while a request of its own (open, fetch, dispose) is in
- * flight, even after kv_iter_free: the last completion frees it.
+ * iter.c - query iterators over the backends' streaming cursors: one
+ * buffered chunk, at most one fetch in flight, FIFO waiters.  Lifetimes:
+ * docs/DESIGN.md ("store").
  */
 #include "config.h"
 

@@ -76,8 +76,7 @@ void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
         memset(&aux, 0, sizeof aux);
         memcpy(&aux, codec, sizeof *codec);
     }
-    kv__fut_set_result(f, &records_kind, recs, n,
-                       codec != NULL ? &aux : NULL);
+    kv__fut_set_result(f, &records_kind, recs, n, codec != NULL ? &aux : NULL);
 }
 
 void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n)

@@ -1,15 +1,8 @@
 /*
- * store.c - the generic store layer, written once above the backends.
- *
- * Every public record operation goes through the same steps: check the
- * store (NULL, closed, read-only), check the arguments, copy the inputs into
- * a kv__req (keys duplicated, values copied or encoded through the codec),
- * then hand the request to the backend.  The backend fills in the items and
- * calls kv__req_done, which turns them into the future's result.
- *
- * Lifetimes: a request holds its own reference to its future, so a caller
- * may free a pending future; the request stays in the store's in-flight list
- * until the backend completes it, so close can cancel it.
+ * store.c - the generic store layer: the store handle, the record
+ * operations (check, copy the inputs into a kv__req, hand it to the
+ * backend) and the completion that turns a request into its future's
+ * result.  Lifetimes: docs/DESIGN.md ("store").
  */
 #include "config.h"
 
