@@ -6,6 +6,7 @@
 #ifndef KV_CORE_H
 #define KV_CORE_H
 
+#include "util/list.h"
 #include "util/util.h"
 
 #include <liburing.h>
@@ -65,25 +66,12 @@ int kv__loop_flush(kv_loop *loop);
 void kv__loop_ref(kv_loop *loop);
 void kv__loop_unref(kv_loop *loop);
 
-/*
- * Post a finished pool job to its loop (any thread: a worker).  The job's
- * done callback runs on the loop thread.  Signals coalesce: the eventfd is
- * written only when the loop may be asleep.
- */
 typedef struct kv__job kv__job;
-void kv__loop_post(kv_loop *loop, kv__job *job);
 
 /* The ring, for feature probes (loop thread). */
 struct io_uring *kv__loop_ring(kv_loop *loop);
 /* True if the kernel supports opcode (probed at kv_loop_new). */
 bool kv__loop_has_op(const kv_loop *loop, int opcode);
-
-/*
- * pool.c calls this (loop thread) when it accepts a job for loop: the loop
- * counts the job as pending, and alive, until it takes the posted job off
- * its completion list and has called kv__job_finish.
- */
-void kv__loop_job_pending(kv_loop *loop);
 
 /*
  * True if nothing on the loop can make progress any more: no ring operation
@@ -118,14 +106,23 @@ struct kv__job {
     void (*work)(kv__job *job);
     void (*done)(kv__job *job, int status);
     kv_loop *loop;     /* set by kv__pool_submit */
-    kv__job *next;     /* pool queue / loop completion list */
-    kv__job *prev;     /* pool queue */
+    /* Set by kv__pool_submit: hands the finished (or cancelled) job back to
+     * its loop; the pool calls it (any thread) and touches the job no more. */
+    void (*post)(kv__job *job);
+    kv__job *next;     /* the loop's completion list */
+    kv__list queue;    /* the pool's FIFO */
     int status;        /* KV_OK or KV_ECANCELED, for done */
     int state;         /* pool-private */
 };
 
-/* Queue job on pool; done will run on loop.  Loop thread. */
+/*
+ * Queue job on pool; done will run on loop (loop.c: the loop counts the
+ * job as pending, and alive, until done has run, and gives the pool its
+ * post).  Loop thread.
+ */
 void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job);
+/* pool.c: queue a job whose post is set (kv__pool_submit's second half). */
+void kv__pool_enqueue(kv_pool *pool, kv__job *job);
 /*
  * Cancel job if it has not started: it is removed from the queue and its
  * done runs later with KV_ECANCELED (never inside this call).  Returns true
@@ -182,45 +179,57 @@ bool kv__fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap);
 void kv__fut_on_cancel(kv_fut *f, void (*fn)(kv_fut *f, void *arg), void *arg);
 
 /*
- * Results, set before kv__fut_finish (ownership moves to the future; on a
- * false return from kv__fut_finish the future frees them itself).  typed
- * records hold codec objects in val, freed with codec->free_obj.  Whatever
- * is passed to a setter belongs to the future from then on, even when the
- * future is already done (cancelled): then it is freed at once (an
- * iterator: with the future) and never shown by the getters.  A result set
- * on a future that then fails stays visible (e.g. skipped keys).
+ * A future completed with status now (KV_OK: no result; else failed, with
+ * the code's own message).  Never NULL (kv__fut_failed's fallback).
  */
-void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
-                         const kv_codec *codec);
-void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n);
+kv_fut *kv__fut_done_now(kv_loop *loop, int status);
+/* Complete relay with src's status and message once src is done, holding
+ * a reference to relay meanwhile.  KV_OK or KV_ENOMEM. */
+int kv__fut_relay(kv_fut *src, kv_fut *relay);
+
+/*
+ * Results.  The core holds the generic ones itself (a bool, a token, a
+ * bytes copy, a kv_fut_complete_obj object) and ONE owned result of a kind
+ * a layer above defines (the store's records, keys, iterator): a pointer, a
+ * count and a few words of inline room (aux), released through the kind.
+ * Set results before kv__fut_finish; ownership moves to the future.
+ * Whatever is passed to a setter belongs to the future from then on, even
+ * when the future is already done (cancelled): then it is freed at once (a
+ * free_late kind: with the future) and never shown.  A result set on a
+ * future that then fails stays visible (e.g. skipped keys).
+ */
 void kv__fut_set_bool(kv_fut *f, bool v);
 void kv__fut_set_token(kv_fut *f, uint64_t token);
 void kv__fut_set_bytes(kv_fut *f, void *bytes, size_t len);
-void kv__fut_set_iter(kv_fut *f, kv_iter *it); /* freed with f unless taken */
 /* Take a kv_fut_complete_obj object out of f (NULL if none). */
 void *kv__fut_take_obj(kv_fut *f);
-/* Take records out of f (caller owns them afterwards). */
-kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
 
-/* Records: free the key and val of n records (val via codec if typed)
- * and then the array itself (fut.c's behaviour: never pass an element). */
-void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
+/* Inline room for what a result needs besides pointer and count (the store
+ * keeps a copy of a codec here), so a result costs no allocation. */
+typedef union kv__fut_aux {
+    void *p[4];
+    void (*fn[4])(void);
+} kv__fut_aux;
+
+typedef struct kv__fut_kind {
+    /* Free ptr (n entries; aux as passed to the setter, or NULL). */
+    void (*release)(void *ptr, size_t n, const kv__fut_aux *aux);
+    /* Set on a done future: kept hidden and released with the future, not
+     * at once (a release that may call back into the producer). */
+    bool free_late;
+} kv__fut_kind;
 
 /*
- * Run the loop's queue of futures whose callbacks are due (those queued when
- * the call starts; callbacks that make more futures ready run next turn).
- * Returns true if any callback ran.  loop.c calls.
+ * Give f its owned result (aux may be NULL; it is copied).  A result of
+ * another kind, or another pointer, held before is released first.
  */
-bool kv__fut_run_ready(kv_loop *loop);
+void kv__fut_set_result(kv_fut *f, const kv__fut_kind *kind, void *ptr,
+                        size_t n, const kv__fut_aux *aux);
+/* f's result if f is done and holds one of kind (*n its count), else NULL
+ * with *n 0. */
+void *kv__fut_result(const kv_fut *f, const kv__fut_kind *kind, size_t *n);
+/* Take f's result of kind out of it, done or not (the caller owns it
+ * afterwards); NULL with *n 0 if there is none or it is hidden. */
+void *kv__fut_take_result(kv_fut *f, const kv__fut_kind *kind, size_t *n);
 
-/*
- * Loop hooks fut.c uses (loop.c implements): the loop's FIFO of futures
- * whose callbacks are due.  The FIFO is intrusive: it links futures through
- * the field kv__fut_ready_link returns (fut.c).  The queue's reference is
- * taken and dropped by fut.c.
- */
-void kv__loop_ready_push(kv_loop *loop, kv_fut *f);
-kv_fut *kv__loop_ready_pop(kv_loop *loop); /* NULL when empty */
-size_t kv__loop_ready_len(const kv_loop *loop);
-kv_fut **kv__fut_ready_link(kv_fut *f);
 #endif /* KV_CORE_H */

@@ -6,6 +6,7 @@
 #define KV_CORE_INT_H
 
 #include "core/core.h"
+#include "util/list.h"
 
 /* ------------------------------------------------------------------------ */
 /* uring_emu.c: the fallback mode (io_uring blocked, or KV_IO_URING=0).     */
@@ -45,4 +46,21 @@ bool kv__emu_pending_local(const kv__emu *e);
 int kv__emu_wait(kv__emu *e, int efd, unsigned timeout_ms);
 /* loop.c: dispatch a synthetic CQE exactly as a ring CQE. */
 void kv__loop_dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags);
+
+/* ------------------------------------------------------------------------ */
+/* The ready FIFO: loop.c owns it, fut.c fills and runs it.                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The loop's FIFO of futures whose callbacks are due: fut.c links its
+ * futures through their own kv__list node (and holds a reference while one
+ * is queued); loop.c only tests it for emptiness (alive, stalled, block).
+ */
+kv__list *kv__loop_ready(kv_loop *loop);
+/*
+ * Run the loop's ready futures (those queued when the call starts;
+ * callbacks that make more futures ready run next turn).  Returns true if
+ * any callback ran.  loop.c calls it each turn.
+ */
+bool kv__fut_run_ready(kv_loop *loop);
 #endif /* KV_CORE_INT_H */

@@ -1,22 +1,13 @@
 /*
- * fut.c - futures: completion, callbacks, results, references.
- *
- * Lifetime.  A future is reference counted (loop thread only, no atomics):
- *  - kv__fut_new gives one reference, the caller's (kv_fut_free drops it);
- *  - a producer that keeps a pointer to finish the future later takes its
- *    own with kv__fut_ref and drops it with kv__fut_unref after finishing;
- *  - the loop's ready FIFO holds one while the future's callbacks are due.
- * So freeing a pending future only drops the caller's reference: the
- * producer's pointer stays valid, its completion still runs the registered
- * callbacks, and the memory goes when the last reference does.
- *
- * Callbacks never run inside the call that registers them or completes the
- * future: both queue the future on its loop, and kv__fut_run_ready runs the
- * callbacks on the next turn, in registration order.
+ * fut.c - futures: references, completion, callbacks (queued on the loop's
+ * ready FIFO, run on its next turn), cancel, kv_wait, and results: the
+ * generic ones and one owned result slot for the layers above.  Lifetime
+ * rule in core.h; design notes in docs/DESIGN.md ("core").
  */
 #include "config.h"
 
 #include "core/core_int.h"
+#include "util/list.h"
 
 #include <string.h>
 
@@ -27,15 +18,12 @@ typedef struct cb_entry {
     void *arg;
 } cb_entry;
 
-/* Which results a future holds (bits of have). */
+/* Which scalar results a future holds (bits of have). */
 enum {
-    R_RECORDS = 1u << 0,
-    R_KEYS = 1u << 1,
-    R_BOOL = 1u << 2,
-    R_TOKEN = 1u << 3,
-    R_BYTES = 1u << 4,
-    R_OBJ = 1u << 5,
-    R_ITER = 1u << 6
+    R_BOOL = 1u << 0,
+    R_TOKEN = 1u << 1,
+    R_BYTES = 1u << 2,
+    R_OBJ = 1u << 3
 };
 
 struct kv_fut {
@@ -46,7 +34,7 @@ struct kv_fut {
     bool is_static; /* the shared out-of-memory future: never changes */
     int status;
     char *msg;
-    kv_fut *ready_next; /* the ready FIFO's link */
+    kv__list ready; /* the link in the loop's ready FIFO (while queued) */
 
     /* Callbacks: cbs[0..ncb) registered, cbs[0..ran) already run. */
     cb_entry *cbs;
@@ -56,21 +44,20 @@ struct kv_fut {
     void (*cancel_fn)(kv_fut *f, void *arg);
     void *cancel_arg;
 
-    /* Results. */
+    /* Results: the scalar ones, then the one owned result of a kind the
+     * layers above define (kv__fut_set_result). */
     unsigned have;
-    kv_record *recs;
-    size_t nrecs;
-    kv_codec codec; /* for typed records */
-    bool typed;
-    kv_key **keys;
-    size_t nkeys;
     bool bval;
     uint64_t token;
     void *bytes;
     size_t nbytes;
     void *obj;
-    kv_iter *iter;
-    bool iter_hidden;
+    const kv__fut_kind *rkind; /* NULL: no owned result */
+    void *rptr;
+    size_t rn;
+    bool raux_set;
+    bool rhidden; /* set after completion: freed with f, never shown */
+    kv__fut_aux raux;
 };
 
 /* The future kv__fut_failed returns when even that allocation fails. */
@@ -79,37 +66,6 @@ static kv_fut oom_fut = {
     .is_static = true,
     .status = KV_ENOMEM,
 };
-
-/* ------------------------------------------------------------------------ */
-/* Records                                                                  */
-/* ------------------------------------------------------------------------ */
-
-void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec)
-{
-    if (recs == NULL)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        kv_key_free(recs[i].key);
-        if (recs[i].val == NULL)
-            continue;
-        if (codec != NULL) {
-            if (codec->free_obj != NULL)
-                codec->free_obj(recs[i].val, codec->ctx);
-        } else {
-            kv__free(recs[i].val);
-        }
-    }
-    kv__free(recs);
-}
-
-static void keys_free(kv_key **keys, size_t n)
-{
-    if (keys == NULL)
-        return;
-    for (size_t i = 0; i < n; i++)
-        kv_key_free(keys[i]);
-    kv__free(keys);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Creation and references                                                  */
@@ -125,6 +81,7 @@ kv_fut *kv__fut_new(kv_loop *loop)
     f->status = KV_EBUSY;
     f->cbs = f->inline_cbs;
     f->capcb = INLINE_CBS;
+    kv__list_init(&f->ready);
     return f;
 }
 
@@ -146,16 +103,21 @@ void kv__fut_ref(kv_fut *f)
         f->refs++;
 }
 
+/* Release f's owned result, if any, and leave the slot empty. */
+static void release_result(kv_fut *f)
+{
+    const kv__fut_kind *k = f->rkind;
+    if (k == NULL)
+        return;
+    f->rkind = NULL;
+    k->release(f->rptr, f->rn, f->raux_set ? &f->raux : NULL);
+}
+
 static void free_results(kv_fut *f)
 {
-    if (f->have & R_RECORDS)
-        kv__records_free(f->recs, f->nrecs, f->typed ? &f->codec : NULL);
-    if (f->have & R_KEYS)
-        keys_free(f->keys, f->nkeys);
+    release_result(f);
     if (f->have & R_BYTES)
         kv__free(f->bytes);
-    if ((f->have & R_ITER) && f->iter != NULL)
-        kv_iter_free(f->iter);
     /* An R_OBJ object is the producer's codec's to free (see header). */
     f->have = 0;
 }
@@ -178,11 +140,6 @@ void kv_fut_free(kv_fut *fut)
     kv__fut_unref(fut);
 }
 
-kv_fut **kv__fut_ready_link(kv_fut *f)
-{
-    return &f->ready_next;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Completion and callbacks                                                 */
 /* ------------------------------------------------------------------------ */
@@ -194,7 +151,7 @@ static void queue_ready(kv_fut *f)
         return;
     f->queued = true;
     f->refs++;
-    kv__loop_ready_push(f->loop, f);
+    kv__list_push_back(kv__loop_ready(f->loop), &f->ready);
 }
 
 bool kv__fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap)
@@ -232,11 +189,17 @@ void kv__fut_on_cancel(kv_fut *f, void (*fn)(kv_fut *f, void *arg), void *arg)
 bool kv__fut_run_ready(kv_loop *loop)
 {
     bool ran = false;
-    /* Only what is due now: futures queued by these callbacks wait a turn. */
-    for (size_t n = kv__loop_ready_len(loop); n > 0; n--) {
-        kv_fut *f = kv__loop_ready_pop(loop);
-        if (f == NULL)
+    kv__list *q = kv__loop_ready(loop);
+    /* Only what is due now: futures queued by these callbacks land behind
+     * the last one queued when the call starts, and wait a turn. */
+    kv__list *last = q->prev;
+    bool more = !kv__list_empty(q);
+    while (more) {
+        kv__list *node = kv__list_pop_front(q);
+        if (node == NULL)
             break;
+        more = node != last;
+        kv_fut *f = KV__LIST_ENTRY(node, kv_fut, ready);
         f->queued = false;
         /* Callbacks added meanwhile re-queue f: they run next turn. */
         unsigned end = f->ncb;
@@ -248,6 +211,38 @@ bool kv__fut_run_ready(kv_loop *loop)
         kv__fut_unref(f); /* the queue's reference */
     }
     return ran;
+}
+
+kv_fut *kv__fut_done_now(kv_loop *loop, int status)
+{
+    if (status != KV_OK)
+        return kv__fut_failed(loop, status, NULL);
+    kv_fut *f = kv__fut_new(loop);
+    if (f == NULL)
+        return kv__fut_failed(loop, KV_ENOMEM, NULL);
+    kv__fut_finish(f, KV_OK, NULL);
+    return f;
+}
+
+static void relay_cb(kv_fut *src, void *arg)
+{
+    kv_fut *relay = arg;
+    int st = kv_fut_status(src);
+    const char *msg = kv_fut_errmsg(src);
+    if (st != KV_OK && msg[0] != '\0')
+        kv__fut_finish(relay, st, "%s", msg);
+    else
+        kv__fut_finish(relay, st, NULL);
+    kv__fut_unref(relay);
+}
+
+int kv__fut_relay(kv_fut *src, kv_fut *relay)
+{
+    kv__fut_ref(relay);
+    int rc = kv_fut_then(src, relay_cb, relay);
+    if (rc != KV_OK)
+        kv__fut_unref(relay);
+    return rc;
 }
 
 int kv_fut_then(kv_fut *fut, kv_fut_cb cb, void *arg)
@@ -358,38 +353,57 @@ void kv_fut_cancel(kv_fut *fut)
 
 /*
  * A result set on a future that is already done (typically cancelled) is
- * never visible: it is freed at once, or with the future for an iterator
- * (whose release may call back into the store).
+ * never visible: it is freed at once, or with the future for a kind marked
+ * free_late (an iterator, whose release may call back into its producer).
  */
 
-void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
-                         const kv_codec *codec)
+void kv__fut_set_result(kv_fut *f, const kv__fut_kind *kind, void *ptr,
+                        size_t n, const kv__fut_aux *aux)
 {
-    if (f == NULL || f->is_static || f->done) {
-        kv__records_free(recs, n, codec);
+    bool late = f != NULL && !f->is_static && f->done;
+    if (f == NULL || f->is_static ||
+        (late &&
+         (!kind->free_late || (f->rkind != NULL && f->rkind != kind)))) {
+        /* No future, or done and not to be kept hidden: freed at once. */
+        kind->release(ptr, n, aux);
         return;
     }
-    if (f->have & R_RECORDS)
-        kv__records_free(f->recs, f->nrecs, f->typed ? &f->codec : NULL);
-    f->recs = recs;
-    f->nrecs = n;
-    f->typed = codec != NULL;
-    if (codec != NULL)
-        f->codec = *codec;
-    f->have |= R_RECORDS;
+    if (f->rkind != NULL && !(f->rkind == kind && f->rptr == ptr))
+        release_result(f);
+    f->rkind = kind;
+    f->rptr = ptr;
+    f->rn = n;
+    f->raux_set = aux != NULL;
+    if (aux != NULL)
+        f->raux = *aux;
+    f->rhidden = late;
 }
 
-void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n)
+void *kv__fut_result(const kv_fut *f, const kv__fut_kind *kind, size_t *n)
 {
-    if (f == NULL || f->is_static || f->done) {
-        keys_free(keys, n);
-        return;
+    if (f == NULL || !f->done || f->rkind != kind || f->rhidden) {
+        if (n != NULL)
+            *n = 0;
+        return NULL;
     }
-    if (f->have & R_KEYS)
-        keys_free(f->keys, f->nkeys);
-    f->keys = keys;
-    f->nkeys = n;
-    f->have |= R_KEYS;
+    if (n != NULL)
+        *n = f->rn;
+    return f->rptr;
+}
+
+void *kv__fut_take_result(kv_fut *f, const kv__fut_kind *kind, size_t *n)
+{
+    if (n != NULL)
+        *n = 0;
+    if (f == NULL || f->is_static || f->rkind != kind || f->rhidden)
+        return NULL;
+    void *p = f->rptr;
+    if (n != NULL)
+        *n = f->rn;
+    f->rkind = NULL;
+    f->rptr = NULL;
+    f->rn = 0;
+    return p;
 }
 
 void kv__fut_set_bool(kv_fut *f, bool v)
@@ -421,19 +435,6 @@ void kv__fut_set_bytes(kv_fut *f, void *bytes, size_t len)
     f->have |= R_BYTES;
 }
 
-void kv__fut_set_iter(kv_fut *f, kv_iter *it)
-{
-    if (f == NULL || f->is_static) {
-        kv_iter_free(it);
-        return;
-    }
-    if ((f->have & R_ITER) && f->iter != NULL && f->iter != it)
-        kv_iter_free(f->iter);
-    f->iter = it;
-    f->iter_hidden = f->done; /* set after completion: freed, never shown */
-    f->have |= R_ITER;
-}
-
 void *kv__fut_take_obj(kv_fut *f)
 {
     if (f == NULL || f->is_static || !(f->have & R_OBJ))
@@ -442,21 +443,6 @@ void *kv__fut_take_obj(kv_fut *f)
     f->obj = NULL;
     f->have &= ~(unsigned)R_OBJ;
     return o;
-}
-
-kv_record *kv__fut_take_records(kv_fut *f, size_t *n)
-{
-    if (n != NULL)
-        *n = 0;
-    if (f == NULL || f->is_static || !(f->have & R_RECORDS))
-        return NULL;
-    kv_record *r = f->recs;
-    if (n != NULL)
-        *n = f->nrecs;
-    f->recs = NULL;
-    f->nrecs = 0;
-    f->have &= ~(unsigned)R_RECORDS;
-    return r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -473,40 +459,6 @@ kv_fut *kv_fut_new(kv_loop *loop)
 void kv_fut_complete(kv_fut *fut)
 {
     kv__fut_finish(fut, KV_OK, NULL);
-}
-
-void kv_fut_complete_records(kv_fut *fut, const kv_record *recs, size_t n)
-{
-    if (fut == NULL || fut->is_static || fut->done)
-        return;
-    if (recs == NULL && n > 0) {
-        kv__fut_finish(fut, KV_EINVAL, "kv_fut_complete_records: NULL recs");
-        return;
-    }
-    kv_record *copy = NULL;
-    if (n > 0) {
-        copy = kv__calloc(n, sizeof *copy);
-        if (copy == NULL)
-            goto oom;
-        for (size_t i = 0; i < n; i++) {
-            if (recs[i].key != NULL &&
-                kv_key_dup(&copy[i].key, recs[i].key) != KV_OK)
-                goto oom;
-            if (recs[i].val != NULL) {
-                copy[i].val = kv__memdup(recs[i].val, recs[i].len);
-                if (copy[i].val == NULL)
-                    goto oom;
-                copy[i].len = recs[i].len;
-            }
-            copy[i].token = recs[i].token;
-        }
-    }
-    kv__fut_set_records(fut, copy, n, NULL);
-    kv__fut_finish(fut, KV_OK, NULL);
-    return;
-oom:
-    kv__records_free(copy, n, NULL); /* calloc'd: unset entries are NULL */
-    kv__fut_finish(fut, KV_ENOMEM, "kv_fut_complete_records: out of memory");
 }
 
 void kv_fut_complete_bytes(kv_fut *fut, const void *bytes, size_t len)
@@ -549,38 +501,6 @@ void kv_fut_fail(kv_fut *fut, int code, const char *msg)
 /* Results: getters                                                         */
 /* ------------------------------------------------------------------------ */
 
-const kv_record *kv_fut_record(const kv_fut *fut)
-{
-    if (fut == NULL || !fut->done || !(fut->have & R_RECORDS) ||
-        fut->nrecs == 0)
-        return NULL;
-    return &fut->recs[0];
-}
-
-const kv_record *kv_fut_records(const kv_fut *fut, size_t *n)
-{
-    if (fut == NULL || !fut->done || !(fut->have & R_RECORDS)) {
-        if (n != NULL)
-            *n = 0;
-        return NULL;
-    }
-    if (n != NULL)
-        *n = fut->nrecs;
-    return fut->nrecs > 0 ? fut->recs : NULL;
-}
-
-const kv_key *const *kv_fut_keys(const kv_fut *fut, size_t *n)
-{
-    if (fut == NULL || !fut->done || !(fut->have & R_KEYS)) {
-        if (n != NULL)
-            *n = 0;
-        return NULL;
-    }
-    if (n != NULL)
-        *n = fut->nkeys;
-    return fut->nkeys > 0 ? (const kv_key *const *)fut->keys : NULL;
-}
-
 bool kv_fut_bool(const kv_fut *fut)
 {
     return fut != NULL && fut->done && (fut->have & R_BOOL) && fut->bval;
@@ -610,15 +530,4 @@ void *kv_fut_obj(const kv_fut *fut)
     if (fut == NULL || !fut->done || !(fut->have & R_OBJ))
         return NULL;
     return fut->obj;
-}
-
-kv_iter *kv_fut_take_iter(kv_fut *fut)
-{
-    if (fut == NULL || fut->is_static || !fut->done || !(fut->have & R_ITER) ||
-        fut->iter_hidden)
-        return NULL;
-    kv_iter *it = fut->iter;
-    fut->iter = NULL;
-    fut->have &= ~(unsigned)R_ITER;
-    return it;
 }

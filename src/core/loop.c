@@ -1,24 +1,14 @@
 /*
- * loop.c - the io_uring completion loop, pool completions and timers.
- *
- * One ring per loop, created and driven on the loop thread.  Every
- * completion arrives here: ring operations as CQEs dispatched by user_data,
- * finished pool jobs through a lock-free list signalled by an eventfd that
- * the ring keeps one READ outstanding on.
- *
- * The sleep protocol (pool completions).  A worker pushes a finished job on
- * loop->posted, then writes the eventfd only if loop->sleeping was set, and
- * clears it, so a burst of posts costs one write.  The loop sets sleeping,
- * then re-checks posted, and only blocks if the list is empty.  Every access
- * to the two words is sequentially consistent, so in the single total order
- * either the loop's re-check sees the push or the worker's check sees
- * sleeping == 1: a post is never missed.  The eventfd READ is armed before
- * sleeping is set, so a write always produces a CQE that ends the wait.
+ * loop.c - the io_uring completion loop: ring ops dispatched by user_data,
+ * finished pool jobs through a lock-free list signalled by an eventfd, the
+ * ready FIFO of futures.  The sleep protocol (why a post is never missed)
+ * is in docs/DESIGN.md ("core").
  */
 #include "config.h"
 
 #include "core/core_int.h"
 #include "core/fault.h"
+#include "util/time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,8 +53,8 @@ struct kv_loop {
     unsigned inflight; /* SQEs handed out whose final CQE has not come */
     size_t jobs;       /* pool jobs accepted for this loop, not yet finished */
     size_t refs;       /* kv__loop_ref */
-    kv_fut *ready_head, *ready_tail; /* futures whose callbacks are due */
-    size_t ready_len;
+    kv__list ready;    /* FIFO of due work (fut.c: futures whose callbacks are
+                        * due); the loop only tests it for emptiness */
     stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
     size_t nstash, capstash;
     kv__emu *emu;          /* fallback mode (uring_emu.c), else NULL */
@@ -252,6 +242,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         kv__set_errmsg("kv_loop_new: out of memory");
         return KV_ENOMEM;
     }
+    kv__list_init(&loop->ready);
     atomic_init(&loop->posted, NULL);
     atomic_init(&loop->sleeping, 0);
     atomic_init(&loop->posting, 0);
@@ -344,14 +335,14 @@ bool kv_loop_alive(const kv_loop *loop)
 {
     if (loop == NULL)
         return false;
-    return loop->inflight > 0 || loop->jobs > 0 || loop->ready_len > 0 ||
-           loop->refs > 0 || loop->nstash > 0;
+    return loop->inflight > 0 || loop->jobs > 0 ||
+           !kv__list_empty(&loop->ready) || loop->refs > 0 || loop->nstash > 0;
 }
 
 bool kv__loop_stalled(const kv_loop *loop)
 {
-    return loop->inflight == 0 && loop->jobs == 0 && loop->ready_len == 0 &&
-           loop->nstash == 0;
+    return loop->inflight == 0 && loop->jobs == 0 &&
+           kv__list_empty(&loop->ready) && loop->nstash == 0;
 }
 
 void kv__loop_ref(kv_loop *loop)
@@ -365,57 +356,29 @@ void kv__loop_unref(kv_loop *loop)
         loop->refs--;
 }
 
-void kv__loop_job_pending(kv_loop *loop)
-{
-    loop->jobs++;
-}
-
 void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out)
 {
     *out = loop->st;
     out->wakes = atomic_load_explicit(&loop->wakes, memory_order_relaxed);
 }
 
-/* ------------------------------------------------------------------------ */
-/* The ready FIFO (futures whose callbacks are due)                         */
-/* ------------------------------------------------------------------------ */
-
-void kv__loop_ready_push(kv_loop *loop, kv_fut *f)
+kv__list *kv__loop_ready(kv_loop *loop)
 {
-    *kv__fut_ready_link(f) = NULL;
-    if (loop->ready_tail != NULL)
-        *kv__fut_ready_link(loop->ready_tail) = f;
-    else
-        loop->ready_head = f;
-    loop->ready_tail = f;
-    loop->ready_len++;
-}
-
-kv_fut *kv__loop_ready_pop(kv_loop *loop)
-{
-    kv_fut *f = loop->ready_head;
-    if (f == NULL)
-        return NULL;
-    kv_fut **link = kv__fut_ready_link(f);
-    loop->ready_head = *link;
-    *link = NULL;
-    if (loop->ready_head == NULL)
-        loop->ready_tail = NULL;
-    loop->ready_len--;
-    return f;
-}
-
-size_t kv__loop_ready_len(const kv_loop *loop)
-{
-    return loop->ready_len;
+    return &loop->ready;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Pool completions                                                         */
 /* ------------------------------------------------------------------------ */
 
-void kv__loop_post(kv_loop *loop, kv__job *job)
+/*
+ * A job's post (any thread: a worker, or the loop thread for a cancel).
+ * Signals coalesce: the eventfd is written only when the loop may be
+ * asleep.
+ */
+static void post_job(kv__job *job)
 {
+    kv_loop *loop = job->loop; /* before the push: then job is the loop's */
     atomic_fetch_add(&loop->posting, 1);
     kv__job *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
     do {
@@ -433,6 +396,15 @@ void kv__loop_post(kv_loop *loop, kv__job *job)
         /* EAGAIN: the counter is saturated, so the loop is woken anyway. */
     }
     atomic_fetch_sub(&loop->posting, 1);
+}
+
+void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job)
+{
+    job->loop = loop;
+    job->post = post_job;
+    /* Pending, and alive, until drain_posted has finished it. */
+    loop->jobs++;
+    kv__pool_enqueue(pool, job);
 }
 
 /* Take every posted job, oldest first, and finish it.  True if any. */
@@ -716,9 +688,7 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
     for (;;) {
         int r;
         if (wait && timeout_ms > 0) {
-            struct __kernel_timespec ts = {
-                .tv_sec = timeout_ms / 1000,
-                .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+            struct __kernel_timespec ts = kv__ms_to_kts(timeout_ms);
             struct io_uring_cqe *cqe;
             r = io_uring_submit_and_wait_timeout(&loop->ring, &cqe, 1, &ts,
                                                  NULL);
@@ -765,7 +735,8 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     progressed |= drain_posted(loop);
     progressed |= dispatch_stash(loop);
 
-    bool block = mode != KV_RUN_NOWAIT && !progressed && loop->ready_len == 0 &&
+    bool block = mode != KV_RUN_NOWAIT && !progressed &&
+                 kv__list_empty(&loop->ready) &&
                  (loop->inflight > 0 || loop->jobs > 0);
     unsigned timeout_ms = 0;
     if (block && loop->jobs > 0) {
@@ -858,81 +829,4 @@ int kv_loop_free(kv_loop *loop)
     kv__free(loop->stash);
     kv__free(loop);
     return KV_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Timers                                                                   */
-/* ------------------------------------------------------------------------ */
-
-/*
- * A sleep's state lives until its timeout CQE arrives, independent of the
- * future: kv_fut_cancel only removes the timer and completes the future; the
- * timeout's own CQE (-ECANCELED) then frees this.
- */
-typedef struct sleep_op {
-    kv__op op;
-    struct __kernel_timespec ts;
-    kv_loop *loop;
-    kv_fut *fut; /* a reference of ours */
-} sleep_op;
-
-static void sleep_done(kv__op *op, int res, uint32_t flags)
-{
-    sleep_op *s = KV__CONTAINER_OF(op, sleep_op, op);
-    int status;
-    if (res == -ETIME || res == 0)
-        status = KV_OK;
-    else if (res == -ECANCELED)
-        status = KV_ECANCELED;
-    else if (res == -ENOMEM)
-        status = KV_ENOMEM; /* fallback mode: no memory to start the timer */
-    else
-        status = res;
-    if (status == KV_OK || status == KV_ECANCELED)
-        kv__fut_finish(s->fut, status, NULL);
-    else
-        kv__fut_finish(s->fut, status, "timeout: %s", strerror(-res));
-    kv__fut_unref(s->fut);
-    kv__free(s);
-}
-
-static void sleep_cancel(kv_fut *f, void *arg)
-{
-    sleep_op *s = arg;
-    struct io_uring_sqe *sqe;
-    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
-        return; /* the timer fires later; the future is cancelled anyway */
-    io_uring_prep_timeout_remove(sqe, (uint64_t)(uintptr_t)&s->op, 0);
-    io_uring_sqe_set_data64(sqe, KV__UD_IGNORE);
-}
-
-kv_fut *kv_sleep(kv_loop *loop, uint64_t ms)
-{
-    if (loop == NULL)
-        return kv__fut_failed(NULL, KV_EINVAL, "kv_sleep: loop is NULL");
-    kv_fut *f = kv__fut_new(loop);
-    sleep_op *s = kv__calloc(1, sizeof *s);
-    if (f == NULL || s == NULL) {
-        kv_fut_free(f);
-        kv__free(s);
-        return kv__fut_failed(loop, KV_ENOMEM, NULL);
-    }
-    s->op.cb = sleep_done;
-    s->loop = loop;
-    s->ts.tv_sec = (long long)(ms / 1000);
-    s->ts.tv_nsec = (long long)(ms % 1000) * 1000000;
-    struct io_uring_sqe *sqe;
-    int rc = kv__loop_sqes(loop, &sqe, 1);
-    if (rc != KV_OK) {
-        kv_fut_free(f);
-        kv__free(s);
-        return kv__fut_failed(loop, rc, "kv_sleep: cannot submit: %s",
-                              kv_strerror(rc));
-    }
-    io_uring_prep_timeout(sqe, &s->ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&s->op);
-    kv__fut_ref(f);
-    s->fut = f;
-    kv__fut_on_cancel(f, sleep_cancel, s);
-    return f;
 }

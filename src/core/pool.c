@@ -2,9 +2,8 @@
  * pool.c - worker threads for blocking work.
  *
  * A FIFO of jobs under one mutex; N workers take jobs from its head, run
- * them without the lock, and post each finished job to the loop that
- * submitted it (kv__loop_post: a lock-free list and, when the loop may be
- * asleep, an eventfd write).  done always runs on that loop's thread.
+ * them without the lock, and hand each finished job back through its post
+ * (set by the loop in kv__pool_submit), so the pool knows nothing of loops.
  */
 #include "config.h"
 
@@ -34,7 +33,7 @@ enum {
 
 struct kv_pool {
     /*
-     * mu guards head, tail, idle, stop, and the prev/next/state of every
+     * mu guards queue, idle, stop, and the queue link and state of every
      * queued job.  Rule: held only to manipulate the list; never while a
      * job's work runs, never while posting to a loop (which may write an
      * eventfd), never while calling done.
@@ -42,46 +41,33 @@ struct kv_pool {
     pthread_mutex_t mu;
     /* Workers wait on cv (with mu) for a job or for stop. */
     pthread_cond_t cv;
-    kv__job *head, *tail; /* FIFO, doubly linked through next/prev */
+    kv__list queue;       /* FIFO of jobs, through job->queue */
     unsigned idle;        /* workers blocked in cv */
     bool stop;            /* kv_pool_free started: accept nothing more */
     unsigned nthreads;    /* started workers (immutable after new) */
     pthread_t *threads;
 };
 
-static void unlink_job(kv_pool *pool, kv__job *job)
-{
-    if (job->prev != NULL)
-        job->prev->next = job->next;
-    else
-        pool->head = job->next;
-    if (job->next != NULL)
-        job->next->prev = job->prev;
-    else
-        pool->tail = job->prev;
-    job->next = job->prev = NULL;
-}
-
 static void *worker(void *arg)
 {
     kv_pool *pool = arg;
     pthread_mutex_lock(&pool->mu);
     for (;;) {
-        while (pool->head == NULL && !pool->stop) {
+        while (kv__list_empty(&pool->queue) && !pool->stop) {
             pool->idle++;
             pthread_cond_wait(&pool->cv, &pool->mu);
             pool->idle--;
         }
-        kv__job *job = pool->head;
-        if (job == NULL)
+        kv__list *node = kv__list_pop_front(&pool->queue);
+        if (node == NULL)
             break; /* stopping, and shutdown took the rest of the queue */
-        unlink_job(pool, job);
+        kv__job *job = KV__LIST_ENTRY(node, kv__job, queue);
         STATE_SET(job, JOB_RUNNING);
         pthread_mutex_unlock(&pool->mu);
 
         job->work(job);
         job->status = KV_OK;
-        kv__loop_post(job->loop, job); /* job is the loop's from here on */
+        job->post(job); /* job is the loop's from here on */
 
         pthread_mutex_lock(&pool->mu);
     }
@@ -125,6 +111,7 @@ int kv_pool_new(kv_pool **out, unsigned nthreads)
         return KV_ENOMEM;
     }
     pool->threads = threads;
+    kv__list_init(&pool->queue);
     int e = pthread_mutex_init(&pool->mu, NULL);
     if (e == 0) {
         e = pthread_cond_init(&pool->cv, NULL);
@@ -168,28 +155,21 @@ unsigned kv_pool_size(const kv_pool *pool)
     return pool == NULL ? 0 : pool->nthreads;
 }
 
-void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job)
+void kv__pool_enqueue(kv_pool *pool, kv__job *job)
 {
-    job->loop = loop;
-    job->next = job->prev = NULL;
+    job->next = NULL;
     job->status = KV_OK;
-    kv__loop_job_pending(loop);
 
     pthread_mutex_lock(&pool->mu);
     if (pool->stop) {
         STATE_SET(job, JOB_CANCELED);
         pthread_mutex_unlock(&pool->mu);
         job->status = KV_ECANCELED;
-        kv__loop_post(loop, job);
+        job->post(job);
         return;
     }
     STATE_SET(job, JOB_QUEUED);
-    job->prev = pool->tail;
-    if (pool->tail != NULL)
-        pool->tail->next = job;
-    else
-        pool->head = job;
-    pool->tail = job;
+    kv__list_push_back(&pool->queue, &job->queue);
     bool wake = pool->idle > 0;
     pthread_mutex_unlock(&pool->mu);
     /* Safe outside the lock: a waiting worker re-checks head under mu. */
@@ -207,11 +187,11 @@ bool kv__pool_cancel(kv_pool *pool, kv__job *job)
         pthread_mutex_unlock(&pool->mu);
         return false;
     }
-    unlink_job(pool, job);
+    kv__list_remove(&job->queue);
     STATE_SET(job, JOB_CANCELED);
     pthread_mutex_unlock(&pool->mu);
     job->status = KV_ECANCELED;
-    kv__loop_post(job->loop, job); /* done runs on the loop's next turn */
+    job->post(job); /* done runs on the loop's next turn */
     return true;
 }
 
@@ -224,21 +204,22 @@ void kv_pool_free(kv_pool *pool)
 {
     if (pool == NULL)
         return;
+    kv__list list, *pos;
+    kv__list_init(&list);
     pthread_mutex_lock(&pool->mu);
     pool->stop = true;
-    kv__job *list = pool->head;
-    pool->head = pool->tail = NULL;
-    for (kv__job *j = list; j != NULL; j = j->next)
-        STATE_SET(j, JOB_CANCELED);
+    kv__list_splice_back(&list, &pool->queue);
+    KV__LIST_FOREACH(pos, &list)
+        STATE_SET(KV__LIST_ENTRY(pos, kv__job, queue), JOB_CANCELED);
     pthread_mutex_unlock(&pool->mu);
     pthread_cond_broadcast(&pool->cv);
 
-    while (list != NULL) {
-        kv__job *next = list->next; /* the loop may free list once posted */
-        list->next = list->prev = NULL;
-        list->status = KV_ECANCELED;
-        kv__loop_post(list->loop, list);
-        list = next;
+    /* Off the list before the post: the loop may free a job once posted. */
+    while ((pos = kv__list_pop_front(&list)) != NULL) {
+        kv__job *job = KV__LIST_ENTRY(pos, kv__job, queue);
+        job->next = NULL;
+        job->status = KV_ECANCELED;
+        job->post(job);
     }
     for (unsigned i = 0; i < pool->nthreads; i++)
         pthread_join(pool->threads[i], NULL);
@@ -246,66 +227,4 @@ void kv_pool_free(kv_pool *pool)
     pthread_mutex_destroy(&pool->mu);
     kv__free(pool->threads);
     kv__free(pool);
-}
-
-/* ------------------------------------------------------------------------ */
-/* kv_pool_work: the public job                                             */
-/* ------------------------------------------------------------------------ */
-
-typedef struct pool_work {
-    kv__job job;
-    kv_pool *pool;
-    kv_fut *fut; /* our reference */
-    int (*work)(void *arg);
-    void *arg;
-    int rc;
-} pool_work;
-
-static void pool_work_run(kv__job *job)
-{
-    pool_work *w = KV__CONTAINER_OF(job, pool_work, job);
-    w->rc = w->work(w->arg);
-}
-
-static void pool_work_done(kv__job *job, int status)
-{
-    pool_work *w = KV__CONTAINER_OF(job, pool_work, job);
-    if (status == KV_OK)
-        status = w->rc > 0 ? KV_OK : w->rc;
-    kv__fut_finish(w->fut, status, NULL); /* false if cancelled: fine */
-    kv__fut_unref(w->fut);
-    kv__free(w);
-}
-
-static void pool_work_cancel(kv_fut *f, void *arg)
-{
-    pool_work *w = arg;
-    /* If removed, done runs later with KV_ECANCELED; if running, the work
-     * goes on and its result is dropped. */
-    (void)kv__pool_cancel(w->pool, &w->job);
-}
-
-kv_fut *kv_pool_work(kv_loop *loop, kv_pool *pool, int (*work)(void *arg),
-                     void *arg)
-{
-    if (loop == NULL || pool == NULL || work == NULL)
-        return kv__fut_failed(loop, KV_EINVAL,
-                              "kv_pool_work: NULL loop, pool or work");
-    kv_fut *f = kv__fut_new(loop);
-    pool_work *w = kv__calloc(1, sizeof *w);
-    if (f == NULL || w == NULL) {
-        kv_fut_free(f);
-        kv__free(w);
-        return kv__fut_failed(loop, KV_ENOMEM, NULL);
-    }
-    w->job.work = pool_work_run;
-    w->job.done = pool_work_done;
-    w->pool = pool;
-    w->work = work;
-    w->arg = arg;
-    kv__fut_ref(f);
-    w->fut = f;
-    kv__fut_on_cancel(f, pool_work_cancel, w);
-    kv__pool_submit(pool, loop, &w->job);
-    return f;
 }

@@ -1,54 +1,15 @@
 /*
  * uring_emu.c - the loop's fallback when io_uring is blocked (seccomp, the
- * kernel.io_uring_disabled sysctl, an old kernel) or KV_IO_URING=0.
- *
- * The backends keep preparing struct io_uring_sqe with io_uring_prep_*.  The
- * loop's struct io_uring is then a fake one: only its SQ fields are set
- * (sqes = our array, khead = our consumed counter, ring_mask, ring_entries,
- * sqe_head/sqe_tail maintained like liburing does), so io_uring_get_sqe,
- * io_uring_sq_ready and io_uring_sq_space_left work unchanged, and so does
- * any code that looks at sq.sqe_head/sqe_tail (fs.c's group commit).  No
- * liburing call that enters the kernel is ever made on it.
- *
- * kv__emu_submit consumes the SQEs from sq.sqe_head to sq.sqe_tail, split
- * into chains (IOSQE_IO_LINK / IOSQE_IO_HARDLINK), each chain becoming one
- * request:
- *   - a blocking job on the emulator's private kv_pool that runs the chain's
- *     syscalls in order; after a failure (res < 0) or a short read/write,
- *     the rest of an IO_LINK chain completes -ECANCELED, as the kernel does;
- *   - a lone TIMEOUT: a deadline in a sorted list the loop's wait honours
- *     (-ETIME when it expires; the count argument is not emulated);
- *   - a lone TIMEOUT_REMOVE / ASYNC_CANCEL: decided on the loop thread at
- *     submit (0, -ENOENT, -EALREADY for a job already running);
- *   - a lone SEND / RECV: attempted on the loop thread with MSG_DONTWAIT
- *     each time the wait reports the descriptor ready, so a standing recv
- *     on a socket never holds a worker;
- *   - a lone NOP, or an opcode the emulator does not know: a local
- *     completion (0, -EINVAL).
- * Completions are synthetic CQEs (user_data, res, flags 0): a job's arrive
- * through the pool's post (the loop's lock-free list and eventfd) and are
- * dispatched from its done callback; the others are queued here and
- * dispatched by kv__emu_reap.  Either way kv__loop_dispatch treats them
- * exactly as ring CQEs.
- *
- * Out of memory.  A request is allocated per chain.  When that allocation
- * fails, the chain still completes, as the kernel fails a link it cannot
- * start: its first SQE -ENOMEM, the rest -ECANCELED (a lone NOP,
- * TIMEOUT_REMOVE or ASYNC_CANCEL needs no memory and is decided as usual).
- * Those CQEs go to a completion ring allocated with the emulator (the
- * loop's cq_entries, at least 2 x sq_entries: an empty one holds any
- * chain), dispatched by kv__emu_reap like the other local completions, so
- * submit never dispatches and never leaves a chain behind for want of
- * memory.  Only if that ring is full (more than cq_entries such CQEs
- * between two reaps) does submit stop and answer -EAGAIN, as the kernel
- * answers -EBUSY while its CQ overflows; the loop then does not block
- * (kv__emu_pending_local), and the next reap makes room.
- *
- * Everything here runs on the loop thread except emu_work (a worker).
+ * kernel.io_uring_disabled sysctl, an old kernel) or KV_IO_URING=0: a fake
+ * SQ whose chains run on a private pool, timers, socket waits and local
+ * completions, all delivered as synthetic CQEs.  Loop thread, except
+ * emu_work (a worker).  How and why: docs/DESIGN.md ("core").
  */
 #include "config.h"
 
 #include "core/core_int.h"
+#include "util/list.h"
+#include "util/time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,7 +48,7 @@ typedef struct emu_cqe {
 typedef struct emu_req {
     kv__job job;
     kv__emu *emu;
-    struct emu_req *prev, *next; /* e->live: every req not yet dispatched */
+    kv__list live;               /* e->live: every req not yet dispatched */
     struct emu_req *lnext;       /* e->timers, e->socks or e->local        */
     int kind;
     int64_t deadline; /* REQ_TIMER: CLOCK_MONOTONIC ns */
@@ -101,7 +62,7 @@ struct kv__emu {
     struct io_uring *ring; /* the loop's fake ring */
     struct io_uring_sqe *sqes;
     unsigned khead; /* SQEs consumed (what the kernel's head would say) */
-    emu_req *live;  /* doubly linked, for cancellation */
+    kv__list live;  /* emu_req.live, for cancellation (newest first) */
     emu_req *timers; /* sorted by deadline */
     emu_req *socks;
     emu_req *local_head, *local_tail;
@@ -120,13 +81,10 @@ static const int supported[] = {
     IORING_OP_RENAMEAT,   IORING_OP_UNLINKAT,  IORING_OP_MKDIRAT,
 };
 
+/* Deadlines are signed so that "deadline - now" may go below zero. */
 static int64_t now_ns(void)
 {
-    struct timespec ts;
-    /* CLOCK_MONOTONIC with a valid pointer cannot fail (EINVAL/EFAULT). */
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        abort();
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return (int64_t)kv__now_ns();
 }
 
 static bool have_openat2(void)
@@ -174,6 +132,7 @@ int kv__emu_new(kv__emu **out, kv_loop *loop, struct io_uring *ring,
         kv__free(cqes);
         return rc;
     }
+    kv__list_init(&e->live);
     e->loop = loop;
     e->ring = ring;
     e->sqes = sqes;
@@ -340,15 +299,9 @@ static void emu_work(kv__job *job)
 /* The loop side                                                            */
 /* ------------------------------------------------------------------------ */
 
-static void live_unlink(kv__emu *e, emu_req *q)
+static void live_unlink(emu_req *q)
 {
-    if (q->prev != NULL)
-        q->prev->next = q->next;
-    else
-        e->live = q->next;
-    if (q->next != NULL)
-        q->next->prev = q->prev;
-    q->prev = q->next = NULL;
+    kv__list_remove(&q->live);
 }
 
 /* Dispatch q's CQEs in order and free it (q must be off every list). */
@@ -366,7 +319,7 @@ static void emu_done(kv__job *job, int status)
     if (status != KV_OK)
         for (unsigned i = 0; i < q->n; i++)
             q->ent[i].res = -ECANCELED; /* removed before it started */
-    live_unlink(e, q);
+    live_unlink(q);
     complete(e, q);
 }
 
@@ -393,7 +346,10 @@ static void list_remove(emu_req **head, emu_req *q)
 
 static emu_req *live_find(kv__emu *e, uint64_t ud, emu_req *skip)
 {
-    for (emu_req *q = e->live; q != NULL; q = q->next) {
+    kv__list *pos;
+    KV__LIST_FOREACH(pos, &e->live)
+    {
+        emu_req *q = KV__LIST_ENTRY(pos, emu_req, live);
         if (q == skip || q->kind == REQ_LOCAL)
             continue;
         for (unsigned i = 0; i < q->n; i++)
@@ -550,10 +506,7 @@ static bool start_chain(kv__emu *e, unsigned head, unsigned n)
         q->ent[i].sqe = e->sqes[(head + i) & e->ring->sq.ring_mask];
         q->ent[i].res = 0;
     }
-    q->next = e->live;
-    if (e->live != NULL)
-        e->live->prev = q;
-    e->live = q;
+    kv__list_push_front(&e->live, &q->live);
     uint8_t op = q->ent[0].sqe.opcode;
     if (n == 1 && op == IORING_OP_TIMEOUT) {
         start_timer(e, q);
@@ -645,7 +598,7 @@ bool kv__emu_reap(kv__emu *e)
     bool any = list != NULL || ncq > 0;
     while (list != NULL) {
         emu_req *next = list->lnext;
-        live_unlink(e, list);
+        live_unlink(list);
         complete(e, list);
         list = next;
     }

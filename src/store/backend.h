@@ -68,11 +68,10 @@ struct kv__req {
     void *bpriv;       /* free for the backend */
     /* store.c private below */
     kv_fut *fut;
-    kv__req *prev, *next;
+    kv__list link;     /* the store's in-flight list (linked while in it) */
     int kind;
     kv_codec codec;
     bool typed;
-    bool linked;       /* in the store's in-flight list */
     /* completion hook for iterator and close requests (NULL: generic) */
     void (*done)(kv__req *req, int status, const char *msg);
 };
@@ -113,9 +112,9 @@ struct kv_store {
     unsigned flags;      /* KV_READONLY, ... */
     /* store.c private below */
     int state;
-    kv__req *inflight;   /* doubly linked via req->prev/next */
+    kv__list inflight;   /* kv__req.link, newest first */
     size_t ninflight;
-    kv_iter *iters;      /* live iterators */
+    kv__list iters;      /* live iterators (kv_iter.link), newest first */
     kv_fut *close_fut;
     kv__req *close_req;  /* allocated up front: close never fails on OOM */
 };
@@ -130,7 +129,7 @@ struct kv_iter {
     kv_query q;          /* q.key is an owned copy */
     void *bpriv;         /* backend cursor */
     /* store.c private below */
-    kv_iter *prev, *next;
+    kv__list link;       /* the store's iters */
     int state;
     kv_codec codec;
     bool typed;

@@ -1,11 +1,6 @@
 /*
- * helpers.c - retrying batch writes and get-or-put.
- *
- * Each helper is a small state machine over the public operations: it
- * starts one operation, and the kv_fut_then callback of that operation
- * decides the next step.  Nothing here blocks or waits.  The helper's own
- * future holds a reference for the helper, so its owner may free it early;
- * kv_fut_cancel on it cancels the step in flight.
+ * helpers.c - retrying batch writes and get-or-put, each a small state
+ * machine over the public operations (docs/DESIGN.md, "store").
  */
 #include "config.h"
 

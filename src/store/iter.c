@@ -1,16 +1,7 @@
 /*
- * iter.c - query iterators over the backends' streaming cursors.
- *
- * The backend hands rows over in chunks (KV__OP_ITER_FETCH fills req->items
- * and says whether more follow); the iterator buffers one chunk and serves
- * kv_iter_next calls from it in FIFO order, with at most one fetch in flight.
- * Pending calls wait in a queue of waiters; kv_iter_fetch_all is a waiter
- * that takes everything up to the end.
- *
- * Lifetime: an iterator is in its store's list from kv_query_open until it
- * is freed (so close can mark it closed and kv_store_free can detach it).
- * Its memory lives while a request of its own (open, fetch, dispose) is in
- * flight, even after kv_iter_free: the last completion frees it.
+ * iter.c - query iterators over the backends' streaming cursors: one
+ * buffered chunk, at most one fetch in flight, FIFO waiters.  Lifetimes:
+ * docs/DESIGN.md ("store").
  */
 #include "config.h"
 
@@ -39,26 +30,13 @@ static const kv_codec *iter_codec(const kv_iter *it)
 
 static void iter_link(kv_iter *it)
 {
-    kv_store *s = it->store;
-    it->prev = NULL;
-    it->next = s->iters;
-    if (s->iters != NULL)
-        s->iters->prev = it;
-    s->iters = it;
+    kv__list_push_front(&it->store->iters, &it->link);
 }
 
+/* Safe on an iterator detached by kv_store_free (its node is self-linked). */
 static void iter_unlink(kv_iter *it)
 {
-    kv_store *s = it->store;
-    if (s == NULL)
-        return;
-    if (it->prev != NULL)
-        it->prev->next = it->next;
-    else
-        s->iters = it->next;
-    if (it->next != NULL)
-        it->next->prev = it->prev;
-    it->prev = it->next = NULL;
+    kv__list_remove(&it->link);
 }
 
 static void drop_buffer(kv_iter *it)
@@ -533,6 +511,7 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
         kv__free(dreq);
         return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
     }
+    kv__list_init(&it->link);
     it->dispose_req = dreq;
     it->store = s;
     it->loop = s->loop;
@@ -556,9 +535,9 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
 
 void kv__iters_store_closing(kv_store *s)
 {
-    kv_iter *next;
-    for (kv_iter *it = s->iters; it != NULL; it = next) {
-        next = it->next;
+    kv__list *pos, *next;
+    KV__LIST_FOREACH_SAFE(pos, next, &s->iters) {
+        kv_iter *it = KV__LIST_ENTRY(pos, kv_iter, link);
         int was = it->state;
         it->state = IT_CLOSED;
         fail_waiters(it, KV_ECANCELED, "the store is closing");
@@ -572,12 +551,10 @@ void kv__iters_store_closing(kv_store *s)
 
 void kv__iters_store_freed(kv_store *s)
 {
-    kv_iter *next;
-    for (kv_iter *it = s->iters; it != NULL; it = next) {
-        next = it->next;
-        it->prev = it->next = NULL;
+    kv__list *pos;
+    while ((pos = kv__list_pop_front(&s->iters)) != NULL) {
+        kv_iter *it = KV__LIST_ENTRY(pos, kv_iter, link);
         it->store = NULL;
         it->state = IT_CLOSED;
     }
-    s->iters = NULL;
 }

@@ -1,15 +1,8 @@
 /*
- * store.c - the generic store layer, written once above the backends.
- *
- * Every public record operation goes through the same steps: check the
- * store (NULL, closed, read-only), check the arguments, copy the inputs into
- * a kv__req (keys duplicated, values copied or encoded through the codec),
- * then hand the request to the backend.  The backend fills in the items and
- * calls kv__req_done, which turns them into the future's result.
- *
- * Lifetimes: a request holds its own reference to its future, so a caller
- * may free a pending future; the request stays in the store's in-flight list
- * until the backend completes it, so close can cancel it.
+ * store.c - the generic store layer: the store handle, the record
+ * operations (check, copy the inputs into a kv__req, hand it to the
+ * backend) and the completion that turns a request into its future's
+ * result.  Lifetimes: docs/DESIGN.md ("store").
  */
 #include "config.h"
 
@@ -46,37 +39,6 @@ static void fut_fail_msg(kv_fut *f, int status, const char *msg)
         kv__fut_finish(f, status, "%s", msg);
     else
         kv__fut_finish(f, status, NULL);
-}
-
-kv_fut *kv__fut_done_now(kv_loop *loop, int status)
-{
-    if (status != KV_OK)
-        return kv__fut_failed(loop, status, NULL);
-    kv_fut *f = kv__fut_new(loop);
-    if (f == NULL)
-        return kv__fut_failed(loop, KV_ENOMEM, NULL);
-    kv__fut_finish(f, KV_OK, NULL);
-    return f;
-}
-
-static void relay_cb(kv_fut *src, void *arg)
-{
-    kv_fut *relay = arg;
-    int st = kv_fut_status(src);
-    if (st == KV_OK)
-        kv__fut_finish(relay, KV_OK, NULL);
-    else
-        fut_fail_msg(relay, st, kv_fut_errmsg(src));
-    kv__fut_unref(relay);
-}
-
-int kv__fut_relay(kv_fut *src, kv_fut *relay)
-{
-    kv__fut_ref(relay);
-    int rc = kv_fut_then(src, relay_cb, relay);
-    if (rc != KV_OK)
-        kv__fut_unref(relay);
-    return rc;
 }
 
 /* The first check of every operation: a usable store. */
@@ -175,34 +137,22 @@ kv__req *kv__req_new(kv_store *s, kv__opcode op)
         return NULL;
     req->op = op;
     req->store = s;
+    kv__list_init(&req->link);
     return req;
 }
 
 static void req_unlink(kv__req *req)
 {
-    if (!req->linked)
+    if (!kv__list_linked(&req->link))
         return;
-    kv_store *s = req->store;
-    if (req->prev != NULL)
-        req->prev->next = req->next;
-    else
-        s->inflight = req->next;
-    if (req->next != NULL)
-        req->next->prev = req->prev;
-    req->prev = req->next = NULL;
-    req->linked = false;
-    s->ninflight--;
+    kv__list_remove(&req->link);
+    req->store->ninflight--;
 }
 
 void kv__req_submit(kv__req *req)
 {
     kv_store *s = req->store;
-    req->prev = NULL;
-    req->next = s->inflight;
-    if (s->inflight != NULL)
-        s->inflight->prev = req;
-    s->inflight = req;
-    req->linked = true;
+    kv__list_push_front(&s->inflight, &req->link);
     s->ninflight++;
     s->ops->submit(s, req);
 }
@@ -848,6 +798,8 @@ int kv__store_new(kv_store **out, const struct kv_backend_ops *ops,
         kv__free(s);
         return KV_ENOMEM;
     }
+    kv__list_init(&s->inflight);
+    kv__list_init(&s->iters);
     s->ops = ops;
     s->backend = backend;
     s->loop = loop;
@@ -883,9 +835,9 @@ static void start_close(kv_store *s)
     s->state = ST_CLOSING;
     s->close_fut = kv__fut_new(s->loop); /* NULL on OOM: close goes on */
     kv__iters_store_closing(s);
-    kv__req *next;
-    for (kv__req *req = s->inflight; req != NULL; req = next) {
-        next = req->next;
+    kv__list *pos, *next;
+    KV__LIST_FOREACH_SAFE(pos, next, &s->inflight) {
+        kv__req *req = KV__LIST_ENTRY(pos, kv__req, link);
         if (req->fut != NULL && !kv_fut_done(req->fut)) {
             kv_fut_cancel(req->fut); /* req_on_cancel tells the backend */
         } else if (!req->canceled) {

@@ -48,11 +48,23 @@ int kv__item_to_record(kv__item *item, kv_record *out, const kv_codec *codec,
 /* record.c: free one record's key and value (via codec if typed; the
  * record itself is not freed) and zero it. */
 void kv__record_clear(kv_record *r, const kv_codec *codec);
-/* A future completed with status now (KV_OK: empty result). */
-kv_fut *kv__fut_done_now(kv_loop *loop, int status);
-/* Complete relay with src's status and message once src is done, holding
- * a reference to relay meanwhile.  KV_OK or KV_ENOMEM. */
-int kv__fut_relay(kv_fut *src, kv_fut *relay);
+
+/*
+ * result.c: the store's results on futures (the core future's owned result
+ * slot; see kv__fut_set_result for the ownership rules).  typed records
+ * hold codec objects in val, freed with codec->free_obj (the future keeps a
+ * copy of the codec).  An iterator set on a done future is freed with the
+ * future unless taken.
+ */
+void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
+                         const kv_codec *codec);
+void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n);
+void kv__fut_set_iter(kv_fut *f, kv_iter *it);
+/* Take records out of f (caller owns them afterwards). */
+kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
+/* Free the key and val of n records (val via codec if typed) and then the
+ * array itself (never pass an element). */
+void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
 
 /* A set of borrowed keys (open addressing on kv_key_hash). */
 typedef struct kv__keyset {
