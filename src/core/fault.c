@@ -3,10 +3,11 @@
  *
  * Compiled only into the test library (KV_TEST_HOOKS, see Makefile.am);
  * there it is inert unless armed (one relaxed atomic load per submit and
- * per CQE), and the installed library has none of it.  kv__fault_arm(loop, opcode, nth, res) makes the
- * nth operation of a kind submitted from then on (on loop, or on any loop
- * if NULL) fail with res (a negated errno) or, with res >= 0, transfer at
- * most res bytes (a short read/write).
+ * per CQE), and the installed library has none of it.
+ * kv__fault_arm(loop, opcode, nth, res) makes the nth operation of a kind
+ * submitted from then on (on loop, or on any loop if NULL) fail with res
+ * (a negated errno) or, with res >= 0, transfer at most res bytes (a short
+ * read/write).
  *
  * It works on the SQ array itself, right before the loop submits: every
  * SQE between liburing's sqe_head (the first one not yet flushed to the
