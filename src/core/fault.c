@@ -1,11 +1,13 @@
 /*
  * fault.c - a test-only fault injector for ring operations.
  *
- * Always compiled in, inert unless armed (one relaxed atomic load per
- * submit and per CQE).  kv__fault_arm(loop, opcode, nth, res) makes the
- * nth operation of a kind submitted from then on (on loop, or on any loop
- * if NULL) fail with res (a negated errno) or, with res >= 0, transfer at
- * most res bytes (a short read/write).
+ * Compiled only into the test library (KV_TEST_HOOKS, see Makefile.am);
+ * there it is inert unless armed (one relaxed atomic load per submit and
+ * per CQE), and the installed library has none of it.
+ * kv__fault_arm(loop, opcode, nth, res) makes the nth operation of a kind
+ * submitted from then on (on loop, or on any loop if NULL) fail with res
+ * (a negated errno) or, with res >= 0, transfer at most res bytes (a short
+ * read/write).
  *
  * It works on the SQ array itself, right before the loop submits: every
  * SQE between liburing's sqe_head (the first one not yet flushed to the
@@ -30,6 +32,10 @@
  * Loop thread only (the armed loop's); the state is global, for tests.
  */
 #include "config.h"
+
+#ifndef KV_TEST_HOOKS
+#error "fault.c belongs to the test library only (KV_TEST_HOOKS)"
+#endif
 
 #include "core/core_int.h"
 #include "core/fault.h"
@@ -58,7 +64,6 @@ static struct {
     int res;
     unsigned long seen[256]; /* per canonical opcode, since arm */
     unsigned long hits;      /* injections since arm */
-    unsigned long total;     /* injections since the process started */
     subst subs[NSUBST];
     size_t nsubs;
     kv_loop *last_loop;
@@ -109,11 +114,6 @@ void kv__fault_disarm(void)
 unsigned long kv__fault_hits(void)
 {
     return F.hits;
-}
-
-unsigned long kv__fault_total(void)
-{
-    return F.total;
 }
 
 unsigned long kv__fault_seen(int opcode)
@@ -187,7 +187,6 @@ static void inject(kv_loop *loop, struct io_uring *ring, unsigned pos,
 {
     struct io_uring_sqe *sqe = sqe_at(ring, pos);
     F.hits++;
-    F.total++;
     bool cancels; /* the rest of its link chain */
     if (F.res >= 0) {
         if (!make_short(sqe, (unsigned)F.res))

@@ -1,5 +1,7 @@
 /*
- * alloc.c - the allocator every module uses, with a failure hook for tests.
+ * alloc.c - the allocator every module uses: the helpers built on
+ * kv__malloc (duplicates, printf), kv_buf_append, and, in test builds only
+ * (KV_TEST_HOOKS), the counting, failing kv__malloc/calloc/realloc.
  */
 #include "config.h"
 
@@ -10,11 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef KV_TEST_HOOKS
 /*
- * Failure injection: fail_at counts down with each allocation; when it
- * reaches 0 the allocation fails (and, if sticky, every later one).  Relaxed
- * atomics: tests set the hook while no other thread allocates, and
- * allocations on workers only need a coherent counter.
+ * Failure injection (test builds only): fail_at counts down with each
+ * allocation; when it reaches 0 the allocation fails (and, if sticky, every
+ * later one).  Relaxed atomics: tests set the hook while no other thread
+ * allocates, and allocations on workers only need a coherent counter.
  */
 static atomic_ulong fail_at;
 static atomic_bool fail_sticky;
@@ -67,11 +70,7 @@ void *kv__realloc(void *p, size_t n)
         return NULL;
     return realloc(p, n ? n : 1);
 }
-
-void kv__free(void *p)
-{
-    free(p);
-}
+#endif /* KV_TEST_HOOKS */
 
 void *kv__memdup(const void *p, size_t n)
 {

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #if defined(__GNUC__)
 #define KV__PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -28,20 +29,21 @@
 #define KV__CONTAINER_OF(ptr, type, member) \
     ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 /* ------------------------------------------------------------------------ */
-/* alloc.c: every allocation goes through these (hookable for failure      */
-/* tests).  Any thread.                                                     */
+/* alloc.c: every allocation goes through these.  Any thread.              */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Built with KV_TEST_HOOKS (the library that make check links, see
+ * Makefile.am), kv__malloc, kv__calloc and kv__realloc are functions that
+ * count allocations and fail on demand (kv__alloc_fail_at).  Without it (the
+ * installed library) they are these inline calls of the C library: no
+ * counter, no test, no call in the hot paths.  A size of 0 asks for 1 byte
+ * either way, so a NULL result always means out of memory.
+ */
+#ifdef KV_TEST_HOOKS
 void *kv__malloc(size_t n);
 void *kv__calloc(size_t count, size_t size);
 void *kv__realloc(void *p, size_t n);
-void kv__free(void *p);
-char *kv__strdup(const char *s);
-char *kv__strndup(const char *s, size_t n);
-void *kv__memdup(const void *p, size_t n); /* n == 0 gives a valid 1-byte block */
-/* Printf into a new heap string; NULL on OOM. */
-char *kv__asprintf(const char *fmt, ...) KV__PRINTF(1, 2);
-char *kv__vasprintf(const char *fmt, va_list ap);
 
 /*
  * Test hook: make the nth allocation from now fail (1 = the next one), and
@@ -49,6 +51,34 @@ char *kv__vasprintf(const char *fmt, va_list ap);
  * allocations were made since the last call.
  */
 unsigned long kv__alloc_fail_at(unsigned long nth, bool sticky);
+#else
+static inline void *kv__malloc(size_t n)
+{
+    return malloc(n ? n : 1);
+}
+
+static inline void *kv__calloc(size_t count, size_t size)
+{
+    if (count == 0 || size == 0)
+        count = size = 1;
+    return calloc(count, size);
+}
+
+static inline void *kv__realloc(void *p, size_t n)
+{
+    return realloc(p, n ? n : 1);
+}
+#endif
+static inline void kv__free(void *p)
+{
+    free(p);
+}
+char *kv__strdup(const char *s);
+char *kv__strndup(const char *s, size_t n);
+void *kv__memdup(const void *p, size_t n); /* n == 0 gives a valid 1-byte block */
+/* Printf into a new heap string; NULL on OOM. */
+char *kv__asprintf(const char *fmt, ...) KV__PRINTF(1, 2);
+char *kv__vasprintf(const char *fmt, va_list ap);
 
 /* ------------------------------------------------------------------------ */
 /* error.c                                                                  */

@@ -3,103 +3,8 @@
  * directory, every file operation of has/get/put/delete submitted to the
  * loop's io_uring.
  *
- * ON-DISK LAYOUT
- *
- *   <root>/.lock            lock file (an OFD write lock while open)
- *   <root>/.format          the layout, "kvstore-fs 1\nlayout flat\n" or
- *                           "kvstore-fs 1\nlayout fanout 16\n"
- *   <root>/.tokens          token high-water mark, two 32-byte slots
- *   <root>/.clean           left by a clean close: no temp files to remove
- *   <dir>/<E>.kv            the record of the namespace whose name is E
- *   <dir>/<E>/              the directory of that namespace's children
- *   <dir>/<C>.+/            continuation of a long name (see below)
- *   <dir>/.tmp-<hex>        a put in progress (removed at open)
- *
- * FAN-OUT LAYOUT (KV_FS_FANOUT when the store is made): the record files
- * of a directory live in FANOUT (16) bucket subdirectories of it,
- *
- *   <dir>/<hh>.b/<E>.kv     hh = bucket_of(E), two lower-case hex digits
- *   <dir>/<hh>.b/.tmp-<hex> a put in progress
- *
- * while children and continuation directories stay in <dir> itself; with
- * a long name, the bucket is in the innermost continuation, beside where
- * the record file would be.  bucket_of is FNV-1a 64 of the whole escaped
- * name E, folded (h ^ h >> 32), mod 16.  Creates, renames and unlinks of
- * one prefix then take 16 directory locks instead of one, and the group
- * commit fsyncs a bucket.  (16, not 64: measured here, 64 buckets were no
- * faster for one prefix and, with 64 namespaces, 4096 directories made
- * ext4's inode allocation three times slower.)  Queries read a directory and
- * its buckets and sort them together.  A store keeps the layout it was made
- * with (fs__open_layout); ".b" names are buckets only in this layout.
- *
- * Each namespace id ("field:value" or "value") is one path segment, E, by
- * this reversible, injective escape: bytes [A-Za-z0-9_-] are kept, every
- * other byte (':' '.' '%' ' ' control bytes, non-ASCII...) becomes %XX with
- * two upper-case hex digits.  E therefore never contains '.', never starts
- * with '.', and is never "." or "..": every name that has a '.' belongs to
- * the store itself (".kv" records, ".+" continuations, dot-files), so a
- * record "/a" (a.kv) and its children "/a/b" (a/b.kv) coexist, and temp,
- * lock and token files can never be mistaken for records.  An E longer
- * than CHUNK (240) bytes is cut into CHUNK-byte pieces: every piece but the
- * last names a continuation directory "<piece>.+", and the last piece is
- * used as above inside the innermost one.  Decoding concatenates the pieces
- * and unescapes; a name that does not re-encode to itself is ignored.
- *
- * A key deeper than the store's depth is KV_EINVAL.  Every directory is
- * opened relative to its parent's descriptor with one path component and
- * RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS (IORING_OP_OPENAT2; O_NOFOLLOW where
- * that opcode is missing), every record operation is relative to its
- * directory's descriptor with one component, and mkdirat runs in the parent
- * descriptor: a symlink planted anywhere below the root makes the
- * operation fail (ELOOP), never reach outside the root.  Paths are never
- * longer than one component, so deep or long keys have no PATH_MAX limit.
- *
- * RECORD FILE: a 40-byte header then the value.
- *
- *   0  u32 magic "KVR1"     4  u16 version (1)    6  u16 header size (40)
- *   8  u64 token           16  u64 value length   24  u32 CRC32C(value)
- *   28 u32 flags (0)       32  u32 reserved (0)   36  u32 CRC32C(bytes 0..35)
- *
- * All little-endian.  The header CRC covers the value CRC, so together they
- * check header and value; a file that fails (short, long, bad magic or CRC)
- * is KV_ECORRUPT and never returned as data.  CAS checks and value=false
- * queries read and check the header only.
- *
- * PUT (token T): through the per-key FIFO queue, then
- *   [dir] open the record's directory (mkdirat missing ones through the
- *         ring, each made durable by an fsync of its parent)
- *   [cas] openat(record) -> read(header) -> close: current token (0 if
- *         absent) must equal T, else KV_ECONFLICT
- *   [tmp] openat(.tmp-N, O_CREAT|O_EXCL|O_WRONLY), or openat(spare,
- *         O_WRONLY) to overwrite a spare file of the directory (see
- *         "Spare files": replaced record files reused while puts run)
- *   [chain] writev -> fsync (fdatasync over a spare) -> close ->
- *         renameat(tmp, record) (RENAME_EXCHANGE to leave the replaced
- *         file as a spare), linked with IOSQE_IO_LINK (never HARDLINK: a
- *         failed fsync must cancel the rename); a short write cancels the
- *         rest, which is resumed
- *   [dsync] fsync of the directory, shared: renames that complete while a
- *         directory fsync is in flight wait for the next one, which covers
- *         them all (group commit).  The put completes after it.
- * Any failure before the rename closes and unlinks the temp file and keeps
- * the old record; an fsync error is final (never retried).  DELETE is
- * [dir] [cas] unlinkat [dsync].  GET is openat -> read... -> close, HAS is
- * openat -> read(header) -> close.  KV_NO_FSYNC drops every fsync.
- *
- * TOKENS: a store-wide counter.  A block of TOKEN_BLOCK tokens is reserved
- * durably (written to .tokens and fsynced) before any of it is handed out,
- * at open and then through the ring, so tokens never repeat for any key,
- * across delete/re-insert and reopen, and are never 0.
- *
- * Queries walk directories on the pool, read each directory whole (with
- * its continuations and buckets), sort its decoded entries by namespace
- * id (descending for KV_SORT_DESC) and descend depth-first, a record
- * before its children (after them for DESC): that is kv_key_cmp order.
- * DROP runs on the pool.
- *
- * FILES: this one holds the store itself (completion helpers, submit and
- * cancel, close and destroy, open); fs_layout.c, fs_record.c, fs_dir.c,
- * fs_kop.c and fs_query.c the rest, as fs_int.h lists.
+ * The design (on-disk layout, fan-out, escapes, record file, the put chain,
+ * tokens, queries) is in docs/DESIGN.md, "backend/fs".
  */
 #include "config.h"
 
@@ -433,8 +338,7 @@ static void fs_cancel(kv_store *s, kv__req *req)
 
 static void fs_teardown(fs_state *fs)
 {
-    while (fs->cursors != NULL)
-        fs__cursor_free(fs->cursors);
+    fs__cursors_free(fs);
     while (fs->sp_head != NULL) {
         /* Never closed: the files stay (no .clean marker), removed at
          * the next open. */
@@ -525,7 +429,7 @@ static void fs_destroy(kv_store *s)
     s->backend = NULL;
 }
 
-const struct kv_backend_ops kv__fs_ops = {
+static const struct kv_backend_ops fs_ops = {
     .version = KV__BACKEND_VERSION,
     .name = "fs",
     .atomic_batch = false,
@@ -537,7 +441,7 @@ const struct kv_backend_ops kv__fs_ops = {
 
 void kv__fs_stats(const kv_store *s, uint64_t out[KV__FS_NSTATS])
 {
-    const fs_state *fs = s != NULL && s->ops == &kv__fs_ops ? s->backend
+    const fs_state *fs = s != NULL && s->ops == &fs_ops ? s->backend
                                                              : NULL;
     for (int i = 0; i < KV__FS_NSTATS; i++)
         out[i] = fs != NULL ? fs->stats[i] : 0;
@@ -699,6 +603,8 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     fs_state *fs = kv__calloc(1, sizeof *fs);
     if (fs == NULL)
         return open_fail(NULL, KV_ENOMEM, "kv_fs_open: out of memory");
+    kv__list_init(&fs->jobs);
+    kv__list_init(&fs->cursors);
     fs->rootfd = fs->lockfd = fs->tokfd = -1;
     fs->loop = loop;
     fs->pool = pool;
@@ -813,7 +719,7 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     r->s_sync.op.cb = fs__dir_cqe_sync;
     r->s_sync.d = r;
 
-    int rc = kv__store_new(out, &kv__fs_ops, fs, loop, pool, flags);
+    int rc = kv__store_new(out, &fs_ops, fs, loop, pool, flags);
     if (rc != KV_OK)
         return open_fail(fs, rc, "kv_fs_open: %s", kv_strerror(rc));
     fs->store = *out;

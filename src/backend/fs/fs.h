@@ -1,13 +1,11 @@
 /*
- * backend/fs/fs.h - the fs backend's operation table and the decoders the
- * fuzz targets call.
+ * backend/fs/fs.h - the fs backend's decoders that the fuzz targets call
+ * (kv_fs_open, its entry point, is public: kvstore.h).
  */
 #ifndef KV_BACKEND_FS_H
 #define KV_BACKEND_FS_H
 
 #include "store/backend.h"
-
-extern const struct kv_backend_ops kv__fs_ops;
 
 /*
  * fs.c test hooks: the decoders of bytes read from disk, for the fuzz

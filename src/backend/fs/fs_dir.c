@@ -520,45 +520,9 @@ void fs__dir_cqe_sync(kv__op *op, int res, uint32_t flags)
 /* ------------------------------------------------------------------------ */
 
 /*
- * Replacing a record by a new file frees the old file's inode and blocks
- * and allocates new ones for the next put: measured here that was half of
- * a durable put's CPU (ext4 without a journal discards freed blocks
- * synchronously and scans for an inode not recently freed).  So while
- * several puts run, a put that replaces a record renames with
- * RENAME_EXCHANGE: the new file takes the record's name and the old one
- * its temp name, and is kept as a spare of the directory.  A later put in
- * that directory opens a spare no bigger than its record instead of
- * creating a temp file, overwrites it from offset 0 (growing it if need
- * be) and fdatasyncs it: the file is not new, so its directory entry needs
- * no sync, and with the same length neither does its inode.  Then it
- * exchanges it in turn.
- *
- * Why this is safe:
- *  - A spare is a temp file (TMP_PREFIX): never read as a record, removed
- *    by the open after a crash like any temp file.  The exchange is as
- *    atomic as a rename and is followed by the same directory fsync.
- *  - A spare is overwritten only once the exchange that made it is
- *    durable: it becomes available when the directory fsync covering the
- *    exchange succeeds (fs__kop_synced).  Before that a crash could bring back
- *    the record's old name on that very file, which must then still hold
- *    the old record.  (So KV_NO_FSYNC stores, which never sync the
- *    directory, do not recycle.)
- *  - Nothing reads a spare's old contents while it is overwritten.  Every
- *    record operation on its old key is ordered by the key queue, and
- *    closed its descriptor (or finished reading) before the put that made
- *    the spare started.  Query fetches read records by name on the pool:
- *    a file is kept as a spare only if no fetch ran at any time between
- *    the exchange's submission and its completion (foreign_gen,
- *    nforeign); later fetches find the new file under the record's name.
- *  - Spares exist only while puts run: one is kept only if another put is
- *    running, and the last put to finish removes them all (fs__spares_drain),
- *    as do close and drop.  So a store at rest holds no temp file.
- *  - Bounded: SPARE_DIR_MAX per directory, SPARE_MAX and SPARE_BYTES per
- *    store (the oldest are removed to keep a new one; records bigger than
- *    SPARE_BYTES / 4 are not kept).  A directory with spares keeps its
- *    descriptor open.
- * Deletes and puts of new keys are unchanged (a put of a new key may still
- * use a spare, which then becomes the record).
+ * Replaced record files kept, while puts run, for later puts to overwrite
+ * instead of creating a temp file; why it is fast and why it is safe: see
+ * "Spare files" in docs/DESIGN.md, "backend/fs".
  */
 
 static void spare_cqe(kv__op *op, int res, uint32_t flags)

@@ -1,7 +1,7 @@
 /*
  * fs_int.h - what the files of the filesystem backend share.  Not
  * installed, not API.  The design (on-disk layout, record file, the put
- * chain, tokens, queries) is described at the top of fs.c.
+ * chain, tokens, spare files, queries) is in docs/DESIGN.md, "backend/fs".
  *
  *   fs.c         the store: completion helpers, submit and cancel, close
  *                and destroy, open
@@ -18,6 +18,7 @@
 #define KV_FS_INT_H
 
 #include "backend/fs/fs.h"
+#include "util/list.h"
 
 #include <dirent.h>
 #include <linux/openat2.h>
@@ -251,7 +252,7 @@ typedef struct fjob {
     kv__item *items;
     size_t n;
     bool eof;
-    struct fjob *next, *prev;
+    kv__list link; /* in fs->jobs while submitted */
 } fjob;
 
 struct fs_state {
@@ -283,8 +284,8 @@ struct fs_state {
     /* accounting */
     size_t nsqe, njobs, nkops;
     kop *kops;
-    fjob *jobs;
-    cursor *cursors;
+    kv__list jobs;    /* fjob.link: pool jobs submitted, newest first */
+    kv__list cursors; /* cursor.link: every open cursor, newest first */
     uint64_t tmp_seq;
     bool in_submit, in_close;
     /* spare files: kept while puts run (nputs > 0), oldest first */
@@ -404,7 +405,7 @@ void fs__rec_submit(fs_state *fs, kv__req *req, enum kkind kind);
 void fs__cancel_kops(fs_state *fs, kv__req *req, bool ring_cancel);
 
 /* fs_query.c */
-void fs__cursor_free(cursor *c);
+void fs__cursors_free(fs_state *fs);
 void fs__cursors_close(fs_state *fs);
 void fs__query_submit(fs_state *fs, kv__req *req);
 void fs__fetch_submit(fs_state *fs, kv__req *req);

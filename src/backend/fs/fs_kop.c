@@ -3,8 +3,8 @@
  * every file operation through the ring): one kop per item of a has / get /
  * put / delete request, ordered per key by a FIFO queue, admitted up to
  * fs->maxrun at once, then stepped by its CQEs through the chains described
- * under "PUT" in fs.c.  Also the store-wide token counter (its refills
- * through the ring) and the cancellation of kops.
+ * under "Put" in docs/DESIGN.md.  Also the store-wide token counter (its
+ * refills through the ring) and the cancellation of kops.
  */
 #include "config.h"
 
@@ -1199,7 +1199,10 @@ void fs__cancel_kops(fs_state *fs, kv__req *req, bool ring_cancel)
         k->gnext = NULL;
         kop_finish(k, KV_ECANCELED);
     }
-    for (fjob *j = fs->jobs; j != NULL; j = j->next)
+    kv__list *pos;
+    KV__LIST_FOREACH(pos, &fs->jobs) {
+        fjob *j = KV__LIST_ENTRY(pos, fjob, link);
         if (req == NULL || j->req == req)
             (void)kv__pool_cancel(fs->pool, &j->job);
+    }
 }

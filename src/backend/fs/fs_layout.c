@@ -1,6 +1,6 @@
 /*
- * fs_layout.c - where the filesystem backend puts things (see "ON-DISK
- * LAYOUT" and "FAN-OUT LAYOUT" in fs.c): the escape of namespace ids into
+ * fs_layout.c - where the filesystem backend puts things (see "On-disk
+ * layout" to "Names" in docs/DESIGN.md): the escape of namespace ids into
  * path segments, the paths of a key (continuations, bucket directories),
  * what a directory entry is, blocking path walks that refuse symlinks, and
  * the .format file that records the layout of a store.  Any thread unless

@@ -79,7 +79,7 @@ struct cursor {
     int64_t skip, left;
     qframe *st;
     size_t nst, capst;
-    cursor *next, *prev;
+    kv__list link; /* in fs->cursors */
 };
 
 /* arr (n elements of sz bytes, room for *cap) with room for one more: the
@@ -484,37 +484,39 @@ static int cursor_next(cursor *c, size_t *fi, size_t *ei)
     return 0;
 }
 
-void fs__cursor_free(cursor *c)
+static void cursor_free(cursor *c)
 {
-    fs_state *fs = c->fs;
     for (size_t i = 0; i < c->nst; i++)
         frame_fini(&c->st[i]);
     kv__free(c->st);
     kv_key_free(c->qkey);
     if (c->iter != NULL && c->iter->bpriv == c)
         c->iter->bpriv = NULL;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        fs->cursors = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    kv__list_remove(&c->link);
     kv__free(c);
+}
+
+/* At teardown: free every cursor, busy or not. */
+void fs__cursors_free(fs_state *fs)
+{
+    while (!kv__list_empty(&fs->cursors))
+        cursor_free(KV__LIST_ENTRY(fs->cursors.next, cursor, link));
 }
 
 /* At close: detach every cursor from its iterator and free it, or flag it
  * for its fetch in flight to free. */
 void fs__cursors_close(fs_state *fs)
 {
-    for (cursor *c = fs->cursors, *next; c != NULL; c = next) {
-        next = c->next;
+    kv__list *pos, *tmp;
+    KV__LIST_FOREACH_SAFE(pos, tmp, &fs->cursors) {
+        cursor *c = KV__LIST_ENTRY(pos, cursor, link);
         if (c->iter != NULL && c->iter->bpriv == c)
             c->iter->bpriv = NULL;
         c->iter = NULL;
         if (c->busy)
             c->disposed = true;
         else
-            fs__cursor_free(c);
+            cursor_free(c);
     }
 }
 
@@ -601,12 +603,7 @@ static void fetch_work(kv__job *job)
 
 static void job_unlink(fs_state *fs, fjob *j)
 {
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        fs->jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
+    kv__list_remove(&j->link);
     fs->njobs--;
 }
 
@@ -629,10 +626,7 @@ static fjob *job_new(fs_state *fs, kv__req *req, void (*work)(kv__job *),
 
 static void job_submit(fs_state *fs, fjob *j)
 {
-    j->next = fs->jobs;
-    if (fs->jobs)
-        fs->jobs->prev = j;
-    fs->jobs = j;
+    kv__list_push_front(&fs->jobs, &j->link);
     fs->njobs++;
     kv__pool_submit(fs->pool, fs->loop, &j->job);
 }
@@ -647,7 +641,7 @@ static void fetch_done(kv__job *job, int status)
     fs->nforeign--;
     c->busy = false;
     if (c->disposed)
-        fs__cursor_free(c);
+        cursor_free(c);
     /* Completing may re-enter submit (a dispose): c is not touched after. */
     if (status != KV_OK) {
         fs__req_end(fs, req, status, NULL);
@@ -838,10 +832,7 @@ void fs__query_submit(fs_state *fs, kv__req *req)
     c->desc = q->sort == KV_SORT_DESC;
     c->skip = q->offset > 0 ? q->offset : 0;
     c->left = q->limit < 0 ? -1 : q->limit;
-    c->next = fs->cursors;
-    if (fs->cursors)
-        fs->cursors->prev = c;
-    fs->cursors = c;
+    kv__list_push_front(&fs->cursors, &c->link);
     it->bpriv = c;
     fs__defer_done(fs, req, KV_OK, NULL);
 }
@@ -880,7 +871,7 @@ void fs__dispose_submit(fs_state *fs, kv__req *req)
         if (c->busy)
             c->disposed = true; /* freed when its fetch returns */
         else
-            fs__cursor_free(c);
+            cursor_free(c);
     }
     fs__defer_done(fs, req, KV_OK, NULL);
 }

@@ -1,9 +1,9 @@
 /*
  * fs_record.c - the filesystem backend's on-disk codecs and blocking
  * reads: little-endian helpers, CRC32C, the 40-byte record header (see
- * "RECORD FILE" in fs.c), the fuzz-target hooks that make and check record
- * bytes, the two slots of .tokens (see "TOKENS"), and the reads of a whole
- * record file used on the pool and at open.  Any thread.
+ * "Record file" in docs/DESIGN.md), the fuzz-target hooks that make and
+ * check record bytes, the two slots of .tokens (see "Tokens"), and the
+ * reads of a whole record file used on the pool and at open.  Any thread.
  */
 #include "config.h"
 

@@ -144,6 +144,7 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
     return KV_OK;
 }
 
+#ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
 {
     if (store == NULL || store->ops != &kv__sqlite_ops ||
@@ -156,6 +157,7 @@ int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
     s->max_pages_set = true;
     return KV_OK;
 }
+#endif
 
 int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                    const char *path, unsigned flags)

@@ -35,7 +35,9 @@ int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 #define KV__SQLITE_VFS_WALBUF "kvstore-walbuf"
 const char *kv__sqlite_vfs_walbuf(void);
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
+#ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
+#endif
 /*
  * sqlite.c test hook (loop thread): the writer's next job starts by running
  * PRAGMA max_page_count = pages on the writer connection (pages <= 0: a
@@ -43,5 +45,7 @@ void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
  * never lowers the limit below the current size.  KV_EINVAL if s is not a
  * writable SQLite store.
  */
+#ifdef KV_TEST_HOOKS
 int kv__sqlite_set_max_pages(kv_store *s, int64_t pages);
+#endif
 #endif /* KV_BACKEND_SQLITE_H */

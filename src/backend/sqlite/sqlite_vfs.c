@@ -314,8 +314,10 @@ void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes)
     *flushes = atomic_load_explicit(&n_flushes, memory_order_relaxed);
 }
 
+#ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 void kv__sqlite_walbuf_fail(long nth, int sqlite_rc)
 {
     atomic_store_explicit(&fail_rc, sqlite_rc, memory_order_relaxed);
     atomic_store_explicit(&fail_nth, nth, memory_order_relaxed);
 }
+#endif
