@@ -567,8 +567,8 @@ static int open_tokens(fs_state *fs)
     return KV_OK;
 }
 
-/* How many kops may run at once (see kop_admit, fs_kop.c): a quarter of what
- * RLIMIT_NOFILE leaves after 64 descriptors, between 16 and 4096. */
+/* How many kops may run at once (see fs__kop_admit, fs_kq.c): a quarter of
+ * what RLIMIT_NOFILE leaves after 64 descriptors, between 16 and 4096. */
 static size_t max_running(void)
 {
     struct rlimit rl;

@@ -8,7 +8,9 @@
  *   fs_layout.c  names, paths, bucket directories, entry kinds, .format
  *   fs_record.c  record header and .tokens codecs, CRC32C, blocking reads
  *   fs_dir.c     directory objects, group commit, spare files
- *   fs_kop.c     tokens and record operations (has/get/put/delete)
+ *   fs_kq.c      kop lifecycle: tokens, key queues, admission, submit,
+ *                finish, cancel
+ *   fs_kop.c     the record operation chains (has/get/put/delete)
  *   fs_query.c   queries and drop (pool jobs)
  *
  * Naming: fs__ for the functions one of these files defines for the others
@@ -163,7 +165,7 @@ enum kkind { K_GET, K_HAS, K_PUT, K_DEL };
 enum kstate {
     ST_NEW,
     ST_QUEUED,
-    ST_ADMIT, /* waiting for a running slot (kop_admit, fs_kop.c) */
+    ST_ADMIT, /* waiting for a running slot (fs__kop_admit, fs_kq.c) */
     ST_DIR,
     ST_OPEN,
     ST_HDR,
@@ -397,12 +399,21 @@ void fs__spare_synced(kop *k, int res);
 void fs__dir_invalidate_up(fsdir *d);
 void fs__dir_invalidate_below(fs_state *fs, const char *path);
 
-/* fs_kop.c */
+/* fs_kq.c */
 void fs__tok_wcqe(kv__op *op, int res, uint32_t flags);
 void fs__tok_fcqe(kv__op *op, int res, uint32_t flags);
-void fs__kop_synced(kop *k, int res);
+int fs__tok_take(fs_state *fs, uint64_t *out);
+bool fs__kop_admit(kop *k);
+void fs__kop_finish(kop *k, int status);
+void fs__kop_free(kop *k);
 void fs__rec_submit(fs_state *fs, kv__req *req, enum kkind kind);
 void fs__cancel_kops(fs_state *fs, kv__req *req, bool ring_cancel);
+
+/* fs_kop.c */
+void fs__kop_cqe(kv__op *op, int res, uint32_t flags);
+void fs__kop_start(kop *k);
+void fs__kop_token_ready(kop *k);
+void fs__kop_synced(kop *k, int res);
 
 /* fs_query.c */
 void fs__cursors_free(fs_state *fs);
