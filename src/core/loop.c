@@ -37,6 +37,10 @@ typedef struct stashed_cqe {
     uint32_t flags;
 } stashed_cqe;
 
+/* loop->sleeping: how the loop may be asleep, so where a poster signals. */
+#define SLEEP_RING 1u /* blocked in the ring: write efd (its READ wakes it) */
+#define SLEEP_HOST 2u /* a host waits on kv_loop_fd: write it directly */
+
 /* Pad to keep the cross-thread words off the loop thread's hot lines. */
 #define CACHELINE 64
 
@@ -79,8 +83,10 @@ struct kv_loop {
      * posted:   Treiber stack of finished jobs (newest first).  Posters
      *           push with a seq_cst CAS; the loop takes the whole list with
      *           one exchange, so there is no ABA.
-     * sleeping: 1 while the loop may block in io_uring_enter; posters that
-     *           see 1 exchange it to 0 and write the eventfd.
+     * sleeping: SLEEP_RING while the loop may block in io_uring_enter,
+     *           SLEEP_HOST between the runs of a host-driven loop; posters
+     *           that see it set exchange it to 0 and write the eventfd
+     *           (SLEEP_HOST in io_uring mode: nfd).
      * posting:  posters between their push and their last touch of the
      *           loop; kv_loop_free waits for 0 so a worker never writes a
      *           closed eventfd or freed memory.
@@ -453,16 +459,21 @@ static void efd_drain(int fd)
 
 /*
  * Any thread, after publishing work for the loop (a posted job, a wake):
- * write the eventfd if the loop may be asleep (its READ then completes,
- * which also signals kv_loop_fd).  Signals coalesce: only the poster that
- * takes sleeping from 1 to 0 writes.
+ * if the loop may be asleep, write the descriptor it sleeps on.  Signals
+ * coalesce: only the poster that takes sleeping to 0 writes.  A host's
+ * descriptor is written directly in io_uring mode: through efd, the ring's
+ * READ would signal it only after an RCU grace period with DEFER_TASKRUN
+ * (the kernel defers an eventfd signal raised inside another one's
+ * wake-up).  In fallback mode efd is in the host's epoll set.
  */
 static void signal_loop(kv_loop *loop)
 {
-    if (atomic_load(&loop->sleeping) && atomic_exchange(&loop->sleeping, 0)) {
+    unsigned how = atomic_load(&loop->sleeping);
+    if (how != 0 && (how = atomic_exchange(&loop->sleeping, 0)) != 0) {
         /* Counted first: the loop may read the stats as soon as it wakes. */
         atomic_fetch_add_explicit(&loop->wakes, 1, memory_order_relaxed);
-        efd_signal(loop->efd);
+        efd_signal(how == SLEEP_HOST && loop->emu == NULL ? loop->nfd
+                                                          : loop->efd);
     }
 }
 
@@ -754,7 +765,7 @@ static int emu_enter(kv_loop *loop, bool wait, unsigned timeout_ms)
         return r;
     if (!wait || kv__emu_pending_local(loop->emu))
         return KV_OK;
-    atomic_store(&loop->sleeping, 1);
+    atomic_store(&loop->sleeping, SLEEP_RING);
     r = KV_OK;
     if (!remote_work(loop))
         r = kv__emu_wait(loop->emu, loop->efd, timeout_ms);
@@ -845,7 +856,7 @@ static int turn(kv_loop *loop, kv_run_mode mode)
         arm_wake(loop);
         if (!loop->wake_armed)
             timeout_ms = 1; /* could not arm: poll the list instead */
-        atomic_store(&loop->sleeping, 1);
+        atomic_store(&loop->sleeping, SLEEP_RING);
         if (remote_work(loop)) {
             atomic_store(&loop->sleeping, 0);
             block = false;
@@ -918,9 +929,9 @@ static void host_enable(kv_loop *loop)
 /*
  * Start of a host-driven run: consume the notification.  Whatever arrives
  * from here on signals nfd again (a CQE, deferred task work: the kernel;
- * a post or a wake: the eventfd READ, or, in fallback mode, efd in the
- * epoll set), and what arrived before is collected by this run (the turn's
- * enter flushes deferred task work: the wake READ keeps it entering).  So
+ * a post or a wake: signal_loop, once host_settle set SLEEP_HOST), and
+ * what arrived before is collected by this run (the turn's enter flushes
+ * deferred task work, and host_settle looks at the posted lists).  So
  * the fd is never left quiet with work pending; at worst it is readable
  * once for work this run already did.
  */
@@ -932,20 +943,19 @@ static void host_begin(kv_loop *loop)
 }
 
 /*
- * End of a host-driven run (any mode): submit everything prepared, keep
- * the wake READ armed and sleeping set (the sleep protocol, so a post or a
- * wake signals the fd), then make the fd readable again if work is ready
- * now: level-triggered in effect.
+ * End of a host-driven run (any mode): submit everything prepared, set
+ * sleeping to SLEEP_HOST (the sleep protocol, so a post or a wake signals
+ * the fd), then make the fd readable again if work is ready now:
+ * level-triggered in effect.
  */
 static int host_settle(kv_loop *loop)
 {
-    arm_wake(loop);
     int rc = kv__loop_flush(loop);
     if (rc < 0)
         return rc;
     if (loop->emu != NULL)
         kv__emu_host_sync(loop->emu, loop->nfd);
-    atomic_store(&loop->sleeping, 1);
+    atomic_store(&loop->sleeping, SLEEP_HOST);
     bool ready = remote_work(loop) || !kv__list_empty(&loop->ready) ||
                  loop->nstash > 0;
     if (loop->emu != NULL)
@@ -985,8 +995,6 @@ int kv_loop_timeout(const kv_loop *cloop)
     }
     if (io_uring_cq_ready(&loop->ring) > 0)
         return 0;
-    if (!loop->wake_armed && loop->jobs > 0)
-        return 1; /* the READ could not be armed: poll the list */
     return -1;
 }
 
