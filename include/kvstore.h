@@ -210,6 +210,72 @@ KV_EXTERN bool kv_loop_alive(const kv_loop *loop);
  */
 KV_EXTERN int kv_loop_free(kv_loop *loop);
 
+/*
+ * Driving the loop from the application's own event loop (epoll, poll,
+ * libuv, another io_uring...), instead of blocking in kv_loop_run:
+ *
+ *     int fd = kv_loop_fd(loop);          // register it for reading once
+ *     while (!done) {
+ *         int ms = kv_loop_timeout(loop); // just before every wait
+ *         ... wait for fd readable (or your own events) at most ms ...
+ *         if (kv_loop_run(loop, KV_RUN_NOWAIT) < 0) ...;  // never blocks
+ *         ... your other events; check your own state (see kv_loop_wake)
+ *     }
+ *
+ * kv_loop_run(loop, KV_RUN_NOWAIT) dispatches what is ready and returns
+ * without blocking, every operation it (or a callback) started submitted.
+ * The fd is level-triggered in effect: after any kv_loop_run it stays
+ * readable while that run left work ready, and it becomes readable when
+ * something completes (ring completions, pool jobs, the fallback mode's
+ * sockets) or kv_loop_wake is called.  It may now and then be readable with
+ * nothing to do (a run then returns at once): do not count on the opposite.
+ * Work that only a timeout reveals (a fallback-mode timer; calls made
+ * outside kv_loop_run that left operations unsubmitted or callbacks due)
+ * is in kv_loop_timeout, which is why it must be asked again before every
+ * wait.  Store calls may be made from the host's own callbacks between
+ * runs (still on the loop thread).  Blocking calls (kv_wait, kv_loop_run
+ * with KV_RUN_ONCE or KV_RUN_DEFAULT) remain allowed and stall the host's
+ * loop while they wait.
+ */
+
+/*
+ * The descriptor that polls readable when kv_loop_run(loop, KV_RUN_NOWAIT)
+ * has work (above).  Any thread.  Register it for reading only (epoll,
+ * poll, select, an io_uring poll request; never read, write or close it);
+ * it is the same descriptor for the loop's whole life and kv_loop_free
+ * closes it.  In io_uring mode it is an eventfd the ring signals, in
+ * fallback mode an epoll descriptor (its readiness is what counts).  The
+ * first call of kv_loop_fd or kv_loop_timeout makes the loop host-driven:
+ * from then on each kv_loop_run ends by re-arming the descriptor (a few
+ * system calls per run; loops never host-driven do not pay them).
+ * KV_EINVAL if loop is NULL.
+ */
+KV_EXTERN int kv_loop_fd(const kv_loop *loop);
+
+/*
+ * How long, in milliseconds, the host may wait for kv_loop_fd before it
+ * must call kv_loop_run(loop, KV_RUN_NOWAIT) anyway: 0 if work is ready
+ * now (callbacks due, operations prepared but not submitted, the first
+ * call, before a run armed the descriptor), the time to the next timer in
+ * fallback mode, else -1 (no limit: wait for the descriptor).  Loop thread
+ * (it reads the loop's state); not from another thread while the loop
+ * runs.  KV_EINVAL if loop is NULL.
+ */
+KV_EXTERN int kv_loop_timeout(const kv_loop *loop);
+
+/*
+ * Wake the loop, from any thread (like libuv's uv_async_send): kv_loop_fd
+ * becomes readable, and a kv_loop_run or kv_wait blocked on the loop
+ * thread returns from its wait (KV_RUN_ONCE returns; KV_RUN_DEFAULT and
+ * kv_wait go on until their own end).  Wakes coalesce: several calls
+ * before the loop runs make one wake-up.  A wake is answered by the first
+ * turn of a run that starts after it, so a service that sets a flag of its
+ * own and then calls kv_loop_wake (say, to stop) finds the flag after that
+ * run.  Safe on a loop being run, not on one being freed.  KV_OK, or
+ * KV_EINVAL if loop is NULL.
+ */
+KV_EXTERN int kv_loop_wake(kv_loop *loop);
+
 /* ------------------------------------------------------------------------ */
 /* Pool                                                                     */
 /* ------------------------------------------------------------------------ */

@@ -44,6 +44,15 @@ bool kv__emu_pending_local(const kv__emu *e);
  * signalled (and drained), else KV_OK, or a negated errno.
  */
 int kv__emu_wait(kv__emu *e, int efd, unsigned timeout_ms);
+/*
+ * Host-driven loops (kv_loop_fd): bring the epoll set epfd in step with
+ * the sockets the emulator waits on (EPOLLIN for a RECV, EPOLLOUT for a
+ * SEND; level-triggered), adding, modifying and deleting registrations.
+ * A socket that cannot be registered makes kv__emu_timeout_ms poll (1 ms).
+ */
+void kv__emu_host_sync(kv__emu *e, int epfd);
+/* Milliseconds to the next timer (rounded up; 0 if due), or -1 if none. */
+int kv__emu_timeout_ms(const kv__emu *e);
 /* loop.c: dispatch a synthetic CQE exactly as a ring CQE. */
 void kv__loop_dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags);
 

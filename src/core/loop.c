@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -34,6 +35,10 @@ typedef struct stashed_cqe {
     int32_t res;
     uint32_t flags;
 } stashed_cqe;
+
+/* loop->sleeping: how the loop may be asleep, so where a poster signals. */
+#define SLEEP_RING 1u /* blocked in the ring: write efd (its READ wakes it) */
+#define SLEEP_HOST 2u /* a host waits on kv_loop_fd: write it directly */
 
 /* Pad to keep the cross-thread words off the loop thread's hot lines. */
 #define CACHELINE 64
@@ -60,6 +65,14 @@ struct kv_loop {
     kv__emu *emu;          /* fallback mode (uring_emu.c), else NULL */
     int efd;               /* eventfd; workers write it (any thread) */
     uint64_t efd_val;      /* buffer of the standing READ */
+    /*
+     * kv_loop_fd: io_uring mode, an eventfd registered with the ring (the
+     * kernel signals it for every CQE once kv_loop_fd or kv_loop_timeout
+     * enabled it); fallback mode, an epoll set of efd and the sockets the
+     * emulator waits on.  host_primed: a run has ended host-style since.
+     */
+    int nfd;
+    bool host_primed;
     unsigned char ops[32]; /* probed opcodes, a bitmap */
     kv__loop_stats st;
 
@@ -69,8 +82,10 @@ struct kv_loop {
      * posted:   Treiber stack of finished jobs (newest first).  Posters
      *           push with a seq_cst CAS; the loop takes the whole list with
      *           one exchange, so there is no ABA.
-     * sleeping: 1 while the loop may block in io_uring_enter; posters that
-     *           see 1 exchange it to 0 and write the eventfd.
+     * sleeping: SLEEP_RING while the loop may block in io_uring_enter,
+     *           SLEEP_HOST between the runs of a host-driven loop; posters
+     *           that see it set exchange it to 0 and write the eventfd
+     *           (SLEEP_HOST in io_uring mode: nfd).
      * posting:  posters between their push and their last touch of the
      *           loop; kv_loop_free waits for 0 so a worker never writes a
      *           closed eventfd or freed memory.
@@ -80,6 +95,14 @@ struct kv_loop {
     atomic_uint sleeping;
     atomic_uint posting;
     atomic_ullong wakes; /* eventfd writes (relaxed counter) */
+    /*
+     * wake_req: kv_loop_wake was called since the loop last looked (it
+     *           is part of remote_work, re-checked like posted).
+     * hosted:   kv_loop_fd or kv_loop_timeout was called: every run ends
+     *           with the host protocol (host_settle).
+     */
+    atomic_uint wake_req;
+    atomic_uint hosted;
     char pad1[CACHELINE];
 };
 
@@ -247,6 +270,9 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
     atomic_init(&loop->sleeping, 0);
     atomic_init(&loop->posting, 0);
     atomic_init(&loop->wakes, 0);
+    atomic_init(&loop->wake_req, 0);
+    atomic_init(&loop->hosted, 0);
+    loop->nfd = -1;
     /*
      * Non-blocking so a poster never blocks in write(); the ring's READ is
      * still poll-driven on current kernels (an old one that answers -EAGAIN
@@ -269,6 +295,22 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
          * the reason setup_ring gave, if any). */
         rc = kv__emu_new(&loop->emu, loop, &loop->ring, sq, cq);
         if (rc == KV_OK) {
+            /* kv_loop_fd: an epoll set, the eventfd in it from the start. */
+            struct epoll_event ev = {.events = EPOLLIN};
+            ev.data.fd = loop->efd;
+            loop->nfd = epoll_create1(EPOLL_CLOEXEC);
+            if (loop->nfd < 0 ||
+                epoll_ctl(loop->nfd, EPOLL_CTL_ADD, loop->efd, &ev) != 0) {
+                int e = errno;
+                kv__set_errmsg("kv_loop_new: epoll: %s", strerror(e));
+                rc = e == ENOMEM || e == ENOSPC ? KV_ENOMEM : KV_ERROR;
+                if (loop->nfd >= 0)
+                    close(loop->nfd);
+                kv__emu_free(loop->emu);
+                close(loop->efd);
+                kv__free(loop);
+                return rc;
+            }
             loop->sq_entries = sq;
             loop->cq_entries = cq;
             kv__emu_probe(loop->ops);
@@ -285,6 +327,29 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
     }
     loop->sq_entries = loop->ring.sq.ring_entries;
     loop->cq_entries = loop->ring.cq.ring_entries;
+
+    /*
+     * kv_loop_fd: not the ring fd (with DEFER_TASKRUN, poll on it is not
+     * woken by a completion) but an eventfd the kernel signals for every
+     * CQE, deferred task work included.  Disabled until a host asks for it
+     * (kernels before 5.8 cannot disable it: then it is always on).
+     */
+    loop->nfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    rc = loop->nfd < 0 ? -errno : io_uring_register_eventfd(&loop->ring,
+                                                            loop->nfd);
+    if (rc < 0) {
+        kv__set_errmsg("kv_loop_new: %s: %s",
+                       loop->nfd < 0 ? "eventfd" : "io_uring_register_eventfd",
+                       strerror(-rc));
+        rc = rc == -ENOMEM ? KV_ENOMEM : KV_ERROR;
+        if (loop->nfd >= 0)
+            close(loop->nfd);
+        io_uring_queue_exit(&loop->ring);
+        close(loop->efd);
+        kv__free(loop);
+        return rc;
+    }
+    (void)io_uring_cq_eventfd_toggle(&loop->ring, false);
 
     /* Fewer fd lookups per enter; optional (liburing 2.2+, Linux 5.18+). */
     (void)io_uring_register_ring_fd(&loop->ring);
@@ -371,6 +436,56 @@ kv__list *kv__loop_ready(kv_loop *loop)
 /* Pool completions                                                         */
 /* ------------------------------------------------------------------------ */
 
+/* Add 1 to an eventfd (any thread).  EAGAIN: saturated, so readable. */
+static void efd_signal(int fd)
+{
+    uint64_t one = 1;
+    ssize_t w;
+    do {
+        w = write(fd, &one, sizeof one);
+    } while (w < 0 && errno == EINTR);
+}
+
+/* Empty an eventfd (non-blocking; already empty is fine). */
+static void efd_drain(int fd)
+{
+    uint64_t v;
+    ssize_t r;
+    do {
+        r = read(fd, &v, sizeof v);
+    } while (r < 0 && errno == EINTR);
+}
+
+/*
+ * Any thread, after publishing work for the loop (a posted job, a wake):
+ * if the loop may be asleep, write the descriptor it sleeps on.  Signals
+ * coalesce: only the poster that takes sleeping to 0 writes.  A host's
+ * descriptor is written directly in io_uring mode: through efd, the ring's
+ * READ would signal it only after an RCU grace period with DEFER_TASKRUN
+ * (the kernel defers an eventfd signal raised inside another one's
+ * wake-up).  In fallback mode efd is in the host's epoll set.
+ */
+static void signal_loop(kv_loop *loop)
+{
+    unsigned how = atomic_load(&loop->sleeping);
+    if (how != 0 && (how = atomic_exchange(&loop->sleeping, 0)) != 0) {
+        /* Counted first: the loop may read the stats as soon as it wakes. */
+        atomic_fetch_add_explicit(&loop->wakes, 1, memory_order_relaxed);
+        efd_signal(how == SLEEP_HOST && loop->emu == NULL ? loop->nfd
+                                                          : loop->efd);
+    }
+}
+
+/*
+ * Work other threads hand the loop, re-checked after sleeping is set (the
+ * sleep protocol): every such list belongs here.
+ */
+static bool remote_work(kv_loop *loop)
+{
+    return atomic_load(&loop->posted) != NULL ||
+           atomic_load(&loop->wake_req) != 0;
+}
+
 /*
  * A job's post (any thread: a worker, or the loop thread for a cancel).
  * Signals coalesce: the eventfd is written only when the loop may be
@@ -385,16 +500,7 @@ static void post_job(kv__job *job)
         job->next = head;
     } while (!atomic_compare_exchange_weak(&loop->posted, &head, job));
     /* job may be finished and freed by the loop from here on. */
-    if (atomic_load(&loop->sleeping) && atomic_exchange(&loop->sleeping, 0)) {
-        uint64_t one = 1;
-        ssize_t w;
-        /* Counted first: the loop may read the stats as soon as it wakes. */
-        atomic_fetch_add_explicit(&loop->wakes, 1, memory_order_relaxed);
-        do {
-            w = write(loop->efd, &one, sizeof one);
-        } while (w < 0 && errno == EINTR);
-        /* EAGAIN: the counter is saturated, so the loop is woken anyway. */
-    }
+    signal_loop(loop);
     atomic_fetch_sub(&loop->posting, 1);
 }
 
@@ -658,9 +764,9 @@ static int emu_enter(kv_loop *loop, bool wait, unsigned timeout_ms)
         return r;
     if (!wait || kv__emu_pending_local(loop->emu))
         return KV_OK;
-    atomic_store(&loop->sleeping, 1);
+    atomic_store(&loop->sleeping, SLEEP_RING);
     r = KV_OK;
-    if (atomic_load(&loop->posted) == NULL)
+    if (!remote_work(loop))
         r = kv__emu_wait(loop->emu, loop->efd, timeout_ms);
     atomic_store(&loop->sleeping, 0);
     if (r == 1)
@@ -695,7 +801,9 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
         } else if (wait) {
             r = io_uring_submit_and_wait(&loop->ring, 1);
         } else {
-            if (loop->inflight == 0 && io_uring_sq_ready(&loop->ring) == 0)
+            /* The wake READ counts: its CQE may be deferred task work. */
+            if (loop->inflight == 0 && !loop->wake_armed &&
+                io_uring_sq_ready(&loop->ring) == 0)
                 return KV_OK;
 #ifdef HAVE_IO_URING_SUBMIT_AND_GET_EVENTS
             r = io_uring_submit_and_get_events(&loop->ring);
@@ -731,6 +839,9 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
 static int turn(kv_loop *loop, kv_run_mode mode)
 {
     loop->st.turns++;
+    /* A kv_loop_wake made before this point is answered by this turn. */
+    if (atomic_load_explicit(&loop->wake_req, memory_order_relaxed))
+        atomic_store(&loop->wake_req, 0);
     bool progressed = kv__fut_run_ready(loop);
     progressed |= drain_posted(loop);
     progressed |= dispatch_stash(loop);
@@ -739,12 +850,13 @@ static int turn(kv_loop *loop, kv_run_mode mode)
                  kv__list_empty(&loop->ready) &&
                  (loop->inflight > 0 || loop->jobs > 0);
     unsigned timeout_ms = 0;
-    if (block && loop->jobs > 0) {
+    if (block) {
+        /* Armed even without jobs: kv_loop_wake must end the wait. */
         arm_wake(loop);
         if (!loop->wake_armed)
             timeout_ms = 1; /* could not arm: poll the list instead */
-        atomic_store(&loop->sleeping, 1);
-        if (atomic_load(&loop->posted) != NULL) {
+        atomic_store(&loop->sleeping, SLEEP_RING);
+        if (remote_work(loop)) {
             atomic_store(&loop->sleeping, 0);
             block = false;
         }
@@ -762,6 +874,9 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     return KV_OK;
 }
 
+static void host_begin(kv_loop *loop);
+static int host_settle(kv_loop *loop);
+
 int kv_loop_run(kv_loop *loop, kv_run_mode mode)
 {
     if (loop == NULL || loop->running)
@@ -774,14 +889,121 @@ int kv_loop_run(kv_loop *loop, kv_run_mode mode)
         return KV_EINVAL;
     }
     loop->running = true;
+    bool hosted = atomic_load_explicit(&loop->hosted, memory_order_relaxed);
+    if (hosted)
+        host_begin(loop);
     int rc;
     do {
         rc = turn(loop, mode);
     } while (rc == KV_OK && mode == KV_RUN_DEFAULT && !kv__loop_stalled(loop));
+    if (rc == KV_OK && hosted)
+        rc = host_settle(loop);
+    else if (rc == KV_OK && mode == KV_RUN_NOWAIT)
+        rc = kv__loop_flush(loop); /* leave nothing unsubmitted */
     loop->running = false;
     if (rc < 0)
         return rc;
     return kv_loop_alive(loop) ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Host-driven loops (kv_loop_fd, kv_loop_timeout, kv_loop_wake)            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The first kv_loop_fd or kv_loop_timeout (any thread): turn the kernel's
+ * signal of nfd on and make every run end with host_settle.  The flag word
+ * of the CQ ring is written by the application only, and only here after
+ * kv_loop_new.
+ */
+static void host_enable(kv_loop *loop)
+{
+    if (atomic_load_explicit(&loop->hosted, memory_order_acquire))
+        return;
+    if (loop->emu == NULL)
+        (void)io_uring_cq_eventfd_toggle(&loop->ring, true);
+    atomic_store(&loop->hosted, 1);
+}
+
+/*
+ * Start of a host-driven run: consume the notification.  Whatever arrives
+ * from here on signals nfd again (a CQE, deferred task work: the kernel;
+ * a post or a wake: signal_loop, once host_settle set SLEEP_HOST), and
+ * what arrived before is collected by this run (the turn's enter flushes
+ * deferred task work, and host_settle looks at the posted lists).  So
+ * the fd is never left quiet with work pending; at worst it is readable
+ * once for work this run already did.
+ */
+static void host_begin(kv_loop *loop)
+{
+    /* Posts during the run need no eventfd write: host_settle looks. */
+    atomic_store(&loop->sleeping, 0);
+    efd_drain(loop->emu != NULL ? loop->efd : loop->nfd);
+}
+
+/*
+ * End of a host-driven run (any mode): submit everything prepared, set
+ * sleeping to SLEEP_HOST (the sleep protocol, so a post or a wake signals
+ * the fd), then make the fd readable again if work is ready now:
+ * level-triggered in effect.
+ */
+static int host_settle(kv_loop *loop)
+{
+    int rc = kv__loop_flush(loop);
+    if (rc < 0)
+        return rc;
+    if (loop->emu != NULL)
+        kv__emu_host_sync(loop->emu, loop->nfd);
+    atomic_store(&loop->sleeping, SLEEP_HOST);
+    bool ready = remote_work(loop) || !kv__list_empty(&loop->ready) ||
+                 loop->nstash > 0;
+    if (loop->emu != NULL)
+        ready = ready || kv__emu_pending_local(loop->emu);
+    else
+        ready = ready || io_uring_cq_ready(&loop->ring) > 0;
+    if (ready)
+        efd_signal(loop->emu != NULL ? loop->efd : loop->nfd);
+    loop->host_primed = true;
+    return KV_OK;
+}
+
+int kv_loop_fd(const kv_loop *cloop)
+{
+    if (cloop == NULL)
+        return KV_EINVAL;
+    kv_loop *loop = (kv_loop *)cloop; /* only its atomic words change */
+    host_enable(loop);
+    return loop->nfd;
+}
+
+int kv_loop_timeout(const kv_loop *cloop)
+{
+    if (cloop == NULL)
+        return KV_EINVAL;
+    kv_loop *loop = (kv_loop *)cloop;
+    host_enable(loop);
+    if (!loop->host_primed)
+        return 0; /* no run has armed the fd yet */
+    if (io_uring_sq_ready(&loop->ring) > 0 || !kv__list_empty(&loop->ready) ||
+        loop->nstash > 0 || remote_work(loop))
+        return 0;
+    if (loop->emu != NULL) {
+        if (kv__emu_pending_local(loop->emu))
+            return 0;
+        return kv__emu_timeout_ms(loop->emu);
+    }
+    if (io_uring_cq_ready(&loop->ring) > 0)
+        return 0;
+    return -1;
+}
+
+int kv_loop_wake(kv_loop *loop)
+{
+    if (loop == NULL)
+        return KV_EINVAL;
+    atomic_store(&loop->wake_req, 1);
+    signal_loop(loop);
+    return KV_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -825,6 +1047,7 @@ int kv_loop_free(kv_loop *loop)
         kv__emu_free(loop->emu); /* fallback: no ring to exit */
     else
         io_uring_queue_exit(&loop->ring);
+    close(loop->nfd);
     close(loop->efd);
     kv__free(loop->stash);
     kv__free(loop);

@@ -17,6 +17,8 @@
 #include <stdio.h> /* renameat */
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -45,12 +47,21 @@ typedef struct emu_cqe {
     int32_t res;
 } emu_cqe;
 
+/* A socket in the host's epoll set (kv__emu_host_sync). */
+typedef struct emu_reg {
+    int fd;
+    uint32_t events; /* registered now (0: not registered) */
+    uint32_t want;   /* wanted by the sockets waiting now */
+    bool renew;      /* a new wait since: re-register (the fd may be new) */
+} emu_reg;
+
 typedef struct emu_req {
     kv__job job;
     kv__emu *emu;
     kv__list live;               /* e->live: every req not yet dispatched */
     struct emu_req *lnext;       /* e->timers, e->socks or e->local        */
     int kind;
+    bool unsynced; /* REQ_SOCK: not yet seen by kv__emu_host_sync */
     int64_t deadline; /* REQ_TIMER: CLOCK_MONOTONIC ns */
     unsigned n;
     emu_ent ent[];
@@ -70,6 +81,9 @@ struct kv__emu {
     size_t cappfds;
     emu_cqe *cq; /* ring of cq_cap, cq_n from cq_head; allocated at new */
     unsigned cq_cap, cq_head, cq_n;
+    emu_reg *regs; /* host-driven loops: sockets in the epoll set */
+    size_t nregs, capregs;
+    bool reg_failed;  /* a socket is missing from the epoll set */
 };
 
 static const int supported[] = {
@@ -155,6 +169,7 @@ void kv__emu_free(kv__emu *e)
         return;
     kv_pool_free(e->pool);
     kv__free(e->pfds);
+    kv__free(e->regs);
     kv__free(e->sqes);
     kv__free(e->cq);
     kv__free(e);
@@ -514,6 +529,7 @@ static bool start_chain(kv__emu *e, unsigned head, unsigned n)
         q->kind = REQ_SOCK;
         q->lnext = e->socks;
         e->socks = q;
+        q->unsynced = true;
     } else if (n == 1 && is_local(&q->ent[0].sqe)) {
         start_local(e, q);
     } else {
@@ -679,4 +695,110 @@ int kv__emu_wait(kv__emu *e, int efd, unsigned timeout_ms)
 bool kv__emu_pending_local(const kv__emu *e)
 {
     return e->local_head != NULL || e->cq_n > 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Host-driven loops: the epoll set behind kv_loop_fd                       */
+/* ------------------------------------------------------------------------ */
+
+static emu_reg *reg_find(kv__emu *e, int fd)
+{
+    for (size_t i = 0; i < e->nregs; i++)
+        if (e->regs[i].fd == fd)
+            return &e->regs[i];
+    return NULL;
+}
+
+static emu_reg *reg_add(kv__emu *e, int fd)
+{
+    if (e->nregs == e->capregs) {
+        size_t cap = e->capregs ? e->capregs * 2 : 8;
+        emu_reg *r = kv__realloc(e->regs, cap * sizeof *r);
+        if (r == NULL)
+            return NULL;
+        e->regs = r;
+        e->capregs = cap;
+    }
+    emu_reg *r = &e->regs[e->nregs++];
+    r->fd = fd;
+    r->events = 0;
+    r->want = 0;
+    r->renew = false;
+    return r;
+}
+
+/* Register fd for events: MOD, or ADD if it is not (or no longer) there. */
+static int reg_set(int epfd, int fd, uint32_t events, bool known)
+{
+    struct epoll_event ev = {.events = events};
+    ev.data.fd = fd;
+    int op = known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(epfd, op, fd, &ev) == 0)
+        return 0;
+    if (known && errno == ENOENT) /* closed, and the number reused */
+        op = EPOLL_CTL_ADD;
+    else if (!known && errno == EEXIST)
+        op = EPOLL_CTL_MOD;
+    else
+        return -1;
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+
+void kv__emu_host_sync(kv__emu *e, int epfd)
+{
+    bool failed = false;
+    for (size_t i = 0; i < e->nregs; i++) {
+        e->regs[i].want = 0;
+        e->regs[i].renew = false;
+    }
+    for (emu_req *q = e->socks; q != NULL; q = q->lnext) {
+        const struct io_uring_sqe *s = &q->ent[0].sqe;
+        emu_reg *r = reg_find(e, s->fd);
+        if (r == NULL && (r = reg_add(e, s->fd)) == NULL) {
+            failed = true;
+            continue;
+        }
+        r->want |= s->opcode == IORING_OP_SEND ? EPOLLOUT : EPOLLIN;
+        /* The same number may now be another socket: the kernel dropped
+         * the old one's registration when it was closed. */
+        r->renew |= q->unsynced;
+        q->unsynced = false;
+    }
+    for (size_t i = 0; i < e->nregs;) {
+        emu_reg *r = &e->regs[i];
+        if (r->want == 0) {
+            if (r->events != 0) {
+                struct epoll_event ev = {0};
+                /* ENOENT/EBADF: closed already, which removed it. */
+                (void)epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd, &ev);
+            }
+            e->regs[i] = e->regs[--e->nregs];
+            continue;
+        }
+        if (r->want != r->events || r->renew) {
+            if (reg_set(epfd, r->fd, r->want, r->events != 0) == 0) {
+                r->events = r->want;
+            } else {
+                r->events = 0;
+                failed = true;
+            }
+        }
+        i++;
+    }
+    e->reg_failed = failed;
+}
+
+int kv__emu_timeout_ms(const kv__emu *e)
+{
+    int ms = -1;
+    if (e->timers != NULL) {
+        int64_t d = e->timers->deadline - now_ns();
+        if (d <= 0)
+            return 0;
+        int64_t m = (d + 999999) / 1000000;
+        ms = m > INT_MAX ? INT_MAX : (int)m;
+    }
+    if (e->reg_failed && (ms < 0 || ms > 1))
+        ms = 1; /* a socket the epoll set lacks: poll it */
+    return ms;
 }
