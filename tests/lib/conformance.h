@@ -159,7 +159,8 @@ typedef struct person {
 } person;
 
 typedef struct pctx {
-    int live; /* decoded objects not yet freed */
+    atomic_int live; /* decoded objects not yet freed (decoded on the
+                    * store's thread, freed on the test's in remote rows) */
 } pctx;
 
 /* The codec's three functions: encode "name:age" (a negative age fails on
