@@ -14,11 +14,9 @@
  *    (-30899..-30800) so they never collide with negated errno values, which
  *    kv_strerror() also understands.
  *
- *  - Threads.  A kv_loop is single-threaded: everything that takes a loop, a
- *    store, a future or an iterator is called on the thread that created the
- *    loop (the "loop thread"), and every callback runs there.  Several loops
- *    on several threads may share one kv_pool.  Key, namespace, record and
- *    error functions are pure and may be called on any thread.
+ *  - Threads.  Store and iterator calls may be made from any thread; loops
+ *    and futures belong to one thread each.  The rules are in one place, the
+ *    "Threads" section below.
  *
  *  - Ownership.  Input pointers are borrowed: the library copies what it
  *    needs before the call returns.  Objects made through an out-parameter
@@ -204,9 +202,10 @@ KV_EXTERN bool kv_loop_alive(const kv_loop *loop);
 
 /*
  * Free the loop.  Fails KV_EBUSY (and frees nothing) while operations are
- * still pending, or inside kv_loop_run: close stores and run the loop
- * first.  Futures may outlive the loop once they are done.  NULL is a no-op
- * (KV_OK).
+ * still pending, inside kv_loop_run, or while a store opened on the loop is
+ * not yet freed (kv_close, then kv_store_free; kv_last_errmsg says how many
+ * are open): close stores and run the loop first.  Futures may outlive the
+ * loop once they are done.  NULL is a no-op (KV_OK).  Loop thread.
  */
 KV_EXTERN int kv_loop_free(kv_loop *loop);
 
@@ -275,6 +274,78 @@ KV_EXTERN int kv_loop_timeout(const kv_loop *loop);
  * KV_EINVAL if loop is NULL.
  */
 KV_EXTERN int kv_loop_wake(kv_loop *loop);
+
+/*
+ * Operations in flight on every store opened on loop: the sum of their
+ * kv_store_inflight.  Any thread (a snapshot).  0 for NULL.
+ */
+KV_EXTERN size_t kv_loop_inflight(const kv_loop *loop);
+
+/* ------------------------------------------------------------------------ */
+/* Threads                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The threading rules, all in one place.
+ *
+ *  - A kv_loop belongs to the thread that created it (its "loop thread"):
+ *    kv_loop_run, kv_loop_free, kv_sleep, kv_pool_work and kv_fut_new on a
+ *    loop are called there.  A future belongs to the loop it completes on:
+ *    every kv_fut_* call on it is made on that loop's thread, and its
+ *    callbacks run there, inside kv_loop_run or kv_wait.
+ *
+ *  - Store and iterator calls (record operations, batches, kv_query_open,
+ *    kv_iter_*, the helpers, kv_close, kv_store_free) may be made from any
+ *    thread.  On the store's own loop thread the call is made at once.  On
+ *    any other thread the arguments are checked and copied (and values
+ *    encoded through the codec) on the calling thread, then the request is
+ *    handed to the store's loop (a lock-free list and an eventfd wake; no
+ *    lock is held across I/O) and made there at its next turn.  The future
+ *    returned belongs to the calling thread: it completes on the calling
+ *    thread's loop (see kv_thread_loop), where its callbacks run.  The
+ *    store's loop thread must keep running its loop (kv_loop_run or
+ *    kv_wait) for forwarded calls to progress.
+ *
+ *  - A thread with no loop of its own gets a private one on its first
+ *    forwarded call (kv_thread_loop); kv_wait on the future runs it, so on
+ *    such a thread then-callbacks, middleware and producers run inside
+ *    kv_wait (or kv_loop_run(kv_thread_loop(), ...)) on that thread.  The
+ *    private loop is freed when the thread exits (after any forwarded call
+ *    still in flight has come back).
+ *
+ *  - Where user code runs for a forwarded call: a codec's encode on the
+ *    calling thread (the call encodes before it returns); a codec's decode
+ *    of a typed read on the store's loop thread (the decoded objects then
+ *    travel to the caller, and free_obj runs where the result is freed);
+ *    the helpers' middleware and producers on the calling thread (each
+ *    operation a helper makes is forwarded on its own).  So a codec used
+ *    from several threads must be thread-safe.
+ *
+ *  - kv_fut_cancel on a forwarded call's future completes it KV_ECANCELED
+ *    at once; the call is not started if the store's loop has not taken it
+ *    yet, else it runs to completion and its result is discarded.
+ *
+ *  - Ordering: calls made from one thread to one store are started in the
+ *    order they were made; calls from different threads are not ordered.
+ *
+ *  - Iterators are served on the store's loop thread; a kv_iter may be
+ *    used from any thread (each call is forwarded), but not concurrently
+ *    with its own kv_iter_free.
+ *
+ *  - Key, namespace, record and error functions are pure and may be called
+ *    on any thread; kv_last_errmsg is per thread.  Several loops on several
+ *    threads may share one kv_pool.
+ */
+
+/*
+ * The calling thread's loop: the first loop it created (and has not freed),
+ * or else its private loop, created on the first call (a small ring; freed
+ * at thread exit, or by kv_loop_free, after which a later call makes a new
+ * one).  Futures of store calls made on this thread complete there; a
+ * producer or middleware running on a loopless thread makes its kv_fut_new
+ * futures on it.  NULL if no loop can be made (kv_last_errmsg says why).
+ */
+KV_EXTERN kv_loop *kv_thread_loop(void);
 
 /* ------------------------------------------------------------------------ */
 /* Pool                                                                     */
@@ -707,18 +778,41 @@ KV_EXTERN const char *kv_store_backend(const kv_store *store);
  * Close the store: idempotent (every call returns a future that completes
  * when the store is fully closed, with the backend's close status).
  * In-flight operations complete KV_ECANCELED (pending kv_iter_next calls
- * too); undisposed iterators are released; every later call fails
- * KV_ECLOSED, and next / fetch_all on its iterators KV_EITER.
+ * too; calls forwarded from other threads that arrive after the close
+ * KV_ECLOSED); undisposed iterators are released; every later call fails
+ * KV_ECLOSED, and next / fetch_all on its iterators KV_EITER.  Any thread.
  */
 KV_EXTERN kv_fut *kv_close(kv_store *store);
 
 /*
- * Free a closed store's handle.  If the store was not closed, it is closed
- * and the loop run until the close completes (so, then, not from inside a
- * callback).  Iterators may outlive the handle: calls on them fail
- * KV_EITER until kv_iter_free.  NULL is a no-op.
+ * Free the store's handle.  On the store's loop thread: if the store was
+ * not closed, it is closed and the loop run until the close completes (from
+ * inside a callback, where the loop cannot run, the handle is freed once
+ * the close completes).  From any other thread: the free is handed to the
+ * store's loop and done there at its next turn (after closing, if needed);
+ * call it once no other thread uses the store, typically after kv_close's
+ * future completed.  Either way kv_loop_free of the store's loop fails
+ * KV_EBUSY until the handle is freed.  Iterators may outlive the handle:
+ * calls on them fail KV_EITER until kv_iter_free.  NULL is a no-op.
  */
 KV_EXTERN void kv_store_free(kv_store *store);
+
+/* The loop the store was opened on (its loop thread serves it); NULL for a
+ * NULL store.  Any thread. */
+KV_EXTERN kv_loop *kv_store_loop(const kv_store *store);
+
+/*
+ * Admission control.  kv_store_inflight: the store's operations accepted
+ * and not yet completed by it (record operations, batches, query opens;
+ * each step of a helper counts while it runs), from any thread (a
+ * snapshot).  kv_store_set_max_inflight: beyond max such operations, a new
+ * one fails at once with a future already failed KV_EBUSY ("kv_put: 1024
+ * operations in flight (the store's limit)") instead of queueing without
+ * bound; 0 (the default) means no limit.  Any thread; KV_OK, or KV_EINVAL
+ * for a NULL store.
+ */
+KV_EXTERN size_t kv_store_inflight(const kv_store *store);
+KV_EXTERN int kv_store_set_max_inflight(kv_store *store, size_t max);
 
 /* True if atomic batches are available (sqlite: yes; fs: no; redis: yes,
  * within one hash slot: see kv_redis_open). */

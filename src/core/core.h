@@ -80,6 +80,39 @@ bool kv__loop_has_op(const kv_loop *loop, int opcode);
  */
 bool kv__loop_stalled(const kv_loop *loop);
 
+/*
+ * Threads (loop.c, thread.c).  A call forwarded to a loop from any thread:
+ * run(c) runs on the loop's thread at its next turn, oldest first; the
+ * loop touches c no more once run is called (run may free it).
+ */
+typedef struct kv__call kv__call;
+struct kv__call {
+    void (*run)(kv__call *c);
+    kv__call *next; /* the loop's list */
+};
+/* Push c on loop's list of forwarded calls and wake it.  Any thread. */
+void kv__loop_call(kv_loop *loop, kv__call *c);
+/* Wake loop if it sleeps or is about to (the eventfd).  Any thread. */
+void kv__loop_signal(kv_loop *loop);
+/*
+ * Count job as pending on loop (alive, and kv_wait blocks for it) until
+ * some thread calls job->post(job): job->done then runs on loop's thread.
+ * Loop thread; job->done must be set.
+ */
+void kv__loop_expect(kv_loop *loop, kv__job *job);
+/* True on loop's own thread (the one that created it).  Any thread. */
+bool kv__loop_on_thread(const kv_loop *loop);
+/* Stores opened on loop (+1 / -1; kv_loop_free fails while > 0) and their
+ * operations in flight (kv_loop_inflight).  Any thread. */
+void kv__loop_stores_add(kv_loop *loop, int delta);
+void kv__loop_ops_add(kv_loop *loop, int delta);
+/*
+ * The calling thread's loop: the first loop it created that is not freed,
+ * else a private one made now (and freed at thread exit).  NULL if none can
+ * be made (kv_last_errmsg says why).  Any thread.
+ */
+kv_loop *kv__thread_loop(void);
+
 /* Counters, for tools/loopbench and tests (loop thread; wakes any thread). */
 typedef struct kv__loop_stats {
     uint64_t turns;     /* kv_loop_run iterations                          */
@@ -231,5 +264,32 @@ void *kv__fut_result(const kv_fut *f, const kv__fut_kind *kind, size_t *n);
 /* Take f's result of kind out of it, done or not (the caller owns it
  * afterwards); NULL with *n 0 if there is none or it is hidden. */
 void *kv__fut_take_result(kv_fut *f, const kv__fut_kind *kind, size_t *n);
+
+/*
+ * Moving a done future's outcome to a future of another loop (a call
+ * forwarded to another thread): export takes status, message and results
+ * out of src (on src's thread) into x, plain memory that may cross threads;
+ * import completes dst with them (on dst's thread) and leaves x empty; a
+ * dst already done (cancelled) gets nothing and x's results are released.
+ */
+typedef struct kv__fut_xfer {
+    int status;
+    char *msg;
+    unsigned have;
+    bool bval;
+    uint64_t token;
+    void *bytes;
+    size_t nbytes;
+    void *obj;
+    const kv__fut_kind *rkind;
+    void *rptr;
+    size_t rn;
+    bool raux_set;
+    kv__fut_aux raux;
+} kv__fut_xfer;
+void kv__fut_export(kv_fut *src, kv__fut_xfer *x);
+void kv__fut_import(kv_fut *dst, kv__fut_xfer *x);
+/* Release what x holds (nobody imports it). */
+void kv__fut_xfer_release(kv__fut_xfer *x);
 
 #endif /* KV_CORE_H */

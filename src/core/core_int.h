@@ -72,4 +72,9 @@ kv__list *kv__loop_ready(kv_loop *loop);
  * any callback ran.  loop.c calls it each turn.
  */
 bool kv__fut_run_ready(kv_loop *loop);
+
+/* thread.c: loop.c's kv_loop_new names the new loop the thread's own (if it
+ * has none yet); kv_loop_free forgets it. */
+void kv__thread_adopt(kv_loop *loop);
+void kv__thread_disown(kv_loop *loop);
 #endif /* KV_CORE_INT_H */

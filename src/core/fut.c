@@ -531,3 +531,73 @@ void *kv_fut_obj(const kv_fut *fut)
         return NULL;
     return fut->obj;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Moving an outcome to a future of another loop (forwarded calls)          */
+/* ------------------------------------------------------------------------ */
+
+void kv__fut_export(kv_fut *src, kv__fut_xfer *x)
+{
+    memset(x, 0, sizeof *x);
+    if (src == NULL) {
+        x->status = KV_EINVAL;
+        return;
+    }
+    x->status = src->done ? src->status : KV_ERROR;
+    if (x->status != KV_OK && src->msg != NULL)
+        x->msg = kv__strdup(src->msg); /* NULL on OOM: the code's text */
+    if (src->is_static)
+        return;
+    x->have = src->have;
+    x->bval = src->bval;
+    x->token = src->token;
+    x->bytes = src->bytes;
+    x->nbytes = src->nbytes;
+    x->obj = src->obj;
+    src->have = 0;
+    src->bytes = NULL;
+    src->obj = NULL;
+    if (src->rkind != NULL && !src->rhidden) {
+        x->rkind = src->rkind;
+        x->rptr = src->rptr;
+        x->rn = src->rn;
+        x->raux_set = src->raux_set;
+        x->raux = src->raux;
+        src->rkind = NULL;
+        src->rptr = NULL;
+        src->rn = 0;
+    }
+}
+
+void kv__fut_import(kv_fut *dst, kv__fut_xfer *x)
+{
+    if (x->have & R_BOOL)
+        kv__fut_set_bool(dst, x->bval);
+    if (x->have & R_TOKEN)
+        kv__fut_set_token(dst, x->token);
+    if (x->have & R_BYTES)
+        kv__fut_set_bytes(dst, x->bytes, x->nbytes); /* frees if dst done */
+    if ((x->have & R_OBJ) && dst != NULL && !dst->is_static && !dst->done) {
+        dst->obj = x->obj;
+        dst->have |= R_OBJ;
+    }
+    if (x->rkind != NULL) /* released at once (or with dst) if dst is done */
+        kv__fut_set_result(dst, x->rkind, x->rptr, x->rn,
+                           x->raux_set ? &x->raux : NULL);
+    if (x->msg != NULL)
+        kv__fut_finish(dst, x->status, "%s", x->msg);
+    else
+        kv__fut_finish(dst, x->status, NULL);
+    kv__free(x->msg);
+    memset(x, 0, sizeof *x);
+}
+
+void kv__fut_xfer_release(kv__fut_xfer *x)
+{
+    if (x->have & R_BYTES)
+        kv__free(x->bytes);
+    if (x->rkind != NULL)
+        x->rkind->release(x->rptr, x->rn, x->raux_set ? &x->raux : NULL);
+    kv__free(x->msg);
+    memset(x, 0, sizeof *x);
+}

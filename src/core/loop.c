@@ -103,6 +103,16 @@ struct kv_loop {
      */
     atomic_uint wake_req;
     atomic_uint hosted;
+    /*
+     * calls:   Treiber stack of calls forwarded from other threads
+     *          (kv__loop_call), pushed and taken like posted.
+     * nstores: stores opened on this loop and not yet freed (kv_loop_free
+     *          fails KV_EBUSY while any is).
+     * nops:    operations in flight on those stores (kv_loop_inflight).
+     */
+    _Atomic(kv__call *) calls;
+    atomic_size_t nstores;
+    atomic_size_t nops;
     char pad1[CACHELINE];
 };
 
@@ -273,6 +283,9 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
     atomic_init(&loop->wake_req, 0);
     atomic_init(&loop->hosted, 0);
     loop->nfd = -1;
+    atomic_init(&loop->calls, NULL);
+    atomic_init(&loop->nstores, 0);
+    atomic_init(&loop->nops, 0);
     /*
      * Non-blocking so a poster never blocks in write(); the ring's READ is
      * still poll-driven on current kernels (an old one that answers -EAGAIN
@@ -315,6 +328,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
             loop->cq_entries = cq;
             kv__emu_probe(loop->ops);
             loop->owner = pthread_self();
+            kv__thread_adopt(loop);
             *out = loop;
             return KV_OK;
         }
@@ -367,6 +381,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
     const char *preload = getenv("LD_PRELOAD");
     loop->valgrind = preload != NULL && strstr(preload, "vgpreload") != NULL;
     loop->owner = pthread_self();
+    kv__thread_adopt(loop);
     *out = loop;
     return KV_OK;
 }
@@ -401,13 +416,15 @@ bool kv_loop_alive(const kv_loop *loop)
     if (loop == NULL)
         return false;
     return loop->inflight > 0 || loop->jobs > 0 ||
-           !kv__list_empty(&loop->ready) || loop->refs > 0 || loop->nstash > 0;
+           !kv__list_empty(&loop->ready) || loop->refs > 0 ||
+           loop->nstash > 0 || atomic_load(&((kv_loop *)loop)->calls) != NULL;
 }
 
 bool kv__loop_stalled(const kv_loop *loop)
 {
     return loop->inflight == 0 && loop->jobs == 0 &&
-           kv__list_empty(&loop->ready) && loop->nstash == 0;
+           kv__list_empty(&loop->ready) && loop->nstash == 0 &&
+           atomic_load(&((kv_loop *)loop)->calls) == NULL;
 }
 
 void kv__loop_ref(kv_loop *loop)
@@ -483,6 +500,7 @@ static void signal_loop(kv_loop *loop)
 static bool remote_work(kv_loop *loop)
 {
     return atomic_load(&loop->posted) != NULL ||
+           atomic_load(&loop->calls) != NULL ||
            atomic_load(&loop->wake_req) != 0;
 }
 
@@ -511,6 +529,85 @@ void kv__pool_submit(kv_pool *pool, kv_loop *loop, kv__job *job)
     /* Pending, and alive, until drain_posted has finished it. */
     loop->jobs++;
     kv__pool_enqueue(pool, job);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Calls forwarded from other threads                                       */
+/* ------------------------------------------------------------------------ */
+
+void kv__loop_signal(kv_loop *loop)
+{
+    signal_loop(loop);
+}
+
+void kv__loop_call(kv_loop *loop, kv__call *c)
+{
+    atomic_fetch_add(&loop->posting, 1);
+    kv__call *head = atomic_load_explicit(&loop->calls, memory_order_relaxed);
+    do {
+        c->next = head;
+    } while (!atomic_compare_exchange_weak(&loop->calls, &head, c));
+    /* c may be run and freed by the loop from here on. */
+    kv__loop_signal(loop);
+    atomic_fetch_sub(&loop->posting, 1);
+}
+
+/* Run every forwarded call, oldest first.  True if any. */
+static bool drain_calls(kv_loop *loop)
+{
+    if (atomic_load_explicit(&loop->calls, memory_order_relaxed) == NULL)
+        return false;
+    kv__call *list = atomic_exchange(&loop->calls, NULL);
+    kv__call *fifo = NULL;
+    while (list != NULL) {
+        kv__call *next = list->next;
+        list->next = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo != NULL) {
+        kv__call *next = fifo->next; /* run may free the call */
+        fifo->run(fifo);
+        fifo = next;
+    }
+    return true;
+}
+
+void kv__loop_expect(kv_loop *loop, kv__job *job)
+{
+    job->loop = loop;
+    job->post = post_job;
+    job->status = KV_OK;
+    loop->jobs++; /* pending, and alive, until drain_posted finished it */
+}
+
+bool kv__loop_on_thread(const kv_loop *loop)
+{
+    return pthread_equal(pthread_self(), loop->owner);
+}
+
+void kv__loop_stores_add(kv_loop *loop, int delta)
+{
+    if (delta > 0)
+        atomic_fetch_add(&loop->nstores, 1);
+    else
+        atomic_fetch_sub(&loop->nstores, 1);
+}
+
+void kv__loop_ops_add(kv_loop *loop, int delta)
+{
+    if (delta > 0)
+        atomic_fetch_add_explicit(&loop->nops, 1, memory_order_relaxed);
+    else
+        atomic_fetch_sub_explicit(&loop->nops, 1, memory_order_relaxed);
+}
+
+size_t kv_loop_inflight(const kv_loop *loop)
+{
+    if (loop == NULL)
+        return 0;
+    return atomic_load_explicit(&((kv_loop *)loop)->nops,
+                                memory_order_relaxed);
 }
 
 /* Take every posted job, oldest first, and finish it.  True if any. */
@@ -843,6 +940,7 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     if (atomic_load_explicit(&loop->wake_req, memory_order_relaxed))
         atomic_store(&loop->wake_req, 0);
     bool progressed = kv__fut_run_ready(loop);
+    progressed |= drain_calls(loop);
     progressed |= drain_posted(loop);
     progressed |= dispatch_stash(loop);
 
@@ -869,6 +967,7 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     if (rc < 0)
         return rc;
     reap(loop);
+    drain_calls(loop);
     drain_posted(loop);
     kv__fut_run_ready(loop);
     return KV_OK;
@@ -1037,8 +1136,18 @@ int kv_loop_free(kv_loop *loop)
     if (loop == NULL)
         return KV_OK;
     if (loop->running || kv_loop_alive(loop) ||
-        atomic_load(&loop->posted) != NULL)
+        atomic_load(&loop->posted) != NULL ||
+        atomic_load(&loop->calls) != NULL)
         return KV_EBUSY;
+    size_t nstores = atomic_load(&loop->nstores);
+    if (nstores > 0) {
+        kv__set_errmsg("kv_loop_free: %zu store%s opened on the loop %s still "
+                       "open (kv_close and kv_store_free first)",
+                       nstores, nstores == 1 ? "" : "s",
+                       nstores == 1 ? "is" : "are");
+        return KV_EBUSY;
+    }
+    kv__thread_disown(loop);
     disarm_wake(loop);
     /* A worker may still be inside kv__loop_post after its push. */
     while (atomic_load(&loop->posting) != 0)

@@ -72,6 +72,7 @@ struct kv__req {
     int kind;
     kv_codec codec;
     bool typed;
+    bool counted;      /* in the store's operations in flight (admission) */
     /* completion hook for iterator and close requests (NULL: generic) */
     void (*done)(kv__req *req, int status, const char *msg);
 };
@@ -111,12 +112,16 @@ struct kv_store {
     kv_pool *pool;
     unsigned flags;      /* KV_READONLY, ... */
     /* store.c private below */
-    int state;
+    _Atomic int state;   /* read by any thread (the argument checks) */
     kv__list inflight;   /* kv__req.link, newest first */
     size_t ninflight;
     kv__list iters;      /* live iterators (kv_iter.link), newest first */
     kv_fut *close_fut;
     kv__req *close_req;  /* allocated up front: close never fails on OOM */
+    atomic_size_t nops;  /* operations accepted, not completed (any thread) */
+    atomic_size_t max_ops; /* 0: no limit */
+    bool free_when_closed; /* kv_store_free from another thread */
+    kv__call free_call;  /* that free, forwarded to the loop thread */
 };
 
 /* Make a store over a backend (called by kv_sqlite_open / kv_fs_open). */
@@ -139,11 +144,13 @@ struct kv_iter {
     bool fetching;
     struct kv__waiter *waiters, *waiters_tail;
     kv_loop *loop;       /* survives kv_store_free */
-    bool finished;       /* a next returned the end */
+    _Atomic bool finished; /* a next returned the end (kv_iter_finished reads
+                            * it from any thread) */
     bool freed;          /* kv_iter_free called: free when idle */
     bool disposing;      /* ITER_DISPOSE in flight */
     kv_fut *dispose_fut; /* internal; user dispose futures relay it */
     kv__req *dispose_req; /* allocated at open: dispose never fails on OOM */
+    kv__call free_call;  /* kv_iter_free from another thread */
 };
 
 /*

@@ -307,9 +307,9 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
     if (f != NULL)
         return f;
     if (max_retries == 0) {
-        f = kv__fut_new(s->loop);
+        f = kv__fut_new(kv__floop(s));
         if (f == NULL)
-            return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+            return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
         kv_key **keys = NULL;
         if (n > 0) {
             const kv_key **view = kv__malloc(n * sizeof *view);
@@ -329,7 +329,7 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
         return f;
     }
     if (n == 0)
-        return kv__fut_done_now(s->loop, KV_OK);
+        return kv__fut_done_now(kv__floop(s), KV_OK);
 
     /* Copy the records (encoding typed values once, here). */
     try_op *op = kv__calloc(1, sizeof *op);
@@ -337,7 +337,7 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
     if (op == NULL || copy == NULL) {
         kv__free(op);
         kv__free(copy);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     for (size_t i = 0; i < n; i++) {
         int rc = kv_key_dup(&copy[i].key, recs[i].key);
@@ -349,7 +349,7 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
                 kv__free(b.data);
                 if (rc > 0)
                     rc = KV_ERROR;
-                kv_fut *ef = kv__fut_failed(s->loop, rc,
+                kv_fut *ef = kv__fut_failed(kv__floop(s), rc,
                                             "cannot encode the value of %s: %s",
                                             kv_key_id(recs[i].key),
                                             kv_strerror(rc));
@@ -368,14 +368,14 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
         if (rc != KV_OK) {
             free_recs(copy, i + 1);
             kv__free(op);
-            return kv__fut_failed(s->loop, rc, NULL);
+            return kv__fut_failed(kv__floop(s), rc, NULL);
         }
     }
-    op->fut = kv__fut_new(s->loop);
+    op->fut = kv__fut_new(kv__floop(s));
     if (op->fut == NULL) {
         free_recs(copy, n);
         kv__free(op);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     kv__fut_ref(op->fut);
     op->s = s;
@@ -643,23 +643,23 @@ kv_fut *kv_get_or_put(kv_store *s, const kv_key *key, kv_producer producer,
     if (f != NULL)
         return f;
     if (key == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "key is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "key is NULL");
     if (kv_key_len(key) == 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "key is the empty key");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "key is the empty key");
     if (producer == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "producer is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "producer is NULL");
     if (codec != NULL && (codec->encode == NULL || codec->decode == NULL))
-        return kv__fut_failed(s->loop, KV_EINVAL,
+        return kv__fut_failed(kv__floop(s), KV_EINVAL,
                               "codec needs encode and decode");
     if (max_retries == 0)
-        return kv__fut_failed(s->loop, KV_EMAXRETRIES, "max_retries is 0");
+        return kv__fut_failed(kv__floop(s), KV_EMAXRETRIES, "max_retries is 0");
     gop *op = kv__calloc(1, sizeof *op);
     if (op == NULL || kv_key_dup(&op->key, key) != KV_OK ||
-        (op->fut = kv__fut_new(s->loop)) == NULL) {
+        (op->fut = kv__fut_new(kv__floop(s))) == NULL) {
         if (op != NULL)
             kv_key_free(op->key);
         kv__free(op);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     kv__fut_ref(op->fut);
     op->s = s;

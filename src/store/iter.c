@@ -271,6 +271,8 @@ static kv_fut *check_usable(kv_iter *it)
 
 kv_fut *kv_iter_next(kv_iter *it)
 {
+    if (it != NULL && !kv__loop_on_thread(it->loop))
+        return kv__forward_iter(it, KV__ITER_NEXT, kv__thread_loop());
     kv_fut *f = check_usable(it);
     if (f != NULL)
         return f;
@@ -281,6 +283,8 @@ kv_fut *kv_iter_next(kv_iter *it)
 
 kv_fut *kv_iter_fetch_all(kv_iter *it)
 {
+    if (it != NULL && !kv__loop_on_thread(it->loop))
+        return kv__forward_iter(it, KV__ITER_FETCH_ALL, kv__thread_loop());
     kv_fut *f = check_usable(it);
     if (f != NULL)
         return f;
@@ -361,6 +365,8 @@ kv_fut *kv_iter_dispose(kv_iter *it)
 {
     if (it == NULL)
         return kv__fut_failed(NULL, KV_EINVAL, "iterator is NULL");
+    if (!kv__loop_on_thread(it->loop))
+        return kv__forward_iter(it, KV__ITER_DISPOSE, kv__thread_loop());
     if (it->state == IT_OPEN)
         start_dispose(it);
     if (it->state == IT_CLOSED ||
@@ -385,10 +391,20 @@ kv_fut *kv_iter_dispose(kv_iter *it)
     return f;
 }
 
+static void iter_free_call(kv__call *c)
+{
+    kv_iter_free(KV__CONTAINER_OF(c, kv_iter, free_call));
+}
+
 void kv_iter_free(kv_iter *it)
 {
     if (it == NULL)
         return;
+    if (!kv__loop_on_thread(it->loop)) {
+        it->free_call.run = iter_free_call;
+        kv__loop_call(it->loop, &it->free_call);
+        return;
+    }
     it->freed = true;
     if (it->state == IT_OPEN)
         start_dispose(it);
@@ -483,22 +499,24 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
     if (f != NULL)
         return f;
     if (q == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "query is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "query is NULL");
     if (q->key == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "query key is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "query key is NULL");
     if (q->offset < 0)
-        return kv__fut_failed(s->loop, KV_EINVAL,
+        return kv__fut_failed(kv__floop(s), KV_EINVAL,
                               "query offset %lld is negative",
                               (long long)q->offset);
     if (q->limit < -1)
-        return kv__fut_failed(s->loop, KV_EINVAL,
+        return kv__fut_failed(kv__floop(s), KV_EINVAL,
                               "query limit %lld is below -1",
                               (long long)q->limit);
     if ((int)q->sort < KV_SORT_ASC || (int)q->sort > KV_SORT_NONE)
-        return kv__fut_failed(s->loop, KV_EINVAL, "query sort %d is unknown",
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "query sort %d is unknown",
                               (int)q->sort);
     if (codec != NULL && codec->decode == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "codec has no decode");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "codec has no decode");
+    if (!kv__loop_on_thread(s->loop))
+        return kv__forward_query_open(s, q, codec, kv__thread_loop());
 
     kv_iter *it = kv__calloc(1, sizeof *it);
     kv_key *key = NULL;
@@ -509,7 +527,7 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
         kv__free(it);
         kv__free(req);
         kv__free(dreq);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     kv__list_init(&it->link);
     it->dispose_req = dreq;

@@ -47,9 +47,9 @@ kv_fut *kv__store_check(kv_store *s, bool write)
     if (s == NULL)
         return kv__fut_failed(NULL, KV_EINVAL, "store is NULL");
     if (s->state != ST_OPEN)
-        return kv__fut_failed(s->loop, KV_ECLOSED, "store is closed");
+        return kv__fut_failed(kv__floop(s), KV_ECLOSED, "store is closed");
     if (write && (s->flags & KV_READONLY))
-        return kv__fut_failed(s->loop, KV_EREADONLY, "store is read-only");
+        return kv__fut_failed(kv__floop(s), KV_EREADONLY, "store is read-only");
     return NULL;
 }
 
@@ -157,10 +157,54 @@ void kv__req_submit(kv__req *req)
     s->ops->submit(s, req);
 }
 
+/* The operation's name, for the admission limit's message. */
+static const char *req_name(const kv__req *req)
+{
+    static const char *const names[] = {
+        [K_HAS] = "kv_has",
+        [K_HAS_MANY] = "kv_has_many",
+        [K_GET] = "kv_get",
+        [K_GET_MANY] = "kv_get_many",
+        [K_PUT] = "kv_put",
+        [K_PUT_MANY] = "kv_put_many",
+        [K_DELETE] = "kv_delete",
+        [K_DELETE_MANY] = "kv_delete_many",
+        [K_PUT_ATOMIC] = "kv_put_atomic",
+        [K_DELETE_ATOMIC] = "kv_delete_atomic",
+        [K_MOVE] = "kv_move_prefix_atomic",
+        [K_DROP] = "kv_drop_prefix",
+    };
+    if (req->op == KV__OP_QUERY_OPEN)
+        return "kv_query_open";
+    if (req->kind > K_NONE && req->kind <= K_DROP)
+        return names[req->kind];
+    return "the operation";
+}
+
+/* Count req among the store's operations in flight, unless that passes the
+ * limit: then KV_EBUSY (req is not counted). */
+static int admit(kv__req *req)
+{
+    kv_store *s = req->store;
+    size_t max = atomic_load_explicit(&s->max_ops, memory_order_relaxed);
+    size_t n = atomic_fetch_add(&s->nops, 1) + 1;
+    if (max != 0 && n > max) {
+        atomic_fetch_sub(&s->nops, 1);
+        return KV_EBUSY;
+    }
+    kv__loop_ops_add(s->loop, 1);
+    req->counted = true;
+    return KV_OK;
+}
+
 void kv__req_free(kv__req *req)
 {
     if (req == NULL)
         return;
+    if (req->counted) {
+        atomic_fetch_sub(&req->store->nops, 1);
+        kv__loop_ops_add(req->store->loop, -1);
+    }
     req_unlink(req);
     kv__items_free(req->items, req->n);
     if (req->fut != NULL)
@@ -179,7 +223,7 @@ static void req_on_cancel(kv_fut *f, void *arg)
 }
 
 /* Give req a future (the caller's reference plus the request's) and submit. */
-kv_fut *kv__req_start(kv__req *req)
+static kv_fut *start_here(kv__req *req)
 {
     kv_store *s = req->store;
     kv_fut *f = kv__fut_new(s->loop);
@@ -190,13 +234,54 @@ kv_fut *kv__req_start(kv__req *req)
             req->done(req, KV_ENOMEM, NULL);
         else
             kv__req_free(req);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     kv__fut_ref(f);
     req->fut = f;
     kv__fut_on_cancel(f, req_on_cancel, req);
     kv__req_submit(req);
     return f;
+}
+
+kv_fut *kv__req_start_here(kv__req *req)
+{
+    kv_store *s = req->store;
+    if (s->state != ST_OPEN) {
+        /* Closed while the call travelled from its thread. */
+        if (req->done != NULL)
+            req->done(req, KV_ECLOSED, "store is closed");
+        else
+            kv__req_free(req);
+        return kv__fut_failed(s->loop, KV_ECLOSED, "store is closed");
+    }
+    return start_here(req);
+}
+
+/*
+ * Admission, then: on the store's loop thread, submit now; on any other
+ * thread, forward req to the store's loop (remote.c) and return a future
+ * on the calling thread's loop.
+ */
+kv_fut *kv__req_start(kv__req *req)
+{
+    kv_store *s = req->store;
+    bool here = kv__loop_on_thread(s->loop);
+    kv_loop *floop = here ? s->loop : kv__thread_loop();
+    if (admit(req) != KV_OK) {
+        size_t max = atomic_load_explicit(&s->max_ops, memory_order_relaxed);
+        const char *name = req_name(req);
+        if (req->done != NULL)
+            req->done(req, KV_EBUSY, NULL);
+        else
+            kv__req_free(req);
+        return kv__fut_failed(floop, KV_EBUSY,
+                              "%s: %zu operations in flight (the store's "
+                              "limit)",
+                              name, max);
+    }
+    if (here)
+        return start_here(req);
+    return kv__forward_req(req, floop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -418,14 +503,14 @@ static kv_fut *check_key(kv_store *s, const kv_key *key, const char *what,
 {
     if (key == NULL) {
         if (single)
-            return kv__fut_failed(s->loop, KV_EINVAL, "%s is NULL", what);
-        return kv__fut_failed(s->loop, KV_EINVAL, "%s[%zu] is NULL", what, i);
+            return kv__fut_failed(kv__floop(s), KV_EINVAL, "%s is NULL", what);
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "%s[%zu] is NULL", what, i);
     }
     if (kv_key_len(key) == 0) {
         if (single)
-            return kv__fut_failed(s->loop, KV_EINVAL,
+            return kv__fut_failed(kv__floop(s), KV_EINVAL,
                                   "%s is the empty key", what);
-        return kv__fut_failed(s->loop, KV_EINVAL, "%s[%zu] is the empty key",
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "%s[%zu] is the empty key",
                               what, i);
     }
     return NULL;
@@ -437,9 +522,9 @@ static kv_fut *check_codec(kv_store *s, const kv_codec *codec, bool enc,
     if (codec == NULL)
         return NULL;
     if (enc && codec->encode == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "codec has no encode");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "codec has no encode");
     if (dec && codec->decode == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "codec has no decode");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "codec has no decode");
     return NULL;
 }
 
@@ -451,11 +536,11 @@ kv_fut *kv__check_records(kv_store *s, const kv_record *recs, size_t n,
     if (f != NULL)
         return f;
     if (atomic && !s->ops->atomic_batch)
-        return kv__fut_failed(s->loop, KV_ENOTSUP,
+        return kv__fut_failed(kv__floop(s), KV_ENOTSUP,
                               "the %s backend has no atomic batches",
                               s->ops->name);
     if (recs == NULL && n > 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "records array is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "records array is NULL");
     if (values && (f = check_codec(s, codec, true, false)) != NULL)
         return f;
     for (size_t i = 0; i < n; i++) {
@@ -463,11 +548,11 @@ kv_fut *kv__check_records(kv_store *s, const kv_record *recs, size_t n,
                            single)) != NULL)
             return f;
         if (values && codec == NULL && recs[i].val == NULL && recs[i].len > 0)
-            return kv__fut_failed(s->loop, KV_EINVAL,
+            return kv__fut_failed(kv__floop(s), KV_EINVAL,
                                   "the value of %s is NULL with length %zu",
                                   kv_key_id(recs[i].key), recs[i].len);
         if (values && codec == NULL && recs[i].len > KV_MAX_VALUE_SIZE)
-            return kv__fut_failed(s->loop, KV_EINVAL,
+            return kv__fut_failed(kv__floop(s), KV_EINVAL,
                                   "the value of %s is %zu bytes, more than "
                                   "KV_MAX_VALUE_SIZE",
                                   kv_key_id(recs[i].key), recs[i].len);
@@ -483,13 +568,13 @@ static kv_fut *check_dups(kv_store *s, const void *base, size_t stride,
         return NULL;
     kv__keyset ks;
     if (kv__keyset_init(&ks, n) != KV_OK)
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     const char *p = base;
     for (size_t i = 0; i < n; i++) {
         const kv_key *k = *(const kv_key *const *)(const void *)(p + i * stride + off);
         if (!kv__keyset_add(&ks, k)) {
             kv__keyset_free(&ks);
-            return kv__fut_failed(s->loop, KV_EDUPLICATE,
+            return kv__fut_failed(kv__floop(s), KV_EDUPLICATE,
                                   "the batch names %s twice", kv_key_id(k));
         }
     }
@@ -543,17 +628,17 @@ static kv_fut *write_records(kv_store *s, int kind, kv__opcode op,
     if ((f = check_dups(s, recs, sizeof *recs, offsetof(kv_record, key), n)))
         return f;
     if (kind == K_DELETE && recs[0].token == 0)
-        return kv__fut_failed(s->loop, KV_ECONFLICT,
+        return kv__fut_failed(kv__floop(s), KV_ECONFLICT,
                               "token conflict on %s: token 0 never matches a "
                               "stored record",
                               kv_key_id(recs[0].key));
     if (n == 0)
-        return kv__fut_done_now(s->loop, KV_OK);
+        return kv__fut_done_now(kv__floop(s), KV_OK);
 
     kv__req *req = kv__req_new(s, op);
     if (req == NULL || (req->items = kv__items_new(n)) == NULL) {
         kv__free(req);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     req->n = n;
     req->kind = kind;
@@ -565,10 +650,10 @@ static kv_fut *write_records(kv_store *s, int kind, kv__opcode op,
         if (rc != KV_OK) {
             kv__req_free(req);
             if (codec != NULL && rc != KV_ENOMEM)
-                return kv__fut_failed(s->loop, rc,
+                return kv__fut_failed(kv__floop(s), rc,
                                       "cannot encode the value of %s: %s",
                                       kv_key_id(recs[i].key), kv_strerror(rc));
-            return kv__fut_failed(s->loop, rc, NULL);
+            return kv__fut_failed(kv__floop(s), rc, NULL);
         }
         it->token = recs[i].token;
     }
@@ -581,7 +666,7 @@ kv_fut *kv_put(kv_store *s, const kv_record *rec, const kv_codec *codec)
     if (f != NULL)
         return f;
     if (rec == NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL, "record is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "record is NULL");
     return write_records(s, K_PUT, KV__OP_PUT, rec, 1, codec, true, false,
                          true);
 }
@@ -638,24 +723,24 @@ static kv_fut *read_keys(kv_store *s, int kind, kv__opcode op,
     if (f != NULL)
         return f;
     if (keys == NULL && n > 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "keys array is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "keys array is NULL");
     if ((f = check_codec(s, codec, false, true)) != NULL)
         return f;
     for (size_t i = 0; i < n; i++)
         if ((f = check_key(s, keys[i], single ? "key" : "keys", i, single)))
             return f;
     if (n == 0)
-        return kv__fut_done_now(s->loop, KV_OK);
+        return kv__fut_done_now(kv__floop(s), KV_OK);
 
     /* Read batches deduplicate: one item per distinct key. */
     kv__keyset ks;
     if (kv__keyset_init(&ks, n) != KV_OK)
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     kv__req *req = kv__req_new(s, op);
     if (req == NULL || (req->items = kv__items_new(n)) == NULL) {
         kv__free(req);
         kv__keyset_free(&ks);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     req->kind = kind;
     req->want_value = op == KV__OP_GET;
@@ -671,7 +756,7 @@ static kv_fut *read_keys(kv_store *s, int kind, kv__opcode op,
             req->n = m;
             kv__req_free(req);
             kv__keyset_free(&ks);
-            return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+            return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
         }
         m++;
     }
@@ -712,18 +797,18 @@ kv_fut *kv_move_prefix_atomic(kv_store *s, const kv_key *const *from,
     if (f != NULL)
         return f;
     if (!s->ops->atomic_batch)
-        return kv__fut_failed(s->loop, KV_ENOTSUP,
+        return kv__fut_failed(kv__floop(s), KV_ENOTSUP,
                               "the %s backend has no atomic batches",
                               s->ops->name);
     if ((from == NULL || to == NULL) && n > 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "key array is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "key array is NULL");
     for (size_t i = 0; i < n; i++) {
         if ((f = check_key(s, from[i], "from", i, false)) != NULL ||
             (f = check_key(s, to[i], "to", i, false)) != NULL)
             return f;
         if (kv_key_equal(from[i], to[i]) ||
             kv_key_is_ancestor(from[i], to[i]))
-            return kv__fut_failed(s->loop, KV_EINVAL,
+            return kv__fut_failed(kv__floop(s), KV_EINVAL,
                                   "cannot move %s into itself (%s)",
                                   kv_key_id(from[i]), kv_key_id(to[i]));
     }
@@ -731,11 +816,11 @@ kv_fut *kv_move_prefix_atomic(kv_store *s, const kv_key *const *from,
         (f = check_dups(s, to, sizeof *to, 0, n)) != NULL)
         return f;
     if (n == 0)
-        return kv__fut_done_now(s->loop, KV_OK);
+        return kv__fut_done_now(kv__floop(s), KV_OK);
     kv__req *req = kv__req_new(s, KV__OP_MOVE);
     if (req == NULL || (req->items = kv__items_new(n)) == NULL) {
         kv__free(req);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     req->n = n;
     req->kind = K_MOVE;
@@ -743,7 +828,7 @@ kv_fut *kv_move_prefix_atomic(kv_store *s, const kv_key *const *from,
         if (kv_key_dup(&req->items[i].key, from[i]) != KV_OK ||
             kv_key_dup(&req->items[i].key2, to[i]) != KV_OK) {
             kv__req_free(req);
-            return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+            return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
         }
     }
     return kv__req_start(req);
@@ -755,25 +840,25 @@ kv_fut *kv_drop_prefix(kv_store *s, const kv_key *const *keys, size_t n)
     if (f != NULL)
         return f;
     if (keys == NULL && n > 0)
-        return kv__fut_failed(s->loop, KV_EINVAL, "keys array is NULL");
+        return kv__fut_failed(kv__floop(s), KV_EINVAL, "keys array is NULL");
     for (size_t i = 0; i < n; i++)
         if ((f = check_key(s, keys[i], "keys", i, false)) != NULL)
             return f;
     if ((f = check_dups(s, keys, sizeof *keys, 0, n)) != NULL)
         return f;
     if (n == 0)
-        return kv__fut_done_now(s->loop, KV_OK);
+        return kv__fut_done_now(kv__floop(s), KV_OK);
     kv__req *req = kv__req_new(s, KV__OP_DROP);
     if (req == NULL || (req->items = kv__items_new(n)) == NULL) {
         kv__free(req);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     req->n = n;
     req->kind = K_DROP;
     for (size_t i = 0; i < n; i++) {
         if (kv_key_dup(&req->items[i].key, keys[i]) != KV_OK) {
             kv__req_free(req);
-            return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+            return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
         }
     }
     return kv__req_start(req);
@@ -805,7 +890,10 @@ int kv__store_new(kv_store **out, const struct kv_backend_ops *ops,
     s->loop = loop;
     s->pool = pool;
     s->flags = flags;
-    s->state = ST_OPEN;
+    atomic_init(&s->state, ST_OPEN);
+    atomic_init(&s->nops, 0);
+    atomic_init(&s->max_ops, 0);
+    kv__loop_stores_add(loop, 1);
     *out = s;
     return KV_OK;
 }
@@ -820,6 +908,8 @@ bool kv_supports_atomic_batch(const kv_store *store)
     return store != NULL && store->ops->atomic_batch;
 }
 
+static void free_call(kv__call *c);
+
 static void close_done(kv__req *req, int status, const char *msg)
 {
     kv_store *s = req->store;
@@ -827,6 +917,11 @@ static void close_done(kv__req *req, int status, const char *msg)
     s->state = ST_CLOSED;
     if (s->close_fut != NULL)
         fut_fail_msg(s->close_fut, status, status == KV_OK ? NULL : msg);
+    if (s->free_when_closed) {
+        /* The backend may still be inside its close: free on a later turn. */
+        s->free_call.run = free_call;
+        kv__loop_call(s->loop, &s->free_call);
+    }
 }
 
 /* The first kv_close: cancel everything, then close the backend. */
@@ -856,43 +951,97 @@ kv_fut *kv_close(kv_store *s)
 {
     if (s == NULL)
         return kv__fut_failed(NULL, KV_EINVAL, "store is NULL");
+    if (!kv__loop_on_thread(s->loop))
+        return kv__forward_close(s, kv__thread_loop());
     if (s->state == ST_OPEN)
         start_close(s);
     if (s->close_fut == NULL)
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     if (s->state == ST_CLOSED) {
         int st = kv_fut_status(s->close_fut);
         if (st == KV_OK)
-            return kv__fut_done_now(s->loop, KV_OK);
-        return kv__fut_failed(s->loop, st, "%s", kv_fut_errmsg(s->close_fut));
+            return kv__fut_done_now(kv__floop(s), KV_OK);
+        return kv__fut_failed(kv__floop(s), st, "%s", kv_fut_errmsg(s->close_fut));
     }
     kv_fut *f = kv__fut_new(s->loop);
     if (f == NULL)
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     if (kv__fut_relay(s->close_fut, f) != KV_OK) {
         kv__fut_unref(f);
-        return kv__fut_failed(s->loop, KV_ENOMEM, NULL);
+        return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     return f;
 }
 
-void kv_store_free(kv_store *s)
+static void store_free_now(kv_store *s)
 {
-    if (s == NULL)
-        return;
-    if (s->state == ST_OPEN)
-        start_close(s);
-    while (s->state != ST_CLOSED) {
-        int r = kv_loop_run(s->loop, KV_RUN_ONCE);
-        if (s->state == ST_CLOSED)
-            break;
-        if (r <= 0)
-            return; /* the backend cannot finish closing: leak, not crash */
-    }
+    kv_loop *loop = s->loop;
     kv__iters_store_freed(s);
     s->ops->destroy(s);
     if (s->close_fut != NULL)
         kv__fut_unref(s->close_fut);
     kv__free(s->close_req);
     kv__free(s);
+    kv__loop_stores_add(loop, -1); /* last: kv_loop_free may go on now */
+}
+
+/* kv_store_free from another thread, on the store's thread: free now if
+ * closed, else once the close completes (close_done). */
+static void free_call(kv__call *c)
+{
+    kv_store *s = KV__CONTAINER_OF(c, kv_store, free_call);
+    if (s->state == ST_CLOSED) {
+        store_free_now(s);
+        return;
+    }
+    s->free_when_closed = true;
+    if (s->state == ST_OPEN)
+        start_close(s);
+}
+
+void kv_store_free(kv_store *s)
+{
+    if (s == NULL)
+        return;
+    if (!kv__loop_on_thread(s->loop)) {
+        s->free_call.run = free_call;
+        kv__loop_call(s->loop, &s->free_call);
+        return;
+    }
+    if (s->free_when_closed)
+        return; /* already on its way (freed twice: a caller's bug) */
+    if (s->state == ST_OPEN)
+        start_close(s);
+    while (s->state != ST_CLOSED) {
+        int r = kv_loop_run(s->loop, KV_RUN_ONCE);
+        if (s->state == ST_CLOSED)
+            break;
+        if (r <= 0) {
+            /* Inside a callback (the loop cannot run here), or the backend
+             * cannot finish closing: free once the close completes. */
+            s->free_when_closed = true;
+            return;
+        }
+    }
+    store_free_now(s);
+}
+
+kv_loop *kv_store_loop(const kv_store *s)
+{
+    return s != NULL ? s->loop : NULL;
+}
+
+size_t kv_store_inflight(const kv_store *s)
+{
+    if (s == NULL)
+        return 0;
+    return atomic_load(&((kv_store *)s)->nops);
+}
+
+int kv_store_set_max_inflight(kv_store *s, size_t max)
+{
+    if (s == NULL)
+        return KV_EINVAL;
+    atomic_store(&s->max_ops, max);
+    return KV_OK;
 }

@@ -66,6 +66,33 @@ kv_record *kv__fut_take_records(kv_fut *f, size_t *n);
  * array itself (never pass an element). */
 void kv__records_free(kv_record *recs, size_t n, const kv_codec *codec);
 
+/*
+ * Threads.  The loop of the futures a call returns: the store's loop on its
+ * own thread, else the calling thread's (kv__thread_loop; NULL if none can
+ * be made, and the future then only reports its failure).
+ */
+static inline kv_loop *kv__floop(const kv_store *s)
+{
+    return kv__loop_on_thread(s->loop) ? s->loop : kv__thread_loop();
+}
+/* store.c: start req on the store's thread: KV_ECLOSED if the store closed
+ * since the caller checked it (req freed), else as kv__req_start. */
+kv_fut *kv__req_start_here(kv__req *req);
+/*
+ * remote.c: calls from a thread other than the store's loop thread.  Each
+ * returns a future on caller (the calling thread's loop) that completes
+ * with the outcome of the call made on the store's loop thread.
+ *  - a request built on the calling thread (kv__req_start's forward);
+ *  - whole calls of loop-thread state: close, query open (q and codec are
+ *    copied here), and the iterator calls.
+ */
+kv_fut *kv__forward_req(kv__req *req, kv_loop *caller);
+kv_fut *kv__forward_close(kv_store *s, kv_loop *caller);
+kv_fut *kv__forward_query_open(kv_store *s, const kv_query *q,
+                               const kv_codec *codec, kv_loop *caller);
+enum { KV__ITER_NEXT, KV__ITER_FETCH_ALL, KV__ITER_DISPOSE };
+kv_fut *kv__forward_iter(kv_iter *it, int what, kv_loop *caller);
+
 /* A set of borrowed keys (open addressing on kv_key_hash). */
 typedef struct kv__keyset {
     const kv_key **slots;

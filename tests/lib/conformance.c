@@ -7,8 +7,10 @@
 #include "config.h"
 
 #include "conformance.h"
+#include "core/core.h" /* kv__loop_call: commands to the driver thread */
 #include "model.h"
 
+#include <semaphore.h>
 #include <string.h>
 
 /* ======================================================================== */
@@ -92,16 +94,36 @@ static int open_redis_cluster(kv_store **out, kv_loop *loop, kv_pool *pool,
 }
 
 const backend backends[] = {
-    {"sqlite-memory", open_sqlite_memory, false, false, NULL},
-    {"sqlite-file", open_sqlite_file, true, true, NULL},
-    {"fs", open_fs, true, false, NULL},
-    {"fs-fanout", open_fs_fanout, true, false, NULL},
-    {"model", open_model, false, false, NULL},
-    {"model-noatomic", open_model_noatomic, false, false, NULL},
-    {"redis", open_redis, true, true, "KV_TEST_REDIS"},
-    {"redis-cluster", open_redis_cluster, true, true, "KV_TEST_REDIS_CLUSTER"},
+    {"sqlite-memory", open_sqlite_memory, false, false, NULL, true},
+    {"sqlite-file", open_sqlite_file, true, true, NULL, true},
+    {"fs", open_fs, true, false, NULL, true},
+    {"fs-fanout", open_fs_fanout, true, false, NULL, false},
+    {"model", open_model, false, false, NULL, true},
+    {"model-noatomic", open_model_noatomic, false, false, NULL, false},
+    {"redis", open_redis, true, true, "KV_TEST_REDIS", true},
+    {"redis-cluster", open_redis_cluster, true, true, "KV_TEST_REDIS_CLUSTER",
+     false},
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
+
+/* The rows: every backend locally, then the remote ones in both modes. */
+typedef struct trow {
+    int b;
+    tmode mode;
+} trow;
+static trow rows[3 * NBACKENDS];
+static int nrows;
+
+static void make_rows(void)
+{
+    nrows = 0;
+    for (int m = TM_LOCAL; m <= TM_NOLOOP; m++)
+        for (int i = 0; i < NBACKENDS; i++)
+            if (m == TM_LOCAL || backends[i].remote)
+                rows[nrows++] = (trow){i, (tmode)m};
+}
+
+static const char *const mode_names[] = {"local", "remote", "noloop"};
 
 /* ======================================================================== */
 /* Harness                                                                  */
@@ -119,20 +141,146 @@ void teardown(void)
     tu_tmpdir_free(&tmpdir);
 }
 
+/* ------------------------------------------------------------------------ */
+/* The driver thread of the remote modes                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A command run on the driver thread (a call forwarded to its loop). */
+typedef struct command {
+    kv__call call;
+    tctx *c;
+    kv_store **out;
+    unsigned flags;
+    int rc;
+    char msg[512];
+    sem_t done;
+} command;
+
+static void run_open(kv__call *call)
+{
+    command *cmd = (command *)(void *)call;
+    tctx *c = cmd->c;
+    cmd->rc = c->b->open(cmd->out, c->sloop, c->pool, tmpdir, cmd->flags);
+    snprintf(cmd->msg, sizeof cmd->msg, "%s", kv_last_errmsg());
+    sem_post(&cmd->done);
+}
+
+static void run_nothing(kv__call *call)
+{
+    command *cmd = (command *)(void *)call;
+    sem_post(&cmd->done);
+}
+
+/* Run fn on the driver thread and wait for it. */
+static void driver_do(tctx *c, command *cmd, void (*fn)(kv__call *))
+{
+    cmd->c = c;
+    cmd->call.run = fn;
+    ck_assert_int_eq(sem_init(&cmd->done, 0, 0), 0);
+    kv__loop_call(c->sloop, &cmd->call);
+    while (sem_wait(&cmd->done) != 0)
+        ; /* EINTR */
+    sem_destroy(&cmd->done);
+}
+
+/*
+ * The driver: makes the store's loop and runs it until told to stop.  A
+ * long timer keeps kv_loop_run blocking (with nothing of its own in flight
+ * it would return at once); forwarded calls wake it through the eventfd.
+ */
+static void *driver_main(void *arg)
+{
+    tctx *c = arg;
+    sem_t *ready = c->sloop_ready;
+    c->driver_rc = kv_loop_new(&c->sloop, NULL);
+    sem_post(ready);
+    if (c->driver_rc != KV_OK)
+        return NULL;
+    kv_fut *keep = kv_sleep(c->sloop, 24ull * 3600 * 1000);
+    while (!atomic_load(&c->stop))
+        if (kv_loop_run(c->sloop, KV_RUN_ONCE) < 0)
+            break;
+    kv_fut_cancel(keep);
+    kv_fut_free(keep);
+    while (kv_loop_alive(c->sloop))
+        if (kv_loop_run(c->sloop, KV_RUN_DEFAULT) < 0)
+            break;
+    c->driver_rc = kv_loop_free(c->sloop);
+    return NULL;
+}
+
+static void driver_start(tctx *c)
+{
+    sem_t ready;
+    ck_assert_int_eq(sem_init(&ready, 0, 0), 0);
+    c->sloop_ready = &ready;
+    atomic_init(&c->stop, false);
+    ck_assert_int_eq(pthread_create(&c->driver, NULL, driver_main, c), 0);
+    while (sem_wait(&ready) != 0)
+        ;
+    sem_destroy(&ready);
+    ck_assert_msg(c->driver_rc == KV_OK, "driver: kv_loop_new: %s",
+                  kv_err_name(c->driver_rc));
+}
+
+static void driver_stop(tctx *c)
+{
+    command cmd;
+    atomic_store(&c->stop, true);
+    driver_do(c, &cmd, run_nothing); /* wakes it */
+    ck_assert_int_eq(pthread_join(c->driver, NULL), 0);
+    ck_assert_msg(c->driver_rc == KV_OK,
+                  "the store's loop did not free cleanly: %s",
+                  kv_err_name(c->driver_rc));
+}
+
+int ctx_open(tctx *c, kv_store **out, unsigned flags)
+{
+    if (c->mode == TM_LOCAL)
+        return c->b->open(out, c->loop, c->pool, tmpdir, flags);
+    command cmd;
+    cmd.out = out;
+    cmd.flags = flags;
+    driver_do(c, &cmd, run_open);
+    if (cmd.rc != KV_OK)
+        fprintf(stderr, "%s: open on the driver: %s\n", c->b->name, cmd.msg);
+    return cmd.rc;
+}
+
 bool ctx_init(tctx *c, int i)
 {
     memset(c, 0, sizeof *c);
-    c->b = &backends[i];
+    if (nrows == 0)
+        make_rows();
+    ck_assert_int_lt(i, nrows);
+    c->b = &backends[rows[i].b];
+    c->mode = rows[i].mode;
+    char rowname[64];
+    snprintf(rowname, sizeof rowname, "%s%s%s", c->b->name,
+             c->mode == TM_LOCAL ? "" : "+", c->mode == TM_LOCAL ? ""
+                                           : mode_names[c->mode]);
     const char *only = getenv("KVT_BACKEND");
-    if (only != NULL && only[0] != '\0' && strcmp(only, c->b->name) != 0)
+    if (only != NULL && only[0] != '\0' && strcmp(only, c->b->name) != 0 &&
+        strcmp(only, rowname) != 0)
+        return false;
+    const char *mode = getenv("KVT_MODE");
+    if (mode != NULL && mode[0] != '\0' && strcmp(mode, mode_names[c->mode]))
         return false;
     if (c->b->env != NULL && getenv(c->b->env) == NULL)
         return false; /* no server: skipped */
-    ck_assert_kv(kv_loop_new(&c->loop, NULL), KV_OK);
+    if (c->mode == TM_NOLOOP) {
+        c->loop = kv_thread_loop(); /* the test thread's private loop */
+        ck_assert_ptr_nonnull(c->loop);
+    } else {
+        ck_assert_kv(kv_loop_new(&c->loop, NULL), KV_OK);
+    }
     ck_assert_kv(kv_pool_new(&c->pool, 2), KV_OK);
-    int rc = c->b->open(&c->s, c->loop, c->pool, tmpdir, 0);
-    ck_assert_msg(rc == KV_OK, "%s: open: %s (%s)", c->b->name, kv_err_name(rc),
+    if (c->mode != TM_LOCAL)
+        driver_start(c);
+    int rc = ctx_open(c, &c->s, 0);
+    ck_assert_msg(rc == KV_OK, "%s: open: %s (%s)", rowname, kv_err_name(rc),
                   kv_last_errmsg());
+    ck_assert(kv_store_loop(c->s) == (c->mode == TM_LOCAL ? c->loop : c->sloop));
     return true;
 }
 
@@ -151,7 +299,7 @@ void ctx_reopen(tctx *c, unsigned flags)
 {
     store_close_free(c->s);
     c->s = NULL;
-    int rc = c->b->open(&c->s, c->loop, c->pool, tmpdir, flags);
+    int rc = ctx_open(c, &c->s, flags);
     ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
                   kv_last_errmsg());
 }
@@ -161,6 +309,9 @@ void ctx_done(tctx *c)
     if (c->s != NULL)
         store_close_free(c->s);
     c->s = NULL;
+    ck_assert_int_ge(kv_loop_run(c->loop, KV_RUN_DEFAULT), 0);
+    if (c->mode != TM_LOCAL)
+        driver_stop(c); /* after the forwarded free: calls run in order */
     ck_assert_int_ge(kv_loop_run(c->loop, KV_RUN_DEFAULT), 0);
     for (size_t i = 0; i < c->nkeys; i++)
         kv_key_free(c->keys[i]);
@@ -189,6 +340,8 @@ uint64_t put_(tctx *c, const char *key, const char *val, uint64_t tok, int want,
 {
     kv_record r = {K(c, key), (void *)val, strlen(val), tok};
     kv_fut *f = tu_await(kv_put(c->s, &r, NULL), want, "kv_put", line);
+    /* Every mode: the future completes on the test thread's loop. */
+    ck_assert_msg(kv_fut_loop(f) == c->loop, "line %d: future's loop", line);
     uint64_t t = kv_fut_token(f);
     kv_fut_free(f);
     if (want == KV_OK)
@@ -405,8 +558,9 @@ int tu_conformance_run(const char *group, const TTest *const *tests,
     TCase *tc = tcase_create(group);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
+    make_rows();
     for (size_t i = 0; i < ntests; i++)
-        tcase_add_loop_test(tc, tests[i], 0, NBACKENDS);
+        tcase_add_loop_test(tc, tests[i], 0, nrows);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

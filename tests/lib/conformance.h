@@ -19,6 +19,8 @@
 #ifndef KV_TEST_CONFORMANCE_H
 #define KV_TEST_CONFORMANCE_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -36,7 +38,23 @@ typedef struct backend {
     bool reopenable; /* data survives close and reopen */
     bool shared;     /* several stores may open the same data at once */
     const char *env; /* skipped unless this variable is set (servers) */
+    bool remote;     /* also run in the two remote modes (see tmode) */
 } backend;
+
+/*
+ * How a test reaches its store.  Every test of the suite runs unchanged in
+ * each mode; the rows of the remote modes are "name+remote" and
+ * "name+noloop" (KVT_BACKEND matches the row or the backend's name;
+ * KVT_MODE=local|remote|noloop runs one mode).
+ *  - TM_LOCAL:  the store is opened on the test thread's own loop.
+ *  - TM_REMOTE: the store is opened on the loop of a driver thread that
+ *    does nothing but run it; the test thread has its own loop (c->loop),
+ *    so every call is forwarded and completes there.
+ *  - TM_NOLOOP: the same driver, and the test thread has no loop of its
+ *    own: c->loop is its private loop (kv_thread_loop), which kv_wait
+ *    runs.
+ */
+typedef enum tmode { TM_LOCAL = 0, TM_REMOTE, TM_NOLOOP } tmode;
 
 extern const backend backends[];
 
@@ -59,9 +77,16 @@ void teardown(void);
 
 typedef struct tctx {
     const backend *b;
-    kv_loop *loop;
+    tmode mode;
+    kv_loop *loop;  /* the test thread's loop (its futures complete there) */
     kv_pool *pool;
     kv_store *s;
+    /* Remote modes: the driver thread and the store's loop (it owns it). */
+    pthread_t driver;
+    kv_loop *sloop;
+    atomic_bool stop;
+    int driver_rc; /* its kv_loop_new, then kv_loop_free of sloop */
+    void *sloop_ready; /* sem_t: sloop is made */
     kv_key *keys[MAXKEYS];
     size_t nkeys;
 } tctx;
@@ -78,6 +103,9 @@ bool ctx_init(tctx *c, int i);
 
 /* Close and reopen the store with flags (reopenable backends). */
 void ctx_reopen(tctx *c, unsigned flags);
+/* Open the row's store with flags as the mode wants (on the driver's loop
+ * in the remote modes): the backend's open code. */
+int ctx_open(tctx *c, kv_store **out, unsigned flags);
 /* Close and free the store, the keys, the loop (which must be clean) and
  * the pool. */
 void ctx_done(tctx *c);
@@ -131,7 +159,8 @@ typedef struct person {
 } person;
 
 typedef struct pctx {
-    int live; /* decoded objects not yet freed */
+    atomic_int live; /* decoded objects not yet freed (decoded on the
+                    * store's thread, freed on the test's in remote rows) */
 } pctx;
 
 /* The codec's three functions: encode "name:age" (a negative age fails on

@@ -50,7 +50,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 
 #define NCOUNTERS 16
@@ -968,6 +970,325 @@ START_TEST(test_two_processes_fs)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------------ */
+/* One store, many threads (calls forwarded to the store's loop)            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Run the store's loop on this (its owner) thread until *done reaches n.
+ * Forwarded calls wake the loop; a short timer bounds each wait so *done,
+ * written by other threads, is looked at again.
+ */
+static void serve_until(kv_loop *loop, atomic_int *done, int n)
+{
+    while (atomic_load(done) < n) {
+        kv_fut *t = kv_sleep(loop, 5);
+        int rc = kv_wait(t);
+        ck_assert_msg(rc == KV_OK, "serve: %s", kv_err_name(rc));
+        kv_fut_free(t);
+    }
+}
+
+typedef struct shared_arg {
+    kv_store *s;
+    kv_key *const *keys;
+    int per_lane, gid;
+    bool own_loop; /* else the thread has no loop: kv_thread_loop */
+    atomic_int *done;
+    long ok, conflicts;
+    int err;
+    char where[200];
+} shared_arg;
+
+/* One group of 16 lanes on its own thread, through the shared store. */
+static void *shared_thread(void *arg)
+{
+    shared_arg *t = arg;
+    kv_loop *loop = NULL;
+    int rc = KV_OK;
+    if (t->own_loop)
+        rc = kv_loop_new(&loop, NULL);
+    else if ((loop = kv_thread_loop()) == NULL)
+        rc = KV_ERROR;
+    if (rc != KV_OK) {
+        t->err = rc;
+        snprintf(t->where, sizeof t->where, "loop: %s", kv_last_errmsg());
+        atomic_fetch_add(t->done, 1);
+        return NULL;
+    }
+    group g;
+    group_start(&g, t->s, t->keys, t->per_lane, t->gid);
+    while (g.active > 0) {
+        int r = kv_loop_run(loop, KV_RUN_ONCE);
+        if (r < 0 || (r == 0 && g.active > 0)) {
+            t->err = r < 0 ? r : KV_ERROR;
+            snprintf(t->where, sizeof t->where, "loop: %d lanes stalled (%d)",
+                     g.active, r);
+            break;
+        }
+    }
+    t->ok = g.ok;
+    t->conflicts = g.conflicts;
+    if (t->err == KV_OK && g.err != KV_OK) {
+        t->err = g.err;
+        snprintf(t->where, sizeof t->where, "%s", g.where);
+    }
+    kv_loop_run(loop, KV_RUN_DEFAULT);
+    rc = kv_loop_free(loop); /* the private loop too: freed early */
+    if (rc != KV_OK && t->err == KV_OK) {
+        t->err = rc;
+        snprintf(t->where, sizeof t->where, "kv_loop_free");
+    }
+    atomic_fetch_add(t->done, 1);
+    return NULL;
+}
+
+/*
+ * 4 threads x 16 in-flight CAS increments through ONE store, opened on the
+ * test thread's loop (which only serves them): two threads with a loop of
+ * their own, two without (their private loops).  Exact sums.
+ */
+START_TEST(test_shared_store_threads)
+{
+    const backend *b = &backends[_i];
+    if (!selected(b))
+        return;
+    int per_lane = scaled(b->fs ? 8 : 20);
+    kv_key *keys[NCOUNTERS];
+    make_keys(keys);
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s = open_env(b, &loop, &pool, 4);
+    for (int i = 0; i < NCOUNTERS; i += 2) {
+        kv_fut *f = kv_put_value(s, keys[i], "0", 1, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_fut_free(f);
+    }
+    atomic_int done;
+    atomic_init(&done, 0);
+    shared_arg ta[NGROUPS];
+    pthread_t th[NGROUPS];
+    for (int i = 0; i < NGROUPS; i++) {
+        ta[i] = (shared_arg){s, keys, per_lane, i, i % 2 == 0, &done,
+                             0, 0, KV_OK, ""};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, shared_thread, &ta[i]),
+                         0);
+    }
+    serve_until(loop, &done, NGROUPS);
+    long ok = 0, conflicts = 0;
+    for (int i = 0; i < NGROUPS; i++) {
+        ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+        ck_assert_msg(ta[i].err == KV_OK, "%s: thread %d: %s", b->name, i,
+                      ta[i].where);
+        ok += ta[i].ok;
+        conflicts += ta[i].conflicts;
+    }
+    long want = (long)NGROUPS * NLANES * per_lane;
+    ck_assert_int_eq(ok, want);
+    uint64_t sum = counters_sum(s, keys);
+    ck_assert_msg(sum == (uint64_t)ok, "%s: counters sum to %" PRIu64
+                  ", %ld increments succeeded", b->name, sum, ok);
+    ck_assert_uint_eq(kv_store_inflight(s), 0);
+    fprintf(stderr, "check_stress: %s: one store, %d threads x %d lanes "
+                    "(forwarded): %ld increments, %ld conflicts, exact\n",
+            b->name, NGROUPS, NLANES, ok, conflicts);
+    close_env(s, loop, pool);
+    free_keys(keys);
+}
+END_TEST
+
+enum { SUB_MAX = 4000, SUB_DEPTH = 16 };
+
+/* One call of a submitter: completed exactly once? */
+typedef struct sub_op {
+    struct submitter *sub;
+    int calls;
+    int status;
+    int kind;
+} sub_op;
+
+typedef struct submitter {
+    kv_store *s;
+    kv_key *const *keys;
+    bool own_loop;
+    atomic_int *done;
+    atomic_long *completed_all; /* every submitter's completions */
+    sub_op ops[SUB_MAX];
+    int submitted, completed, inflight;
+    bool stop; /* a call failed KV_ECLOSED: the store is closed */
+    int err;
+    char where[200];
+} submitter;
+
+static void sub_fill(submitter *t);
+
+static void sub_done(kv_fut *f, void *arg)
+{
+    sub_op *op = arg;
+    submitter *t = op->sub;
+    op->calls++;
+    op->status = kv_fut_status(f);
+    kv_fut_free(f);
+    t->completed++;
+    t->inflight--;
+    atomic_fetch_add(t->completed_all, 1);
+    int st = op->status;
+    bool allowed = st == KV_OK || st == KV_ECANCELED || st == KV_ECLOSED ||
+                   (op->kind == 1 && st == KV_ENOTFOUND) ||
+                   (op->kind == 0 && st == KV_ECONFLICT);
+    if (!allowed && t->err == KV_OK) {
+        t->err = st;
+        snprintf(t->where, sizeof t->where, "op %d (kind %d): %s",
+                 (int)(op - t->ops), op->kind, kv_err_name(st));
+    }
+    if (st == KV_ECLOSED)
+        t->stop = true;
+    sub_fill(t);
+}
+
+/* Keep SUB_DEPTH calls in flight until the store closes (or SUB_MAX). */
+static void sub_fill(submitter *t)
+{
+    while (!t->stop && t->inflight < SUB_DEPTH && t->submitted < SUB_MAX) {
+        sub_op *op = &t->ops[t->submitted];
+        op->sub = t;
+        op->kind = t->submitted % 3;
+        const kv_key *k = t->keys[t->submitted % NCOUNTERS];
+        kv_fut *f = op->kind == 0   ? kv_put_value(t->s, k, "x", 1, NULL)
+                    : op->kind == 1 ? kv_get(t->s, k, NULL)
+                                    : kv_has(t->s, k);
+        t->submitted++;
+        t->inflight++;
+        if (kv_fut_then(f, sub_done, op) != KV_OK) {
+            t->err = KV_ENOMEM;
+            snprintf(t->where, sizeof t->where, "kv_fut_then");
+            t->stop = true;
+            kv_fut_free(f);
+            t->inflight--;
+            op->calls = 1;
+            t->completed++;
+        }
+    }
+}
+
+static void *submitter_thread(void *arg)
+{
+    submitter *t = arg;
+    kv_loop *loop = NULL;
+    if (t->own_loop) {
+        if (kv_loop_new(&loop, NULL) != KV_OK)
+            loop = NULL;
+    } else {
+        loop = kv_thread_loop();
+    }
+    if (loop == NULL) {
+        t->err = KV_ERROR;
+        snprintf(t->where, sizeof t->where, "loop: %s", kv_last_errmsg());
+        atomic_fetch_add(t->done, 1);
+        return NULL;
+    }
+    sub_fill(t);
+    while (t->inflight > 0) {
+        int r = kv_loop_run(loop, KV_RUN_ONCE);
+        if (r < 0 || (r == 0 && t->inflight > 0)) {
+            t->err = KV_ERROR;
+            snprintf(t->where, sizeof t->where, "%d calls stalled (%d)",
+                     t->inflight, r);
+            break;
+        }
+    }
+    kv_loop_run(loop, KV_RUN_DEFAULT);
+    if (kv_loop_free(loop) != KV_OK && t->err == KV_OK) {
+        t->err = KV_EBUSY;
+        snprintf(t->where, sizeof t->where, "kv_loop_free");
+    }
+    atomic_fetch_add(t->done, 1);
+    return NULL;
+}
+
+typedef struct closer {
+    kv_store *s;
+    atomic_long *completed_all;
+    atomic_int *done;
+    int rc;
+} closer;
+
+/* Close the store from a thread that is not its loop's (and has no loop),
+ * once the submitters are well under way. */
+static void *closer_thread(void *arg)
+{
+    closer *t = arg;
+    while (atomic_load(t->completed_all) < 300)
+        sched_yield();
+    kv_fut *f = kv_close(t->s);
+    t->rc = kv_wait(f);
+    kv_fut_free(f);
+    atomic_fetch_add(t->done, 1);
+    return NULL;
+}
+
+/*
+ * Close from a non-owner thread while three others submit through the
+ * store (two with loops, one without): every future completes exactly
+ * once, with a status its call allows, and everything frees cleanly.
+ */
+START_TEST(test_shared_close_under_load)
+{
+    const backend *b = &backends[_i];
+    if (!selected(b))
+        return;
+    kv_key *keys[NCOUNTERS];
+    make_keys(keys);
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s = open_env(b, &loop, &pool, 4);
+    atomic_int done;
+    atomic_long completed_all;
+    atomic_init(&done, 0);
+    atomic_init(&completed_all, 0);
+    enum { NSUB = 3 };
+    submitter *subs = calloc(NSUB, sizeof *subs);
+    ck_assert_ptr_nonnull(subs);
+    pthread_t th[NSUB + 1];
+    for (int i = 0; i < NSUB; i++) {
+        subs[i].s = s;
+        subs[i].keys = keys;
+        subs[i].own_loop = i != 2;
+        subs[i].done = &done;
+        subs[i].completed_all = &completed_all;
+        ck_assert_int_eq(
+            pthread_create(&th[i], NULL, submitter_thread, &subs[i]), 0);
+    }
+    closer cl = {s, &completed_all, &done, KV_ERROR};
+    ck_assert_int_eq(pthread_create(&th[NSUB], NULL, closer_thread, &cl), 0);
+    serve_until(loop, &done, NSUB + 1);
+    long total = 0;
+    for (int i = 0; i <= NSUB; i++)
+        ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+    ck_assert_msg(cl.rc == KV_OK, "close: %s", kv_err_name(cl.rc));
+    for (int i = 0; i < NSUB; i++) {
+        submitter *t = &subs[i];
+        ck_assert_msg(t->err == KV_OK, "%s: submitter %d: %s", b->name, i,
+                      t->where);
+        ck_assert_int_eq(t->completed, t->submitted);
+        for (int j = 0; j < t->submitted; j++)
+            ck_assert_msg(t->ops[j].calls == 1,
+                          "submitter %d op %d completed %d times", i, j,
+                          t->ops[j].calls);
+        total += t->submitted;
+    }
+    fprintf(stderr, "check_stress: %s: close from another thread under "
+                    "load: %ld forwarded calls, each completed once\n",
+            b->name, total);
+    free(subs);
+    kv_store_free(s);
+    loop_free_clean(loop);
+    kv_pool_free(pool);
+    free_keys(keys);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 static Suite *stress_suite(void)
@@ -984,6 +1305,13 @@ static Suite *stress_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, timeout);
     tcase_add_loop_test(tc, test_close_under_load, 0, NBACKENDS);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("shared_store");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, timeout);
+    tcase_add_loop_test(tc, test_shared_store_threads, 0, NBACKENDS);
+    tcase_add_loop_test(tc, test_shared_close_under_load, 0, NBACKENDS);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("processes");

@@ -1,0 +1,331 @@
+/*
+ * check_remote.c - the store from other threads: calls forwarded to the
+ * store's loop, their futures on the calling thread's loop, cancel, free
+ * from another thread, kv_loop_free while a store is open, and admission
+ * control (kv_store_set_max_inflight).  On the model backend
+ * (tests/lib/model.c); the conformance suite's +remote and +noloop rows
+ * run every behaviour through forwarding on every backend.
+ */
+#include "config.h"
+
+#include "core/core.h"
+#include "model.h"
+#include "testutil.h"
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* A driver thread that owns a loop and a model store and runs the loop      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct driver {
+    pthread_t th;
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s;
+    atomic_bool stop;
+    sem_t ready;
+    int rc;      /* open, then kv_loop_free at the end */
+    bool closed_by_driver;
+} driver;
+
+static void *driver_main(void *arg)
+{
+    driver *d = arg;
+    d->rc = kv_loop_new(&d->loop, NULL);
+    if (d->rc == KV_OK)
+        d->rc = tu_model_open(&d->s, d->loop, d->pool, 0, true);
+    sem_post(&d->ready);
+    if (d->rc != KV_OK)
+        return NULL;
+    /* A long timer keeps kv_loop_run blocking; forwarded calls wake it. */
+    kv_fut *keep = kv_sleep(d->loop, 3600 * 1000);
+    while (!atomic_load(&d->stop))
+        if (kv_loop_run(d->loop, KV_RUN_ONCE) < 0)
+            break;
+    kv_fut_cancel(keep);
+    kv_fut_free(keep);
+    while (kv_loop_alive(d->loop))
+        if (kv_loop_run(d->loop, KV_RUN_DEFAULT) < 0)
+            break;
+    d->rc = kv_loop_free(d->loop);
+    return NULL;
+}
+
+static void driver_start(driver *d)
+{
+    memset(d, 0, sizeof *d);
+    ck_assert_kv(kv_pool_new(&d->pool, 2), KV_OK);
+    atomic_init(&d->stop, false);
+    ck_assert_int_eq(sem_init(&d->ready, 0, 0), 0);
+    ck_assert_int_eq(pthread_create(&d->th, NULL, driver_main, d), 0);
+    while (sem_wait(&d->ready) != 0)
+        ;
+    ck_assert_kv(d->rc, KV_OK);
+}
+
+static void wake_nothing(kv__call *c)
+{
+    (void)c;
+}
+
+/* Stop the driver; its kv_loop_free result (KV_EBUSY if the store is
+ * still open on it). */
+static int driver_stop(driver *d)
+{
+    kv__call wake = {wake_nothing, NULL};
+    atomic_store(&d->stop, true);
+    kv__loop_call(d->loop, &wake);
+    ck_assert_int_eq(pthread_join(d->th, NULL), 0);
+    sem_destroy(&d->ready);
+    kv_pool_free(d->pool);
+    return d->rc;
+}
+
+static kv_key *key(const char *path)
+{
+    kv_key *k = NULL;
+    ck_assert_kv(kv_key_parse(&k, path), KV_OK);
+    return k;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tests                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* A store call from a thread with its own loop: forwarded, and its future
+ * completes on the calling thread's loop with the result. */
+START_TEST(test_forwarded_calls)
+{
+    driver d;
+    driver_start(&d);
+    kv_loop *mine;
+    ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
+    ck_assert_ptr_eq(kv_thread_loop(), mine);
+    ck_assert_ptr_eq(kv_store_loop(d.s), d.loop);
+    kv_key *k = key("/a");
+    kv_fut *p = kv_put_value(d.s, k, "v", 1, NULL);
+    ck_assert_ptr_eq(kv_fut_loop(p), mine);
+    ck_assert_kv(kv_wait(p), KV_OK);
+    uint64_t tok = kv_fut_token(p);
+    ck_assert(tok != 0);
+    kv_fut_free(p);
+    kv_fut *g = AWAIT(kv_get(d.s, k, NULL), KV_OK);
+    const kv_record *r = kv_fut_record(g);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->len, 1);
+    ck_assert_uint_eq(r->token, tok);
+    kv_fut_free(g);
+    /* argument errors fail on the calling thread's loop too */
+    kv_fut *bad = kv_get(d.s, NULL, NULL);
+    ck_assert_ptr_eq(kv_fut_loop(bad), mine);
+    ck_assert_kv(kv_wait(bad), KV_EINVAL);
+    kv_fut_free(bad);
+    /* cancel: the caller's future completes at once */
+    kv_fut *c = kv_get(d.s, k, NULL);
+    kv_fut_cancel(c);
+    ck_assert(kv_fut_done(c));
+    ck_assert_kv(kv_fut_status(c), KV_ECANCELED);
+    kv_fut_free(c);
+    ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0); /* its return */
+    /* close from this thread */
+    EXPECT(kv_close(d.s), KV_OK);
+    EXPECT(kv_put_value(d.s, k, "v", 1, NULL), KV_ECLOSED);
+    kv_store_free(d.s); /* handed to the driver's loop */
+    ck_assert_kv(driver_stop(&d), KV_OK);
+    ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    kv_key_free(k);
+}
+END_TEST
+
+typedef struct loopless {
+    kv_store *s;
+    int put, get, loop_same;
+} loopless;
+
+static void *loopless_main(void *arg)
+{
+    loopless *t = arg;
+    kv_key *k = NULL;
+    kv_key_parse(&k, "/b");
+    kv_fut *p = kv_put_value(t->s, k, "w", 1, NULL);
+    t->put = kv_wait(p);
+    t->loop_same = kv_fut_loop(p) == kv_thread_loop();
+    kv_fut_free(p);
+    kv_fut *g = kv_get(t->s, k, NULL);
+    t->get = kv_wait(g);
+    kv_fut_free(g);
+    kv_key_free(k);
+    return NULL; /* the private loop is freed at thread exit */
+}
+
+/* A thread without a loop: kv_wait runs its private loop. */
+START_TEST(test_loopless_thread)
+{
+    driver d;
+    driver_start(&d);
+    loopless t = {d.s, -1, -1, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, loopless_main, &t), 0);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    ck_assert_kv(t.put, KV_OK);
+    ck_assert_kv(t.get, KV_OK);
+    ck_assert_int_eq(t.loop_same, 1);
+    /* free without close, from a thread that is not the store's */
+    kv_store_free(d.s);
+    ck_assert_kv(driver_stop(&d), KV_OK);
+}
+END_TEST
+
+/* kv_loop_free fails KV_EBUSY while a store opened on the loop is open,
+ * and after kv_close until kv_store_free. */
+START_TEST(test_loop_free_busy)
+{
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+    ck_assert_kv(tu_model_open(&s, loop, pool, 0, true), KV_OK);
+    ck_assert_kv(kv_loop_free(loop), KV_EBUSY);
+    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "still open"));
+    EXPECT(kv_close(s), KV_OK);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_EBUSY);
+    kv_store_free(s);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_pool_free(pool);
+}
+END_TEST
+
+/* Beyond the limit, calls fail at once KV_EBUSY; the count returns to 0. */
+START_TEST(test_admission_limit)
+{
+    kv_loop *loop;
+    kv_pool *pool;
+    kv_store *s;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+    ck_assert_kv(tu_model_open(&s, loop, pool, 0, true), KV_OK);
+    ck_assert_kv(kv_store_set_max_inflight(NULL, 1), KV_EINVAL);
+    ck_assert_uint_eq(kv_store_inflight(NULL), 0);
+    ck_assert_kv(kv_store_set_max_inflight(s, 4), KV_OK);
+    enum { N = 10 };
+    kv_key *k[N];
+    kv_fut *f[N];
+    for (int i = 0; i < N; i++) {
+        char p[16];
+        snprintf(p, sizeof p, "/k%d", i);
+        k[i] = key(p);
+        f[i] = kv_put_value(s, k[i], "v", 1, NULL);
+    }
+    ck_assert_uint_eq(kv_store_inflight(s), 4);
+    ck_assert_uint_eq(kv_loop_inflight(loop), 4);
+    for (int i = 4; i < N; i++) {
+        ck_assert(kv_fut_done(f[i]));
+        ck_assert_kv(kv_fut_status(f[i]), KV_EBUSY);
+        ck_assert_str_eq(kv_fut_errmsg(f[i]),
+                         "kv_put: 4 operations in flight (the store's limit)");
+    }
+    for (int i = 0; i < 4; i++)
+        ck_assert_kv(kv_wait(f[i]), KV_OK);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_uint_eq(kv_store_inflight(s), 0);
+    ck_assert_uint_eq(kv_loop_inflight(loop), 0);
+    EXPECT(kv_put_value(s, k[5], "v", 1, NULL), KV_OK); /* room again */
+    ck_assert_kv(kv_store_set_max_inflight(s, 0), KV_OK); /* no limit */
+    kv_fut *g[N];
+    for (int i = 0; i < N; i++)
+        g[i] = kv_get(s, k[i], NULL);
+    ck_assert_uint_eq(kv_store_inflight(s), N);
+    for (int i = 0; i < N; i++) {
+        int rc = kv_wait(g[i]);
+        ck_assert(rc == KV_OK || rc == KV_ENOTFOUND);
+        kv_fut_free(g[i]);
+        kv_fut_free(f[i]);
+        kv_key_free(k[i]);
+    }
+    ck_assert_uint_eq(kv_store_inflight(s), 0);
+    EXPECT(kv_close(s), KV_OK);
+    kv_store_free(s);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_pool_free(pool);
+}
+END_TEST
+
+typedef struct blocker {
+    kv__call call;
+    sem_t held, go;
+} blocker;
+
+static void block_run(kv__call *c)
+{
+    blocker *b = (blocker *)(void *)c;
+    sem_post(&b->held);
+    while (sem_wait(&b->go) != 0)
+        ;
+}
+
+/* The limit holds for forwarded calls too (counted on the calling thread
+ * before the hand-off). */
+START_TEST(test_admission_limit_remote)
+{
+    driver d;
+    driver_start(&d);
+    ck_assert_kv(kv_store_set_max_inflight(d.s, 2), KV_OK);
+    kv_key *k = key("/r");
+    /* Hold the driver's thread so that nothing completes meanwhile. */
+    blocker bl;
+    ck_assert_int_eq(sem_init(&bl.held, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&bl.go, 0, 0), 0);
+    bl.call.run = block_run;
+    kv__loop_call(d.loop, &bl.call);
+    while (sem_wait(&bl.held) != 0)
+        ;
+    kv_fut *f[5];
+    for (int i = 0; i < 5; i++)
+        f[i] = kv_has(d.s, k); /* this thread: its private loop */
+    ck_assert_uint_eq(kv_store_inflight(d.s), 2);
+    for (int i = 2; i < 5; i++) {
+        ck_assert(kv_fut_done(f[i]));
+        ck_assert_kv(kv_fut_status(f[i]), KV_EBUSY);
+    }
+    sem_post(&bl.go);
+    for (int i = 0; i < 5; i++) {
+        ck_assert_kv(kv_wait(f[i]), i < 2 ? KV_OK : KV_EBUSY);
+        kv_fut_free(f[i]);
+    }
+    sem_destroy(&bl.held);
+    sem_destroy(&bl.go);
+    ck_assert_uint_eq(kv_store_inflight(d.s), 0);
+    EXPECT(kv_close(d.s), KV_OK);
+    kv_store_free(d.s);
+    ck_assert_kv(driver_stop(&d), KV_OK);
+    ck_assert_kv(kv_loop_free(kv_thread_loop()), KV_OK);
+    kv_key_free(k);
+}
+END_TEST
+
+static Suite *remote_suite(void)
+{
+    Suite *s = suite_create("remote");
+    TCase *tc = tcase_create("remote");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_forwarded_calls);
+    tcase_add_test(tc, test_loopless_thread);
+    tcase_add_test(tc, test_loop_free_busy);
+    tcase_add_test(tc, test_admission_limit);
+    tcase_add_test(tc, test_admission_limit_remote);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return tu_run(remote_suite());
+}
