@@ -29,6 +29,14 @@
  * Reserved user_data (< 4096: the loop's eventfd read, cancels, ...) is
  * never counted nor touched.
  *
+ * Recording mode (kv__fault_record_start) looks at the same SQEs, after any
+ * injection, and keeps the file-system operations among them with their
+ * arguments (a copy of the bytes of a write, the inode behind each
+ * descriptor) until their CQEs give their results; the power-loss tests
+ * rebuild from that trace the states a crash may leave.  Its memory comes
+ * from plain malloc, not kv__malloc, so that recording never shifts the
+ * allocation counts the allocation-failure tests rely on.
+ *
  * Loop thread only (the armed loop's); the state is global, for tests.
  */
 #include "config.h"
@@ -41,7 +49,10 @@
 #include "core/fault.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #define UD_RESERVED_MAX ((uint64_t)4095)
@@ -87,9 +98,29 @@ static int canon(int op)
     }
 }
 
+/* The recorder's state (loop thread). */
+typedef struct pend {
+    kv_loop *loop;
+    uint64_t ud;
+    kv__frec r;
+} pend;
+
+static struct {
+    bool on;
+    bool lost;      /* an allocation failed: the trace is incomplete */
+    kv_loop *loop;  /* NULL: any loop */
+    uint64_t nsub;  /* operations recorded at submit */
+    uint64_t chain; /* the current chain's number */
+    bool linked;    /* the previous SQE links to the next one */
+    pend *pend;     /* submitted, CQE not seen yet */
+    size_t npend, cappend;
+    kv__frec *done; /* completed, in CQE order */
+    size_t ndone, capdone;
+} R;
+
 static void update_active(void)
 {
-    atomic_store_explicit(&F.active, F.armed || F.nsubs > 0,
+    atomic_store_explicit(&F.active, F.armed || F.nsubs > 0 || R.on,
                           memory_order_relaxed);
 }
 
@@ -212,11 +243,258 @@ static void inject(kv_loop *loop, struct io_uring *ring, unsigned pos,
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Recording mode                                                           */
+/* ------------------------------------------------------------------------ */
+
+static void rec_free(kv__frec *r)
+{
+    free(r->path);
+    free(r->path2);
+    free(r->data);
+    memset(r, 0, sizeof *r);
+}
+
+static void pend_clear(void)
+{
+    for (size_t i = 0; i < R.npend; i++)
+        rec_free(&R.pend[i].r);
+    R.npend = 0;
+}
+
+static void done_clear(void)
+{
+    for (size_t i = 0; i < R.ndone; i++)
+        rec_free(&R.done[i]);
+    R.ndone = 0;
+}
+
+/* The inode behind fd (0 for AT_FDCWD or a failed fstat); *isdir set. */
+static uint64_t fd_ino(int fd, bool *isdir)
+{
+    struct stat st;
+    if (isdir != NULL)
+        *isdir = false;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        return 0;
+    if (isdir != NULL)
+        *isdir = S_ISDIR(st.st_mode);
+    return (uint64_t)st.st_ino;
+}
+
+static bool dup_str(char **out, uint64_t addr)
+{
+    const char *p = (const char *)(uintptr_t)addr;
+    *out = NULL;
+    if (p == NULL)
+        return true;
+    *out = strdup(p);
+    return *out != NULL;
+}
+
+/* Copy the bytes a WRITE/WRITEV would write. */
+static bool copy_data(kv__frec *r, const struct io_uring_sqe *sqe)
+{
+    size_t total = 0;
+    const struct iovec *iov = (const struct iovec *)(uintptr_t)sqe->addr;
+    if (sqe->opcode == IORING_OP_WRITEV) {
+        for (unsigned i = 0; i < sqe->len; i++)
+            total += iov[i].iov_len;
+    } else {
+        total = sqe->len;
+    }
+    r->data = malloc(total > 0 ? total : 1);
+    if (r->data == NULL)
+        return false;
+    r->len = total;
+    if (sqe->opcode == IORING_OP_WRITEV) {
+        size_t at = 0;
+        for (unsigned i = 0; i < sqe->len; i++) {
+            memcpy(r->data + at, iov[i].iov_base, iov[i].iov_len);
+            at += iov[i].iov_len;
+        }
+    } else if (total > 0) {
+        memcpy(r->data, (const void *)(uintptr_t)sqe->addr, total);
+    }
+    return true;
+}
+
+static void record_sqe(kv_loop *loop, const struct io_uring_sqe *sqe)
+{
+    kv__frec r;
+    memset(&r, 0, sizeof r);
+    if (!R.linked)
+        R.chain++;
+    R.linked = (sqe->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK)) != 0;
+    r.chain = R.chain;
+    r.fd = r.fd2 = -1;
+    r.op = canon(sqe->opcode);
+    bool ok = true;
+    switch (sqe->opcode) {
+    case IORING_OP_OPENAT:
+    case IORING_OP_OPENAT2:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        ok = dup_str(&r.path, sqe->addr);
+        if (sqe->opcode == IORING_OP_OPENAT2) {
+            const struct open_how *how =
+                (const struct open_how *)(uintptr_t)sqe->addr2;
+            r.flags = how != NULL ? how->flags : 0;
+        } else {
+            r.flags = sqe->open_flags;
+        }
+        break;
+    case IORING_OP_WRITE:
+    case IORING_OP_WRITEV:
+    case IORING_OP_WRITE_FIXED:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        r.off = sqe->off;
+        ok = copy_data(&r, sqe);
+        break;
+    case IORING_OP_FSYNC:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        r.flags = sqe->fsync_flags;
+        break;
+    case IORING_OP_CLOSE:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        break;
+    case IORING_OP_RENAMEAT:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        r.fd2 = (int)sqe->len;
+        r.ino2 = fd_ino(r.fd2, NULL);
+        r.flags = sqe->rename_flags;
+        ok = dup_str(&r.path, sqe->addr) && dup_str(&r.path2, sqe->addr2);
+        break;
+    case IORING_OP_UNLINKAT:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        r.flags = sqe->unlink_flags;
+        ok = dup_str(&r.path, sqe->addr);
+        break;
+    case IORING_OP_MKDIRAT:
+        r.fd = sqe->fd;
+        r.ino = fd_ino(sqe->fd, &r.isdir);
+        ok = dup_str(&r.path, sqe->addr);
+        break;
+    default:
+        return; /* reads, statx, timeouts, sockets: not recorded */
+    }
+    if (ok && R.npend == R.cappend) {
+        size_t cap = R.cappend ? 2 * R.cappend : 64;
+        pend *p = realloc(R.pend, cap * sizeof *p);
+        if (p == NULL) {
+            ok = false;
+        } else {
+            R.pend = p;
+            R.cappend = cap;
+        }
+    }
+    if (!ok) {
+        R.lost = true;
+        rec_free(&r);
+        return;
+    }
+    r.seq = R.nsub++;
+    R.pend[R.npend++] = (pend){loop, sqe->user_data, r};
+}
+
+/* The CQE of a recorded operation: complete it and append it. */
+static void record_cqe(kv_loop *loop, uint64_t ud, int res)
+{
+    size_t i;
+    for (i = 0; i < R.npend; i++)
+        if (R.pend[i].loop == loop && R.pend[i].ud == ud)
+            break;
+    if (i == R.npend)
+        return;
+    kv__frec r = R.pend[i].r;
+    R.pend[i] = R.pend[--R.npend];
+    r.res = res;
+    r.nsub = R.nsub;
+    if (r.op == IORING_OP_OPENAT && res >= 0) {
+        r.res_ino = fd_ino(res, NULL);
+    } else if (r.op == IORING_OP_MKDIRAT && res == 0) {
+        struct stat st;
+        if (fstatat(r.fd, r.path, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            r.res_ino = (uint64_t)st.st_ino;
+    }
+    if (R.ndone == R.capdone) {
+        size_t cap = R.capdone ? 2 * R.capdone : 256;
+        kv__frec *d = realloc(R.done, cap * sizeof *d);
+        if (d == NULL) {
+            R.lost = true;
+            rec_free(&r);
+            return;
+        }
+        R.done = d;
+        R.capdone = cap;
+    }
+    R.done[R.ndone++] = r;
+}
+
+int kv__fault_record_start(kv_loop *loop)
+{
+    pend_clear();
+    done_clear();
+    R.lost = false;
+    R.nsub = 0;
+    R.chain = 0;
+    R.linked = false;
+    R.loop = loop;
+    R.on = true;
+    update_active();
+    return KV_OK;
+}
+
+void kv__fault_record_stop(void)
+{
+    R.on = false;
+    pend_clear();
+    update_active();
+}
+
+size_t kv__fault_record_count(void)
+{
+    return R.ndone;
+}
+
+const kv__frec *kv__fault_record_get(size_t i)
+{
+    return i < R.ndone ? &R.done[i] : NULL;
+}
+
+uint64_t kv__fault_record_submitted(void)
+{
+    return R.nsub;
+}
+
+bool kv__fault_record_lost(void)
+{
+    return R.lost;
+}
+
+void kv__fault_record_free(void)
+{
+    kv__fault_record_stop();
+    done_clear();
+    free(R.done);
+    free(R.pend);
+    R.done = NULL;
+    R.pend = NULL;
+    R.capdone = R.cappend = 0;
+}
+
 void kv__fault_before_submit(kv_loop *loop)
 {
-    if (!atomic_load_explicit(&F.active, memory_order_relaxed) || !F.armed)
+    if (!atomic_load_explicit(&F.active, memory_order_relaxed))
         return;
-    if (F.loop != NULL && F.loop != loop)
+    bool inj = F.armed && (F.loop == NULL || F.loop == loop);
+    bool rec = R.on && (R.loop == NULL || R.loop == loop);
+    if (!inj && !rec)
         return;
     struct io_uring *ring = kv__loop_ring(loop);
     unsigned head = ring->sq.sqe_head, tail = ring->sq.sqe_tail;
@@ -232,9 +510,13 @@ void kv__fault_before_submit(kv_loop *loop)
         int k = canon(sqe->opcode);
         if (k < 0 || k > 255)
             continue;
-        F.seen[k]++;
-        if (F.kind == k && F.nth != 0 && F.seen[k] == F.nth)
-            inject(loop, ring, pos, tail);
+        if (inj) {
+            F.seen[k]++;
+            if (F.kind == k && F.nth != 0 && F.seen[k] == F.nth)
+                inject(loop, ring, pos, tail);
+        }
+        if (rec)
+            record_sqe(loop, sqe_at(ring, pos));
     }
     F.last_loop = loop;
     F.scanned = tail;
@@ -242,19 +524,20 @@ void kv__fault_before_submit(kv_loop *loop)
 
 int kv__fault_cqe(kv_loop *loop, uint64_t ud, int res)
 {
-    if (!atomic_load_explicit(&F.active, memory_order_relaxed) ||
-        F.nsubs == 0)
+    if (!atomic_load_explicit(&F.active, memory_order_relaxed))
         return res;
-    for (size_t i = 0; i < NSUBST; i++) {
+    for (size_t i = 0; F.nsubs > 0 && i < NSUBST; i++) {
         subst *s = &F.subs[i];
         if (!s->used || s->loop != loop || s->ud != ud)
             continue;
         s->used = false;
         F.nsubs--;
         update_active();
-        if (s->nop && res == -ECANCELED)
-            return res; /* cancelled by an earlier link for real */
-        return s->res;
+        if (!(s->nop && res == -ECANCELED)) /* else: cancelled for real */
+            res = s->res;
+        break;
     }
+    if (R.npend > 0)
+        record_cqe(loop, ud, res);
     return res;
 }
