@@ -152,33 +152,129 @@ static long node_dbsize(const char *dir, int n)
 
 /* ------------------------------------------------------------------------ */
 
+/* URIs refused before any connection: KV_EINVAL, with a message naming
+ * what is wrong (and never the password). */
 START_TEST(test_uri_errors)
 {
     kv_loop *loop = NULL;
     kv_store *s = NULL;
     ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    const char *bad[] = {"http://127.0.0.1:1", "redis://", "redis://x.y:1",
-                         "redis://127.0.0.1:0", "redis://127.0.0.1:1/a b",
-                         "redis://127.0.0.1:1/p?shard=nope",
-                         "redis://127.0.0.1:1/p?timeout=",
-                         "redis://127.0.0.1:1/p?timeout=-1",
-                         "redis://127.0.0.1:1/p?timeout=5s",
-                         "redis://127.0.0.1:1/p?timeout=3600001",
-                         "redis://127.0.0.1:1/p?shard=key&x=1"};
+    static char longhost[400], longuser[400], longpass[700], longpre[300],
+        manyhosts[2000];
+    memset(longhost, 'a', 270);
+    memcpy(longhost, "redis://", 8);
+    memset(longuser, 'u', 300);
+    memcpy(longuser, "redis://", 8);
+    memcpy(longuser + 300, ":p@h", 5);
+    memset(longpass, 'p', 600);
+    memcpy(longpass, "redis://u:", 10);
+    memcpy(longpass + 600, "@h", 3);
+    snprintf(longpre, sizeof longpre, "redis://h/%0270d", 7);
+    longpre[10] = 'x';
+    size_t o = (size_t)snprintf(manyhosts, sizeof manyhosts, "redis://h0");
+    for (int i = 1; i <= 64; i++)
+        o += (size_t)snprintf(manyhosts + o, sizeof manyhosts - o, ",h%d", i);
+    static const struct {
+        const char *uri, *msg;
+    } bad[] = {
+        {"http://127.0.0.1:1", "redis://"},
+        {"redis://", "no host"},
+        {"redis://127.0.0.1:0", "bad port"},
+        {"redis://127.0.0.1:65536", "bad port"},
+        {"redis://127.0.0.1:99999999999", "bad port"},
+        {"redis://127.0.0.1:", "bad port"},
+        {"redis://127.0.0.1:6x", "bad port"},
+        {"redis://127.0.0.1:1/a b", "prefix"},
+        {"redis://127.0.0.1:1/1", "not a database number"},
+        {"redis://127.0.0.1:1/0042?shard=key", "not a database number"},
+        {"redis://h,/p", "empty host"},
+        {"redis://h,,h2/p", "empty host"},
+        {"redis://h/p?shard=nope", "shard="},
+        {"redis://h/p?timeout=", "timeout="},
+        {"redis://h/p?timeout=-1", "timeout="},
+        {"redis://h/p?timeout=5s", "timeout="},
+        {"redis://h/p?timeout=3600001", "timeout="},
+        {"redis://h/p?timeout=99999999999999999999999", "timeout="},
+        {"redis://h/p?shard=key&x=1", "unknown URI option x"},
+        {"redis://h/p?db=2", "unknown URI option db"},
+        {"redis://h/p?shard", "no value"},
+        {"redis://h/p?shard=key&", "empty URI option"},
+        {"redis://h/p?&shard=key", "empty URI option"},
+        {"redis://h/p?verify=2", "verify="},
+        {"redis://h/p?cacert=/x", "TLS only"},
+        {"redis://h/p?verify=0", "TLS only"},
+        {"rediss://h/p?cert=/x", "go together"},
+        {"rediss://h/p?sni=a%20b", "bad sni="},
+        {"rediss://h/p?cacert=", "empty"},
+        {"redis://h/p#frag", "fragment"},
+        {"redis://::1:6379/p", "bracketed"},
+        {"redis://[::1/p", "closing"},
+        {"redis://[::g]:1/p", "not an IPv6"},
+        {"redis://[::1]x/p", "':port'"},
+        {"redis://[]/p", "IPv6"},
+        {"redis://h_/p?password_file=/x&x", "no value"},
+        {"redis://u:p%4@h/p", "percent escape"},
+        {"redis://u:p%zz@h/p", "percent escape"},
+        {"redis://u:p%00x@h/p", "percent escape"},
+        {"redis://u%2@h/p", "percent escape"},
+        {"redis://u:pass word@h/p", "control character"},
+        {"redis://user@h/p", "no password"},
+        {"redis://u:secret@h/p?password_file=/x", "both"},
+        {"redis://-h/p", "bad host"},
+        {"redis://h$/p", "bad host"},
+        {"redis://:secret@/p", "no host"},
+        {"redis://h/p?password_file=/nonexistent/kvpw", "cannot open"},
+        {longhost, "bad host"},
+        {longuser, "user name is too long"},
+        {longpass, "password is too long"},
+        {longpre, "longer than"},
+        {manyhosts, "more than 64 hosts"},
+    };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int rc = kv_redis_open(&s, loop, NULL, bad[i], 0);
-        ck_assert_msg(rc == KV_EINVAL, "%s: %s", bad[i], kv_err_name(rc));
-        ck_assert(kv_last_errmsg()[0] != '\0');
+        int rc = kv_redis_open(&s, loop, NULL, bad[i].uri, 0);
+#ifdef HAVE_HIREDIS
+        ck_assert_msg(rc == KV_EINVAL, "%s: %s (%s)", bad[i].uri,
+                      kv_err_name(rc), kv_last_errmsg());
+        ck_assert_msg(strstr(kv_last_errmsg(), bad[i].msg) != NULL,
+                      "%s: message %s", bad[i].uri, kv_last_errmsg());
+        ck_assert_msg(strstr(kv_last_errmsg(), "secret") == NULL &&
+                          strstr(kv_last_errmsg(), "pass word") == NULL,
+                      "%s: the password in %s", bad[i].uri,
+                      kv_last_errmsg());
+#else
+        ck_assert(rc == KV_EINVAL || rc == KV_ENOTSUP);
+#endif
     }
     ck_assert_kv(kv_redis_open(NULL, loop, NULL, "redis://127.0.0.1:1", 0),
                  KV_EINVAL);
-    /* nothing listens on port 1 */
-    int rc = kv_redis_open(&s, loop, NULL, "redis://127.0.0.1:1", 0);
-    ck_assert_msg(rc == KV_EBACKEND || rc == KV_ENOTSUP, "%s",
-                  kv_err_name(rc));
-    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), rc == KV_EBACKEND
-                                                       ? "127.0.0.1:1"
-                                                       : "hiredis"));
+    /* accepted by the parser: nothing listens on port 1 (KV_EBACKEND), or
+     * the name does not resolve; the message names the node, never the
+     * password */
+    static const char *const good[] = {
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:1/",
+        "redis://127.0.0.1:1/p1?timeout=200",
+        "redis://u:s%40cr%3Aet%2F@127.0.0.1:1/p?shard=store&timeout=0",
+        "redis://:secret@127.0.0.1:1/p",
+        "redis://user:secret@127.0.0.1:1,127.0.0.1:2/p?shard=key",
+        "redis://[::1]:1/p",
+        "redis://localhost:1/a.b:c-d_e",
+        "redis://no-such-host.invalid:1/p",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        int rc = kv_redis_open(&s, loop, NULL, good[i], 0);
+        ck_assert_msg(rc == KV_EBACKEND || rc == KV_ENOTSUP, "%s: %s (%s)",
+                      good[i], kv_err_name(rc), kv_last_errmsg());
+        if (rc == KV_ENOTSUP) {
+            ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "hiredis"));
+            continue;
+        }
+        ck_assert_msg(strstr(kv_last_errmsg(), ":1") != NULL,
+                      "%s: %s", good[i], kv_last_errmsg());
+        ck_assert_msg(strstr(kv_last_errmsg(), "secret") == NULL &&
+                          strstr(kv_last_errmsg(), "cr:et") == NULL,
+                      "%s: the password in %s", good[i], kv_last_errmsg());
+    }
     ck_assert_kv(kv_loop_free(loop), KV_OK);
 }
 END_TEST
