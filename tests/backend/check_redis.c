@@ -1805,6 +1805,249 @@ START_TEST(test_pipelined)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ */
+/* Authentication (the servers of KV_TEST_REDIS_AUTH*, see redis_env.sh)    */
+/* ------------------------------------------------------------------------ */
+
+#define AUTH_PASS_URI "p%40ss%3Aw%2Frd%25x" /* p@ss:w/rd%x */
+
+/* env's host list with cred@ put in front of the hosts, then /path. */
+static bool auth_uri_(char *out, size_t len, const char *env,
+                      const char *cred, const char *path, const char *test)
+{
+    const char *base = getenv(env);
+    if (base == NULL) {
+        fprintf(stderr, "check_redis: %s not set (tests/redis_env.sh sets "
+                        "it when redis-server is installed): %s skipped\n",
+                env, test);
+        return false;
+    }
+    ck_assert(strncmp(base, "redis://", 8) == 0);
+    snprintf(out, len, "redis://%s%s%s/%s", cred, cred[0] ? "@" : "",
+             base + 8, path);
+    return true;
+}
+
+#define auth_uri(out, env, cred, path)                                       \
+    auth_uri_(out, sizeof out, env, cred, path, __func__)
+
+static int try_open(kv_loop *loop, kv_pool *pool, const char *uri,
+                    kv_store **s)
+{
+    *s = NULL;
+    return kv_redis_open(s, loop, pool, uri, 0);
+}
+
+/* Writes, reads, a query and a delete through s (under dir). */
+static void workload(kv_store *s, int n, const char *dir)
+{
+    kv_key *ks[64];
+    uint64_t tok[64];
+    char id[32];
+    ck_assert_int_le(n, 64);
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof id, "%s/k%d", dir, i);
+        ck_assert_kv(kv_key_parse(&ks[i], id), KV_OK);
+        kv_fut *f = AWAIT(kv_put_value(s, ks[i], id, strlen(id), NULL),
+                          KV_OK);
+        tok[i] = kv_fut_token(f);
+        kv_fut_free(f);
+    }
+    for (int i = 0; i < n; i++) {
+        kv_fut *f = AWAIT(kv_get(s, ks[i], NULL), KV_OK);
+        snprintf(id, sizeof id, "%s/k%d", dir, i);
+        ck_assert(kv_fut_record(f)->len == strlen(id) &&
+                  memcmp(kv_fut_record(f)->val, id, strlen(id)) == 0);
+        kv_fut_free(f);
+    }
+    kv_key *w = NULL;
+    ck_assert_kv(kv_key_parse(&w, dir), KV_OK);
+    ck_assert_uint_eq(tu_query_count(s, w), (size_t)n);
+    kv_key_free(w);
+    EXPECT(kv_delete(s, ks[0], tok[0]), KV_OK);
+    for (int i = 0; i < n; i++)
+        kv_key_free(ks[i]);
+}
+
+/* Kill every client connection of the servers in env's host list but
+ * redis-cli's own (authenticated with the default user's password). */
+static void kill_clients(const char *env)
+{
+    const char *h = getenv(env) + 8;
+    while (*h != '\0') {
+        const char *colon = strchr(h, ':');
+        int port = atoi(colon + 1);
+        char cmd[256];
+        snprintf(cmd, sizeof cmd,
+                 "REDISCLI_AUTH='p@ss:w/rd%%x' redis-cli -p %d client kill "
+                 "type normal skipme yes >/dev/null 2>&1",
+                 port);
+        ck_assert_int_eq(system(cmd), 0);
+        h = strchr(colon, ',');
+        if (h == NULL)
+            break;
+        h++;
+    }
+}
+
+/* Operations after every connection was cut: the first may fail
+ * (KV_EBACKEND), then the store reconnects (and authenticates). */
+static void recovers(kv_loop *loop, kv_store *s)
+{
+    kv_key *k = NULL;
+    ck_assert_kv(kv_key_parse(&k, "/w/k1"), KV_OK);
+    int round, rc = KV_EBACKEND;
+    for (round = 0; round < 100; round++) {
+        kv_fut *f = kv_get(s, k, NULL);
+        rc = kv_wait(f);
+        ck_assert_msg(rc == KV_OK || rc == KV_EBACKEND, "%s (%s)",
+                      kv_err_name(rc), kv_fut_errmsg(f));
+        ck_assert_msg(strstr(kv_fut_errmsg(f), "NOAUTH") == NULL,
+                      "a reconnect without AUTH: %s", kv_fut_errmsg(f));
+        kv_fut_free(f);
+        if (rc == KV_OK)
+            break;
+        ck_assert_kv(wait_free(kv_sleep(loop, 50)), KV_OK);
+    }
+    ck_assert_kv(rc, KV_OK);
+    kv_key_free(k);
+}
+
+/* The default user's password (percent-encoded in the URI, or in
+ * password_file=): every operation works, on the single server and on the
+ * cluster from one seed (the other masters are learned from CLUSTER SLOTS
+ * and authenticated too), and again after every connection was cut. */
+START_TEST(test_auth_password)
+{
+    char uri[1024];
+    const char *envs[] = {"KV_TEST_REDIS_AUTH", "KV_TEST_REDIS_AUTH_CLUSTER"};
+    for (int e = 0; e < 2; e++) {
+        char path[96];
+        snprintf(path, sizeof path, "%s-pw", prefix);
+        if (!auth_uri(uri, envs[e], ":" AUTH_PASS_URI, path))
+            return;
+        if (e == 1)
+            *strchr(uri + 8, ',') = '\0', strcat(uri, "/"), strcat(uri, path);
+        kv_loop *loop = NULL;
+        ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+        kv_store *s;
+        int rc = try_open(loop, NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s", kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 40, "/w");
+        kill_clients(envs[e]);
+        recovers(loop, s);
+        workload(s, 40, "/w2");
+        store_close(s);
+
+        /* password_file=: the first line */
+        char *dir = tu_mkdtemp(), pf[4200];
+        ck_assert_ptr_nonnull(dir);
+        snprintf(pf, sizeof pf, "%s/pw", dir);
+        FILE *f = fopen(pf, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs("p@ss:w/rd%x\nsecond line\n", f);
+        ck_assert_int_eq(fclose(f), 0);
+        char uri2[4400];
+        ck_assert(auth_uri(uri2, envs[e], "", path));
+        strcat(uri2, "?password_file=");
+        strcat(uri2, pf);
+        rc = try_open(loop, NULL, uri2, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s", kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 10, "/w3");
+        store_close(s);
+        ck_assert_int_eq(unlink(pf), 0);
+        ck_assert_int_eq(rmdir(dir), 0);
+        free(dir);
+        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+        ck_assert_kv(kv_loop_free(loop), KV_OK);
+    }
+}
+END_TEST
+
+/* An ACL user allowed only ~kvacl* and the commands the store sends: a
+ * store under kvacl... works (single server, cluster with shard=key and
+ * shard=store); a store elsewhere opens but its writes fail KV_EBACKEND
+ * with the server's NOPERM. */
+START_TEST(test_auth_acl_user)
+{
+    char uri[1024], path[128];
+    const char *envs[] = {"KV_TEST_REDIS_AUTH", "KV_TEST_REDIS_AUTH_CLUSTER",
+                          "KV_TEST_REDIS_AUTH_CLUSTER"};
+    const char *opts[] = {"", "", "?shard=store"};
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    for (int e = 0; e < 3; e++) {
+        snprintf(path, sizeof path, "kvacl%s-%d%s", prefix, e, opts[e]);
+        if (!auth_uri(uri, envs[e], "kvuser:kv-pw", path))
+            break;
+        kv_store *s;
+        int rc = try_open(loop, NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 30, "/w");
+        store_close(s);
+        /* outside the user's keys */
+        snprintf(path, sizeof path, "%s-noacl%s", prefix, opts[e]);
+        ck_assert(auth_uri(uri, envs[e], "kvuser:kv-pw", path));
+        rc = try_open(loop, NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        kv_key *k = NULL;
+        ck_assert_kv(kv_key_parse(&k, "/x"), KV_OK);
+        kv_fut *f = AWAIT(kv_put_value(s, k, "v", 1, NULL), KV_EBACKEND);
+        ck_assert_msg(strstr(kv_fut_errmsg(f), "NOPERM") != NULL,
+                      "message: %s", kv_fut_errmsg(f));
+        kv_fut_free(f);
+        kv_key_free(k);
+        store_close(s);
+    }
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
+/* A wrong password, an unknown user, and no password at all: the open
+ * fails KV_EBACKEND with the server's error (WRONGPASS, NOAUTH) and what
+ * to check, never the password. */
+START_TEST(test_auth_refused)
+{
+    static const struct {
+        const char *cred, *err;
+    } cases[] = {
+        {":wrong-Secret", "WRONGPASS"},
+        {"kvuser:wrong-Secret", "WRONGPASS"},
+        {"nouser:wrong-Secret", "WRONGPASS"},
+        {"", "NOAUTH"},
+    };
+    const char *envs[] = {"KV_TEST_REDIS_AUTH", "KV_TEST_REDIS_AUTH_CLUSTER"};
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    for (int e = 0; e < 2; e++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            char uri[1024];
+            if (!auth_uri(uri, envs[e], cases[i].cred, prefix))
+                goto out;
+            kv_store *s;
+            int rc = try_open(loop, NULL, uri, &s);
+            const char *m = kv_last_errmsg();
+            fprintf(stderr, "test_auth_refused: %s\n", m);
+            ck_assert_msg(rc == KV_EBACKEND, "%s: %s (%s)", cases[i].cred,
+                          kv_err_name(rc), m);
+            ck_assert_msg(strstr(m, cases[i].err) != NULL &&
+                              strstr(m, "authentication failed") != NULL &&
+                              (strstr(m, "check the URI") != NULL ||
+                               strstr(m, "requires a password") != NULL),
+                          "%s: message %s", cases[i].cred, m);
+            ck_assert_msg(strstr(m, "Secret") == NULL, "the password: %s", m);
+        }
+    }
+out:
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
 static Suite *redis_suite(void)
 {
     Suite *s = suite_create("redis");
@@ -1812,6 +2055,9 @@ static Suite *redis_suite(void)
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_uri_errors);
+    tcase_add_test(tc, test_auth_password);
+    tcase_add_test(tc, test_auth_acl_user);
+    tcase_add_test(tc, test_auth_refused);
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);
 #ifdef HAVE_HIREDIS
