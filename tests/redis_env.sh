@@ -242,7 +242,7 @@ make_cluster() {
             --cluster-config-file nodes.conf --cluster-node-timeout "$nto" \
             --cluster-require-full-coverage no \
             --cluster-replica-validity-factor 0 \
-            --repl-diskless-sync-delay 0 || return 1
+            --repl-diskless-sync-delay 0 ${CLUSTER_EXTRA:-} || return 1
         hosts="$hosts 127.0.0.1:$port"
     done
     # shellcheck disable=SC2086
@@ -316,7 +316,10 @@ make_auth() {
     ok=0
     if start_node asingle; then
         asingle=$port
+        CLUSTER_EXTRA='--cluster-announce-hostname localhost
+            --cluster-preferred-endpoint-type hostname'
         make_cluster acluster 2000 a1 a2 a3 && ok=1
+        CLUSTER_EXTRA=
     fi
     unset NODE_CONF NODE_AUTH REDISCLI_AUTH
     [ $ok = 1 ] || return 1
@@ -330,7 +333,8 @@ make_auth() {
 }
 
 setup() {
-    start_node single || return 1
+    # also on [::1] when the machine has IPv6 on loopback (- : optional)
+    start_node single --bind 127.0.0.1 -::1 || return 1
     single=$port
     make_cluster cluster 2000 c1 c2 c3 || return 1
     cports=

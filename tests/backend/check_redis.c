@@ -1930,8 +1930,13 @@ START_TEST(test_auth_password)
             *strchr(uri + 8, ',') = '\0', strcat(uri, "/"), strcat(uri, path);
         kv_loop *loop = NULL;
         ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+        /* the cluster's nodes announce the name localhost: with a pool the
+         * store looks it up again at each reconnect */
+        kv_pool *pool = NULL;
+        if (e == 1)
+            ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
         kv_store *s;
-        int rc = try_open(loop, NULL, uri, &s);
+        int rc = try_open(loop, pool, uri, &s);
         ck_assert_msg(rc == KV_OK, "%s: %s", kv_err_name(rc),
                       kv_last_errmsg());
         workload(s, 40, "/w");
@@ -1952,7 +1957,7 @@ START_TEST(test_auth_password)
         ck_assert(auth_uri(uri2, envs[e], "", path));
         strcat(uri2, "?password_file=");
         strcat(uri2, pf);
-        rc = try_open(loop, NULL, uri2, &s);
+        rc = try_open(loop, pool, uri2, &s);
         ck_assert_msg(rc == KV_OK, "%s: %s", kv_err_name(rc),
                       kv_last_errmsg());
         workload(s, 10, "/w3");
@@ -1962,6 +1967,8 @@ START_TEST(test_auth_password)
         free(dir);
         ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
         ck_assert_kv(kv_loop_free(loop), KV_OK);
+        if (pool != NULL)
+            kv_pool_free(pool);
     }
 }
 END_TEST
@@ -2048,6 +2055,101 @@ out:
 }
 END_TEST
 
+/* The single server reached as localhost, 127.0.0.1 and [::1] (when the
+ * machine has IPv6 on loopback; redis_env.sh binds ::1 when it can). */
+START_TEST(test_host_forms)
+{
+    const char *base = getenv("KV_TEST_REDIS");
+    if (base == NULL) {
+        fprintf(stderr, "check_redis: KV_TEST_REDIS not set: %s skipped\n",
+                __func__);
+        return;
+    }
+    int port = atoi(strrchr(base, ':') + 1);
+    /* is the server reachable on [::1]? */
+    bool v6 = false;
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        struct sockaddr_in6 sa = {.sin6_family = AF_INET6,
+                                  .sin6_port = htons((uint16_t)port)};
+        sa.sin6_addr = in6addr_loopback;
+        v6 = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+        if (!v6)
+            fprintf(stderr, "test_host_forms: [::1] row skipped: no server "
+                            "on [::1]:%d (%s): no IPv6 on loopback here?\n",
+                    port, strerror(errno));
+        close(fd);
+    } else {
+        fprintf(stderr, "test_host_forms: [::1] row skipped: no IPv6 socket "
+                        "(%s)\n",
+                strerror(errno));
+    }
+    const char *hosts[] = {"localhost", "127.0.0.1", "[::1]"};
+    kv_loop *loop = NULL;
+    kv_pool *pool = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+    for (int i = 0; i < 3; i++) {
+        if (i == 2 && !v6)
+            continue;
+        char uri[256];
+        snprintf(uri, sizeof uri, "redis://%s:%d/%s-h%d", hosts[i], port,
+                 prefix, i);
+        kv_store *s;
+        int rc = try_open(loop, i == 0 ? pool : NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 10, "/w");
+        store_close(s);
+    }
+    /* a name that does not resolve: KV_EBACKEND saying so */
+    kv_store *s;
+    int rc = try_open(loop, NULL, "redis://no-such-host.invalid:6379/p", &s);
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_msg(strstr(kv_last_errmsg(), "cannot resolve "
+                                           "no-such-host.invalid") != NULL,
+                  "%s", kv_last_errmsg());
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_pool_free(pool);
+}
+END_TEST
+
+/* kv_redis_open against a node that never answers (the proxy dark: its
+ * connect hangs) returns within the URI's timeout= for the whole open, not
+ * 5 s a step; the message says so. */
+START_TEST(test_open_timeout)
+{
+    int fds0 = tu_count_fds();
+    proxy *p = proxy_new();
+    if (p == NULL)
+        return;
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    proxy_dark(p, true);
+    char uri[256];
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d/%s?timeout=300", p->port,
+             prefix);
+    kv_store *s = NULL;
+    uint64_t t0 = mono_ms();
+    int rc = kv_redis_open(&s, loop, NULL, uri, 0);
+    uint64_t waited = mono_ms() - t0;
+    fprintf(stderr, "test_open_timeout: failed after %" PRIu64 " ms: %s\n",
+            waited, kv_last_errmsg());
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_msg(strstr(kv_last_errmsg(), "within the open's timeout "
+                                           "(300 ms)") != NULL,
+                  "%s", kv_last_errmsg());
+    /* before: 5 s (the connect's own timeout); generous for a busy box */
+    ck_assert_uint_lt(waited, 4000);
+    ck_assert_ptr_null(s);
+    proxy_dark(p, false);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    proxy_free(p);
+    ck_assert_int_eq(tu_count_fds(), fds0);
+}
+END_TEST
+
 static Suite *redis_suite(void)
 {
     Suite *s = suite_create("redis");
@@ -2058,6 +2160,8 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_auth_password);
     tcase_add_test(tc, test_auth_acl_user);
     tcase_add_test(tc, test_auth_refused);
+    tcase_add_test(tc, test_host_forms);
+    tcase_add_test(tc, test_open_timeout);
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);
 #ifdef HAVE_HIREDIS
