@@ -329,7 +329,7 @@ static const char *auth_hint(const char *err)
 /* Send AUTH on n's fresh connection: KV_OK, or an error with why set
  * (the server's error, never the password). */
 static int sync_auth(rstore *st, rnode *n, const odl *d, char *why,
-                     size_t whylen)
+                     size_t whylen, const char **hint)
 {
     if (st->pass == NULL)
         return KV_OK;
@@ -353,7 +353,8 @@ static int sync_auth(rstore *st, rnode *n, const odl *d, char *why,
     rc = KV_OK;
     if (r->type == REDIS_REPLY_ERROR) {
         const char *e = r->str ? r->str : "error";
-        snprintf(why, whylen, "AUTH failed: %.200s%s", e, auth_hint(e));
+        snprintf(why, whylen, "AUTH failed: %.200s", e);
+        *hint = auth_hint(e);
         rc = KV_EBACKEND;
     }
     freeReplyObject(r);
@@ -367,12 +368,13 @@ static int open_node(rstore *st, rnode *n, bool learn_sha, const odl *d)
     char why[512];
     int rc;
     if (n->fd < 0) {
+        const char *hint = "";
         rc = sync_connect(n, d, why, sizeof why);
         if (rc == KV_OK)
-            rc = sync_auth(st, n, d, why, sizeof why);
+            rc = sync_auth(st, n, d, why, sizeof why, &hint);
         if (rc != KV_OK) {
             redis__node_set_err(n, "%s", why);
-            kv__set_errmsg("kv_redis_open: %s: %s", n->name, why);
+            kv__set_errmsg("kv_redis_open: %s: %s%s", n->name, why, hint);
             sync_abandon(n);
             return rc;
         }
@@ -543,11 +545,12 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
     redisReply *slots = NULL;
     char errs[1024] = "";
     bool auth_err = false;
+    const char *hint = "";
     for (rnode *n = st->nodes; n != NULL && seed == NULL; n = n->next) {
         char why[512];
         int err = sync_connect(n, &d, why, sizeof why);
         if (err == KV_OK) {
-            err = sync_auth(st, n, &d, why, sizeof why);
+            err = sync_auth(st, n, &d, why, sizeof why, &hint);
             auth_err = auth_err || (err == KV_EBACKEND &&
                                     strncmp(why, "AUTH failed", 11) == 0);
         }
@@ -563,8 +566,9 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
             kv__free(w.data);
             if (slots != NULL && slots->type == REDIS_REPLY_ERROR &&
                 slots->str != NULL && slots_refused(slots->str)) {
-                snprintf(why, sizeof why, "CLUSTER SLOTS: %.200s%s",
-                         slots->str, auth_hint(slots->str));
+                snprintf(why, sizeof why, "CLUSTER SLOTS: %.200s",
+                         slots->str);
+                hint = auth_hint(slots->str);
                 auth_err = auth_err || strncmp(slots->str, "NO", 2) == 0;
                 freeReplyObject(slots);
                 slots = NULL;
@@ -588,10 +592,10 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
         seed = n;
     }
     if (seed == NULL) {
-        kv__set_errmsg("kv_redis_open: %s (%s)",
+        kv__set_errmsg("kv_redis_open: %s (%s)%s",
                        auth_err ? "authentication failed"
                                 : "cannot reach any redis node",
-                       errs);
+                       errs, hint);
         rstore_free(st);
         return KV_EBACKEND;
     }
