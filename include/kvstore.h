@@ -746,21 +746,29 @@ KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 
 /*
  * Open a Redis store (Redis or Valkey 7, single server or Redis Cluster).
- * uri is "redis://ip:port[,ip:port...][/prefix][?option[&option]]" with the
- * options shard=key|store and timeout=MS (grammar and defaults in
- * kvstore-redis(3)); a bad URI fails KV_EINVAL.  pool is unused (may be
- * NULL).
+ * uri is "redis://[user[:password]@]host[:port][,host[:port]...][/prefix]
+ * [?option[&option]...]": host a DNS name, an IPv4 address or a bracketed
+ * IPv6 address; user and password percent-decoded (then AUTH on every
+ * connection); options shard=key|store, timeout=MS, password_file=PATH
+ * (the password on its first line) and the TLS options cacert=, cert=,
+ * key=, sni=, verify= (rediss://, not supported yet: KV_ENOTSUP).  Grammar,
+ * defaults and the ACL a limited user needs: kvstore-redis(3).  A bad URI
+ * fails KV_EINVAL naming the field at fault (never quoting the password).
+ * pool: host-name look-ups when a node reconnects (may be NULL: names then
+ * keep the addresses found at open).
  * flags: KV_READONLY; any other bit fails KV_EINVAL.
- * Threads: open blocks its caller (blocking sockets, 5 s timeouts: connect,
- * CLUSTER SLOTS, SCRIPT LOAD on each master, GET of the slot directory);
- * afterwards all socket I/O and timers go through loop's io_uring.
+ * Threads: open blocks its caller for at most the URI's timeout= in all
+ * (name look-ups, connect, AUTH, CLUSTER SLOTS, SCRIPT LOAD on each master,
+ * GET of the slot directory); afterwards all socket I/O and timers go
+ * through loop's io_uring.
  * Atomic calls: kv_supports_atomic_batch reports true, but with shard=key
  * an atomic batch whose keys lie in several hash slots fails KV_ENOTSUP
  * (its message names two such keys), and kv_move_prefix_atomic fails
  * KV_ENOTSUP (use shard=store).
- * Errors of open: KV_EINVAL (bad URI, a flag it does not accept),
- * KV_ENOMEM, KV_EBACKEND (no seed answered; see kv_last_errmsg),
- * KV_ENOTSUP (built without hiredis).  Errors of operations: KV_EBACKEND
+ * Errors of open: KV_EINVAL (bad URI, unreadable password_file, a flag it
+ * does not accept), KV_ENOMEM, KV_EBACKEND (no seed answered in time, a
+ * name does not resolve, or AUTH failed: the server's WRONGPASS/NOAUTH is
+ * in kv_last_errmsg), KV_ENOTSUP (built without hiredis; rediss://).  Errors of operations: KV_EBACKEND
  * when a node cannot be reached, or when the outcome is unknown (the
  * connection broke or timed out after the command was sent: re-read the
  * token before retrying).

@@ -13,6 +13,15 @@
 #   - for check_redis only, a second cluster for the failover test: three
 #     masters f1..f3 and f4, a replica of f1 (cluster-node-timeout 1000)
 #                                        -> KV_TEST_REDIS_FAILOVER
+#   - for check_redis only, servers that need a password (host lists only,
+#     no credentials in the variables):
+#       a single server                  -> KV_TEST_REDIS_AUTH
+#       a 3-master cluster               -> KV_TEST_REDIS_AUTH_CLUSTER
+#     both with requirepass p@ss:w/rd%x (URI-encoded: p%40ss%3Aw%2Frd%25x)
+#     for the default user, and ACL user kvuser (password kv-pw) allowed
+#     only the keys ~kvacl* and the commands the store sends (see
+#     kvstore-redis(3)); the cluster's nodes also authenticate to each
+#     other (masterauth)
 # every one with appendonly yes / appendfsync always; KV_TEST_REDIS_DIR
 # holds c1..c3 (and f1..f4) /start and /stop scripts and /port files for
 # the failure tests.  The servers are killed when the program ends, whatever
@@ -124,10 +133,14 @@ pick_port() {
 # stop scripts and run start.  start succeeds once the server on PORT
 # answers with NAME's directory (not some other server that took the port),
 # and fails at once if the server exits.
+# With NODE_CONF set the server reads that file first; with NODE_AUTH set
+# redis-cli authenticates with it (REDISCLI_AUTH).
 make_node() {
     name=$1 p=$2
     shift 2
     nd=$dir/$name
+    conf=${NODE_CONF:+"'$NODE_CONF' "}
+    auth=${NODE_AUTH:+"REDISCLI_AUTH='$NODE_AUTH' "}
     cport=
     case " $* " in
     *" --cluster-enabled yes "*) cport="--cluster-port $((p + bus))" ;;
@@ -137,13 +150,13 @@ make_node() {
     {
         echo "cd '$nd' || exit 1"
         echo "rm -f '$nd/redis.pid'"
-        echo "timeout 3600 redis-server --bind 127.0.0.1 --port $p --dir '$nd' \\"
+        echo "timeout 3600 redis-server $conf--bind 127.0.0.1 --port $p --dir '$nd' \\"
         echo "  --pidfile '$nd/redis.pid' --appendonly yes --appendfsync always \\"
         echo "  --save '' --protected-mode no --logfile '$nd/log' $* $cport \\"
         echo "  >/dev/null 2>&1 &"
         echo "echo \$! > '$nd/pid'"
         echo "i=0; while [ \$i -lt 400 ]; do"
-        echo "  d=\$(redis-cli -h 127.0.0.1 -p $p config get dir 2>/dev/null | sed -n 2p)"
+        echo "  d=\$(${auth}redis-cli -h 127.0.0.1 -p $p config get dir 2>/dev/null | sed -n 2p)"
         echo "  [ \"\$d\" = '$nd' ] && exit 0"
         echo "  kill -0 \$(cat '$nd/pid') 2>/dev/null || exit 1"
         echo "  i=\$((i + 1)); sleep 0.05; done; exit 1"
@@ -151,7 +164,7 @@ make_node() {
     {
         echo "[ -f '$nd/pid' ] && kill \$(cat '$nd/pid') 2>/dev/null"
         echo "i=0; while [ \$i -lt 300 ]; do"
-        echo "  redis-cli -h 127.0.0.1 -p $p ping >/dev/null 2>&1 || exit 0"
+        echo "  ${auth}redis-cli -h 127.0.0.1 -p $p ping 2>/dev/null | grep -q . || exit 0"
         echo "  i=\$((i + 1)); sleep 0.05; done; exit 1"
     } > "$nd/stop"
     sh "$nd/start"
@@ -229,7 +242,7 @@ make_cluster() {
             --cluster-config-file nodes.conf --cluster-node-timeout "$nto" \
             --cluster-require-full-coverage no \
             --cluster-replica-validity-factor 0 \
-            --repl-diskless-sync-delay 0 || return 1
+            --repl-diskless-sync-delay 0 ${CLUSTER_EXTRA:-} || return 1
         hosts="$hosts 127.0.0.1:$port"
     done
     # shellcheck disable=SC2086
@@ -281,8 +294,47 @@ make_failover() {
     return 1
 }
 
+# The servers that need a password: their configuration file.
+AUTH_PASS='p@ss:w/rd%x'
+write_auth_conf() {
+    # shellcheck disable=SC2016 # literal ACL rules
+    {
+        echo "requirepass \"$AUTH_PASS\""
+        echo "masterauth \"$AUTH_PASS\""
+        echo 'user kvuser on >kv-pw ~kvacl* resetchannels -@all +auth +ping' \
+            '+cluster|slots +asking +script|load +evalsha +eval +get +set' \
+            '+setbit +hget +hmget +hset +del +zadd +zrem +zscore' \
+            '+zrangebylex +zrevrangebylex +zremrangebylex +time'
+    } > "$dir/auth.conf"
+}
+
+make_auth() {
+    write_auth_conf
+    NODE_CONF=$dir/auth.conf NODE_AUTH=$AUTH_PASS
+    REDISCLI_AUTH=$AUTH_PASS
+    export REDISCLI_AUTH
+    ok=0
+    if start_node asingle; then
+        asingle=$port
+        CLUSTER_EXTRA='--cluster-announce-hostname localhost
+            --cluster-preferred-endpoint-type hostname'
+        make_cluster acluster 2000 a1 a2 a3 && ok=1
+        CLUSTER_EXTRA=
+    fi
+    unset NODE_CONF NODE_AUTH REDISCLI_AUTH
+    [ $ok = 1 ] || return 1
+    aports=
+    for n in a1 a2 a3; do
+        aports="$aports${aports:+,}127.0.0.1:$(cat "$dir/$n/port")"
+    done
+    KV_TEST_REDIS_AUTH="redis://127.0.0.1:$asingle"
+    KV_TEST_REDIS_AUTH_CLUSTER="redis://$aports"
+    export KV_TEST_REDIS_AUTH KV_TEST_REDIS_AUTH_CLUSTER
+}
+
 setup() {
-    start_node single || return 1
+    # also on [::1] when the machine has IPv6 on loopback (- : optional)
+    start_node single --bind 127.0.0.1 -::1 || return 1
     single=$port
     make_cluster cluster 2000 c1 c2 c3 || return 1
     cports=
@@ -300,6 +352,7 @@ setup() {
         done
         KV_TEST_REDIS_FAILOVER="redis://$fports"
         export KV_TEST_REDIS_FAILOVER
+        make_auth || return 1
         ;;
     esac
     return 0

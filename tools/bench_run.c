@@ -635,7 +635,7 @@ static void describe(section *sec, jobresult *r)
         snprintf(r->store, sizeof r->store, "%s:%s/job0..job%u (one store per job)",
                  tu_backend_name(sec->uri.kind), sec->uri.path, sec->nds - 1);
     else if (sec->uri.kind == TU_REDIS)
-        snprintf(r->store, sizeof r->store, "%s", sec->uri.path);
+        tu_uri_shown(sec->uri.path, r->store, sizeof r->store);
     else
         snprintf(r->store, sizeof r->store, "%s:%s%s",
                  sec->uri.kind == TU_SQLITE_RAW ? "sqlite-raw" : tu_backend_name(sec->uri.kind),

@@ -392,7 +392,7 @@ typedef struct optdef {
 
 static const optdef opts[] = {
     {"name", o_name, false, "job name; on the command line, starts a new job"},
-    {"backend", o_backend, false, "sqlite:memory|sqlite:PATH|fs:PATH[?fanout=1]|redis://HOST:PORT|sqlite-raw:PATH|lmdb:PATH|rocksdb:PATH"},
+    {"backend", o_backend, false, "sqlite:memory|sqlite:PATH|fs:PATH[?fanout=1]|redis[s]://[USER:PASS@]HOST:PORT[,...][/prefix][?opts]|sqlite-raw:PATH|lmdb:PATH|rocksdb:PATH"},
     {"rw", o_rw, false, "read|write|randread|randwrite|rw|randrw|cas|scan|insert"},
     {"readwrite", o_rw, false, NULL},
     {"rwmixread", o_rwmixread, false, "percent of reads in a mixed workload"},

@@ -45,7 +45,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kvctl [--sync=full|normal|none] STORE COMMAND [ARGS]\n"
             "\n"
-            "STORE: sqlite:PATH | sqlite:memory | fs:PATH | redis://HOST:PORT[/prefix]\n"
+            "STORE: sqlite:PATH | sqlite:memory | fs:PATH |\n"
+            "       redis://[USER:PASS@]HOST[:PORT][,HOST[:PORT]...][/prefix][?opts]\n"
             "\n"
             "commands:\n"
             "  get KEY [--token|--json]     print the value (or its token, or a JSON line)\n"

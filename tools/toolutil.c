@@ -27,7 +27,30 @@ static const struct {
     {"lmdb:", TU_LMDB},
     {"rocksdb:", TU_ROCKSDB},
     {"redis:", TU_REDIS},
+    {"rediss:", TU_REDIS},
 };
+
+const char *tu_uri_shown(const char *uri, char *out, size_t len)
+{
+    const char *ss = strstr(uri, "://");
+    if (ss == NULL) {
+        snprintf(out, len, "%s", uri);
+        return out;
+    }
+    const char *auth = ss + 3;
+    size_t al = strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *q = auth; q < auth + al; q++)
+        if (*q == '@')
+            at = q;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon == NULL) {
+        snprintf(out, len, "%s", uri);
+        return out;
+    }
+    snprintf(out, len, "%.*s***%s", (int)(colon + 1 - uri), uri, at);
+    return out;
+}
 
 int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
 {
@@ -68,11 +91,12 @@ int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
         }
         return 0;
     }
+    char shown[512];
     snprintf(err, errlen,
              "unknown store URI '%s' (expected sqlite:memory, sqlite:PATH, "
-             "fs:PATH, redis://HOST:PORT, sqlite-raw:PATH, lmdb:PATH or "
-             "rocksdb:PATH)",
-             uri);
+             "fs:PATH, redis://HOST:PORT, rediss://HOST:PORT, "
+             "sqlite-raw:PATH, lmdb:PATH or rocksdb:PATH)",
+             tu_uri_shown(uri, shown, sizeof shown));
     return -1;
 }
 
@@ -127,9 +151,11 @@ int tu_open_store(kv_store **out, kv_loop *loop, kv_pool *pool,
     }
     if (rc != KV_OK) {
         const char *m = kv_last_errmsg();
+        char shown[1024];
         snprintf(err, errlen, "cannot open %s store%s%s: %s%s%s",
                  tu_backend_name(u->kind), u->path ? " " : "",
-                 u->path ? u->path : "", kv_strerror(rc), *m ? ": " : "", m);
+                 u->path ? tu_uri_shown(u->path, shown, sizeof shown) : "",
+                 kv_strerror(rc), *m ? ": " : "", m);
     }
     return rc;
 }

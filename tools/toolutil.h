@@ -25,7 +25,8 @@ typedef enum tu_backend {
     TU_SQLITE_RAW, /* sqlite-raw:PATH  (kvbench peer, not kvstore)    */
     TU_LMDB,       /* lmdb:PATH        (kvbench peer)                 */
     TU_ROCKSDB,    /* rocksdb:PATH     (kvbench peer)                 */
-    TU_REDIS       /* redis://HOST:PORT[,...][/prefix][?shard=...]    */
+    TU_REDIS       /* redis[s]://[USER[:PASS]@]HOST[:PORT][,...]
+                      [/prefix][?options] (kvstore-redis(3))          */
 } tu_backend;
 
 typedef struct tu_uri {
@@ -33,6 +34,13 @@ typedef struct tu_uri {
     char *path;     /* heap copy; NULL for sqlite:memory */
     unsigned flags; /* kv_*_open flags the URI asks for (KV_FS_FANOUT) */
 } tu_uri;
+
+/*
+ * uri as it may be shown: the password of a scheme://user:password@
+ * URI (Redis's) replaced by "***" (a
+ * password must never reach a terminal, a log or a report).  Into out.
+ */
+const char *tu_uri_shown(const char *uri, char *out, size_t len);
 
 /*
  * Parse uri.  0 on success; -1 with a message in err otherwise.  fs URIs

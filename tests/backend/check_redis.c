@@ -152,33 +152,129 @@ static long node_dbsize(const char *dir, int n)
 
 /* ------------------------------------------------------------------------ */
 
+/* URIs refused before any connection: KV_EINVAL, with a message naming
+ * what is wrong (and never the password). */
 START_TEST(test_uri_errors)
 {
     kv_loop *loop = NULL;
     kv_store *s = NULL;
     ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
-    const char *bad[] = {"http://127.0.0.1:1", "redis://", "redis://x.y:1",
-                         "redis://127.0.0.1:0", "redis://127.0.0.1:1/a b",
-                         "redis://127.0.0.1:1/p?shard=nope",
-                         "redis://127.0.0.1:1/p?timeout=",
-                         "redis://127.0.0.1:1/p?timeout=-1",
-                         "redis://127.0.0.1:1/p?timeout=5s",
-                         "redis://127.0.0.1:1/p?timeout=3600001",
-                         "redis://127.0.0.1:1/p?shard=key&x=1"};
+    static char longhost[400], longuser[400], longpass[700], longpre[300],
+        manyhosts[2000];
+    memset(longhost, 'a', 270);
+    memcpy(longhost, "redis://", 8);
+    memset(longuser, 'u', 300);
+    memcpy(longuser, "redis://", 8);
+    memcpy(longuser + 300, ":p@h", 5);
+    memset(longpass, 'p', 600);
+    memcpy(longpass, "redis://u:", 10);
+    memcpy(longpass + 600, "@h", 3);
+    snprintf(longpre, sizeof longpre, "redis://h/%0270d", 7);
+    longpre[10] = 'x';
+    size_t o = (size_t)snprintf(manyhosts, sizeof manyhosts, "redis://h0");
+    for (int i = 1; i <= 64; i++)
+        o += (size_t)snprintf(manyhosts + o, sizeof manyhosts - o, ",h%d", i);
+    static const struct {
+        const char *uri, *msg;
+    } bad[] = {
+        {"http://127.0.0.1:1", "redis://"},
+        {"redis://", "no host"},
+        {"redis://127.0.0.1:0", "bad port"},
+        {"redis://127.0.0.1:65536", "bad port"},
+        {"redis://127.0.0.1:99999999999", "bad port"},
+        {"redis://127.0.0.1:", "bad port"},
+        {"redis://127.0.0.1:6x", "bad port"},
+        {"redis://127.0.0.1:1/a b", "prefix"},
+        {"redis://127.0.0.1:1/1", "not a database number"},
+        {"redis://127.0.0.1:1/0042?shard=key", "not a database number"},
+        {"redis://h,/p", "empty host"},
+        {"redis://h,,h2/p", "empty host"},
+        {"redis://h/p?shard=nope", "shard="},
+        {"redis://h/p?timeout=", "timeout="},
+        {"redis://h/p?timeout=-1", "timeout="},
+        {"redis://h/p?timeout=5s", "timeout="},
+        {"redis://h/p?timeout=3600001", "timeout="},
+        {"redis://h/p?timeout=99999999999999999999999", "timeout="},
+        {"redis://h/p?shard=key&x=1", "unknown URI option x"},
+        {"redis://h/p?db=2", "unknown URI option db"},
+        {"redis://h/p?shard", "no value"},
+        {"redis://h/p?shard=key&", "empty URI option"},
+        {"redis://h/p?&shard=key", "empty URI option"},
+        {"redis://h/p?verify=2", "verify="},
+        {"redis://h/p?cacert=/x", "TLS only"},
+        {"redis://h/p?verify=0", "TLS only"},
+        {"rediss://h/p?cert=/x", "go together"},
+        {"rediss://h/p?sni=a%20b", "bad sni="},
+        {"rediss://h/p?cacert=", "empty"},
+        {"redis://h/p#frag", "fragment"},
+        {"redis://::1:6379/p", "bracketed"},
+        {"redis://[::1/p", "closing"},
+        {"redis://[::g]:1/p", "not an IPv6"},
+        {"redis://[::1]x/p", "':port'"},
+        {"redis://[]/p", "IPv6"},
+        {"redis://h_/p?password_file=/x&x", "no value"},
+        {"redis://u:p%4@h/p", "percent escape"},
+        {"redis://u:p%zz@h/p", "percent escape"},
+        {"redis://u:p%00x@h/p", "percent escape"},
+        {"redis://u%2@h/p", "percent escape"},
+        {"redis://u:pass word@h/p", "control character"},
+        {"redis://user@h/p", "no password"},
+        {"redis://u:secret@h/p?password_file=/x", "both"},
+        {"redis://-h/p", "bad host"},
+        {"redis://h$/p", "bad host"},
+        {"redis://:secret@/p", "no host"},
+        {"redis://h/p?password_file=/nonexistent/kvpw", "cannot open"},
+        {longhost, "bad host"},
+        {longuser, "user name is too long"},
+        {longpass, "password is too long"},
+        {longpre, "longer than"},
+        {manyhosts, "more than 64 hosts"},
+    };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int rc = kv_redis_open(&s, loop, NULL, bad[i], 0);
-        ck_assert_msg(rc == KV_EINVAL, "%s: %s", bad[i], kv_err_name(rc));
-        ck_assert(kv_last_errmsg()[0] != '\0');
+        int rc = kv_redis_open(&s, loop, NULL, bad[i].uri, 0);
+#ifdef HAVE_HIREDIS
+        ck_assert_msg(rc == KV_EINVAL, "%s: %s (%s)", bad[i].uri,
+                      kv_err_name(rc), kv_last_errmsg());
+        ck_assert_msg(strstr(kv_last_errmsg(), bad[i].msg) != NULL,
+                      "%s: message %s", bad[i].uri, kv_last_errmsg());
+        ck_assert_msg(strstr(kv_last_errmsg(), "secret") == NULL &&
+                          strstr(kv_last_errmsg(), "pass word") == NULL,
+                      "%s: the password in %s", bad[i].uri,
+                      kv_last_errmsg());
+#else
+        ck_assert(rc == KV_EINVAL || rc == KV_ENOTSUP);
+#endif
     }
     ck_assert_kv(kv_redis_open(NULL, loop, NULL, "redis://127.0.0.1:1", 0),
                  KV_EINVAL);
-    /* nothing listens on port 1 */
-    int rc = kv_redis_open(&s, loop, NULL, "redis://127.0.0.1:1", 0);
-    ck_assert_msg(rc == KV_EBACKEND || rc == KV_ENOTSUP, "%s",
-                  kv_err_name(rc));
-    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), rc == KV_EBACKEND
-                                                       ? "127.0.0.1:1"
-                                                       : "hiredis"));
+    /* accepted by the parser: nothing listens on port 1 (KV_EBACKEND), or
+     * the name does not resolve; the message names the node, never the
+     * password */
+    static const char *const good[] = {
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:1/",
+        "redis://127.0.0.1:1/p1?timeout=200",
+        "redis://u:s%40cr%3Aet%2F@127.0.0.1:1/p?shard=store&timeout=0",
+        "redis://:secret@127.0.0.1:1/p",
+        "redis://user:secret@127.0.0.1:1,127.0.0.1:2/p?shard=key",
+        "redis://[::1]:1/p",
+        "redis://localhost:1/a.b:c-d_e",
+        "redis://no-such-host.invalid:1/p",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        int rc = kv_redis_open(&s, loop, NULL, good[i], 0);
+        ck_assert_msg(rc == KV_EBACKEND || rc == KV_ENOTSUP, "%s: %s (%s)",
+                      good[i], kv_err_name(rc), kv_last_errmsg());
+        if (rc == KV_ENOTSUP) {
+            ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "hiredis"));
+            continue;
+        }
+        ck_assert_msg(strstr(kv_last_errmsg(), ":1") != NULL,
+                      "%s: %s", good[i], kv_last_errmsg());
+        ck_assert_msg(strstr(kv_last_errmsg(), "secret") == NULL &&
+                          strstr(kv_last_errmsg(), "cr:et") == NULL,
+                      "%s: the password in %s", good[i], kv_last_errmsg());
+    }
     ck_assert_kv(kv_loop_free(loop), KV_OK);
 }
 END_TEST
@@ -1709,6 +1805,351 @@ START_TEST(test_pipelined)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ */
+/* Authentication (the servers of KV_TEST_REDIS_AUTH*, see redis_env.sh)    */
+/* ------------------------------------------------------------------------ */
+
+#define AUTH_PASS_URI "p%40ss%3Aw%2Frd%25x" /* p@ss:w/rd%x */
+
+/* env's host list with cred@ put in front of the hosts, then /path. */
+static bool auth_uri_(char *out, size_t len, const char *env,
+                      const char *cred, const char *path, const char *test)
+{
+    const char *base = getenv(env);
+    if (base == NULL) {
+        fprintf(stderr, "check_redis: %s not set (tests/redis_env.sh sets "
+                        "it when redis-server is installed): %s skipped\n",
+                env, test);
+        return false;
+    }
+    ck_assert(strncmp(base, "redis://", 8) == 0);
+    snprintf(out, len, "redis://%s%s%s/%s", cred, cred[0] ? "@" : "",
+             base + 8, path);
+    return true;
+}
+
+#define auth_uri(out, env, cred, path)                                       \
+    auth_uri_(out, sizeof out, env, cred, path, __func__)
+
+static int try_open(kv_loop *loop, kv_pool *pool, const char *uri,
+                    kv_store **s)
+{
+    *s = NULL;
+    return kv_redis_open(s, loop, pool, uri, 0);
+}
+
+/* Writes, reads, a query and a delete through s (under dir). */
+static void workload(kv_store *s, int n, const char *dir)
+{
+    kv_key *ks[64];
+    uint64_t tok[64];
+    char id[32];
+    ck_assert_int_le(n, 64);
+    for (int i = 0; i < n; i++) {
+        snprintf(id, sizeof id, "%s/k%d", dir, i);
+        ck_assert_kv(kv_key_parse(&ks[i], id), KV_OK);
+        kv_fut *f = AWAIT(kv_put_value(s, ks[i], id, strlen(id), NULL),
+                          KV_OK);
+        tok[i] = kv_fut_token(f);
+        kv_fut_free(f);
+    }
+    for (int i = 0; i < n; i++) {
+        kv_fut *f = AWAIT(kv_get(s, ks[i], NULL), KV_OK);
+        snprintf(id, sizeof id, "%s/k%d", dir, i);
+        ck_assert(kv_fut_record(f)->len == strlen(id) &&
+                  memcmp(kv_fut_record(f)->val, id, strlen(id)) == 0);
+        kv_fut_free(f);
+    }
+    kv_key *w = NULL;
+    ck_assert_kv(kv_key_parse(&w, dir), KV_OK);
+    ck_assert_uint_eq(tu_query_count(s, w), (size_t)n);
+    kv_key_free(w);
+    EXPECT(kv_delete(s, ks[0], tok[0]), KV_OK);
+    for (int i = 0; i < n; i++)
+        kv_key_free(ks[i]);
+}
+
+/* Kill every client connection of the servers in env's host list but
+ * redis-cli's own (authenticated with the default user's password). */
+static void kill_clients(const char *env)
+{
+    const char *h = getenv(env) + 8;
+    while (*h != '\0') {
+        const char *colon = strchr(h, ':');
+        int port = atoi(colon + 1);
+        char cmd[256];
+        snprintf(cmd, sizeof cmd,
+                 "REDISCLI_AUTH='p@ss:w/rd%%x' redis-cli -p %d client kill "
+                 "type normal skipme yes >/dev/null 2>&1",
+                 port);
+        ck_assert_int_eq(system(cmd), 0);
+        h = strchr(colon, ',');
+        if (h == NULL)
+            break;
+        h++;
+    }
+}
+
+/* Operations after every connection was cut: the first may fail
+ * (KV_EBACKEND), then the store reconnects (and authenticates). */
+static void recovers(kv_loop *loop, kv_store *s)
+{
+    kv_key *k = NULL;
+    ck_assert_kv(kv_key_parse(&k, "/w/k1"), KV_OK);
+    int round, rc = KV_EBACKEND;
+    for (round = 0; round < 100; round++) {
+        kv_fut *f = kv_get(s, k, NULL);
+        rc = kv_wait(f);
+        ck_assert_msg(rc == KV_OK || rc == KV_EBACKEND, "%s (%s)",
+                      kv_err_name(rc), kv_fut_errmsg(f));
+        ck_assert_msg(strstr(kv_fut_errmsg(f), "NOAUTH") == NULL,
+                      "a reconnect without AUTH: %s", kv_fut_errmsg(f));
+        kv_fut_free(f);
+        if (rc == KV_OK)
+            break;
+        ck_assert_kv(wait_free(kv_sleep(loop, 50)), KV_OK);
+    }
+    ck_assert_kv(rc, KV_OK);
+    kv_key_free(k);
+}
+
+/* The default user's password (percent-encoded in the URI, or in
+ * password_file=): every operation works, on the single server and on the
+ * cluster from one seed (the other masters are learned from CLUSTER SLOTS
+ * and authenticated too), and again after every connection was cut. */
+START_TEST(test_auth_password)
+{
+    char uri[1024];
+    const char *envs[] = {"KV_TEST_REDIS_AUTH", "KV_TEST_REDIS_AUTH_CLUSTER"};
+    for (int e = 0; e < 2; e++) {
+        char path[96];
+        snprintf(path, sizeof path, "%s-pw", prefix);
+        if (!auth_uri(uri, envs[e], ":" AUTH_PASS_URI, path))
+            return;
+        if (e == 1)
+            *strchr(uri + 8, ',') = '\0', strcat(uri, "/"), strcat(uri, path);
+        kv_loop *loop = NULL;
+        ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+        /* the cluster's nodes announce the name localhost: with a pool the
+         * store looks it up again at each reconnect */
+        kv_pool *pool = NULL;
+        if (e == 1)
+            ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+        kv_store *s;
+        int rc = try_open(loop, pool, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s", kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 40, "/w");
+        kill_clients(envs[e]);
+        recovers(loop, s);
+        workload(s, 40, "/w2");
+        store_close(s);
+
+        /* password_file=: the first line */
+        char *dir = tu_mkdtemp(), pf[4200];
+        ck_assert_ptr_nonnull(dir);
+        snprintf(pf, sizeof pf, "%s/pw", dir);
+        FILE *f = fopen(pf, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs("p@ss:w/rd%x\nsecond line\n", f);
+        ck_assert_int_eq(fclose(f), 0);
+        char uri2[4400];
+        ck_assert(auth_uri(uri2, envs[e], "", path));
+        strcat(uri2, "?password_file=");
+        strcat(uri2, pf);
+        rc = try_open(loop, pool, uri2, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s", kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 10, "/w3");
+        store_close(s);
+        ck_assert_int_eq(unlink(pf), 0);
+        ck_assert_int_eq(rmdir(dir), 0);
+        free(dir);
+        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+        ck_assert_kv(kv_loop_free(loop), KV_OK);
+        if (pool != NULL)
+            kv_pool_free(pool);
+    }
+}
+END_TEST
+
+/* An ACL user allowed only ~kvacl* and the commands the store sends: a
+ * store under kvacl... works (single server, cluster with shard=key and
+ * shard=store); a store elsewhere opens but its writes fail KV_EBACKEND
+ * with the server's NOPERM. */
+START_TEST(test_auth_acl_user)
+{
+    char uri[1024], path[128];
+    const char *envs[] = {"KV_TEST_REDIS_AUTH", "KV_TEST_REDIS_AUTH_CLUSTER",
+                          "KV_TEST_REDIS_AUTH_CLUSTER"};
+    const char *opts[] = {"", "", "?shard=store"};
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    for (int e = 0; e < 3; e++) {
+        snprintf(path, sizeof path, "kvacl%s-%d%s", prefix, e, opts[e]);
+        if (!auth_uri(uri, envs[e], "kvuser:kv-pw", path))
+            break;
+        kv_store *s;
+        int rc = try_open(loop, NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 30, "/w");
+        store_close(s);
+        /* outside the user's keys */
+        snprintf(path, sizeof path, "%s-noacl%s", prefix, opts[e]);
+        ck_assert(auth_uri(uri, envs[e], "kvuser:kv-pw", path));
+        rc = try_open(loop, NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        kv_key *k = NULL;
+        ck_assert_kv(kv_key_parse(&k, "/x"), KV_OK);
+        kv_fut *f = AWAIT(kv_put_value(s, k, "v", 1, NULL), KV_EBACKEND);
+        ck_assert_msg(strstr(kv_fut_errmsg(f), "NOPERM") != NULL,
+                      "message: %s", kv_fut_errmsg(f));
+        kv_fut_free(f);
+        kv_key_free(k);
+        store_close(s);
+    }
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
+/* A wrong password, an unknown user, and no password at all: the open
+ * fails KV_EBACKEND with the server's error (WRONGPASS, NOAUTH) and what
+ * to check, never the password. */
+START_TEST(test_auth_refused)
+{
+    static const struct {
+        const char *cred, *err;
+    } cases[] = {
+        {":wrong-Secret", "WRONGPASS"},
+        {"kvuser:wrong-Secret", "WRONGPASS"},
+        {"nouser:wrong-Secret", "WRONGPASS"},
+        {"", "NOAUTH"},
+    };
+    const char *envs[] = {"KV_TEST_REDIS_AUTH", "KV_TEST_REDIS_AUTH_CLUSTER"};
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    for (int e = 0; e < 2; e++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            char uri[1024];
+            if (!auth_uri(uri, envs[e], cases[i].cred, prefix))
+                goto out;
+            kv_store *s;
+            int rc = try_open(loop, NULL, uri, &s);
+            const char *m = kv_last_errmsg();
+            fprintf(stderr, "test_auth_refused: %s\n", m);
+            ck_assert_msg(rc == KV_EBACKEND, "%s: %s (%s)", cases[i].cred,
+                          kv_err_name(rc), m);
+            ck_assert_msg(strstr(m, cases[i].err) != NULL &&
+                              strstr(m, "authentication failed") != NULL &&
+                              (strstr(m, "check the URI") != NULL ||
+                               strstr(m, "requires a password") != NULL),
+                          "%s: message %s", cases[i].cred, m);
+            ck_assert_msg(strstr(m, "Secret") == NULL, "the password: %s", m);
+        }
+    }
+out:
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
+/* The single server reached as localhost, 127.0.0.1 and [::1] (when the
+ * machine has IPv6 on loopback; redis_env.sh binds ::1 when it can). */
+START_TEST(test_host_forms)
+{
+    const char *base = getenv("KV_TEST_REDIS");
+    if (base == NULL) {
+        fprintf(stderr, "check_redis: KV_TEST_REDIS not set: %s skipped\n",
+                __func__);
+        return;
+    }
+    int port = atoi(strrchr(base, ':') + 1);
+    /* is the server reachable on [::1]? */
+    bool v6 = false;
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        struct sockaddr_in6 sa = {.sin6_family = AF_INET6,
+                                  .sin6_port = htons((uint16_t)port)};
+        sa.sin6_addr = in6addr_loopback;
+        v6 = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+        if (!v6)
+            fprintf(stderr, "test_host_forms: [::1] row skipped: no server "
+                            "on [::1]:%d (%s): no IPv6 on loopback here?\n",
+                    port, strerror(errno));
+        close(fd);
+    } else {
+        fprintf(stderr, "test_host_forms: [::1] row skipped: no IPv6 socket "
+                        "(%s)\n",
+                strerror(errno));
+    }
+    const char *hosts[] = {"localhost", "127.0.0.1", "[::1]"};
+    kv_loop *loop = NULL;
+    kv_pool *pool = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+    for (int i = 0; i < 3; i++) {
+        if (i == 2 && !v6)
+            continue;
+        char uri[256];
+        snprintf(uri, sizeof uri, "redis://%s:%d/%s-h%d", hosts[i], port,
+                 prefix, i);
+        kv_store *s;
+        int rc = try_open(loop, i == 0 ? pool : NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 10, "/w");
+        store_close(s);
+    }
+    /* a name that does not resolve: KV_EBACKEND saying so */
+    kv_store *s;
+    int rc = try_open(loop, NULL, "redis://no-such-host.invalid:6379/p", &s);
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_msg(strstr(kv_last_errmsg(), "cannot resolve "
+                                           "no-such-host.invalid") != NULL,
+                  "%s", kv_last_errmsg());
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_pool_free(pool);
+}
+END_TEST
+
+/* kv_redis_open against a node that never answers (the proxy dark: its
+ * connect hangs) returns within the URI's timeout= for the whole open, not
+ * 5 s a step; the message says so. */
+START_TEST(test_open_timeout)
+{
+    int fds0 = tu_count_fds();
+    proxy *p = proxy_new();
+    if (p == NULL)
+        return;
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    proxy_dark(p, true);
+    char uri[256];
+    snprintf(uri, sizeof uri, "redis://127.0.0.1:%d/%s?timeout=300", p->port,
+             prefix);
+    kv_store *s = NULL;
+    uint64_t t0 = mono_ms();
+    int rc = kv_redis_open(&s, loop, NULL, uri, 0);
+    uint64_t waited = mono_ms() - t0;
+    fprintf(stderr, "test_open_timeout: failed after %" PRIu64 " ms: %s\n",
+            waited, kv_last_errmsg());
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_msg(strstr(kv_last_errmsg(), "within the open's timeout "
+                                           "(300 ms)") != NULL,
+                  "%s", kv_last_errmsg());
+    /* before: 5 s (the connect's own timeout); generous for a busy box */
+    ck_assert_uint_lt(waited, 4000);
+    ck_assert_ptr_null(s);
+    proxy_dark(p, false);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    proxy_free(p);
+    ck_assert_int_eq(tu_count_fds(), fds0);
+}
+END_TEST
+
 static Suite *redis_suite(void)
 {
     Suite *s = suite_create("redis");
@@ -1716,6 +2157,11 @@ static Suite *redis_suite(void)
     tcase_add_checked_fixture(tc, setup, NULL);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_uri_errors);
+    tcase_add_test(tc, test_auth_password);
+    tcase_add_test(tc, test_auth_acl_user);
+    tcase_add_test(tc, test_auth_refused);
+    tcase_add_test(tc, test_host_forms);
+    tcase_add_test(tc, test_open_timeout);
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);
 #ifdef HAVE_HIREDIS

@@ -502,6 +502,122 @@ START_TEST(test_null_open)
 }
 END_TEST
 
+/* kv_redis_open's result for a URI that is refused or names a port where
+ * nothing listens: never a crash, never a store, never the password. */
+static void hostile_uri(kv_loop *loop, const char *uri, bool must_einval)
+{
+    kv_store *s = NULL;
+    int rc = kv_redis_open(&s, loop, NULL, uri, 0);
+    ck_assert_msg(rc == KV_EINVAL || rc == KV_ENOTSUP ||
+                      (!must_einval && rc == KV_EBACKEND),
+                  "%.200s: %s (%s)", uri, kv_err_name(rc), kv_last_errmsg());
+    ck_assert_ptr_null(s);
+    ck_assert_str_ne(kv_last_errmsg(), "");
+    ck_assert_msg(strstr(kv_last_errmsg(), "Pw0rd") == NULL,
+                  "%.200s: the password in %s", uri, kv_last_errmsg());
+}
+
+/* Hostile Redis URIs: over-long fields and URIs, bad percent escapes,
+ * ports over 65535, control and high bytes everywhere, thousands of hosts
+ * or options; then 3,000 random mutations of the user-info, path and
+ * options of a URI whose host is 127.0.0.1:1 (nothing listens: a URI that
+ * parses fails KV_EBACKEND at once). */
+START_TEST(test_hostile_uris)
+{
+    kv_loop *loop;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    static const char *const bad[] = {
+        "redis://127.0.0.1:65536",    "redis://127.0.0.1:4294967297",
+        "redis://127.0.0.1:-1",       "redis://127.0.0.1:+1",
+        "redis://127.0.0.1: 1",       "redis://127.0.0.1:0x10",
+        "redis://[::1]:70000",        "redis://u:%@127.0.0.1:1",
+        "redis://u:%4@127.0.0.1:1",   "redis://u:%%@127.0.0.1:1",
+        "redis://u:%0g@127.0.0.1:1",  "redis://u:%00@127.0.0.1:1",
+        "redis://%@127.0.0.1:1",      "redis://u:Pw0rd\x01@127.0.0.1:1",
+        "redis://u:Pw0rd\xff%zz@h:1", "redis://u:Pw0rd@h\x7f:1",
+        "redis://h\xc3\xa9:1",        "redis://@",
+        "redis://:@",                 "redis://[",
+        "redis://]",                  "redis://[]:1",
+        "redis://[[::1]]:1",          "redis://[::1]]:1",
+        "redis://h:1:2",              "redis://,",
+        "redis://h/p?&",              "redis://h/p?=",
+        "redis://h/p?=x",             "redis://h/p?timeout==1",
+        "redis://h/p?cacert=%",       "redis://h/p/q",
+        "redis://h/p?shard=key?x",    "redis:/h",
+        "redis:h",                    "REDIS://h",
+        "rediss://",                  "redis://h/12345678901234567890",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        hostile_uri(loop, bad[i], true);
+    /* over-long: each field, and the whole URI (1 MiB) */
+    size_t big = 1 << 20;
+    char *u = malloc(big + 64);
+    ck_assert_ptr_nonnull(u);
+    const char *tmpl[] = {"redis://%s:1",         "redis://%s@127.0.0.1:1",
+                          "redis://u:%s@127.0.0.1:1", "redis://127.0.0.1:1/%s",
+                          "redis://127.0.0.1:1/p?cacert=%s",
+                          "redis://127.0.0.1:%s"};
+    size_t lens[] = {600, 5000, 70000, big};
+    for (size_t t = 0; t < sizeof tmpl / sizeof tmpl[0]; t++) {
+        for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+            char *f = malloc(lens[l] + 1);
+            ck_assert_ptr_nonnull(f);
+            memset(f, t == 5 ? '9' : 'a', lens[l]);
+            f[lens[l]] = '\0';
+            size_t need = strlen(tmpl[t]) + lens[l] + 1;
+            char *uri = malloc(need);
+            ck_assert_ptr_nonnull(uri);
+            snprintf(uri, need, tmpl[t], f);
+            hostile_uri(loop, uri, true);
+            free(uri);
+            free(f);
+        }
+    }
+    /* thousands of hosts, thousands of options */
+    size_t o = (size_t)snprintf(u, big, "redis://127.0.0.1:1");
+    while (o + 16 < big / 16)
+        o += (size_t)snprintf(u + o, big - o, ",127.0.0.1:1");
+    hostile_uri(loop, u, true);
+    o = (size_t)snprintf(u, big, "redis://127.0.0.1:1/p?");
+    while (o + 16 < big)
+        o += (size_t)snprintf(u + o, big - o, "shard=key&");
+    hostile_uri(loop, u, true);
+    /* mutations (a fixed seed: the same every run) */
+    static const char base[] = "redis://us%40r:Pw0rd@127.0.0.1:1/pre_x.y"
+                               "?shard=store&timeout=300&password_file=";
+    const size_t hs = strlen("redis://us%40r:Pw0rd@"),
+                 he = hs + strlen("127.0.0.1:1");
+    static const char alphabet[] = "%@:/?&=[],#\x01\xff 0aF";
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 3000; i++) {
+        char m[sizeof base + 8];
+        memcpy(m, base, sizeof base);
+        size_t len = sizeof base - 1;
+        int nmut = 1 + (int)(x % 3);
+        for (int k = 0; k < nmut; k++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            size_t pos = (size_t)(x % len);
+            if (pos >= hs && pos < he)
+                pos = (size_t)(x >> 20) % hs; /* the host stays */
+            if (pos < 8)
+                pos = 8;
+            if ((x >> 40) % 4 == 0 && len > hs + 2 && pos < len - 1) {
+                memmove(m + pos, m + pos + 1, len - pos); /* delete */
+                len--;
+            } else {
+                m[pos] = alphabet[(x >> 32) % (sizeof alphabet - 1)];
+            }
+        }
+        m[len] = '\0';
+        hostile_uri(loop, m, false);
+    }
+    free(u);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
 static kv_fut *prod(const kv_key *key, void *arg)
 {
     (void)key;
@@ -1256,6 +1372,7 @@ static Suite *hostile_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_null_engine_and_keys);
     tcase_add_test(tc, test_null_open);
+    tcase_add_test(tc, test_hostile_uris);
     tcase_add_loop_test(tc, test_null_store_calls, 0, NBACKENDS);
     suite_add_tcase(s, tc);
 

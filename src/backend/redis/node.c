@@ -15,17 +15,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 static void recv_cb(kv__op *op, int res, uint32_t flags);
 static void send_cb(kv__op *op, int res, uint32_t flags);
 static void connect_cb(kv__op *op, int res, uint32_t flags);
+static void buf_wipe(kv_buf *b);
+
+/* A host-name look-up on the store's pool (node_connect). */
+typedef struct rresolve {
+    kv__job job;
+    rnode *n; /* NULL: the node is gone */
+    char host[HOST_LEN];
+    int port;
+    int rc;
+    struct sockaddr_storage addrs[NADDRS];
+    socklen_t lens[NADDRS];
+    unsigned naddrs;
+    char err[HOST_LEN + 96];
+} rresolve;
+
 
 void redis__cmd_free(rcmd *c)
 {
     if (c->then != NULL) /* never sent: its request must still hear */
         redis__cmd_fail(c->then, KV_ECANCELED, "store closed");
+    if (c->secret)
+        buf_wipe(&c->tail);
     kv__free(c->tail.data);
     kv__free(c);
 }
@@ -37,33 +55,69 @@ void redis__cmd_fail(rcmd *c, int err, const char *msg)
     redis__cmd_free(c);
 }
 
-static rnode *node_find(rstore *st, const char *ip, int port)
+/* The node's name: "host:port", "[v6]:port". */
+static void node_name(char *out, size_t len, const char *host, int port)
 {
-    char name[64];
-    snprintf(name, sizeof name, "%s:%d", ip, port);
+    snprintf(out, len, strchr(host, ':') != NULL ? "[%s]:%d" : "%s:%d", host,
+             port);
+}
+
+static rnode *node_find(rstore *st, const char *host, int port)
+{
+    char name[HOST_LEN + 16];
+    node_name(name, sizeof name, host, port);
     for (rnode *n = st->nodes; n != NULL; n = n->next)
-        if (strcmp(n->name, name) == 0)
+        if (strcasecmp(n->name, name) == 0)
             return n;
     return NULL;
 }
 
-bool redis__addr_ok(const char *ip, int port)
+/* An address literal into sa: its length, or 0 if host is none. */
+static socklen_t literal(const char *host, int port,
+                         struct sockaddr_storage *sa)
 {
-    struct in_addr a;
-    return port > 0 && port <= 65535 && inet_pton(AF_INET, ip, &a) == 1;
+    memset(sa, 0, sizeof *sa);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        return sizeof *s4;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        return sizeof *s6;
+    }
+    return 0;
 }
 
-rnode *redis__node_get(rstore *st, const char *ip, int port)
+bool redis__addr_ok(const char *host, int port)
 {
-    rnode *n = node_find(st, ip, port);
+    size_t n = strlen(host);
+    if (port <= 0 || port > 65535 || n == 0 || n >= HOST_LEN)
+        return false;
+    struct sockaddr_storage sa;
+    if (literal(host, port, &sa) != 0)
+        return true;
+    if (host[0] == '-' || host[0] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = host[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+rnode *redis__node_get(rstore *st, const char *host, int port)
+{
+    if (!redis__addr_ok(host, port))
+        return NULL;
+    rnode *n = node_find(st, host, port);
     if (n != NULL)
         return n;
-    struct sockaddr_in sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    if (port <= 0 || port > 65535 || inet_pton(AF_INET, ip, &sa.sin_addr) != 1)
-        return NULL;
     n = kv__calloc(1, sizeof *n);
     if (n == NULL)
         return NULL;
@@ -78,8 +132,12 @@ rnode *redis__node_get(rstore *st, const char *ip, int port)
         kv__free(n);
         return NULL;
     }
-    snprintf(n->name, sizeof n->name, "%s:%d", ip, port);
-    n->sa = sa;
+    snprintf(n->host, sizeof n->host, "%s", host);
+    n->port = port;
+    node_name(n->name, sizeof n->name, host, port);
+    n->addrlen[0] = literal(host, port, &n->addrs[0]);
+    n->numeric = n->addrlen[0] != 0;
+    n->naddrs = n->numeric ? 1 : 0;
     n->fd = -1;
     n->st = st;
     n->rop.cb = recv_cb;
@@ -90,13 +148,35 @@ rnode *redis__node_get(rstore *st, const char *ip, int port)
     return n;
 }
 
+/* Wipe a buffer that may have carried an AUTH command. */
+static void buf_wipe(kv_buf *b)
+{
+    if (b->data != NULL)
+        explicit_bzero(b->data, b->cap);
+}
+
+int redis__auth_format(const rstore *st, kv_buf *b, int *nargs)
+{
+    *nargs = st->user != NULL ? 3 : 2;
+    int rc = redis__args(b, "AUTH");
+    if (rc == KV_OK && st->user != NULL)
+        rc = redis__args(b, st->user);
+    if (rc == KV_OK)
+        rc = redis__args(b, st->pass);
+    return rc;
+}
+
 void redis__node_free(rnode *n)
 {
+    if (n->rj != NULL)
+        n->rj->n = NULL; /* its done frees it */
     if (n->fd >= 0)
         close(n->fd);
     if (n->rd != NULL)
         redisReaderFree(n->rd);
     kv__free(n->rbuf);
+    buf_wipe(&n->sbuf);
+    buf_wipe(&n->qbuf);
     kv__free(n->sbuf.data);
     kv__free(n->qbuf.data);
     kv__free(n->lasterr);
@@ -122,6 +202,10 @@ static void node_settle(rnode *n)
         close(n->fd);
     n->fd = -1;
     n->state = N_DOWN;
+    if (n->st->pass != NULL) {
+        buf_wipe(&n->sbuf);
+        buf_wipe(&n->qbuf);
+    }
     n->sbuf.len = n->qbuf.len = 0;
     n->soff = 0;
     if (n->nomem) {
@@ -411,27 +495,127 @@ static int node_write(rnode *n, rcmd *c)
     return KV_OK;
 }
 
-static void node_connect(rnode *n)
+static void connect_addr(rnode *n);
+
+static void resolve_work(kv__job *job)
 {
-    n->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    rresolve *r = KV__CONTAINER_OF(job, rresolve, job);
+    r->rc = redis__resolve(r->host, r->port, r->addrs, r->lens, &r->naddrs,
+                           r->err, sizeof r->err);
+}
+
+static void resolve_done(kv__job *job, int status)
+{
+    rresolve *r = KV__CONTAINER_OF(job, rresolve, job);
+    rnode *n = r->n;
+    if (n == NULL) {
+        kv__free(r);
+        return;
+    }
+    rstore *st = n->st;
+    n->rj = NULL;
+    n->resolving = false;
+    n->nops--;
+    if (n->state != N_CONNECTING) {
+        kv__free(r);
+        node_settle(n);
+        redis__maybe_closed(st);
+        return;
+    }
+    if (status != KV_OK || r->rc != KV_OK) {
+        /* a failed look-up: the addresses known before, if any */
+        if (n->naddrs == 0) {
+            char m[sizeof r->err];
+            snprintf(m, sizeof m, "%s",
+                     status != KV_OK ? "host-name look-up cancelled" : r->err);
+            int err = status == KV_OK && r->rc == KV_ENOMEM ? KV_ENOMEM
+                                                             : KV_EBACKEND;
+            kv__free(r);
+            node_fail_err(n, m, err);
+            redis__maybe_closed(st);
+            return;
+        }
+    } else {
+        memcpy(n->addrs, r->addrs, sizeof n->addrs);
+        memcpy(n->addrlen, r->lens, sizeof n->addrlen);
+        n->naddrs = r->naddrs;
+    }
+    kv__free(r);
+    n->addri = 0;
+    connect_addr(n);
+    redis__maybe_closed(st);
+}
+
+/* Connect n to its address addri (the state is N_CONNECTING). */
+static void connect_addr(rnode *n)
+{
+    const struct sockaddr_storage *sa = &n->addrs[n->addri];
+    n->fd = socket(sa->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (n->fd < 0) {
-        redis__node_set_err(n, "socket: %s", strerror(errno));
-        n->retry_at = kv__now_ms() + BACKOFF_MIN_MS;
+        int e = errno;
+        char m[96];
+        snprintf(m, sizeof m, "socket: %s", strerror(e));
+        node_fail_err(n, m, redis__io_err(-e));
         return;
     }
     struct io_uring_sqe *sqe;
-    if (kv__loop_sqes(n->st->loop, &sqe, 1) != KV_OK) {
-        close(n->fd);
-        n->fd = -1;
-        redis__node_set_err(n, "cannot queue a connect on the ring");
+    int rc = kv__loop_sqes(n->st->loop, &sqe, 1);
+    if (rc != KV_OK) {
+        node_fail_err(n, "cannot queue a connect on the ring",
+                      redis__io_err(rc));
         return;
     }
-    io_uring_prep_connect(sqe, n->fd, (struct sockaddr *)&n->sa, sizeof n->sa);
+    io_uring_prep_connect(sqe, n->fd, (const struct sockaddr *)sa,
+                          n->addrlen[n->addri]);
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)&n->cop);
     n->nops++;
+}
+
+/* Start connecting n: a host name is looked up again first (on the pool;
+ * a failover behind a name moves it), then each address is tried in
+ * turn.  Without a pool a name keeps the addresses of the open. */
+static void node_connect(rnode *n)
+{
+    rstore *st = n->st;
     n->state = N_CONNECTING;
     n->since = kv__now_ms();
-    redis__watchdog_arm(n->st);
+    n->addri = 0;
+    redis__watchdog_arm(st);
+    if (!n->numeric && st->pool != NULL) {
+        rresolve *r = kv__calloc(1, sizeof *r);
+        if (r == NULL) {
+            node_fail_err(n, "no memory for a host-name look-up", KV_ENOMEM);
+            return;
+        }
+        r->n = n;
+        snprintf(r->host, sizeof r->host, "%s", n->host);
+        r->port = n->port;
+        r->job.work = resolve_work;
+        r->job.done = resolve_done;
+        n->rj = r;
+        n->resolving = true;
+        n->nops++;
+        kv__pool_submit(st->pool, st->loop, &r->job);
+        return;
+    }
+    if (n->naddrs == 0) {
+        node_fail_err(n, "a host name to look up, and no pool to do it on "
+                         "(kv_redis_open's pool is NULL)",
+                      KV_EBACKEND);
+        return;
+    }
+    connect_addr(n);
+}
+
+/* The AUTH a connection sends first: a failure fails the node. */
+static void auth_cb(rcmd *c, redisReply *r, int err, const char *msg)
+{
+    (void)msg;
+    if (err != KV_OK || r->type != REDIS_REPLY_ERROR)
+        return;
+    char m[256];
+    snprintf(m, sizeof m, "AUTH failed: %.200s", r->str ? r->str : "error");
+    redis__node_fail(c->node, m);
 }
 
 static void connect_cb(kv__op *op, int res, uint32_t flags)
@@ -442,6 +626,15 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
     n->nops--;
     if (n->state != N_CONNECTING) {
         node_settle(n);
+        redis__maybe_closed(st);
+        return;
+    }
+    if (res < 0 && res != -ENOMEM && n->addri + 1 < n->naddrs) {
+        /* the next address of the name */
+        close(n->fd);
+        n->fd = -1;
+        n->addri++;
+        connect_addr(n);
         redis__maybe_closed(st);
         return;
     }
@@ -456,12 +649,38 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
     (void)setsockopt(n->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     n->state = N_UP;
     n->backoff = 0;
+    if (st->pass != NULL) {
+        /* authenticate before anything else goes out */
+        rcmd *a = kv__calloc(1, sizeof *a);
+        int rc = a == NULL ? KV_ENOMEM : KV_OK;
+        if (a != NULL) {
+            a->slot = -1;
+            a->script = -1;
+            a->node = n;
+            a->secret = true;
+            a->cb = auth_cb;
+            rc = redis__auth_format(st, &a->tail, &a->nargs);
+        }
+        if (rc == KV_OK)
+            rc = node_write(n, a);
+        if (rc != KV_OK) {
+            if (a != NULL)
+                redis__cmd_free(a);
+            node_fail_err(n, "no memory to authenticate", KV_ENOMEM);
+            redis__maybe_closed(st);
+            return;
+        }
+    }
     rcmd *w = n->wait;
     n->wait = n->wait_tail = NULL;
     while (w != NULL) {
         rcmd *next = w->next;
         redis__node_send(n, w);
         w = next;
+    }
+    if (st->pass != NULL) {
+        start_send(n);
+        start_recv(n);
     }
     redis__maybe_closed(st);
 }

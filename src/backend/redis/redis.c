@@ -1,9 +1,11 @@
 /*
  * redis.c - the Redis (and Redis Cluster) backend: kv_redis_open and the
  * operation tables.  The backend is a Redis client on the store's io_uring
- * loop (hiredis only parses replies); kv_redis_open itself blocks: it
- * connects to the seeds, reads CLUSTER SLOTS and loads the Lua scripts on
- * every master, then hands the sockets to the ring.  The design, and the
+ * loop (hiredis only parses replies); kv_redis_open itself blocks, for
+ * at most the URI's timeout= in all: it resolves and connects to the
+ * seeds, authenticates, reads CLUSTER SLOTS and loads the Lua scripts on
+ * every master, then hands the sockets to the ring.  The URI parser is in
+ * uri.c, host-name look-ups in resolve.c.  The design, and the
  * map of the backend's files, are in docs/DESIGN.md ("backend/redis");
  * redis_int.h lists what the files share.  Without hiredis, redis_none.c
  * is built instead.
@@ -13,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
@@ -85,6 +88,14 @@ static void r_destroy(kv_store *s)
         n = next;
     }
     kv__free(st->prefix);
+    if (st->user != NULL) {
+        explicit_bzero(st->user, strlen(st->user));
+        kv__free(st->user);
+    }
+    if (st->pass != NULL) {
+        explicit_bzero(st->pass, strlen(st->pass));
+        kv__free(st->pass);
+    }
     kv__free(st);
 }
 
@@ -112,14 +123,43 @@ static const struct kv_backend_ops kv__redis_cluster_ops = {
 /* Open: blocking setup                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* Send wire and read one reply on a blocking socket.  NULL on failure,
- * *err then KV_ENOMEM (no reader, or it ran out of memory) or KV_EBACKEND
- * (with *why: what failed). */
+/* The open's deadline: the URI's timeout= for the whole open (0: none). */
+typedef struct odl {
+    uint64_t end; /* ms, CLOCK_MONOTONIC; 0: no deadline */
+    unsigned ms;
+} odl;
+
+/* Wait until fd is ready for ev or the deadline passes: 1 ready, 0 the
+ * deadline passed, -errno. */
+static int wait_fd(int fd, short ev, const odl *d)
+{
+    for (;;) {
+        int left = -1;
+        if (d->end != 0) {
+            uint64_t now = kv__now_ms();
+            if (now >= d->end)
+                return 0;
+            left = (int)(d->end - now);
+        }
+        struct pollfd pfd = {fd, ev, 0};
+        int pr = poll(&pfd, 1, left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr < 0)
+            return -errno;
+        if (pr > 0)
+            return 1;
+    }
+}
+
+/* Send wire and read one reply on a non-blocking socket, within the open's
+ * deadline.  NULL on failure, *err then KV_ENOMEM (no reader, or it ran
+ * out of memory) or KV_EBACKEND (with why: what failed). */
 static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
-                            int *err, const char **why)
+                            const odl *d, int *err, char *why, size_t whylen)
 {
     *err = KV_EBACKEND;
-    *why = "no reply";
+    snprintf(why, whylen, "no reply");
     if (rd == NULL) {
         *err = KV_ENOMEM;
         return NULL;
@@ -129,8 +169,20 @@ static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
         ssize_t w = send(fd, wire->data + off, wire->len - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int wr = wait_fd(fd, POLLOUT, d);
+            if (wr == 1)
+                continue;
+            if (wr == 0)
+                snprintf(why, whylen, "no progress within the open's "
+                         "timeout (%u ms)", d->ms);
+            else
+                snprintf(why, whylen, "poll: %s", strerror(-wr));
+            return NULL;
+        }
         if (w <= 0) {
-            *why = w < 0 ? strerror(errno) : "send failed";
+            snprintf(why, whylen, "send: %s",
+                     w < 0 ? strerror(errno) : "nothing sent");
             return NULL;
         }
         off += (size_t)w;
@@ -141,7 +193,7 @@ static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
         if (redisReaderGetReply(rd, &rep) != REDIS_OK) {
             if (rd->err == REDIS_ERR_OOM)
                 *err = KV_ENOMEM;
-            *why = "protocol error";
+            snprintf(why, whylen, "protocol error");
             return NULL;
         }
         if (rep != NULL)
@@ -149,16 +201,27 @@ static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
         ssize_t r = recv(fd, buf, sizeof buf, 0);
         if (r < 0 && errno == EINTR)
             continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int wr = wait_fd(fd, POLLIN, d);
+            if (wr == 1)
+                continue;
+            if (wr == 0)
+                snprintf(why, whylen, "no reply within the open's timeout "
+                         "(%u ms)", d->ms);
+            else
+                snprintf(why, whylen, "poll: %s", strerror(-wr));
+            return NULL;
+        }
         if (r <= 0) {
-            *why = r < 0 ? (errno == EAGAIN ? "no reply within 5 s"
-                                            : strerror(errno))
-                         : "connection closed by the server";
+            snprintf(why, whylen, "%s",
+                     r < 0 ? strerror(errno)
+                           : "connection closed by the server");
             return NULL;
         }
         if (redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK) {
             if (rd->err == REDIS_ERR_OOM)
                 *err = KV_ENOMEM;
-            *why = "protocol error";
+            snprintf(why, whylen, "protocol error");
             return NULL;
         }
     }
@@ -177,67 +240,148 @@ static void sync_abandon(rnode *n)
     n->rd = redisReaderCreate(); /* NULL on OOM: checked before use */
 }
 
-static int sync_connect(const struct sockaddr_in *sa)
+/* Connect to one address, non-blocking, within the deadline: the socket
+ * or -errno (-ETIMEDOUT when the deadline passed). */
+static int sync_connect_one(const struct sockaddr_storage *sa, socklen_t len,
+                            const odl *d)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                    0);
     if (fd < 0)
         return -errno;
-    struct timeval tv = {5, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) != 0) {
-        int e = errno;
-        if (e == EINTR) {
-            /* interrupted (a signal, or io_uring task work: with a send
-             * timeout the kernel does not restart it); the connect goes on
-             * in the background: wait for it (5 s) and take its result */
-            struct pollfd pfd = {fd, POLLOUT, 0};
-            int pr;
-            uint64_t end = kv__now_ms() + 5000, now;
-            do {
-                now = kv__now_ms();
-                pr = now < end ? poll(&pfd, 1, (int)(end - now)) : 0;
-            } while (pr < 0 && errno == EINTR);
-            socklen_t len = sizeof e;
-            if (pr < 0)
-                e = errno;
-            else if (pr == 0)
+    int e = 0;
+    if (connect(fd, (const struct sockaddr *)sa, len) != 0) {
+        e = errno;
+        if (e == EINPROGRESS || e == EINTR) {
+            int wr = wait_fd(fd, POLLOUT, d);
+            socklen_t el = sizeof e;
+            if (wr < 0)
+                e = -wr;
+            else if (wr == 0)
                 e = ETIMEDOUT;
-            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0)
+            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
                 e = errno;
         }
-        if (e != 0) {
-            close(fd);
-            return -e;
-        }
+    }
+    if (e != 0) {
+        close(fd);
+        return -e;
     }
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
 
-static void sync_done(int fd)
+/* Connect n (resolving its name first if it has no address yet), trying
+ * each address: KV_OK with n->fd set, or an error with why set. */
+static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
 {
-    struct timeval tv = {0, 0};
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (n->naddrs == 0) {
+        int rc = redis__resolve_until(n->host, n->port, d->end, n->addrs,
+                                      n->addrlen, &n->naddrs, why, whylen);
+        if (rc != KV_OK)
+            return rc;
+    }
+    int fd = -ENOENT;
+    for (unsigned i = 0; i < n->naddrs; i++) {
+        fd = sync_connect_one(&n->addrs[i], n->addrlen[i], d);
+        if (fd >= 0) {
+            n->addri = i;
+            n->fd = fd;
+            return KV_OK;
+        }
+        if (fd == -ENOMEM || fd == -ETIMEDOUT)
+            break;
+    }
+    if (fd == -ETIMEDOUT)
+        snprintf(why, whylen, "cannot connect within the open's timeout "
+                 "(%u ms)", d->ms);
+    else
+        snprintf(why, whylen, "cannot connect: %s", strerror(-fd));
+    return redis__io_err(fd);
 }
 
-/* Connect n (blocking) and load the scripts; marks it up or down. */
-static int open_node(rstore *st, rnode *n, bool learn_sha)
+/* The socket goes to the ring: blocking again (the ring waits itself). */
+static void sync_done(int fd)
 {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+/* Hint that goes with a server's authentication error. */
+static const char *auth_hint(const char *err)
+{
+    if (strncmp(err, "NOAUTH", 6) == 0)
+        return " (the server requires a password: give user:password@ in "
+               "the URI, or password_file=)";
+    if (strncmp(err, "WRONGPASS", 9) == 0 || strncmp(err, "ERR AUTH", 8) == 0 ||
+        strncmp(err, "ERR invalid password", 20) == 0 ||
+        strncmp(err, "ERR Client sent AUTH", 20) == 0)
+        return " (check the URI's user and password, or password_file=, "
+               "against the server's requirepass or ACL users)";
+    if (strncmp(err, "NOPERM", 6) == 0)
+        return " (the ACL user lacks a command or key pattern the store "
+               "needs: see kvstore-redis(3))";
+    return "";
+}
+
+/* Send AUTH on n's fresh connection: KV_OK, or an error with why set
+ * (the server's error, never the password). */
+static int sync_auth(rstore *st, rnode *n, const odl *d, char *why,
+                     size_t whylen, const char **hint)
+{
+    if (st->pass == NULL)
+        return KV_OK;
+    kv_buf w = {NULL, 0, 0};
+    int nargs = 0;
+    int rc = redis__fmt(&w, "*%d\r\n", st->user != NULL ? 3 : 2);
+    if (rc == KV_OK)
+        rc = redis__auth_format(st, &w, &nargs);
+    int err = rc;
+    redisReply *r = rc == KV_OK ? sync_cmd(n->fd, n->rd, &w, d, &err, why,
+                                           whylen)
+                                : NULL;
+    if (w.data != NULL)
+        explicit_bzero(w.data, w.cap);
+    kv__free(w.data);
+    if (r == NULL) {
+        if (err == KV_ENOMEM)
+            snprintf(why, whylen, "out of memory");
+        return err;
+    }
+    rc = KV_OK;
+    if (r->type == REDIS_REPLY_ERROR) {
+        const char *e = r->str ? r->str : "error";
+        snprintf(why, whylen, "AUTH failed: %.200s", e);
+        *hint = auth_hint(e);
+        rc = KV_EBACKEND;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+/* Connect n if needed, authenticate and load the scripts; marks it up, or
+ * down with kv_last_errmsg set. */
+static int open_node(rstore *st, rnode *n, bool learn_sha, const odl *d)
+{
+    char why[512];
+    int rc;
     if (n->fd < 0) {
-        int fd = sync_connect(&n->sa);
-        if (fd < 0) {
-            redis__node_set_err(n, "cannot connect: %s", strerror(-fd));
-            n->retry_at = 0;
-            return redis__io_err(fd);
+        const char *hint = "";
+        rc = sync_connect(n, d, why, sizeof why);
+        if (rc == KV_OK)
+            rc = sync_auth(st, n, d, why, sizeof why, &hint);
+        if (rc != KV_OK) {
+            redis__node_set_err(n, "%s", why);
+            kv__set_errmsg("kv_redis_open: %s: %s%s", n->name, why, hint);
+            sync_abandon(n);
+            return rc;
         }
-        n->fd = fd;
     }
     for (int i = 0; i < NSCRIPTS; i++) {
         kv_buf w = {NULL, 0, 0};
-        int rc = redis__fmt(&w, "*3\r\n");
+        rc = redis__fmt(&w, "*3\r\n");
         if (rc == KV_OK)
             rc = redis__args(&w, "SCRIPT");
         if (rc == KV_OK)
@@ -250,19 +394,19 @@ static int open_node(rstore *st, rnode *n, bool learn_sha)
             return rc;
         }
         int err;
-        const char *why;
-        redisReply *r = sync_cmd(n->fd, n->rd, &w, &err, &why);
+        redisReply *r = sync_cmd(n->fd, n->rd, &w, d, &err, why, sizeof why);
         kv__free(w.data);
         if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
             if (r == NULL && err == KV_ENOMEM) {
                 sync_abandon(n);
                 return KV_ENOMEM;
             }
-            kv__set_errmsg(
-                "kv_redis_open: SCRIPT LOAD on %s failed: %s", n->name,
-                r == NULL                                ? why
-                : r->type == REDIS_REPLY_ERROR && r->str ? r->str
-                                                         : "bad reply");
+            const char *e = r == NULL                                ? why
+                            : r->type == REDIS_REPLY_ERROR && r->str ? r->str
+                                                                     : "bad "
+                                                                       "reply";
+            kv__set_errmsg("kv_redis_open: SCRIPT LOAD on %s failed: %s%s",
+                           n->name, e, r != NULL ? auth_hint(e) : "");
             if (r)
                 freeReplyObject(r);
             sync_abandon(n);
@@ -280,7 +424,7 @@ static int open_node(rstore *st, rnode *n, bool learn_sha)
 /* Seed the directory cache (shard=key) from the master of the store's
  * slot: fewer SETBITs before first writes.  Best effort; a node whose
  * exchange failed is closed (its reader may hold half a reply). */
-static void dir_seed(rstore *st)
+static void dir_seed(rstore *st, const odl *d)
 {
     rnode *n = st->slots[st->store_slot];
     if (n == NULL || n->state != N_UP || n->fd < 0)
@@ -295,12 +439,14 @@ static void dir_seed(rstore *st)
         kv__free(w.data);
         return;
     }
-    struct timeval tv = {5, 0};
-    (void)setsockopt(n->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    (void)setsockopt(n->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int fl = fcntl(n->fd, F_GETFL);
+    if (fl < 0 || fcntl(n->fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+        kv__free(w.data);
+        return;
+    }
     int err;
-    const char *why;
-    redisReply *r = sync_cmd(n->fd, n->rd, &w, &err, &why);
+    char why[256];
+    redisReply *r = sync_cmd(n->fd, n->rd, &w, d, &err, why, sizeof why);
     kv__free(w.data);
     if (r == NULL) {
         sync_abandon(n);
@@ -321,121 +467,42 @@ static void rstore_free(rstore *st)
     r_destroy(&fake);
 }
 
-/* Parse "redis://ip:port[,ip:port...][/prefix][?opt[&opt]]", options
- * shard=key|store and timeout=MS. */
-static int parse_uri(rstore *st, const char *uri)
+/* The URI into st (its seeds made nodes); u is emptied. */
+static int take_uri(rstore *st, ruri *u)
 {
-    static const char scheme[] = "redis://";
-    if (strncmp(uri, scheme, sizeof scheme - 1) != 0) {
-        kv__set_errmsg("kv_redis_open: the URI must start with redis://");
+    if (u->tls) {
+        kv__set_errmsg("kv_redis_open: rediss:// (TLS) is not supported by "
+                       "this build");
+        return KV_ENOTSUP;
+    }
+    int rc = redis__uri_read_password(u);
+    if (rc != KV_OK)
+        return rc;
+    if (u->user != NULL && u->pass == NULL) {
+        kv__set_errmsg("kv_redis_open: user %s has no password in the URI "
+                       "(user:password@, or password_file=)",
+                       u->user);
         return KV_EINVAL;
     }
-    const char *p = uri + sizeof scheme - 1;
-    size_t hl = strcspn(p, "/?");
-    const char *rest = p + hl;
-    /* hosts */
-    const char *h = p;
-    while (h < p + hl) {
-        size_t l = strcspn(h, ",/?");
-        if (l == 0 || l >= 64) {
-            kv__set_errmsg("kv_redis_open: bad host list in %s", uri);
-            return KV_EINVAL;
-        }
-        char hp[64];
-        memcpy(hp, h, l);
-        hp[l] = '\0';
-        char *colon = strrchr(hp, ':');
-        int port = 6379;
-        if (colon != NULL) {
-            *colon = '\0';
-            char *end;
-            long v = strtol(colon + 1, &end, 10);
-            if (*end != '\0' || v <= 0 || v > 65535) {
-                kv__set_errmsg("kv_redis_open: bad port in %s", uri);
-                return KV_EINVAL;
-            }
-            port = (int)v;
-        }
-        if (strcmp(hp, "localhost") == 0)
-            snprintf(hp, sizeof hp, "127.0.0.1");
-        if (!redis__addr_ok(hp, port)) {
-            kv__set_errmsg("kv_redis_open: %s is not a numeric IPv4 "
-                           "address",
-                           hp);
-            return KV_EINVAL;
-        }
-        if (redis__node_get(st, hp, port) == NULL)
+    st->user = u->user;
+    st->pass = u->pass;
+    st->prefix = u->prefix;
+    u->user = u->pass = u->prefix = NULL;
+    st->plen = strlen(st->prefix);
+    st->keymode = u->keymode;
+    st->timeout_ms = u->timeout_ms;
+    /* in the URI's order (node_get puts each new node first) */
+    for (size_t i = u->nhosts; i-- > 0;)
+        if (redis__node_get(st, u->hosts[i].host, u->hosts[i].port) == NULL)
             return KV_ENOMEM;
-        h += l;
-        if (*h == ',')
-            h++;
-    }
-    if (st->nodes == NULL) {
-        kv__set_errmsg("kv_redis_open: no host in %s", uri);
-        return KV_EINVAL;
-    }
-    const char *pre = "kv";
-    size_t pl = 2;
-    if (*rest == '/') {
-        rest++;
-        pl = strcspn(rest, "?");
-        pre = rest;
-        rest += pl;
-        if (pl == 0) {
-            pre = "kv";
-            pl = 2;
-        }
-    }
-    for (size_t i = 0; i < pl; i++) {
-        char ch = pre[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' || ch == '.' ||
-              ch == ':')) {
-            kv__set_errmsg("kv_redis_open: the prefix may hold only "
-                           "[A-Za-z0-9_.:-]");
-            return KV_EINVAL;
-        }
-    }
-    st->prefix = kv__strndup(pre, pl);
-    if (st->prefix == NULL)
-        return KV_ENOMEM;
-    st->plen = pl;
-    st->keymode = true;
-    st->timeout_ms = TIMEOUT_DEFAULT_MS;
-    if (*rest == '?') {
-        rest++;
-        while (*rest != '\0') {
-            size_t ol = strcspn(rest, "&");
-            char *end = NULL;
-            if (ol == 11 && strncmp(rest, "shard=store", ol) == 0) {
-                st->keymode = false;
-            } else if (ol == 9 && strncmp(rest, "shard=key", ol) == 0) {
-                st->keymode = true;
-            } else if (ol > 8 && strncmp(rest, "timeout=", 8) == 0 &&
-                       rest[8] >= '0' && rest[8] <= '9') {
-                unsigned long v = strtoul(rest + 8, &end, 10);
-                if (end != rest + ol || v > 3600000) {
-                    kv__set_errmsg("kv_redis_open: bad timeout in %s "
-                                   "(milliseconds, 0 to 3600000)",
-                                   uri);
-                    return KV_EINVAL;
-                }
-                st->timeout_ms = (unsigned)v;
-            } else {
-                kv__set_errmsg("kv_redis_open: unknown option %.*s in %s "
-                               "(shard=key, shard=store, timeout=MS)",
-                               (int)ol, rest, uri);
-                return KV_EINVAL;
-            }
-            rest += ol;
-            if (*rest == '&')
-                rest++;
-        }
-    } else if (*rest != '\0') {
-        kv__set_errmsg("kv_redis_open: bad URI %s", uri);
-        return KV_EINVAL;
-    }
     return KV_OK;
+}
+
+/* A CLUSTER SLOTS error that is no "this is not a cluster". */
+static bool slots_refused(const char *e)
+{
+    return strncmp(e, "NOAUTH", 6) == 0 || strncmp(e, "NOPERM", 6) == 0 ||
+           strncmp(e, "WRONGPASS", 9) == 0 || strncmp(e, "LOADING", 7) == 0;
 }
 
 int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
@@ -449,46 +516,71 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
         kv__set_errmsg("kv_redis_open: bad flags 0x%x", flags);
         return KV_EINVAL;
     }
+    ruri u;
+    int rc = redis__uri_parse(&u, uri);
+    if (rc != KV_OK)
+        return rc;
     redis__slot_tags_init();
     rstore *st = kv__calloc(1, sizeof *st);
-    if (st == NULL)
+    if (st == NULL) {
+        redis__uri_free(&u);
         return KV_ENOMEM;
+    }
     kv__list_init(&st->cursors);
     kv__list_init(&st->timers);
     st->loop = loop;
+    st->pool = pool;
     st->dop.cb = redis__defer_cb;
-    int rc = parse_uri(st, uri);
+    rc = take_uri(st, &u);
+    redis__uri_free(&u);
     if (rc != KV_OK) {
         rstore_free(st);
         return rc;
     }
+    odl d = {st->timeout_ms ? kv__now_ms() + st->timeout_ms : 0,
+             st->timeout_ms};
     st->store_slot = redis__slot_of(st->prefix, st->plen);
     /* Find a seed that answers CLUSTER SLOTS (or says it is no cluster). */
     rnode *seed = NULL;
     redisReply *slots = NULL;
-    char errs[512] = "";
+    char errs[1024] = "";
+    bool auth_err = false;
+    const char *hint = "";
     for (rnode *n = st->nodes; n != NULL && seed == NULL; n = n->next) {
-        int fd = sync_connect(&n->sa);
-        if (fd < 0) {
-            size_t l = strlen(errs);
-            snprintf(errs + l, sizeof errs - l, "%s%s: %s", l ? "; " : "",
-                     n->name, strerror(-fd));
-            continue;
+        char why[512];
+        int err = sync_connect(n, &d, why, sizeof why);
+        if (err == KV_OK) {
+            err = sync_auth(st, n, &d, why, sizeof why, &hint);
+            auth_err = auth_err || (err == KV_EBACKEND &&
+                                    strncmp(why, "AUTH failed", 11) == 0);
         }
-        n->fd = fd;
-        kv_buf w = {NULL, 0, 0};
-        rc = redis__fmt(&w, "*2\r\n");
-        if (rc == KV_OK)
-            rc = redis__args(&w, "CLUSTER");
-        if (rc == KV_OK)
-            rc = redis__args(&w, "SLOTS");
-        int err = rc;
-        const char *why = "out of memory";
-        slots = rc == KV_OK ? sync_cmd(fd, n->rd, &w, &err, &why) : NULL;
-        kv__free(w.data);
-        if (slots == NULL) {
+        if (err == KV_OK) {
+            kv_buf w = {NULL, 0, 0};
+            err = redis__fmt(&w, "*2\r\n");
+            if (err == KV_OK)
+                err = redis__args(&w, "CLUSTER");
+            if (err == KV_OK)
+                err = redis__args(&w, "SLOTS");
+            if (err == KV_OK)
+                slots = sync_cmd(n->fd, n->rd, &w, &d, &err, why, sizeof why);
+            kv__free(w.data);
+            if (slots != NULL && slots->type == REDIS_REPLY_ERROR &&
+                slots->str != NULL && slots_refused(slots->str)) {
+                snprintf(why, sizeof why, "CLUSTER SLOTS: %.200s",
+                         slots->str);
+                hint = auth_hint(slots->str);
+                auth_err = auth_err || strncmp(slots->str, "NO", 2) == 0;
+                freeReplyObject(slots);
+                slots = NULL;
+                err = KV_EBACKEND;
+            } else if (slots != NULL) {
+                err = KV_OK;
+            }
+        }
+        if (err != KV_OK) {
             sync_abandon(n);
             if (err == KV_ENOMEM) {
+                kv__set_errmsg("kv_redis_open: out of memory");
                 rstore_free(st);
                 return KV_ENOMEM;
             }
@@ -500,7 +592,10 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
         seed = n;
     }
     if (seed == NULL) {
-        kv__set_errmsg("kv_redis_open: cannot reach any redis node (%s)", errs);
+        kv__set_errmsg("kv_redis_open: %s (%s)%s",
+                       auth_err ? "authentication failed"
+                                : "cannot reach any redis node",
+                       errs, hint);
         rstore_free(st);
         return KV_EBACKEND;
     }
@@ -510,9 +605,7 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
             st->slots[s] = seed;
     } else {
         st->cluster = true;
-        char ip[48];
-        inet_ntop(AF_INET, &seed->sa.sin_addr, ip, sizeof ip);
-        rc = redis__apply_slots(st, slots, ip);
+        rc = redis__apply_slots(st, slots, seed->host);
         if (rc != KV_OK) {
             freeReplyObject(slots);
             if (rc != KV_ENOMEM)
@@ -526,7 +619,7 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
     freeReplyObject(slots);
     if (!st->cluster)
         st->keymode = false; /* one server: nothing to spread over */
-    rc = open_node(st, seed, true);
+    rc = open_node(st, seed, true, &d);
     if (rc != KV_OK) {
         rstore_free(st);
         return rc;
@@ -543,10 +636,20 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
                 }
                 continue;
             }
-            (void)open_node(st, n, false); /* a down master: retried later */
+            /* a down master is retried later; a wrong password fails */
+            rc = open_node(st, n, false, &d);
+            if (rc == KV_EBACKEND && n->lasterr != NULL &&
+                strncmp(n->lasterr, "AUTH failed", 11) == 0) {
+                rstore_free(st);
+                return rc;
+            }
+            if (rc == KV_ENOMEM) {
+                rstore_free(st);
+                return rc;
+            }
         }
         if (st->keymode)
-            dir_seed(st);
+            dir_seed(st, &d);
     }
     rc = kv__store_new(out,
                        st->cluster ? &kv__redis_cluster_ops : &kv__redis_ops,

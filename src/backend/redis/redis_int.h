@@ -12,6 +12,8 @@
  *   request.c  requests: completion, submit, reads, writes, move, drop,
  *              the slot directory
  *   query.c    queries: index ranges, the sorted cursor, fetches
+ *   uri.c      the URI parser (hosts, user and password, options)
+ *   resolve.c  host-name look-ups (resolve.h)
  *   redis_none.c  kv_redis_open without hiredis (KV_ENOTSUP)
  *
  * Naming: redis__ for the functions one of these files defines for the
@@ -24,6 +26,7 @@
 
 #include "store/backend.h"
 #include "util/list.h"
+#include "backend/redis/resolve.h"
 
 #include <hiredis/hiredis.h>
 
@@ -71,6 +74,7 @@ struct rcmd {
     rreq *rq;
     size_t idx;
     rcmd *then; /* a directory SETBIT: the write it must precede */
+    bool secret; /* AUTH: tail wiped when freed */
 };
 
 enum { N_DOWN = 0, N_CONNECTING, N_UP, N_FAILING };
@@ -78,8 +82,15 @@ enum { N_DOWN = 0, N_CONNECTING, N_UP, N_FAILING };
 struct rnode {
     rnode *next;
     rstore *st;
-    char name[64]; /* "ip:port" */
-    struct sockaddr_in sa;
+    char host[HOST_LEN]; /* a DNS name or an address literal */
+    int port;
+    char name[HOST_LEN + 16]; /* "host:port", "[v6]:port" */
+    struct sockaddr_storage addrs[NADDRS]; /* resolved (numeric: one) */
+    socklen_t addrlen[NADDRS];
+    unsigned naddrs, addri; /* how many, the one to try next */
+    bool numeric;           /* host is an address literal */
+    bool resolving;         /* a look-up on the pool is under way */
+    struct rresolve *rj;    /* that look-up */
     int fd;
     int state;
     unsigned nops;        /* SQEs in flight */
@@ -167,8 +178,41 @@ struct rstore {
     kv__list timers;     /* armed timers, rtimer.link (retry queue, watchdog) */
     rtimer *wd;          /* the watchdog timer, when armed (among them) */
     unsigned timeout_ms; /* I/O deadline, 0: none */
+    kv_pool *pool;       /* host-name look-ups on reconnect (may be NULL) */
+    char *user, *pass;   /* AUTH (wiped when freed) */
     unsigned long stats_redirects;
 };
+
+/* ------------------------------------------------------------------------ */
+/* uri.c: the URI                                                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ruri_host {
+    char host[HOST_LEN]; /* without brackets */
+    int port;
+    bool v6; /* was bracketed */
+} ruri_host;
+
+typedef struct ruri {
+    bool tls;           /* rediss:// */
+    char *user, *pass;  /* decoded; NULL when absent */
+    ruri_host *hosts;
+    size_t nhosts;
+    char *prefix;       /* "kv" by default */
+    bool keymode;       /* shard=key (default) */
+    unsigned timeout_ms;
+    bool verify;        /* verify=1 (default) */
+    char *password_file, *cacert, *cert, *key, *sni;
+} ruri;
+
+/* Parse uri into u: KV_OK, KV_ENOMEM or KV_EINVAL (kv_last_errmsg says
+ * why, never quoting the URI's user-info).  u is empty on failure. */
+int redis__uri_parse(ruri *u, const char *uri);
+/* password_file=: read its first line into u->pass (KV_EINVAL, saying
+ * why, when it cannot). */
+int redis__uri_read_password(ruri *u);
+/* Free u's strings (the user and password wiped first). */
+void redis__uri_free(ruri *u);
 
 /* ------------------------------------------------------------------------ */
 /* resp.c: RESP formatting                                                  */
@@ -220,11 +264,15 @@ void redis__cmd_free(rcmd *c);
 /* Complete c with a failure (its callback hears err and msg), free it. */
 void redis__cmd_fail(rcmd *c, int err, const char *msg);
 void redis__fail_list(rcmd *c, int err, const char *msg);
-/* A numeric IPv4 address and a port that redis__node_get accepts. */
-bool redis__addr_ok(const char *ip, int port);
-/* The node of ip:port, made if new; NULL for a bad address (see
+/* A host (a DNS name, an IPv4 or IPv6 literal) and a port that
+ * redis__node_get accepts. */
+bool redis__addr_ok(const char *host, int port);
+/* The node of host:port, made if new (an address literal is its address;
+ * a name is resolved when the node connects); NULL for a bad host (see
  * redis__addr_ok) or out of memory. */
-rnode *redis__node_get(rstore *st, const char *ip, int port);
+rnode *redis__node_get(rstore *st, const char *host, int port);
+/* Format the AUTH command (user and password of st) onto b. */
+int redis__auth_format(const rstore *st, kv_buf *b, int *nargs);
 /* Free a node of a store that is being destroyed. */
 void redis__node_free(rnode *n);
 void redis__node_set_err(rnode *n, const char *fmt, ...) KV__PRINTF(2, 3);

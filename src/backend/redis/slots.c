@@ -88,9 +88,9 @@ rnode *redis__redirect_node(rstore *st, const char *s, int *slot)
     if (sp == NULL)
         return NULL;
     const char *colon = strrchr(sp + 1, ':');
-    if (colon == NULL || colon - (sp + 1) >= 48)
+    if (colon == NULL || colon - (sp + 1) >= HOST_LEN)
         return NULL;
-    char ip[48];
+    char ip[HOST_LEN];
     memcpy(ip, sp + 1, (size_t)(colon - (sp + 1)));
     ip[colon - (sp + 1)] = '\0';
     return redis__node_get(st, ip, atoi(colon + 1));
@@ -118,6 +118,8 @@ int redis__apply_slots(rstore *st, const redisReply *r, const char *seed_ip)
         const char *ip = e->element[2]->element[0]->str;
         if (ip[0] == '\0')
             ip = seed_ip;
+        if (strcmp(ip, "?") == 0)
+            continue; /* an endpoint the node does not know (Redis 7) */
         long long port = e->element[2]->element[1]->integer;
         if (port <= 0 || port > 65535 || !redis__addr_ok(ip, (int)port))
             return KV_EBACKEND;
@@ -137,7 +139,7 @@ static void refresh_cb(rcmd *c, redisReply *r, int err, const char *msg)
     rstore *st = c->node->st;
     st->refreshing = false;
     if (err == KV_OK && r->type == REDIS_REPLY_ARRAY)
-        (void)redis__apply_slots(st, r, "127.0.0.1");
+        (void)redis__apply_slots(st, r, c->node->host);
     if (st->refresh_again && !st->closing) {
         st->refresh_again = false;
         redis__refresh_map(st);
