@@ -165,9 +165,13 @@ static void run_open(kv__call *call)
     sem_post(&cmd->done);
 }
 
-static void run_nothing(kv__call *call)
+/* Set stop on the driver's own thread: set from the test thread, the
+ * driver could see it, exit and free its loop before the wake-up call
+ * reached the loop. */
+static void run_stop(kv__call *call)
 {
     command *cmd = (command *)(void *)call;
+    atomic_store(&cmd->c->stop, true);
     sem_post(&cmd->done);
 }
 
@@ -226,8 +230,7 @@ static void driver_start(tctx *c)
 static void driver_stop(tctx *c)
 {
     command cmd;
-    atomic_store(&c->stop, true);
-    driver_do(c, &cmd, run_nothing); /* wakes it */
+    driver_do(c, &cmd, run_stop);
     ck_assert_int_eq(pthread_join(c->driver, NULL), 0);
     ck_assert_msg(c->driver_rc == KV_OK,
                   "the store's loop did not free cleanly: %s",

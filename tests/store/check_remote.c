@@ -67,18 +67,25 @@ static void driver_start(driver *d)
     ck_assert_kv(d->rc, KV_OK);
 }
 
-static void wake_nothing(kv__call *c)
+typedef struct stopper {
+    kv__call call;
+    driver *d;
+} stopper;
+
+/* Set stop on the driver's own thread (set from another, the driver could
+ * exit and free its loop before the call reached it). */
+static void stop_run(kv__call *c)
 {
-    (void)c;
+    stopper *st = (stopper *)(void *)c;
+    atomic_store(&st->d->stop, true);
 }
 
 /* Stop the driver; its kv_loop_free result (KV_EBUSY if the store is
  * still open on it). */
 static int driver_stop(driver *d)
 {
-    kv__call wake = {wake_nothing, NULL};
-    atomic_store(&d->stop, true);
-    kv__loop_call(d->loop, &wake);
+    stopper st = {{stop_run, NULL}, d};
+    kv__loop_call(d->loop, &st.call);
     ck_assert_int_eq(pthread_join(d->th, NULL), 0);
     sem_destroy(&d->ready);
     kv_pool_free(d->pool);
