@@ -477,15 +477,30 @@ struct kv_record {
  */
 #define KV_MAX_VALUE_SIZE ((size_t)512 * 1024 * 1024)
 
-/* A growable byte buffer that encoders append to. */
+/*
+ * A growable byte buffer: len bytes of data are in use, cap allocated.
+ * Start from {NULL, 0, 0}.  Who frees data: whoever owns the kv_buf.  The
+ * buffer the library hands a codec's encode is the library's (encode only
+ * appends to it, and never frees or keeps data).  A buffer you fill
+ * yourself with kv_buf_append is yours: release it with kv_buf_free (data
+ * comes from the library's allocator; do not free(3) it or keep it after
+ * kv_buf_free).  Any thread; one buffer is not for two threads at once.
+ */
 typedef struct kv_buf {
     unsigned char *data;
     size_t len;
     size_t cap;
 } kv_buf;
 
-/* Append len bytes.  KV_OK, KV_ENOMEM, or KV_EINVAL (NULL data, len > 0). */
+/*
+ * Append len bytes, growing data (which may then move: pointers into it
+ * are invalidated).  KV_OK, KV_ENOMEM (buf unchanged), or KV_EINVAL (NULL
+ * buf, or NULL data with len > 0).
+ */
 KV_EXTERN int kv_buf_append(kv_buf *buf, const void *data, size_t len);
+/* Free buf's data and reset it to {NULL, 0, 0}, ready for reuse.  NULL-safe,
+ * and safe on a buffer already freed or never appended to. */
+KV_EXTERN void kv_buf_free(kv_buf *buf);
 
 /*
  * Typed records.  encode appends obj's bytes to out; decode makes an object

@@ -1422,6 +1422,31 @@ START_TEST(decode_round_trip)
 }
 END_TEST
 
+START_TEST(buf_free_releases_and_resets)
+{
+    /* A kv_buf filled by the caller is the caller's: kv_buf_free releases
+     * its data and leaves an empty buffer, ready for reuse. */
+    kv_buf b = {NULL, 0, 0};
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 100; i++)
+            ck_assert_kv(kv_buf_append(&b, "0123456789", 10), KV_OK);
+        ck_assert_uint_eq(b.len, 1000);
+        ck_assert_uint_ge(b.cap, 1000);
+        ck_assert_kv(kv__key_encode(K("/a:/b"), &b), KV_OK);
+        ck_assert_uint_eq(b.len, 1005);
+        kv_buf_free(&b);
+        ck_assert_ptr_null(b.data);
+        ck_assert_uint_eq(b.len, 0);
+        ck_assert_uint_eq(b.cap, 0);
+    }
+    kv_buf_free(&b); /* again: nothing to free */
+    kv_buf_free(NULL);
+    kv_buf z = {NULL, 0, 0};
+    kv_buf_free(&z);
+    ck_assert_ptr_null(z.data);
+}
+END_TEST
+
 START_TEST(decode_empty_value)
 {
     kv_key *d;
@@ -1777,6 +1802,7 @@ static Suite *key_suite(void)
     tcase_add_test(tc, decode_round_trip);
     tcase_add_test(tc, decode_empty);
     tcase_add_test(tc, decode_empty_value);
+    tcase_add_test(tc, buf_free_releases_and_resets);
     tcase_add_test(tc, decode_corrupt);
     tcase_add_test(tc, decode_random_bytes_never_crash);
     suite_add_tcase(s, tc);
