@@ -88,7 +88,9 @@ static void key_laws(const kv_key *k, const char *src)
     /* namespaces: each parses back from its id, and rebuilds the key */
     for (size_t i = 0; i < n; i++) {
         const kv_ns *ns = kv_key_ns(k, i);
-        FUZZ_CHECK(ns != NULL && ns->value[0] != '\0');
+        /* never the empty namespace (a value may be empty after a field) */
+        FUZZ_CHECK(ns != NULL &&
+                   (ns->value[0] != '\0' || ns->field[0] != '\0'));
         FUZZ_CHECK(strchr(ns->value, '/') == NULL &&
                    strchr(ns->value, ':') == NULL &&
                    strchr(ns->field, '/') == NULL &&
@@ -141,12 +143,28 @@ static void key_laws(const kv_key *k, const char *src)
     kv_key_free(all);
     kv_key_free(none);
 
-    if (n == 0) {
-        FUZZ_CHECK(kv_key_parent(&tmp, k) == KV_EINVAL);
-        FUZZ_CHECK(kv_key_path(&tmp, k) == KV_EINVAL);
+    if (n > 0) {
+        /* path: the parent, then the last field (or value) as a value */
+        kv_key *path = NULL;
+        path = must(kv_key_path(&path, k), &path);
+        if (path != NULL) {
+            const char *f = kv_key_field(k);
+            FUZZ_CHECK(kv_key_len(path) == n);
+            FUZZ_CHECK(kv_key_field(path)[0] == '\0');
+            FUZZ_CHECK(strcmp(kv_key_value(path),
+                              f[0] != '\0' ? f : kv_key_value(k)) == 0);
+            if (f[0] == '\0')
+                FUZZ_CHECK(kv_key_equal(path, k));
+        }
+        kv_key_free(path);
+    }
+    if (n < 2) {
+        /* the empty key and a root key have no parent */
+        FUZZ_CHECK(kv_key_parent(&tmp, k) == KV_EINVAL && tmp == NULL);
+        if (n == 0)
+            FUZZ_CHECK(kv_key_path(&tmp, k) == KV_EINVAL && tmp == NULL);
     } else {
-        kv_key *p = NULL, *last = NULL, *back = NULL, *rel = NULL,
-               *path = NULL;
+        kv_key *p = NULL, *last = NULL, *back = NULL, *rel = NULL;
         p = must(kv_key_parent(&p, k), &p);
         last = must(kv_key_slice(&last, k, n - 1, n), &last);
         if (p != NULL && last != NULL) {
@@ -164,21 +182,11 @@ static void key_laws(const kv_key *k, const char *src)
             rel = must(kv_key_relative(&rel, k, p), &rel);
             if (rel != NULL)
                 FUZZ_CHECK(kv_key_equal(rel, last));
-            path = must(kv_key_path(&path, k), &path);
-            if (path != NULL) {
-                const char *f = kv_key_field(k);
-                FUZZ_CHECK(kv_key_len(path) == n - (f[0] == '\0'));
-                if (f[0] == '\0')
-                    FUZZ_CHECK(kv_key_equal(path, p));
-                else
-                    FUZZ_CHECK(strcmp(kv_key_value(path), f) == 0);
-            }
         }
         kv_key_free(p);
         kv_key_free(last);
         kv_key_free(back);
         kv_key_free(rel);
-        kv_key_free(path);
     }
     kv_key *self = NULL;
     self = must(kv_key_relative(&self, k, k), &self);
@@ -242,9 +250,16 @@ static void one_string(const char *s)
     rc = kv_ns_parse(&ns, s);
     FUZZ_CHECK(rc == KV_OK || rc == KV_EINVAL || rc == KV_ENOMEM);
     if (rc == KV_OK) {
-        FUZZ_CHECK(ns.value[0] != '\0');
+        bool empty = ns.field[0] == '\0' && ns.value[0] == '\0';
         char *id = kv_ns_id(&ns);
-        if (id != NULL) {
+        FUZZ_CHECK(id == NULL || (id[0] == '\0') == empty);
+        if (id != NULL && empty) {
+            /* the empty namespace: "/" + its id is the empty key */
+            kv_key *none = NULL;
+            if (kv_key_parse(&none, "/") == KV_OK)
+                FUZZ_CHECK(kv_key_len(none) == 0);
+            kv_key_free(none);
+        } else if (id != NULL) {
             /* a valid namespace id is a one-namespace key */
             kv_key *one = NULL;
             char *path = kv__asprintf("/%s", id);

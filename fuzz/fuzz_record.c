@@ -99,7 +99,8 @@ static void name(const char *s, size_t len)
     if (kv_ns_parse(&ns, z) == KV_OK) {
         char *canon = kv_ns_id(&ns);
         kv_buf e = {NULL, 0, 0};
-        if (canon != NULL &&
+        /* the empty namespace is in no key, so it has no name */
+        if (canon != NULL && canon[0] != '\0' &&
             kv__fs_name_encode(canon, strlen(canon), &e) == KV_OK) {
             for (size_t i = 0; i < e.len; i++)
                 FUZZ_CHECK(escape_char_ok(e.data[i]));

@@ -53,10 +53,15 @@ KEYS = {
     "encoded": b"a\x00b:c\x00",
     "encoded-bad": b"a\x00\x00",
     "whitespace-id": b"\t\n\v\f\r ",
+    "empty-values": b"a:b/c:\x00/a:/ : /c",
+    "root-path": b"/a:b\x00/x",
+    "encoded-empty-value": b"a:\x00b\x00c:\x00",
+    "encoded-colon": b"a\x00:\x00",
 }
 
 NAMES = [b"abc", b"a%3Ab", b"%2E%2E", b"%25", b"f%3Av", b"%00", b"%2F",
-         b"%41", b"%e9", b"%C3%A9", b"a-b_c", b"%20x%20"]
+         b"%41", b"%e9", b"%C3%A9", b"a-b_c", b"%20x%20", b"c%3A", b"",
+         b"%3A", b"%20"]
 
 LINES = {
     "dump": b'{"key": "/a", "value": "aGVsbG8=", "token": 5}\n',

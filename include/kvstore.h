@@ -466,10 +466,12 @@ KV_EXTERN void kv_fut_fail(kv_fut *fut, int code, const char *msg);
  * A namespace: one segment of a key, "field:value" or "value".  Both strings
  * are heap strings owned by the struct (field is "" when absent), released
  * by kv_ns_free.  Neither may contain ':' or '/'; surrounding whitespace
- * (" \t\n\v\f\r", whatever the locale) is stripped; value must not be
- * empty.  Every other byte, control bytes and bytes >= 0x80 included, is
- * allowed (backends escape what their storage cannot hold).  So ":v" is
- * value "v" with no field, while "f:", ":" and "" are KV_EINVAL.
+ * (" \t\n\v\f\r", whatever the locale) is stripped.  Every other byte,
+ * control bytes and bytes >= 0x80 included, is allowed (backends escape
+ * what their storage cannot hold).  Either part may be empty: ":v" is value
+ * "v" with no field; "f:" is field "f" with an empty value (id "f:"); "",
+ * ":" and whitespace are the empty namespace (field and value "", id ""),
+ * which adds nothing to a key (see Keys).
  */
 typedef struct kv_ns {
     char *field;
@@ -477,11 +479,13 @@ typedef struct kv_ns {
 } kv_ns;
 
 /*
- * Parse "field:value" or "value".  KV_EINVAL on a bad id (kv_last_errmsg
- * says why), KV_ENOMEM; *out is untouched on error (also for kv_ns_init).
+ * Parse "field:value" or "value".  KV_EINVAL on a bad id (a '/', more than
+ * one ':'; kv_last_errmsg says why), KV_ENOMEM; *out is untouched on error
+ * (also for kv_ns_init).
  */
 KV_EXTERN int kv_ns_parse(kv_ns *out, const char *id);
-/* From separate parts; field may be NULL or "".  KV_EINVAL, KV_ENOMEM. */
+/* From separate parts; field may be NULL or "", value may be "" (NULL is
+ * KV_EINVAL): kv_ns_init(&ns, "a", "") is "a:".  KV_EINVAL, KV_ENOMEM. */
 KV_EXTERN int kv_ns_init(kv_ns *out, const char *field, const char *value);
 /* Release out's strings and zero it.  NULL-safe. */
 KV_EXTERN void kv_ns_free(kv_ns *ns);
@@ -497,9 +501,13 @@ KV_EXTERN char *kv_ns_id(const kv_ns *ns);
  * root and as a building block, but not for record operations.
  *
  * Parsing splits on '/', strips whitespace around each segment, drops
- * segments that are empty after stripping (including ":"), and parses each
- * as a namespace; so "///a///b///" is "/a/b" and kv_key_parse(kv_key_id(k))
- * equals k.  Functions that make a key take kv_key **out first and return
+ * segments that are empty after stripping, and parses each as a namespace;
+ * so "///a///b///" is "/a/b", "a:b/c:" is "/a:b/c:" (c with an empty
+ * value).  A key never holds the empty namespace: every constructor drops
+ * it (a ":" segment, an empty kv_ns given to kv_key_from_ns or
+ * kv_key_child), so each namespace id in a key is non-empty and
+ * kv_key_parse(kv_key_id(k)) equals k for every key.  Functions that make a
+ * key take kv_key **out first and return
  * KV_OK, KV_EINVAL (invalid input or a NULL argument; parse failures set
  * kv_last_errmsg) or KV_ENOMEM; *out is untouched on error.  Accessors
  * return views valid while the key lives and safe defaults (0, NULL, "",
@@ -508,7 +516,7 @@ KV_EXTERN char *kv_ns_id(const kv_ns *ns);
  * to kv_ns_free.
  */
 KV_EXTERN int kv_key_parse(kv_key **out, const char *path);
-/* From n namespaces (validated as kv_ns_init does). */
+/* From n namespaces (validated as kv_ns_init does; empty ones dropped). */
 KV_EXTERN int kv_key_from_ns(kv_key **out, const kv_ns *ns, size_t n);
 /* The concatenation of n keys. */
 KV_EXTERN int kv_key_concat(kv_key **out, const kv_key *const *keys, size_t n);
@@ -530,12 +538,19 @@ KV_EXTERN int kv_key_slice(kv_key **out, const kv_key *key, size_t start,
 
 /* True if the key has exactly one namespace. */
 KV_EXTERN bool kv_key_is_root(const kv_key *key);
-/* The key without its last namespace ("/a" -> "/"); KV_EINVAL for "/". */
+/*
+ * The key without its last namespace: "/a/b:c" -> "/a".  KV_EINVAL (with
+ * kv_last_errmsg) for a root key ("/a") and for the empty key "/": they
+ * have no parent (kv_key_slice(out, key, 0, len - 1) gives "/" for a root
+ * key).
+ */
 KV_EXTERN int kv_key_parent(kv_key **out, const kv_key *key);
 /*
- * The parent followed by the last namespace's field as a value, or just the
- * parent when it has no field: "/a/b:c" -> "/a/b", "/a/c" -> "/a".
- * KV_EINVAL for "/".
+ * The parent followed by one namespace with no field whose value is the
+ * last namespace's field, or its value when it has no field; for a root
+ * key, that namespace alone: "/a:b/c/d:e" -> "/a:b/c/d", "/a:b/c" ->
+ * "/a:b/c", "/a:b" -> "/a", "/x" -> "/x", "/a/c:" -> "/a/c".  Same length
+ * as key.  KV_EINVAL for "/".
  */
 KV_EXTERN int kv_key_path(kv_key **out, const kv_key *key);
 /* The namespaces in reverse order. */
@@ -599,15 +614,30 @@ struct kv_record {
  */
 #define KV_MAX_VALUE_SIZE ((size_t)512 * 1024 * 1024)
 
-/* A growable byte buffer that encoders append to. */
+/*
+ * A growable byte buffer: len bytes of data are in use, cap allocated.
+ * Start from {NULL, 0, 0}.  Who frees data: whoever owns the kv_buf.  The
+ * buffer the library hands a codec's encode is the library's (encode only
+ * appends to it, and never frees or keeps data).  A buffer you fill
+ * yourself with kv_buf_append is yours: release it with kv_buf_free (data
+ * comes from the library's allocator; do not free(3) it or keep it after
+ * kv_buf_free).  Any thread; one buffer is not for two threads at once.
+ */
 typedef struct kv_buf {
     unsigned char *data;
     size_t len;
     size_t cap;
 } kv_buf;
 
-/* Append len bytes.  KV_OK, KV_ENOMEM, or KV_EINVAL (NULL data, len > 0). */
+/*
+ * Append len bytes, growing data (which may then move: pointers into it
+ * are invalidated).  KV_OK, KV_ENOMEM (buf unchanged), or KV_EINVAL (NULL
+ * buf, or NULL data with len > 0).
+ */
 KV_EXTERN int kv_buf_append(kv_buf *buf, const void *data, size_t len);
+/* Free buf's data and reset it to {NULL, 0, 0}, ready for reuse.  NULL-safe,
+ * and safe on a buffer already freed or never appended to. */
+KV_EXTERN void kv_buf_free(kv_buf *buf);
 
 /*
  * Typed records.  encode appends obj's bytes to out; decode makes an object

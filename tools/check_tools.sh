@@ -97,6 +97,31 @@ expect 6 "keep going" "$KVCTL" sqlite:memory load --keep-going "$tmp/bad"
 grep -q ':4:' "$tmp/err" || { echo "FAIL: --keep-going stopped early" >&2; fails=$((fails + 1)); }
 grep -q 'loaded 2 records' "$tmp/err" || { echo "FAIL: --keep-going loaded: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
 
+# load without --keep-going stops at the first failing line: the records
+# before it are written, and so are the writes after it that were already
+# in flight (at most the window of 64 minus the failing one); kvctl says
+# how many, and reads nothing further.
+C="sqlite:$tmp/c.db"
+"$KVCTL" "$C" put /l/0005 taken > /dev/null
+awk 'BEGIN { for (i = 1; i <= 300; i++)
+    printf "{\"key\": \"/l/%04d\", \"value\": \"\"}\n", i }' > "$tmp/lines"
+expect 4 "load stops at a conflict" "$KVCTL" "$C" load "$tmp/lines"
+after=$(sed -n 's/.*stopped at line 5, .*; \([0-9][0-9]*\) records\{0,1\} after it.*/\1/p' "$tmp/err")
+have=$("$KVCTL" "$C" query /l --keys-only | wc -l)
+if [ -z "$after" ] || [ "$after" -gt 63 ] || [ "$have" -ne $((5 + after)) ] ||
+    ! grep -q "loaded $((4 + after)) record" "$tmp/err"; then
+    echo "FAIL: load after a conflict at line 5: $have records, 'after' is" \
+        "'$after':" >&2
+    sed 's/^/  | /' "$tmp/err" >&2
+    fails=$((fails + 1))
+fi
+# a malformed line is found before its write: nothing after it is written
+sed '5s/.*/not json/' "$tmp/lines" > "$tmp/lines5"
+expect 6 "load stops at a malformed line" "$KVCTL" sqlite:memory load "$tmp/lines5"
+grep -q 'loaded 4 records' "$tmp/err" &&
+    grep -q 'stopped at line 5, .*; 0 records after it' "$tmp/err" ||
+    { echo "FAIL: load at a malformed line 5: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+
 # query options
 "$KVCTL" "$S" put /q/1 a > /dev/null
 "$KVCTL" "$S" put /q/2 b > /dev/null

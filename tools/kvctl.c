@@ -593,19 +593,30 @@ typedef struct lslot {
     unsigned long line;
 } lslot;
 
+/*
+ * Without --keep-going, load stops reading at the first failing line.  A
+ * malformed line or key fails before its write; a put fails when it is
+ * reaped, by which time up to WINDOW - 1 later lines are in flight: those
+ * are waited for (and usually written) and counted in after, which the
+ * final message reports.  Puts are reaped in line order.
+ */
 typedef struct loadst {
     ctx *c;
     const char *src;
     bool replace, keep_going;
     uint64_t ok, replaced, failed;
-    int rc; /* first failure's exit code */
+    uint64_t after;           /* written lines after first_line */
+    unsigned long first_line; /* the first failing line, 0: none yet */
+    int rc;                   /* its exit code */
 } loadst;
 
-static void load_note(loadst *ls, int code)
+static void load_note(loadst *ls, int code, unsigned long line)
 {
     ls->failed++;
-    if (!ls->rc)
+    if (ls->first_line == 0 || line < ls->first_line) {
+        ls->first_line = line;
         ls->rc = code;
+    }
 }
 
 /* Wait for a slot's put and account for it. */
@@ -633,15 +644,17 @@ static void load_reap(loadst *ls, lslot *s)
     }
     if (st == KV_OK) {
         ls->ok++;
+        if (ls->first_line != 0 && s->line > ls->first_line)
+            ls->after++;
     } else if (st == KV_ECONFLICT) {
         fprintf(stderr, "%s: %s:%lu: %s already exists (use --replace)\n",
                 prog, ls->src, s->line, kv_key_id(s->key));
-        load_note(ls, EX_CONFLICT);
+        load_note(ls, EX_CONFLICT, s->line);
     } else {
         const char *m = kv_fut_errmsg(s->f);
         fprintf(stderr, "%s: %s:%lu: put %s: %s%s%s\n", prog, ls->src, s->line,
                 kv_key_id(s->key), kv_strerror(st), *m ? ": " : "", m);
-        load_note(ls, fail_code(st));
+        load_note(ls, fail_code(st), s->line);
     }
     kv_fut_free(s->f);
     kv_key_free(s->key);
@@ -651,7 +664,7 @@ static void load_reap(loadst *ls, lslot *s)
 
 static int cmd_load(ctx *c, int argc, char **argv)
 {
-    loadst ls = {c, "-", false, false, 0, 0, 0, 0};
+    loadst ls = {.c = c, .src = "-"};
     const char *file = NULL;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--replace"))
@@ -693,7 +706,7 @@ static int cmd_load(ctx *c, int argc, char **argv)
             continue; /* blank line */
         if ((size_t)got != strlen(line)) {
             fprintf(stderr, "%s: %s:%lu: NUL byte in the line\n", prog, ls.src, lineno);
-            load_note(&ls, EX_BADINPUT);
+            load_note(&ls, EX_BADINPUT, lineno);
             continue;
         }
         size_t err_at = 0;
@@ -701,7 +714,7 @@ static int cmd_load(ctx *c, int argc, char **argv)
         if (tu_jl_parse(line, (size_t)got, &r, &err_at, err, sizeof err)) {
             fprintf(stderr, "%s: %s:%lu:%zu: %s\n", prog, ls.src, lineno,
                     err_at + 1, err);
-            load_note(&ls, EX_BADINPUT);
+            load_note(&ls, EX_BADINPUT, lineno);
             continue;
         }
         kv_key *k = NULL;
@@ -713,13 +726,17 @@ static int cmd_load(ctx *c, int argc, char **argv)
             }
             fprintf(stderr, "%s: %s:%lu: invalid key '%s'%s%s\n", prog, ls.src,
                     lineno, r.key.p, *m ? ": " : "", m);
-            load_note(&ls, EX_BADKEY);
+            load_note(&ls, EX_BADKEY, lineno);
             continue;
         }
         if (n == WINDOW) {
             load_reap(&ls, &ring[head]);
             head = (head + 1) % WINDOW;
             n--;
+            if (ls.rc && !ls.keep_going) {
+                kv_key_free(k); /* this line's put is not started */
+                break;
+            }
         }
         lslot *s = &ring[(head + n) % WINDOW];
         n++;
@@ -750,10 +767,17 @@ static int cmd_load(ctx *c, int argc, char **argv)
             ls.ok == 1 ? "" : "s", ls.replace ? "" : "\n");
     if (ls.replace)
         fprintf(stderr, " (%" PRIu64 " replaced)\n", ls.replaced);
-    if (ls.failed)
-        fprintf(stderr, "%s: %" PRIu64 " line%s failed%s\n", prog, ls.failed,
-                ls.failed == 1 ? "" : "s",
-                ls.keep_going ? "" : "; stopped at the first failure");
+    if (ls.failed && ls.keep_going)
+        fprintf(stderr, "%s: %" PRIu64 " line%s failed\n", prog, ls.failed,
+                ls.failed == 1 ? "" : "s");
+    else if (ls.failed)
+        fprintf(stderr,
+                "%s: %" PRIu64 " line%s failed; stopped at line %lu, the "
+                "first failure; %" PRIu64 " record%s after it, already in "
+                "flight, %s written too\n",
+                prog, ls.failed, ls.failed == 1 ? "" : "s", ls.first_line,
+                ls.after, ls.after == 1 ? "" : "s",
+                ls.after == 1 ? "was" : "were");
     return ls.rc;
 }
 

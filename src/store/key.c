@@ -12,8 +12,11 @@
  *
  * Canonical form: the id is "/" for the empty key, else "/" + ns id joined
  * by "/", where a ns id is "field:value" or "value".  Fields and values hold
- * no ':' or '/', no surrounding whitespace, and value is never empty, so
- * parsing an id gives the same key back.
+ * no ':' or '/' and no surrounding whitespace.  A value may be empty when
+ * there is a field ("f:"); the empty namespace (no field, no value, id "")
+ * is never part of a key: every constructor drops it, as parsing drops an
+ * empty segment.  So every ns id in a key is non-empty, and parsing a key's
+ * id gives the same key back.
  *
  * Whitespace is the C locale's isspace set (" \t\n\v\f\r"), tested by hand
  * so that keys do not depend on the process locale.  Every other byte
@@ -93,7 +96,8 @@ static const char *quote_more(size_t len)
 }
 
 /*
- * Parse the namespace id s[0..len) into *out.  With strict, the id must
+ * Parse the namespace id s[0..len) into *out (the empty namespace, both
+ * spans empty, for "", ":" or whitespace).  With strict, the id must
  * already be canonical (no whitespace to strip, no ":" before an empty
  * field), as in stored encodings.  Returns NULL or why it is invalid.
  */
@@ -119,8 +123,6 @@ static const char *ns_span(const char *s, size_t len, bool strict, part *out)
     part raw = p;
     strip(&p.f, &p.fl);
     strip(&p.v, &p.vl);
-    if (p.vl == 0)
-        return "has an empty value";
     if (strict && (p.fl != raw.fl || p.vl != raw.vl))
         return "has surrounding whitespace";
     if (strict && colon != NULL && p.fl == 0)
@@ -160,15 +162,14 @@ static int ns_parts(const char *field, const char *value, part *out)
     }
     strip(&p.f, &p.fl);
     strip(&p.v, &p.vl);
-    if (p.vl == 0) {
-        kv__set_errmsg("invalid namespace: value \"%.*s%s\" is empty after "
-                       "stripping whitespace",
-                       quote_len(strlen(value)), value,
-                       quote_more(strlen(value)));
-        return KV_EINVAL;
-    }
     *out = p;
     return KV_OK;
+}
+
+/* The empty namespace: no field, no value.  Keys never hold it. */
+static bool part_empty(const part *p)
+{
+    return p->fl == 0 && p->vl == 0;
 }
 
 static void part_of_ns(part *out, const kv_ns *ns)
@@ -388,7 +389,7 @@ static int parse_into(parts *ps, const char *path, const char *whole)
         const char *seg = s;
         size_t segl = len;
         strip(&seg, &segl);
-        if (segl > 0 && !(segl == 1 && seg[0] == ':')) {
+        if (segl > 0) {
             const char *why = ns_span(seg, segl, false, &ps->p[ps->n]);
             if (why != NULL) {
                 size_t wl = strlen(whole);
@@ -398,7 +399,8 @@ static int parse_into(parts *ps, const char *path, const char *whole)
                                why);
                 return KV_EINVAL;
             }
-            ps->n++;
+            if (!part_empty(&ps->p[ps->n])) /* ":" adds nothing */
+                ps->n++;
         }
         if (slash == NULL)
             return KV_OK;
@@ -445,7 +447,8 @@ static int build_with_ns(kv_key **out, const kv_key *key, const kv_ns *ns,
         parts_add_key(&ps, key, 0, key->n);
     for (size_t i = 0; i < n && rc == KV_OK; i++) {
         rc = ns_parts(ns[i].field, ns[i].value, &ps.p[ps.n]);
-        ps.n++;
+        if (rc == KV_OK && !part_empty(&ps.p[ps.n]))
+            ps.n++;
     }
     if (rc == KV_OK)
         rc = key_build(out, ps.p, ps.n);
@@ -578,29 +581,43 @@ bool kv_key_is_root(const kv_key *key)
 
 int kv_key_parent(kv_key **out, const kv_key *key)
 {
-    if (out == NULL || key == NULL || key->n == 0)
+    if (out == NULL || key == NULL) {
+        kv__set_errmsg("invalid key: NULL argument");
         return KV_EINVAL;
+    }
+    if (key->n < 2) {
+        kv__set_errmsg("key \"%.*s%s\" has no parent (%s)",
+                       quote_len(key->idlen), key->id, quote_more(key->idlen),
+                       key->n == 0 ? "the empty key" : "a root key");
+        return KV_EINVAL;
+    }
     return slice(out, key, 0, key->n - 1);
 }
 
 int kv_key_path(kv_key **out, const kv_key *key)
 {
-    if (out == NULL || key == NULL || key->n == 0)
+    if (out == NULL || key == NULL) {
+        kv__set_errmsg("invalid key: NULL argument");
         return KV_EINVAL;
+    }
+    if (key->n == 0) {
+        kv__set_errmsg("the empty key has no path");
+        return KV_EINVAL;
+    }
     const kv_ns *last = &key->ns[key->n - 1];
-    if (last->field[0] == '\0')
-        return slice(out, key, 0, key->n - 1);
     parts ps;
     int rc = parts_init(&ps, key->n);
     if (rc != KV_OK)
         return rc;
     parts_add_key(&ps, key, 0, key->n - 1);
-    /* A field is a valid value: non-empty, stripped, no ':' or '/'. */
+    /* The field, or the value when there is no field, as a plain value:
+     * non-empty (a key holds no empty namespace), stripped, no ':' or '/'. */
+    const char *tail = last->field[0] != '\0' ? last->field : last->value;
     part *p = &ps.p[ps.n++];
     p->f = "";
     p->fl = 0;
-    p->v = last->field;
-    p->vl = strlen(last->field);
+    p->v = tail;
+    p->vl = strlen(tail);
     rc = key_build(out, ps.p, ps.n);
     parts_fini(&ps);
     return rc;

@@ -1,7 +1,8 @@
 /*
  * alloc.c - the allocator every module uses: the helpers built on
- * kv__malloc (duplicates, printf), kv_buf_append, and, in test builds only
- * (KV_TEST_HOOKS), the counting, failing kv__malloc/calloc/realloc.
+ * kv__malloc (duplicates, printf), kv_buf_append and kv_buf_free, and, in
+ * test builds only (KV_TEST_HOOKS), the counting, failing
+ * kv__malloc/calloc/realloc.
  */
 #include "config.h"
 
@@ -139,4 +140,14 @@ int kv_buf_append(kv_buf *buf, const void *data, size_t len)
     memcpy(buf->data + buf->len, data, len);
     buf->len += len;
     return KV_OK;
+}
+
+void kv_buf_free(kv_buf *buf)
+{
+    if (buf == NULL)
+        return;
+    kv__free(buf->data);
+    buf->data = NULL;
+    buf->len = 0;
+    buf->cap = 0;
 }

@@ -190,10 +190,8 @@ END_TEST
 
 START_TEST(ns_parse_invalid)
 {
-    static const char *bad[] = {
-        "",      "   ",   " \t\n ", ":",      " : ",   "field:",
-        "f: ",   "a:b:c", "a::b",   "::",     "a/b",   "f:a/b",
-        "/",     "a:/",   "/a",     "a:b/c:d"};
+    static const char *bad[] = {"a:b:c", "a::b", "::",  "a/b",    "f:a/b",
+                                "/",     "a:/",  "/a",  "a:b/c:d", " : : "};
     for (size_t i = 0; i < KV__ARRAY_SIZE(bad); i++) {
         kv_ns ns = {(char *)"x", (char *)"y"};
         int rc = kv_ns_parse(&ns, bad[i]);
@@ -216,8 +214,45 @@ START_TEST(ns_parse_errmsg_names_input)
     ck_assert_kv(kv_ns_parse(&ns, "f:a/b"), KV_EINVAL);
     ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "\"f:a/b\""));
     ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "'/'"));
-    ck_assert_kv(kv_ns_parse(&ns, "f:"), KV_EINVAL);
-    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "empty value"));
+}
+END_TEST
+
+START_TEST(ns_parse_empty_value)
+{
+    /* "f:" is field f with an empty value; its id gives it back. */
+    static const char *ids[] = {"a:", " a : ", "a:\t", "a:   "};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(ids); i++) {
+        kv_ns ns;
+        ck_assert_kv(kv_ns_parse(&ns, ids[i]), KV_OK);
+        ck_assert_str_eq(ns.field, "a");
+        ck_assert_str_eq(ns.value, "");
+        char *id = kv_ns_id(&ns);
+        ck_assert_str_eq(id, "a:");
+        kv_ns b;
+        ck_assert_kv(kv_ns_parse(&b, id), KV_OK);
+        ck_assert_str_eq(b.field, "a");
+        ck_assert_str_eq(b.value, "");
+        kv_ns_free(&b);
+        kv__free(id);
+        kv_ns_free(&ns);
+    }
+}
+END_TEST
+
+START_TEST(ns_parse_empty_namespace)
+{
+    /* Nothing but whitespace and at most one ':' is the empty namespace. */
+    static const char *ids[] = {"", "   ", " \t\n ", ":", " : ", "\r:\v"};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(ids); i++) {
+        kv_ns ns = {(char *)"x", (char *)"y"};
+        ck_assert_kv(kv_ns_parse(&ns, ids[i]), KV_OK);
+        ck_assert_str_eq(ns.field, "");
+        ck_assert_str_eq(ns.value, "");
+        char *id = kv_ns_id(&ns);
+        ck_assert_str_eq(id, "");
+        kv__free(id);
+        kv_ns_free(&ns);
+    }
 }
 END_TEST
 
@@ -264,6 +299,29 @@ START_TEST(ns_init_parts)
     ck_assert_kv(kv_ns_init(&ns, "   ", "v"), KV_OK);
     ck_assert_str_eq(ns.field, "");
     kv_ns_free(&ns);
+    /* An empty value, and the empty namespace. */
+    ck_assert_kv(kv_ns_init(&ns, "a", ""), KV_OK);
+    ck_assert_str_eq(ns.field, "a");
+    ck_assert_str_eq(ns.value, "");
+    char *id = kv_ns_id(&ns);
+    ck_assert_str_eq(id, "a:");
+    kv__free(id);
+    kv_ns_free(&ns);
+    ck_assert_kv(kv_ns_init(&ns, " a ", " \t "), KV_OK);
+    ck_assert_str_eq(ns.field, "a");
+    ck_assert_str_eq(ns.value, "");
+    kv_ns_free(&ns);
+    static const char *empty[][2] = {{NULL, ""}, {"", ""}, {" ", "\n"},
+                                     {NULL, " \t\r\n"}};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(empty); i++) {
+        ck_assert_kv(kv_ns_init(&ns, empty[i][0], empty[i][1]), KV_OK);
+        ck_assert_str_eq(ns.field, "");
+        ck_assert_str_eq(ns.value, "");
+        id = kv_ns_id(&ns);
+        ck_assert_str_eq(id, "");
+        kv__free(id);
+        kv_ns_free(&ns);
+    }
 }
 END_TEST
 
@@ -272,7 +330,6 @@ START_TEST(ns_init_invalid)
     static const char *bad[][2] = {
         {"a:b", "v"}, {"a/b", "v"}, {":", "v"},  {"/", "v"},
         {"f", "a:b"}, {"f", "a/b"}, {"f", ":"},  {"f", "/"},
-        {"f", ""},    {"f", "  "},  {NULL, ""},  {NULL, " \t\r\n"},
         {"f", NULL},  {NULL, NULL}, {"", "a:"}, {"", ":a"}};
     for (size_t i = 0; i < KV__ARRAY_SIZE(bad); i++) {
         kv_ns ns = {(char *)"x", (char *)"y"};
@@ -330,10 +387,6 @@ START_TEST(ns_id_round_trip)
         int rc = kv_ns_init(&a, f, v);
         strip_model(f);
         strip_model(v);
-        if (v[0] == '\0') {
-            ck_assert_kv(rc, KV_EINVAL);
-            continue;
-        }
         ck_assert_kv(rc, KV_OK);
         ck_assert_str_eq(a.field, f);
         ck_assert_str_eq(a.value, v);
@@ -392,6 +445,31 @@ START_TEST(parse_drops_empty_segments)
 }
 END_TEST
 
+START_TEST(parse_empty_values)
+{
+    /* "c:" is field c with an empty value, kept; ":" is dropped. */
+    static const char *cases[][2] = {
+        {"a:b/c:", "/a:b/c:"}, {"/c:", "/c:"},     {" c : ", "/c:"},
+        {"/a:/b", "/a:/b"},    {"/a:/:/b:", "/a:/b:"}, {"/a//b", "/a/b"},
+        {"/x/ :\t/y", "/x/y"}};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(cases); i++) {
+        kv_key *k = K(cases[i][0]);
+        ck_assert_msg(strcmp(kv_key_id(k), cases[i][1]) == 0,
+                      "parse(%s) = %s, want %s", cases[i][0], kv_key_id(k),
+                      cases[i][1]);
+        ck_assert(kv_key_equal(K(kv_key_id(k)), k));
+    }
+    kv_key *k = K("a:b/c:");
+    ck_assert_uint_eq(kv_key_len(k), 2);
+    ck_assert_str_eq(kv_key_field(k), "c");
+    ck_assert_str_eq(kv_key_value(k), "");
+    ck_assert(!kv_key_equal(k, K("/a:b/c")));
+    ck_assert_int_lt(kv_key_cmp(K("/a:b/c"), k), 0);
+    ck_assert_int_lt(kv_key_cmp(k, K("/a:b/c:d")), 0);
+    ck_assert(!kv_key_is_ancestor(k, K("/a:b/c:d")));
+}
+END_TEST
+
 START_TEST(parse_strips_fields_and_values)
 {
     kv_key *k = K("/ f : v /\tx y\t/ : z");
@@ -403,7 +481,7 @@ END_TEST
 
 START_TEST(parse_invalid)
 {
-    static const char *bad[] = {"/a:b:c",  "/a/b::c", "/x/f:",   "/f: /x",
+    static const char *bad[] = {"/a:b:c",  "/a/b::c", "/x/f::",  "/f: :/x",
                                 "a:b:c/d", "/::",     "/a/ :: ", "/ok/a:b:"};
     for (size_t i = 0; i < KV__ARRAY_SIZE(bad); i++) {
         kv_key *k = SENTINEL;
@@ -422,9 +500,9 @@ START_TEST(parse_errmsg)
     const char *m = kv_last_errmsg();
     ck_assert_ptr_nonnull(strstr(m, "\"/a:b:c\""));
     ck_assert_ptr_nonnull(strstr(m, "':'"));
-    ck_assert_kv(kv_key_parse(&k, "/ok/field:"), KV_EINVAL);
-    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "\"field:\""));
-    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "empty value"));
+    ck_assert_kv(kv_key_parse(&k, "/ok/field:a:"), KV_EINVAL);
+    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "\"field:a:\""));
+    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "more than one ':'"));
     /* A very long input is quoted, cut, and does not overflow. */
     char big[4000];
     memset(big, 'x', sizeof big - 1);
@@ -486,10 +564,13 @@ START_TEST(parse_id_round_trip_random_ns)
         size_t n = rnd(7);
         size_t got = 0;
         for (size_t j = 0; j < n; j++) {
-            do {
-                rand_text(f, 10);
-                rand_text(v, 10);
-            } while (kv_ns_init(&ns[got], f, v) != KV_OK);
+            rand_text(f, 10);
+            rand_text(v, 10);
+            ck_assert_kv(kv_ns_init(&ns[got], f, v), KV_OK);
+            if (ns[got].field[0] == '\0' && ns[got].value[0] == '\0') {
+                kv_ns_free(&ns[got]); /* the empty one: keys drop it */
+                continue;
+            }
             got++;
         }
         kv_key *k, *k2;
@@ -541,8 +622,8 @@ static char *model_parse(const char *path)
             }
             strip_model(fld);
             strip_model(val);
-            if (val[0] == '\0')
-                goto bad;
+            if (fld[0] == '\0' && val[0] == '\0')
+                goto next; /* the empty namespace: nothing */
             out[ol++] = '/';
             if (fld[0] != '\0') {
                 memcpy(out + ol, fld, strlen(fld));
@@ -552,6 +633,7 @@ static char *model_parse(const char *path)
             memcpy(out + ol, val, strlen(val));
             ol += strlen(val);
         }
+    next:
         if (e == NULL)
             break;
         s = e + 1;
@@ -704,15 +786,18 @@ START_TEST(nav_parent)
     ck_assert_str_eq(kv_key_id(T(p)), "/a/b:c");
     ck_assert_kv(kv_key_parent(&p, K("/a/b")), KV_OK);
     ck_assert_str_eq(kv_key_id(T(p)), "/a");
-    ck_assert_kv(kv_key_parent(&p, K("/a")), KV_OK);
-    ck_assert_str_eq(kv_key_id(T(p)), "/");
-    ck_assert_uint_eq(kv_key_len(p), 0);
+    ck_assert_kv(kv_key_parent(&p, K("/a:/b:")), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(p)), "/a:");
 }
 END_TEST
 
 START_TEST(nav_parent_invalid)
 {
+    /* A root key (one namespace) has no parent, nor has the empty key. */
     kv_key *p = SENTINEL;
+    ck_assert_kv(kv_key_parent(&p, K("/a")), KV_EINVAL);
+    ck_assert_kv(kv_key_parent(&p, K("/a:b")), KV_EINVAL);
+    ck_assert_kv(kv_key_parent(&p, K("/a:")), KV_EINVAL);
     ck_assert_kv(kv_key_parent(&p, K("/")), KV_EINVAL);
     ck_assert_kv(kv_key_parent(&p, NULL), KV_EINVAL);
     ck_assert_ptr_eq(p, SENTINEL);
@@ -722,19 +807,23 @@ END_TEST
 
 START_TEST(nav_path)
 {
-    kv_key *p;
-    ck_assert_kv(kv_key_path(&p, K("/a/b:c")), KV_OK);
-    ck_assert_str_eq(kv_key_id(T(p)), "/a/b");
-    ck_assert_uint_eq(kv_key_len(p), 2);
-    ck_assert_str_eq(kv_key_field(p), "");
-    ck_assert_kv(kv_key_path(&p, K("/a/c")), KV_OK);
-    ck_assert_str_eq(kv_key_id(T(p)), "/a");
-    ck_assert_kv(kv_key_path(&p, K("/a:b")), KV_OK);
-    ck_assert_str_eq(kv_key_id(T(p)), "/a");
-    ck_assert_kv(kv_key_path(&p, K("/a")), KV_OK);
-    ck_assert_str_eq(kv_key_id(T(p)), "/");
-    ck_assert_kv(kv_key_path(&p, K("/x:y/a:b")), KV_OK);
-    ck_assert_str_eq(kv_key_id(T(p)), "/x:y/a");
+    /* The parent, then the last namespace's field, or its value when it
+     * has no field, as a plain value. */
+    static const char *cases[][2] = {
+        {"/a:b/c/d:e", "/a:b/c/d"}, {"/a:b/c", "/a:b/c"},
+        {"/a:b", "/a"},             {"/x", "/x"},
+        {"/a/b:c", "/a/b"},         {"/x:y/a:b", "/x:y/a"},
+        {"/a:b/c:", "/a:b/c"},      {"/c:", "/c"},
+        {"/a/b/c", "/a/b/c"}};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(cases); i++) {
+        kv_key *p;
+        ck_assert_kv(kv_key_path(&p, K(cases[i][0])), KV_OK);
+        ck_assert_msg(strcmp(kv_key_id(T(p)), cases[i][1]) == 0,
+                      "path(%s) = %s, want %s", cases[i][0], kv_key_id(p),
+                      cases[i][1]);
+        ck_assert_str_eq(kv_key_field(p), "");
+        ck_assert_uint_eq(kv_key_len(p), kv_key_len(K(cases[i][0])));
+    }
 }
 END_TEST
 
@@ -784,11 +873,39 @@ START_TEST(build_from_ns)
 }
 END_TEST
 
+START_TEST(build_empty_values_and_namespaces)
+{
+    /* A namespace with an empty value is kept ("f:"); the empty namespace
+     * adds nothing to a key, as an empty segment adds nothing to a path. */
+    kv_ns ns[4] = {{(char *)"f", (char *)""},
+                   {NULL, (char *)" "},
+                   {(char *)" ", (char *)""},
+                   {(char *)"g", (char *)" \t"}};
+    kv_key *k;
+    ck_assert_kv(kv_key_from_ns(&k, ns, 4), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(k)), "/f:/g:");
+    ck_assert_uint_eq(kv_key_len(k), 2);
+    ck_assert_str_eq(kv_key_ns(k, 0)->field, "f");
+    ck_assert_str_eq(kv_key_ns(k, 0)->value, "");
+    ck_assert_kv(kv_key_from_ns(&k, ns + 1, 2), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(k)), "/");
+    ck_assert_kv(kv_key_child(&k, K("/a"), ns, 3), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(k)), "/a/f:");
+    ck_assert_kv(kv_key_child(&k, K("/a"), ns + 1, 1), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(k)), "/a");
+    ck_assert_kv(kv_key_child_str(&k, K("/a"), "b:/ : /c"), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(k)), "/a/b:/c");
+    /* Every such key parses back from its id. */
+    kv_key *again;
+    ck_assert_kv(kv_key_parse(&again, kv_key_id(k)), KV_OK);
+    ck_assert(kv_key_equal(T(again), k));
+}
+END_TEST
+
 START_TEST(build_from_ns_invalid)
 {
     static const char *bad[][2] = {{"a:b", "v"}, {"a/b", "v"}, {"f", "a:b"},
-                                   {"f", "a/b"}, {"f", ""},    {"f", " \n"},
-                                   {"f", NULL}};
+                                   {"f", "a/b"}, {"f", NULL},  {":", ""}};
     for (size_t i = 0; i < KV__ARRAY_SIZE(bad); i++) {
         kv_ns ns[2] = {{(char *)"ok", (char *)"ok"},
                        {(char *)bad[i][0], (char *)bad[i][1]}};
@@ -913,7 +1030,7 @@ START_TEST(build_child_str)
     c = SENTINEL;
     ck_assert_kv(kv_key_child_str(&c, K("/a"), "b/c:d:e"), KV_EINVAL);
     ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "c:d:e"));
-    ck_assert_kv(kv_key_child_str(&c, K("/a"), "b/x:"), KV_EINVAL);
+    ck_assert_kv(kv_key_child_str(&c, K("/a"), "b/x::"), KV_EINVAL);
     ck_assert_kv(kv_key_child_str(&c, K("/a"), NULL), KV_EINVAL);
     ck_assert_kv(kv_key_child_str(&c, NULL, "b"), KV_EINVAL);
     ck_assert_ptr_eq(c, SENTINEL);
@@ -1049,8 +1166,8 @@ START_TEST(order_documented)
      * first, bytes unsigned; so /a/b < /a-b < /ab. */
     static const char *sorted[] = {
         "/",     "/\x01", "/a",     "/a/b", "/a/b/c", "/a/c",  "/a/zzz",
-        "/a-b",  "/a:b",   "/a:b/c", "/ab",  "/b",     "/\x7f", "/\x80",
-        "/\xff"};
+        "/a-b",  "/a:",    "/a:/x",  "/a:b", "/a:b/c", "/ab",   "/b",
+        "/\x7f", "/\x80", "/\xff"};
     size_t n = KV__ARRAY_SIZE(sorted);
     kv_key *ks[KV__ARRAY_SIZE(sorted)];
     for (size_t i = 0; i < n; i++)
@@ -1076,12 +1193,12 @@ END_TEST
 static kv_key *rand_small_key(void)
 {
     static const char *vals[] = {"a", "b", "ab", "a-b", "a b", "-",
-                                 "\x01", "\xff", "\x80", "b\x01"};
+                                 "\x01", "\xff", "\x80", "b\x01", ""};
     kv_ns ns[5];
     size_t n = rnd(6);
     for (size_t i = 0; i < n; i++) {
         ns[i].field = rnd(3) == 0 ? (char *)vals[rnd(10)] : NULL;
-        ns[i].value = (char *)vals[rnd(10)];
+        ns[i].value = (char *)vals[rnd(11)];
     }
     kv_key *k;
     ck_assert_kv(kv_key_from_ns(&k, ns, n), KV_OK);
@@ -1172,9 +1289,12 @@ END_TEST
 START_TEST(order_parent_before_children)
 {
     for (size_t i = 0; i < NRAND; i++) {
-        if (kv_key_len(rk[i]) == 0)
+        kv_key *p = SENTINEL;
+        if (kv_key_len(rk[i]) < 2) {
+            ck_assert_kv(kv_key_parent(&p, rk[i]), KV_EINVAL);
+            ck_assert_ptr_eq(p, SENTINEL);
             continue;
-        kv_key *p;
+        }
         ck_assert_kv(kv_key_parent(&p, rk[i]), KV_OK);
         ck_assert_int_lt(kv_key_cmp(p, rk[i]), 0);
         ck_assert(kv_key_is_ancestor(p, rk[i]));
@@ -1302,6 +1422,45 @@ START_TEST(decode_round_trip)
 }
 END_TEST
 
+START_TEST(buf_free_releases_and_resets)
+{
+    /* A kv_buf filled by the caller is the caller's: kv_buf_free releases
+     * its data and leaves an empty buffer, ready for reuse. */
+    kv_buf b = {NULL, 0, 0};
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 100; i++)
+            ck_assert_kv(kv_buf_append(&b, "0123456789", 10), KV_OK);
+        ck_assert_uint_eq(b.len, 1000);
+        ck_assert_uint_ge(b.cap, 1000);
+        ck_assert_kv(kv__key_encode(K("/a:/b"), &b), KV_OK);
+        ck_assert_uint_eq(b.len, 1005);
+        kv_buf_free(&b);
+        ck_assert_ptr_null(b.data);
+        ck_assert_uint_eq(b.len, 0);
+        ck_assert_uint_eq(b.cap, 0);
+    }
+    kv_buf_free(&b); /* again: nothing to free */
+    kv_buf_free(NULL);
+    kv_buf z = {NULL, 0, 0};
+    kv_buf_free(&z);
+    ck_assert_ptr_null(z.data);
+}
+END_TEST
+
+START_TEST(decode_empty_value)
+{
+    kv_key *d;
+    ck_assert_kv(kv__key_decode(&d, "a:\0b\0c:\0", 8), KV_OK);
+    ck_assert_str_eq(kv_key_id(T(d)), "/a:/b/c:");
+    ck_assert_str_eq(kv_key_value(d), "");
+    ck_assert_str_eq(kv_key_field(d), "c");
+    kv_buf e = enc(d);
+    ck_assert_uint_eq(e.len, 8);
+    ck_assert_mem_eq(e.data, "a:\0b\0c:\0", 8);
+    kv__free(e.data);
+}
+END_TEST
+
 START_TEST(decode_empty)
 {
     kv_key *d;
@@ -1325,7 +1484,6 @@ START_TEST(decode_corrupt)
         {"\0a\0", 3},       /* empty id */
         {"a:b:c\0", 6},     /* two ':' */
         {"a/b\0", 4},       /* '/' */
-        {"a:\0", 3},        /* empty value */
         {":a\0", 3},        /* ':' before an empty field: not canonical */
         {":\0", 2},         /* ":" */
         {" a\0", 3},        /* whitespace not stripped */
@@ -1553,6 +1711,8 @@ static Suite *key_suite(void)
     tcase_add_test(tc, ns_parse_empty_field);
     tcase_add_test(tc, ns_parse_invalid);
     tcase_add_test(tc, ns_parse_errmsg_names_input);
+    tcase_add_test(tc, ns_parse_empty_value);
+    tcase_add_test(tc, ns_parse_empty_namespace);
     tcase_add_test(tc, ns_parse_null);
     tcase_add_test(tc, ns_parse_high_and_control_bytes);
     tcase_add_test(tc, ns_init_parts);
@@ -1568,6 +1728,7 @@ static Suite *key_suite(void)
     tcase_add_test(tc, parse_structure);
     tcase_add_test(tc, parse_empty_key);
     tcase_add_test(tc, parse_drops_empty_segments);
+    tcase_add_test(tc, parse_empty_values);
     tcase_add_test(tc, parse_strips_fields_and_values);
     tcase_add_test(tc, parse_invalid);
     tcase_add_test(tc, parse_errmsg);
@@ -1600,6 +1761,7 @@ static Suite *key_suite(void)
     tc = tcase_create("building");
     tcase_add_checked_fixture(tc, track_setup, track_teardown);
     tcase_add_test(tc, build_from_ns);
+    tcase_add_test(tc, build_empty_values_and_namespaces);
     tcase_add_test(tc, build_from_ns_invalid);
     tcase_add_test(tc, build_concat);
     tcase_add_test(tc, build_concat_invalid);
@@ -1639,6 +1801,8 @@ static Suite *key_suite(void)
     tcase_add_test(tc, encode_prefix_property);
     tcase_add_test(tc, decode_round_trip);
     tcase_add_test(tc, decode_empty);
+    tcase_add_test(tc, decode_empty_value);
+    tcase_add_test(tc, buf_free_releases_and_resets);
     tcase_add_test(tc, decode_corrupt);
     tcase_add_test(tc, decode_random_bytes_never_crash);
     suite_add_tcase(s, tc);

@@ -58,10 +58,13 @@ static int hex_digit(char c, char a)
 }
 
 /* Decode an escaped name: KV_OK with *out (a heap string), KV_EINVAL if it
- * is not the canonical escape of a valid, canonical namespace id, or
- * KV_ENOMEM.  Any thread. */
+ * is not the canonical escape of a valid, canonical namespace id of a key
+ * (so not of the empty namespace: "" names nothing), or KV_ENOMEM.  An
+ * empty value after a field is fine: "f:" is "f%3A".  Any thread. */
 int fs__dec_name(const char *s, size_t len, char **out)
 {
+    if (len == 0)
+        return KV_EINVAL;
     char *id = kv__malloc(len + 1);
     if (id == NULL)
         return KV_ENOMEM;

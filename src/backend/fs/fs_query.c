@@ -400,7 +400,7 @@ static int cursor_begin(cursor *c)
     if (rc == KV_OK && idc == NULL)
         rc = KV_ENOMEM;
     if (rc == KV_OK)
-        rc = kv_key_parent(&f.key, c->qkey);
+        rc = kv_key_slice(&f.key, c->qkey, 0, kv_key_len(c->qkey) - 1);
     if (rc == KV_OK) {
         rc = frame_add_ent(&f, idc, base, strlen(base), E_REC, (int)rdi);
         if (rc == KV_OK)
