@@ -488,11 +488,11 @@ START_TEST(test_hostile_keys)
     /* Outside the store: nothing may appear here. */
     char *outside = path_in(tmpdir, "outside");
     ck_assert_int_eq(mkdir(outside, 0755), 0);
-    char long1[300], long2[2000], longsp[600];
+    char long1[300], long2[KV_NS_MAX_LEN + 1], longsp[600];
     memset(long1, 'x', sizeof long1 - 1);
     long1[sizeof long1 - 1] = '\0';
     for (size_t i = 0; i < sizeof long2 - 1; i++)
-        long2[i] = (char)(0x80 + i % 0x7f); /* every byte escaped: 6000 */
+        long2[i] = (char)(0x80 + i % 0x7f); /* every byte escaped: 3072 */
     long2[sizeof long2 - 1] = '\0';
     memset(longsp, '.', sizeof longsp - 1);
     longsp[sizeof longsp - 1] = '\0';
@@ -519,7 +519,7 @@ START_TEST(test_hostile_keys)
         "/\xff\xfe",
         NULL, /* ctl */
         NULL, /* long1 (> NAME_MAX) */
-        NULL, /* long2 (6000 escaped bytes) */
+        NULL, /* long2 (3072 escaped bytes, the longest namespace) */
         NULL, /* longsp/long1: two long levels */
         "/x/a.kv/..",
         "/-rf",
@@ -641,6 +641,137 @@ START_TEST(test_depth)
     p[strlen(p) - 2] = '\0';
     ck_assert_kv(put_s(e.s, p, "32", 0, NULL), KV_OK);
     ck_assert_kv(get_s(e.s, p, NULL, NULL), KV_OK);
+    tu_env_close(&e, true);
+}
+END_TEST
+
+/* A key of n namespaces, each the byte c repeated seg times ("/ccc/ccc"). */
+static kv_key *key_rep(size_t n, size_t seg, char c)
+{
+    char *p = malloc(n * (seg + 1) + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        p[o++] = '/';
+        memset(p + o, c, seg);
+        o += seg;
+    }
+    p[o] = '\0';
+    kv_key *k = key_of(o > 0 ? p : "/");
+    free(p);
+    return k;
+}
+
+/* Put, get, has and delete of k all give want (KV_OK: k is then gone). */
+static void limit_ops(kv_store *s, const kv_key *k, int want)
+{
+    uint64_t tok = 0;
+    ck_assert_kv(put_k(s, k, "v", 1, 0, &tok), want);
+    ck_assert_kv(get_k(s, k, NULL, NULL, NULL), want);
+    kv_fut *f = kv_has(s, k);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+    f = kv_delete(s, k, tok);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+}
+
+/* The key limits of kvstore.h, at and over each: the store layer checks
+ * them for every backend (check_sqlite has the same test). */
+START_TEST(test_key_limits)
+{
+    env e;
+    env_init(&e, 0, KV_NO_FSYNC);
+    /* namespaces */
+    kv_key *k = key_rep(KV_KEY_MAX_DEPTH, 1, 'n');
+    limit_ops(e.s, k, KV_OK);
+    kv_key_free(k);
+    k = key_rep(KV_KEY_MAX_DEPTH + 1, 1, 'n');
+    limit_ops(e.s, k, KV_EINVAL);
+    kv_key_free(k);
+    /* one namespace's bytes: '%' is escaped three-fold on fs */
+    k = key_rep(1, KV_NS_MAX_LEN, '%');
+    limit_ops(e.s, k, KV_OK);
+    kv_key_free(k);
+    k = key_rep(1, KV_NS_MAX_LEN + 1, '%');
+    limit_ops(e.s, k, KV_EINVAL);
+    kv_key_free(k);
+    /* a field counts with its ':' */
+    char *id = malloc(KV_NS_MAX_LEN + 3);
+    memset(id, 'f', KV_NS_MAX_LEN + 2);
+    id[0] = '/';
+    id[100] = ':';
+    id[KV_NS_MAX_LEN + 1] = '\0'; /* "/" + 1024 bytes */
+    k = key_of(id);
+    limit_ops(e.s, k, KV_OK);
+    kv_key_free(k);
+    id[KV_NS_MAX_LEN + 1] = 'f';
+    id[KV_NS_MAX_LEN + 2] = '\0';
+    k = key_of(id);
+    limit_ops(e.s, k, KV_EINVAL);
+    kv_key_free(k);
+    free(id);
+    /* the whole id: 4 namespaces of 1023 bytes and their '/' is 4096 */
+    size_t seg = KV_KEY_MAX_LEN / 4 - 1;
+    k = key_rep(4, seg, '%');
+    ck_assert_uint_eq(strlen(kv_key_id(k)), KV_KEY_MAX_LEN);
+    limit_ops(e.s, k, KV_OK);
+    kv_key *k1 = key_rep(1, 1, 'x'), *over = NULL;
+    const kv_key *parts[2] = {k, k1};
+    ck_assert_kv(kv_key_concat(&over, parts, 2), KV_OK);
+    limit_ops(e.s, over, KV_EINVAL);
+    /* a batch with one key over a limit fails whole, writing nothing */
+    kv_record recs[2] = {{k1, "1", 1, 0}, {over, "2", 1, 0}};
+    kv_fut *f = kv_put_many(e.s, recs, 2, NULL);
+    ck_assert_kv(kv_wait(f), KV_EINVAL);
+    kv_fut_free(f);
+    ck_assert_kv(get_k(e.s, k1, NULL, NULL, NULL), KV_ENOTFOUND);
+    kv_key_free(over);
+    kv_key_free(k1);
+    kv_key_free(k);
+    /* an fs store's depth may be smaller than KV_KEY_MAX_DEPTH, never
+     * larger */
+    tu_env_close_store(&e, true);
+    ck_assert_kv(env_open(&e, root, KV_KEY_MAX_DEPTH + 1, 0), KV_EINVAL);
+    ck_assert_kv(env_open(&e, root, KV_KEY_MAX_DEPTH, 0), KV_OK);
+    tu_env_close(&e, true);
+}
+END_TEST
+
+/*
+ * The cost of a long key is linear in its length: its directories (one per
+ * 240 escaped bytes) are made once each, and a put makes a bounded number of
+ * allocations per directory (the directory objects once held their whole
+ * path: a 1 MiB namespace took 3.4 GB).
+ */
+START_TEST(test_long_key_cost)
+{
+    env e;
+    env_init(&e, 0, KV_NO_FSYNC);
+    /* warm up: the token block, the root's objects */
+    ck_assert_kv(put_s(e.s, "/warm", "v", 0, NULL), KV_OK);
+    size_t seg = KV_KEY_MAX_LEN / 4 - 1; /* 1023 '%': 3069 escaped bytes */
+    size_t chunks = (3 * seg + 239) / 240; /* 13 names, 12 ".+" dirs */
+    kv_key *k = key_rep(4, seg, '%');
+    uint64_t s0[10], s1[10];
+    kv__fs_stats(e.s, s0);
+    (void)kv__alloc_fail_at(0, false);
+    uint64_t tok = 0;
+    ck_assert_kv(put_k(e.s, k, "v", 1, 0, &tok), KV_OK);
+    unsigned long nalloc = kv__alloc_fail_at(0, false);
+    kv__fs_stats(e.s, s1);
+    /* 4 namespaces of `chunks` names: every name but the record's is a
+     * directory, each made once */
+    uint64_t dirs = 4 * chunks - 1;
+    ck_assert_uint_eq(s1[S_MKDIR] - s0[S_MKDIR], dirs);
+    ck_assert_msg(nalloc <= 4 * dirs + 64, "%lu allocations for %" PRIu64
+                  " directories", nalloc, dirs);
+    /* a get of it, again, reuses or reopens the same objects */
+    (void)kv__alloc_fail_at(0, false);
+    ck_assert_kv(get_k(e.s, k, NULL, NULL, NULL), KV_OK);
+    nalloc = kv__alloc_fail_at(0, false);
+    ck_assert_msg(nalloc <= 4 * dirs + 64, "%lu allocations for a get",
+                  nalloc);
+    kv_key_free(k);
     tu_env_close(&e, true);
 }
 END_TEST
@@ -2400,6 +2531,8 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_hostile_keys, 0, 2);
     tcase_add_test(tc, test_depth);
+    tcase_add_test(tc, test_key_limits);
+    tcase_add_test(tc, test_long_key_cost);
     tcase_add_test(tc, test_symlinks_planted);
     suite_add_tcase(s, tc);
 

@@ -516,6 +516,83 @@ END_TEST
 /* Read-only                                                                */
 /* ------------------------------------------------------------------------ */
 
+/* A key of n namespaces, each the byte c repeated seg times (freed at
+ * teardown). */
+static const kv_key *key_rep(size_t n, size_t seg, char c)
+{
+    char *p = malloc(n * (seg + 1) + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        p[o++] = '/';
+        memset(p + o, c, seg);
+        o += seg;
+    }
+    p[o] = '\0';
+    const kv_key *k = K(p);
+    free(p);
+    return k;
+}
+
+/* Put, get, has and delete of k all give want (KV_OK: k is then gone). */
+static void limit_ops(kv_store *s, const kv_key *k, int want)
+{
+    kv_record r = {(kv_key *)k, "v", 1, 0};
+    kv_fut *f = kv_put(s, &r, NULL);
+    ck_assert_kv(kv_wait(f), want);
+    uint64_t tok = want == KV_OK ? kv_fut_token(f) : 0;
+    kv_fut_free(f);
+    f = kv_get(s, k, NULL);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+    f = kv_has(s, k);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+    f = kv_delete(s, k, tok);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+}
+
+/* The key limits of kvstore.h, the same as on fs (check_fs has the same
+ * test): SQLite could hold more, but a dump must load into any backend. */
+START_TEST(test_key_limits)
+{
+    kv_store *s = open_store(dbpath, 0);
+    limit_ops(s, key_rep(KV_KEY_MAX_DEPTH, 1, 'n'), KV_OK);
+    limit_ops(s, key_rep(KV_KEY_MAX_DEPTH + 1, 1, 'n'), KV_EINVAL);
+    limit_ops(s, key_rep(1000, 1, 'n'), KV_EINVAL);
+    limit_ops(s, key_rep(1, KV_NS_MAX_LEN, '%'), KV_OK);
+    limit_ops(s, key_rep(1, KV_NS_MAX_LEN + 1, '%'), KV_EINVAL);
+    /* a field counts with its ':' */
+    char id[KV_NS_MAX_LEN + 3];
+    memset(id, 'f', sizeof id);
+    id[0] = '/';
+    id[100] = ':';
+    id[KV_NS_MAX_LEN + 1] = '\0';
+    limit_ops(s, K(id), KV_OK);
+    id[KV_NS_MAX_LEN + 1] = 'f';
+    id[KV_NS_MAX_LEN + 2] = '\0';
+    limit_ops(s, K(id), KV_EINVAL);
+    /* the whole id: 4 namespaces of 1023 bytes and their '/' is 4096 */
+    const kv_key *k = key_rep(4, KV_KEY_MAX_LEN / 4 - 1, 'k');
+    ck_assert_uint_eq(strlen(kv_key_id(k)), KV_KEY_MAX_LEN);
+    limit_ops(s, k, KV_OK);
+    const kv_key *k1 = K("/x");
+    kv_key *over = NULL;
+    const kv_key *parts[2] = {k, k1};
+    ck_assert_kv(kv_key_concat(&over, parts, 2), KV_OK);
+    limit_ops(s, over, KV_EINVAL);
+    /* moves check both keys */
+    put(s, "/x", "x", 0);
+    const kv_key *from[1] = {k1}, *to[1] = {over};
+    kv_fut *f = kv_move_prefix_atomic(s, from, to, 1);
+    ck_assert_kv(kv_wait(f), KV_EINVAL);
+    kv_fut_free(f);
+    get_is(s, "/x", "x");
+    kv_key_free(over);
+    close_store(s);
+}
+END_TEST
+
 START_TEST(test_readonly)
 {
     kv_store *s = open_store(dbpath, 0);
@@ -1462,6 +1539,7 @@ int main(void)
     TCase *tc = tcase_create("open");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_open_args);
+    tcase_add_test(tc, test_key_limits);
     tcase_add_test(tc, test_open_not_a_database);
     tcase_add_test(tc, test_open_foreign_database);
     tcase_add_test(tc, test_open_future_format);

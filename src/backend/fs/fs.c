@@ -351,7 +351,7 @@ static void fs_teardown(fs_state *fs)
         fsdir *next = d->all_next;
         if (d->fd >= 0)
             close(d->fd);
-        kv__free(d->path);
+        kv__free(d->namebuf);
         kv__free(d);
         d = next;
     }
@@ -585,6 +585,10 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
         root[0] == '\0')
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: NULL or empty "
                                           "argument");
+    if (depth > KV_KEY_MAX_DEPTH)
+        return open_fail(NULL, KV_EINVAL, "kv_fs_open: depth %u is more "
+                                          "than KV_KEY_MAX_DEPTH (%u)",
+                         depth, (unsigned)KV_KEY_MAX_DEPTH);
     if (flags & ~(KV_READONLY | KV_NO_FSYNC | KV_SYNC_FULL | KV_FS_FANOUT))
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: unknown flags 0x%x",
                          flags);
@@ -711,7 +715,7 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 
     fsdir *r = fs->rootdir;
     r->fs = fs;
-    r->path = NULL;
+    r->namebuf = NULL;
     r->name = "";
     r->fd = fs->rootfd;
     r->state = D_OPEN;

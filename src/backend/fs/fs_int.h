@@ -117,9 +117,13 @@ typedef struct htab {
 /* An open (or opening) directory, shared by every operation inside it. */
 struct fsdir {
     fs_state *fs;
-    char *path;       /* relative to the root, "" for the root */
-    const char *name; /* last component, inside path */
-    hlink hl;      /* in fs->dirs, hashed by path */
+    /* A directory is its parent and its name (one component): no object
+     * holds its whole path, so a deep path costs memory and time linear in
+     * its length, not its square (a key's continuation directories). */
+    const char *name; /* its name in parent; "" for the root */
+    char *namebuf;    /* owns name; NULL for the root */
+    size_t namelen;
+    hlink hl;      /* in fs->dirs, hashed by path (fs_dir.c, dir_hash) */
     fsdir *parent; /* holds one nobj reference on it */
     int fd;
     enum dstate state;
