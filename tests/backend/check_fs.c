@@ -939,6 +939,30 @@ END_TEST
 /* Lock, temp files, tokens, read-only                                      */
 /* ------------------------------------------------------------------------ */
 
+/* The descriptor-limit workload (child_nofile). */
+enum { NF_LIMIT = 64, NF_DIRS = 1000, NF_DEPTH = 64 };
+
+/* RLIMIT_NOFILE 64: a workload over 1000 directories, 64 in flight, works
+ * (the store sizes its descriptor caches from the limit), also when the
+ * application takes most of what the store left it. */
+START_TEST(test_nofile_64)
+{
+    const char *mode = _i == 0 ? "nofile" : "nofile-hog";
+    int st = wait_child(spawn_child(mode, root, NULL, NULL));
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "%s: status 0x%x (exit %d)", mode, st,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    /* every record is there, once */
+    env e;
+    env_init(&e, 0, 0);
+    size_t records = 0, temps = 0;
+    check_tree(root, true, &records, &temps);
+    ck_assert_uint_eq(records, NF_DIRS);
+    ck_assert_uint_eq(temps, 0);
+    tu_env_close(&e, true);
+}
+END_TEST
+
 START_TEST(test_lock)
 {
     env e;
@@ -2474,6 +2498,100 @@ END_TEST
 
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The descriptor limit (child "nofile"): with RLIMIT_NOFILE at 64, puts 64
+ * in flight into 1000 directories, then replacing each (spare files), then
+ * gets, must all succeed.  hog: first take all but 12 of the descriptors
+ * left after the open, as an application that uses more than the store
+ * left it (kops then wait for each other on EMFILE).  Exit 0 or a code
+ * naming the step.
+ */
+static int nf_wave(kv_store *s, bool get, uint64_t *toks)
+{
+    kv_fut *futs[NF_DEPTH] = {NULL};
+    kv_key *keys[NF_DEPTH] = {NULL};
+    int bad = 0;
+    for (unsigned i = 0; i < NF_DIRS + NF_DEPTH; i++) {
+        unsigned slot = i % NF_DEPTH;
+        if (futs[slot] != NULL) {
+            unsigned j = i - NF_DEPTH;
+            int rc = kv_wait(futs[slot]);
+            if (rc != KV_OK) {
+                fprintf(stderr, "nofile: %s %u: %s (%s)\n",
+                        get ? "get" : "put", j, kv_err_name(rc),
+                        kv_fut_errmsg(futs[slot]));
+                bad = 1;
+            } else if (!get) {
+                toks[j] = kv_fut_token(futs[slot]);
+            } else if (kv_fut_record(futs[slot])->token != toks[j]) {
+                bad = 1;
+            }
+            kv_fut_free(futs[slot]);
+            kv_key_free(keys[slot]);
+            futs[slot] = NULL;
+        }
+        if (i >= NF_DIRS)
+            continue;
+        char p[32];
+        snprintf(p, sizeof p, "/d%04u/k", i);
+        if (kv_key_parse(&keys[slot], p) != KV_OK)
+            return 1;
+        if (get) {
+            futs[slot] = kv_get(s, keys[slot], NULL);
+        } else {
+            kv_record r = {keys[slot], "value", 5, toks[i]};
+            futs[slot] = kv_put(s, &r, NULL);
+        }
+    }
+    return bad;
+}
+
+static int child_nofile(bool hog)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 2;
+    rl.rlim_cur = NF_LIMIT;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 3;
+    kv_loop *l;
+    kv_pool *p;
+    kv_store *s;
+    if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 2) != KV_OK)
+        return 4;
+    int rc = kv_fs_open(&s, l, p, root, 0, 0);
+    if (rc != KV_OK) {
+        fprintf(stderr, "nofile: open: %s\n", kv_last_errmsg());
+        return 5;
+    }
+    int held[NF_LIMIT];
+    int nheld = 0;
+    if (hog) {
+        int fd;
+        while (nheld < NF_LIMIT && (fd = open("/dev/null", O_RDONLY)) >= 0)
+            held[nheld++] = fd;
+        for (int i = 0; i < 12 && nheld > 0; i++)
+            close(held[--nheld]);
+    }
+    static uint64_t toks[NF_DIRS];
+    if (nf_wave(s, false, toks) != 0)
+        return 6;
+    if (nf_wave(s, false, toks) != 0) /* replace: spare files */
+        return 7;
+    if (nf_wave(s, true, toks) != 0)
+        return 8;
+    while (nheld > 0)
+        close(held[--nheld]);
+    kv_fut *f = kv_close(s);
+    rc = kv_wait(f);
+    kv_fut_free(f);
+    kv_store_free(s);
+    kv_pool_free(p);
+    if (kv_loop_free(l) != KV_OK || rc != KV_OK)
+        return 9;
+    return 0;
+}
+
 static int run_child(int argc, char **argv)
 {
     if (argc < 4)
@@ -2491,6 +2609,8 @@ static int run_child(int argc, char **argv)
     }
     if (strcmp(argv[2], "fsize") == 0)
         return child_fsize();
+    if (strcmp(argv[2], "nofile") == 0 || strcmp(argv[2], "nofile-hog") == 0)
+        return child_nofile(strcmp(argv[2], "nofile-hog") == 0);
     if (strcmp(argv[2], "syscalls") == 0)
         return no_syscalls_child(0);
     if (strcmp(argv[2], "syscalls-fanout") == 0)
@@ -2541,6 +2661,7 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_corruption);
     tcase_add_test(tc, test_lock);
+    tcase_add_loop_test(tc, test_nofile_64, 0, 2);
     tcase_add_test(tc, test_temp_cleanup);
     tcase_add_test(tc, test_tokens_reopen);
     tcase_add_test(tc, test_token_refill);

@@ -2,7 +2,7 @@
  * fs_dir.c - the filesystem backend's directory objects (loop thread):
  * one shared, reference-counted object per directory, opened (and made,
  * with an fsync of its parent) through the ring, kept open while idle up to
- * DIR_IDLE_MAX, and the group commit (one directory fsync covers every
+ * fs->idle_max, and the group commit (one directory fsync covers every
  * rename or unlink that completed before it started).  Also the spare
  * files (replaced record files kept for later puts to overwrite).
  */
@@ -154,7 +154,17 @@ static void dir_close_ring(fsdir *d)
 
 static void dir_evict(fs_state *fs)
 {
-    while (fs->nidle > DIR_IDLE_MAX && fs->lru_tail != NULL) {
+    while (fs->nidle > fs->idle_max && fs->lru_tail != NULL) {
+        fsdir *d = fs->lru_tail;
+        lru_remove(fs, d);
+        dir_close_ring(d);
+    }
+}
+
+/* Close every idle directory (descriptors ran out: EMFILE). */
+void fs__dirs_close_idle(fs_state *fs)
+{
+    while (fs->lru_tail != NULL) {
         fsdir *d = fs->lru_tail;
         lru_remove(fs, d);
         dir_close_ring(d);
@@ -615,11 +625,11 @@ void fs__spares_drain(fs_state *fs)
 }
 
 /* Keep sp (name and size set; holding a reference on d) as a spare of d,
- * removing the store's oldest spare if the store has SPARE_MAX. */
+ * removing the store's oldest spare if the store has fs->spare_max. */
 static void spare_keep(fs_state *fs, fsdir *d, spare *sp)
 {
     while (fs->sp_head != NULL &&
-           (fs->nspares >= SPARE_MAX ||
+           (fs->nspares >= fs->spare_max ||
             fs->spare_bytes + sp->size > SPARE_BYTES)) {
         spare *old = fs->sp_head;
         fs__spare_unlink(fs, old);

@@ -207,6 +207,34 @@ bool fs__kop_admit(kop *k)
     return true;
 }
 
+/*
+ * Descriptors ran out (EMFILE: the application uses more than the store
+ * left it): k, holding no descriptor now, gives up its running slot and
+ * waits at the head of the FIFO; the running cap drops to the kops still
+ * running, each of which frees descriptors when it finishes.  Idle
+ * directories are closed first.
+ */
+void fs__kop_park(kop *k)
+{
+    fs_state *fs = k->fs;
+    fs__dirs_close_idle(fs);
+    if (k->admitted) {
+        k->admitted = false;
+        fs->nrun--;
+    }
+    if (fs->maxrun > fs->nrun && fs->nrun > 0)
+        fs->maxrun = fs->nrun;
+    k->fd_waits++;
+    k->state = ST_ADMIT;
+    k->dprev = NULL;
+    k->dnext = fs->adm_head;
+    if (fs->adm_head != NULL)
+        fs->adm_head->dprev = k;
+    else
+        fs->adm_tail = k;
+    fs->adm_head = k;
+}
+
 /* Start waiting kops while slots are free (never recursively: a kop that
  * finishes at once would otherwise nest one call per waiting kop). */
 static void admit_waiting(fs_state *fs)
