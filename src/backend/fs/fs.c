@@ -559,8 +559,9 @@ static int open_tokens(fs_state *fs)
         return -errno;
     if ((size_t)w != TOK_SLOT)
         return -EIO;
-    if (!fs->nofsync && fsync(fs->tokfd) != 0)
+    if (fsync(fs->tokfd) != 0) /* always: the store's metadata */
         return -errno;
+    fs->stats[STAT_FILE_FSYNC]++;
     fs->tok_gen = gen;
     fs->tok_next = next;
     fs->tok_hwm = next + TOKEN_BLOCK;
@@ -654,10 +655,11 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                 parent[1] = '\0';
             else if (slash != NULL)
                 *slash = '\0';
-            int pfd = fs->nofsync ? -1 : open(pp, O_RDONLY | O_DIRECTORY |
-                                                      O_CLOEXEC);
+            int pfd = open(pp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             if (pfd >= 0) {
-                (void)fsync(pfd); /* best effort: the parent is not ours */
+                /* best effort: the parent is not ours */
+                if (fsync(pfd) == 0)
+                    fs->stats[STAT_DIR_FSYNC]++;
                 close(pfd);
             }
             kv__free(parent);
@@ -723,11 +725,14 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                              "kv_fs_open: token counter in %s: %s", root,
                              kv_strerror(rc));
         /* The entries of .lock, .format and .tokens (a lost .tokens would
-         * be rebuilt from the records, missing tokens of deleted ones). */
-        if (!fs->nofsync && fsync(fs->rootfd) != 0)
+         * be rebuilt from the records, missing tokens of deleted ones).
+         * Metadata is synced with KV_FS_NO_FSYNC too: only records skip
+         * their syncs. */
+        if (fsync(fs->rootfd) != 0)
             return open_fail(fs, kv__from_errno(-errno),
                              "kv_fs_open: fsync %s: %s", root,
                              strerror(errno));
+        fs->stats[STAT_DIR_FSYNC]++;
     }
 
     fsdir *r = fs->rootdir;
