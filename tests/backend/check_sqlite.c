@@ -923,6 +923,68 @@ static int light_load(kv_pool *p, int n)
  * quite catches up; the writer copies the few pages it left, where the WAL
  * would otherwise grow until 16000 pages.
  */
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+/*
+ * The WAL stays under its bound (KV_SQLITE_WAL_MAX, here 1 MiB) across a
+ * write burst of several times that: the writer checkpoints before it.
+ * (Before the bound, the WAL grew to ~64 MiB before a forced checkpoint;
+ * this burst left it at several MiB.)
+ */
+START_TEST(test_wal_bounded)
+{
+    enum { ROUNDS = 400, BATCH = 16, VLEN = 1000 };
+    const long bound = 1L << 20;
+    char walpath[4300];
+    snprintf(walpath, sizeof walpath, "%s-wal", dbpath);
+    /* a bad value is refused */
+    kv_store *s = NULL;
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "1X", 1), 0);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
+    ck_assert_ptr_null(s);
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "100K", 1), 0); /* < 256K */
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "1M", 1), 0);
+    s = open_store(dbpath, 0);
+    ck_assert_int_eq(unsetenv("KV_SQLITE_WAL_MAX"), 0);
+    char val[VLEN];
+    memset(val, 'v', sizeof val);
+    long most = 0;
+    size_t total = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        kv_record recs[BATCH];
+        kv_key *ks[BATCH];
+        for (int i = 0; i < BATCH; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "/b/%04d/%02d", r, i);
+            ck_assert_kv(kv_key_parse(&ks[i], name), KV_OK);
+            recs[i] = (kv_record){ks[i], val, sizeof val, 0};
+        }
+        kv_fut *f = kv_put_many(s, recs, BATCH, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_fut_free(f);
+        for (int i = 0; i < BATCH; i++)
+            kv_key_free(ks[i]);
+        total += BATCH * VLEN;
+        long w = file_size(walpath);
+        if (w > most)
+            most = w;
+    }
+    ck_assert_uint_gt(total, 5 * (size_t)bound);
+    ck_assert_msg(most <= bound, "the WAL reached %ld bytes (bound %ld)",
+                  most, bound);
+    kv_fut *g = kv_get(s, K("/b/0000/00"), NULL);
+    ck_assert_kv(kv_wait(g), KV_OK);
+    ck_assert_uint_eq(kv_fut_record(g)->len, VLEN);
+    kv_fut_free(g);
+    close_store(s);
+}
+END_TEST
+
 START_TEST(test_wal_restarts_light_load)
 {
     enum { N = 3000, BY = 1300 };
@@ -1572,6 +1634,7 @@ int main(void)
     tcase_add_test(tc, test_group_rounds_file);
     tcase_add_test(tc, test_group_rounds_memory);
     tcase_add_test(tc, test_wal_restarts_light_load);
+    tcase_add_test(tc, test_wal_bounded);
     tcase_add_test(tc, test_group_mixed_results);
     tcase_add_loop_test(tc, test_two_opens_no_lost_update, 0, 2);
     tcase_add_test(tc, test_close_in_flight);
