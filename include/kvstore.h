@@ -516,6 +516,26 @@ KV_EXTERN char *kv_ns_id(const kv_ns *ns);
  * to kv_ns_free.
  */
 KV_EXTERN int kv_key_parse(kv_key **out, const char *path);
+
+/*
+ * Key limits, the same on every backend, so that a dump of any store loads
+ * into any other.  A key given to a record operation (put, get, has,
+ * delete) or to kv_move_prefix_atomic and kv_drop_prefix has at most
+ * KV_KEY_MAX_DEPTH namespaces, each namespace's id ("field:value" or
+ * "value") at most KV_NS_MAX_LEN bytes, and its id (kv_key_id, "/a:b/c")
+ * at most KV_KEY_MAX_LEN bytes; beyond any of them the call fails
+ * KV_EINVAL before reaching the backend.  Keys themselves (parsing,
+ * building, query prefixes) are not limited.  The sizes are those the fs
+ * backend holds at a bounded cost: a namespace becomes a file name escaped
+ * up to three-fold and cut into 240-byte directory names, so a key at the
+ * limits is at most about 13 KiB of path (never used whole: see
+ * kvstore-fs(3)).  An fs store may be opened with a smaller depth
+ * (kv_fs_open), never a larger one.
+ */
+#define KV_KEY_MAX_DEPTH 32
+#define KV_NS_MAX_LEN 1024
+#define KV_KEY_MAX_LEN 4096
+
 /* From n namespaces (validated as kv_ns_init does; empty ones dropped). */
 KV_EXTERN int kv_key_from_ns(kv_key **out, const kv_ns *ns, size_t n);
 /* The concatenation of n keys. */

@@ -513,6 +513,33 @@ static kv_fut *check_key(kv_store *s, const kv_key *key, const char *what,
         return kv__fut_failed(kv__floop(s), KV_EINVAL, "%s[%zu] is the empty key",
                               what, i);
     }
+    /* The limits of every backend (kvstore.h, "Keys"): one check here. */
+    size_t n = kv_key_len(key), idlen = strlen(kv_key_id(key));
+    const char *why = NULL;
+    size_t lim = 0;
+    if (n > KV_KEY_MAX_DEPTH) {
+        why = "namespaces";
+        lim = KV_KEY_MAX_DEPTH;
+    } else if (idlen > KV_KEY_MAX_LEN) {
+        why = "bytes";
+        lim = KV_KEY_MAX_LEN;
+    }
+    for (size_t j = 0; why == NULL && j < n; j++) {
+        const kv_ns *ns = kv_key_ns(key, j);
+        size_t fl = strlen(ns->field);
+        if (fl + (fl > 0) + strlen(ns->value) > KV_NS_MAX_LEN) {
+            why = "bytes in a namespace";
+            lim = KV_NS_MAX_LEN;
+        }
+    }
+    if (why != NULL && single)
+        return kv__fut_failed(s->loop, KV_EINVAL,
+                              "%s has more than %zu %s (the key limits "
+                              "of kvstore.h)", what, lim, why);
+    if (why != NULL)
+        return kv__fut_failed(s->loop, KV_EINVAL,
+                              "%s[%zu] has more than %zu %s (the key limits "
+                              "of kvstore.h)", what, i, lim, why);
     return NULL;
 }
 

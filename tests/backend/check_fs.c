@@ -488,11 +488,11 @@ START_TEST(test_hostile_keys)
     /* Outside the store: nothing may appear here. */
     char *outside = path_in(tmpdir, "outside");
     ck_assert_int_eq(mkdir(outside, 0755), 0);
-    char long1[300], long2[2000], longsp[600];
+    char long1[300], long2[KV_NS_MAX_LEN + 1], longsp[600];
     memset(long1, 'x', sizeof long1 - 1);
     long1[sizeof long1 - 1] = '\0';
     for (size_t i = 0; i < sizeof long2 - 1; i++)
-        long2[i] = (char)(0x80 + i % 0x7f); /* every byte escaped: 6000 */
+        long2[i] = (char)(0x80 + i % 0x7f); /* every byte escaped: 3072 */
     long2[sizeof long2 - 1] = '\0';
     memset(longsp, '.', sizeof longsp - 1);
     longsp[sizeof longsp - 1] = '\0';
@@ -519,7 +519,7 @@ START_TEST(test_hostile_keys)
         "/\xff\xfe",
         NULL, /* ctl */
         NULL, /* long1 (> NAME_MAX) */
-        NULL, /* long2 (6000 escaped bytes) */
+        NULL, /* long2 (3072 escaped bytes, the longest namespace) */
         NULL, /* longsp/long1: two long levels */
         "/x/a.kv/..",
         "/-rf",
@@ -641,6 +641,137 @@ START_TEST(test_depth)
     p[strlen(p) - 2] = '\0';
     ck_assert_kv(put_s(e.s, p, "32", 0, NULL), KV_OK);
     ck_assert_kv(get_s(e.s, p, NULL, NULL), KV_OK);
+    tu_env_close(&e, true);
+}
+END_TEST
+
+/* A key of n namespaces, each the byte c repeated seg times ("/ccc/ccc"). */
+static kv_key *key_rep(size_t n, size_t seg, char c)
+{
+    char *p = malloc(n * (seg + 1) + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        p[o++] = '/';
+        memset(p + o, c, seg);
+        o += seg;
+    }
+    p[o] = '\0';
+    kv_key *k = key_of(o > 0 ? p : "/");
+    free(p);
+    return k;
+}
+
+/* Put, get, has and delete of k all give want (KV_OK: k is then gone). */
+static void limit_ops(kv_store *s, const kv_key *k, int want)
+{
+    uint64_t tok = 0;
+    ck_assert_kv(put_k(s, k, "v", 1, 0, &tok), want);
+    ck_assert_kv(get_k(s, k, NULL, NULL, NULL), want);
+    kv_fut *f = kv_has(s, k);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+    f = kv_delete(s, k, tok);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+}
+
+/* The key limits of kvstore.h, at and over each: the store layer checks
+ * them for every backend (check_sqlite has the same test). */
+START_TEST(test_key_limits)
+{
+    env e;
+    env_init(&e, 0, KV_NO_FSYNC);
+    /* namespaces */
+    kv_key *k = key_rep(KV_KEY_MAX_DEPTH, 1, 'n');
+    limit_ops(e.s, k, KV_OK);
+    kv_key_free(k);
+    k = key_rep(KV_KEY_MAX_DEPTH + 1, 1, 'n');
+    limit_ops(e.s, k, KV_EINVAL);
+    kv_key_free(k);
+    /* one namespace's bytes: '%' is escaped three-fold on fs */
+    k = key_rep(1, KV_NS_MAX_LEN, '%');
+    limit_ops(e.s, k, KV_OK);
+    kv_key_free(k);
+    k = key_rep(1, KV_NS_MAX_LEN + 1, '%');
+    limit_ops(e.s, k, KV_EINVAL);
+    kv_key_free(k);
+    /* a field counts with its ':' */
+    char *id = malloc(KV_NS_MAX_LEN + 3);
+    memset(id, 'f', KV_NS_MAX_LEN + 2);
+    id[0] = '/';
+    id[100] = ':';
+    id[KV_NS_MAX_LEN + 1] = '\0'; /* "/" + 1024 bytes */
+    k = key_of(id);
+    limit_ops(e.s, k, KV_OK);
+    kv_key_free(k);
+    id[KV_NS_MAX_LEN + 1] = 'f';
+    id[KV_NS_MAX_LEN + 2] = '\0';
+    k = key_of(id);
+    limit_ops(e.s, k, KV_EINVAL);
+    kv_key_free(k);
+    free(id);
+    /* the whole id: 4 namespaces of 1023 bytes and their '/' is 4096 */
+    size_t seg = KV_KEY_MAX_LEN / 4 - 1;
+    k = key_rep(4, seg, '%');
+    ck_assert_uint_eq(strlen(kv_key_id(k)), KV_KEY_MAX_LEN);
+    limit_ops(e.s, k, KV_OK);
+    kv_key *k1 = key_rep(1, 1, 'x'), *over = NULL;
+    const kv_key *parts[2] = {k, k1};
+    ck_assert_kv(kv_key_concat(&over, parts, 2), KV_OK);
+    limit_ops(e.s, over, KV_EINVAL);
+    /* a batch with one key over a limit fails whole, writing nothing */
+    kv_record recs[2] = {{k1, "1", 1, 0}, {over, "2", 1, 0}};
+    kv_fut *f = kv_put_many(e.s, recs, 2, NULL);
+    ck_assert_kv(kv_wait(f), KV_EINVAL);
+    kv_fut_free(f);
+    ck_assert_kv(get_k(e.s, k1, NULL, NULL, NULL), KV_ENOTFOUND);
+    kv_key_free(over);
+    kv_key_free(k1);
+    kv_key_free(k);
+    /* an fs store's depth may be smaller than KV_KEY_MAX_DEPTH, never
+     * larger */
+    tu_env_close_store(&e, true);
+    ck_assert_kv(env_open(&e, root, KV_KEY_MAX_DEPTH + 1, 0), KV_EINVAL);
+    ck_assert_kv(env_open(&e, root, KV_KEY_MAX_DEPTH, 0), KV_OK);
+    tu_env_close(&e, true);
+}
+END_TEST
+
+/*
+ * The cost of a long key is linear in its length: its directories (one per
+ * 240 escaped bytes) are made once each, and a put makes a bounded number of
+ * allocations per directory (the directory objects once held their whole
+ * path: a 1 MiB namespace took 3.4 GB).
+ */
+START_TEST(test_long_key_cost)
+{
+    env e;
+    env_init(&e, 0, KV_NO_FSYNC);
+    /* warm up: the token block, the root's objects */
+    ck_assert_kv(put_s(e.s, "/warm", "v", 0, NULL), KV_OK);
+    size_t seg = KV_KEY_MAX_LEN / 4 - 1; /* 1023 '%': 3069 escaped bytes */
+    size_t chunks = (3 * seg + 239) / 240; /* 13 names, 12 ".+" dirs */
+    kv_key *k = key_rep(4, seg, '%');
+    uint64_t s0[10], s1[10];
+    kv__fs_stats(e.s, s0);
+    (void)kv__alloc_fail_at(0, false);
+    uint64_t tok = 0;
+    ck_assert_kv(put_k(e.s, k, "v", 1, 0, &tok), KV_OK);
+    unsigned long nalloc = kv__alloc_fail_at(0, false);
+    kv__fs_stats(e.s, s1);
+    /* 4 namespaces of `chunks` names: every name but the record's is a
+     * directory, each made once */
+    uint64_t dirs = 4 * chunks - 1;
+    ck_assert_uint_eq(s1[S_MKDIR] - s0[S_MKDIR], dirs);
+    ck_assert_msg(nalloc <= 4 * dirs + 64, "%lu allocations for %" PRIu64
+                  " directories", nalloc, dirs);
+    /* a get of it, again, reuses or reopens the same objects */
+    (void)kv__alloc_fail_at(0, false);
+    ck_assert_kv(get_k(e.s, k, NULL, NULL, NULL), KV_OK);
+    nalloc = kv__alloc_fail_at(0, false);
+    ck_assert_msg(nalloc <= 4 * dirs + 64, "%lu allocations for a get",
+                  nalloc);
+    kv_key_free(k);
     tu_env_close(&e, true);
 }
 END_TEST
@@ -807,6 +938,30 @@ END_TEST
 /* ------------------------------------------------------------------------ */
 /* Lock, temp files, tokens, read-only                                      */
 /* ------------------------------------------------------------------------ */
+
+/* The descriptor-limit workload (child_nofile). */
+enum { NF_LIMIT = 64, NF_DIRS = 1000, NF_DEPTH = 64 };
+
+/* RLIMIT_NOFILE 64: a workload over 1000 directories, 64 in flight, works
+ * (the store sizes its descriptor caches from the limit), also when the
+ * application takes most of what the store left it. */
+START_TEST(test_nofile_64)
+{
+    const char *mode = _i == 0 ? "nofile" : "nofile-hog";
+    int st = wait_child(spawn_child(mode, root, NULL, NULL));
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "%s: status 0x%x (exit %d)", mode, st,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    /* every record is there, once */
+    env e;
+    env_init(&e, 0, 0);
+    size_t records = 0, temps = 0;
+    check_tree(root, true, &records, &temps);
+    ck_assert_uint_eq(records, NF_DIRS);
+    ck_assert_uint_eq(temps, 0);
+    tu_env_close(&e, true);
+}
+END_TEST
 
 START_TEST(test_lock)
 {
@@ -2343,6 +2498,100 @@ END_TEST
 
 /* ------------------------------------------------------------------------ */
 
+/*
+ * The descriptor limit (child "nofile"): with RLIMIT_NOFILE at 64, puts 64
+ * in flight into 1000 directories, then replacing each (spare files), then
+ * gets, must all succeed.  hog: first take all but 12 of the descriptors
+ * left after the open, as an application that uses more than the store
+ * left it (kops then wait for each other on EMFILE).  Exit 0 or a code
+ * naming the step.
+ */
+static int nf_wave(kv_store *s, bool get, uint64_t *toks)
+{
+    kv_fut *futs[NF_DEPTH] = {NULL};
+    kv_key *keys[NF_DEPTH] = {NULL};
+    int bad = 0;
+    for (unsigned i = 0; i < NF_DIRS + NF_DEPTH; i++) {
+        unsigned slot = i % NF_DEPTH;
+        if (futs[slot] != NULL) {
+            unsigned j = i - NF_DEPTH;
+            int rc = kv_wait(futs[slot]);
+            if (rc != KV_OK) {
+                fprintf(stderr, "nofile: %s %u: %s (%s)\n",
+                        get ? "get" : "put", j, kv_err_name(rc),
+                        kv_fut_errmsg(futs[slot]));
+                bad = 1;
+            } else if (!get) {
+                toks[j] = kv_fut_token(futs[slot]);
+            } else if (kv_fut_record(futs[slot])->token != toks[j]) {
+                bad = 1;
+            }
+            kv_fut_free(futs[slot]);
+            kv_key_free(keys[slot]);
+            futs[slot] = NULL;
+        }
+        if (i >= NF_DIRS)
+            continue;
+        char p[32];
+        snprintf(p, sizeof p, "/d%04u/k", i);
+        if (kv_key_parse(&keys[slot], p) != KV_OK)
+            return 1;
+        if (get) {
+            futs[slot] = kv_get(s, keys[slot], NULL);
+        } else {
+            kv_record r = {keys[slot], "value", 5, toks[i]};
+            futs[slot] = kv_put(s, &r, NULL);
+        }
+    }
+    return bad;
+}
+
+static int child_nofile(bool hog)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 2;
+    rl.rlim_cur = NF_LIMIT;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 3;
+    kv_loop *l;
+    kv_pool *p;
+    kv_store *s;
+    if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 2) != KV_OK)
+        return 4;
+    int rc = kv_fs_open(&s, l, p, root, 0, 0);
+    if (rc != KV_OK) {
+        fprintf(stderr, "nofile: open: %s\n", kv_last_errmsg());
+        return 5;
+    }
+    int held[NF_LIMIT];
+    int nheld = 0;
+    if (hog) {
+        int fd;
+        while (nheld < NF_LIMIT && (fd = open("/dev/null", O_RDONLY)) >= 0)
+            held[nheld++] = fd;
+        for (int i = 0; i < 12 && nheld > 0; i++)
+            close(held[--nheld]);
+    }
+    static uint64_t toks[NF_DIRS];
+    if (nf_wave(s, false, toks) != 0)
+        return 6;
+    if (nf_wave(s, false, toks) != 0) /* replace: spare files */
+        return 7;
+    if (nf_wave(s, true, toks) != 0)
+        return 8;
+    while (nheld > 0)
+        close(held[--nheld]);
+    kv_fut *f = kv_close(s);
+    rc = kv_wait(f);
+    kv_fut_free(f);
+    kv_store_free(s);
+    kv_pool_free(p);
+    if (kv_loop_free(l) != KV_OK || rc != KV_OK)
+        return 9;
+    return 0;
+}
+
 static int run_child(int argc, char **argv)
 {
     if (argc < 4)
@@ -2360,6 +2609,8 @@ static int run_child(int argc, char **argv)
     }
     if (strcmp(argv[2], "fsize") == 0)
         return child_fsize();
+    if (strcmp(argv[2], "nofile") == 0 || strcmp(argv[2], "nofile-hog") == 0)
+        return child_nofile(strcmp(argv[2], "nofile-hog") == 0);
     if (strcmp(argv[2], "syscalls") == 0)
         return no_syscalls_child(0);
     if (strcmp(argv[2], "syscalls-fanout") == 0)
@@ -2400,6 +2651,8 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_hostile_keys, 0, 2);
     tcase_add_test(tc, test_depth);
+    tcase_add_test(tc, test_key_limits);
+    tcase_add_test(tc, test_long_key_cost);
     tcase_add_test(tc, test_symlinks_planted);
     suite_add_tcase(s, tc);
 
@@ -2408,6 +2661,7 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_corruption);
     tcase_add_test(tc, test_lock);
+    tcase_add_loop_test(tc, test_nofile_64, 0, 2);
     tcase_add_test(tc, test_temp_cleanup);
     tcase_add_test(tc, test_tokens_reopen);
     tcase_add_test(tc, test_token_refill);

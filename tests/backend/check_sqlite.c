@@ -516,6 +516,83 @@ END_TEST
 /* Read-only                                                                */
 /* ------------------------------------------------------------------------ */
 
+/* A key of n namespaces, each the byte c repeated seg times (freed at
+ * teardown). */
+static const kv_key *key_rep(size_t n, size_t seg, char c)
+{
+    char *p = malloc(n * (seg + 1) + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        p[o++] = '/';
+        memset(p + o, c, seg);
+        o += seg;
+    }
+    p[o] = '\0';
+    const kv_key *k = K(p);
+    free(p);
+    return k;
+}
+
+/* Put, get, has and delete of k all give want (KV_OK: k is then gone). */
+static void limit_ops(kv_store *s, const kv_key *k, int want)
+{
+    kv_record r = {(kv_key *)k, "v", 1, 0};
+    kv_fut *f = kv_put(s, &r, NULL);
+    ck_assert_kv(kv_wait(f), want);
+    uint64_t tok = want == KV_OK ? kv_fut_token(f) : 0;
+    kv_fut_free(f);
+    f = kv_get(s, k, NULL);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+    f = kv_has(s, k);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+    f = kv_delete(s, k, tok);
+    ck_assert_kv(kv_wait(f), want);
+    kv_fut_free(f);
+}
+
+/* The key limits of kvstore.h, the same as on fs (check_fs has the same
+ * test): SQLite could hold more, but a dump must load into any backend. */
+START_TEST(test_key_limits)
+{
+    kv_store *s = open_store(dbpath, 0);
+    limit_ops(s, key_rep(KV_KEY_MAX_DEPTH, 1, 'n'), KV_OK);
+    limit_ops(s, key_rep(KV_KEY_MAX_DEPTH + 1, 1, 'n'), KV_EINVAL);
+    limit_ops(s, key_rep(1000, 1, 'n'), KV_EINVAL);
+    limit_ops(s, key_rep(1, KV_NS_MAX_LEN, '%'), KV_OK);
+    limit_ops(s, key_rep(1, KV_NS_MAX_LEN + 1, '%'), KV_EINVAL);
+    /* a field counts with its ':' */
+    char id[KV_NS_MAX_LEN + 3];
+    memset(id, 'f', sizeof id);
+    id[0] = '/';
+    id[100] = ':';
+    id[KV_NS_MAX_LEN + 1] = '\0';
+    limit_ops(s, K(id), KV_OK);
+    id[KV_NS_MAX_LEN + 1] = 'f';
+    id[KV_NS_MAX_LEN + 2] = '\0';
+    limit_ops(s, K(id), KV_EINVAL);
+    /* the whole id: 4 namespaces of 1023 bytes and their '/' is 4096 */
+    const kv_key *k = key_rep(4, KV_KEY_MAX_LEN / 4 - 1, 'k');
+    ck_assert_uint_eq(strlen(kv_key_id(k)), KV_KEY_MAX_LEN);
+    limit_ops(s, k, KV_OK);
+    const kv_key *k1 = K("/x");
+    kv_key *over = NULL;
+    const kv_key *parts[2] = {k, k1};
+    ck_assert_kv(kv_key_concat(&over, parts, 2), KV_OK);
+    limit_ops(s, over, KV_EINVAL);
+    /* moves check both keys */
+    put(s, "/x", "x", 0);
+    const kv_key *from[1] = {k1}, *to[1] = {over};
+    kv_fut *f = kv_move_prefix_atomic(s, from, to, 1);
+    ck_assert_kv(kv_wait(f), KV_EINVAL);
+    kv_fut_free(f);
+    get_is(s, "/x", "x");
+    kv_key_free(over);
+    close_store(s);
+}
+END_TEST
+
 START_TEST(test_readonly)
 {
     kv_store *s = open_store(dbpath, 0);
@@ -846,6 +923,68 @@ static int light_load(kv_pool *p, int n)
  * quite catches up; the writer copies the few pages it left, where the WAL
  * would otherwise grow until 16000 pages.
  */
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+/*
+ * The WAL stays under its bound (KV_SQLITE_WAL_MAX, here 1 MiB) across a
+ * write burst of several times that: the writer checkpoints before it.
+ * (Before the bound, the WAL grew to ~64 MiB before a forced checkpoint;
+ * this burst left it at several MiB.)
+ */
+START_TEST(test_wal_bounded)
+{
+    enum { ROUNDS = 400, BATCH = 16, VLEN = 1000 };
+    const long bound = 1L << 20;
+    char walpath[4300];
+    snprintf(walpath, sizeof walpath, "%s-wal", dbpath);
+    /* a bad value is refused */
+    kv_store *s = NULL;
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "1X", 1), 0);
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
+    ck_assert_ptr_null(s);
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "100K", 1), 0); /* < 256K */
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "1M", 1), 0);
+    s = open_store(dbpath, 0);
+    ck_assert_int_eq(unsetenv("KV_SQLITE_WAL_MAX"), 0);
+    char val[VLEN];
+    memset(val, 'v', sizeof val);
+    long most = 0;
+    size_t total = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        kv_record recs[BATCH];
+        kv_key *ks[BATCH];
+        for (int i = 0; i < BATCH; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "/b/%04d/%02d", r, i);
+            ck_assert_kv(kv_key_parse(&ks[i], name), KV_OK);
+            recs[i] = (kv_record){ks[i], val, sizeof val, 0};
+        }
+        kv_fut *f = kv_put_many(s, recs, BATCH, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_fut_free(f);
+        for (int i = 0; i < BATCH; i++)
+            kv_key_free(ks[i]);
+        total += BATCH * VLEN;
+        long w = file_size(walpath);
+        if (w > most)
+            most = w;
+    }
+    ck_assert_uint_gt(total, 5 * (size_t)bound);
+    ck_assert_msg(most <= bound, "the WAL reached %ld bytes (bound %ld)",
+                  most, bound);
+    kv_fut *g = kv_get(s, K("/b/0000/00"), NULL);
+    ck_assert_kv(kv_wait(g), KV_OK);
+    ck_assert_uint_eq(kv_fut_record(g)->len, VLEN);
+    kv_fut_free(g);
+    close_store(s);
+}
+END_TEST
+
 START_TEST(test_wal_restarts_light_load)
 {
     enum { N = 3000, BY = 1300 };
@@ -1462,6 +1601,7 @@ int main(void)
     TCase *tc = tcase_create("open");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_open_args);
+    tcase_add_test(tc, test_key_limits);
     tcase_add_test(tc, test_open_not_a_database);
     tcase_add_test(tc, test_open_foreign_database);
     tcase_add_test(tc, test_open_future_format);
@@ -1494,6 +1634,7 @@ int main(void)
     tcase_add_test(tc, test_group_rounds_file);
     tcase_add_test(tc, test_group_rounds_memory);
     tcase_add_test(tc, test_wal_restarts_light_load);
+    tcase_add_test(tc, test_wal_bounded);
     tcase_add_test(tc, test_group_mixed_results);
     tcase_add_loop_test(tc, test_two_opens_no_lost_update, 0, 2);
     tcase_add_test(tc, test_close_in_flight);

@@ -351,7 +351,7 @@ static void fs_teardown(fs_state *fs)
         fsdir *next = d->all_next;
         if (d->fd >= 0)
             close(d->fd);
-        kv__free(d->path);
+        kv__free(d->namebuf);
         kv__free(d);
         d = next;
     }
@@ -559,23 +559,41 @@ static int open_tokens(fs_state *fs)
         return -errno;
     if ((size_t)w != TOK_SLOT)
         return -EIO;
-    if (!fs->nofsync && fsync(fs->tokfd) != 0)
+    if (fsync(fs->tokfd) != 0) /* always: the store's metadata */
         return -errno;
+    fs->stats[STAT_FILE_FSYNC]++;
     fs->tok_gen = gen;
     fs->tok_next = next;
     fs->tok_hwm = next + TOKEN_BLOCK;
     return KV_OK;
 }
 
-/* How many kops may run at once (see fs__kop_admit, fs_kq.c): a quarter of
- * what RLIMIT_NOFILE leaves after 64 descriptors, between 16 and 4096. */
-static size_t max_running(void)
+/*
+ * Size the store's descriptor use from the soft RLIMIT_NOFILE n, read at
+ * open.  A quarter of n plus 16 is left to the application (its own files,
+ * the loop, other stores); of the rest, avail, a running kop holds at most
+ * three (its file, its directory, and the parent of a directory being
+ * opened), an idle directory one and a spare file's directory one, so
+ *   maxrun    = avail / 6   (kops running at once, 1..4096)
+ *   idle_max  = avail / 4   (idle directories kept open, 1..DIR_IDLE_MAX)
+ *   spare_max = avail / 12  (spare files, 1..SPARE_MAX)
+ * use at most 3/4 of avail, plus the root, .tokens and .lock.  At n = 64:
+ * 6 kops, 8 idle directories, 2 spares.  A limit the application uses up
+ * anyway (EMFILE) makes kops wait for others to finish (fs__kop_park).
+ */
+static void fd_budget(fs_state *fs)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
-        return 4096;
-    rlim_t n = rl.rlim_cur > 128 ? (rl.rlim_cur - 64) / 4 : 16;
-    return n < 16 ? 16 : n > 4096 ? 4096 : (size_t)n;
+    rlim_t n = 1 << 16;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < n)
+        n = rl.rlim_cur;
+    rlim_t reserve = 16 + n / 4;
+    size_t avail = n > reserve ? (size_t)(n - reserve) : 0;
+    size_t run = avail / 6, idle = avail / 4, nsp = avail / 12;
+    fs->maxrun = run < 1 ? 1 : run > 4096 ? 4096 : run;
+    fs->idle_max = idle < 1 ? 1 : idle > DIR_IDLE_MAX ? DIR_IDLE_MAX : idle;
+    fs->spare_max = nsp < 1 ? 1 : nsp > SPARE_MAX ? SPARE_MAX : nsp;
 }
 
 int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
@@ -585,6 +603,10 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
         root[0] == '\0')
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: NULL or empty "
                                           "argument");
+    if (depth > KV_KEY_MAX_DEPTH)
+        return open_fail(NULL, KV_EINVAL, "kv_fs_open: depth %u is more "
+                                          "than KV_KEY_MAX_DEPTH (%u)",
+                         depth, (unsigned)KV_KEY_MAX_DEPTH);
     if (flags & ~(KV_READONLY | KV_NO_FSYNC | KV_SYNC_FULL | KV_FS_FANOUT))
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: unknown flags 0x%x",
                          flags);
@@ -609,7 +631,7 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     fs->loop = loop;
     fs->pool = pool;
     fs->depth = depth != 0 ? depth : KV_FS_DEFAULT_DEPTH;
-    fs->maxrun = max_running();
+    fd_budget(fs);
     fs->flags = flags;
     fs->readonly = (flags & KV_READONLY) != 0;
     fs->nofsync = (flags & KV_NO_FSYNC) != 0;
@@ -633,10 +655,11 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                 parent[1] = '\0';
             else if (slash != NULL)
                 *slash = '\0';
-            int pfd = fs->nofsync ? -1 : open(pp, O_RDONLY | O_DIRECTORY |
-                                                      O_CLOEXEC);
+            int pfd = open(pp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             if (pfd >= 0) {
-                (void)fsync(pfd); /* best effort: the parent is not ours */
+                /* best effort: the parent is not ours */
+                if (fsync(pfd) == 0)
+                    fs->stats[STAT_DIR_FSYNC]++;
                 close(pfd);
             }
             kv__free(parent);
@@ -702,16 +725,19 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                              "kv_fs_open: token counter in %s: %s", root,
                              kv_strerror(rc));
         /* The entries of .lock, .format and .tokens (a lost .tokens would
-         * be rebuilt from the records, missing tokens of deleted ones). */
-        if (!fs->nofsync && fsync(fs->rootfd) != 0)
+         * be rebuilt from the records, missing tokens of deleted ones).
+         * Metadata is synced with KV_FS_NO_FSYNC too: only records skip
+         * their syncs. */
+        if (fsync(fs->rootfd) != 0)
             return open_fail(fs, kv__from_errno(-errno),
                              "kv_fs_open: fsync %s: %s", root,
                              strerror(errno));
+        fs->stats[STAT_DIR_FSYNC]++;
     }
 
     fsdir *r = fs->rootdir;
     r->fs = fs;
-    r->path = NULL;
+    r->namebuf = NULL;
     r->name = "";
     r->fd = fs->rootfd;
     r->state = D_OPEN;

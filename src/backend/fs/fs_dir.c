@@ -2,7 +2,7 @@
  * fs_dir.c - the filesystem backend's directory objects (loop thread):
  * one shared, reference-counted object per directory, opened (and made,
  * with an fsync of its parent) through the ring, kept open while idle up to
- * DIR_IDLE_MAX, and the group commit (one directory fsync covers every
+ * fs->idle_max, and the group commit (one directory fsync covers every
  * rename or unlink that completed before it started).  Also the spare
  * files (replaced record files kept for later puts to overwrite).
  */
@@ -15,11 +15,22 @@
 #include <string.h>
 #include <unistd.h>
 
-static uint64_t str_hash(const char *s)
+/*
+ * The table's hash of a directory is FNV-1a 64 of its path relative to the
+ * root ("a/b.+/c"), computed one component at a time from its parent's:
+ * dir_hash(parent hash, name) hashes "/" (unless parent is the root) and
+ * then name.
+ */
+#define FNV_BASIS 1469598103934665603ull
+#define FNV_PRIME 1099511628211ull
+
+static uint64_t dir_hash(uint64_t h, bool parent_is_root, const char *name,
+                         size_t len)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    if (!parent_is_root)
+        h = (h ^ (unsigned char)'/') * FNV_PRIME;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)name[i]) * FNV_PRIME;
     return h;
 }
 
@@ -30,11 +41,14 @@ static uint64_t str_hash(const char *s)
 static void dir_start(fsdir *d);
 static void dir_submit_open(fsdir *d);
 
-static fsdir *dir_lookup(fs_state *fs, const char *path, uint64_t h)
+/* The live object named name (len bytes) in p, or NULL. */
+static fsdir *dir_lookup(fs_state *fs, const fsdir *p, const char *name,
+                         size_t len, uint64_t h)
 {
     for (hlink *l = fs__htab_bucket(&fs->dirs, h); l != NULL; l = l->next) {
         fsdir *d = KV__CONTAINER_OF(l, fsdir, hl);
-        if (l->hash == h && strcmp(d->path, path) == 0)
+        if (l->hash == h && d->parent == p && d->namelen == len &&
+            memcmp(d->name, name, len) == 0)
             return d;
     }
     return NULL;
@@ -91,7 +105,7 @@ static void dir_maybe_free(fsdir *d)
             fs->dirs_all = d->all_next;
         if (d->all_next)
             d->all_next->all_prev = d->all_prev;
-        kv__free(d->path);
+        kv__free(d->namebuf);
         kv__free(d);
         p->nobj--;
         d = p;
@@ -140,7 +154,17 @@ static void dir_close_ring(fsdir *d)
 
 static void dir_evict(fs_state *fs)
 {
-    while (fs->nidle > DIR_IDLE_MAX && fs->lru_tail != NULL) {
+    while (fs->nidle > fs->idle_max && fs->lru_tail != NULL) {
+        fsdir *d = fs->lru_tail;
+        lru_remove(fs, d);
+        dir_close_ring(d);
+    }
+}
+
+/* Close every idle directory (descriptors ran out: EMFILE). */
+void fs__dirs_close_idle(fs_state *fs)
+{
+    while (fs->lru_tail != NULL) {
         fsdir *d = fs->lru_tail;
         lru_remove(fs, d);
         dir_close_ring(d);
@@ -183,35 +207,23 @@ static void dir_cqe_open(kv__op *op, int res, uint32_t flags);
 static void dir_cqe_mk(kv__op *op, int res, uint32_t flags);
 static void dir_cqe_mksync(kv__op *op, int res, uint32_t flags);
 
-/* The object for path, made (with its parents) if needed.  NULL on OOM. */
-fsdir *fs__dir_get(fs_state *fs, const char *path)
+/* A new object for name (len bytes) in p, hashed h; NULL on OOM. */
+static fsdir *dir_new(fs_state *fs, fsdir *p, const char *name, size_t len,
+                      uint64_t h)
 {
-    if (path[0] == '\0')
-        return fs->rootdir;
-    uint64_t h = str_hash(path);
-    fsdir *d = dir_lookup(fs, path, h);
-    if (d != NULL)
-        return d;
-    const char *slash = strrchr(path, '/');
-    char *ppath = kv__strndup(path, slash ? (size_t)(slash - path) : 0);
-    if (ppath == NULL)
-        return NULL;
-    fsdir *p = fs__dir_get(fs, ppath);
-    kv__free(ppath);
-    if (p == NULL)
-        return NULL;
     if (fs__htab_reserve(&fs->dirs) != KV_OK)
-        goto oom;
-    d = kv__calloc(1, sizeof *d);
+        return NULL;
+    fsdir *d = kv__calloc(1, sizeof *d);
     if (d == NULL)
-        goto oom;
-    d->path = kv__strdup(path);
-    if (d->path == NULL) {
+        return NULL;
+    d->namebuf = kv__strndup(name, len);
+    if (d->namebuf == NULL) {
         kv__free(d);
-        goto oom;
+        return NULL;
     }
     d->fs = fs;
-    d->name = slash ? d->path + (slash - path) + 1 : d->path;
+    d->name = d->namebuf;
+    d->namelen = len;
     d->hl.hash = h;
     d->fd = -1;
     d->state = D_CLOSED;
@@ -229,9 +241,32 @@ fsdir *fs__dir_get(fs_state *fs, const char *path)
         fs->dirs_all->all_prev = d;
     fs->dirs_all = d;
     return d;
-oom:
-    dir_maybe_free(p);
-    return NULL;
+}
+
+/*
+ * The object for path (relative to the root, components joined by '/'),
+ * made with its missing parents if needed; NULL on OOM.  One pass over
+ * path: each component is looked up (or made) in the object of the one
+ * before it.
+ */
+fsdir *fs__dir_get(fs_state *fs, const char *path)
+{
+    fsdir *p = fs->rootdir;
+    uint64_t h = FNV_BASIS;
+    const char *s = path;
+    while (*s != '\0') {
+        const char *slash = strchr(s, '/');
+        size_t len = slash != NULL ? (size_t)(slash - s) : strlen(s);
+        h = dir_hash(h, p->is_root, s, len);
+        fsdir *d = dir_lookup(fs, p, s, len, h);
+        if (d == NULL && (d = dir_new(fs, p, s, len, h)) == NULL) {
+            dir_maybe_free(p); /* the parents made for nothing */
+            return NULL;
+        }
+        p = d;
+        s = slash != NULL ? slash + 1 : s + len;
+    }
+    return p;
 }
 
 static bool dir_wants_create(const fsdir *d)
@@ -590,11 +625,11 @@ void fs__spares_drain(fs_state *fs)
 }
 
 /* Keep sp (name and size set; holding a reference on d) as a spare of d,
- * removing the store's oldest spare if the store has SPARE_MAX. */
+ * removing the store's oldest spare if the store has fs->spare_max. */
 static void spare_keep(fs_state *fs, fsdir *d, spare *sp)
 {
     while (fs->sp_head != NULL &&
-           (fs->nspares >= SPARE_MAX ||
+           (fs->nspares >= fs->spare_max ||
             fs->spare_bytes + sp->size > SPARE_BYTES)) {
         spare *old = fs->sp_head;
         fs__spare_unlink(fs, old);
@@ -715,6 +750,24 @@ void fs__dir_invalidate_up(fsdir *d)
         dir_invalidate(x);
 }
 
+/* True if x's path relative to the root is path[0, len). */
+static bool dir_is_path(const fsdir *x, const char *path, size_t len)
+{
+    size_t end = len;
+    for (; !x->is_root; x = x->parent) {
+        if (x->namelen > end ||
+            memcmp(path + end - x->namelen, x->name, x->namelen) != 0)
+            return false;
+        end -= x->namelen;
+        if (x->parent->is_root)
+            return end == 0;
+        if (end == 0 || path[end - 1] != '/')
+            return false;
+        end--;
+    }
+    return len == 0;
+}
+
 /* Forget cached directories at or below path ("" is everything). */
 void fs__dir_invalidate_below(fs_state *fs, const char *path)
 {
@@ -724,9 +777,10 @@ void fs__dir_invalidate_below(fs_state *fs, const char *path)
      * now, so walking the list while invalidating is safe. */
     while (d != NULL) {
         fsdir *next = d->all_next;
-        if (!d->is_root &&
-            (pl == 0 || (strncmp(d->path, path, pl) == 0 &&
-                         (d->path[pl] == '\0' || d->path[pl] == '/'))))
+        bool below = pl == 0;
+        for (const fsdir *x = d; !below && !x->is_root; x = x->parent)
+            below = dir_is_path(x, path, pl);
+        if (!d->is_root && below)
             dir_invalidate(d);
         d = next;
     }

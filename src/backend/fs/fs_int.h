@@ -40,7 +40,8 @@
 #define TOK_MAGIC 0x4b54564bu /* "KVTK" */
 #define TOK_SLOT 32u
 #define TOK_SLOT_OFF 512u     /* slot i lives at i * 512 */
-#define DIR_IDLE_MAX 256u     /* idle directory descriptors kept open */
+#define DIR_IDLE_MAX 256u     /* idle directory descriptors kept open, at
+                                 most (fs->idle_max: fd_budget, fs.c) */
 #define FETCH_MAX 128u        /* records per ITER_FETCH */
 #define FETCH_BYTES (4u << 20)
 #define MAX_RETRY 4
@@ -52,9 +53,10 @@
 #define FORMAT_TMP ".tmp-format"
 #define FANOUT 16u            /* buckets per directory (KV_FS_FANOUT) */
 #define SPARE_DIR_MAX 64u     /* spare files kept per directory */
-#define SPARE_MAX 128u        /* spare files kept per store (each may pin
-                                 a directory descriptor: with the running
-                                 kops and DIR_IDLE_MAX, under 1024) */
+#define SPARE_MAX 128u        /* spare files kept per store, at most (each
+                                 may pin a directory descriptor:
+                                 fs->spare_max: fd_budget, fs.c) */
+#define FD_WAITS_MAX 64u      /* EMFILE waits of one kop before failing */
 #define SPARE_BYTES (64u << 20) /* and their bytes at most (about) */
 #define TMPNAME_SIZE 32u      /* ".tmp-" + 16 hex digits + NUL, rounded */
 #ifndef RENAME_EXCHANGE
@@ -117,9 +119,13 @@ typedef struct htab {
 /* An open (or opening) directory, shared by every operation inside it. */
 struct fsdir {
     fs_state *fs;
-    char *path;       /* relative to the root, "" for the root */
-    const char *name; /* last component, inside path */
-    hlink hl;      /* in fs->dirs, hashed by path */
+    /* A directory is its parent and its name (one component): no object
+     * holds its whole path, so a deep path costs memory and time linear in
+     * its length, not its square (a key's continuation directories). */
+    const char *name; /* its name in parent; "" for the root */
+    char *namebuf;    /* owns name; NULL for the root */
+    size_t namelen;
+    hlink hl;      /* in fs->dirs, hashed by path (fs_dir.c, dir_hash) */
     fsdir *parent; /* holds one nobj reference on it */
     int fd;
     enum dstate state;
@@ -210,6 +216,7 @@ struct kop {
     int fd;
     bool tmp_exists;
     int retries;
+    unsigned fd_waits; /* times it waited for a descriptor (EMFILE) */
     struct open_how how;
     unsigned char rhdr[HDR_SIZE];
     unsigned char whdr[HDR_SIZE];
@@ -305,6 +312,8 @@ struct fs_state {
     bool no_exchange;   /* the file system refused RENAME_EXCHANGE */
     /* Admission: at most maxrun kops run at once (descriptors). */
     size_t nrun, maxrun;
+    /* Descriptor caches, sized from RLIMIT_NOFILE at open (fd_budget). */
+    size_t idle_max, spare_max;
     kop *adm_head, *adm_tail;
     bool admitting;
     /* Completions defer_any could not allocate for (see there, fs.c). */
@@ -398,12 +407,14 @@ void fs__spare_made(kop *k);
 void fs__spare_synced(kop *k, int res);
 void fs__dir_invalidate_up(fsdir *d);
 void fs__dir_invalidate_below(fs_state *fs, const char *path);
+void fs__dirs_close_idle(fs_state *fs);
 
 /* fs_kq.c */
 void fs__tok_wcqe(kv__op *op, int res, uint32_t flags);
 void fs__tok_fcqe(kv__op *op, int res, uint32_t flags);
 int fs__tok_take(fs_state *fs, uint64_t *out);
 bool fs__kop_admit(kop *k);
+void fs__kop_park(kop *k);
 void fs__kop_finish(kop *k, int status);
 void fs__kop_free(kop *k);
 void fs__rec_submit(fs_state *fs, kv__req *req, enum kkind kind);

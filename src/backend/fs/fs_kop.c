@@ -154,6 +154,26 @@ static void k_open_record(kop *k)
     k->state = ST_OPEN;
 }
 
+/*
+ * A descriptor could not be had (res -EMFILE or -ENFILE): if other kops
+ * run (they will free theirs), wait for one to finish and start again
+ * (fs__kop_park), and return true; k holds no descriptor here but maybe
+ * its directory, which it lets go.
+ */
+static bool k_fd_wait(kop *k, int res)
+{
+    fs_state *fs = k->fs;
+    if ((res != -EMFILE && res != -ENFILE) || k_stop(k) || fs->nrun <= 1 ||
+        k->fd_waits >= FD_WAITS_MAX || k->fd >= 0)
+        return false;
+    if (k->dir != NULL) {
+        fs__dir_release(k->dir);
+        k->dir = NULL;
+    }
+    fs__kop_park(k);
+    return true;
+}
+
 static void k_dir_ready(waiter *w, int res)
 {
     kop *k = KV__CONTAINER_OF(w, kop, dw);
@@ -162,6 +182,8 @@ static void k_dir_ready(waiter *w, int res)
         k->dir = NULL;
         if (k_stop(k)) {
             fs__kop_finish(k, KV_ECANCELED);
+        } else if (k_fd_wait(k, res)) {
+            return;
         } else if (res == -ENOENT && k->kind != K_PUT) {
             fs__kop_finish(k, k->kind == K_DEL ? KV_ECONFLICT : KV_ENOTFOUND);
         } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
@@ -364,6 +386,8 @@ static void on_open(kop *k)
         } else if (res == -ELOOP) {
             k_msg(k, "record file is a symlink:", res);
             fs__kop_finish(k, KV_ECORRUPT);
+        } else if (k_fd_wait(k, res)) {
+            return;
         } else {
             k_fail(k, "open", res);
         }
@@ -528,6 +552,8 @@ static void on_tmp(kop *k)
         put_tmp(k);
     } else if (res == -EEXIST && k->retries++ < MAX_RETRY) {
         put_tmp(k);
+    } else if (k_fd_wait(k, res)) {
+        return;
     } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
         /* The directory was removed (drop) after we opened it. */
         fs__dir_invalidate_up(k->dir);

@@ -50,7 +50,7 @@ static void tok_cqe_common(fs_state *fs)
         err = fs->tok_wres;
     else if (fs->tok_wres != (int)TOK_SLOT)
         err = -EIO;
-    else if (!fs->nofsync && fs->tok_fres < 0)
+    else if (fs->tok_fres < 0)
         err = fs->tok_fres;
     if (err == 0) {
         fs->tok_hwm = fs->tok_new;
@@ -87,7 +87,8 @@ void fs__tok_fcqe(kv__op *op, int res, uint32_t flags)
     tok_cqe_common(fs);
 }
 
-/* Reserve the next block through the ring: write the other slot, fsync. */
+/* Reserve the next block through the ring: write the other slot, fsync
+ * (with KV_FS_NO_FSYNC too: tokens must never repeat after a crash). */
 static int tok_refill(fs_state *fs)
 {
     if (fs->tok_refilling)
@@ -98,9 +99,8 @@ static int tok_refill(fs_state *fs)
         fs->tok_err = KV_ECORRUPT;
         return fs->tok_err;
     }
-    unsigned n = fs->nofsync ? 1 : 2;
     struct io_uring_sqe *sq[2];
-    int rc = fs__ring_get(fs, sq, n);
+    int rc = fs__ring_get(fs, sq, 2);
     if (rc != KV_OK)
         return rc;
     uint64_t gen = fs->tok_gen + 1;
@@ -109,14 +109,12 @@ static int tok_refill(fs_state *fs)
     io_uring_prep_write(sq[0], fs->tokfd, fs->tok_buf, TOK_SLOT,
                         (gen & 1) * TOK_SLOT_OFF);
     io_uring_sqe_set_data64(sq[0], (uintptr_t)&fs->tok_wop);
-    if (n == 2) {
-        sq[0]->flags |= IOSQE_IO_LINK;
-        io_uring_prep_fsync(sq[1], fs->tokfd, 0);
-        io_uring_sqe_set_data64(sq[1], (uintptr_t)&fs->tok_fop);
-        fs->stats[STAT_FILE_FSYNC]++;
-    }
+    sq[0]->flags |= IOSQE_IO_LINK;
+    io_uring_prep_fsync(sq[1], fs->tokfd, 0);
+    io_uring_sqe_set_data64(sq[1], (uintptr_t)&fs->tok_fop);
+    fs->stats[STAT_FILE_FSYNC]++;
     fs->tok_wres = fs->tok_fres = 0;
-    fs->tok_pending = n;
+    fs->tok_pending = 2;
     fs->tok_refilling = true;
     return KV_OK;
 }
@@ -205,6 +203,34 @@ bool fs__kop_admit(kop *k)
     k->admitted = true;
     fs->nrun++;
     return true;
+}
+
+/*
+ * Descriptors ran out (EMFILE: the application uses more than the store
+ * left it): k, holding no descriptor now, gives up its running slot and
+ * waits at the head of the FIFO; the running cap drops to the kops still
+ * running, each of which frees descriptors when it finishes.  Idle
+ * directories are closed first.
+ */
+void fs__kop_park(kop *k)
+{
+    fs_state *fs = k->fs;
+    fs__dirs_close_idle(fs);
+    if (k->admitted) {
+        k->admitted = false;
+        fs->nrun--;
+    }
+    if (fs->maxrun > fs->nrun && fs->nrun > 0)
+        fs->maxrun = fs->nrun;
+    k->fd_waits++;
+    k->state = ST_ADMIT;
+    k->dprev = NULL;
+    k->dnext = fs->adm_head;
+    if (fs->adm_head != NULL)
+        fs->adm_head->dprev = k;
+    else
+        fs->adm_tail = k;
+    fs->adm_head = k;
 }
 
 /* Start waiting kops while slots are free (never recursively: a kop that

@@ -379,7 +379,9 @@ static int layout_probe(int dfd, bool *any, bool *bucket, unsigned level)
 }
 
 /* Write FORMAT_NAME for fs->fanout: a temp file, fsync, rename.  The
- * rename is made durable by open's fsync of the root.  0 or -errno. */
+ * rename is made durable by open's fsync of the root.  Always, with
+ * KV_FS_NO_FSYNC too: a store whose .format a crash lost or tore cannot be
+ * opened.  0 or -errno. */
 static int write_format(fs_state *fs)
 {
     const char *txt = fs->fanout ? FORMAT_FANOUT : FORMAT_FLAT;
@@ -395,8 +397,10 @@ static int write_format(fs_state *fs)
         e = -errno;
     else if ((size_t)w != n)
         e = -EIO;
-    else if (!fs->nofsync && fsync(fd) != 0)
+    else if (fsync(fd) != 0)
         e = -errno;
+    else
+        fs->stats[STAT_FILE_FSYNC]++;
     if (close(fd) != 0 && e == 0)
         e = -errno;
     if (e == 0 && renameat(fs->rootfd, FORMAT_TMP, fs->rootfd,

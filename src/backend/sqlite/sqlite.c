@@ -206,7 +206,9 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 
     char *msg = NULL;
     sqlite3 *db = NULL;
-    int rc = sqlite__primary_open(s, &db, &msg);
+    int rc = sqlite__wal_max_env(s, &msg);
+    if (rc == KV_OK)
+        rc = sqlite__primary_open(s, &db, &msg);
     conn *c = NULL;
     if (rc == KV_OK && (c = sqlite__conn_new(s, s->readonly)) == NULL)
         rc = KV_ENOMEM;

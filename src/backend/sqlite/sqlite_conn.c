@@ -12,10 +12,10 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#define BUSY_TIMEOUT_MS 5000
 /* The writer's page cache (KiB; SQLite's default is 2 MiB, kept by readers):
  * random puts miss pages with the default (docs/DESIGN.md). */
 #define WRITER_CACHE_KIB 16384
@@ -150,6 +150,72 @@ static int probe_header(sqlite3 *db, const char *path, char **msg)
     return rc;
 }
 
+int sqlite__wal_max_env(sq *s, char **msg)
+{
+    s->wal_max = WAL_MAX_DEFAULT;
+    const char *v = getenv(WAL_MAX_ENV);
+    if (v == NULL || v[0] == '\0')
+        return KV_OK;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    unsigned shift = 0;
+    if (end != v && (*end == 'k' || *end == 'K'))
+        shift = 10;
+    else if (end != v && (*end == 'm' || *end == 'M'))
+        shift = 20;
+    else if (end != v && (*end == 'g' || *end == 'G'))
+        shift = 30;
+    if (shift != 0)
+        end++;
+    if (errno != 0 || end == v || *end != '\0' || v[0] == '-' ||
+        n > (1ull << 40) >> shift || (n << shift) < WAL_MAX_MIN)
+        return sqlite__fail_msg(KV_EINVAL, msg,
+                                "sqlite: %s=\"%.32s\" is not a size "
+                                "from 256K to 1024G (bytes, or with K, M "
+                                "or G)",
+                                WAL_MAX_ENV, v);
+    s->wal_max = (int64_t)(n << shift);
+    return KV_OK;
+}
+
+/*
+ * Bound the WAL of s's writer db to s->wal_max bytes: frames of page_size
+ * + 24 bytes after a 32-byte header.  The writer checkpoints inline once
+ * the WAL holds ck_hard pages, leaving room for one group commit (an
+ * eighth of the bound, at most 1024 pages) before the bound; background
+ * checkpoints start at half of that.  journal_size_limit makes the WAL's
+ * restart truncate the file back to the bound after a larger transaction.
+ */
+static int wal_bound(sq *s, sqlite3 *db, char **msg)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL);
+    int page = 0;
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        page = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    (void)sqlite3_finalize(st); /* its error is handled below */
+    if (rc != SQLITE_OK)
+        return sqlite__db_fail(db, rc, s->path, msg);
+    if (page < 512)
+        page = 512;
+    int64_t frames = (s->wal_max - 32) / (page + 24);
+    int64_t room = frames / 8 < 1024 ? frames / 8 : 1024;
+    int64_t hard = frames - room;
+    if (hard > INT32_MAX / 2)
+        hard = INT32_MAX / 2;
+    s->ck_hard = hard < 8 ? 8 : (int)hard;
+    s->ck_pages = s->ck_hard / 2 < CKPT_PAGES ? s->ck_hard / 2 : CKPT_PAGES;
+    s->ck_min_pages = s->ck_hard / 8 < CKPT_MIN_PAGES ? s->ck_hard / 8
+                                                        : CKPT_MIN_PAGES;
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA journal_size_limit=%lld",
+             (long long)s->wal_max);
+    return sqlite__exec_sql(db, sql, msg);
+}
+
 /* Open the first connection of a store (the caller's thread). */
 int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
 {
@@ -216,6 +282,8 @@ int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
                      WRITER_CACHE_KIB);
             rc = sqlite__exec_sql(db, sql, msg);
         }
+        if (rc == KV_OK)
+            rc = wal_bound(s, db, msg);
     }
     if (rc == KV_OK && !s->readonly)
         rc = sqlite__schema_create(db, s->path, msg);

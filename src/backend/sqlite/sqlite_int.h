@@ -17,8 +17,17 @@
 #define CKPT_PAGES 4000          /* new WAL pages that start a checkpoint   */
 #define CKPT_COMMITS 1000        /* ... or commits (light loads)            */
 #define CKPT_MIN_PAGES 256       /* ... with at least this many new pages   */
-#define CKPT_HARD_PAGES 16000    /* WAL pages: the writer checkpoints       */
 #define CKPT_FINISH_PAGES 256    /* rest the writer checkpoints to restart  */
+/* The WAL's bound in bytes (KV_SQLITE_WAL_MAX in the environment at open
+ * overrides it): the writer checkpoints inline past it, less room for one
+ * group commit, and journal_size_limit truncates the file back to it (see
+ * wal_bound, sqlite_conn.c).  The thresholds above shrink to fit a small
+ * bound. */
+#define WAL_MAX_DEFAULT (16 << 20)
+#define WAL_MAX_MIN (256 << 10)
+#define WAL_MAX_ENV "KV_SQLITE_WAL_MAX"
+#define BUSY_TIMEOUT_MS 5000 /* every connection's busy timeout; the most the
+                                writer waits for a checkpoint at the bound */
 
 /* ------------------------------------------------------------------------ */
 /* Cached statements (their SQL: sqlite_schema.c)                           */
@@ -170,6 +179,11 @@ struct sq {
     int ck_log;               /* worker: WAL pages that job saw */
     bool ck_finished;         /* the writer checkpointed inline to restart
                                * the WAL (once per WAL cycle) */
+    /* The WAL's bound (wal_bound, sqlite_conn.c): bytes, and in WAL pages
+     * when the writer checkpoints inline (hard) or a background one is due
+     * (pages, or min_pages after CKPT_COMMITS commits). */
+    int64_t wal_max;
+    int ck_hard, ck_pages, ck_min_pages;
     /* Test hook (kv__sqlite_set_max_pages), loop thread: handed to the
      * writer's next job by conn_start. */
     int64_t max_pages_req;
@@ -252,8 +266,12 @@ int sqlite__fail_msg(int code, char **msg, const char *fmt, ...)
 int sqlite__exec_sql(sqlite3 *db, const char *sql, char **msg);
 /* Prepare c's cached statement id (prep's first use; c's job). */
 int sqlite__prepare(conn *c, int id, char **msg);
-/* Open the first connection of a store, its schema created or checked
- * (kv_sqlite_open, the caller's thread). */
+/* s->wal_max from the environment (WAL_MAX_ENV) or the default: KV_OK, or
+ * KV_EINVAL with *msg set (kv_sqlite_open, the caller's thread). */
+int sqlite__wal_max_env(sq *s, char **msg);
+/* Open the first connection of a store, its schema created or checked;
+ * for a writable file store, bound its WAL (kv_sqlite_open, the caller's
+ * thread). */
 int sqlite__primary_open(sq *s, sqlite3 **out, char **msg);
 /* A reader's first job opens it (worker). */
 int sqlite__reader_open(conn *c, char **msg);

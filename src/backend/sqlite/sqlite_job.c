@@ -684,16 +684,27 @@ static void tx_lost(conn *c, sreq *upto, int rc, const char *msg)
     }
 }
 
-/* The writer's WAL hook (worker, after each commit): replaces SQLite's
- * autocheckpoint.  The checkpoint past CKPT_HARD_PAGES is PASSIVE: busy
- * (a background checkpoint is running) just means later. */
+/*
+ * The writer's WAL hook (worker, after each commit): replaces SQLite's
+ * autocheckpoint.  Past s->ck_hard the writer checkpoints (PASSIVE: it
+ * never waits for readers) before its next transaction, so the WAL
+ * restarts before it reaches s->wal_max.  While a background checkpoint
+ * holds the checkpoint lock (SQLITE_BUSY) it waits, 1 ms at a time, up to
+ * BUSY_TIMEOUT_MS: the writes wait for the WAL instead of growing it.  A
+ * reader's snapshot that the checkpoint cannot pass still lets it grow.
+ */
 int sqlite__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     conn *c = arg;
     c->wal_pages = pages;
-    if (pages >= CKPT_HARD_PAGES)
-        (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE,
-                                        NULL, NULL);
+    if (pages < c->s->ck_hard)
+        return SQLITE_OK;
+    for (int waited = 0; waited < BUSY_TIMEOUT_MS; waited++) {
+        if (sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE,
+                                      NULL, NULL) != SQLITE_BUSY)
+            break;
+        (void)sqlite3_sleep(1);
+    }
     return SQLITE_OK;
 }
 

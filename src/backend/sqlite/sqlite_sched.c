@@ -322,13 +322,13 @@ static void ck_kick(sq *s)
     }
     s->ck_seen = pages;
     int fresh = pages - s->ck_done;
-    bool due = fresh >= CKPT_PAGES ||
-               (fresh >= CKPT_MIN_PAGES &&
+    bool due = fresh >= s->ck_pages ||
+               (fresh >= s->ck_min_pages &&
                 s->stats.commits - s->ck_commits >= CKPT_COMMITS);
-    /* Past CKPT_HARD_PAGES the writer's own checkpoint must not find this
+    /* Past s->ck_hard the writer's own checkpoint must not find this
      * one running (it would be busy, and the WAL would keep growing). */
     if (s->ck_busy || s->closing || s->memory || !due ||
-        pages >= CKPT_HARD_PAGES)
+        pages >= s->ck_hard)
         return;
     s->ck_commits = s->stats.commits;
     s->ck_busy = true;
@@ -346,7 +346,7 @@ static void ck_done(kv__job *job, int status)
     s->pending--;
     if (status == KV_OK && s->ck_log >= 0)
         s->ck_done = s->ck_log;
-    else if (s->writer != NULL) /* failed: wait for CKPT_PAGES more */
+    else if (s->writer != NULL) /* failed: wait for ck_pages more */
         s->ck_done = s->ck_seen;
     sqlite__maybe_close(s);
 }
