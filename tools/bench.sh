@@ -402,7 +402,7 @@ if want("durable"):
       "the next 64 puts are submitted only when this group's futures complete "
       "(publishing before the fsync would let readers see writes a crash can "
       "still undo). The rest of a group is the writer's B-tree and WAL work for 64 "
-      "puts (with KV_SYNC_FULL the writer's WAL frames go to the file in one write "
+      "puts (with KV_SQLITE_SYNC_FULL the writer's WAL frames go to the file in one write "
       "per commit, not two per page) and the hand-off through the loop. A depth-1 "
       "put is one fsync plus its statements, about 175 us. At 88k puts/s a group "
       "takes about 0.72 ms, so the ratio is about 64 x 0.175 / 0.72 = 15x; 20x "

@@ -668,8 +668,10 @@ static int kj_close_store(kjob *j)
 static unsigned kv_flags(const tu_uri *u, int sync)
 {
     if (u->kind == TU_FS)
-        return sync == SYNC_NONE ? KV_NO_FSYNC : 0;
-    return sync == SYNC_FULL ? KV_SYNC_FULL : 0;
+        return sync == SYNC_NONE ? KV_FS_NO_FSYNC : 0;
+    if (u->kind == TU_SQLITE || u->kind == TU_SQLITE_MEM)
+        return sync == SYNC_FULL ? KV_SQLITE_SYNC_FULL : 0;
+    return 0; /* redis: durability is the server's (appendfsync) */
 }
 
 /* Puts in flight while loading (--load), at least. */
@@ -720,7 +722,7 @@ void *kb_kv_job_main(void *arg)
     if (o->load) {
         /* Load in the fastest mode the backend has (sqlite: NORMAL; fs: no
            fsync), then sync the file system and reopen as asked. */
-        unsigned lflags = u->kind == TU_FS ? KV_NO_FSYNC : 0;
+        unsigned lflags = u->kind == TU_FS ? KV_FS_NO_FSYNC : 0;
         if (u->kind == TU_SQLITE_MEM)
             lflags = run_flags;
         rc = tu_open_store(&j->store, j->loop, sec->pool, u, lflags,

@@ -643,12 +643,12 @@ static void describe(section *sec, jobresult *r)
     if (sec->is_kv) {
         const char *mode;
         if (sec->uri.kind == TU_FS)
-            mode = o->sync == SYNC_NONE ? "KV_NO_FSYNC" : "fsync per put (file + directory)";
+            mode = o->sync == SYNC_NONE ? "KV_FS_NO_FSYNC" : "fsync per put (file + directory)";
         else if (sec->uri.kind == TU_REDIS)
             mode = "durability is the server's (appendonly/appendfsync): "
                    "--sync does not apply";
         else
-            mode = o->sync == SYNC_FULL ? "KV_SYNC_FULL (synchronous=FULL)"
+            mode = o->sync == SYNC_FULL ? "KV_SQLITE_SYNC_FULL (synchronous=FULL)"
                    : o->sync == SYNC_NONE ? "synchronous=NORMAL (the API has no sync=none for sqlite)"
                                           : "synchronous=NORMAL";
         /* The loop mode the jobs get (io_uring, or fallback where it is

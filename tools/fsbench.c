@@ -287,10 +287,10 @@ int main(int argc, char **argv)
     bench_one(dir, "fsync replace one-dir", 0, 64, n64, 1, true);
     bench_one(dir, "fsync replace fanout", KV_FS_FANOUT, 64, n64, 1, true);
     bench_one(dir, "fsync replace 64-dirs", 0, 64, n64, 64, true);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 1, n64, 1, false);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 8, n64, 1, false);
-    bench_one(dir, "nofsync one-dir", KV_NO_FSYNC, 64, n64, 1, false);
-    bench_one(dir, "nofsync spread-64-dirs", KV_NO_FSYNC, 64, n64, 64, false);
+    bench_one(dir, "nofsync one-dir", KV_FS_NO_FSYNC, 1, n64, 1, false);
+    bench_one(dir, "nofsync one-dir", KV_FS_NO_FSYNC, 8, n64, 1, false);
+    bench_one(dir, "nofsync one-dir", KV_FS_NO_FSYNC, 64, n64, 1, false);
+    bench_one(dir, "nofsync spread-64-dirs", KV_FS_NO_FSYNC, 64, n64, 64, false);
     if (dir == own && nftw(own, rm_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
         perror(own);
     return 0;

@@ -852,9 +852,10 @@ int main(int argc, char **argv)
     if (reader && c.uri.kind != TU_SQLITE_MEM)
         flags |= KV_READONLY;
     if (c.uri.kind == TU_FS && sync == 0)
-        flags |= KV_NO_FSYNC;
-    if (c.uri.kind != TU_FS && sync == 2)
-        flags |= KV_SYNC_FULL;
+        flags |= KV_FS_NO_FSYNC;
+    if ((c.uri.kind == TU_SQLITE || c.uri.kind == TU_SQLITE_MEM) &&
+        sync == 2)
+        flags |= KV_SQLITE_SYNC_FULL; /* the other backends take no sync flag */
     if (reader && c.uri.path && c.uri.kind != TU_REDIS) {
         struct stat st;
         if (stat(c.uri.path, &st) != 0) {

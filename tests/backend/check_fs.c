@@ -392,7 +392,7 @@ static size_t gen_value(uint64_t seed, unsigned char *buf, size_t cap)
 START_TEST(test_value_sizes)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     /* Around the first read (4096 bytes, 40 of them header) and larger. */
     static const size_t sizes[] = {0,    1,    4055,  4056,   4057,
                                    8191, 8192, 65537, 1u << 20};
@@ -484,7 +484,7 @@ static int cmp_keyid(const void *a, const void *b)
 START_TEST(test_hostile_keys)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC | (_i == 1 ? KV_FS_FANOUT : 0));
+    env_init(&e, 0, KV_FS_NO_FSYNC | (_i == 1 ? KV_FS_FANOUT : 0));
     /* Outside the store: nothing may appear here. */
     char *outside = path_in(tmpdir, "outside");
     ck_assert_int_eq(mkdir(outside, 0755), 0);
@@ -587,7 +587,7 @@ START_TEST(test_hostile_keys)
         for (size_t i = 0; i < n; i++)
             ck_assert_str_eq(ids[i], sorted[np - 1 - i]);
         free_ids(ids, n);
-        env_reopen(&e, 0, KV_NO_FSYNC);
+        env_reopen(&e, 0, KV_FS_NO_FSYNC);
     }
     /* Prefix queries on long and dotted keys. */
     char **ids;
@@ -616,7 +616,7 @@ END_TEST
 START_TEST(test_depth)
 {
     env e;
-    env_init(&e, 3, KV_NO_FSYNC);
+    env_init(&e, 3, KV_FS_NO_FSYNC);
     uint64_t tok;
     ck_assert_kv(put_s(e.s, "/a/b/c", "ok", 0, &tok), KV_OK);
     ck_assert_kv(put_s(e.s, "/a/b/c/d", "deep", 0, NULL), KV_EINVAL);
@@ -633,7 +633,7 @@ START_TEST(test_depth)
     kv_key_free(k1);
     kv_key_free(k2);
     /* The default depth is 32. */
-    env_reopen(&e, 0, KV_NO_FSYNC);
+    env_reopen(&e, 0, KV_FS_NO_FSYNC);
     char p[256] = "";
     for (int i = 0; i < 33; i++)
         strcat(p, "/n");
@@ -680,7 +680,7 @@ static void limit_ops(kv_store *s, const kv_key *k, int want)
 START_TEST(test_key_limits)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     /* namespaces */
     kv_key *k = key_rep(KV_KEY_MAX_DEPTH, 1, 'n');
     limit_ops(e.s, k, KV_OK);
@@ -746,7 +746,7 @@ END_TEST
 START_TEST(test_long_key_cost)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     /* warm up: the token block, the root's objects */
     ck_assert_kv(put_s(e.s, "/warm", "v", 0, NULL), KV_OK);
     size_t seg = KV_KEY_MAX_LEN / 4 - 1; /* 1023 '%': 3069 escaped bytes */
@@ -855,7 +855,7 @@ static void flip_byte(const char *file, off_t off)
 START_TEST(test_corruption)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     const char *val = "the quick brown fox jumps over the lazy dog";
     uint64_t tok;
     struct {
@@ -966,7 +966,7 @@ END_TEST
 START_TEST(test_lock)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     kv_store *s2 = NULL;
     ck_assert_kv(kv_fs_open(&s2, e.loop, e.pool, root, 0, 0), KV_EBUSY);
     ck_assert_kv(kv_fs_open(&s2, e.loop, e.pool, root, 0, KV_READONLY),
@@ -991,7 +991,7 @@ END_TEST
 START_TEST(test_temp_cleanup)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     ck_assert_kv(put_s(e.s, "/d/k", "v", 0, NULL), KV_OK);
     tu_env_close_store(&e, true);
     /* A clean close leaves a marker that skips the walk; a crash leaves
@@ -1008,7 +1008,7 @@ START_TEST(test_temp_cleanup)
         fclose(fp);
         free(p);
     }
-    env_reopen(&e, 0, KV_NO_FSYNC);
+    env_reopen(&e, 0, KV_FS_NO_FSYNC);
     for (size_t i = 0; i < 2; i++)
         ck_assert(!exists(root, temps[i]));
     char **ids;
@@ -1125,7 +1125,7 @@ END_TEST
 START_TEST(test_readonly)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     ck_assert_kv(put_s(e.s, "/r", "v", 0, NULL), KV_OK);
     env_reopen(&e, 0, KV_READONLY);
     char *got = NULL;
@@ -1348,7 +1348,7 @@ END_TEST
 START_TEST(test_fanout_wrong_layout)
 {
     env e;
-    env_init(&e, 0, KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_NO_FSYNC);
     ck_assert_kv(put_s(e.s, "/f/k", "flat", 0, NULL), KV_OK);
     char *fmt = read_file(root, ".format");
     ck_assert_str_eq(fmt, FORMAT_FLAT);
@@ -1369,10 +1369,10 @@ START_TEST(test_fanout_wrong_layout)
 
     /* A flat store made before .format existed: probed as flat. */
     remove_file(root, ".format");
-    ck_assert_kv(env_open(&e, root, 0, KV_FS_FANOUT | KV_NO_FSYNC),
+    ck_assert_kv(env_open(&e, root, 0, KV_FS_FANOUT | KV_FS_NO_FSYNC),
                  KV_EINVAL);
     ck_assert(!exists(root, ".format")); /* nothing written by a refusal */
-    env_reopen(&e, 0, KV_NO_FSYNC);
+    env_reopen(&e, 0, KV_FS_NO_FSYNC);
     fmt = read_file(root, ".format");
     ck_assert_str_eq(fmt, FORMAT_FLAT);
     free(fmt);
@@ -1381,7 +1381,7 @@ START_TEST(test_fanout_wrong_layout)
 
     /* A fan-out store that lost .format is still read as fan-out. */
     char *other = path_in(tmpdir, "fan");
-    ck_assert_kv(env_open(&e, other, 0, KV_FS_FANOUT | KV_NO_FSYNC), KV_OK);
+    ck_assert_kv(env_open(&e, other, 0, KV_FS_FANOUT | KV_FS_NO_FSYNC), KV_OK);
     ck_assert_kv(put_s(e.s, "/deep/er/k", "fan", 0, NULL), KV_OK);
     tu_env_close_store(&e, true);
     remove_file(other, ".format");
@@ -1391,7 +1391,7 @@ START_TEST(test_fanout_wrong_layout)
     free(got);
     tu_env_close_store(&e, true);
     ck_assert(!exists(other, ".format")); /* read-only writes nothing */
-    ck_assert_kv(env_open(&e, other, 0, KV_NO_FSYNC), KV_OK);
+    ck_assert_kv(env_open(&e, other, 0, KV_FS_NO_FSYNC), KV_OK);
     fmt = read_file(other, ".format");
     ck_assert_str_eq(fmt, FORMAT_FANOUT);
     free(fmt);
@@ -1407,7 +1407,7 @@ START_TEST(test_fanout_wrong_layout)
     /* An empty root made beforehand is a new store: either layout. */
     char *empty = path_in(tmpdir, "empty");
     ck_assert_int_eq(mkdir(empty, 0755), 0);
-    ck_assert_kv(env_open(&e, empty, 0, KV_FS_FANOUT | KV_NO_FSYNC), KV_OK);
+    ck_assert_kv(env_open(&e, empty, 0, KV_FS_FANOUT | KV_FS_NO_FSYNC), KV_OK);
     tu_env_close_store(&e, true);
     fmt = read_file(empty, ".format");
     ck_assert_str_eq(fmt, FORMAT_FANOUT);
@@ -1424,7 +1424,7 @@ END_TEST
 START_TEST(test_fanout_query_merge)
 {
     env e;
-    env_init(&e, 0, KV_FS_FANOUT | KV_NO_FSYNC);
+    env_init(&e, 0, KV_FS_FANOUT | KV_FS_NO_FSYNC);
     char lng[600];
     memset(lng, 'L', sizeof lng - 1);
     lng[sizeof lng - 1] = '\0';
@@ -1517,7 +1517,7 @@ START_TEST(test_fanout_query_merge)
                      KV_OK);
         ck_assert_uint_eq(n, nk);
         free_ids(ids, n);
-        env_reopen(&e, 0, KV_NO_FSYNC);
+        env_reopen(&e, 0, KV_FS_NO_FSYNC);
     }
     for (size_t i = 0; i < nk; i++)
         free(keys[i]);

@@ -4,7 +4,7 @@
  * (and how groups form), two opens of one file, the token counter (its
  * reservations and its end), WAL restarts under a light load, streaming
  * queries, the snapshot of a reader connection, the writer's gathered WAL
- * writes under KV_SYNC_FULL.  The behaviour every backend
+ * writes under KV_SQLITE_SYNC_FULL.  The behaviour every backend
  * shares is in the conformance suite (tests/conformance/).
  */
 #include "config.h"
@@ -241,8 +241,30 @@ START_TEST(test_open_args)
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, "", 0), KV_EINVAL);
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0x100), KV_EINVAL);
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath,
-                                KV_SYNC_FULL | KV_NO_FSYNC),
+                                KV_SQLITE_SYNC_FULL | KV_SQLITE_SYNC_OFF),
                  KV_EINVAL);
+    /* Another backend's flag is refused, not ignored, and named. */
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, KV_FS_NO_FSYNC),
+                 KV_EINVAL);
+    ck_assert_msg(strstr(kv_last_errmsg(), "KV_FS_NO_FSYNC") != NULL &&
+                      strstr(kv_last_errmsg(), "fs") != NULL,
+                  "%s", kv_last_errmsg());
+    ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, KV_FS_FANOUT),
+                 KV_EINVAL);
+    {
+        char fsroot[4200];
+        snprintf(fsroot, sizeof fsroot, "%s.fsroot", dbpath);
+        ck_assert_kv(kv_fs_open(&s, loop, pool, fsroot, 0,
+                                KV_SQLITE_SYNC_FULL),
+                     KV_EINVAL);
+        ck_assert_msg(strstr(kv_last_errmsg(), "KV_SQLITE_SYNC_FULL") != NULL,
+                      "%s", kv_last_errmsg());
+        ck_assert_kv(kv_redis_open(&s, loop, pool, "redis://127.0.0.1:1",
+                                   KV_FS_NO_FSYNC),
+                     KV_EINVAL);
+        ck_assert_msg(strstr(kv_last_errmsg(), "KV_FS_NO_FSYNC") != NULL,
+                      "%s", kv_last_errmsg());
+    }
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, KV_SQLITE_MEMORY,
                                 KV_READONLY),
                  KV_EINVAL);
@@ -383,11 +405,11 @@ END_TEST
 
 START_TEST(test_sync_full)
 {
-    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    kv_store *s = open_store(dbpath, KV_SQLITE_SYNC_FULL);
     uint64_t t = put(s, "/durable", "yes", 0);
-    s = reopen(s, dbpath, KV_SYNC_FULL);
+    s = reopen(s, dbpath, KV_SQLITE_SYNC_FULL);
     ck_assert_uint_eq(get_is(s, "/durable", "yes"), t);
-    s = reopen(s, dbpath, KV_NO_FSYNC);
+    s = reopen(s, dbpath, KV_SQLITE_SYNC_OFF);
     put(s, "/fast", "yes", 0);
     close_store(s);
 }
@@ -730,12 +752,12 @@ static void chain_put(chain *c)
  * When a group completes, the puts its callbacks submit form the next group
  * whole: the writer starts once the loop has run those callbacks, not on
  * the first of them (which made a group of one, then one of the rest: two
- * commits, and under KV_SYNC_FULL two fsyncs, per round).
+ * commits, and under KV_SQLITE_SYNC_FULL two fsyncs, per round).
  */
 static void group_rounds(const char *path)
 {
     enum { W = 16, ROUNDS = 6 };
-    kv_store *s = open_store(path, KV_NO_FSYNC);
+    kv_store *s = open_store(path, KV_SQLITE_SYNC_OFF);
     struct kv__sqlite_stats before = stats(s);
     chain c[W];
     for (int i = 0; i < W; i++) {
@@ -889,7 +911,7 @@ static long wal_frames(const char *path, long page)
 static int light_load(kv_pool *p, int n)
 {
     kv_store *s = NULL;
-    ck_assert_kv(kv_sqlite_open(&s, loop, p, dbpath, KV_NO_FSYNC), KV_OK);
+    ck_assert_kv(kv_sqlite_open(&s, loop, p, dbpath, KV_SQLITE_SYNC_OFF), KV_OK);
     const kv_key *key = K("/wal");
     uint64_t t = put(s, "/wal", "0", 0);
     long page = page_size(dbpath);
@@ -1064,9 +1086,9 @@ static void incr_get(incr *w)
 START_TEST(test_two_opens_no_lost_update)
 {
     enum { WORKERS = 8, EACH = 60 };
-    /* Run 1: KV_SYNC_FULL, both writers on the WAL-gathering VFS, each
+    /* Run 1: KV_SQLITE_SYNC_FULL, both writers on the WAL-gathering VFS, each
      * reading the other's commits. */
-    unsigned flags = _i == 1 ? KV_SYNC_FULL : 0;
+    unsigned flags = _i == 1 ? KV_SQLITE_SYNC_FULL : 0;
     kv_store *a = open_store(dbpath, flags);
     kv_store *b = open_store(dbpath, flags);
     put(a, "/counter", "0", 0);
@@ -1136,7 +1158,7 @@ static void fill(kv_store *s, const char *prefix, int n)
 
 static void stream(const char *path, int n)
 {
-    kv_store *s = open_store(path, KV_NO_FSYNC);
+    kv_store *s = open_store(path, KV_SQLITE_SYNC_OFF);
     fill(s, "/big", n);
     put(s, "/bigger", "not below /big", 0);
     struct kv__sqlite_stats before = stats(s);
@@ -1377,7 +1399,7 @@ static void chaos(const char *path)
     const kv_key *k[] = {K("/p/a"), K("/p/b"), K("/p/c"), K("/p"), K("/moved")};
     unsigned long total = 0;
     for (unsigned long nth = 1;; nth++) {
-        kv_store *s = open_store(path, KV_NO_FSYNC);
+        kv_store *s = open_store(path, KV_SQLITE_SYNC_OFF);
         kv__alloc_fail_at(nth, false);
         int failed = chaos_round(s, k);
         unsigned long used = kv__alloc_fail_at(0, false);
@@ -1482,15 +1504,15 @@ static void check_file(const char *path, int64_t rows)
 }
 
 /*
- * With KV_SYNC_FULL the writer's WAL frame writes are gathered: a group of
+ * With KV_SQLITE_SYNC_FULL the writer's WAL frame writes are gathered: a group of
  * 64 puts of ~3 KiB (a page each, two writes per frame) reaches the file
  * in a few writes; readers, a plain connection and a reopen see all of it.
- * Without KV_SYNC_FULL nothing goes through the gathering VFS.
+ * Without KV_SQLITE_SYNC_FULL nothing goes through the gathering VFS.
  */
 START_TEST(test_walbuf_gathers_commit)
 {
     enum { N = 64, LEN = 3000 };
-    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    kv_store *s = open_store(dbpath, KV_SQLITE_SYNC_FULL);
     put_group(s, 0, 1, LEN); /* the WAL exists */
     unsigned long w0, f0, w1, f1;
     kv__sqlite_walbuf_counts(&w0, &f0);
@@ -1502,7 +1524,7 @@ START_TEST(test_walbuf_gathers_commit)
     ck_assert_uint_le(f1 - f0, 4);
     check_group(s, 0, N + 1, LEN);
     check_file(dbpath, N + 1);
-    s = reopen(s, dbpath, KV_SYNC_FULL);
+    s = reopen(s, dbpath, KV_SQLITE_SYNC_FULL);
     check_group(s, 0, N + 1, LEN);
     close_store(s);
 
@@ -1527,7 +1549,7 @@ END_TEST
 START_TEST(test_walbuf_large_transaction)
 {
     enum { N = 2500, LEN = 8192 };
-    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    kv_store *s = open_store(dbpath, KV_SQLITE_SYNC_FULL);
     kv_record *recs = calloc(N, sizeof *recs);
     unsigned char *vals = malloc((size_t)N * LEN);
     ck_assert(recs != NULL && vals != NULL);
@@ -1545,7 +1567,7 @@ START_TEST(test_walbuf_large_transaction)
     free(recs);
     free(vals);
     check_group(s, 0, N, LEN);
-    s = reopen(s, dbpath, KV_SYNC_FULL);
+    s = reopen(s, dbpath, KV_SQLITE_SYNC_FULL);
     check_group(s, 0, N, LEN);
     close_store(s);
     check_file(dbpath, N);
@@ -1561,7 +1583,7 @@ END_TEST
 START_TEST(test_walbuf_flush_fails)
 {
     enum { N = 32, LEN = 3000 };
-    kv_store *s = open_store(dbpath, KV_SYNC_FULL);
+    kv_store *s = open_store(dbpath, KV_SQLITE_SYNC_FULL);
     put_group(s, 0, N, LEN);
     kv__sqlite_walbuf_fail(1, SQLITE_IOERR_WRITE);
     kv_fut *fs[N];
@@ -1585,7 +1607,7 @@ START_TEST(test_walbuf_flush_fails)
     check_group(s, 0, N, LEN);
     check_group(s, 2000, N, LEN);
     ck_assert_uint_eq(tu_query_count(s, K("/w")), 2 * N);
-    s = reopen(s, dbpath, KV_SYNC_FULL);
+    s = reopen(s, dbpath, KV_SQLITE_SYNC_FULL);
     ck_assert_uint_eq(tu_query_count(s, K("/w")), 2 * N);
     get_is(s, "/w/001000", NULL);
     close_store(s);

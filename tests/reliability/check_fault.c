@@ -397,7 +397,7 @@ END_TEST
 
 START_TEST(test_fs_sweep_nofsync)
 {
-    sweep_all(KV_NO_FSYNC);
+    sweep_all(KV_FS_NO_FSYNC);
 }
 END_TEST
 
@@ -435,7 +435,7 @@ START_TEST(test_fs_token_refill)
     uint64_t maxtok = 0;
     unsigned long hits = 0;
     snprintf(root, sizeof root, "%s/tokcount", tmpdir);
-    env_init(&e, KV_NO_FSYNC);
+    env_init(&e, KV_FS_NO_FSYNC);
     kv__fault_arm(e.loop, -1, 0, 0);
     unsigned p = refill_puts(&e, 0, &hits, &maxtok);
     kv__fault_disarm();
@@ -447,8 +447,8 @@ START_TEST(test_fs_token_refill)
     static const struct {
         int op, res;
         unsigned flags;
-    } cases[] = {{IORING_OP_WRITE, -EIO, KV_NO_FSYNC},
-                 {IORING_OP_WRITE, -ENOSPC, KV_NO_FSYNC},
+    } cases[] = {{IORING_OP_WRITE, -EIO, KV_FS_NO_FSYNC},
+                 {IORING_OP_WRITE, -ENOSPC, KV_FS_NO_FSYNC},
                  {IORING_OP_FSYNC, -EIO, 0}};
     for (size_t c = 0; c < KV__ARRAY_SIZE(cases); c++) {
         snprintf(root, sizeof root, "%s/tok%zu", tmpdir, c);

@@ -13,7 +13,7 @@
  *    fit writes nothing, and once the limit is raised the store works again
  *    and reopens with exactly the committed records;
  *  - the kill -9 test: a child writes (puts and deletes, 8 in flight) as
- *    fast as it can with KV_SYNC_FULL and reports every acknowledged write
+ *    fast as it can with KV_SQLITE_SYNC_FULL and reports every acknowledged write
  *    through a pipe; it is killed at a random moment, the store reopened,
  *    and every acknowledged write must be there with its value and token,
  *    every acknowledged delete gone, and no record corrupt.
@@ -441,7 +441,7 @@ static void crash_child(int wfd, uint64_t seed)
     static cu_crash c;
     cr_init(&c);
     env e;
-    if (env_try(&e, dbpath, KV_SYNC_FULL) != KV_OK)
+    if (env_try(&e, dbpath, KV_SQLITE_SYNC_FULL) != KV_OK)
         _exit(30);
     cu_child_run(&c, e.loop, e.s, wfd, seed);
 }
@@ -450,7 +450,7 @@ static size_t crash_round(cu_crash *c, uint64_t seed, int delay_ms)
 {
     size_t acked = cu_child_round(c, seed, delay_ms);
     env e;
-    int rc = env_try(&e, dbpath, KV_SYNC_FULL);
+    int rc = env_try(&e, dbpath, KV_SQLITE_SYNC_FULL);
     ck_assert_msg(rc == KV_OK, "reopen: %s (%s)", kv_err_name(rc),
                   kv_last_errmsg());
     cu_check_keys(c, e.s, seed, delay_ms);

@@ -540,7 +540,7 @@ static void close_round(const backend *b, kv_loop *loop, kv_pool *pool,
                         int nops, unsigned seed, load_stats *ls)
 {
     kv_store *s;
-    ck_assert_kv(open_store(b, &s, loop, pool, b->fs ? KV_NO_FSYNC : 0),
+    ck_assert_kv(open_store(b, &s, loop, pool, b->fs ? KV_FS_NO_FSYNC : 0),
                  KV_OK);
     /* some records for the iterators and the reads */
     kv_key *prefix = NULL;

@@ -607,9 +607,10 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
         return open_fail(NULL, KV_EINVAL, "kv_fs_open: depth %u is more "
                                           "than KV_KEY_MAX_DEPTH (%u)",
                          depth, (unsigned)KV_KEY_MAX_DEPTH);
-    if (flags & ~(KV_READONLY | KV_NO_FSYNC | KV_SYNC_FULL | KV_FS_FANOUT))
-        return open_fail(NULL, KV_EINVAL, "kv_fs_open: unknown flags 0x%x",
-                         flags);
+    int frc = kv__check_open_flags(
+        "fs", flags, KV_READONLY | KV_FS_NO_FSYNC | KV_FS_FANOUT);
+    if (frc != KV_OK)
+        return frc; /* kv_last_errmsg names the flag */
     static const int need[] = {IORING_OP_OPENAT,   IORING_OP_READ,
                                IORING_OP_WRITEV,   IORING_OP_FSYNC,
                                IORING_OP_CLOSE,    IORING_OP_RENAMEAT,
@@ -634,7 +635,7 @@ int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     fd_budget(fs);
     fs->flags = flags;
     fs->readonly = (flags & KV_READONLY) != 0;
-    fs->nofsync = (flags & KV_NO_FSYNC) != 0;
+    fs->nofsync = (flags & KV_FS_NO_FSYNC) != 0;
     fs->use_openat2 = kv__loop_has_op(loop, IORING_OP_OPENAT2);
     fs->tok_wop.cb = fs__tok_wcqe;
     fs->tok_fop.cb = fs__tok_fcqe;

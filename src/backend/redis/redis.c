@@ -512,10 +512,9 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
         kv__set_errmsg("kv_redis_open: out, loop and uri are required");
         return KV_EINVAL;
     }
-    if ((flags & ~(KV_READONLY | KV_NO_FSYNC | KV_SYNC_FULL)) != 0) {
-        kv__set_errmsg("kv_redis_open: bad flags 0x%x", flags);
-        return KV_EINVAL;
-    }
+    int frc = kv__check_open_flags("redis", flags, KV_READONLY);
+    if (frc != KV_OK)
+        return frc;
     ruri u;
     int rc = redis__uri_parse(&u, uri);
     if (rc != KV_OK)

@@ -168,9 +168,14 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
                        "path are required");
         return KV_EINVAL;
     }
-    if ((flags & ~(KV_READONLY | KV_SYNC_FULL | KV_NO_FSYNC)) != 0 ||
-        ((flags & KV_SYNC_FULL) && (flags & KV_NO_FSYNC))) {
-        kv__set_errmsg("kv_sqlite_open: bad flags 0x%x", flags);
+    int frc = kv__check_open_flags("sqlite", flags,
+                                   KV_READONLY | KV_SQLITE_SYNC_FULL |
+                                       KV_SQLITE_SYNC_OFF);
+    if (frc != KV_OK)
+        return frc;
+    if ((flags & KV_SQLITE_SYNC_FULL) && (flags & KV_SQLITE_SYNC_OFF)) {
+        kv__set_errmsg("kv_sqlite_open: KV_SQLITE_SYNC_FULL and "
+                       "KV_SQLITE_SYNC_OFF exclude each other");
         return KV_EINVAL;
     }
     bool memory = strcmp(path, KV_SQLITE_MEMORY) == 0;
@@ -197,9 +202,9 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     kv__list_init(&s->cursors);
     s->memory = memory;
     s->readonly = (flags & KV_READONLY) != 0;
-    s->sync = (flags & KV_SYNC_FULL)  ? "FULL"
-              : (flags & KV_NO_FSYNC) ? "OFF"
-                                      : "NORMAL";
+    s->sync = (flags & KV_SQLITE_SYNC_FULL)  ? "FULL"
+              : (flags & KV_SQLITE_SYNC_OFF) ? "OFF"
+                                             : "NORMAL";
     s->max_read_jobs = READ_JOBS_PER_THREAD * kv_pool_size(pool);
     if (s->max_read_jobs == 0)
         s->max_read_jobs = 1;

@@ -2,7 +2,7 @@
  * backend/sqlite/sqlite_vfs.c - a VFS over SQLite's default one that
  * gathers the writes of a WAL file into one write per commit (SQLite makes
  * two per frame), flushed before any other call on the file.
- * Safe with synchronous=FULL only: the writer of a KV_SYNC_FULL store uses
+ * Safe with synchronous=FULL only: the writer of a KV_SQLITE_SYNC_FULL store uses
  * it.  Threads: a file is used by one connection, on one thread at a time;
  * the counters are atomics for tests.  Why and why safe: docs/DESIGN.md,
  * "backend/sqlite".
