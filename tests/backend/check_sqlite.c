@@ -252,7 +252,7 @@ START_TEST(test_open_args)
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, KV_FS_FANOUT),
                  KV_EINVAL);
     {
-        char fsroot[4200];
+        char fsroot[4300];
         snprintf(fsroot, sizeof fsroot, "%s.fsroot", dbpath);
         ck_assert_kv(kv_fs_open(&s, loop, pool, fsroot, 0,
                                 KV_SQLITE_SYNC_FULL),

@@ -5,7 +5,8 @@
  * documented error or a correct result: NULL for every pointer argument of
  * every call, zero-length values, a 4 GiB value length (KV_EINVAL before a
  * byte is read: the buffer passed is 16 bytes long), keys with control
- * bytes, "..", 10 KiB namespaces, keys deeper than an fs store's depth,
+ * bytes, "..", namespaces of KV_NS_MAX_LEN bytes and one byte more, keys
+ * deeper than an fs store's depth,
  * tokens 0, 1, INT64_MAX and UINT64_MAX, negative and extreme offsets and
  * limits, unknown sort orders, and batches of 0 and 100,000 records
  * (under a descriptor limit of 512).
@@ -839,13 +840,15 @@ END_TEST
 START_TEST(test_hostile_keys)
 {
     OPEN(c);
-    char *long_a = malloc(10241 + 2), *long_pct = malloc(10241 + 2);
+    /* namespaces as long as the limit allows (KV_NS_MAX_LEN) */
+    enum { L = KV_NS_MAX_LEN };
+    char *long_a = malloc(L + 2), *long_pct = malloc(L + 2);
     long_a[0] = long_pct[0] = '/';
-    memset(long_a + 1, 'a', 10240);
-    memset(long_pct + 1, '%', 10240); /* escaped three-fold on fs */
-    long_a[10241] = long_pct[10241] = '\0';
-    char *long_mix = malloc(10300);
-    snprintf(long_mix, 10300, "/pre/%s/post:x", long_a + 1);
+    memset(long_a + 1, 'a', L);
+    memset(long_pct + 1, '%', L); /* escaped three-fold on fs */
+    long_a[L + 1] = long_pct[L + 1] = '\0';
+    char *long_mix = malloc(L + 64);
+    snprintf(long_mix, L + 64, "/pre/%s/post:x", long_a + 1);
     char ctl[64];
     size_t o = 0;
     ctl[o++] = '/';
@@ -933,6 +936,16 @@ START_TEST(test_hostile_keys)
     free(ks);
     free(long_a);
     free(long_pct);
+    {
+        /* one byte over KV_NS_MAX_LEN: KV_EINVAL on every backend */
+        char *over = malloc(L + 3);
+        over[0] = '/';
+        memset(over + 1, 'b', L + 1);
+        over[L + 2] = '\0';
+        kv_key *ko = K(c, over);
+        free(over);
+        PUT_FAILS(c, ko, "x", 1, 0, KV_EINVAL);
+    }
     free(long_mix);
     ctx_done(c);
 }
@@ -960,8 +973,8 @@ START_TEST(test_depth)
     kv_fut_free(f);
     if (c->b->fs)
         GET(c, K(c, "/x"), NULL, 0);
-    /* a key 1000 namespaces deep: KV_EINVAL on fs (depth 4), fine on
-     * SQLite */
+    /* a key 1000 namespaces deep: over KV_KEY_MAX_DEPTH, refused by the
+     * store layer on every backend */
     char *p = malloc(4000);
     size_t o = 0;
     for (int i = 0; i < 1000; i++)
@@ -969,9 +982,8 @@ START_TEST(test_depth)
     kv_key *d1000 = K(c, p);
     free(p);
     ck_assert_uint_eq(kv_key_len(d1000), 1000);
-    PUT_FAILS(c, d1000, "deep", 4, 0, deep);
-    if (!c->b->fs)
-        GET(c, d1000, "deep", 4);
+    PUT_FAILS(c, d1000, "deep", 4, 0, KV_EINVAL);
+    EXPECT(kv_get(c->s, d1000, NULL), KV_EINVAL);
     ctx_done(c);
 
     /* the default depth of an fs store is KV_FS_DEFAULT_DEPTH */
