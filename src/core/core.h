@@ -202,7 +202,6 @@ void kv__fut_unref(kv_fut *f); /* kv_fut_free is the same for the caller */
  */
 bool kv__fut_finish(kv_fut *f, int status, const char *fmt, ...)
     KV__PRINTF(3, 4);
-bool kv__fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap);
 
 /*
  * Called by kv_fut_cancel while f is pending, before f completes

@@ -25,7 +25,6 @@ int kv__emu_new(kv__emu **out, kv_loop *loop, struct io_uring *ring,
 void kv__emu_free(kv__emu *e); /* the loop must be idle (not alive) */
 /* Set the opcodes the emulator runs in a kv__loop_has_op bitmap. */
 void kv__emu_probe(unsigned char ops[32]);
-bool kv__emu_has_op(int opcode);
 /*
  * Take every SQE prepared since the last submit (chains whole): pool jobs,
  * timers, socket waits or local completions; a chain whose request cannot

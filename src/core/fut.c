@@ -85,6 +85,9 @@ kv_fut *kv__fut_new(kv_loop *loop)
     return f;
 }
 
+static bool fut_finishv(kv_fut *f, int status, const char *fmt,
+                        va_list ap);
+
 kv_fut *kv__fut_failed(kv_loop *loop, int code, const char *fmt, ...)
 {
     kv_fut *f = kv__fut_new(loop);
@@ -92,7 +95,7 @@ kv_fut *kv__fut_failed(kv_loop *loop, int code, const char *fmt, ...)
         return &oom_fut;
     va_list ap;
     va_start(ap, fmt);
-    kv__fut_finishv(f, code, fmt, ap);
+    fut_finishv(f, code, fmt, ap);
     va_end(ap);
     return f;
 }
@@ -154,7 +157,7 @@ static void queue_ready(kv_fut *f)
     kv__list_push_back(kv__loop_ready(f->loop), &f->ready);
 }
 
-bool kv__fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap)
+static bool fut_finishv(kv_fut *f, int status, const char *fmt, va_list ap)
 {
     if (f == NULL || f->is_static || f->done)
         return false;
@@ -173,7 +176,7 @@ bool kv__fut_finish(kv_fut *f, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    bool r = kv__fut_finishv(f, status, fmt, ap);
+    bool r = fut_finishv(f, status, fmt, ap);
     va_end(ap);
     return r;
 }

@@ -446,11 +446,13 @@ static void start_local(kv__emu *e, emu_req *q)
     local_push(e, q);
 }
 
+static bool emu_has_op(int opcode);
+
 static bool is_local(const struct io_uring_sqe *s)
 {
     return s->opcode == IORING_OP_NOP ||
            s->opcode == IORING_OP_TIMEOUT_REMOVE ||
-           s->opcode == IORING_OP_ASYNC_CANCEL || !kv__emu_has_op(s->opcode);
+           s->opcode == IORING_OP_ASYNC_CANCEL || !emu_has_op(s->opcode);
 }
 
 /* Queue a completion on the ring (room checked by the caller). */
@@ -541,7 +543,7 @@ static bool start_chain(kv__emu *e, unsigned head, unsigned n)
     return true;
 }
 
-bool kv__emu_has_op(int opcode)
+static bool emu_has_op(int opcode)
 {
     for (size_t i = 0; i < KV__ARRAY_SIZE(supported); i++)
         if (supported[i] == opcode)

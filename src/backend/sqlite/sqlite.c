@@ -120,7 +120,7 @@ static void sq_destroy(kv_store *store)
     store->backend = NULL;
 }
 
-const struct kv_backend_ops kv__sqlite_ops = {
+static const struct kv_backend_ops sqlite_ops = {
     .version = KV__BACKEND_VERSION,
     .name = "sqlite",
     .atomic_batch = true,
@@ -136,7 +136,7 @@ const struct kv_backend_ops kv__sqlite_ops = {
 
 int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
 {
-    if (store == NULL || out == NULL || store->ops != &kv__sqlite_ops ||
+    if (store == NULL || out == NULL || store->ops != &sqlite_ops ||
         store->backend == NULL)
         return KV_EINVAL;
     const sq *s = store->backend;
@@ -147,7 +147,7 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
 #ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
 {
-    if (store == NULL || store->ops != &kv__sqlite_ops ||
+    if (store == NULL || store->ops != &sqlite_ops ||
         store->backend == NULL)
         return KV_EINVAL;
     sq *s = store->backend;
@@ -229,7 +229,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             if (!s->memory)
                 (void)sqlite3_wal_hook(c->db, sqlite__wal_hook, c);
         }
-        rc = kv__store_new(out, &kv__sqlite_ops, s, loop, pool, flags);
+        rc = kv__store_new(out, &sqlite_ops, s, loop, pool, flags);
     }
     if (rc != KV_OK) {
         kv__set_errmsg("%s", msg != NULL ? msg : kv_strerror(rc));

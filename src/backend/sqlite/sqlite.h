@@ -7,8 +7,6 @@
 
 #include "store/backend.h"
 
-extern const struct kv_backend_ops kv__sqlite_ops;
-
 /*
  * sqlite.c test hook: counters of a SQLite store since it opened (loop
  * thread).  KV_EINVAL if s is not a SQLite store.
