@@ -310,7 +310,8 @@ static bool copy_data(kv__frec *r, const struct io_uring_sqe *sqe)
     if (sqe->opcode == IORING_OP_WRITEV) {
         size_t at = 0;
         for (unsigned i = 0; i < sqe->len; i++) {
-            memcpy(r->data + at, iov[i].iov_base, iov[i].iov_len);
+            if (iov[i].iov_len > 0)
+                memcpy(r->data + at, iov[i].iov_base, iov[i].iov_len);
             at += iov[i].iov_len;
         }
     } else if (total > 0) {

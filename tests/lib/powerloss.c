@@ -451,7 +451,8 @@ static int apply_write(unsigned char **buf, size_t *blen, uint64_t off,
         *buf = q;
         *blen = end;
     }
-    memcpy(*buf + off, data, len);
+    if (len > 0) /* an empty write may come with no buffer */
+        memcpy(*buf + off, data, len);
     return 0;
 }
 
@@ -812,8 +813,10 @@ int pl_crash(const pl_base *base, const kv__frec *const *trace, size_t n,
             world_free(&w);
             return fail(err, cap, "out of memory");
         }
-        memcpy(d->dur, s->dur, s->durlen);
-        memcpy(d->cur, s->dur, s->durlen);
+        if (s->durlen > 0) { /* s->dur may be NULL when empty */
+            memcpy(d->dur, s->dur, s->durlen);
+            memcpy(d->cur, s->dur, s->durlen);
+        }
     }
     for (size_t i = 0; rc == 0 && i < base->nents; i++)
         rc = vol_set(&w, base->ents[i].dir, base->ents[i].name,
