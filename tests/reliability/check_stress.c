@@ -419,6 +419,17 @@ static void *group_thread(void *arg)
     return NULL;
 }
 
+/* Half the counters exist at the start ("0"); the others are created by
+ * their first increment (an insert race). */
+static void seed_counters(kv_store *s, kv_key **keys)
+{
+    for (int i = 0; i < NCOUNTERS; i += 2) {
+        kv_fut *f = kv_put_value(s, keys[i], "0", 1, NULL);
+        ck_assert_kv(kv_wait(f), KV_OK);
+        kv_fut_free(f);
+    }
+}
+
 START_TEST(test_lost_update)
 {
     const backend *b = &backends[_i];
@@ -432,11 +443,7 @@ START_TEST(test_lost_update)
     kv_store *s = open_env(b, &loop, &pool, 4);
     /* half the counters exist at the start, the others are created by
      * the first increment (an insert race) */
-    for (int i = 0; i < NCOUNTERS; i += 2) {
-        kv_fut *f = kv_put_value(s, keys[i], "0", 1, NULL);
-        ck_assert_kv(kv_wait(f), KV_OK);
-        kv_fut_free(f);
-    }
+    seed_counters(s, keys);
     long ok = 0, conflicts = 0;
     const char *form;
     if (!b->memory && !b->fs) {
@@ -1060,11 +1067,7 @@ START_TEST(test_shared_store_threads)
     kv_loop *loop;
     kv_pool *pool;
     kv_store *s = open_env(b, &loop, &pool, 4);
-    for (int i = 0; i < NCOUNTERS; i += 2) {
-        kv_fut *f = kv_put_value(s, keys[i], "0", 1, NULL);
-        ck_assert_kv(kv_wait(f), KV_OK);
-        kv_fut_free(f);
-    }
+    seed_counters(s, keys);
     atomic_int done;
     atomic_init(&done, 0);
     shared_arg ta[NGROUPS];
