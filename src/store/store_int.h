@@ -1,19 +1,38 @@
 /*
- * store/store_int.h - what the files of the store layer (store.c, iter.c,
- * helpers.c, key.c, record.c) share; backends need none of it.
+ * store/store_int.h - what the files of the store layer share; backends
+ * need none of it.
  */
 #ifndef KV_STORE_INT_H
 #define KV_STORE_INT_H
 
 #include "store/backend.h"
 
-/*
- * Store-layer internals shared by store.c, iter.c and helpers.c (backends
- * need none of these).
- */
-/* A request with op set and no items; NULL on OOM. */
+/* store.c: a store's state (kv_store.state). */
+enum { KV__ST_OPEN = 0, KV__ST_CLOSING, KV__ST_CLOSED };
+
+/* req->kind: which public call a request serves, for the generic
+ * completion (req.c) and the admission limit's message. */
+enum {
+    KV__K_NONE = 0,
+    KV__K_HAS,
+    KV__K_HAS_MANY,
+    KV__K_GET,
+    KV__K_GET_MANY,
+    KV__K_PUT,
+    KV__K_PUT_MANY,
+    KV__K_DELETE,
+    KV__K_DELETE_MANY,
+    KV__K_PUT_ATOMIC,
+    KV__K_DELETE_ATOMIC,
+    KV__K_MOVE,
+    KV__K_DROP
+};
+
+/* req.c: finish f with status and msg (NULL or empty: no message). */
+void kv__fut_fail_msg(kv_fut *f, int status, const char *msg);
+/* req.c: a request with op set and no items; NULL on OOM. */
 kv__req *kv__req_new(kv_store *s, kv__opcode op);
-/* Link req in the in-flight list and call ops->submit. */
+/* req.c: link req in the in-flight list and call ops->submit. */
 void kv__req_submit(kv__req *req);
 /*
  * Give req a new future (the caller's reference plus one the request holds
@@ -75,7 +94,7 @@ static inline kv_loop *kv__floop(const kv_store *s)
 {
     return kv__loop_on_thread(s->loop) ? s->loop : kv__thread_loop();
 }
-/* store.c: start req on the store's thread: KV_ECLOSED if the store closed
+/* req.c: start req on the store's thread: KV_ECLOSED if the store closed
  * since the caller checked it (req freed), else as kv__req_start. */
 kv_fut *kv__req_start_here(kv__req *req);
 /*
@@ -93,7 +112,7 @@ kv_fut *kv__forward_query_open(kv_store *s, const kv_query *q,
 enum { KV__ITER_NEXT, KV__ITER_FETCH_ALL, KV__ITER_DISPOSE };
 kv_fut *kv__forward_iter(kv_iter *it, int what, kv_loop *caller);
 
-/* A set of borrowed keys (open addressing on kv_key_hash). */
+/* keyset.c: a set of borrowed keys (open addressing on kv_key_hash). */
 typedef struct kv__keyset {
     const kv_key **slots;
     size_t cap; /* a power of two, 0 if empty */
