@@ -48,11 +48,11 @@ static kv_fut *check_key(kv_store *s, const kv_key *key, const char *what,
         }
     }
     if (why != NULL && single)
-        return kv__fut_failed(s->loop, KV_EINVAL,
+        return kv__fut_failed(kv__floop(s), KV_EINVAL,
                               "%s has more than %zu %s (the key limits "
                               "of kvstore.h)", what, lim, why);
     if (why != NULL)
-        return kv__fut_failed(s->loop, KV_EINVAL,
+        return kv__fut_failed(kv__floop(s), KV_EINVAL,
                               "%s[%zu] has more than %zu %s (the key limits "
                               "of kvstore.h)", what, i, lim, why);
     return NULL;

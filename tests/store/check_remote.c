@@ -131,6 +131,17 @@ START_TEST(test_forwarded_calls)
     ck_assert_ptr_eq(kv_fut_loop(bad), mine);
     ck_assert_kv(kv_wait(bad), KV_EINVAL);
     kv_fut_free(bad);
+    /* and a key over the limits (checked after the NULL/empty checks) */
+    char deep[4 * (KV_KEY_MAX_DEPTH + 1) + 1];
+    for (int i = 0; i <= KV_KEY_MAX_DEPTH; i++)
+        memcpy(deep + 4 * i, "/n:v", 4);
+    deep[sizeof deep - 1] = '\0';
+    kv_key *dk = key(deep);
+    bad = kv_put_value(d.s, dk, "v", 1, NULL);
+    ck_assert_ptr_eq(kv_fut_loop(bad), mine);
+    ck_assert_kv(kv_wait(bad), KV_EINVAL);
+    kv_fut_free(bad);
+    kv_key_free(dk);
     /* cancel: the caller's future completes at once */
     kv_fut *c = kv_get(d.s, k, NULL);
     kv_fut_cancel(c);
