@@ -3,7 +3,10 @@
  * store's loop thread: the call is handed to the store's loop (its list of
  * forwarded calls and eventfd, no lock), made there, and its outcome is
  * posted back to the calling thread's loop, where the caller's future
- * completes.  The threading model is in docs/DESIGN.md ("store": threads).
+ * completes.  kv_fut_cancel on the caller's future completes it at once and
+ * sends a second call that cancels the call's own future on the store's
+ * thread, so the backend stops the work.  The threading model is in
+ * docs/DESIGN.md ("store": threads).
  */
 #include "config.h"
 
@@ -14,9 +17,13 @@
 typedef struct remote remote;
 struct remote {
     kv__call call;   /* to the store's loop */
+    kv__call cancel; /* to the store's loop after a cancel (cancel_run) */
     kv__job job;     /* back to the caller's loop (its done: remote_back) */
+    kv_loop *target; /* the store's loop */
     kv_fut *outer;   /* the caller's future (a reference; caller thread) */
+    kv_fut *inner;   /* the call's future while pending (store thread) */
     atomic_bool canceled; /* outer was cancelled: do not start the call */
+    atomic_int refs; /* the round trip, plus a cancel call in flight */
     /* What to do on the store's thread: start req, or call fn. */
     kv__req *req;
     kv_fut *(*fn)(remote *r);
@@ -29,6 +36,13 @@ struct remote {
     kv__fut_xfer x;  /* the outcome, on its way back */
 };
 
+/* Drop a reference: the last frees r (on whichever thread that is). */
+static void remote_release(remote *r)
+{
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
+        kv__free(r);
+}
+
 /* Caller thread: the outcome arrived (job posted by the store's thread). */
 static void remote_back(kv__job *job, int status)
 {
@@ -36,8 +50,10 @@ static void remote_back(kv__job *job, int status)
     remote *r = KV__CONTAINER_OF(job, remote, job);
     kv__fut_import(r->outer, &r->x); /* released if outer was cancelled */
     kv__fut_unref(r->outer);
+    r->outer = NULL;
     kv_key_free((kv_key *)r->q.key);
-    kv__free(r);
+    r->q.key = NULL;
+    remote_release(r);
 }
 
 /* Store thread: hand the outcome back. */
@@ -49,6 +65,7 @@ static void remote_post(remote *r)
 static void remote_inner_done(kv_fut *inner, void *arg)
 {
     remote *r = arg;
+    r->inner = NULL;
     kv__fut_export(inner, &r->x);
     kv_fut_free(inner);
     remote_post(r);
@@ -78,15 +95,33 @@ static void remote_run(kv__call *c)
                                   KV_OK) {
         kv_fut_cancel(inner); /* no-op if done; else it could not wait */
         remote_inner_done(inner, r);
+        return;
     }
+    r->inner = inner; /* until remote_inner_done */
 }
 
-/* Caller thread: kv_fut_cancel on the caller's future. */
+/* Store thread: the caller cancelled; stop the call if it still runs (its
+ * future completes KV_ECANCELED and remote_inner_done posts that back, to
+ * a caller's future that is already done). */
+static void cancel_run(kv__call *c)
+{
+    remote *r = KV__CONTAINER_OF(c, remote, cancel);
+    if (r->inner != NULL)
+        kv_fut_cancel(r->inner);
+    remote_release(r);
+}
+
+/* Caller thread: kv_fut_cancel on the caller's future, which completes
+ * KV_ECANCELED at once.  The round trip is still pending (remote_back has
+ * not run: it runs on this thread), so the store's loop is alive. */
 static void remote_on_cancel(kv_fut *f, void *arg)
 {
     (void)f;
     remote *r = arg;
     atomic_store_explicit(&r->canceled, true, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    r->cancel.run = cancel_run;
+    kv__loop_call(r->target, &r->cancel);
 }
 
 static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
@@ -108,7 +143,9 @@ static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
     }
     kv__fut_ref(f);
     r->outer = f;
+    r->target = target;
     atomic_init(&r->canceled, false);
+    atomic_init(&r->refs, 1);
     kv__fut_on_cancel(f, remote_on_cancel, r);
     r->job.done = remote_back;
     kv__loop_expect(caller, &r->job);

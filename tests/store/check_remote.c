@@ -16,6 +16,7 @@
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
 /* A driver thread that owns a loop and a model store and runs the loop      */
@@ -329,6 +330,87 @@ START_TEST(test_admission_limit_remote)
 }
 END_TEST
 
+typedef struct gate {
+    sem_t in, go;
+} gate;
+
+/* A pool job that holds its worker until the gate opens. */
+static int hold_worker(void *arg)
+{
+    gate *g = arg;
+    sem_post(&g->in);
+    while (sem_wait(&g->go) != 0)
+        ;
+    return KV_OK;
+}
+
+typedef struct marker {
+    kv__call call;
+    sem_t ran;
+} marker;
+
+static void mark_run(kv__call *c)
+{
+    marker *m = (marker *)(void *)c;
+    sem_post(&m->ran);
+}
+
+/* kv_fut_cancel on a forwarded call that already reached the backend
+ * cancels it there: with every pool worker held, the model's job waits in
+ * the pool's queue, and only the backend's cancel can take it out before
+ * the workers are released. */
+START_TEST(test_cancel_reaches_backend)
+{
+    driver d;
+    driver_start(&d);
+    kv_loop *mine;
+    ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
+    gate g;
+    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
+    kv_fut *held[2];
+    for (int i = 0; i < 2; i++) {
+        held[i] = kv_pool_work(mine, d.pool, hold_worker, &g);
+        while (sem_wait(&g.in) != 0)
+            ;
+    }
+    kv_key *k = key("/c");
+    kv_fut *f = kv_get(d.s, k, NULL);
+    /* Calls run oldest first: once the marker ran, the get is in the
+     * backend, queued behind the held workers. */
+    marker m;
+    ck_assert_int_eq(sem_init(&m.ran, 0, 0), 0);
+    m.call.run = mark_run;
+    kv__loop_call(d.loop, &m.call);
+    while (sem_wait(&m.ran) != 0)
+        ;
+    ck_assert_uint_eq(kv_store_inflight(d.s), 1);
+    kv_fut_cancel(f);
+    ck_assert_kv(kv_fut_status(f), KV_ECANCELED);
+    /* The request leaves the store while the workers are still held. */
+    for (int i = 0; i < 100000 && kv_store_inflight(d.s) != 0; i++)
+        usleep(100);
+    ck_assert_uint_eq(kv_store_inflight(d.s), 0);
+    sem_post(&g.go);
+    sem_post(&g.go);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_kv(kv_wait(held[i]), KV_OK);
+        kv_fut_free(held[i]);
+    }
+    kv_fut_free(f);
+    sem_destroy(&g.in);
+    sem_destroy(&g.go);
+    sem_destroy(&m.ran);
+    EXPECT(kv_close(d.s), KV_OK);
+    kv_store_free(d.s);
+    ck_assert_kv(driver_stop(&d), KV_OK);
+    while (kv_loop_alive(mine))
+        ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    kv_key_free(k);
+}
+END_TEST
+
 static Suite *remote_suite(void)
 {
     Suite *s = suite_create("remote");
@@ -339,6 +421,7 @@ static Suite *remote_suite(void)
     tcase_add_test(tc, test_loop_free_busy);
     tcase_add_test(tc, test_admission_limit);
     tcase_add_test(tc, test_admission_limit_remote);
+    tcase_add_test(tc, test_cancel_reaches_backend);
     suite_add_tcase(s, tc);
     return s;
 }
