@@ -167,7 +167,8 @@ typedef struct kv_loop_opts {
 typedef enum kv_run_mode {
     KV_RUN_DEFAULT = 0, /* run until nothing is pending                     */
     KV_RUN_ONCE = 1,    /* wait for at least one event, process, return     */
-    KV_RUN_NOWAIT = 2   /* process what is ready without waiting, return    */
+    KV_RUN_NOWAIT = 2,  /* process what is ready without waiting, return    */
+    KV_RUN_WAIT = 3     /* as ONCE, but also wait when nothing is pending   */
 } kv_run_mode;
 
 /*
@@ -192,8 +193,18 @@ KV_EXTERN const char *kv_loop_backend(const kv_loop *loop);
  * Run the loop: reap completions, complete futures and run their callbacks.
  * Returns a positive value if work is still pending, 0 if not, or a negative
  * code on a fatal ring error.  KV_RUN_DEFAULT also returns (positive) when
- * what is pending can no longer progress on its own.  Must not be called
- * from inside a callback nor off the loop thread (KV_EINVAL).
+ * what is pending can no longer progress on its own.  KV_RUN_ONCE and
+ * KV_RUN_DEFAULT return at once (0) on a loop with nothing pending.
+ * KV_RUN_WAIT is for a thread that only serves the loop (say, the thread of
+ * a store other threads call): it waits for at least one event even when
+ * nothing is pending, so a call forwarded from another thread or a
+ * kv_loop_wake ends the wait:
+ *
+ *     while (!atomic_load(&stop))           // set stop, then kv_loop_wake
+ *         if (kv_loop_run(loop, KV_RUN_WAIT) < 0) break;
+ *
+ * Must not be called from inside a callback nor off the loop thread
+ * (KV_EINVAL); an unknown mode is KV_EINVAL.
  */
 KV_EXTERN int kv_loop_run(kv_loop *loop, kv_run_mode mode);
 
@@ -265,8 +276,8 @@ KV_EXTERN int kv_loop_timeout(const kv_loop *loop);
 /*
  * Wake the loop, from any thread (like libuv's uv_async_send): kv_loop_fd
  * becomes readable, and a kv_loop_run or kv_wait blocked on the loop
- * thread returns from its wait (KV_RUN_ONCE returns; KV_RUN_DEFAULT and
- * kv_wait go on until their own end).  Wakes coalesce: several calls
+ * thread returns from its wait (KV_RUN_ONCE and KV_RUN_WAIT return;
+ * KV_RUN_DEFAULT and kv_wait go on until their own end).  Wakes coalesce: several calls
  * before the loop runs make one wake-up.  A wake is answered by the first
  * turn of a run that starts after it, so a service that sets a flag of its
  * own and then calls kv_loop_wake (say, to stop) finds the flag after that

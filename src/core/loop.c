@@ -579,7 +579,8 @@ static int turn(kv_loop *loop, kv_run_mode mode)
 
     bool block = mode != KV_RUN_NOWAIT && !progressed &&
                  kv__list_empty(&loop->ready) &&
-                 (loop->inflight > 0 || loop->jobs > 0);
+                 (loop->inflight > 0 || loop->jobs > 0 ||
+                  mode == KV_RUN_WAIT);
     unsigned timeout_ms = 0;
     if (block) {
         /* Armed even without jobs: kv_loop_wake must end the wait. */
@@ -613,7 +614,8 @@ int kv_loop_run(kv_loop *loop, kv_run_mode mode)
 {
     if (loop == NULL || loop->running)
         return KV_EINVAL;
-    if (mode != KV_RUN_DEFAULT && mode != KV_RUN_ONCE && mode != KV_RUN_NOWAIT)
+    if (mode != KV_RUN_DEFAULT && mode != KV_RUN_ONCE &&
+        mode != KV_RUN_NOWAIT && mode != KV_RUN_WAIT)
         return KV_EINVAL;
     if (!pthread_equal(pthread_self(), loop->owner)) {
         /* The ring (SINGLE_ISSUER, a registered ring fd) is the owner's. */

@@ -549,6 +549,36 @@ START_TEST(test_wake_blocking_run)
 }
 END_TEST
 
+/* KV_RUN_WAIT waits on a loop with nothing pending, until a wake (hosted
+ * or not); KV_RUN_ONCE returns at once there. */
+START_TEST(test_run_wait_idle)
+{
+    int mode = _i % NMODES;
+    bool hosted = _i >= NMODES;
+    kv_loop *loop = mode_loop(mode);
+    if (hosted)
+        ck_assert_int_ge(kv_loop_fd(loop), 0);
+    ck_assert(!kv_loop_alive(loop));
+    ck_assert_int_eq(kv_loop_run(loop, KV_RUN_ONCE), 0);
+    waker w = {.loop = loop};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, waker_main, &w), 0);
+    atomic_store(&w.go, 1);
+    int returns = 0;
+    while (!flag_set(&w)) {
+        ck_assert_int_eq(kv_loop_run(loop, KV_RUN_WAIT), 0);
+        returns++;
+    }
+    /* A run that did not wait would have returned thousands of times in
+     * the waker's 30 ms. */
+    ck_assert_int_le(returns, 3);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    ck_assert_kv(w.rc, KV_OK);
+    ck_assert_int_eq(kv_loop_run(loop, (kv_run_mode)7), KV_EINVAL);
+    tu_finish_loop(loop);
+}
+END_TEST
+
 START_TEST(test_bad_args)
 {
     ck_assert_int_eq(kv_loop_fd(NULL), KV_EINVAL);
@@ -575,6 +605,7 @@ int main(void)
     tcase_add_loop_test(tc, test_no_busy_loop, 0, NMODES * NDRVS);
     tcase_add_loop_test(tc, test_wake_other_thread, 0, NMODES * NDRVS);
     tcase_add_loop_test(tc, test_wake_blocking_run, 0, 2 * NMODES);
+    tcase_add_loop_test(tc, test_run_wait_idle, 0, 2 * NMODES);
     tcase_add_test(tc, test_bad_args);
     suite_add_tcase(s, tc);
     return tu_run(s);

@@ -42,13 +42,11 @@ static void *driver_main(void *arg)
     sem_post(&d->ready);
     if (d->rc != KV_OK)
         return NULL;
-    /* A long timer keeps kv_loop_run blocking; forwarded calls wake it. */
-    kv_fut *keep = kv_sleep(d->loop, 3600 * 1000);
+    /* A thread that only serves the store: KV_RUN_WAIT blocks even when
+     * nothing is pending; forwarded calls wake it. */
     while (!atomic_load(&d->stop))
-        if (kv_loop_run(d->loop, KV_RUN_ONCE) < 0)
+        if (kv_loop_run(d->loop, KV_RUN_WAIT) < 0)
             break;
-    kv_fut_cancel(keep);
-    kv_fut_free(keep);
     while (kv_loop_alive(d->loop))
         if (kv_loop_run(d->loop, KV_RUN_DEFAULT) < 0)
             break;
