@@ -7,7 +7,8 @@
  * KV_ECORRUPT at that record (fetch_all), naming its key (kv_fut_keys),
  * and next goes on after it; with it, next and fetch_all return the 299
  * good records in order and kv_iter_corrupt lists the one key.
- * SQLite: a row whose token was damaged behind the store's back.
+ * SQLite: a row whose token was damaged behind the store's back; Redis
+ * (when tests/redis_env.sh has started a server): a record hash likewise.
  * Typed iterators (fs and SQLite): values the codec rejects with
  * KV_ECORRUPT are reported the same way.
  */
@@ -18,6 +19,9 @@
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#ifdef HAVE_HIREDIS
+#include <hiredis/hiredis.h>
+#endif
 
 enum { NREC = 300, BAD = 150 };
 
@@ -378,6 +382,83 @@ START_TEST(test_sqlite_bad_row)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* Redis: a record hash damaged behind the store's back                     */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_redis_bad_hash)
+{
+#ifndef HAVE_HIREDIS
+    return;
+#else
+    const char *base = getenv("KV_TEST_REDIS");
+    if (base == NULL || strncmp(base, "redis://", 8) != 0) {
+        fprintf(stderr, "check_corrupt: KV_TEST_REDIS not set (tests/"
+                        "redis_env.sh sets it): test_redis_bad_hash "
+                        "skipped\n");
+        return;
+    }
+    char host[256];
+    int port = 0;
+    ck_assert_int_eq(sscanf(base + 8, "%255[^:]:%d", host, &port), 2);
+    char prefix[128], uri[512];
+    snprintf(prefix, sizeof prefix, "corrupt-%ld-%s", (long)getpid(),
+             strrchr(tmpdir, '/') + 1);
+    snprintf(uri, sizeof uri, "%s/%s?shard=store", base, prefix);
+    tu_env e;
+    env_new(&e);
+    ck_assert_kv(kv_redis_open(&e.s, e.loop, e.pool, uri, 0), KV_OK);
+    fill(&e, NULL, 0);
+    /* The record hash of /r/150: prefix{N} then "r\0" "150\0". */
+    redisContext *rc = redisConnect(host, port);
+    ck_assert_msg(rc != NULL && rc->err == 0, "connect %s:%d", host, port);
+    char want[16];
+    size_t wl = (size_t)snprintf(want, sizeof want, "r%c%03d%c", 0, BAD, 0);
+    char cursor[32] = "0";
+    bool hit = false;
+    do {
+        redisReply *r = redisCommand(rc, "SCAN %s MATCH %s{* COUNT 1000",
+                                     cursor, prefix);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_int_eq(r->type, REDIS_REPLY_ARRAY);
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            redisReply *k = keys->element[i];
+            if (k->len > wl && memcmp(k->str + k->len - wl, want, wl) == 0) {
+                redisReply *h =
+                    redisCommand(rc, "HSET %b t notanumber", k->str, k->len);
+                ck_assert_ptr_nonnull(h);
+                freeReplyObject(h);
+                hit = true;
+            }
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    ck_assert(hit);
+    const int bad[] = {BAD};
+    kv_key *all = NULL;
+    ck_assert_kv(kv_key_parse(&all, "/"), KV_OK);
+    kv_query q = kv_query_init(all);
+    expect_fetch_all_fails(&e, &q, NULL, BAD);
+    expect_next(&e, &q, NULL, bad, 1);
+    q.skip_corrupt = true;
+    expect_fetch_all_skips(&e, &q, NULL, bad, 1);
+    expect_next(&e, &q, NULL, bad, 1);
+    q.value = false;
+    expect_fetch_all_skips(&e, &q, NULL, bad, 1);
+    /* clean up the server */
+    kv_key *r = NULL;
+    ck_assert_kv(kv_key_parse(&r, "/r"), KV_OK);
+    EXPECT(kv_drop_prefix(e.s, (const kv_key *const *)&r, 1), KV_OK);
+    kv_key_free(r);
+    kv_key_free(all);
+    redisFree(rc);
+    tu_env_close(&e, true);
+#endif
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 /* Typed iterators: values the codec cannot decode                          */
 /* ------------------------------------------------------------------------ */
 
@@ -452,6 +533,7 @@ int main(void)
     tcase_add_loop_test(tc, test_fs_flipped_byte, 0, 2);
     tcase_add_test(tc, test_fs_many_corrupt);
     tcase_add_test(tc, test_sqlite_bad_row);
+    tcase_add_test(tc, test_redis_bad_hash);
     tcase_add_loop_test(tc, test_typed_decode, 0, 2);
     tcase_add_test(tc, test_null_iter);
     suite_add_tcase(s, tc);
