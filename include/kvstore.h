@@ -967,6 +967,22 @@ typedef enum kv_sort {
  * matches /ab; the empty key matches everything).  value false returns keys
  * and tokens only (val NULL, len 0).  offset >= 0 skips records; limit -1
  * returns all, 0 none.  key is borrowed for the kv_query_open call only.
+ *
+ * Corrupt records.  A record the store holds but cannot read (fs: a record
+ * file whose header, length or checksum is wrong; SQLite: a row whose token
+ * or value has the wrong type; Redis: a record hash without a valid token or
+ * value) or, in a typed iterator, whose value the codec's decode rejects
+ * with KV_ECORRUPT, is a corrupt record.  By default (skip_corrupt false)
+ * the next or fetch_all call that meets one fails KV_ECORRUPT, its message
+ * naming the key and kv_fut_keys of the failed future giving it (one key);
+ * the iterator then goes on after it, so the next call returns the record
+ * that follows.  With skip_corrupt true the calls pass over corrupt
+ * records: next returns the next good record (or the end) and fetch_all
+ * every good one, and each key passed over is added to the iterator's list,
+ * kv_iter_corrupt.  Nothing is ever skipped silently.  A corrupt record
+ * counts as a record for offset and limit.  Only what a read checks is
+ * seen: with value false, fs reads the header only, so a corrupt value
+ * goes unnoticed (kvctl verify reads everything).
  */
 typedef struct kv_query {
     const kv_key *key;
@@ -974,9 +990,10 @@ typedef struct kv_query {
     kv_sort sort;
     int64_t offset;
     int64_t limit;
+    bool skip_corrupt; /* pass over corrupt records, listing their keys */
 } kv_query;
 
-/* value true, KV_SORT_ASC, offset 0, limit -1. */
+/* value true, KV_SORT_ASC, offset 0, limit -1, skip_corrupt false. */
 KV_EXTERN kv_query kv_query_init(const kv_key *key);
 
 /*
@@ -985,7 +1002,8 @@ KV_EXTERN kv_query kv_query_init(const kv_key *key);
  * KV_EINVAL for a NULL q or q->key, offset < 0, limit < -1, an unknown sort
  * or a codec without decode.  A typed iterator decodes each record; one that
  * does not decode fails its next call with the codec's code (and is
- * skipped).
+ * skipped; kv_fut_keys of the failed future gives its key), or with
+ * skip_corrupt and KV_ECORRUPT is passed over (see kv_query).
  */
 KV_EXTERN kv_fut *kv_query_open(kv_store *s, const kv_query *q,
                                 const kv_codec *codec);
@@ -999,8 +1017,20 @@ KV_EXTERN kv_fut *kv_query_open(kv_store *s, const kv_query *q,
 KV_EXTERN kv_fut *kv_iter_next(kv_iter *it);
 KV_EXTERN bool kv_iter_finished(const kv_iter *it);
 /* Every remaining record: kv_fut_records; the iterator ends finished (an
- * already finished one gives none; KV_EITER after dispose or close). */
+ * already finished one gives none; KV_EITER after dispose or close).
+ * Without skip_corrupt a corrupt record fails it (see kv_query; the records
+ * it had collected are dropped, and a later call goes on after the corrupt
+ * one). */
 KV_EXTERN kv_fut *kv_iter_fetch_all(kv_iter *it);
+/*
+ * The keys of the corrupt records the iterator passed over (skip_corrupt),
+ * in the order met; *n their count (0 and NULL if none).  The list and its
+ * keys belong to the iterator: valid until the next kv_iter_next or
+ * kv_iter_fetch_all call on it or kv_iter_free.  Call it from any thread
+ * once the calls whose skips you want to see have completed and while none
+ * is pending (it reads what the store's loop thread wrote).  NULL it: NULL.
+ */
+KV_EXTERN const kv_key *const *kv_iter_corrupt(const kv_iter *it, size_t *n);
 /* Release backend resources.  Idempotent (every call's future completes
  * when the release has; at once after close); the handle stays valid. */
 KV_EXTERN kv_fut *kv_iter_dispose(kv_iter *it);

@@ -131,6 +131,50 @@ grep -q 'loaded 4 records' "$tmp/err" &&
 echo /q/2 > "$tmp/q2"
 same "query --desc --offset --limit" "$tmp/q2" "$tmp/q"
 
+# a corrupt record (issue 16): dump stops at it; --skip-corrupt prints the
+# rest, names it and fails; verify names it (exit 1); a clean store, 0
+awk 'BEGIN { for (i = 0; i < 300; i++)
+    printf "{\"key\": \"/r/%03d\", \"value\": \"dmFsdWU=\"}\n", i }' > "$tmp/r300"
+F="fs:$tmp/cfs"
+"$KVCTL" --sync=none "$F" load "$tmp/r300" 2> /dev/null
+expect 0 "verify a clean fs store" "$KVCTL" "$F" verify
+grep -q 'fs: 300 records read whole, 0 corrupt' "$tmp/out" ||
+    { echo "FAIL: verify clean: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+expect 0 "verify a clean sqlite store" "$KVCTL" "$S" verify
+grep -q 'ok: .*integrity_check' "$tmp/out" ||
+    { echo "FAIL: verify sqlite: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+# one value byte of /r/150 ("value" is at offset 40): the checksum fails
+printf 'Z' | dd of="$tmp/cfs/r/150.kv" bs=1 seek=42 conv=notrunc 2> /dev/null
+expect 1 "dump stops at a corrupt record" "$KVCTL" "$F" dump
+grep -q '/r/150' "$tmp/err" ||
+    { echo "FAIL: dump error does not name /r/150: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+[ "$(wc -l < "$tmp/out")" -eq 150 ] ||
+    { echo "FAIL: dump printed $(wc -l < "$tmp/out") records before /r/150" >&2; fails=$((fails + 1)); }
+expect 1 "dump --skip-corrupt" "$KVCTL" "$F" dump --skip-corrupt
+[ "$(wc -l < "$tmp/out")" -eq 299 ] && ! grep -q '/r/150' "$tmp/out" &&
+    grep -q 'corrupt record: /r/150' "$tmp/err" &&
+    grep -q '1 corrupt record skipped' "$tmp/err" ||
+    { echo "FAIL: dump --skip-corrupt: $(wc -l < "$tmp/out") lines;" \
+        "$(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+expect 1 "query --skip-corrupt" "$KVCTL" "$F" query /r --skip-corrupt
+[ "$(wc -l < "$tmp/out")" -eq 299 ] ||
+    { echo "FAIL: query --skip-corrupt: $(wc -l < "$tmp/out") lines" >&2; fails=$((fails + 1)); }
+expect 1 "verify a corrupt record" "$KVCTL" "$F" verify
+grep -q 'bad: corrupt record /r/150' "$tmp/out" &&
+    grep -q '299 records read whole, 1 corrupt' "$tmp/out" ||
+    { echo "FAIL: verify: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+# a header byte of another record: keys-only listings see it too
+printf 'Z' | dd of="$tmp/cfs/r/007.kv" bs=1 seek=2 conv=notrunc 2> /dev/null
+expect 1 "verify two corrupt records" "$KVCTL" "$F" verify
+[ "$(grep -c '^bad: corrupt record' "$tmp/out")" -eq 2 ] ||
+    { echo "FAIL: verify two: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+printf 'junk\n' > "$tmp/cfs/.format"
+expect 1 "verify a bad .format" "$KVCTL" "$F" verify
+grep -q 'bad: .*\.format' "$tmp/out" ||
+    { echo "FAIL: verify .format: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+expect 2 "verify a missing store" "$KVCTL" "fs:$tmp/nostore" verify
+expect 2 "verify with an argument" "$KVCTL" "$S" verify /r
+
 # kvbench: usage errors, a job file, the JSON report
 expect 2 "kvbench unknown option" "$KVBENCH" --frobnicate=1
 expect 2 "kvbench bad value" "$KVBENCH" --rw=sideways

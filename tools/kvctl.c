@@ -5,7 +5,7 @@
  *
  * STORE is a URI as kvbench's --backend takes it: sqlite:PATH,
  * sqlite:memory, fs:PATH.  Commands: get, put, delete, query, dump, load,
- * stats.  dump writes JSON lines {"key": ..., "value": <base64>, "token": N};
+ * stats, verify.  dump writes JSON lines {"key": ..., "value": <base64>, "token": N};
  * load reads them back into any backend.  Exit codes are listed in usage()
  * and kvctl(1).
  */
@@ -16,9 +16,12 @@
 #include <errno.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,14 +58,20 @@ static void usage(FILE *f)
             "                               (default) inserts only if absent; prints the new token\n"
             "  delete KEY TOKEN             delete if the record's token is TOKEN\n"
             "  query PREFIX [--desc] [--limit N] [--offset N] [--keys-only] [--json]\n"
-            "                               records at or below PREFIX: KEY<TAB>TOKEN<TAB>VALUE\n"
-            "  dump [PREFIX]                JSON lines: {\"key\",\"value\" (base64),\"token\"}\n"
+            "        [--skip-corrupt]       records at or below PREFIX: KEY<TAB>TOKEN<TAB>VALUE\n"
+            "  dump [PREFIX] [--skip-corrupt]\n"
+            "                               JSON lines: {\"key\",\"value\" (base64),\"token\"}\n"
+            "                               (--skip-corrupt: go past corrupt records, list\n"
+            "                               them on stderr, exit 1)\n"
             "  load [FILE|-] [--replace] [--keep-going]\n"
             "                               insert the records of a dump (tokens are new)\n"
             "  stats [PREFIX]               record count, key and value bytes, disk usage\n"
+            "  verify                       read every record and check every checksum and\n"
+            "                               the store's metadata; list what is bad\n"
             "\n"
             "exit status: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict,\n"
-            "             5 invalid key, 6 malformed load input, 7 cannot open the store\n");
+            "             5 invalid key, 6 malformed load input, 7 cannot open the store\n"
+            "verify: 0 all is well, 1 something is bad, 2 usage or cannot open\n");
 }
 
 static int die_usage(const char *msg, const char *arg)
@@ -375,10 +384,36 @@ static int cmd_delete(ctx *c, int argc, char **argv)
     return rc;
 }
 
-/* Stream a query: cb(record) for each, with WINDOW kv_iter_next in flight. */
+/* Stream a query: cb(record) for each, with WINDOW kv_iter_next in flight.
+ * With q->skip_corrupt the keys of the corrupt records passed over are
+ * listed on stderr and counted in *ncorrupt, and any makes it EX_ERROR. */
 typedef int (*rec_cb)(const kv_record *r, void *arg);
 
-static int stream(ctx *c, const kv_query *q, rec_cb cb, void *arg)
+/* List the iterator's corrupt keys (on stderr; verify's on stdout, its
+ * report); their count. */
+static size_t report_corrupt(const kv_iter *it, const char *what)
+{
+    size_t n = 0;
+    const kv_key *const *keys = kv_iter_corrupt(it, &n);
+    bool verify = strcmp(what, "verify") == 0;
+    FILE *out = verify ? stdout : stderr;
+    for (size_t i = 0; i < n; i++) {
+        const char *id = kv_key_id(keys[i]);
+        if (verify)
+            fputs("bad: corrupt record ", out);
+        else
+            fprintf(out, "%s: %s: corrupt record: ", prog, what);
+        escaped(out, id, strlen(id));
+        putc('\n', out);
+    }
+    if (n > 0 && !verify)
+        fprintf(stderr, "%s: %s: %zu corrupt record%s skipped\n", prog, what,
+                n, n == 1 ? "" : "s");
+    return n;
+}
+
+static int stream(ctx *c, const kv_query *q, rec_cb cb, void *arg,
+                  const char *what, size_t *ncorrupt)
 {
     kv_fut *of = kv_query_open(c->store, q, NULL);
     if (kv_wait(of) != KV_OK) {
@@ -416,6 +451,13 @@ static int stream(ctx *c, const kv_query *q, rec_cb cb, void *arg)
                 end = true;
         }
         kv_fut_free(f);
+    }
+    if (q->skip_corrupt) {
+        size_t nc = report_corrupt(it, what);
+        if (ncorrupt != NULL)
+            *ncorrupt = nc;
+        if (nc > 0 && rc == EX_OK)
+            rc = EX_ERROR;
     }
     kv_fut *d = kv_iter_dispose(it);
     kv_wait(d);
@@ -475,6 +517,8 @@ static int cmd_query(ctx *c, int argc, char **argv, bool dump)
                           a[2] == 'l' ? &q.limit : &q.offset, 0))
                 return EX_USAGE;
             i++;
+        } else if (!strcmp(a, "--skip-corrupt")) {
+            q.skip_corrupt = true;
         } else if (!dump && (!strncmp(a, "--limit=", 8) || !strncmp(a, "--offset=", 9))) {
             const char *eq = strchr(a, '=');
             if (parse_i64(a, eq + 1, a[2] == 'l' ? &q.limit : &q.offset, 0))
@@ -498,7 +542,7 @@ static int cmd_query(ctx *c, int argc, char **argv, bool dump)
         return rc;
     q.key = k;
     q.value = !o.keys_only;
-    rc = stream(c, &q, print_rec, &o);
+    rc = stream(c, &q, print_rec, &o, dump ? "dump" : "query", NULL);
     kv_key_free(k);
     if (fflush(stdout) != 0 && rc == EX_OK) {
         fprintf(stderr, "%s: writing output: %s\n", prog, strerror(errno));
@@ -550,7 +594,7 @@ static int cmd_stats(ctx *c, int argc, char **argv)
     kv_query q = kv_query_init(k);
     q.sort = KV_SORT_NONE;
     stat_acc a = {0};
-    rc = stream(c, &q, acc_rec, &a);
+    rc = stream(c, &q, acc_rec, &a, "stats", NULL);
     if (rc == EX_OK) {
         printf("backend: %s\n", kv_store_backend(c->store));
         printf("prefix: %s\n", kv_key_id(k));
@@ -782,6 +826,222 @@ static int cmd_load(ctx *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------ */
+/* verify                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Exit codes of verify (its own, like fsck's). */
+enum { VX_OK = 0, VX_BAD = 1, VX_USAGE = 2 };
+
+typedef struct vstate {
+    unsigned long bad;   /* problems found */
+    uint64_t records;    /* records read whole */
+    uint64_t maxtok;     /* largest record token */
+    bool have_hwm;       /* fs: .tokens has a valid slot */
+    uint64_t hwm;        /* its high-water mark */
+} vstate;
+
+static void vbad(vstate *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void vbad(vstate *v, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stdout, "bad: ");
+    vfprintf(stdout, fmt, ap);
+    fputc('\n', stdout);
+    va_end(ap);
+    v->bad++;
+}
+
+/* CRC32C (Castagnoli, reflected), bit by bit: the fs .tokens slots. */
+static uint32_t crc32c(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int b = 0; b < 8; b++)
+            c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+static uint64_t le(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Read up to len bytes of root/name: bytes read, or -1 with errno. */
+static ssize_t read_meta(const char *root, const char *name, void *buf,
+                         size_t len, off_t off)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", root, name) >= sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -1;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = pread(fd, (char *)buf + got, len - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    return (ssize_t)got;
+}
+
+/*
+ * fs metadata, read before the store is opened (a bad .format would stop
+ * the open): .format names a layout this version knows (an older store
+ * has none: its layout is inferred); .tokens has a valid slot (two of 32
+ * bytes at 0 and 512: "KVTK", version 1, generation, high-water mark,
+ * CRC32C).  The record tokens are checked against the mark afterwards.
+ * false if the store must not be opened (.format bad).
+ */
+static bool verify_fs_meta(const char *root, vstate *v)
+{
+    char fmt[128];
+    ssize_t r = read_meta(root, ".format", fmt, sizeof fmt - 1, 0);
+    if (r < 0 && errno != ENOENT) {
+        vbad(v, "%s/.format: %s", root, strerror(errno));
+        return false;
+    }
+    if (r < 0) {
+        printf("note: %s has no .format (an older store: the layout is "
+               "inferred)\n", root);
+    } else {
+        fmt[r] = '\0';
+        if (strcmp(fmt, "kvstore-fs 1\nlayout flat\n") != 0 &&
+            strcmp(fmt, "kvstore-fs 1\nlayout fanout 16\n") != 0) {
+            vbad(v, "%s/.format does not name a layout this version knows",
+                 root);
+            return false;
+        }
+    }
+    unsigned valid = 0;
+    uint64_t gen = 0;
+    for (int i = 0; i < 2; i++) {
+        unsigned char b[32];
+        r = read_meta(root, ".tokens", b, sizeof b, (off_t)i * 512);
+        if (r < 0) {
+            if (errno == ENOENT)
+                vbad(v, "%s/.tokens is missing (the token counter)", root);
+            else
+                vbad(v, "%s/.tokens: %s", root, strerror(errno));
+            return true;
+        }
+        if (r == (ssize_t)sizeof b && le(b, 4) == 0x4b54564bu &&
+            le(b + 4, 4) == 1 && le(b + 24, 4) == crc32c(b, 24)) {
+            uint64_t g = le(b + 8, 8);
+            if (valid == 0 || g > gen) {
+                gen = g;
+                v->hwm = le(b + 16, 8);
+            }
+            valid++;
+        } else {
+            bool unused = true; /* never written: short, or zeros */
+            for (ssize_t j = 0; j < r; j++)
+                unused = unused && b[j] == 0;
+            if (!unused)
+                printf("note: %s/.tokens slot %d does not check (a torn "
+                       "update; the other slot is used)\n", root, i);
+        }
+    }
+    if (valid == 0)
+        vbad(v, "%s/.tokens has no valid slot (the next writable open "
+                "rebuilds it by reading every record)", root);
+    v->have_hwm = valid > 0;
+    return true;
+}
+
+/* SQLite: PRAGMA integrity_check on a read-only connection of its own. */
+static void verify_sqlite_file(const char *path, vstate *v)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+    if (rc != SQLITE_OK) {
+        vbad(v, "%s: cannot open for integrity_check: %s", path,
+             db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL);
+    bool ok = false;
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        if (t != NULL && strcmp((const char *)t, "ok") == 0)
+            ok = true;
+        else
+            vbad(v, "%s: integrity_check: %s", path, t ? (const char *)t : "?");
+        rc = SQLITE_OK;
+    }
+    if (rc != SQLITE_DONE)
+        vbad(v, "%s: integrity_check: %s", path, sqlite3_errmsg(db));
+    else if (ok)
+        printf("ok: %s: integrity_check\n", path);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static int verify_rec(const kv_record *r, void *arg)
+{
+    vstate *v = arg;
+    v->records++;
+    if (r->token > v->maxtok)
+        v->maxtok = r->token;
+    return EX_OK;
+}
+
+static int cmd_verify(ctx *c, int argc, char **argv, vstate *v)
+{
+    if (argc > 0)
+        return die_usage("verify: too many arguments", argv[0]);
+    if (c->uri.kind == TU_SQLITE)
+        verify_sqlite_file(c->uri.path, v);
+    /* Every record, values and all: fs checks each file's header, length
+     * and checksum; SQLite each row's token and value; Redis each hash. */
+    kv_key *root;
+    if (kv_key_parse(&root, "/") != KV_OK) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return VX_BAD;
+    }
+    kv_query q = kv_query_init(root);
+    q.sort = KV_SORT_NONE;
+    q.skip_corrupt = true;
+    size_t nc = 0;
+    int rc = stream(c, &q, verify_rec, v, "verify", &nc);
+    kv_key_free(root);
+    v->bad += nc;
+    if (rc != EX_OK && nc == 0) {
+        /* stream said why: a read that could not go on */
+        vbad(v, "the records could not be read through");
+    }
+    printf("%s: %" PRIu64 " records read whole, %zu corrupt\n",
+           kv_store_backend(c->store), v->records, nc);
+    if (c->uri.kind == TU_FS && v->have_hwm && v->records > 0 &&
+        v->maxtok >= v->hwm)
+        vbad(v, ".tokens high-water mark %" PRIu64 " is not above the "
+                "largest record token %" PRIu64 " (tokens could be reused)",
+             v->hwm, v->maxtok);
+    return v->bad > 0 ? VX_BAD : VX_OK;
+}
+
+/* ------------------------------------------------------------------------ */
 /* main                                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -817,7 +1077,8 @@ int main(int argc, char **argv)
     const char *store = argv[i], *cmd = argv[i + 1];
     int cargc = argc - i - 2;
     char **cargv = argv + i + 2;
-    enum { C_GET, C_PUT, C_DELETE, C_QUERY, C_DUMP, C_LOAD, C_STATS } which;
+    enum { C_GET, C_PUT, C_DELETE, C_QUERY, C_DUMP, C_LOAD, C_STATS,
+           C_VERIFY } which;
     if (!strcmp(cmd, "get"))
         which = C_GET;
     else if (!strcmp(cmd, "put"))
@@ -832,6 +1093,8 @@ int main(int argc, char **argv)
         which = C_LOAD;
     else if (!strcmp(cmd, "stats"))
         which = C_STATS;
+    else if (!strcmp(cmd, "verify"))
+        which = C_VERIFY;
     else
         return die_usage("unknown command", cmd);
 
@@ -847,7 +1110,7 @@ int main(int argc, char **argv)
         return EX_USAGE;
     }
     bool reader = which == C_GET || which == C_QUERY || which == C_DUMP ||
-                  which == C_STATS;
+                  which == C_STATS || which == C_VERIFY;
     unsigned flags = 0;
     if (reader && c.uri.kind != TU_SQLITE_MEM)
         flags |= KV_READONLY;
@@ -862,8 +1125,15 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s: %s: no such store (%s)\n", prog, store,
                     strerror(errno));
             tu_uri_free(&c.uri);
-            return EX_OPEN;
+            return which == C_VERIFY ? VX_USAGE : EX_OPEN;
         }
+    }
+    vstate vs;
+    memset(&vs, 0, sizeof vs);
+    if (which == C_VERIFY && c.uri.kind == TU_FS &&
+        !verify_fs_meta(c.uri.path, &vs)) {
+        tu_uri_free(&c.uri);
+        return VX_BAD; /* not opened: the store would refuse it */
     }
 
     int rc = kv_loop_new(&c.loop, NULL);
@@ -885,7 +1155,7 @@ int main(int argc, char **argv)
     if (rc != KV_OK) {
         fprintf(stderr, "%s: %s%s\n", prog, err,
                 rc == KV_EBUSY ? " (another process has it open)" : "");
-        ex = EX_OPEN;
+        ex = which == C_VERIFY ? VX_USAGE : EX_OPEN;
     } else {
         switch (which) {
         case C_GET: ex = cmd_get(&c, cargc, cargv); break;
@@ -895,6 +1165,7 @@ int main(int argc, char **argv)
         case C_DUMP: ex = cmd_query(&c, cargc, cargv, true); break;
         case C_LOAD: ex = cmd_load(&c, cargc, cargv); break;
         case C_STATS: ex = cmd_stats(&c, cargc, cargv); break;
+        case C_VERIFY: ex = cmd_verify(&c, cargc, cargv, &vs); break;
         default: ex = EX_USAGE;
         }
         kv_fut *f = kv_close(c.store);

@@ -37,7 +37,11 @@ typedef enum kv__opcode {
     KV__OP_MOVE,          /* items: key -> key2; req status ECONFLICT on collision */
     KV__OP_DROP,          /* items: key; deletes key and all below it        */
     KV__OP_QUERY_OPEN,    /* iter: open a cursor for iter->q                 */
-    KV__OP_ITER_FETCH,    /* iter: fill items (status OK) with the next rows; eof */
+    KV__OP_ITER_FETCH,    /* iter: fill items (status OK) with the next rows; eof.
+                           * A row the backend cannot read is an item with
+                           * status KV_ECORRUPT, its key, and as val an
+                           * optional NUL-terminated message (len its length)
+                           * saying why; iter.c reports or skips it. */
     KV__OP_ITER_DISPOSE,  /* iter: release the cursor                        */
     KV__OP_CLOSE          /* the request given to ops->close                 */
 } kv__opcode;
@@ -151,6 +155,8 @@ struct kv_iter {
     kv_fut *dispose_fut; /* internal; user dispose futures relay it */
     kv__req *dispose_req; /* allocated at open: dispose never fails on OOM */
     kv__call free_call;  /* kv_iter_free from another thread */
+    kv_key **corrupt;    /* skip_corrupt: the keys passed over (kv_iter_corrupt) */
+    size_t ncorrupt, capcorrupt;
 };
 
 /*

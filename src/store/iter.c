@@ -83,6 +83,9 @@ static void iter_free_now(kv_iter *it)
     fail_waiters(it, KV_EITER, "iterator freed");
     drop_buffer(it);
     kv_key_free((kv_key *)it->q.key);
+    for (size_t i = 0; i < it->ncorrupt; i++)
+        kv_key_free(it->corrupt[i]);
+    kv__free(it->corrupt);
     if (it->dispose_fut != NULL)
         kv__fut_unref(it->dispose_fut);
     kv__req_free(it->dispose_req);
@@ -117,15 +120,73 @@ static int start_fetch(kv_iter *it)
     return KV_OK;
 }
 
-/* Take the next buffered row as a record.  KV_OK or the decode error. */
-static int take_row(kv_iter *it, kv_record *rec, char **what)
+/*
+ * Take the next buffered row as a record: KV_OK, or the row's failure: the
+ * backend could not read it (KV_ECORRUPT) or the codec could not decode it
+ * (the codec's code).  On failure *bad is the row's key (the caller's) and
+ * *what a message saying why (NULL without memory).
+ */
+static int take_row(kv_iter *it, kv_record *rec, kv_key **bad, char **what)
 {
     kv__item *item = &it->buf[it->pos++];
     const kv_codec *codec = iter_codec(it);
-    int rc = kv__item_to_record(item, rec, codec, it->q.value);
-    if (rc != KV_OK)
-        *what = kv__asprintf("cannot decode the value of %s: %s",
-                             kv_key_id(item->key), kv_strerror(rc));
+    int rc;
+    if (item->status == KV_ECORRUPT) {
+        memset(rec, 0, sizeof *rec);
+        rc = KV_ECORRUPT;
+        if (item->val != NULL && item->len > 0)
+            *what = kv__asprintf("%s", (const char *)item->val);
+        else
+            *what = kv__asprintf("record %s is corrupt",
+                                 kv_key_id(item->key));
+    } else {
+        rc = kv__item_to_record(item, rec, codec, it->q.value);
+        if (rc != KV_OK)
+            *what = kv__asprintf("cannot decode the value of %s: %s",
+                                 kv_key_id(item->key), kv_strerror(rc));
+    }
+    if (rc != KV_OK) {
+        *bad = item->key;
+        item->key = NULL;
+    }
+    return rc;
+}
+
+/*
+ * A row failed (take_row): with skip_corrupt and KV_ECORRUPT, list its key
+ * and return KV_OK (serve on); else return the code for the waiter, whose
+ * future gets the key (kv_fut_keys).  bad is taken, what freed.
+ */
+static int row_failed(kv_iter *it, struct kv__waiter *w, int rc, kv_key *bad,
+                      char *what)
+{
+    if (rc == KV_ECORRUPT && it->q.skip_corrupt) {
+        kv__free(what);
+        if (it->ncorrupt == it->capcorrupt) {
+            size_t cap = it->capcorrupt ? it->capcorrupt * 2 : 8;
+            kv_key **p = kv__realloc(it->corrupt, cap * sizeof *p);
+            if (p == NULL) {
+                kv_key_free(bad);
+                return KV_ENOMEM;
+            }
+            it->corrupt = p;
+            it->capcorrupt = cap;
+        }
+        it->corrupt[it->ncorrupt++] = bad;
+        return KV_OK;
+    }
+    kv_key **keys = bad != NULL ? kv__malloc(sizeof *keys) : NULL;
+    if (keys != NULL) {
+        keys[0] = bad;
+        kv__fut_set_keys(w->fut, keys, 1);
+    } else {
+        kv_key_free(bad); /* the message still names it */
+    }
+    if (what != NULL)
+        kv__fut_finish(w->fut, rc, "%s", what);
+    else
+        kv__fut_finish(w->fut, rc, NULL);
+    kv__free(what);
     return rc;
 }
 
@@ -138,6 +199,12 @@ static void fail_waiter_decode(kv_iter *it, int rc, char *what)
         kv__fut_finish(w->fut, rc, NULL);
     kv__free(what);
     waiter_free(w, iter_codec(it));
+}
+
+/* The head waiter's row failed and row_failed completed it: drop it. */
+static void drop_failed_waiter(kv_iter *it)
+{
+    waiter_free(waiter_pop(it), iter_codec(it));
 }
 
 /* Serve queued waiters from the buffer; fetch when it runs dry. */
@@ -163,10 +230,15 @@ static void pump(kv_iter *it)
             if (it->pos < it->nbuf) {
                 kv_record rec;
                 char *what = NULL;
-                int rc = take_row(it, &rec, &what);
+                kv_key *bad = NULL;
+                int rc = take_row(it, &rec, &bad, &what);
                 if (rc != KV_OK) {
-                    fail_waiter_decode(it, rc, what);
-                    continue;
+                    rc = row_failed(it, w, rc, bad, what);
+                    if (rc == KV_ENOMEM && !kv_fut_done(w->fut))
+                        fail_waiter_decode(it, rc, NULL);
+                    else if (rc != KV_OK)
+                        drop_failed_waiter(it);
+                    continue; /* KV_OK: skipped, serve this waiter on */
                 }
                 kv_record *r = kv__malloc(sizeof *r);
                 if (r == NULL) {
@@ -202,12 +274,18 @@ static void pump(kv_iter *it)
                     w->recs = p;
                     w->cap = cap;
                 }
-                rc = take_row(it, &w->recs[w->n], &what);
+                kv_key *bad = NULL;
+                rc = take_row(it, &w->recs[w->n], &bad, &what);
                 if (rc == KV_OK)
                     w->n++;
+                else
+                    rc = row_failed(it, w, rc, bad, what);
             }
             if (rc != KV_OK) {
-                fail_waiter_decode(it, rc, what);
+                if (kv_fut_done(w->fut))
+                    drop_failed_waiter(it);
+                else
+                    fail_waiter_decode(it, rc, NULL);
                 continue;
             }
             if (it->eof) {
@@ -296,6 +374,14 @@ kv_fut *kv_iter_fetch_all(kv_iter *it)
 bool kv_iter_finished(const kv_iter *it)
 {
     return it != NULL && it->finished;
+}
+
+const kv_key *const *kv_iter_corrupt(const kv_iter *it, size_t *n)
+{
+    size_t m = it != NULL ? it->ncorrupt : 0;
+    if (n != NULL)
+        *n = m;
+    return m > 0 ? (const kv_key *const *)it->corrupt : NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -460,6 +546,7 @@ kv_query kv_query_init(const kv_key *key)
     q.sort = KV_SORT_ASC;
     q.offset = 0;
     q.limit = -1;
+    q.skip_corrupt = false;
     return q;
 }
 

@@ -564,6 +564,20 @@ static void fetch_work(kv__job *job)
         }
         kv_key *k = NULL;
         int krc = ent_key(f, e, &k);
+        if (rc == KV_ECORRUPT && krc == KV_OK) {
+            /* Reported as a row of its own (iter.c fails or skips it). */
+            it->val = kv__asprintf("fs: query: record %s: %s", kv_key_id(k),
+                                   kv_strerror(rc));
+            it->len = it->val != NULL ? strlen(it->val) : 0;
+            it->key = k;
+            it->status = KV_ECORRUPT;
+            bytes += 64;
+            n++;
+            if (c->left > 0)
+                c->left--;
+            rc = KV_OK;
+            continue;
+        }
         if (rc != KV_OK) {
             snprintf(j->msg, sizeof j->msg, "fs: query: record %s: %s",
                      krc == KV_OK ? kv_key_id(k) : e->base, kv_strerror(rc));

@@ -177,7 +177,7 @@ bool redis__fetch_finish(rstore *st, rreq *rq)
     size_t k = 0;
     for (size_t i = 0; i < req->n; i++) {
         kv__item *it = &req->items[i];
-        if (it->status == KV_OK) {
+        if (it->status == KV_OK || it->status == KV_ECORRUPT) {
             if (k != i) {
                 req->items[k] = *it;
                 memset(it, 0, sizeof *it);

@@ -174,9 +174,18 @@ static void read_cb(rcmd *c, redisReply *r, int err, const char *msg)
                    !parse_u64(tr->str, tr->len, &it->token) || it->token == 0 ||
                    (vr != NULL && vr->type != REDIS_REPLY_STRING)) {
             it->status = KV_ECORRUPT;
-            redis__rreq_fail(rq, KV_ECORRUPT,
-                             "redis: a record hash without a "
-                             "valid token or value");
+            if (rq->req->op == KV__OP_ITER_FETCH) {
+                /* A row of its own (iter.c fails or skips it). */
+                kv__free(it->val);
+                it->val = kv__asprintf("redis: record %s: a record hash "
+                                       "without a valid token or value",
+                                       kv_key_id(it->key));
+                it->len = it->val != NULL ? strlen(it->val) : 0;
+            } else {
+                redis__rreq_fail(rq, KV_ECORRUPT,
+                                 "redis: a record hash without a "
+                                 "valid token or value");
+            }
         } else {
             it->status = KV_OK;
             if (vr != NULL) {

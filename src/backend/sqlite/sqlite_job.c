@@ -205,9 +205,23 @@ static void run_fetch(conn *c, sreq *r)
         if (rc == KV_OK && cu->value)
             rc = col_value(st, 2, &it->val, &it->len, &msg);
         n++; /* items[n - 1] is freed with the others on failure */
-        if (rc != KV_OK)
+        if (rc == KV_ECORRUPT && it->key != NULL) {
+            /* A readable key with a bad token or value: a row of its own
+             * (iter.c fails or skips it). */
+            kv__free(it->val);
+            it->val = kv__asprintf("%s (record %s)",
+                                   msg != NULL ? msg : "sqlite: corrupt row",
+                                   kv_key_id(it->key));
+            it->len = it->val != NULL ? strlen(it->val) : 0;
+            kv__free(msg);
+            msg = NULL;
+            rc = KV_OK;
+            it->status = KV_ECORRUPT;
+        } else if (rc != KV_OK) {
             break;
-        it->status = KV_OK;
+        } else {
+            it->status = KV_OK;
+        }
         bytes += it->len + (size_t)kn + sizeof *it;
         int src = sqlite3_step(st);
         if (src == SQLITE_DONE) {
