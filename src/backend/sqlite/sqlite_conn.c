@@ -19,9 +19,6 @@
 /* The writer's page cache (KiB; SQLite's default is 2 MiB, kept by readers):
  * random puts miss pages with the default (docs/DESIGN.md). */
 #define WRITER_CACHE_KIB 16384
-/* How much of the database a reader maps (bytes; SQLite caps it at its
- * SQLITE_MAX_MMAP_SIZE, 2 GiB by default). */
-#define READER_MMAP (1ll << 30)
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -126,21 +123,10 @@ static int db_open(sqlite3 **out, const char *path, int flags, char **msg)
     return db_open_vfs(out, path, flags, NULL, msg);
 }
 
-/* A reader's first job opens it (worker).  Readers map the database
- * (READER_MMAP): a point read over a database larger than the page cache
- * otherwise spends ~40% of its CPU in pread(2) copying pages out of the
- * kernel's cache (docs/PERF.md).  Best effort: a build of SQLite without
- * mmap keeps pread. */
+/* A reader's first job opens it (worker). */
 int sqlite__reader_open(conn *c, char **msg)
 {
-    int rc = db_open(&c->db, c->s->path, SQLITE_OPEN_READONLY, msg);
-    if (rc == KV_OK) {
-        char sql[64];
-        snprintf(sql, sizeof sql, "PRAGMA mmap_size=%lld",
-                 (long long)READER_MMAP);
-        (void)sqlite__exec_sql(c->db, sql, NULL); /* best effort */
-    }
-    return rc;
+    return db_open(&c->db, c->s->path, SQLITE_OPEN_READONLY, msg);
 }
 
 /*
