@@ -91,8 +91,9 @@ static void sq_close(kv_store *store, kv__req *req)
         if (c->busy)
             (void)kv__pool_cancel(s->pool, &c->job); /* done: ECANCELED */
     }
-    if (s->ck_busy)
-        (void)kv__pool_cancel(s->pool, &s->ck_job); /* done: ECANCELED */
+    if (s->ck_busy) /* done: ECANCELED */
+        (void)kv__pool_cancel(s->ck_pool != NULL ? s->ck_pool : s->pool,
+                              &s->ck_job);
     /* Submits the close job when nothing is in flight. */
     sqlite__maybe_close(s);
 }
@@ -105,6 +106,7 @@ static void sq_destroy(kv_store *store)
     /* Handles are still open only if the close job never ran (the pool
      * went away first): close them here rather than leak them. */
     close_work(&s->close_job);
+    kv_pool_free(s->ck_pool); /* idle: nothing is pending at destroy */
     while (!kv__list_empty(&s->cursors))
         sqlite__cursor_free(KV__LIST_ENTRY(s->cursors.next, cursor, link));
     conn *next;
@@ -226,8 +228,15 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
         } else {
             s->writer = c;
             c->tok_max = -1;
-            if (!s->memory)
+            if (!s->memory) {
                 (void)sqlite3_wal_hook(c->db, sqlite__wal_hook, c);
+                /* Background checkpoints wait on the disk (fsync) for
+                 * tens of ms: on a thread of their own they take none of
+                 * the pool's threads from the reads and the writer.
+                 * Without one they share the pool. */
+                if (kv_pool_new(&s->ck_pool, 1) != KV_OK)
+                    s->ck_pool = NULL;
+            }
         }
         rc = kv__store_new(out, &sqlite_ops, s, loop, pool, flags);
     }

@@ -210,6 +210,7 @@ static int wal_bound(sq *s, sqlite3 *db, char **msg)
     s->ck_pages = s->ck_hard / 2 < CKPT_PAGES ? s->ck_hard / 2 : CKPT_PAGES;
     s->ck_min_pages = s->ck_hard / 8 < CKPT_MIN_PAGES ? s->ck_hard / 8
                                                         : CKPT_MIN_PAGES;
+    s->ck_late = s->ck_pages + (s->ck_hard - s->ck_pages) / 2;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA journal_size_limit=%lld",
              (long long)s->wal_max);

@@ -17,7 +17,7 @@
 #define CKPT_PAGES 4000          /* new WAL pages that start a checkpoint   */
 #define CKPT_COMMITS 1000        /* ... or commits (light loads)            */
 #define CKPT_MIN_PAGES 256       /* ... with at least this many new pages   */
-#define CKPT_FINISH_PAGES 256    /* rest the writer checkpoints to restart  */
+#define CKPT_FINISH_PAGES 64     /* rest the writer checkpoints to restart  */
 /* The WAL's bound in bytes (KV_SQLITE_WAL_MAX in the environment at open
  * overrides it): the writer checkpoints inline past it, less room for one
  * group commit, and journal_size_limit truncates the file back to it (see
@@ -170,6 +170,7 @@ struct sq {
     bool wstart_armed;        /* the NOP is in flight */
     /* Background checkpoints (file stores with a writer). */
     kv__job ck_job;
+    kv_pool *ck_pool;         /* its own one-thread pool (NULL: s->pool) */
     bool ck_busy;             /* ck_job queued or running */
     sqlite3 *ck;              /* its connection, opened by its first job */
     int ck_done;              /* WAL pages backfilled by the last one */
@@ -184,6 +185,10 @@ struct sq {
      * (pages, or min_pages after CKPT_COMMITS commits). */
     int64_t wal_max;
     int ck_hard, ck_pages, ck_min_pages;
+    /* Past ck_late WAL pages no new background checkpoint starts: the
+     * writer checkpoints what is left and restarts the WAL before ck_hard
+     * (between ck_pages and ck_hard). */
+    int ck_late;
     /* Test hook (kv__sqlite_set_max_pages), loop thread: handed to the
      * writer's next job by conn_start. */
     int64_t max_pages_req;

@@ -17,7 +17,7 @@
 static void conn_done(kv__job *job, int status);
 static void soon_done(kv__job *job, int status);
 static void ck_done(kv__job *job, int status);
-static void ck_kick(sq *s);
+static void ck_kick(sq *s, bool finished);
 
 static bool is_write(kv__opcode op)
 {
@@ -48,9 +48,13 @@ static void conn_start(conn *c, squeue *take)
     s->pending++;
     c->max_pages = 0;
     c->ck_finish = false;
+    /* The writer checkpoints to restart the WAL once the background ones
+     * left little to backfill, or late in the WAL (ck_kick starts none
+     * then) whatever is left: a short stall well before ck_hard. */
     if (c == s->writer && !s->memory && !s->ck_busy && !s->ck_finished &&
-        s->ck_done > 0 && c->wal_pages >= s->ck_done &&
-        c->wal_pages - s->ck_done <= CKPT_FINISH_PAGES) {
+        c->wal_pages >= s->ck_done &&
+        ((s->ck_done > 0 && c->wal_pages - s->ck_done <= CKPT_FINISH_PAGES) ||
+         c->wal_pages >= s->ck_late)) {
         c->ck_finish = true;
         s->ck_finished = true;
     }
@@ -300,7 +304,7 @@ static void conn_done(kv__job *job, int status)
         }
     }
     if (c == s->writer)
-        ck_kick(s);
+        ck_kick(s, c->ck_finish);
     sreq *r;
     while ((r = q_pop(&run)) != NULL)
         complete(s, r);
@@ -309,8 +313,9 @@ static void conn_done(kv__job *job, int status)
     sqlite__maybe_close(s);
 }
 
-/* Start a background checkpoint if the WAL grew enough since the last. */
-static void ck_kick(sq *s)
+/* Start a background checkpoint if the WAL grew enough since the last.
+ * finished: the writer's job that just ended checkpointed to restart. */
+static void ck_kick(sq *s, bool finished)
 {
     /* Called from the writer's done only: its wal_pages is ours to read
      * now, not once its next job runs (ck_done uses this copy). */
@@ -319,16 +324,30 @@ static void ck_kick(sq *s)
         s->ck_done = 0; /* the WAL was restarted */
         s->ck_finished = false;
         s->ck_commits = s->stats.commits;
+    } else if (s->ck_finished && !finished) {
+        /* The job after the writer's checkpoint did not restart the WAL
+         * (a reader still used it): the writer may try again. */
+        s->ck_finished = false;
     }
     s->ck_seen = pages;
     int fresh = pages - s->ck_done;
-    bool due = fresh >= s->ck_pages ||
+    /* Once the WAL is due to restart (ck_pages), background checkpoints
+     * follow each other until what is left to backfill is small enough
+     * for the writer's own short checkpoint (CKPT_FINISH_PAGES, see
+     * conn_start), the one that lets the WAL restart: waiting for
+     * ck_pages more each time left the restart to the writer's inline
+     * checkpoint at ck_hard, which backfilled thousands of pages and
+     * stalled every write for tens of ms (docs/PERF.md). */
+    bool chase = pages >= s->ck_pages && fresh > CKPT_FINISH_PAGES &&
+                 pages < s->ck_late;
+    bool due = chase || fresh >= s->ck_pages ||
                (fresh >= s->ck_min_pages &&
                 s->stats.commits - s->ck_commits >= CKPT_COMMITS);
-    /* Past s->ck_hard the writer's own checkpoint must not find this
-     * one running (it would be busy, and the WAL would keep growing). */
+    /* Past s->ck_late the writer's own checkpoint is due and must not
+     * find this one running (it would be busy, and the WAL would keep
+     * growing). */
     if (s->ck_busy || s->closing || s->memory || !due ||
-        pages >= s->ck_hard)
+        pages >= s->ck_late)
         return;
     s->ck_commits = s->stats.commits;
     s->ck_busy = true;
@@ -336,7 +355,8 @@ static void ck_kick(sq *s)
     memset(&s->ck_job, 0, sizeof s->ck_job);
     s->ck_job.work = sqlite__ck_work;
     s->ck_job.done = ck_done;
-    kv__pool_submit(s->pool, s->loop, &s->ck_job);
+    kv__pool_submit(s->ck_pool != NULL ? s->ck_pool : s->pool, s->loop,
+                    &s->ck_job);
 }
 
 static void ck_done(kv__job *job, int status)
