@@ -150,6 +150,16 @@ struct section {
     kv_pool *pool;
     unsigned pool_size;
     bool atomic_ok; /* --atomic honoured (else put_many) */
+    /* One kvstore store shared by every job (unless --store_per_job): job
+       0 opens it on its own loop and serves it; jobs 1..N-1 forward their
+       calls to it from their own loops.  shared_store and shared_loop are
+       written by job 0 before the start gate opens and read after it;
+       shared_users counts the other jobs still using the store (job 0
+       keeps running its loop until it is 0, then closes the store). */
+    bool shared;
+    kv_store *shared_store;
+    kv_loop *shared_loop;
+    atomic_int shared_users;
     /* Start gate: jobs report ready, then wait for go.  mu guards nready
        and go; nothing else is done under it. */
     pthread_mutex_t mu;

@@ -356,6 +356,11 @@ void kb_load_range(const jobthr *jt, uint64_t *lo, uint64_t *hi)
         *hi = o->keys;
         return;
     }
+    if (jt->sec->shared) { /* job 0 loads the one store alone */
+        *lo = 0;
+        *hi = jt->idx == 0 ? o->keys : 0;
+        return;
+    }
     *lo = o->keys * jt->idx / o->numjobs;
     *hi = o->keys * (jt->idx + 1) / o->numjobs;
 }
@@ -563,8 +568,14 @@ static void show_interim(section *sec, meter *m, uint64_t t_start, uint64_t now)
 static int setup_datasets(section *sec, char *err, size_t errlen)
 {
     const jobopts *o = sec->o;
-    bool per_job = sec->uri.kind == TU_SQLITE_MEM ||
-                   (sec->uri.kind == TU_FS && o->numjobs > 1);
+    /* kvstore backends share one store unless --store_per_job: then an
+       in-memory database or an fs root (opened once only) per job; SQLite
+       files and Redis servers take one store handle per job on the same
+       file or server. */
+    sec->shared = sec->is_kv && !o->store_per_job;
+    bool per_job = sec->is_kv && o->store_per_job &&
+                   (sec->uri.kind == TU_SQLITE_MEM ||
+                    (sec->uri.kind == TU_FS && o->numjobs > 1));
     sec->nds = per_job ? o->numjobs : 1;
     sec->ds = calloc(sec->nds, sizeof *sec->ds);
     if (!sec->ds) {
@@ -630,7 +641,7 @@ static void describe(section *sec, jobresult *r)
     const jobopts *o = sec->o;
     if (sec->uri.kind == TU_SQLITE_MEM)
         snprintf(r->store, sizeof r->store, "sqlite:memory%s",
-                 o->numjobs > 1 ? " (one database per job)" : "");
+                 o->numjobs > 1 && !sec->shared ? " (one database per job)" : "");
     else if (sec->nds > 1)
         snprintf(r->store, sizeof r->store, "%s:%s/job0..job%u (one store per job)",
                  tu_backend_name(sec->uri.kind), sec->uri.path, sec->nds - 1);
@@ -656,11 +667,19 @@ static void describe(section *sec, jobresult *r)
         kv_loop *probe = NULL;
         const char *lb = kv_loop_new(&probe, NULL) == KV_OK ? kv_loop_backend(probe) : "unknown";
         kv_loop_free(probe);
+        const char *sharing =
+            o->numjobs == 1 ? "one store"
+            : sec->shared ? "one store shared by the jobs (opened on job 0's loop, "
+                            "the other jobs' calls forwarded to it)"
+            : sec->nds > 1 ? "one store per job (--store_per_job)"
+                           : "one store handle per job on the same database "
+                             "(--store_per_job)";
         snprintf(r->driver, sizeof r->driver,
                  "kvstore %s async API (loop: %s): one kv_loop per job on its own thread, "
+                 "%s, "
                  "%u future%s in flight per job (kv_fut_then + kv_loop_run), "
                  "kv_pool of %u threads shared by %u job(s); %s%s",
-                 kv_version_string(), lb, o->iodepth, o->iodepth == 1 ? "" : "s",
+                 kv_version_string(), lb, sharing, o->iodepth, o->iodepth == 1 ? "" : "s",
                  sec->pool_size, o->numjobs,
                  mode,
                  o->batch > 1 ? (sec->atomic_ok ? "; batches: kv_put_atomic"
@@ -758,6 +777,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         goto oom;
     sec->pg.load_total = o->load ? o->keys * sec->nds : 0;
     atomic_store(&sec->pg.running, (int)o->numjobs);
+    atomic_store(&sec->shared_users, (int)o->numjobs - 1);
     unsigned started = 0;
     for (unsigned i = 0; i < o->numjobs; i++) {
         jt[i].sec = sec;
@@ -771,8 +791,11 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         }
         started++;
     }
-    if (started < o->numjobs)
+    if (started < o->numjobs) {
         atomic_fetch_sub(&sec->pg.running, (int)(o->numjobs - started));
+        if (started > 0) /* job 0 must not wait for jobs that never ran */
+            atomic_fetch_sub(&sec->shared_users, (int)(o->numjobs - started));
+    }
 
     /* Wait for every job to be ready (stores open, --load done). */
     uint64_t t_start = tu_now_ns();

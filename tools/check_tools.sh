@@ -166,6 +166,31 @@ PY
 fi
 expect 0 "kvbench fs, batches" "$KVBENCH" --backend="fs:$tmp/bfs" --sync=none \
     --rw=randwrite --batch=10 --keys=500 --number_ios=1000 --iodepth=4
+# kvbench --numjobs on one shared store (the default): two jobs on one fs
+# root and on one SQLite file, each its own --number_ios; no KV_EBUSY, no
+# error, the counts add up, and the report names the one store.
+for be in "fs:$tmp/shfs" "sqlite:$tmp/shared.db"; do
+    expect 0 "kvbench --numjobs=2 on $be" "$KVBENCH" --backend="$be" \
+        --output-format=json --rw=randrw --numjobs=2 --iodepth=8 \
+        --keys=1000 --number_ios=1500 --load --sync=none
+    if command -v python3 > /dev/null; then
+        python3 - "$tmp/out" "$be" <<'PY' || fails=$((fails + 1))
+import json, sys
+d = json.load(open(sys.argv[1]))
+j = d["jobs"][0]
+o = j["ops"]
+n = o["read"]["total_ios"] + o["write"]["total_ios"]
+assert n == 3000, (sys.argv[2], n)
+assert j["error"] == 0 and o["read"]["errors"] == 0 and o["write"]["errors"] == 0, j
+assert j["store"] == sys.argv[2], j["store"]
+assert "one store shared by the jobs" in j["driver"], j["driver"]
+PY
+    fi
+done
+expect 0 "kvbench --store_per_job fs" "$KVBENCH" --backend="fs:$tmp/pjfs" \
+    --rw=randwrite --numjobs=2 --keys=200 --number_ios=300 --sync=none --store_per_job
+grep -q "job0..job1 (one store per job)" "$tmp/out" ||
+    { echo "FAIL: --store_per_job: $(grep store "$tmp/out")" >&2; fails=$((fails + 1)); }
 expect 0 "kvbench sqlite-raw scan" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db" \
     --workload=ycsb-e --keys=500 --number_ios=500
 

@@ -290,6 +290,11 @@ static const char *o_keep(jobopts *o, const char *v)
     return parse_bool(v, &o->keep);
 }
 
+static const char *o_store_per_job(jobopts *o, const char *v)
+{
+    return parse_bool(v, &o->store_per_job);
+}
+
 static const char *o_sync(jobopts *o, const char *v)
 {
     if (!strcmp(v, "full") || !strcmp(v, "1"))
@@ -398,7 +403,8 @@ static const optdef opts[] = {
     {"rwmixread", o_rwmixread, false, "percent of reads in a mixed workload"},
     {"rwmixwrite", o_rwmixwrite, false, "percent of writes in a mixed workload"},
     {"iodepth", o_iodepth, false, "operations in flight per job"},
-    {"numjobs", o_numjobs, false, "jobs (threads, one kv_loop each)"},
+    {"numjobs", o_numjobs, false, "jobs (threads, one kv_loop each) on one shared store"},
+    {"store_per_job", o_store_per_job, true, "one store per job instead of one shared store"},
     {"runtime", o_runtime, false, "stop after this long (s, or 500ms, 2m)"},
     {"time_based", o_time_based, true, "run for --runtime even if --number_ios is reached"},
     {"ramp_time", o_ramp, false, "run this long before measuring"},

@@ -67,6 +67,7 @@ typedef struct jobopts {
     unsigned max_retries;
     uint64_t seed;
     bool keep;
+    bool store_per_job; /* kvstore: one kv_store per job (else one shared) */
 } jobopts;
 
 /* Statistics of one operation type. */
@@ -95,7 +96,7 @@ typedef struct jobresult {
     long peak_rss_kib;
     int err;             /* first error code, 0 if none */
     char errmsg[1024];
-    char driver[768];    /* how the backend was driven, for honesty */
+    char driver[1024];    /* how the backend was driven, for honesty */
     char store[1100];    /* the store actually used */
 } jobresult;
 
