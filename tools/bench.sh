@@ -24,6 +24,13 @@
 #                     stdout, the default when only some sections run)
 #   KVBENCH_SECTIONS  the sections to run (default all; arguments win)
 #   KVBENCH_RKEYS     keys for the Redis cases (default 100000)
+#   KVBENCH_ROUNDS    rounds of the interleaved A/B sections (shared;
+#                     default 3): the variants alternate, medians reported
+#   KVBENCH_SHKEYS    records for the shared-store section (default 100000)
+#
+# Sections: loop durable fs reads mem redis (issue 5's targets), shared
+# (one store shared by --numjobs jobs against one job at the same total
+# depth, and what a forwarded call costs).
 #
 # The Redis section starts its own servers when redis-server is installed
 # (tests/redis_env.sh: one single server and a 3-master cluster on loopback
@@ -40,7 +47,9 @@ KEYS=${KVBENCH_KEYS:-1000000}
 WKEYS=${KVBENCH_WKEYS:-100000}
 FSKEYS=${KVBENCH_FSKEYS:-20000}
 RKEYS=${KVBENCH_RKEYS:-100000}
-ALL_SECTIONS="loop durable fs reads mem redis"
+ROUNDS=${KVBENCH_ROUNDS:-3}
+SHKEYS=${KVBENCH_SHKEYS:-100000}
+ALL_SECTIONS="loop durable fs reads mem redis shared"
 if [ $# -gt 0 ]; then
     SECTIONS="$*"
 else
@@ -212,6 +221,49 @@ fi
 # (the fs store of $KEYS files goes with the scratch directory at exit:
 # removing a million files takes minutes)
 
+# 6. One store shared by several jobs (threads): --numjobs=4 --iodepth=16
+#    against --numjobs=1 --iodepth=64 on SQLite (KV_SQLITE_SYNC_FULL puts,
+#    point reads), fs with two jobs on one root, and the cost of a forwarded
+#    call (--store_thread: every call crosses to the store's thread).  The
+#    variants alternate within each round (the order reversed every other
+#    round); the report takes medians over $ROUNDS rounds.
+if want shared; then
+    r=1
+    while [ "$r" -le "$ROUNDS" ]; do
+        variants="put-j1 put-j4 get-j1 get-j4 fs-j1 fs-j2 fwd-d1 fwd-f1 fwd-d64 fwd-f64"
+        if [ $((r % 2)) -eq 0 ]; then
+            variants=$(echo "$variants" | tr ' ' '\n' | tac | tr '\n' ' ')
+        fi
+        for v in $variants; do
+            case $v in
+            put-j*|get-j*)
+                rw=randwrite; [ "${v%%-*}" = get ] && rw=randread
+                if [ "${v#*-}" = j1 ]; then jd="--numjobs=1 --iodepth=64"; else jd="--numjobs=4 --iodepth=16"; fi
+                # shellcheck disable=SC2086
+                run "shared-$v-r$r" --name="$v" --backend="sqlite:$DIR/sh.db" \
+                    --sync=full --rw=$rw --keys="$SHKEYS" --load --value_size=100 \
+                    --runtime="$RUNTIME" --time_based $jd
+                rm -f "$DIR"/sh.db* ;;
+            fs-j*)
+                if [ "$v" = fs-j1 ]; then jd="--numjobs=1 --iodepth=64"; else jd="--numjobs=2 --iodepth=32"; fi
+                # shellcheck disable=SC2086
+                run "shared-$v-r$r" --name="$v" --backend="fs:$DIR/shfs" \
+                    --rw=randwrite --keys="$FSKEYS" --load --value_size=4k \
+                    --runtime="$RUNTIME" --time_based $jd
+                rm -rf "$DIR/shfs" ;;
+            fwd-*)
+                case $v in fwd-?1) d=1 ;; *) d=64 ;; esac
+                st=; case $v in fwd-f*) st=--store_thread ;; esac
+                # shellcheck disable=SC2086
+                run "shared-$v-r$r" --name="$v" --backend=sqlite:memory \
+                    --rw=randread --keys="$SHKEYS" --load --value_size=100 \
+                    --runtime="$RUNTIME" --time_based --iodepth=$d $st ;;
+            esac
+        done
+        r=$((r + 1))
+    done
+fi
+
 # 5. Redis: a single server and a 3-master cluster, durable (appendfsync
 #    always), started through tests/redis_env.sh in the background: it
 #    writes the URIs to redis.env and keeps the servers while redis.hold
@@ -264,7 +316,9 @@ fi
 # The report.
 mkdir -p "$(dirname "$OUT")"
 export RES RUNTIME KEYS WKEYS FSKEYS RKEYS FIO_CMD DUMP_SQLITE DUMP_FS LOOP_OUT
-export SECTIONS REDIS_NOTE REDIS_VERSION
+export SECTIONS REDIS_NOTE REDIS_VERSION ROUNDS SHKEYS
+LOAD_BEFORE=${LOAD_BEFORE:-}
+export LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
 export LOOPBENCH_CMD="${LOOPBENCH:+tools/loopbench}"
 MACHINE="$(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)), $(free -m | awk '/^Mem:/ {print $2}') MiB RAM, Linux $(uname -r), $(df -T "${KVBENCH_DIR:-/var/tmp}" | awk 'NR==2 {print $2 " on " $1}')"
 VERSION=$("$KVBENCH" --version | head -n 1)
@@ -590,6 +644,85 @@ if want("loop"):
         w(f"Command: `{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
     else:
         w("loopbench was not found (build it: `make tools/loopbench`).")
+    w("")
+
+# 6. shared store
+if want("shared"):
+    import statistics
+    rounds = int(os.environ.get("ROUNDS", "3"))
+    def series(v, o, f):
+        xs = []
+        for r in range(1, rounds + 1):
+            d = load(f"shared-{v}-r{r}")
+            x = op(d, v, o)
+            if x:
+                xs.append(f(x))
+        return xs
+    def med(xs):
+        return statistics.median(xs) if xs else None
+    def mean_ns(x):
+        return x["lat_ns"]["mean"]
+    def tput(x):
+        return x["iops"]
+    w("## One store shared by several threads")
+    w("")
+    w("`--numjobs=N` jobs are N threads, each with its own kv_loop and its own "
+      "`--iodepth` operations in flight, all on one store: job 0 opens it on its loop "
+      "and serves it, the other jobs' calls are forwarded to that loop and their "
+      "futures complete on their own loops (kvstore.h, \"Threads\"). Against one job "
+      "at the same total depth. The variants alternate within each round (order "
+      f"reversed every other round); medians of {rounds} rounds of "
+      f"{os.environ['RUNTIME']} s, each on a fresh store of "
+      f"{int(os.environ['SHKEYS']):,} records (fs: {int(os.environ['FSKEYS']):,} of 4 KiB). "
+      f"Load average when the report was written: {os.environ.get('LOADAVG', '?')}.")
+    w("")
+    w("| case | one job, depth 64 | shared store | ratio | per round (ops/s) |")
+    w("|---|---|---|---|---|")
+    for label, a, b, o, bl in [
+            ("SQLite KV_SQLITE_SYNC_FULL puts", "put-j1", "put-j4", "write", "4 jobs x depth 16"),
+            ("SQLite point reads", "get-j1", "get-j4", "read", "4 jobs x depth 16"),
+            ("fs durable puts, 4 KiB, one root", "fs-j1", "fs-j2", "write", "2 jobs x depth 32")]:
+        xa, xb = series(a, o, tput), series(b, o, tput)
+        ma, mb = med(xa), med(xb)
+        r = ratio(mb, ma)
+        per = "; ".join(f"{fmt(p)} / {fmt(q)}" for p, q in zip(xa, xb))
+        w(f"| {label} | {fmt(ma)} | {fmt(mb)} ({bl}) | "
+          f"{'n/a' if r is None else f'{r:.2f}x'} | {per} |")
+    w("")
+    r1 = ratio(med(series("put-j4", "write", tput)), med(series("put-j1", "write", tput)))
+    r2 = ratio(med(series("get-j4", "read", tput)), med(series("get-j1", "read", tput)))
+    w(f"- SQLite durable puts, 4 x 16 shared / 1 x 64: {verdict(r1, 0.9)}")
+    w(f"- SQLite point reads, 4 x 16 shared / 1 x 64: {verdict(r2, 0.9)}")
+    w("")
+    w("What a forwarded call costs: point reads on `sqlite:memory` with the store "
+      "on the job's own loop (direct) and on a thread of its own "
+      "(`--store_thread`: the call is copied, handed to the store's loop through its "
+      "lock-free list and eventfd, made there, and its result posted back to the "
+      "job's loop). Lone: one call in flight, mean latency; pipelined: 64 in "
+      "flight, the time per call (1/throughput).")
+    w("")
+    w("| | direct | forwarded | cost of forwarding |")
+    w("|---|---|---|---|")
+    d1, f1 = med(series("fwd-d1", "read", mean_ns)), med(series("fwd-f1", "read", mean_ns))
+    d64, f64 = med(series("fwd-d64", "read", tput)), med(series("fwd-f64", "read", tput))
+    def p50(x):
+        return x["lat_ns"]["percentile"].get("50.000000")
+    e1, g1 = med(series("fwd-d1", "read", p50)), med(series("fwd-f1", "read", p50))
+    if e1 and g1:
+        w(f"| lone call (median latency) | {e1 / 1000:.1f} us | {g1 / 1000:.1f} us | "
+          f"**{(g1 - e1) / 1000:+.1f} us** |")
+    if d1 and f1:
+        w(f"| lone call (mean latency) | {d1 / 1000:.1f} us | {f1 / 1000:.1f} us | "
+          f"**{(f1 - d1) / 1000:+.1f} us** |")
+    if d64 and f64:
+        w(f"| pipelined, depth 64 (per call) | {1e6 / d64:.2f} us ({fmt(d64)}/s) | "
+          f"{1e6 / f64:.2f} us ({fmt(f64)}/s) | **{1e6 / f64 - 1e6 / d64:+.2f} us** |")
+    w("")
+    w("```sh")
+    for v in ["put-j1", "put-j4", "get-j1", "get-j4", "fs-j1", "fs-j2",
+              "fwd-d1", "fwd-f1", "fwd-d64", "fwd-f64"]:
+        w(cmd(f"shared-{v}-r1"))
+    w("```")
     w("")
 
 if out == "-":

@@ -157,6 +157,8 @@ struct section {
        shared_users counts the other jobs still using the store (job 0
        keeps running its loop until it is 0, then closes the store). */
     bool shared;
+    bool store_thread; /* job 0 only serves (--store_thread); its jobs are 1..N */
+    unsigned nthr;     /* threads: numjobs, plus the store's with store_thread */
     kv_store *shared_store;
     kv_loop *shared_loop;
     atomic_int shared_users;

@@ -759,7 +759,7 @@ void *kb_kv_job_main(void *arg)
         }
         goto ready;
     }
-    j->host = sec->shared && o->numjobs > 1;
+    j->host = sec->shared && sec->nthr > 1;
     if (kj_alloc(j, o->load && o->iodepth < LOAD_DEPTH ? LOAD_DEPTH : o->iodepth,
                  o->batch)) {
         snprintf(jt->setup_err, sizeof jt->setup_err, "out of memory");
@@ -821,7 +821,8 @@ ready:
             jt->setup_rc = KV_ERROR;
         }
     }
-    if (!jt->setup_rc && !atomic_load(&kvb_stop))
+    if (!jt->setup_rc && !atomic_load(&kvb_stop) &&
+        !(j->host && sec->store_thread))
         kj_run(j);
     atomic_fetch_sub(&sec->pg.running, 1);
     if (guest) {

@@ -573,6 +573,8 @@ static int setup_datasets(section *sec, char *err, size_t errlen)
        files and Redis servers take one store handle per job on the same
        file or server. */
     sec->shared = sec->is_kv && !o->store_per_job;
+    sec->store_thread = sec->shared && o->store_thread;
+    sec->nthr = o->numjobs + (sec->store_thread ? 1 : 0);
     bool per_job = sec->is_kv && o->store_per_job &&
                    (sec->uri.kind == TU_SQLITE_MEM ||
                     (sec->uri.kind == TU_FS && o->numjobs > 1));
@@ -668,7 +670,9 @@ static void describe(section *sec, jobresult *r)
         const char *lb = kv_loop_new(&probe, NULL) == KV_OK ? kv_loop_backend(probe) : "unknown";
         kv_loop_free(probe);
         const char *sharing =
-            o->numjobs == 1 ? "one store"
+            sec->store_thread ? "one store shared by the jobs, served by a thread of "
+                                "its own (--store_thread: every call forwarded)"
+            : o->numjobs == 1 ? "one store"
             : sec->shared ? "one store shared by the jobs (opened on job 0's loop, "
                             "the other jobs' calls forwarded to it)"
             : sec->nds > 1 ? "one store per job (--store_per_job)"
@@ -772,14 +776,15 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     describe(sec, r);
 
     /* Start the jobs. */
-    jt = calloc(o->numjobs, sizeof *jt);
+    unsigned nthr = sec->nthr;
+    jt = calloc(nthr, sizeof *jt);
     if (!jt)
         goto oom;
     sec->pg.load_total = o->load ? o->keys * sec->nds : 0;
-    atomic_store(&sec->pg.running, (int)o->numjobs);
-    atomic_store(&sec->shared_users, (int)o->numjobs - 1);
+    atomic_store(&sec->pg.running, (int)nthr);
+    atomic_store(&sec->shared_users, (int)nthr - 1);
     unsigned started = 0;
-    for (unsigned i = 0; i < o->numjobs; i++) {
+    for (unsigned i = 0; i < nthr; i++) {
         jt[i].sec = sec;
         jt[i].idx = i;
         jt[i].ds = &sec->ds[sec->nds > 1 ? i : 0];
@@ -791,10 +796,10 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         }
         started++;
     }
-    if (started < o->numjobs) {
-        atomic_fetch_sub(&sec->pg.running, (int)(o->numjobs - started));
+    if (started < nthr) {
+        atomic_fetch_sub(&sec->pg.running, (int)(nthr - started));
         if (started > 0) /* job 0 must not wait for jobs that never ran */
-            atomic_fetch_sub(&sec->shared_users, (int)(o->numjobs - started));
+            atomic_fetch_sub(&sec->shared_users, (int)(nthr - started));
     }
 
     /* Wait for every job to be ready (stores open, --load done). */
@@ -894,7 +899,7 @@ fail:
     ret = -1;
 out:
     if (jt) {
-        for (unsigned i = 0; i < o->numjobs; i++)
+        for (unsigned i = 0; i < sec->nthr; i++)
             if (jt[i].priv_free)
                 jt[i].priv_free(&jt[i]);
         free(jt);

@@ -68,6 +68,7 @@ typedef struct jobopts {
     uint64_t seed;
     bool keep;
     bool store_per_job; /* kvstore: one kv_store per job (else one shared) */
+    bool store_thread;  /* kvstore: the shared store on a thread of its own */
 } jobopts;
 
 /* Statistics of one operation type. */
