@@ -262,6 +262,62 @@ bool kb_stopping(const worker *w, uint64_t now)
            now >= w->t_end || w->err;
 }
 
+/* --write_lat_log / --write_iops_log: buffer one completed operation (no
+   I/O here: the files are written after the run). */
+static void log_record(worker *w, int op, uint64_t lat, uint64_t now,
+                       uint64_t nrec, uint64_t bytes)
+{
+    const section *sec = w->sec;
+    const jobopts *o = sec->o;
+    wlog *l = &w->log;
+    if (l->failed)
+        return;
+    uint32_t dd = op == OP_READ || op == OP_SCAN ? 0 : 1;
+    uint64_t rel = now > sec->t_base ? now - sec->t_base : 0;
+    if (o->log_avg_msec) {
+        size_t k = (size_t)(rel / ((uint64_t)o->log_avg_msec * 1000000u));
+        if (k >= l->nwin) {
+            size_t n = l->nwin ? l->nwin : 256;
+            while (n <= k)
+                n *= 2;
+            lwin *nw = realloc(l->win, n * sizeof *nw);
+            if (!nw) {
+                l->failed = true;
+                return;
+            }
+            memset(nw + l->nwin, 0, (n - l->nwin) * sizeof *nw);
+            l->win = nw;
+            l->nwin = n;
+        }
+        lwin *x = &l->win[k];
+        x->n[dd]++;
+        x->ops[dd] += op == OP_SCAN ? 1 : nrec;
+        x->sum[dd] += lat;
+        if (lat > x->max[dd])
+            x->max[dd] = lat;
+        return;
+    }
+    if (l->ns == l->scap) {
+        size_t n = l->scap ? 2 * l->scap : 4096;
+        lsample *ns = realloc(l->s, n * sizeof *ns);
+        if (!ns) {
+            l->failed = true;
+            return;
+        }
+        l->s = ns;
+        l->scap = n;
+    }
+    uint64_t bs = op == OP_SCAN ? bytes : o->value_size * (nrec ? nrec : 1);
+    l->s[l->ns++] = (lsample){rel, lat, dd, bs > UINT32_MAX ? UINT32_MAX : (uint32_t)bs};
+}
+
+void kb_log_free(worker *w)
+{
+    free(w->log.s);
+    free(w->log.win);
+    memset(&w->log, 0, sizeof w->log);
+}
+
 /* Counters gathered while an op runs, added when it completes. */
 void kb_record(worker *w, int op, uint64_t t0, uint64_t now, uint64_t nrec,
                    uint64_t bytes, const opctr *c)
@@ -271,6 +327,8 @@ void kb_record(worker *w, int op, uint64_t t0, uint64_t now, uint64_t nrec,
         return;
     opstats *s = &w->st[op];
     hist_record(&s->h, now - t0);
+    if (w->sec->logging)
+        log_record(w, op, now - t0, now, nrec, bytes);
     s->ops += nrec;
     s->calls++;
     s->bytes += bytes;
@@ -565,6 +623,141 @@ static void show_interim(section *sec, meter *m, uint64_t t_start, uint64_t now)
     fflush(env->out);
 }
 
+/* ------------------------------------------------------------------------ */
+/* fio's log files                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Jobs numbered as fio numbers them in its log names: 1, 2, ... across the
+   whole run (every section's jobs). */
+static unsigned log_jobno;
+
+static int cmp_sample(const void *a, const void *b)
+{
+    const lsample *x = a, *y = b;
+    return x->t_ns < y->t_ns ? -1 : x->t_ns > y->t_ns;
+}
+
+/*
+ * One job's log of the given kind ("lat" or "iops"), fio's format: one
+ * line per entry, "time (ms), value, data direction (0 read, 1 write),
+ * block size (bytes), offset (0: keys have none)".  lat: nanoseconds, each
+ * operation or, with log_avg_msec, the window's mean (max with
+ * log_max_value); iops: 1 per operation, or the window's operations per
+ * second.  0, or -1 with a message.
+ */
+static int write_log(const section *sec, worker *const *ws, unsigned nw,
+                     const char *prefix, const char *kind, unsigned jobno,
+                     char *err, size_t errlen)
+{
+    const jobopts *o = sec->o;
+    bool lat = !strcmp(kind, "lat");
+    char path[400];
+    snprintf(path, sizeof path, "%s_%s.%u.log", prefix, kind, jobno);
+    for (unsigned i = 0; i < nw; i++)
+        if (ws[i]->log.failed) {
+            snprintf(err, errlen, "%s: out of memory while logging", path);
+            return -1;
+        }
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = 0;
+    if (o->log_avg_msec) {
+        uint64_t wns = (uint64_t)o->log_avg_msec * 1000000u;
+        size_t k0 = (size_t)(o->ramp_ns / wns), k1 = 0;
+        bool used[2] = {false, false}, any = false;
+        for (unsigned i = 0; i < nw; i++) {
+            const wlog *l = &ws[i]->log;
+            for (size_t k = 0; k < l->nwin; k++)
+                for (int d = 0; d < 2; d++)
+                    if (l->win[k].n[d]) {
+                        used[d] = any = true;
+                        if (k > k1)
+                            k1 = k;
+                    }
+        }
+        for (size_t k = k0; any && k <= k1; k++) {
+            for (int d = 0; d < 2; d++) {
+                if (!used[d])
+                    continue;
+                uint64_t n = 0, ops = 0, sum = 0, mx = 0;
+                for (unsigned i = 0; i < nw; i++) {
+                    const wlog *l = &ws[i]->log;
+                    if (k >= l->nwin)
+                        continue;
+                    n += l->win[k].n[d];
+                    ops += l->win[k].ops[d];
+                    sum += l->win[k].sum[d];
+                    if (l->win[k].max[d] > mx)
+                        mx = l->win[k].max[d];
+                }
+                uint64_t t = (uint64_t)(k + 1) * o->log_avg_msec;
+                if (lat && n)
+                    fprintf(f, "%" PRIu64 ", %" PRIu64 ", %d, %" PRIu64 ", 0\n", t,
+                            o->log_max_value ? mx : sum / n, d, o->value_size);
+                else if (!lat) /* an interval with no operation: 0 */
+                    fprintf(f, "%" PRIu64 ", %" PRIu64 ", %d, %" PRIu64 ", 0\n", t,
+                            (ops * 1000u + o->log_avg_msec / 2) / o->log_avg_msec,
+                            d, o->value_size);
+            }
+        }
+    } else {
+        size_t total = 0;
+        for (unsigned i = 0; i < nw; i++)
+            total += ws[i]->log.ns;
+        lsample *all = total ? malloc(total * sizeof *all) : NULL;
+        if (total && !all) {
+            snprintf(err, errlen, "%s: out of memory", path);
+            fclose(f);
+            return -1;
+        }
+        size_t m = 0;
+        for (unsigned i = 0; i < nw; i++) {
+            if (ws[i]->log.ns)
+                memcpy(all + m, ws[i]->log.s, ws[i]->log.ns * sizeof *all);
+            m += ws[i]->log.ns;
+        }
+        if (nw > 1)
+            qsort(all, total, sizeof *all, cmp_sample);
+        for (size_t i = 0; i < total; i++)
+            fprintf(f, "%" PRIu64 ", %" PRIu64 ", %u, %u, 0\n",
+                    all[i].t_ns / 1000000u, lat ? all[i].lat_ns : 1,
+                    all[i].ddir, all[i].bs);
+        free(all);
+    }
+    if (ferror(f))
+        rc = -1;
+    if (fclose(f) != 0)
+        rc = -1;
+    if (rc)
+        snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+    return rc;
+}
+
+static int write_logs(section *sec, jobthr *jt, unsigned started, char *err,
+                      size_t errlen)
+{
+    const jobopts *o = sec->o;
+    int rc = 0;
+    for (unsigned i = 0; i < started; i++) {
+        if (sec->store_thread && i == 0)
+            continue; /* serves the store, runs no operation */
+        unsigned no = ++log_jobno;
+        if (rc)
+            continue;
+        if (o->lat_log[0] && write_log(sec, jt[i].w, jt[i].nw, o->lat_log,
+                                       "lat", no, err, errlen))
+            rc = -1;
+        else if (o->iops_log[0] && write_log(sec, jt[i].w, jt[i].nw,
+                                             o->iops_log, "iops", no, err,
+                                             errlen))
+            rc = -1;
+    }
+    return rc;
+}
+
 static int setup_datasets(section *sec, char *err, size_t errlen)
 {
     const jobopts *o = sec->o;
@@ -713,6 +906,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     }
     sec->o = o;
     sec->env = env;
+    sec->logging = o->lat_log[0] || o->iops_log[0];
     pthread_mutex_init(&sec->mu, NULL);
     pthread_cond_init(&sec->cv, NULL);
     char err[600] = "";
@@ -825,6 +1019,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     getrusage(RUSAGE_SELF, &ru0);
     uint64_t wall0 = tu_now_ns();
     atomic_store(&sec->pg.phase, o->ramp_ns ? 1 : 2);
+    sec->t_base = tu_now_ns();
     sec->go = true;
     pthread_cond_broadcast(&sec->cv);
     pthread_mutex_unlock(&sec->mu);
@@ -879,6 +1074,11 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         r->err = KV_ERROR;
         snprintf(r->errmsg, sizeof r->errmsg, "%s", err);
     }
+    if (sec->logging && write_logs(sec, jt, started, err, sizeof err) &&
+        !r->err) {
+        r->err = KV_ERROR;
+        snprintf(r->errmsg, sizeof r->errmsg, "%s", err);
+    }
     r->loaded = atomic_load(&sec->pg.loaded);
     r->usr_s = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
                (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6;
@@ -899,6 +1099,9 @@ fail:
     ret = -1;
 out:
     if (jt) {
+        for (unsigned i = 0; i < sec->nthr; i++)
+            for (unsigned k = 0; k < jt[i].nw; k++)
+                kb_log_free(jt[i].w[k]);
         for (unsigned i = 0; i < sec->nthr; i++)
             if (jt[i].priv_free)
                 jt[i].priv_free(&jt[i]);

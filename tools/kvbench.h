@@ -69,6 +69,11 @@ typedef struct jobopts {
     bool keep;
     bool store_per_job; /* kvstore: one kv_store per job (else one shared) */
     bool store_thread;  /* kvstore: the shared store on a thread of its own */
+    /* fio's logs: NAME_lat.N.log / NAME_iops.N.log per job ("" = none) */
+    char lat_log[256];
+    char iops_log[256];
+    unsigned log_avg_msec; /* 0: one entry per operation */
+    bool log_max_value;    /* the window's maximum latency, not its mean */
 } jobopts;
 
 /* Statistics of one operation type. */
