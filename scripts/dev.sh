@@ -6,6 +6,10 @@
 #   scripts/dev.sh test        install what is missing, build, make check
 #   scripts/dev.sh sanitizers  the same suite in an ASan+UBSan build
 #   scripts/dev.sh deps        only install the Debian packages
+#   scripts/dev.sh bench-deps  install the optional benchmark packages
+#                              (PKGS_BENCH: kvbench's LMDB and RocksDB peers,
+#                              fio, gnuplot for tools/bench.sh's charts), then
+#                              reconfigure build/ so kvbench links the peers
 #
 # Builds go to build/ (and build-san/) beside the sources; nothing is
 # installed system-wide except Debian packages.
@@ -17,6 +21,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # Debian packages: building, testing, and optional extras the suite uses.
 PKGS_BUILD="gcc make autoconf automake libtool pkg-config liburing-dev libsqlite3-dev check libhiredis-dev libuv1-dev"
 PKGS_TEST="valgrind strace redis-server redis-tools"
+# Optional, for tools/bench.sh only (it names what is missing when it runs).
+PKGS_BENCH="liblmdb-dev librocksdb-dev fio gnuplot-nox"
 
 need_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -24,7 +30,7 @@ need_root() {
 
 install_deps() {
     missing=""
-    for p in $PKGS_BUILD $PKGS_TEST; do
+    for p in $PKGS_BUILD $PKGS_TEST ${1:-}; do
         if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
             missing="$missing $p"
         fi
@@ -73,6 +79,10 @@ cmd=${1:-test}
 case "$cmd" in
 deps)
     install_deps ;;
+bench-deps)
+    install_deps "$PKGS_BENCH"
+    rm -f "$top/build/config.status" "$top/build/Makefile" # configure again: the peers
+    build "$top/build" ;;
 run)
     install_deps
     build "$top/build"
@@ -92,6 +102,6 @@ sanitizers)
     install_deps
     run_check "$top/build-san" --enable-sanitizers ;;
 *)
-    echo "usage: $0 run|test|sanitizers|deps" >&2
+    echo "usage: $0 run|test|sanitizers|deps|bench-deps" >&2
     exit 2 ;;
 esac

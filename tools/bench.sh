@@ -24,6 +24,26 @@
 #                     stdout, the default when only some sections run)
 #   KVBENCH_SECTIONS  the sections to run (default all; arguments win)
 #   KVBENCH_RKEYS     keys for the Redis cases (default 100000)
+#   KVBENCH_ROUNDS    rounds of the interleaved A/B sections (shared;
+#                     default 3): the variants alternate, medians reported
+#   KVBENCH_SHKEYS    records for the shared-store section (default 100000)
+#
+#   KVBENCH_DKEYS     records for the depth sweep's reads (default 100000)
+#   KVBENCH_DWKEYS    records for the depth sweep's durable writes (20000)
+#   KVBENCH_DEPTHS    the depths swept (default "1 4 16 64 256")
+#   KVBENCH_OKEYS     records for the latency-over-time case (100000)
+#   KVBENCH_YKEYS     records per YCSB workload (default 100000)
+#   KVBENCH_IMG       where the SVG charts go (default docs/img)
+#
+# Sections: loop durable fs reads mem redis (issue 5's targets), shared
+# (one store shared by --numjobs jobs against one job at the same total
+# depth, and what a forwarded call costs), depth (throughput and p99
+# against --iodepth for each backend and peer, and latency percentiles),
+# overtime (write latency over time in the mixed read/CAS case, from
+# kvbench's fio-format latency logs), ycsb (YCSB A-F beside the peers).
+# With gnuplot (apt-get install gnuplot-nox) the depth, overtime and ycsb
+# sections are also drawn as SVG charts into $KVBENCH_IMG, which the report
+# embeds; without it the report has the tables only.
 #
 # The Redis section starts its own servers when redis-server is installed
 # (tests/redis_env.sh: one single server and a 3-master cluster on loopback
@@ -40,7 +60,15 @@ KEYS=${KVBENCH_KEYS:-1000000}
 WKEYS=${KVBENCH_WKEYS:-100000}
 FSKEYS=${KVBENCH_FSKEYS:-20000}
 RKEYS=${KVBENCH_RKEYS:-100000}
-ALL_SECTIONS="loop durable fs reads mem redis"
+ROUNDS=${KVBENCH_ROUNDS:-3}
+SHKEYS=${KVBENCH_SHKEYS:-100000}
+DKEYS=${KVBENCH_DKEYS:-100000}
+DWKEYS=${KVBENCH_DWKEYS:-20000}
+DEPTHS=${KVBENCH_DEPTHS:-1 4 16 64 256}
+OKEYS=${KVBENCH_OKEYS:-100000}
+YKEYS=${KVBENCH_YKEYS:-100000}
+IMG=${KVBENCH_IMG:-$top/docs/img}
+ALL_SECTIONS="loop durable fs reads mem redis shared depth overtime ycsb"
 if [ $# -gt 0 ]; then
     SECTIONS="$*"
 else
@@ -99,7 +127,7 @@ has_peer() { case " $peers " in *" $1 "*) return 0 ;; esac; return 1; }
 # compiled into kvbench when configure finds their -dev packages; fio is a
 # program on PATH.  Said on stderr now and in the report (PEERS_MISSING).
 PEERS_MISSING=
-if want durable; then
+if want durable || want depth || want ycsb; then
     for p in lmdb rocksdb; do
         has_peer "$p" || PEERS_MISSING="$PEERS_MISSING $p"
     done
@@ -107,11 +135,18 @@ fi
 if want fs && ! command -v fio >/dev/null; then
     PEERS_MISSING="$PEERS_MISSING fio"
 fi
+HAVE_GNUPLOT=
+if command -v gnuplot >/dev/null; then
+    HAVE_GNUPLOT=1
+elif want depth || want overtime || want ycsb; then
+    PEERS_MISSING="$PEERS_MISSING gnuplot"
+fi
 PEERS_HOW=
 for p in $PEERS_MISSING; do
     case $p in
-    lmdb) PEERS_HOW="${PEERS_HOW:+$PEERS_HOW; }lmdb: apt-get install liblmdb-dev, then configure and build again" ;;
-    rocksdb) PEERS_HOW="${PEERS_HOW:+$PEERS_HOW; }rocksdb: apt-get install librocksdb-dev, then configure and build again" ;;
+    lmdb) PEERS_HOW="${PEERS_HOW:+$PEERS_HOW; }lmdb: apt-get install liblmdb-dev (or scripts/dev.sh bench-deps), then configure and build again" ;;
+    rocksdb) PEERS_HOW="${PEERS_HOW:+$PEERS_HOW; }rocksdb: apt-get install librocksdb-dev (or scripts/dev.sh bench-deps), then configure and build again" ;;
+    gnuplot) PEERS_HOW="${PEERS_HOW:+$PEERS_HOW; }gnuplot: apt-get install gnuplot-nox (charts; tables only without it)" ;;
     fio) PEERS_HOW="${PEERS_HOW:+$PEERS_HOW; }fio: apt-get install fio" ;;
     esac
 done
@@ -212,6 +247,123 @@ fi
 # (the fs store of $KEYS files goes with the scratch directory at exit:
 # removing a million files takes minutes)
 
+# 6. One store shared by several jobs (threads): --numjobs=4 --iodepth=16
+#    against --numjobs=1 --iodepth=64 on SQLite (KV_SQLITE_SYNC_FULL puts,
+#    point reads), fs with two jobs on one root, and the cost of a forwarded
+#    call (--store_thread: every call crosses to the store's thread).  The
+#    variants alternate within each round (the order reversed every other
+#    round); the report takes medians over $ROUNDS rounds.
+if want shared; then
+    r=1
+    while [ "$r" -le "$ROUNDS" ]; do
+        variants="put-j1 put-j4 get-j1 get-j4 fs-j1 fs-j2 fwd-d1 fwd-f1 fwd-d64 fwd-f64"
+        if [ $((r % 2)) -eq 0 ]; then
+            variants=$(echo "$variants" | tr ' ' '\n' | tac | tr '\n' ' ')
+        fi
+        for v in $variants; do
+            case $v in
+            put-j*|get-j*)
+                rw=randwrite; [ "${v%%-*}" = get ] && rw=randread
+                if [ "${v#*-}" = j1 ]; then jd="--numjobs=1 --iodepth=64"; else jd="--numjobs=4 --iodepth=16"; fi
+                # shellcheck disable=SC2086
+                run "shared-$v-r$r" --name="$v" --backend="sqlite:$DIR/sh.db" \
+                    --sync=full --rw=$rw --keys="$SHKEYS" --load --value_size=100 \
+                    --runtime="$RUNTIME" --time_based $jd
+                rm -f "$DIR"/sh.db* ;;
+            fs-j*)
+                if [ "$v" = fs-j1 ]; then jd="--numjobs=1 --iodepth=64"; else jd="--numjobs=2 --iodepth=32"; fi
+                # shellcheck disable=SC2086
+                run "shared-$v-r$r" --name="$v" --backend="fs:$DIR/shfs" \
+                    --rw=randwrite --keys="$FSKEYS" --load --value_size=4k \
+                    --runtime="$RUNTIME" --time_based $jd
+                rm -rf "$DIR/shfs" ;;
+            fwd-*)
+                case $v in fwd-?1) d=1 ;; *) d=64 ;; esac
+                st=; case $v in fwd-f*) st=--store_thread ;; esac
+                # shellcheck disable=SC2086
+                run "shared-$v-r$r" --name="$v" --backend=sqlite:memory \
+                    --rw=randread --keys="$SHKEYS" --load --value_size=100 \
+                    --runtime="$RUNTIME" --time_based --iodepth=$d $st ;;
+            esac
+        done
+        r=$((r + 1))
+    done
+fi
+
+# 7. Depth sweep: point reads over $DKEYS records (loaded once per backend,
+#    every depth on the same store), and durable writes over $DWKEYS records
+#    (a fresh store per depth), for each kvstore backend and each peer.
+uri_of() { # backend tag -> URI under $DIR
+    case $1 in
+    sqlite) echo "sqlite:$DIR/$2.db" ;;
+    fs) echo "fs:$DIR/$2.fs" ;;
+    sqlite-raw) echo "sqlite-raw:$DIR/$2.raw" ;;
+    lmdb) echo "lmdb:$DIR/$2.lmdb" ;;
+    rocksdb) echo "rocksdb:$DIR/$2.rocks" ;;
+    esac
+}
+BACKENDS="sqlite fs sqlite-raw"
+has_peer lmdb && BACKENDS="$BACKENDS lmdb"
+has_peer rocksdb && BACKENDS="$BACKENDS rocksdb"
+export BACKENDS DEPTHS DKEYS DWKEYS OKEYS YKEYS
+if want depth; then
+    for b in $BACKENDS; do
+        set -- --rw=randread --keys="$DKEYS" --value_size=100 \
+            --runtime="$RUNTIME" --time_based --backend="$(uri_of "$b" dr)"
+        first=--load
+        for d in $DEPTHS; do
+            set -- "$@" --name="qd$d" --iodepth="$d" "$first"
+            first=--load=0
+        done
+        run "depth-read-$b" "$@"
+        rm -rf "$DIR"/dr.*
+        set -- --rw=randwrite --sync=full --keys="$DWKEYS" --value_size=100 \
+            --runtime="$RUNTIME" --time_based --load
+        for d in $DEPTHS; do
+            set -- "$@" --name="qd$d" --iodepth="$d" --backend="$(uri_of "$b" "dw$d")"
+        done
+        run "depth-write-$b" "$@"
+        rm -rf "$DIR"/dw*
+    done
+fi
+
+# 8. Latency over time: 50% reads / 50% CAS writes (read, then put with its
+#    token) at depth 64 over $OKEYS uniform keys, every write's latency
+#    logged (--write_lat_log) and cut into 100 ms windows by the report.
+if want overtime; then
+    for v in sqlite-normal sqlite-full fs; do
+        case $v in
+        sqlite-normal) be="sqlite:$DIR/ot.db" sy=normal ;;
+        sqlite-full) be="sqlite:$DIR/ot.db" sy=full ;;
+        fs) be="fs:$DIR/ot.fs" sy=full ;;
+        esac
+        run "overtime-$v" --name="$v" --backend="$be" --sync=$sy \
+            --workload=ycsb-f --random_distribution=uniform --keys="$OKEYS" \
+            --value_size=100 --iodepth=64 --runtime="$RUNTIME" --time_based \
+            --write_lat_log="$RES/overtime-$v"
+        rm -rf "$DIR"/ot.*
+    done
+fi
+
+# 9. YCSB A-F (kvbench's presets: zipfian keys, latest for D, scans for
+#    E), each workload on a freshly loaded store of $YKEYS records, 32
+#    operations in flight (a peer: 32 threads).  Durability as YCSB's
+#    bindings leave it by default: no fsync per operation (SQLite and
+#    sqlite-raw synchronous=NORMAL, fs KV_FS_NO_FSYNC, RocksDB WAL not
+#    fsynced, LMDB MDB_NOMETASYNC).
+if want ycsb; then
+    for b in sqlite fs rocksdb lmdb; do
+        case " $BACKENDS " in *" $b "*) ;; *) continue ;; esac
+        sy=normal; [ "$b" = fs ] && sy=none
+        for wl in a b c d e f; do
+            run "ycsb-$b-$wl" --name="$b-$wl" --backend="$(uri_of "$b" y)" \
+                --workload="ycsb-$wl" --keys="$YKEYS" --value_size=100 \
+                --sync=$sy --iodepth=32 --runtime="$RUNTIME" --time_based
+            rm -rf "$DIR"/y.*
+        done
+    done
+fi
+
 # 5. Redis: a single server and a 3-master cluster, durable (appendfsync
 #    always), started through tests/redis_env.sh in the background: it
 #    writes the URIs to redis.env and keeps the servers while redis.hold
@@ -264,7 +416,9 @@ fi
 # The report.
 mkdir -p "$(dirname "$OUT")"
 export RES RUNTIME KEYS WKEYS FSKEYS RKEYS FIO_CMD DUMP_SQLITE DUMP_FS LOOP_OUT
-export SECTIONS REDIS_NOTE REDIS_VERSION
+export SECTIONS REDIS_NOTE REDIS_VERSION ROUNDS SHKEYS HAVE_GNUPLOT IMG
+LOAD_BEFORE=${LOAD_BEFORE:-}
+export LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
 export LOOPBENCH_CMD="${LOOPBENCH:+tools/loopbench}"
 MACHINE="$(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)), $(free -m | awk '/^Mem:/ {print $2}') MiB RAM, Linux $(uname -r), $(df -T "${KVBENCH_DIR:-/var/tmp}" | awk 'NR==2 {print $2 " on " $1}')"
 VERSION=$("$KVBENCH" --version | head -n 1)
@@ -333,7 +487,9 @@ def fmt(v, unit=""):
     return f"{v:.1f}{unit}"
 
 def us(ns):
-    return "n/a" if ns is None else f"{ns / 1000:,.0f} us"
+    if ns is None:
+        return "n/a"
+    return f"{ns / 1000:.1f} us" if ns < 10000 else f"{ns / 1000:,.0f} us"
 
 def ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
@@ -592,6 +748,257 @@ if want("loop"):
         w("loopbench was not found (build it: `make tools/loopbench`).")
     w("")
 
+# 6. shared store
+if want("shared"):
+    import statistics
+    rounds = int(os.environ.get("ROUNDS", "3"))
+    def series(v, o, f):
+        xs = []
+        for r in range(1, rounds + 1):
+            d = load(f"shared-{v}-r{r}")
+            x = op(d, v, o)
+            if x:
+                xs.append(f(x))
+        return xs
+    def med(xs):
+        return statistics.median(xs) if xs else None
+    def mean_ns(x):
+        return x["lat_ns"]["mean"]
+    def tput(x):
+        return x["iops"]
+    w("## One store shared by several threads")
+    w("")
+    w("`--numjobs=N` jobs are N threads, each with its own kv_loop and its own "
+      "`--iodepth` operations in flight, all on one store: job 0 opens it on its loop "
+      "and serves it, the other jobs' calls are forwarded to that loop and their "
+      "futures complete on their own loops (kvstore.h, \"Threads\"). Against one job "
+      "at the same total depth. The variants alternate within each round (order "
+      f"reversed every other round); medians of {rounds} rounds of "
+      f"{os.environ['RUNTIME']} s, each on a fresh store of "
+      f"{int(os.environ['SHKEYS']):,} records (fs: {int(os.environ['FSKEYS']):,} of 4 KiB). "
+      f"Load average when the report was written: {os.environ.get('LOADAVG', '?')}.")
+    w("")
+    w("| case | one job, depth 64 | shared store | ratio | per round (ops/s) |")
+    w("|---|---|---|---|---|")
+    for label, a, b, o, bl in [
+            ("SQLite KV_SQLITE_SYNC_FULL puts", "put-j1", "put-j4", "write", "4 jobs x depth 16"),
+            ("SQLite point reads", "get-j1", "get-j4", "read", "4 jobs x depth 16"),
+            ("fs durable puts, 4 KiB, one root", "fs-j1", "fs-j2", "write", "2 jobs x depth 32")]:
+        xa, xb = series(a, o, tput), series(b, o, tput)
+        ma, mb = med(xa), med(xb)
+        r = ratio(mb, ma)
+        per = "; ".join(f"{fmt(p)} / {fmt(q)}" for p, q in zip(xa, xb))
+        w(f"| {label} | {fmt(ma)} | {fmt(mb)} ({bl}) | "
+          f"{'n/a' if r is None else f'{r:.2f}x'} | {per} |")
+    w("")
+    r1 = ratio(med(series("put-j4", "write", tput)), med(series("put-j1", "write", tput)))
+    r2 = ratio(med(series("get-j4", "read", tput)), med(series("get-j1", "read", tput)))
+    w(f"- SQLite durable puts, 4 x 16 shared / 1 x 64: {verdict(r1, 0.9)}")
+    w(f"- SQLite point reads, 4 x 16 shared / 1 x 64: {verdict(r2, 0.9)}")
+    w("")
+    w("What a forwarded call costs: point reads on `sqlite:memory` with the store "
+      "on the job's own loop (direct) and on a thread of its own "
+      "(`--store_thread`: the call is copied, handed to the store's loop through its "
+      "lock-free list and eventfd, made there, and its result posted back to the "
+      "job's loop). Lone: one call in flight, mean latency; pipelined: 64 in "
+      "flight, the time per call (1/throughput).")
+    w("")
+    w("| | direct | forwarded | cost of forwarding |")
+    w("|---|---|---|---|")
+    d1, f1 = med(series("fwd-d1", "read", mean_ns)), med(series("fwd-f1", "read", mean_ns))
+    d64, f64 = med(series("fwd-d64", "read", tput)), med(series("fwd-f64", "read", tput))
+    def p50(x):
+        return x["lat_ns"]["percentile"].get("50.000000")
+    e1, g1 = med(series("fwd-d1", "read", p50)), med(series("fwd-f1", "read", p50))
+    if e1 and g1:
+        w(f"| lone call (median latency) | {e1 / 1000:.1f} us | {g1 / 1000:.1f} us | "
+          f"**{(g1 - e1) / 1000:+.1f} us** |")
+    if d1 and f1:
+        w(f"| lone call (mean latency) | {d1 / 1000:.1f} us | {f1 / 1000:.1f} us | "
+          f"**{(f1 - d1) / 1000:+.1f} us** |")
+    if d64 and f64:
+        w(f"| pipelined, depth 64 (per call) | {1e6 / d64:.2f} us ({fmt(d64)}/s) | "
+          f"{1e6 / f64:.2f} us ({fmt(f64)}/s) | **{1e6 / f64 - 1e6 / d64:+.2f} us** |")
+    w("")
+    w("```sh")
+    for v in ["put-j1", "put-j4", "get-j1", "get-j4", "fs-j1", "fs-j2",
+              "fwd-d1", "fwd-f1", "fwd-d64", "fwd-f64"]:
+        w(cmd(f"shared-{v}-r1"))
+    w("```")
+    w("")
+
+# Charts: data files for gnuplot (rendered after this script, when gnuplot
+# is installed) in $RES/plot; the report embeds the SVGs it will make.
+plotdir = os.path.join(res, "plot")
+os.makedirs(plotdir, exist_ok=True)
+charts = bool(os.environ.get("HAVE_GNUPLOT"))
+img = os.environ.get("IMG", "docs/img")
+def embed(name, alt):
+    if charts:
+        rel = os.path.relpath(os.path.join(img, name), os.path.dirname(os.path.abspath(out)) if out != "-" else os.getcwd())
+        w(f"![{alt}]({rel})")
+        w("")
+backends = os.environ.get("BACKENDS", "").split()
+depths = [int(x) for x in os.environ.get("DEPTHS", "1 4 16 64 256").split()]
+PCTS = ["50.000000", "90.000000", "99.000000", "99.900000", "99.990000"]
+
+# 7. depth sweep
+if want("depth"):
+    w("## Throughput and p99 against depth")
+    w("")
+    w(f"Point reads over {int(os.environ['DKEYS']):,} records of 100 bytes (uniform keys; "
+      "one store per backend, loaded once, every depth on it), and durable writes "
+      f"over {int(os.environ['DWKEYS']):,} records (`--sync=full`: SQLite "
+      "synchronous=FULL, fs fsync of file and directory, sqlite-raw FULL, RocksDB WAL "
+      "fsync per commit, LMDB fsync per commit; a fresh store per depth), one job. "
+      "kvstore's backends keep `--iodepth` futures in flight on one loop; a peer's "
+      "`--iodepth` is that many threads each making blocking calls.")
+    w("")
+    for kind, o in [("read", "read"), ("write", "write")]:
+        w(f"| {kind}s | " + " | ".join(f"depth {d}" for d in depths) + " |")
+        w("|---|" + "---|" * len(depths))
+        with open(os.path.join(plotdir, f"depth-{kind}.dat"), "w") as fh:
+            fh.write("# depth " + " ".join(f"{b}_iops {b}_p99us" for b in backends) + "\n")
+            rows = {}
+            for b in backends:
+                doc = load(f"depth-{kind}-{b}")
+                cells = []
+                for d in depths:
+                    v, p = iops(doc, f"qd{d}", o), p99(doc, f"qd{d}", o)
+                    rows.setdefault(d, []).append((v, p))
+                    cells.append(f"{fmt(v)} / {us(p)}")
+                w(f"| {b} | " + " | ".join(cells) + " |")
+            for d in depths:
+                fh.write(f"{d} " + " ".join(
+                    f"{'NaN' if v is None else v} {'NaN' if p is None else p / 1000}"
+                    for v, p in rows[d]) + "\n")
+        w("")
+        w("(ops/s / p99 latency)")
+        w("")
+        embed(f"depth-{kind}.svg", f"{kind}s: throughput and p99 against iodepth")
+    w("Latency percentiles at depth 64:")
+    w("")
+    w("| | " + " | ".join(f"p{float(p):g}" for p in PCTS) + " |")
+    w("|---|" + "---|" * len(PCTS))
+    with open(os.path.join(plotdir, "pcts.dat"), "w") as fh:
+        fh.write("# pct " + " ".join(f"{b}_read {b}_write" for b in backends) + "\n")
+        table = {}
+        for kind in ["read", "write"]:
+            for b in backends:
+                x = op(load(f"depth-{kind}-{b}"), "qd64", kind)
+                vals = [x["lat_ns"]["percentile"].get(p) if x else None for p in PCTS]
+                table[(b, kind)] = vals
+                w(f"| {b} {kind}s | " + " | ".join(us(v) for v in vals) + " |")
+        for i, p in enumerate(PCTS):
+            fh.write(f"{float(p):g} " + " ".join(
+                " ".join("NaN" if table[(b, k)][i] is None else str(table[(b, k)][i] / 1000)
+                         for k in ["read", "write"]) for b in backends) + "\n")
+    w("")
+    embed("percentiles.svg", "latency percentiles at depth 64")
+    w("```sh")
+    for b in backends:
+        w(cmd(f"depth-read-{b}"))
+        w(cmd(f"depth-write-{b}"))
+    w("```")
+    w("")
+
+# 8. latency over time
+if want("overtime"):
+    w("## Write latency over time: 50% reads, 50% CAS writes")
+    w("")
+    w(f"Depth 64, {int(os.environ['OKEYS']):,} records of 100 bytes, uniform keys; a "
+      "CAS write is a get and a put with its token (retried on a conflict), its "
+      "latency the whole of it. Every write's latency comes from kvbench's "
+      "`--write_lat_log` (fio's format), cut here into 100 ms windows: the chart "
+      "shows each window's p99 and maximum.")
+    w("")
+    w("| case | writes/s | write p50 | p99 | p99.9 | max | p99.9 / p50 | 100 ms windows with a write over 10 ms |")
+    w("|---|---|---|---|---|---|---|---|")
+    for v in ["sqlite-normal", "sqlite-full", "fs"]:
+        doc = load(f"overtime-{v}")
+        x = op(doc, v, "cas")
+        lats = []
+        try:
+            with open(os.path.join(res, f"overtime-{v}_lat.1.log")) as fh:
+                for line in fh:
+                    f = line.split(",")
+                    if int(f[2]) == 1:
+                        lats.append((int(f[0]), int(f[1])))
+        except (OSError, ValueError, IndexError):
+            pass
+        wins = {}
+        for t, l in lats:
+            wins.setdefault(t // 100, []).append(l)
+        over = sum(1 for k in wins if max(wins[k]) > 10_000_000)
+        with open(os.path.join(plotdir, f"overtime-{v}.dat"), "w") as fh:
+            fh.write("# t_s p99_ms max_ms\n")
+            for k in sorted(wins):
+                ls = sorted(wins[k])
+                fh.write(f"{(k + 1) / 10:.1f} {ls[min(len(ls) - 1, int(len(ls) * 0.99))] / 1e6:.3f} {ls[-1] / 1e6:.3f}\n")
+        if not x:
+            w(f"| {v} | {cell(doc, v, 'cas')} | | | | | | |")
+            continue
+        pc = x["lat_ns"]["percentile"]
+        p50, p999 = pc.get("50.000000"), pc.get("99.900000")
+        w(f"| {v} | {fmt(x['iops'])} | {us(p50)} | {us(pc.get('99.000000'))} | {us(p999)} | "
+          f"{us(x['lat_ns']['max'])} | {'n/a' if not p50 else f'{p999 / p50:.1f}x'} | "
+          f"{over} of {len(wins)} |")
+    w("")
+    embed("overtime.svg", "write latency over time, p99 and max per 100 ms")
+    w("```sh")
+    for v in ["sqlite-normal", "sqlite-full", "fs"]:
+        w(cmd(f"overtime-{v}"))
+    w("```")
+    w("")
+
+# 9. YCSB
+if want("ycsb"):
+    yb = [b for b in ["sqlite", "fs", "rocksdb", "lmdb"] if b in backends]
+    w("## YCSB A-F")
+    w("")
+    w(f"kvbench's YCSB presets (A 50/50 read/update, B 95/5, C read only, D 95% "
+      "read latest / 5% insert, E 95% short scans / 5% insert, F 50% read / 50% "
+      "read-modify-write; zipfian keys, theta 0.99), each on a freshly loaded store "
+      f"of {int(os.environ['YKEYS']):,} records of 100 bytes, 32 operations in flight "
+      "(peers: 32 threads). No fsync per operation, as YCSB's bindings run by "
+      "default: SQLite synchronous=NORMAL, fs `KV_FS_NO_FSYNC`, RocksDB WAL "
+      "not fsynced, LMDB `MDB_NOMETASYNC`. As YCSB reports them: throughput "
+      "(ops/s), then the 99th percentile latency of each operation.")
+    w("")
+    w("| workload | " + " | ".join(yb) + " |")
+    w("|---|" + "---|" * len(yb))
+    names = {"read": "READ", "write": "UPDATE", "insert": "INSERT", "scan": "SCAN", "cas": "RMW"}
+    with open(os.path.join(plotdir, "ycsb.dat"), "w") as fh:
+        fh.write("workload " + " ".join(yb) + "\n")
+        for wl in "abcdef":
+            cells, vals = [], []
+            for b in yb:
+                doc = load(f"ycsb-{b}-{wl}")
+                j = job(doc, f"{b}-{wl}")
+                if j is None:
+                    cells.append("not run"); vals.append("NaN"); continue
+                if j.get("error"):
+                    cells.append("failed: " + j.get("errmsg", "")[:60]); vals.append("NaN"); continue
+                # YCSB counts a scan as one operation (kvbench's iops
+                # counts the records it returned): calls per second.
+                tot = sum(v["calls"] / (v["runtime"] / 1000) if o == "scan" and v["runtime"]
+                          else v["iops"] for o, v in j["ops"].items())
+                parts = [f"**{fmt(tot)}**"]
+                for o, v in j["ops"].items():
+                    if v["total_ios"]:
+                        parts.append(f"{names.get(o, o)} {us(v['lat_ns']['percentile'].get('99.000000'))}")
+                cells.append(", ".join(parts))
+                vals.append(f"{tot:.0f}")
+            w(f"| {wl.upper()} | " + " | ".join(cells) + " |")
+            fh.write(wl.upper() + " " + " ".join(vals) + "\n")
+    w("")
+    embed("ycsb.svg", "YCSB A-F throughput")
+    w("```sh")
+    for b in yb:
+        w(cmd(f"ycsb-{b}-a") + "   # and -b .. -f alike")
+    w("```")
+    w("")
+
 if out == "-":
     sys.stdout.write("\n".join(lines) + "\n")
 else:
@@ -599,3 +1006,75 @@ else:
         fh.write("\n".join(lines))
     print(f"bench.sh: wrote {out}", file=sys.stderr)
 PY
+
+# The charts (gnuplot, SVG), from the data files the report wrote.
+if [ -n "$HAVE_GNUPLOT" ] && { want depth || want overtime || want ycsb; }; then
+    mkdir -p "$IMG"
+    P="$RES/plot"
+    {
+        echo 'set terminal svg size 900,420 dynamic font "sans,11" background rgb "white"'
+        echo "set grid; set key outside right top; set style data linespoints; set format y '%g'"
+        if want depth; then
+            for kind in read write; do
+                echo "set output '$IMG/depth-$kind.svg'"
+                echo 'set multiplot layout 1,2'
+                echo "set logscale x 2; set xlabel 'iodepth'; set ylabel '${kind}s/s'; set title 'throughput'; unset logscale y"
+                printf 'plot '; i=0
+                for b in $BACKENDS; do
+                    [ $i -gt 0 ] && printf ', '
+                    printf "'%s' using 1:%d title '%s'" "$P/depth-$kind.dat" $((2 + 2 * i)) "$b"
+                    i=$((i + 1))
+                done; echo
+                echo "set ylabel 'p99 latency (us)'; set title 'p99 latency'; set logscale y"
+                printf 'plot '; i=0
+                for b in $BACKENDS; do
+                    [ $i -gt 0 ] && printf ', '
+                    printf "'%s' using 1:%d title '%s'" "$P/depth-$kind.dat" $((3 + 2 * i)) "$b"
+                    i=$((i + 1))
+                done; echo
+                echo 'unset multiplot; unset logscale'
+            done
+            echo "set output '$IMG/percentiles.svg'"
+            echo "set multiplot layout 1,2; set logscale y; set xlabel 'percentile'; set ylabel 'latency (us)'"
+            echo "set xtics ('p50' 1, 'p90' 2, 'p99' 3, 'p99.9' 4, 'p99.99' 5)"
+            for k in 0 1; do
+                if [ $k -eq 0 ]; then echo "set title 'reads, depth 64'"; else echo "set title 'durable writes, depth 64'"; fi
+                printf 'plot '; i=0
+                for b in $BACKENDS; do
+                    [ $i -gt 0 ] && printf ', '
+                    printf "'%s' using 0:%d title '%s'" "$P/pcts.dat" $((2 + 2 * i + k)) "$b"
+                    i=$((i + 1))
+                done; echo
+            done
+            echo 'unset multiplot; unset logscale; set xtics autofreq'
+        fi
+        if want overtime; then
+            echo "set output '$IMG/overtime.svg'"
+            echo "set xlabel 'time (s)'; set ylabel 'write latency (ms)'; set logscale y"
+            echo "set title 'CAS writes, 50/50 read/CAS, depth 64: p99 and max per 100 ms'"
+            printf 'plot '; i=0
+            for v in sqlite-normal sqlite-full fs; do
+                [ $i -gt 0 ] && printf ', '
+                printf "'%s' using 1:2 with lines lc %d lw 2 title '%s p99', '%s' using 1:3 with lines lc %d dashtype 2 title '%s max'" \
+                    "$P/overtime-$v.dat" $((i + 1)) "$v" "$P/overtime-$v.dat" $((i + 1)) "$v"
+                i=$((i + 1))
+            done; echo
+            echo 'unset logscale'
+        fi
+        if want ycsb; then
+            echo "set output '$IMG/ycsb.svg'"
+            echo "set style data histogram; set style histogram clustered gap 1; set style fill solid 0.8 border -1"
+            echo "set xlabel 'YCSB workload'; set ylabel 'ops/s'; set title 'YCSB A-F throughput'; set logscale y"
+            n=$(head -n 1 "$P/ycsb.dat" | wc -w)
+            printf "plot for [c=2:%d] '%s' using c:xtic(1) title columnheader(c)\n" "$n" "$P/ycsb.dat"
+        fi
+    } > "$P/charts.gp"
+    if gnuplot "$P/charts.gp" 2> "$RES/gnuplot.err"; then
+        echo "bench.sh: charts in $IMG" >&2
+    else
+        echo "bench.sh: gnuplot failed:" >&2
+        cat "$RES/gnuplot.err" >&2
+    fi
+elif want depth || want overtime || want ycsb; then
+    echo "bench.sh: gnuplot is not installed: tables only (apt-get install gnuplot-nox, or scripts/dev.sh bench-deps)" >&2
+fi

@@ -118,6 +118,28 @@ void kb_inserted(dataset *d, uint64_t first, uint64_t n);
 
 typedef struct section section;
 
+/* --write_lat_log / --write_iops_log: what one worker buffers while it runs
+   (written to the files after the run, never from the hot path). */
+typedef struct lsample { /* one operation (no --log_avg_msec) */
+    uint64_t t_ns;  /* completion, since the worker's start */
+    uint64_t lat_ns;
+    uint32_t ddir;  /* 0 read, 1 write */
+    uint32_t bs;    /* value bytes */
+} lsample;
+
+typedef struct lwin { /* one --log_avg_msec window, per direction */
+    uint64_t n[2], sum[2], max[2]; /* calls and their latencies */
+    uint64_t ops[2];               /* operations (a batch of N counts N) */
+} lwin;
+
+typedef struct wlog {
+    lsample *s;
+    size_t ns, scap;
+    lwin *win;       /* [nwin], window k = [k, k+1) x log_avg_msec */
+    size_t nwin;
+    bool failed;     /* out of memory: the log is incomplete */
+} wlog;
+
 /* One thread issuing operations (a kvstore job, or one peer thread). */
 typedef struct worker {
     section *sec;
@@ -129,6 +151,7 @@ typedef struct worker {
     uint64_t last_done;
     int err;
     char errmsg[512];
+    wlog log;
 } worker;
 
 /* One job section while it runs. */
@@ -150,12 +173,26 @@ struct section {
     kv_pool *pool;
     unsigned pool_size;
     bool atomic_ok; /* --atomic honoured (else put_many) */
+    /* One kvstore store shared by every job (unless --store_per_job): job
+       0 opens it on its own loop and serves it; jobs 1..N-1 forward their
+       calls to it from their own loops.  shared_store and shared_loop are
+       written by job 0 before the start gate opens and read after it;
+       shared_users counts the other jobs still using the store (job 0
+       keeps running its loop until it is 0, then closes the store). */
+    bool shared;
+    bool store_thread; /* job 0 only serves (--store_thread); its jobs are 1..N */
+    unsigned nthr;     /* threads: numjobs, plus the store's with store_thread */
+    kv_store *shared_store;
+    kv_loop *shared_loop;
+    atomic_int shared_users;
     /* Start gate: jobs report ready, then wait for go.  mu guards nready
        and go; nothing else is done under it. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     unsigned nready;
     bool go;
+    bool logging; /* --write_lat_log or --write_iops_log */
+    uint64_t t_base; /* when the gate opened: the logs' time 0 */
 };
 
 /* Counters gathered while an op runs, added when it completes. */
@@ -177,6 +214,8 @@ bool kb_stopping(const worker *w, uint64_t now);
 void kb_record(worker *w, int op, uint64_t t0, uint64_t now, uint64_t nrec,
                uint64_t bytes, const opctr *c);
 void kb_sleep_until(uint64_t t);
+/* Free what the worker buffered for --write_lat_log / --write_iops_log. */
+void kb_log_free(worker *w);
 /* Report ready (stores open, --load done) and wait for the start. */
 void kb_gate_ready_and_wait(section *sec);
 int kb_cmp_u64(const void *a, const void *b);

@@ -64,6 +64,7 @@ struct kjob {
     uint64_t interval, next_intended;
     uint64_t completions;
     kv_fut *timer;
+    bool host; /* job 0 of a shared store: its loop serves the others */
     /* load phase */
     uint64_t load_next, load_hi;
 };
@@ -541,12 +542,22 @@ static void kj_run(kjob *j)
     while (j->inflight > 0 || !j->stopped) {
         uint64_t now = tu_now_ns();
         if (j->inflight == 0) {
-            /* Rate-limited and idle: sleep until the next op is due. */
+            /* Rate-limited and idle: sleep until the next op is due (on
+               the loop if it serves other jobs' calls meanwhile). */
             uint64_t until = j->next_intended;
             if (until > now + 100000000u)
                 until = now + 100000000u;
-            if (until > now)
+            if (until > now && j->host && until - now >= 1000000u) {
+                kv_fut *t = kv_sleep(j->loop, (until - now) / 1000000u);
+                int rc = kv_wait(t);
+                kv_fut_free(t);
+                if (rc != KV_OK) {
+                    kj_fail(j, rc, "kv_sleep", kv_strerror(rc));
+                    break;
+                }
+            } else if (until > now) {
                 kb_sleep_until(until);
+            }
             kj_pump(j);
             continue;
         }
@@ -651,6 +662,32 @@ static void kj_load(kjob *j, uint64_t lo, uint64_t hi)
     }
 }
 
+/*
+ * Job 0 of a shared store, its own run over: keep running the loop, which
+ * serves the other jobs' forwarded calls, until none of them uses the store.
+ * Each wait is bounded by a short timer, so the count (written by the other
+ * jobs) is looked at again even if a wake-up was consumed earlier.
+ */
+static void kj_serve(kjob *j)
+{
+    section *sec = j->w.sec;
+    while (atomic_load(&sec->shared_users) > 0) {
+        kv_fut *t = kv_sleep(j->loop, 10);
+        int rc = kv_wait(t);
+        kv_fut_free(t);
+        if (rc != KV_OK) {
+            /* The other jobs' calls cannot progress without this loop:
+               nothing is left but to stop them. */
+            kb_worker_fail(&j->w, rc, "serving the shared store: %s%s",
+                           kv_strerror(rc), "");
+            atomic_store(&kvb_stop, 1);
+            while (atomic_load(&sec->shared_users) > 0)
+                kb_sleep_until(tu_now_ns() + 1000000u);
+            return;
+        }
+    }
+}
+
 static int kj_close_store(kjob *j)
 {
     if (!j->store)
@@ -713,6 +750,16 @@ void *kb_kv_job_main(void *arg)
         jt->setup_rc = rc;
         goto ready;
     }
+    if (sec->shared && jt->idx > 0) {
+        /* A guest of job 0's store: its own loop, where the futures of its
+           forwarded calls complete; the store comes after the gate. */
+        if (kj_alloc(j, o->iodepth, o->batch)) {
+            snprintf(jt->setup_err, sizeof jt->setup_err, "out of memory");
+            jt->setup_rc = KV_ENOMEM;
+        }
+        goto ready;
+    }
+    j->host = sec->shared && sec->nthr > 1;
     if (kj_alloc(j, o->load && o->iodepth < LOAD_DEPTH ? LOAD_DEPTH : o->iodepth,
                  o->batch)) {
         snprintf(jt->setup_err, sizeof jt->setup_err, "out of memory");
@@ -759,11 +806,35 @@ void *kb_kv_job_main(void *arg)
             goto ready;
         }
     }
+    if (sec->shared) { /* published to the other jobs by the gate */
+        sec->shared_store = j->store;
+        sec->shared_loop = j->loop;
+    }
 ready:
     kb_gate_ready_and_wait(sec);
-    if (!jt->setup_rc && !atomic_load(&kvb_stop))
+    bool guest = sec->shared && jt->idx > 0;
+    if (guest && !jt->setup_rc) {
+        j->store = sec->shared_store;
+        if (!j->store) {
+            snprintf(jt->setup_err, sizeof jt->setup_err,
+                     "the shared store was not opened (job 0 failed)");
+            jt->setup_rc = KV_ERROR;
+        }
+    }
+    if (!jt->setup_rc && !atomic_load(&kvb_stop) &&
+        !(j->host && sec->store_thread))
         kj_run(j);
     atomic_fetch_sub(&sec->pg.running, 1);
+    if (guest) {
+        /* Every call of this job has come back: release the store.  The
+           wake comes first, while job 0 is sure to keep its loop. */
+        j->store = NULL;
+        if (sec->shared_loop)
+            kv_loop_wake(sec->shared_loop);
+        atomic_fetch_sub(&sec->shared_users, 1);
+    } else if (j->host && j->store) {
+        kj_serve(j);
+    }
     kj_close_store(j);
     kj_free_slots(j);
     if (j->loop) {

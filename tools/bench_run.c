@@ -262,6 +262,62 @@ bool kb_stopping(const worker *w, uint64_t now)
            now >= w->t_end || w->err;
 }
 
+/* --write_lat_log / --write_iops_log: buffer one completed operation (no
+   I/O here: the files are written after the run). */
+static void log_record(worker *w, int op, uint64_t lat, uint64_t now,
+                       uint64_t nrec, uint64_t bytes)
+{
+    const section *sec = w->sec;
+    const jobopts *o = sec->o;
+    wlog *l = &w->log;
+    if (l->failed)
+        return;
+    uint32_t dd = op == OP_READ || op == OP_SCAN ? 0 : 1;
+    uint64_t rel = now > sec->t_base ? now - sec->t_base : 0;
+    if (o->log_avg_msec) {
+        size_t k = (size_t)(rel / ((uint64_t)o->log_avg_msec * 1000000u));
+        if (k >= l->nwin) {
+            size_t n = l->nwin ? l->nwin : 256;
+            while (n <= k)
+                n *= 2;
+            lwin *nw = realloc(l->win, n * sizeof *nw);
+            if (!nw) {
+                l->failed = true;
+                return;
+            }
+            memset(nw + l->nwin, 0, (n - l->nwin) * sizeof *nw);
+            l->win = nw;
+            l->nwin = n;
+        }
+        lwin *x = &l->win[k];
+        x->n[dd]++;
+        x->ops[dd] += op == OP_SCAN ? 1 : nrec;
+        x->sum[dd] += lat;
+        if (lat > x->max[dd])
+            x->max[dd] = lat;
+        return;
+    }
+    if (l->ns == l->scap) {
+        size_t n = l->scap ? 2 * l->scap : 4096;
+        lsample *ns = realloc(l->s, n * sizeof *ns);
+        if (!ns) {
+            l->failed = true;
+            return;
+        }
+        l->s = ns;
+        l->scap = n;
+    }
+    uint64_t bs = op == OP_SCAN ? bytes : o->value_size * (nrec ? nrec : 1);
+    l->s[l->ns++] = (lsample){rel, lat, dd, bs > UINT32_MAX ? UINT32_MAX : (uint32_t)bs};
+}
+
+void kb_log_free(worker *w)
+{
+    free(w->log.s);
+    free(w->log.win);
+    memset(&w->log, 0, sizeof w->log);
+}
+
 /* Counters gathered while an op runs, added when it completes. */
 void kb_record(worker *w, int op, uint64_t t0, uint64_t now, uint64_t nrec,
                    uint64_t bytes, const opctr *c)
@@ -271,6 +327,8 @@ void kb_record(worker *w, int op, uint64_t t0, uint64_t now, uint64_t nrec,
         return;
     opstats *s = &w->st[op];
     hist_record(&s->h, now - t0);
+    if (w->sec->logging)
+        log_record(w, op, now - t0, now, nrec, bytes);
     s->ops += nrec;
     s->calls++;
     s->bytes += bytes;
@@ -354,6 +412,11 @@ void kb_load_range(const jobthr *jt, uint64_t *lo, uint64_t *hi)
     if (jt->sec->nds > 1) { /* a store of its own */
         *lo = 0;
         *hi = o->keys;
+        return;
+    }
+    if (jt->sec->shared) { /* job 0 loads the one store alone */
+        *lo = 0;
+        *hi = jt->idx == 0 ? o->keys : 0;
         return;
     }
     *lo = o->keys * jt->idx / o->numjobs;
@@ -560,11 +623,154 @@ static void show_interim(section *sec, meter *m, uint64_t t_start, uint64_t now)
     fflush(env->out);
 }
 
+/* ------------------------------------------------------------------------ */
+/* fio's log files                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Jobs numbered as fio numbers them in its log names: 1, 2, ... across the
+   whole run (every section's jobs). */
+static unsigned log_jobno;
+
+static int cmp_sample(const void *a, const void *b)
+{
+    const lsample *x = a, *y = b;
+    return x->t_ns < y->t_ns ? -1 : x->t_ns > y->t_ns;
+}
+
+/*
+ * One job's log of the given kind ("lat" or "iops"), fio's format: one
+ * line per entry, "time (ms), value, data direction (0 read, 1 write),
+ * block size (bytes), offset (0: keys have none)".  lat: nanoseconds, each
+ * operation or, with log_avg_msec, the window's mean (max with
+ * log_max_value); iops: 1 per operation, or the window's operations per
+ * second.  0, or -1 with a message.
+ */
+static int write_log(const section *sec, worker *const *ws, unsigned nw,
+                     const char *prefix, const char *kind, unsigned jobno,
+                     char *err, size_t errlen)
+{
+    const jobopts *o = sec->o;
+    bool lat = !strcmp(kind, "lat");
+    char path[400];
+    snprintf(path, sizeof path, "%s_%s.%u.log", prefix, kind, jobno);
+    for (unsigned i = 0; i < nw; i++)
+        if (ws[i]->log.failed) {
+            snprintf(err, errlen, "%s: out of memory while logging", path);
+            return -1;
+        }
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = 0;
+    if (o->log_avg_msec) {
+        uint64_t wns = (uint64_t)o->log_avg_msec * 1000000u;
+        size_t k0 = (size_t)(o->ramp_ns / wns), k1 = 0;
+        bool used[2] = {false, false}, any = false;
+        for (unsigned i = 0; i < nw; i++) {
+            const wlog *l = &ws[i]->log;
+            for (size_t k = 0; k < l->nwin; k++)
+                for (int d = 0; d < 2; d++)
+                    if (l->win[k].n[d]) {
+                        used[d] = any = true;
+                        if (k > k1)
+                            k1 = k;
+                    }
+        }
+        for (size_t k = k0; any && k <= k1; k++) {
+            for (int d = 0; d < 2; d++) {
+                if (!used[d])
+                    continue;
+                uint64_t n = 0, ops = 0, sum = 0, mx = 0;
+                for (unsigned i = 0; i < nw; i++) {
+                    const wlog *l = &ws[i]->log;
+                    if (k >= l->nwin)
+                        continue;
+                    n += l->win[k].n[d];
+                    ops += l->win[k].ops[d];
+                    sum += l->win[k].sum[d];
+                    if (l->win[k].max[d] > mx)
+                        mx = l->win[k].max[d];
+                }
+                uint64_t t = (uint64_t)(k + 1) * o->log_avg_msec;
+                if (lat && n)
+                    fprintf(f, "%" PRIu64 ", %" PRIu64 ", %d, %" PRIu64 ", 0\n", t,
+                            o->log_max_value ? mx : sum / n, d, o->value_size);
+                else if (!lat) /* an interval with no operation: 0 */
+                    fprintf(f, "%" PRIu64 ", %" PRIu64 ", %d, %" PRIu64 ", 0\n", t,
+                            (ops * 1000u + o->log_avg_msec / 2) / o->log_avg_msec,
+                            d, o->value_size);
+            }
+        }
+    } else {
+        size_t total = 0;
+        for (unsigned i = 0; i < nw; i++)
+            total += ws[i]->log.ns;
+        lsample *all = total ? malloc(total * sizeof *all) : NULL;
+        if (total && !all) {
+            snprintf(err, errlen, "%s: out of memory", path);
+            fclose(f);
+            return -1;
+        }
+        size_t m = 0;
+        for (unsigned i = 0; i < nw; i++) {
+            if (ws[i]->log.ns)
+                memcpy(all + m, ws[i]->log.s, ws[i]->log.ns * sizeof *all);
+            m += ws[i]->log.ns;
+        }
+        if (nw > 1)
+            qsort(all, total, sizeof *all, cmp_sample);
+        for (size_t i = 0; i < total; i++)
+            fprintf(f, "%" PRIu64 ", %" PRIu64 ", %u, %u, 0\n",
+                    all[i].t_ns / 1000000u, lat ? all[i].lat_ns : 1,
+                    all[i].ddir, all[i].bs);
+        free(all);
+    }
+    if (ferror(f))
+        rc = -1;
+    if (fclose(f) != 0)
+        rc = -1;
+    if (rc)
+        snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+    return rc;
+}
+
+static int write_logs(section *sec, jobthr *jt, unsigned started, char *err,
+                      size_t errlen)
+{
+    const jobopts *o = sec->o;
+    int rc = 0;
+    for (unsigned i = 0; i < started; i++) {
+        if (sec->store_thread && i == 0)
+            continue; /* serves the store, runs no operation */
+        unsigned no = ++log_jobno;
+        if (rc)
+            continue;
+        if (o->lat_log[0] && write_log(sec, jt[i].w, jt[i].nw, o->lat_log,
+                                       "lat", no, err, errlen))
+            rc = -1;
+        else if (o->iops_log[0] && write_log(sec, jt[i].w, jt[i].nw,
+                                             o->iops_log, "iops", no, err,
+                                             errlen))
+            rc = -1;
+    }
+    return rc;
+}
+
 static int setup_datasets(section *sec, char *err, size_t errlen)
 {
     const jobopts *o = sec->o;
-    bool per_job = sec->uri.kind == TU_SQLITE_MEM ||
-                   (sec->uri.kind == TU_FS && o->numjobs > 1);
+    /* kvstore backends share one store unless --store_per_job: then an
+       in-memory database or an fs root (opened once only) per job; SQLite
+       files and Redis servers take one store handle per job on the same
+       file or server. */
+    sec->shared = sec->is_kv && !o->store_per_job;
+    sec->store_thread = sec->shared && o->store_thread;
+    sec->nthr = o->numjobs + (sec->store_thread ? 1 : 0);
+    bool per_job = sec->is_kv && o->store_per_job &&
+                   (sec->uri.kind == TU_SQLITE_MEM ||
+                    (sec->uri.kind == TU_FS && o->numjobs > 1));
     sec->nds = per_job ? o->numjobs : 1;
     sec->ds = calloc(sec->nds, sizeof *sec->ds);
     if (!sec->ds) {
@@ -630,7 +836,7 @@ static void describe(section *sec, jobresult *r)
     const jobopts *o = sec->o;
     if (sec->uri.kind == TU_SQLITE_MEM)
         snprintf(r->store, sizeof r->store, "sqlite:memory%s",
-                 o->numjobs > 1 ? " (one database per job)" : "");
+                 o->numjobs > 1 && !sec->shared ? " (one database per job)" : "");
     else if (sec->nds > 1)
         snprintf(r->store, sizeof r->store, "%s:%s/job0..job%u (one store per job)",
                  tu_backend_name(sec->uri.kind), sec->uri.path, sec->nds - 1);
@@ -656,11 +862,21 @@ static void describe(section *sec, jobresult *r)
         kv_loop *probe = NULL;
         const char *lb = kv_loop_new(&probe, NULL) == KV_OK ? kv_loop_backend(probe) : "unknown";
         kv_loop_free(probe);
+        const char *sharing =
+            sec->store_thread ? "one store shared by the jobs, served by a thread of "
+                                "its own (--store_thread: every call forwarded)"
+            : o->numjobs == 1 ? "one store"
+            : sec->shared ? "one store shared by the jobs (opened on job 0's loop, "
+                            "the other jobs' calls forwarded to it)"
+            : sec->nds > 1 ? "one store per job (--store_per_job)"
+                           : "one store handle per job on the same database "
+                             "(--store_per_job)";
         snprintf(r->driver, sizeof r->driver,
                  "kvstore %s async API (loop: %s): one kv_loop per job on its own thread, "
+                 "%s, "
                  "%u future%s in flight per job (kv_fut_then + kv_loop_run), "
                  "kv_pool of %u threads shared by %u job(s); %s%s",
-                 kv_version_string(), lb, o->iodepth, o->iodepth == 1 ? "" : "s",
+                 kv_version_string(), lb, sharing, o->iodepth, o->iodepth == 1 ? "" : "s",
                  sec->pool_size, o->numjobs,
                  mode,
                  o->batch > 1 ? (sec->atomic_ok ? "; batches: kv_put_atomic"
@@ -690,6 +906,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     }
     sec->o = o;
     sec->env = env;
+    sec->logging = o->lat_log[0] || o->iops_log[0];
     pthread_mutex_init(&sec->mu, NULL);
     pthread_cond_init(&sec->cv, NULL);
     char err[600] = "";
@@ -753,13 +970,15 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     describe(sec, r);
 
     /* Start the jobs. */
-    jt = calloc(o->numjobs, sizeof *jt);
+    unsigned nthr = sec->nthr;
+    jt = calloc(nthr, sizeof *jt);
     if (!jt)
         goto oom;
     sec->pg.load_total = o->load ? o->keys * sec->nds : 0;
-    atomic_store(&sec->pg.running, (int)o->numjobs);
+    atomic_store(&sec->pg.running, (int)nthr);
+    atomic_store(&sec->shared_users, (int)nthr - 1);
     unsigned started = 0;
-    for (unsigned i = 0; i < o->numjobs; i++) {
+    for (unsigned i = 0; i < nthr; i++) {
         jt[i].sec = sec;
         jt[i].idx = i;
         jt[i].ds = &sec->ds[sec->nds > 1 ? i : 0];
@@ -771,8 +990,11 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         }
         started++;
     }
-    if (started < o->numjobs)
-        atomic_fetch_sub(&sec->pg.running, (int)(o->numjobs - started));
+    if (started < nthr) {
+        atomic_fetch_sub(&sec->pg.running, (int)(nthr - started));
+        if (started > 0) /* job 0 must not wait for jobs that never ran */
+            atomic_fetch_sub(&sec->shared_users, (int)(nthr - started));
+    }
 
     /* Wait for every job to be ready (stores open, --load done). */
     uint64_t t_start = tu_now_ns();
@@ -797,6 +1019,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
     getrusage(RUSAGE_SELF, &ru0);
     uint64_t wall0 = tu_now_ns();
     atomic_store(&sec->pg.phase, o->ramp_ns ? 1 : 2);
+    sec->t_base = tu_now_ns();
     sec->go = true;
     pthread_cond_broadcast(&sec->cv);
     pthread_mutex_unlock(&sec->mu);
@@ -851,6 +1074,11 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         r->err = KV_ERROR;
         snprintf(r->errmsg, sizeof r->errmsg, "%s", err);
     }
+    if (sec->logging && write_logs(sec, jt, started, err, sizeof err) &&
+        !r->err) {
+        r->err = KV_ERROR;
+        snprintf(r->errmsg, sizeof r->errmsg, "%s", err);
+    }
     r->loaded = atomic_load(&sec->pg.loaded);
     r->usr_s = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
                (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6;
@@ -871,7 +1099,10 @@ fail:
     ret = -1;
 out:
     if (jt) {
-        for (unsigned i = 0; i < o->numjobs; i++)
+        for (unsigned i = 0; i < sec->nthr; i++)
+            for (unsigned k = 0; k < jt[i].nw; k++)
+                kb_log_free(jt[i].w[k]);
+        for (unsigned i = 0; i < sec->nthr; i++)
             if (jt[i].priv_free)
                 jt[i].priv_free(&jt[i]);
         free(jt);

@@ -290,6 +290,36 @@ static const char *o_keep(jobopts *o, const char *v)
     return parse_bool(v, &o->keep);
 }
 
+static const char *o_store_per_job(jobopts *o, const char *v)
+{
+    return parse_bool(v, &o->store_per_job);
+}
+
+static const char *o_lat_log(jobopts *o, const char *v)
+{
+    return *v ? set_str(o->lat_log, sizeof o->lat_log, v) : "expected a name";
+}
+
+static const char *o_iops_log(jobopts *o, const char *v)
+{
+    return *v ? set_str(o->iops_log, sizeof o->iops_log, v) : "expected a name";
+}
+
+static const char *o_log_avg_msec(jobopts *o, const char *v)
+{
+    return parse_uint(v, 0, 86400000, &o->log_avg_msec);
+}
+
+static const char *o_log_max_value(jobopts *o, const char *v)
+{
+    return parse_bool(v, &o->log_max_value);
+}
+
+static const char *o_store_thread(jobopts *o, const char *v)
+{
+    return parse_bool(v, &o->store_thread);
+}
+
 static const char *o_sync(jobopts *o, const char *v)
 {
     if (!strcmp(v, "full") || !strcmp(v, "1"))
@@ -398,7 +428,9 @@ static const optdef opts[] = {
     {"rwmixread", o_rwmixread, false, "percent of reads in a mixed workload"},
     {"rwmixwrite", o_rwmixwrite, false, "percent of writes in a mixed workload"},
     {"iodepth", o_iodepth, false, "operations in flight per job"},
-    {"numjobs", o_numjobs, false, "jobs (threads, one kv_loop each)"},
+    {"numjobs", o_numjobs, false, "jobs (threads, one kv_loop each) on one shared store"},
+    {"store_per_job", o_store_per_job, true, "one store per job instead of one shared store"},
+    {"store_thread", o_store_thread, true, "serve the shared store from a thread of its own (every job's calls forwarded)"},
     {"runtime", o_runtime, false, "stop after this long (s, or 500ms, 2m)"},
     {"time_based", o_time_based, true, "run for --runtime even if --number_ios is reached"},
     {"ramp_time", o_ramp, false, "run this long before measuring"},
@@ -425,6 +457,10 @@ static const optdef opts[] = {
     {"cas_retries", o_max_retries, false, NULL},
     {"randseed", o_seed, false, "random seed"},
     {"keep", o_keep, true, "keep the default temporary store"},
+    {"write_lat_log", o_lat_log, false, "latency log per job: NAME_lat.N.log (fio's format)"},
+    {"write_iops_log", o_iops_log, false, "IOPS log per job: NAME_iops.N.log (fio's format)"},
+    {"log_avg_msec", o_log_avg_msec, false, "average the logs over windows of this many ms"},
+    {"log_max_value", o_log_max_value, true, "with log_avg_msec: log each window's maximum latency"},
 };
 
 static const optdef *find_opt(const char *name, size_t len)

@@ -67,6 +67,13 @@ typedef struct jobopts {
     unsigned max_retries;
     uint64_t seed;
     bool keep;
+    bool store_per_job; /* kvstore: one kv_store per job (else one shared) */
+    bool store_thread;  /* kvstore: the shared store on a thread of its own */
+    /* fio's logs: NAME_lat.N.log / NAME_iops.N.log per job ("" = none) */
+    char lat_log[256];
+    char iops_log[256];
+    unsigned log_avg_msec; /* 0: one entry per operation */
+    bool log_max_value;    /* the window's maximum latency, not its mean */
 } jobopts;
 
 /* Statistics of one operation type. */
@@ -95,7 +102,7 @@ typedef struct jobresult {
     long peak_rss_kib;
     int err;             /* first error code, 0 if none */
     char errmsg[1024];
-    char driver[768];    /* how the backend was driven, for honesty */
+    char driver[1024];    /* how the backend was driven, for honesty */
     char store[1100];    /* the store actually used */
 } jobresult;
 
