@@ -15,8 +15,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 # Debian packages: building, testing, and optional extras the suite uses.
-PKGS_BUILD="gcc make autoconf automake libtool pkg-config liburing-dev libsqlite3-dev check libhiredis-dev libuv1-dev"
-PKGS_TEST="valgrind strace redis-server redis-tools"
+PKGS_BUILD="gcc make autoconf automake libtool pkg-config liburing-dev libsqlite3-dev check libhiredis-dev libssl-dev libuv1-dev"
+PKGS_TEST="valgrind strace redis-server redis-tools openssl"
 
 need_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
