@@ -84,7 +84,7 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
             ok = SSL_CTX_load_verify_locations(c->ctx, dir ? NULL : o->cacert,
                                                dir ? o->cacert : NULL);
             if (ok != 1) {
-                char p[PATH_MAX + 48];
+                char p[PATH_MAX + 96];
                 snprintf(p, sizeof p, "cacert=%.*s: cannot load the CA "
                          "certificates", PATH_MAX, o->cacert);
                 ssl_why(why, whylen, p, "no certificate in it");
@@ -100,7 +100,7 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
         SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
     }
     if (o->cert != NULL) {
-        char p[PATH_MAX + 48];
+        char p[PATH_MAX + 96];
         if (SSL_CTX_use_certificate_chain_file(c->ctx, o->cert) != 1) {
             snprintf(p, sizeof p, "cert=%.*s: cannot load the client "
                      "certificate", PATH_MAX, o->cert);
@@ -109,8 +109,13 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
         }
         if (SSL_CTX_use_PrivateKey_file(c->ctx, o->key, SSL_FILETYPE_PEM) !=
             1) {
-            snprintf(p, sizeof p, "key=%.*s: cannot load the private key",
-                     PATH_MAX, o->key);
+            unsigned long e = ERR_peek_error();
+            bool other = ERR_GET_LIB(e) == ERR_LIB_X509 &&
+                         ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
+            snprintf(p, sizeof p, "key=%.*s: %s", PATH_MAX, o->key,
+                     other ? "does not match cert= (the key of another "
+                             "certificate)"
+                           : "cannot load the private key");
             ssl_why(why, whylen, p, "no key in it");
             goto fail;
         }
