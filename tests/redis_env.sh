@@ -61,6 +61,19 @@ if [ "${KV_TEST_REDIS:-}" = skip ]; then
     exec "$@"
 fi
 [ -n "${KV_TEST_REDIS:-}" ] && exec "$@" # servers given by the caller
+# The build's config.h (make check runs in the build directory): without
+# hiredis there is no Redis backend, so no servers (the redis rows and
+# tests skip); without OpenSSL no TLS servers.
+have_redis=yes have_openssl=yes
+if [ -f config.h ]; then
+    grep -q '^#define HAVE_HIREDIS 1' config.h || have_redis=no
+    grep -q '^#define HAVE_OPENSSL 1' config.h || have_openssl=no
+fi
+if [ $have_redis = no ]; then
+    echo "redis_env.sh: kvstore was built without hiredis: $prog runs" \
+        "without Redis" >&2
+    exec "$@"
+fi
 if ! command -v redis-server >/dev/null 2>&1; then
     echo "redis_env.sh: redis-server is not installed: $prog runs" \
         "without Redis (apt-get install redis-server)" >&2
@@ -524,7 +537,14 @@ setup() {
 
 tls=no
 case "$prog" in
-*check_redis*|*conformance/check_*) tls_supported && tls=yes ;;
+*check_redis*|*conformance/check_*)
+    if [ $have_openssl = no ]; then
+        echo "redis_env.sh: kvstore was built without OpenSSL: no TLS" \
+            "servers" >&2
+    elif tls_supported; then
+        tls=yes
+    fi
+    ;;
 esac
 attempt=1
 until setup; do

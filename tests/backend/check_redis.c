@@ -455,6 +455,15 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static void store_close(kv_store *s)
+{
+    kv_fut *f = kv_close(s);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_store_free(s);
+}
+
+#ifdef HAVE_HIREDIS /* its users: the tests with the test's own connections */
 /* Close s while f (one of its operations) still waits: the close completes
  * within max_ms and f is KV_ECANCELED.  Frees f and s. */
 static void close_cancels(kv_store *s, kv_fut *f, uint64_t max_ms)
@@ -468,6 +477,7 @@ static void close_cancels(kv_store *s, kv_fut *f, uint64_t max_ms)
     kv_fut_free(f);
     kv_store_free(s);
 }
+#endif
 
 /* Run the loop for ms (the library's own retries go on meanwhile). */
 static void spin(ctx *c, uint64_t ms)
@@ -1431,14 +1441,6 @@ static kv_store *proxy_open(proxy *p, kv_loop *loop, const char *opts)
     return s;
 }
 
-static void store_close(kv_store *s)
-{
-    kv_fut *f = kv_close(s);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_fut_free(f);
-    kv_store_free(s);
-}
-
 /* A connect that is never answered (the proxy dark, its listen queue full):
  * with timeout=MS the operation fails KV_EBACKEND within about MS, saying
  * so, while a store with the default timeout still waits; a store closes
@@ -2133,6 +2135,7 @@ END_TEST
 /* kv_redis_open against a node that never answers (the proxy dark: its
  * connect hangs) returns within the URI's timeout= for the whole open, not
  * 5 s a step; the message says so. */
+#ifdef HAVE_HIREDIS /* the proxy */
 START_TEST(test_open_timeout)
 {
     int fds0 = tu_count_fds();
@@ -2164,6 +2167,7 @@ START_TEST(test_open_timeout)
     ck_assert_int_eq(tu_count_fds(), fds0);
 }
 END_TEST
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* TLS (rediss://): the servers and certificates of tests/redis_env.sh      */
@@ -2443,7 +2447,9 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_auth_acl_user);
     tcase_add_test(tc, test_auth_refused);
     tcase_add_test(tc, test_host_forms);
+#ifdef HAVE_HIREDIS
     tcase_add_test(tc, test_open_timeout);
+#endif
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);
 #ifdef HAVE_HIREDIS
