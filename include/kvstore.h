@@ -811,9 +811,19 @@ KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
  * [?option[&option]...]": host a DNS name, an IPv4 address or a bracketed
  * IPv6 address; user and password percent-decoded (then AUTH on every
  * connection); options shard=key|store, timeout=MS, password_file=PATH
- * (the password on its first line) and the TLS options cacert=, cert=,
- * key=, sni=, verify= (rediss://, not supported yet: KV_ENOTSUP).  Grammar,
- * defaults and the ACL a limited user needs: kvstore-redis(3).  A bad URI
+ * (the password on its first line).  "rediss://" is the same over TLS
+ * (OpenSSL), on every connection (seeds, nodes learned from the cluster,
+ * reconnects; a cluster needs tls-cluster yes), with the options
+ * cacert=PATH (a PEM file or hashed directory of trusted CAs; default the
+ * system's store), cert=PATH and key=PATH (a client certificate and its
+ * key, together), sni=NAME and verify=1|0.  With verify=1 (the default)
+ * the server's certificate must chain to a trusted CA, be in date, and
+ * carry the name the node is reached by (a DNS name, or for an address,
+ * that IP address; nodes a cluster announces by IP are checked against
+ * the IP), or sni= when given, which is then checked for every node and
+ * sent as SNI; verify=0 checks nothing (encryption without
+ * authentication of the server).  Grammar, defaults and the ACL a limited
+ * user needs: kvstore-redis(3).  A bad URI
  * fails KV_EINVAL naming the field at fault (never quoting the password).
  * pool: host-name look-ups when a node reconnects (may be NULL: names then
  * keep the addresses found at open).
@@ -826,10 +836,15 @@ KV_EXTERN int kv_fs_open(kv_store **out, kv_loop *loop, kv_pool *pool,
  * an atomic batch whose keys lie in several hash slots fails KV_ENOTSUP
  * (its message names two such keys), and kv_move_prefix_atomic fails
  * KV_ENOTSUP (use shard=store).
- * Errors of open: KV_EINVAL (bad URI, unreadable password_file, a flag it
- * does not accept), KV_ENOMEM, KV_EBACKEND (no seed answered in time, a
- * name does not resolve, or AUTH failed: the server's WRONGPASS/NOAUTH is
- * in kv_last_errmsg), KV_ENOTSUP (built without hiredis; rediss://).  Errors of operations: KV_EBACKEND
+ * Errors of open: KV_EINVAL (bad URI, unreadable password_file, a
+ * cacert=, cert= or key= file that cannot be loaded or a key that is not
+ * the certificate's, a flag it does not accept), KV_ENOMEM, KV_EBACKEND (no
+ * seed answered in time, a name does not resolve, AUTH failed: the
+ * server's WRONGPASS/NOAUTH is in kv_last_errmsg, or the TLS handshake
+ * failed: kv_last_errmsg names the check that failed, e.g. "certificate
+ * has expired", and the name or address checked), KV_ENOTSUP (built
+ * without hiredis; rediss:// in a build without OpenSSL).  Errors of
+ * operations: KV_EBACKEND
  * when a node cannot be reached, or when the outcome is unknown (the
  * connection broke or timed out after the command was sent: re-read the
  * token before retrying).

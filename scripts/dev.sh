@@ -19,8 +19,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 # Debian packages: building, testing, and optional extras the suite uses.
-PKGS_BUILD="gcc make autoconf automake libtool pkg-config liburing-dev libsqlite3-dev check libhiredis-dev libuv1-dev"
-PKGS_TEST="valgrind strace redis-server redis-tools"
+PKGS_BUILD="gcc make autoconf automake libtool pkg-config liburing-dev libsqlite3-dev check libhiredis-dev libssl-dev libuv1-dev"
+PKGS_TEST="valgrind strace redis-server redis-tools openssl"
 # Optional, for tools/bench.sh only (it names what is missing when it runs).
 PKGS_BENCH="liblmdb-dev librocksdb-dev fio gnuplot-nox"
 

@@ -455,6 +455,15 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static void store_close(kv_store *s)
+{
+    kv_fut *f = kv_close(s);
+    ck_assert_kv(kv_wait(f), KV_OK);
+    kv_fut_free(f);
+    kv_store_free(s);
+}
+
+#ifdef HAVE_HIREDIS /* its users: the tests with the test's own connections */
 /* Close s while f (one of its operations) still waits: the close completes
  * within max_ms and f is KV_ECANCELED.  Frees f and s. */
 static void close_cancels(kv_store *s, kv_fut *f, uint64_t max_ms)
@@ -468,6 +477,7 @@ static void close_cancels(kv_store *s, kv_fut *f, uint64_t max_ms)
     kv_fut_free(f);
     kv_store_free(s);
 }
+#endif
 
 /* Run the loop for ms (the library's own retries go on meanwhile). */
 static void spin(ctx *c, uint64_t ms)
@@ -475,12 +485,15 @@ static void spin(ctx *c, uint64_t ms)
     ck_assert_kv(wait_free(kv_sleep(c->loop, ms)), KV_OK);
 }
 
+/* How node_cli runs redis-cli (the TLS tests add --tls and a password). */
+static char cli_cmd[1024] = "redis-cli";
+
 /* The first line of redis-cli's answer to cmd on node name. */
 static void node_cli(const char *dir, const char *name, const char *cmd,
                      char *out, size_t outlen)
 {
-    char line[512];
-    snprintf(line, sizeof line, "redis-cli -p %d %s", node_port(dir, name),
+    char line[1600];
+    snprintf(line, sizeof line, "%s -p %d %s", cli_cmd, node_port(dir, name),
              cmd);
     FILE *p = popen(line, "r");
     ck_assert_ptr_nonnull(p);
@@ -490,19 +503,17 @@ static void node_cli(const char *dir, const char *name, const char *cmd,
     pclose(p);
 }
 
-/* The failover cluster (f1..f3, f4 a replica of f1): stop f1 with writes
- * in flight.  Every write succeeds or fails KV_EBACKEND; a failure whose
- * outcome is unknown is resolved by reading (the value is the attempted one
- * with a newer token, or the old one with the old token: never anything
- * else); tokens only grow; the store works again once f4 has taken over;
+/* A failover cluster (f1..f3, f4 a replica of f1; or t1..t4 over TLS):
+ * stop master m1 with writes in flight.  Every write succeeds or fails
+ * KV_EBACKEND; a failure whose outcome is unknown is resolved by reading
+ * (the value is the attempted one with a newer token, or the old one with
+ * the old token: never anything else); tokens only grow; the store works
+ * again once replica r1 has taken over;
  * and a put retried after an unknown outcome with its old token conflicts
  * instead of overwriting the newer write. */
-START_TEST(test_failover)
+static void failover_run(ctx *c, const char *dir, const char *m1,
+                         const char *r1, const char *test)
 {
-    ctx c;
-    const char *dir = open_nodes(&c, "KV_TEST_REDIS_FAILOVER", "");
-    if (dir == NULL)
-        return;
     enum { N = 150 };
     static char ids[N][32], vals[N][32], tried[N][32];
     static uint64_t toks[N], sent[N], unk_tok[N];
@@ -513,14 +524,14 @@ START_TEST(test_failover)
         int rc;
         snprintf(ids[i], sizeof ids[i], "/fo/%d", i);
         snprintf(vals[i], sizeof vals[i], "v0-%d", i);
-        keys[i] = K(&c, ids[i]);
-        toks[i] = put(&c, ids[i], vals[i], 0, &rc, NULL, 0);
+        keys[i] = K(c, ids[i]);
+        toks[i] = put(c, ids[i], vals[i], 0, &rc, NULL, 0);
         ck_assert_kv(rc, KV_OK);
     }
     char cmd[600], role[64];
-    node_cli(dir, "f4", "role", role, sizeof role);
+    node_cli(dir, r1, "role", role, sizeof role);
     ck_assert_str_eq(role, "slave");
-    snprintf(cmd, sizeof cmd, "sh '%s/f1/stop' >/dev/null 2>&1 &", dir);
+    snprintf(cmd, sizeof cmd, "sh '%s/%s/stop' >/dev/null 2>&1 &", dir, m1);
     ck_assert_int_eq(system(cmd), 0);
     uint64_t start = mono_ms();
     int nok = 0, nfail = 0, nunknown = 0, napplied = 0, clean = 0, round;
@@ -533,7 +544,7 @@ START_TEST(test_failover)
         for (int i = 0; i < N; i++) {
             if (!unknown[i])
                 continue;
-            kv_fut *f = kv_get(c.s, keys[i], NULL);
+            kv_fut *f = kv_get(c->s, keys[i], NULL);
             int rc = kv_wait(f);
             if (rc == KV_OK) {
                 const kv_record *r = kv_fut_record(f);
@@ -565,7 +576,7 @@ START_TEST(test_failover)
             snprintf(tried[i], sizeof tried[i], "r%d-%d", round, i);
             kv_record r = {keys[i], tried[i], strlen(tried[i]), toks[i]};
             sent[i] = toks[i];
-            fs[i] = kv_put(c.s, &r, NULL);
+            fs[i] = kv_put(c->s, &r, NULL);
         }
         int failed = 0;
         for (int i = 0; i < N; i++) {
@@ -599,20 +610,20 @@ START_TEST(test_failover)
         }
         clean = failed == 0 && nfail > 0 ? clean + 1 : 0;
         if (failed > 0)
-            ck_assert_kv(wait_free(kv_sleep(c.loop, 20)), KV_OK);
+            ck_assert_kv(wait_free(kv_sleep(c->loop, 20)), KV_OK);
     }
     fprintf(stderr,
-            "test_failover: %d rounds, %.1f s from the stop to recovery: %d "
+            "%s: %d rounds, %.1f s from the stop to recovery: %d "
             "puts ok, %d failed (%d with an unknown outcome, %d of those "
             "applied)\n",
-            round - 1, (double)(mono_ms() - start) / 1000.0, nok, nfail,
+            test, round - 1, (double)(mono_ms() - start) / 1000.0, nok, nfail,
             nunknown, napplied);
     ck_assert_int_gt(nfail, 0);
-    node_cli(dir, "f4", "role", role, sizeof role);
+    node_cli(dir, r1, "role", role, sizeof role);
     ck_assert_str_eq(role, "master");
     /* every record holds its last acknowledged value and token */
     for (int i = 0; i < N; i++) {
-        kv_fut *f = kv_get(c.s, keys[i], NULL);
+        kv_fut *f = kv_get(c->s, keys[i], NULL);
         ck_assert_kv(kv_wait(f), KV_OK);
         const kv_record *r = kv_fut_record(f);
         ck_assert_uint_eq(r->token, toks[i]);
@@ -631,10 +642,19 @@ START_TEST(test_failover)
                 continue;
             old = toks[i] - 1; /* older than the last write */
         }
-        put(&c, ids[i], "stale", old, &rc, NULL, 0);
+        put(c, ids[i], "stale", old, &rc, NULL, 0);
         ck_assert_kv(rc, KV_ECONFLICT);
     }
-    close_ctx(&c);
+    close_ctx(c);
+}
+
+START_TEST(test_failover)
+{
+    ctx c;
+    const char *dir = open_nodes(&c, "KV_TEST_REDIS_FAILOVER", "");
+    if (dir == NULL)
+        return;
+    failover_run(&c, dir, "f1", "f4", "test_failover");
 }
 END_TEST
 
@@ -1421,14 +1441,6 @@ static kv_store *proxy_open(proxy *p, kv_loop *loop, const char *opts)
     return s;
 }
 
-static void store_close(kv_store *s)
-{
-    kv_fut *f = kv_close(s);
-    ck_assert_kv(kv_wait(f), KV_OK);
-    kv_fut_free(f);
-    kv_store_free(s);
-}
-
 /* A connect that is never answered (the proxy dark, its listen queue full):
  * with timeout=MS the operation fails KV_EBACKEND within about MS, saying
  * so, while a store with the default timeout still waits; a store closes
@@ -1822,9 +1834,10 @@ static bool auth_uri_(char *out, size_t len, const char *env,
                 env, test);
         return false;
     }
-    ck_assert(strncmp(base, "redis://", 8) == 0);
-    snprintf(out, len, "redis://%s%s%s/%s", cred, cred[0] ? "@" : "",
-             base + 8, path);
+    const char *hosts = strstr(base, "://");
+    ck_assert_ptr_nonnull(hosts);
+    snprintf(out, len, "%.*s%s%s%s/%s", (int)(hosts + 3 - base), base, cred,
+             cred[0] ? "@" : "", hosts + 3, path);
     return true;
 }
 
@@ -1873,15 +1886,19 @@ static void workload(kv_store *s, int n, const char *dir)
  * redis-cli's own (authenticated with the default user's password). */
 static void kill_clients(const char *env)
 {
-    const char *h = getenv(env) + 8;
+    const char *h = strstr(getenv(env), "://") + 3;
+    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
+    char tls[600] = "";
+    if (strncmp(getenv(env), "rediss:", 7) == 0 && ca != NULL)
+        snprintf(tls, sizeof tls, "--tls --cacert '%s' ", ca);
     while (*h != '\0') {
         const char *colon = strchr(h, ':');
         int port = atoi(colon + 1);
-        char cmd[256];
+        char cmd[1024];
         snprintf(cmd, sizeof cmd,
-                 "REDISCLI_AUTH='p@ss:w/rd%%x' redis-cli -p %d client kill "
-                 "type normal skipme yes >/dev/null 2>&1",
-                 port);
+                 "REDISCLI_AUTH='p@ss:w/rd%%x' redis-cli %s-p %d client "
+                 "kill type normal skipme yes >/dev/null 2>&1",
+                 tls, port);
         ck_assert_int_eq(system(cmd), 0);
         h = strchr(colon, ',');
         if (h == NULL)
@@ -2118,6 +2135,7 @@ END_TEST
 /* kv_redis_open against a node that never answers (the proxy dark: its
  * connect hangs) returns within the URI's timeout= for the whole open, not
  * 5 s a step; the message says so. */
+#ifdef HAVE_HIREDIS /* the proxy */
 START_TEST(test_open_timeout)
 {
     int fds0 = tu_count_fds();
@@ -2149,6 +2167,274 @@ START_TEST(test_open_timeout)
     ck_assert_int_eq(tu_count_fds(), fds0);
 }
 END_TEST
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* TLS (rediss://): the servers and certificates of tests/redis_env.sh      */
+/* ------------------------------------------------------------------------ */
+
+#ifdef HAVE_OPENSSL
+/* The test certificate file name into out (KV_TEST_REDIS_DIR/tls/name). */
+static void tls_file(char *out, size_t len, const char *name)
+{
+    snprintf(out, len, "%s/tls/%s", getenv("KV_TEST_REDIS_DIR"), name);
+}
+
+/* The TLS servers are there (else the test skips, saying why). */
+static bool tls_env(const char *test)
+{
+    if (getenv("KV_TEST_REDIS_TLS") == NULL ||
+        getenv("KV_TEST_REDIS_TLS_CLUSTER") == NULL ||
+        getenv("KV_TEST_REDIS_DIR") == NULL) {
+        fprintf(stderr, "check_redis: KV_TEST_REDIS_TLS not set "
+                        "(tests/redis_env.sh sets it when redis-server has "
+                        "TLS and openssl is installed): %s skipped\n",
+                test);
+        return false;
+    }
+    return true;
+}
+
+/* rediss://localhost:PORT of node name (tx, tm), then /path?opts. */
+static void node_tls_uri(char *out, size_t len, const char *name,
+                         const char *path, const char *opts)
+{
+    snprintf(out, len, "rediss://localhost:%d/%s%s",
+             node_port(getenv("KV_TEST_REDIS_DIR"), name), path, opts);
+}
+
+/* The open of uri fails with want, its message holding each of the
+ * strings of has (NULL-terminated) and never the password. */
+static void open_fails(kv_loop *loop, const char *uri, int want,
+                       const char *const *has)
+{
+    kv_store *s;
+    int rc = try_open(loop, NULL, uri, &s);
+    const char *m = kv_last_errmsg();
+    fprintf(stderr, "open_fails: %s\n", m);
+    ck_assert_msg(rc == want, "%s: %s (%s)", uri, kv_err_name(rc), m);
+    for (size_t i = 0; has[i] != NULL; i++)
+        ck_assert_msg(strstr(m, has[i]) != NULL, "%s: no '%s' in: %s", uri,
+                      has[i], m);
+    ck_assert_msg(strstr(m, "Secret") == NULL, "the password: %s", m);
+}
+
+#define HAS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* Over rediss:// with the ACL user: every operation works on the single
+ * server (reached by address and by name) and on the TLS cluster from one
+ * seed (the other masters learned from CLUSTER SLOTS, over TLS too), and
+ * again after every connection was cut (the reconnects' handshakes run on
+ * the ring). */
+START_TEST(test_tls_open)
+{
+    if (!tls_env(__func__))
+        return;
+    char ca[600], uri[2048], path[128], opts[700];
+    tls_file(ca, sizeof ca, "ca.pem");
+    snprintf(opts, sizeof opts, "?cacert=%s", ca);
+    const char *envs[] = {"KV_TEST_REDIS_TLS", "KV_TEST_REDIS_TLS",
+                          "KV_TEST_REDIS_TLS_CLUSTER",
+                          "KV_TEST_REDIS_TLS_CLUSTER"};
+    for (int e = 0; e < 4; e++) {
+        snprintf(path, sizeof path, "kvacl%s-tls%d", prefix, e);
+        ck_assert(auth_uri(uri, envs[e], "kvuser:kv-pw", path));
+        if (e == 1) { /* by name: verified against DNS:localhost */
+            const char *h = strstr(uri, "@127.0.0.1:");
+            ck_assert_ptr_nonnull(h);
+            char tail[1024];
+            snprintf(tail, sizeof tail, "%s", h + 10);
+            snprintf(uri, sizeof uri, "rediss://kvuser:kv-pw@localhost%s",
+                     tail);
+        }
+        if (e >= 2) /* one seed */
+            *strchr(uri + 9, ',') = '\0', strcat(uri, "/"), strcat(uri, path);
+        if (e == 3)
+            strcat(uri, "?shard=store&cacert="), strcat(uri, ca);
+        else
+            strcat(uri, opts);
+        kv_loop *loop = NULL;
+        ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+        kv_store *s;
+        int rc = try_open(loop, NULL, uri, &s);
+        ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                      kv_last_errmsg());
+        workload(s, 40, "/w");
+        kill_clients(envs[e]);
+        recovers(loop, s);
+        workload(s, 40, "/w2");
+        store_close(s);
+        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+        ck_assert_kv(kv_loop_free(loop), KV_OK);
+    }
+}
+END_TEST
+
+/* The server's certificate checked: an untrusted CA (another CA, or the
+ * system's store, which does not know the test CA), a name the
+ * certificate does not carry (sni=), an expired certificate: the open
+ * fails KV_EBACKEND saying which check failed and against what; verify=0
+ * connects anyway.  Files that cannot be loaded are KV_EINVAL. */
+START_TEST(test_tls_verify)
+{
+    if (!tls_env(__func__))
+        return;
+    char ca[600], other[600], bad[600], uri[4096], opts[800];
+    tls_file(ca, sizeof ca, "ca.pem");
+    tls_file(other, sizeof other, "other-ca.pem");
+    tls_file(bad, sizeof bad, "san.ext");
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    const char *cred = "kvuser:kv-pw-Secret"; /* never reached: no AUTH */
+
+    snprintf(opts, sizeof opts, "%s?cacert=%s", prefix, other);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS", cred, opts));
+    open_fails(loop, uri, KV_EBACKEND,
+               HAS("certificate verify failed", "address 127.0.0.1",
+                   "cacert="));
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS", cred, prefix));
+    open_fails(loop, uri, KV_EBACKEND,
+               HAS("certificate verify failed", "cacert="));
+    snprintf(opts, sizeof opts, "%s?cacert=%s&sni=wrong.example", prefix, ca);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS", cred, opts));
+    open_fails(loop, uri, KV_EBACKEND,
+               HAS("hostname mismatch", "name wrong.example"));
+    /* the cluster: the seed's certificate is checked the same way */
+    snprintf(opts, sizeof opts, "%s?cacert=%s", prefix, other);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS_CLUSTER", cred, opts));
+    open_fails(loop, uri, KV_EBACKEND, HAS("certificate verify failed"));
+    snprintf(opts, sizeof opts, "?cacert=%s", ca);
+    node_tls_uri(uri, sizeof uri, "tx", prefix, opts);
+    open_fails(loop, uri, KV_EBACKEND,
+               HAS("certificate has expired", "name localhost"));
+    /* files that cannot be used */
+    snprintf(opts, sizeof opts, "%s?cacert=%s/none.pem", prefix, ca);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS", cred, opts));
+    open_fails(loop, uri, KV_EINVAL, HAS("cacert=", "none.pem"));
+    snprintf(opts, sizeof opts, "%s?cacert=%s", prefix, bad);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS", cred, opts));
+    open_fails(loop, uri, KV_EINVAL, HAS("cacert="));
+
+    /* verify=0: the untrusted CA and the expired certificate are accepted */
+    char path[96];
+    snprintf(path, sizeof path, "kvacl%s-nv?verify=0", prefix);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS", "kvuser:kv-pw", path));
+    kv_store *s;
+    int rc = try_open(loop, NULL, uri, &s);
+    ck_assert_msg(rc == KV_OK, "%s (%s)", kv_err_name(rc), kv_last_errmsg());
+    workload(s, 10, "/w");
+    store_close(s);
+    node_tls_uri(uri, sizeof uri, "tx", prefix, "?verify=0");
+    rc = try_open(loop, NULL, uri, &s);
+    ck_assert_msg(rc == KV_OK, "%s (%s)", kv_err_name(rc), kv_last_errmsg());
+    workload(s, 10, "/w");
+    store_close(s);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
+/* A server that requires a client certificate (tls-auth-clients yes):
+ * cert= and key= get in; without them the open fails KV_EBACKEND saying
+ * the server may want one; a key that is not the certificate's, or a
+ * missing file, is KV_EINVAL. */
+START_TEST(test_tls_client_cert)
+{
+    if (!tls_env(__func__))
+        return;
+    char ca[600], cert[600], key[600], skey[600], uri[4096], opts[2000];
+    tls_file(ca, sizeof ca, "ca.pem");
+    tls_file(cert, sizeof cert, "client.pem");
+    tls_file(key, sizeof key, "client.key");
+    tls_file(skey, sizeof skey, "server.key");
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    snprintf(opts, sizeof opts, "?cacert=%s", ca);
+    node_tls_uri(uri, sizeof uri, "tm", prefix, opts);
+    open_fails(loop, uri, KV_EBACKEND, HAS("certificate", "cert="));
+    snprintf(opts, sizeof opts, "?cacert=%s&cert=%s&key=%s", ca, cert, skey);
+    node_tls_uri(uri, sizeof uri, "tm", prefix, opts);
+    open_fails(loop, uri, KV_EINVAL, HAS("does not match"));
+    snprintf(opts, sizeof opts, "?cacert=%s&cert=%s.none&key=%s", ca, cert,
+             key);
+    node_tls_uri(uri, sizeof uri, "tm", prefix, opts);
+    open_fails(loop, uri, KV_EINVAL, HAS("cert=", "client.pem.none"));
+    snprintf(opts, sizeof opts, "?cacert=%s&cert=%s&key=%s", ca, cert, key);
+    node_tls_uri(uri, sizeof uri, "tm", prefix, opts);
+    kv_store *s;
+    int rc = try_open(loop, NULL, uri, &s);
+    ck_assert_msg(rc == KV_OK, "%s (%s)", kv_err_name(rc), kv_last_errmsg());
+    workload(s, 20, "/w");
+    store_close(s);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
+/* A wrong password over TLS: WRONGPASS (or NOAUTH without one), never the
+ * password, on the single server and the cluster. */
+START_TEST(test_tls_auth_refused)
+{
+    if (!tls_env(__func__))
+        return;
+    char ca[600], uri[2048], path[800];
+    tls_file(ca, sizeof ca, "ca.pem");
+    snprintf(path, sizeof path, "%s?cacert=%s", prefix, ca);
+    const char *envs[] = {"KV_TEST_REDIS_TLS", "KV_TEST_REDIS_TLS_CLUSTER"};
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    for (int e = 0; e < 2; e++) {
+        ck_assert(auth_uri(uri, envs[e], ":wrong-Secret", path));
+        open_fails(loop, uri, KV_EBACKEND,
+                   HAS("WRONGPASS", "authentication failed"));
+        ck_assert(auth_uri(uri, envs[e], "kvuser:wrong-Secret", path));
+        open_fails(loop, uri, KV_EBACKEND, HAS("WRONGPASS"));
+        ck_assert(auth_uri(uri, envs[e], "", path));
+        open_fails(loop, uri, KV_EBACKEND, HAS("NOAUTH"));
+    }
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+
+/* test_failover over TLS with a password: the TLS cluster (t1..t3, t4 a
+ * replica of t1, tls-cluster and tls-replication on) loses t1; the
+ * reconnects to the promoted replica make their handshakes and AUTH. */
+START_TEST(test_failover_tls)
+{
+    if (!tls_env(__func__))
+        return;
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    char ca[600], uri[2048], path[800];
+    tls_file(ca, sizeof ca, "ca.pem");
+    snprintf(path, sizeof path, "%s?cacert=%s", prefix, ca);
+    ck_assert(auth_uri(uri, "KV_TEST_REDIS_TLS_CLUSTER", ":" AUTH_PASS_URI,
+                       path));
+    snprintf(cli_cmd, sizeof cli_cmd,
+             "REDISCLI_AUTH='p@ss:w/rd%%x' redis-cli --tls --cacert '%s'", ca);
+    ctx c;
+    memset(&c, 0, sizeof c);
+    ck_assert_kv(kv_loop_new(&c.loop, NULL), KV_OK);
+    int rc = kv_redis_open(&c.s, c.loop, NULL, uri, 0);
+    ck_assert_msg(rc == KV_OK, "%s (%s)", kv_err_name(rc), kv_last_errmsg());
+    failover_run(&c, dir, "t1", "t4", "test_failover_tls");
+}
+END_TEST
+#else
+/* Built without OpenSSL: rediss:// fails KV_ENOTSUP, saying so. */
+START_TEST(test_tls_notsup)
+{
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    kv_store *s = NULL;
+    int rc = kv_redis_open(&s, loop, NULL, "rediss://127.0.0.1:1/x", 0);
+    ck_assert_kv(rc, KV_ENOTSUP);
+    ck_assert_msg(strstr(kv_last_errmsg(), "OpenSSL") != NULL ||
+                      strstr(kv_last_errmsg(), "hiredis") != NULL,
+                  "%s", kv_last_errmsg());
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
+#endif
 
 static Suite *redis_suite(void)
 {
@@ -2161,7 +2447,9 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_auth_acl_user);
     tcase_add_test(tc, test_auth_refused);
     tcase_add_test(tc, test_host_forms);
+#ifdef HAVE_HIREDIS
     tcase_add_test(tc, test_open_timeout);
+#endif
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);
 #ifdef HAVE_HIREDIS
@@ -2175,6 +2463,15 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_hung_node);
     tcase_add_test(tc, test_master_down);
     tcase_add_test(tc, test_failover);
+#ifdef HAVE_OPENSSL
+    tcase_add_test(tc, test_tls_open);
+    tcase_add_test(tc, test_tls_verify);
+    tcase_add_test(tc, test_tls_client_cert);
+    tcase_add_test(tc, test_tls_auth_refused);
+    tcase_add_test(tc, test_failover_tls); /* last: t1 stays down */
+#else
+    tcase_add_test(tc, test_tls_notsup);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }

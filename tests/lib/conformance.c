@@ -93,6 +93,59 @@ static int open_redis_cluster(kv_store **out, kv_loop *loop, kv_pool *pool,
                           "?shard=store");
 }
 
+/*
+ * Redis rows with AUTH, on the servers with a password of
+ * tests/redis_env.sh (KV_TEST_REDIS_AUTH; over TLS KV_TEST_REDIS_TLS and
+ * KV_TEST_REDIS_TLS_CLUSTER, their CA in KV_TEST_REDIS_TLS_CA): the ACL
+ * user kvuser, allowed only the keys kvacl* and the store's commands, so
+ * the prefix starts with kvacl.  Without OpenSSL the TLS rows' variable is
+ * one nobody sets: they are skipped.
+ */
+static int open_redis_user(kv_store **out, kv_loop *loop, kv_pool *pool,
+                           const char *dir, unsigned flags, const char *env,
+                           const char *opts)
+{
+    const char *uri = getenv(env);
+    const char *hosts = uri != NULL ? strstr(uri, "://") : NULL;
+    const char *base = strrchr(dir, '/');
+    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
+    bool tls = uri != NULL && strncmp(uri, "rediss:", 7) == 0;
+    char full[4400];
+    snprintf(full, sizeof full, "%s://kvuser:kv-pw@%s/kvacl%s%s%s%s",
+             tls ? "rediss" : "redis", hosts ? hosts + 3 : "127.0.0.1:1",
+             base ? base + 1 : dir, opts,
+             !tls ? "" : opts[0] ? "&cacert=" : "?cacert=",
+             tls && ca ? ca : "");
+    return kv_redis_open(out, loop, pool, full, flags);
+}
+
+static int open_redis_auth(kv_store **out, kv_loop *loop, kv_pool *pool,
+                           const char *dir, unsigned flags)
+{
+    return open_redis_user(out, loop, pool, dir, flags, "KV_TEST_REDIS_AUTH",
+                           "");
+}
+
+static int open_rediss(kv_store **out, kv_loop *loop, kv_pool *pool,
+                       const char *dir, unsigned flags)
+{
+    return open_redis_user(out, loop, pool, dir, flags, "KV_TEST_REDIS_TLS",
+                           "");
+}
+
+static int open_rediss_cluster(kv_store **out, kv_loop *loop, kv_pool *pool,
+                               const char *dir, unsigned flags)
+{
+    return open_redis_user(out, loop, pool, dir, flags,
+                           "KV_TEST_REDIS_TLS_CLUSTER", "?shard=store");
+}
+
+#ifdef HAVE_OPENSSL
+#define TLS_ENV(name) name
+#else
+#define TLS_ENV(name) "KV_TEST_REDIS_TLS_NEEDS_OPENSSL"
+#endif
+
 const backend backends[] = {
     {"sqlite-memory", open_sqlite_memory, false, false, NULL, true},
     {"sqlite-file", open_sqlite_file, true, true, NULL, true},
@@ -103,6 +156,10 @@ const backend backends[] = {
     {"redis", open_redis, true, true, "KV_TEST_REDIS", true},
     {"redis-cluster", open_redis_cluster, true, true, "KV_TEST_REDIS_CLUSTER",
      false},
+    {"redis-auth", open_redis_auth, true, true, "KV_TEST_REDIS_AUTH", false},
+    {"rediss", open_rediss, true, true, TLS_ENV("KV_TEST_REDIS_TLS"), true},
+    {"rediss-cluster", open_rediss_cluster, true, true,
+     TLS_ENV("KV_TEST_REDIS_TLS_CLUSTER"), false},
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
 

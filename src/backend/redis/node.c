@@ -3,7 +3,10 @@
  * per node on the store's io_uring loop (connect, send, receive as SQEs),
  * replies matched to the FIFO of sent commands, MOVED/ASK/NOSCRIPT and
  * transient errors handled, failures and the back-off before a reconnect,
- * and the routing of a command to the node of its slot.
+ * and the routing of a command to the node of its slot.  Over rediss://
+ * the same SQEs carry ciphertext: a received buffer goes into the node's
+ * TLS session (tls.c) and comes out as plaintext for the reply parser,
+ * and what the session has to send is sent from sbuf.
  */
 #include "backend/redis/redis_int.h"
 #include "util/time.h"
@@ -166,12 +169,30 @@ int redis__auth_format(const rstore *st, kv_buf *b, int *nargs)
     return rc;
 }
 
+int redis__node_tls_new(rnode *n, char *why, size_t whylen)
+{
+    redis__tls_free(n->tls);
+    n->tls = NULL;
+    n->hs = false;
+    return redis__tls_new(&n->tls, n->st->tlsctx, n->host, n->st->sni, why,
+                          whylen);
+}
+
+void redis__node_close(rnode *n)
+{
+    if (n->fd >= 0)
+        close(n->fd);
+    n->fd = -1;
+    redis__tls_free(n->tls);
+    n->tls = NULL;
+    n->hs = false;
+}
+
 void redis__node_free(rnode *n)
 {
     if (n->rj != NULL)
         n->rj->n = NULL; /* its done frees it */
-    if (n->fd >= 0)
-        close(n->fd);
+    redis__node_close(n);
     if (n->rd != NULL)
         redisReaderFree(n->rd);
     kv__free(n->rbuf);
@@ -198,9 +219,7 @@ static void node_settle(rnode *n)
 {
     if (n->state != N_FAILING || n->nops > 0)
         return;
-    if (n->fd >= 0)
-        close(n->fd);
-    n->fd = -1;
+    redis__node_close(n);
     n->state = N_DOWN;
     if (n->st->pass != NULL) {
         buf_wipe(&n->sbuf);
@@ -279,9 +298,17 @@ int redis__io_err(int rc)
     return rc == -ENOMEM || rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND;
 }
 
+/* Whether n's socket carries traffic: up, or in its TLS handshake. */
+static bool io_ok(const rnode *n)
+{
+    return n->state == N_UP || (n->state == N_CONNECTING && n->hs);
+}
+
+/* A receive is outstanding only while replies are due, or while the TLS
+ * handshake waits for the server. */
 static void start_recv(rnode *n)
 {
-    if (n->recving || n->state != N_UP || n->fifo == NULL)
+    if (n->recving || !io_ok(n) || (n->state == N_UP && n->fifo == NULL))
         return;
     struct io_uring_sqe *sqe;
     int rc = kv__loop_sqes(n->st->loop, &sqe, 1);
@@ -296,11 +323,39 @@ static void start_recv(rnode *n)
     n->nops++;
 }
 
+/* TLS: encrypt the queued commands (once the handshake is done) and take
+ * what the session has to send into sbuf (empty, not in flight).  False
+ * if it failed the node. */
+static bool tls_fill(rnode *n)
+{
+    char why[320];
+    if (!n->hs && n->qbuf.len > 0) {
+        int rc = redis__tls_write(n->tls, n->qbuf.data, n->qbuf.len, why,
+                                  sizeof why);
+        if (n->st->pass != NULL) /* may hold AUTH */
+            explicit_bzero(n->qbuf.data, n->qbuf.len);
+        n->qbuf.len = 0;
+        if (rc != KV_OK) {
+            node_fail_err(n, why, redis__io_err(rc));
+            return false;
+        }
+    }
+    n->soff = 0;
+    if (redis__tls_take(n->tls, &n->sbuf) != KV_OK) {
+        node_fail_err(n, "no memory for TLS output", KV_ENOMEM);
+        return false;
+    }
+    return true;
+}
+
 static void start_send(rnode *n)
 {
-    if (n->sending || n->state != N_UP)
+    if (n->sending || !io_ok(n))
         return;
-    if (n->sbuf.len == 0) {
+    if (n->sbuf.len == 0 && n->tls != NULL) {
+        if (!tls_fill(n) || n->sbuf.len == 0)
+            return;
+    } else if (n->sbuf.len == 0) {
         if (n->qbuf.len == 0)
             return;
         kv_buf t = n->sbuf;
@@ -328,7 +383,7 @@ static void send_cb(kv__op *op, int res, uint32_t flags)
     rnode *n = KV__CONTAINER_OF(op, rnode, sop);
     n->sending = false;
     n->nops--;
-    if (n->state != N_UP) {
+    if (!io_ok(n)) {
         node_settle(n);
         redis__maybe_closed(n->st);
         return;
@@ -409,6 +464,58 @@ static void handle_reply(rnode *n, redisReply *r)
     redis__cmd_free(c);
 }
 
+static void node_ready(rnode *n);
+
+/* TLS: res bytes of ciphertext arrived in rbuf.  During the handshake,
+ * take it a step on (and, once done, make the node ready); after it,
+ * decrypt everything into the reply parser.  True when replies may be
+ * there to parse; false when there are none or it failed the node. */
+static bool tls_in(rnode *n, int res)
+{
+    char why[320];
+    if (redis__tls_feed(n->tls, n->rbuf, (size_t)res) != KV_OK) {
+        node_fail_err(n, "no memory for TLS input", KV_ENOMEM);
+        return false;
+    }
+    if (n->hs) {
+        int h = redis__tls_handshake(n->tls, why, sizeof why);
+        if (h < 0) {
+            node_fail_err(n, why, redis__io_err(h));
+            return false;
+        }
+        start_send(n); /* the handshake's next flight, if any */
+        if (h == 0) {
+            start_recv(n);
+            return false;
+        }
+        n->hs = false;
+        node_ready(n);
+        return false;
+    }
+    if (n->rd == NULL) {
+        redis__node_fail(n, "cannot parse the reply stream");
+        return false;
+    }
+    /* rbuf's ciphertext is in the session now: reuse it for plaintext */
+    for (;;) {
+        long got = redis__tls_read(n->tls, n->rbuf, RBUF_SIZE, why,
+                                   sizeof why);
+        if (got < 0) {
+            node_fail_err(n, why, redis__io_err((int)got));
+            return false;
+        }
+        if (got == 0)
+            break;
+        if (redisReaderFeed(n->rd, n->rbuf, (size_t)got) != REDIS_OK) {
+            redis__node_fail(n, "cannot parse the reply stream");
+            return false;
+        }
+    }
+    if (redis__tls_has_output(n->tls))
+        start_send(n); /* a post-handshake message to answer */
+    return n->state == N_UP;
+}
+
 static void recv_cb(kv__op *op, int res, uint32_t flags)
 {
     (void)flags;
@@ -416,7 +523,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
     rstore *st = n->st;
     n->recving = false;
     n->nops--;
-    if (n->state != N_UP) {
+    if (!io_ok(n)) {
         node_settle(n);
         redis__maybe_closed(st);
         return;
@@ -430,8 +537,13 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
         return;
     }
     n->since = kv__now_ms(); /* alive */
-    if (n->rd == NULL ||
-        redisReaderFeed(n->rd, n->rbuf, (size_t)res) != REDIS_OK) {
+    if (n->tls != NULL) {
+        if (!tls_in(n, res)) {
+            redis__maybe_closed(st);
+            return;
+        }
+    } else if (n->rd == NULL ||
+               redisReaderFeed(n->rd, n->rbuf, (size_t)res) != REDIS_OK) {
         redis__node_fail(n, "cannot parse the reply stream");
         redis__maybe_closed(st);
         return;
@@ -647,6 +759,35 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
     }
     int one = 1;
     (void)setsockopt(n->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (st->tlsctx != NULL) {
+        /* rediss://: the handshake first (still N_CONNECTING, so commands
+         * wait and the watchdog's connect deadline covers it) */
+        char why[320];
+        int rc = redis__node_tls_new(n, why, sizeof why);
+        if (rc == KV_OK) {
+            n->hs = true;
+            int h = redis__tls_handshake(n->tls, why, sizeof why);
+            rc = h < 0 ? h : KV_OK;
+        }
+        if (rc != KV_OK) {
+            node_fail_err(n, why, redis__io_err(rc));
+            redis__maybe_closed(st);
+            return;
+        }
+        start_send(n); /* ClientHello */
+        start_recv(n);
+        redis__maybe_closed(st);
+        return;
+    }
+    node_ready(n);
+    redis__maybe_closed(st);
+}
+
+/* n is connected (and its TLS handshake done): authenticate, then send
+ * what waited for the connection. */
+static void node_ready(rnode *n)
+{
+    rstore *st = n->st;
     n->state = N_UP;
     n->backoff = 0;
     if (st->pass != NULL) {
@@ -667,7 +808,6 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
             if (a != NULL)
                 redis__cmd_free(a);
             node_fail_err(n, "no memory to authenticate", KV_ENOMEM);
-            redis__maybe_closed(st);
             return;
         }
     }
@@ -682,7 +822,6 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
         start_send(n);
         start_recv(n);
     }
-    redis__maybe_closed(st);
 }
 
 void redis__node_send(rnode *n, rcmd *c)

@@ -4,8 +4,10 @@
  * loop (hiredis only parses replies); kv_redis_open itself blocks, for
  * at most the URI's timeout= in all: it resolves and connects to the
  * seeds, authenticates, reads CLUSTER SLOTS and loads the Lua scripts on
- * every master, then hands the sockets to the ring.  The URI parser is in
- * uri.c, host-name look-ups in resolve.c.  The design, and the
+ * every master, then hands the sockets to the ring.  Over rediss:// each
+ * connection's TLS handshake runs right after its connect, on the same
+ * deadline, and the session goes to the ring with the socket.  The URI
+ * parser is in uri.c, host-name look-ups in resolve.c, TLS in tls.c.  The design, and the
  * map of the backend's files, are in docs/DESIGN.md ("backend/redis");
  * redis_int.h lists what the files share.  Without hiredis, redis_none.c
  * is built instead.
@@ -16,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
@@ -43,9 +46,7 @@ void redis__maybe_closed(rstore *st)
         if (n->nops > 0)
             return;
     for (rnode *n = st->nodes; n != NULL; n = n->next) {
-        if (n->fd >= 0)
-            close(n->fd);
-        n->fd = -1;
+        redis__node_close(n);
         n->state = N_DOWN;
     }
     /* Complete the close from a NOP: never inside close itself. */
@@ -88,6 +89,8 @@ static void r_destroy(kv_store *s)
         n = next;
     }
     kv__free(st->prefix);
+    kv__free(st->sni);
+    redis__tls_ctx_free(st->tlsctx);
     if (st->user != NULL) {
         explicit_bzero(st->user, strlen(st->user));
         kv__free(st->user);
@@ -152,21 +155,14 @@ static int wait_fd(int fd, short ev, const odl *d)
     }
 }
 
-/* Send wire and read one reply on a non-blocking socket, within the open's
- * deadline.  NULL on failure, *err then KV_ENOMEM (no reader, or it ran
- * out of memory) or KV_EBACKEND (with why: what failed). */
-static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
-                            const odl *d, int *err, char *why, size_t whylen)
+/* Send p..p+len on a non-blocking socket within the deadline: KV_OK, or
+ * KV_EBACKEND with why set. */
+static int sync_send(int fd, const unsigned char *p, size_t len, const odl *d,
+                     char *why, size_t whylen)
 {
-    *err = KV_EBACKEND;
-    snprintf(why, whylen, "no reply");
-    if (rd == NULL) {
-        *err = KV_ENOMEM;
-        return NULL;
-    }
     size_t off = 0;
-    while (off < wire->len) {
-        ssize_t w = send(fd, wire->data + off, wire->len - off, MSG_NOSIGNAL);
+    while (off < len) {
+        ssize_t w = send(fd, p + off, len - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -178,14 +174,112 @@ static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
                          "timeout (%u ms)", d->ms);
             else
                 snprintf(why, whylen, "poll: %s", strerror(-wr));
-            return NULL;
+            return KV_EBACKEND;
         }
         if (w <= 0) {
             snprintf(why, whylen, "send: %s",
                      w < 0 ? strerror(errno) : "nothing sent");
-            return NULL;
+            return KV_EBACKEND;
         }
         off += (size_t)w;
+    }
+    return KV_OK;
+}
+
+/* Receive some bytes within the deadline: how many (> 0), or KV_EBACKEND
+ * with why set (what = "reply", "TLS handshake": what was awaited). */
+static long sync_recv(int fd, void *buf, size_t cap, const odl *d,
+                      const char *what, char *why, size_t whylen)
+{
+    for (;;) {
+        ssize_t r = recv(fd, buf, cap, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int wr = wait_fd(fd, POLLIN, d);
+            if (wr == 1)
+                continue;
+            if (wr == 0)
+                snprintf(why, whylen, "no %s within the open's timeout "
+                         "(%u ms)", what, d->ms);
+            else
+                snprintf(why, whylen, "poll: %s", strerror(-wr));
+            return KV_EBACKEND;
+        }
+        if (r <= 0) {
+            snprintf(why, whylen, "%s",
+                     r < 0 ? strerror(errno)
+                           : "connection closed by the server");
+            return KV_EBACKEND;
+        }
+        return (long)r;
+    }
+}
+
+/* TLS: send what n's session has to send.  KV_OK or an error, why set. */
+static int sync_tls_flush(rnode *n, const odl *d, char *why, size_t whylen)
+{
+    kv_buf out = {NULL, 0, 0};
+    int rc = redis__tls_take(n->tls, &out);
+    if (rc != KV_OK)
+        snprintf(why, whylen, "out of memory");
+    else if (out.len > 0)
+        rc = sync_send(n->fd, out.data, out.len, d, why, whylen);
+    kv__free(out.data);
+    return rc;
+}
+
+/* TLS: n's handshake, within the deadline.  KV_OK or an error, why set
+ * (a failed verification says what and which name). */
+static int sync_handshake(rnode *n, const odl *d, char *why, size_t whylen)
+{
+    int rc = redis__node_tls_new(n, why, whylen);
+    if (rc != KV_OK)
+        return rc;
+    char buf[16384];
+    for (;;) {
+        int h = redis__tls_handshake(n->tls, why, whylen);
+        if (h < 0)
+            return h;
+        rc = sync_tls_flush(n, d, why, whylen);
+        if (rc != KV_OK || h == 1)
+            return rc;
+        long r = sync_recv(n->fd, buf, sizeof buf, d, "TLS handshake", why,
+                           whylen);
+        if (r < 0)
+            return (int)r;
+        if (redis__tls_feed(n->tls, buf, (size_t)r) != KV_OK) {
+            snprintf(why, whylen, "out of memory");
+            return KV_ENOMEM;
+        }
+    }
+}
+
+/* Send wire and read one reply on n's non-blocking socket (through its
+ * TLS session if it has one), within the open's deadline.  NULL on
+ * failure, *err then KV_ENOMEM (no reader, or it ran out of memory) or
+ * KV_EBACKEND (with why: what failed). */
+static redisReply *sync_cmd(rnode *n, const kv_buf *wire, const odl *d,
+                            int *err, char *why, size_t whylen)
+{
+    redisReader *rd = n->rd;
+    *err = KV_EBACKEND;
+    snprintf(why, whylen, "no reply");
+    if (rd == NULL) {
+        *err = KV_ENOMEM;
+        return NULL;
+    }
+    int rc;
+    if (n->tls != NULL) {
+        rc = redis__tls_write(n->tls, wire->data, wire->len, why, whylen);
+        if (rc == KV_OK)
+            rc = sync_tls_flush(n, d, why, whylen);
+    } else {
+        rc = sync_send(n->fd, wire->data, wire->len, d, why, whylen);
+    }
+    if (rc != KV_OK) {
+        *err = rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND;
+        return NULL;
     }
     char buf[16384];
     for (;;) {
@@ -198,24 +292,25 @@ static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
         }
         if (rep != NULL)
             return rep;
-        ssize_t r = recv(fd, buf, sizeof buf, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int wr = wait_fd(fd, POLLIN, d);
-            if (wr == 1)
-                continue;
-            if (wr == 0)
-                snprintf(why, whylen, "no reply within the open's timeout "
-                         "(%u ms)", d->ms);
-            else
-                snprintf(why, whylen, "poll: %s", strerror(-wr));
-            return NULL;
+        long r = 0;
+        if (n->tls != NULL) {
+            /* plaintext the session already holds, else more ciphertext */
+            r = redis__tls_read(n->tls, buf, sizeof buf, why, whylen);
+            if (r == 0) {
+                r = sync_recv(n->fd, buf, sizeof buf, d, "reply", why, whylen);
+                if (r > 0 && redis__tls_feed(n->tls, buf, (size_t)r) != KV_OK)
+                    r = KV_ENOMEM;
+                if (r > 0)
+                    continue;
+            }
+        } else {
+            r = sync_recv(n->fd, buf, sizeof buf, d, "reply", why, whylen);
         }
-        if (r <= 0) {
-            snprintf(why, whylen, "%s",
-                     r < 0 ? strerror(errno)
-                           : "connection closed by the server");
+        if (r < 0) {
+            if (r == KV_ENOMEM) {
+                *err = KV_ENOMEM;
+                snprintf(why, whylen, "out of memory");
+            }
             return NULL;
         }
         if (redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK) {
@@ -231,9 +326,7 @@ static redisReply *sync_cmd(int fd, redisReader *rd, const kv_buf *wire,
  * old one may hold half a reply), to be connected again through the ring. */
 static void sync_abandon(rnode *n)
 {
-    if (n->fd >= 0)
-        close(n->fd);
-    n->fd = -1;
+    redis__node_close(n);
     n->state = N_DOWN;
     n->retry_at = 0;
     redisReaderFree(n->rd);
@@ -273,7 +366,8 @@ static int sync_connect_one(const struct sockaddr_storage *sa, socklen_t len,
 }
 
 /* Connect n (resolving its name first if it has no address yet), trying
- * each address: KV_OK with n->fd set, or an error with why set. */
+ * each address, and over rediss:// make the TLS handshake: KV_OK with
+ * n->fd (and n->tls) set, or an error with why set. */
 static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
 {
     if (n->naddrs == 0) {
@@ -288,7 +382,8 @@ static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
         if (fd >= 0) {
             n->addri = i;
             n->fd = fd;
-            return KV_OK;
+            return n->st->tlsctx != NULL ? sync_handshake(n, d, why, whylen)
+                                         : KV_OK;
         }
         if (fd == -ENOMEM || fd == -ETIMEDOUT)
             break;
@@ -339,7 +434,7 @@ static int sync_auth(rstore *st, rnode *n, const odl *d, char *why,
     if (rc == KV_OK)
         rc = redis__auth_format(st, &w, &nargs);
     int err = rc;
-    redisReply *r = rc == KV_OK ? sync_cmd(n->fd, n->rd, &w, d, &err, why,
+    redisReply *r = rc == KV_OK ? sync_cmd(n, &w, d, &err, why,
                                            whylen)
                                 : NULL;
     if (w.data != NULL)
@@ -394,7 +489,7 @@ static int open_node(rstore *st, rnode *n, bool learn_sha, const odl *d)
             return rc;
         }
         int err;
-        redisReply *r = sync_cmd(n->fd, n->rd, &w, d, &err, why, sizeof why);
+        redisReply *r = sync_cmd(n, &w, d, &err, why, sizeof why);
         kv__free(w.data);
         if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
             if (r == NULL && err == KV_ENOMEM) {
@@ -446,7 +541,7 @@ static void dir_seed(rstore *st, const odl *d)
     }
     int err;
     char why[256];
-    redisReply *r = sync_cmd(n->fd, n->rd, &w, d, &err, why, sizeof why);
+    redisReply *r = sync_cmd(n, &w, d, &err, why, sizeof why);
     kv__free(w.data);
     if (r == NULL) {
         sync_abandon(n);
@@ -471,9 +566,15 @@ static void rstore_free(rstore *st)
 static int take_uri(rstore *st, ruri *u)
 {
     if (u->tls) {
-        kv__set_errmsg("kv_redis_open: rediss:// (TLS) is not supported by "
-                       "this build");
-        return KV_ENOTSUP;
+        char why[PATH_MAX + 400];
+        rtls_opts o = {u->cacert, u->cert, u->key, u->verify};
+        int rc = redis__tls_ctx_new(&st->tlsctx, &o, why, sizeof why);
+        if (rc != KV_OK) {
+            kv__set_errmsg("kv_redis_open: %s", why);
+            return rc;
+        }
+        st->sni = u->sni;
+        u->sni = NULL;
     }
     int rc = redis__uri_read_password(u);
     if (rc != KV_OK)
@@ -561,7 +662,7 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
             if (err == KV_OK)
                 err = redis__args(&w, "SLOTS");
             if (err == KV_OK)
-                slots = sync_cmd(n->fd, n->rd, &w, &d, &err, why, sizeof why);
+                slots = sync_cmd(n, &w, &d, &err, why, sizeof why);
             kv__free(w.data);
             if (slots != NULL && slots->type == REDIS_REPLY_ERROR &&
                 slots->str != NULL && slots_refused(slots->str)) {
@@ -629,10 +730,8 @@ int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
             for (unsigned s = 0; s < NSLOTS && !master; s++)
                 master = st->slots[s] == n;
             if (n == seed || !master) {
-                if (n != seed && n->fd >= 0) {
-                    close(n->fd);
-                    n->fd = -1;
-                }
+                if (n != seed)
+                    redis__node_close(n);
                 continue;
             }
             /* a down master is retried later; a wrong password fails */

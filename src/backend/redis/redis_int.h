@@ -14,6 +14,7 @@
  *   query.c    queries: index ranges, the sorted cursor, fetches
  *   uri.c      the URI parser (hosts, user and password, options)
  *   resolve.c  host-name look-ups (resolve.h)
+ *   tls.c      TLS over memory BIOs (tls.h; tls_none.c without OpenSSL)
  *   redis_none.c  kv_redis_open without hiredis (KV_ENOTSUP)
  *
  * Naming: redis__ for the functions one of these files defines for the
@@ -27,6 +28,7 @@
 #include "store/backend.h"
 #include "util/list.h"
 #include "backend/redis/resolve.h"
+#include "backend/redis/tls.h"
 
 #include <hiredis/hiredis.h>
 
@@ -108,6 +110,11 @@ struct rnode {
     unsigned backoff;
     bool nomem; /* failed for want of memory: no back-off */
     char *lasterr;
+    /* rediss://: the session (NULL: plain TCP).  With it, sbuf holds
+     * ciphertext (what the session left to send) and qbuf plaintext, and
+     * the node stays N_CONNECTING while hs (the handshake) runs. */
+    rtls *tls;
+    bool hs;
 };
 
 /* One request's state (req->bpriv). */
@@ -180,6 +187,8 @@ struct rstore {
     unsigned timeout_ms; /* I/O deadline, 0: none */
     kv_pool *pool;       /* host-name look-ups on reconnect (may be NULL) */
     char *user, *pass;   /* AUTH (wiped when freed) */
+    rtls_ctx *tlsctx;    /* rediss:// (NULL: plain TCP) */
+    char *sni;           /* sni=: the name every node's cert is checked for */
     unsigned long stats_redirects;
 };
 
@@ -273,6 +282,10 @@ bool redis__addr_ok(const char *host, int port);
 rnode *redis__node_get(rstore *st, const char *host, int port);
 /* Format the AUTH command (user and password of st) onto b. */
 int redis__auth_format(const rstore *st, kv_buf *b, int *nargs);
+/* Start n's TLS session (st->tlsctx): KV_OK or an error with why set. */
+int redis__node_tls_new(rnode *n, char *why, size_t whylen);
+/* Close n's socket and free its TLS session (if any). */
+void redis__node_close(rnode *n);
 /* Free a node of a store that is being destroyed. */
 void redis__node_free(rnode *n);
 void redis__node_set_err(rnode *n, const char *fmt, ...) KV__PRINTF(2, 3);

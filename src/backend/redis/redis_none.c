@@ -9,11 +9,12 @@
 int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
                   unsigned flags)
 {
-    (void)out;
-    (void)loop;
     (void)pool;
-    (void)uri;
     (void)flags;
+    if (out == NULL || loop == NULL || uri == NULL) {
+        kv__set_errmsg("kv_redis_open: out, loop and uri are required");
+        return KV_EINVAL;
+    }
     kv__set_errmsg("kv_redis_open: kvstore was built without hiredis "
                    "(apt-get install libhiredis-dev and reconfigure)");
     return KV_ENOTSUP;

@@ -58,7 +58,8 @@ static void watchdog_check(rstore *st)
             continue;
         char m[96];
         if (n->state == N_CONNECTING) {
-            snprintf(m, sizeof m, "cannot connect: no answer within %u ms",
+            snprintf(m, sizeof m, "%s: no answer within %u ms",
+                     n->hs ? "TLS handshake" : "cannot connect",
                      st->timeout_ms);
             redis__node_fail(n, m);
         } else if (n->state == N_UP && n->fifo != NULL) {
