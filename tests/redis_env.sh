@@ -2,7 +2,7 @@
 # redis_env.sh PROGRAM [ARGS...] - run a test program with Redis servers.
 #
 # For the conformance programs (tests/conformance/check_*), check_redis,
-# check_stress, check_alloc, check_hostile and check_hostloop
+# check_stress, check_alloc, check_hostile, check_hostloop and check_corrupt
 # (other programs run as they are, unless KV_REDIS_ENV_FORCE is set:
 # tools/bench.sh uses that), when redis-server is installed and
 # KV_TEST_REDIS is not already set: start, in a temporary directory, on
@@ -50,7 +50,7 @@
 set -u
 prog=$1
 case "$prog" in
-*conformance/check_*|*check_redis*|*check_stress*|*check_alloc*|*check_hostile*|*check_hostloop*) ;;
+*conformance/check_*|*check_redis*|*check_stress*|*check_alloc*|*check_hostile*|*check_hostloop*|*check_corrupt*) ;;
 *) [ -n "${KV_REDIS_ENV_FORCE:-}" ] || exec "$@" ;;
 esac
 if [ "${KV_TEST_REDIS:-}" = skip ]; then
