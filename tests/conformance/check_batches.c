@@ -463,18 +463,18 @@ START_TEST(test_move_key_limits)
         ctx_done(c);
         return;
     }
-    /* depth: /ml/a + 29 namespaces = 31; moved below /x/y/z it is 33 */
+    /* depth: /ml/a + 29 namespaces = 31; moved below /x/y/z/w it is 33 */
     kv_key *deep = deep_key(c, "/ml/a", 29, 1);
     ck_assert_uint_eq(kv_key_len(deep), 31);
     EXPECT(kv_put(c->s, &(kv_record){deep, "d", 1, 0}, NULL), KV_OK);
     PUT(c, "/ml/a/b", "b", 0);
     const kv_key *from[] = {K(c, "/ml/a")};
-    const kv_key *to3[] = {K(c, "/x/y/z")};
+    const kv_key *to3[] = {K(c, "/x/y/z/w")};
     kv_fut *f = AWAIT(kv_move_prefix_atomic(c->s, from, to3, 1), KV_EINVAL);
     ck_assert_ptr_nonnull(strstr(kv_fut_errmsg(f), "KV_KEY_MAX_DEPTH"));
     kv_fut_free(f);
     GET(c, "/ml/a/b", "b"); /* nothing moved */
-    GET(c, "/x/y/z/b", NULL);
+    GET(c, "/x/y/z/w/b", NULL);
     /* to a prefix of the same depth: fine */
     const kv_key *to2[] = {K(c, "/x/y")};
     EXPECT(kv_move_prefix_atomic(c->s, from, to2, 1), KV_OK);
