@@ -625,10 +625,31 @@ KV_EXTERN uint64_t kv_key_hash(const kv_key *key);
 
 /*
  * A record.  As an input, key/val/len are borrowed and token is the CAS
- * token (0: insert only if absent).  As a result, everything is owned by the
- * future that holds it.  In a typed call, val is the object (len ignored on
- * input, 0 on output).  token is opaque and never 0 for a stored record.
+ * token (0: insert only if absent; KV_TOKEN_ANY: unconditional).  As a
+ * result, everything is owned by the future that holds it.  In a typed call,
+ * val is the object (len ignored on input, 0 on output).
+ *
+ * Tokens.  A token is opaque: every write of a record gives it a new one,
+ * never 0 and never KV_TOKEN_ANY (SQLite's are below 2^63, fs's below
+ * 2^64 - 1, Redis's below 2^53), so neither can be mistaken for a real one.
+ * As a write's input token:
+ *  - 0: insert only if the key is absent (KV_ECONFLICT if it exists);
+ *  - N: replace or delete only if the current token is N;
+ *  - KV_TOKEN_ANY: unconditional, as etcd's put and Redis's SET/DEL: a put
+ *    inserts or replaces whatever is there, a delete removes whatever is
+ *    there; neither ever conflicts, in single, batch and atomic calls.  On
+ *    the fs backend an unconditional put or delete also works on a record
+ *    whose file is corrupt (its header or checksum cannot be read), which is
+ *    how such a record is removed or replaced.
+ * Finding the new tokens, so that the next CAS needs no read: kv_put's
+ * kv_fut_token; kv_put_many, kv_put_atomic, kv_try_put and
+ * kv_try_put_atomic's kv_fut_tokens (parallel to the input array, 0 for a
+ * record not written); kv_get_or_put's record.  Tokens of a typed call are
+ * the same.  kv_move_prefix_atomic gives moved records new tokens (read
+ * them back).
  */
+#define KV_TOKEN_ANY UINT64_MAX
+
 struct kv_record {
     kv_key *key;
     void *val;
@@ -709,10 +730,19 @@ KV_EXTERN const kv_record *kv_fut_record(const kv_fut *fut);
 KV_EXTERN const kv_record *kv_fut_records(const kv_fut *fut, size_t *n);
 /* Skipped keys of batches, conflicts of atomic batches, has_many hits. */
 KV_EXTERN const kv_key *const *kv_fut_keys(const kv_fut *fut, size_t *n);
-/* has. */
+/* has; kv_delete with KV_TOKEN_ANY (whether a record was removed). */
 KV_EXTERN bool kv_fut_bool(const kv_fut *fut);
 /* The token a single put wrote. */
 KV_EXTERN uint64_t kv_fut_token(const kv_fut *fut);
+/*
+ * The tokens a put batch wrote (kv_put_many, kv_put_atomic, kv_try_put,
+ * kv_try_put_atomic): *n equals the batch's length and tokens[i] is the
+ * token recs[i] now has, or 0 if it was not written (skipped, an atomic
+ * batch that conflicted, a helper that ended in failure before writing it).
+ * NULL with *n 0 for an empty batch, a call that failed (except a helper's
+ * KV_EMAXRETRIES), and every other call.  Valid until kv_fut_free.
+ */
+KV_EXTERN const uint64_t *kv_fut_tokens(const kv_fut *fut, size_t *n);
 /* kv_fut_complete_bytes. */
 KV_EXTERN const void *kv_fut_bytes(const kv_fut *fut, size_t *len);
 /* kv_fut_complete_obj. */
@@ -926,7 +956,8 @@ KV_EXTERN kv_fut *kv_get_many(kv_store *s, const kv_key *const *keys, size_t n,
                               const kv_codec *codec);
 /*
  * Write rec if its token matches: 0 inserts only if absent, N replaces only
- * if the current token is N.  KV_ECONFLICT otherwise.  A value longer than
+ * if the current token is N, KV_TOKEN_ANY inserts or replaces whatever is
+ * there (never a conflict).  KV_ECONFLICT otherwise.  A value longer than
  * KV_MAX_VALUE_SIZE is KV_EINVAL (in every write call and helper).  Result:
  * kv_fut_token, the new token.
  */
@@ -935,18 +966,28 @@ KV_EXTERN kv_fut *kv_put(kv_store *s, const kv_record *rec,
 /* Insert-only put (token 0) of val/len, or of the object val when typed. */
 KV_EXTERN kv_fut *kv_put_value(kv_store *s, const kv_key *key, const void *val,
                                size_t len, const kv_codec *codec);
-/* Each record independently.  Result: kv_fut_keys, the skipped keys. */
+/* Each record independently (CAS and KV_TOKEN_ANY records may mix).
+ * Result: kv_fut_keys, the skipped keys; kv_fut_tokens, the new tokens. */
 KV_EXTERN kv_fut *kv_put_many(kv_store *s, const kv_record *recs, size_t n,
                               const kv_codec *codec);
-/* Delete key if its token is token.  KV_ECONFLICT on a stale token, token 0
- * or a missing key. */
+/*
+ * Delete key if its token is token.  KV_ECONFLICT on a stale token, token 0
+ * or a missing key.  With KV_TOKEN_ANY: delete whatever is there; KV_OK
+ * either way, and kv_fut_bool says whether a record was removed (false: the
+ * key was absent).
+ */
 KV_EXTERN kv_fut *kv_delete(kv_store *s, const kv_key *key, uint64_t token);
-/* By recs[i].key and .token.  Result: kv_fut_keys, the skipped keys. */
+/* By recs[i].key and .token.  Result: kv_fut_keys, the skipped keys.  A
+ * KV_TOKEN_ANY record is never skipped: an absent key counts as deleted
+ * (use kv_delete to learn whether it existed). */
 KV_EXTERN kv_fut *kv_delete_many(kv_store *s, const kv_record *recs, size_t n);
 /*
  * All or nothing: if any record conflicts nothing is written and the future
  * completes KV_OK with the conflicting keys in kv_fut_keys (empty on
- * success).  KV_ENOTSUP where kv_supports_atomic_batch is false.
+ * success) and kv_fut_tokens all 0; on success, every new token.  A
+ * KV_TOKEN_ANY record never conflicts (in kv_delete_atomic, an absent one
+ * is simply not there afterwards).  KV_ENOTSUP where
+ * kv_supports_atomic_batch is false.
  */
 KV_EXTERN kv_fut *kv_put_atomic(kv_store *s, const kv_record *recs, size_t n,
                                 const kv_codec *codec);
@@ -956,9 +997,11 @@ KV_EXTERN kv_fut *kv_delete_atomic(kv_store *s, const kv_record *recs,
  * Rename from[i] and every key below it to lie below to[i] instead, for
  * each i, in one transaction.  Moved records get new tokens.  If a
  * destination exists (and is not itself being moved away) the future fails
- * KV_ECONFLICT and nothing moves.  KV_ENOTSUP without atomic batches.
- * to[i] equal to or below from[i] is KV_EINVAL; a key named twice in from,
- * or twice in to, is KV_EDUPLICATE.
+ * KV_ECONFLICT and nothing moves.  If a moved key would pass a key limit
+ * (KV_KEY_MAX_LEN, KV_KEY_MAX_DEPTH: see "Keys") the future fails KV_EINVAL,
+ * its message naming the key and the limit, and nothing moves.  KV_ENOTSUP
+ * without atomic batches.  to[i] equal to or below from[i] is KV_EINVAL; a
+ * key named twice in from, or twice in to, is KV_EDUPLICATE.
  */
 KV_EXTERN kv_fut *kv_move_prefix_atomic(kv_store *s, const kv_key *const *from,
                                         const kv_key *const *to, size_t n);
@@ -1063,7 +1106,13 @@ KV_EXTERN void kv_iter_free(kv_iter *it);
  * with success).  It may fail the future to abort with that error (a NULL
  * future aborts with KV_EINVAL).  The records it sees are valid only during
  * the call.  In a typed call they are raw: each value is the encoding the
- * helper made once, and the records returned are raw bytes too.
+ * helper made once with the call's codec, and the records returned are raw
+ * bytes too.  So a typed middleware uses the same codec on both sides:
+ * codec.decode(rec.val, rec.len, &obj, codec.ctx) gives the object it
+ * wanted to write (release it with codec.free_obj), and the value it
+ * returns is codec.encode's output (a kv_buf it frees with kv_buf_free once
+ * kv_fut_complete_records has copied it).  kv_fut_complete_records cannot
+ * carry objects, which is why the helper does not decode for it.
  */
 typedef kv_fut *(*kv_middleware)(const kv_record *failed, size_t n, void *arg);
 /*
@@ -1087,6 +1136,10 @@ typedef kv_fut *(*kv_producer)(const kv_key *key, void *arg);
  * kv_fut_keys otherwise.  An attempt that fails (KV_EDUPLICATE, KV_ECLOSED,
  * KV_ECANCELED when the store closes...) ends the helper with its error.
  * kv_fut_cancel on the helper's future cancels the step in flight.
+ * kv_try_put and kv_try_put_atomic also give kv_fut_tokens (with KV_OK and
+ * KV_EMAXRETRIES), parallel to recs: the token each record's key got from
+ * the attempt that wrote it (a middleware's record counts for the input
+ * record of the same key), 0 if none did.
  */
 KV_EXTERN kv_fut *kv_try_put(kv_store *s, const kv_record *recs, size_t n,
                              unsigned max_retries, kv_middleware mw, void *arg,
@@ -1108,7 +1161,8 @@ KV_EXTERN kv_fut *kv_try_delete_atomic(kv_store *s, const kv_record *recs,
 /*
  * Get key; if absent, call producer and insert its value with token 0; if
  * another writer inserted first, read and return the winner's record.
- * Result: kv_fut_record.  max_retries bounds the insert attempts, each with
+ * Result: kv_fut_record, with the record's real token (the one read, or the
+ * one the insert wrote).  max_retries bounds the insert attempts, each with
  * one producer call (0, or a winner that vanished after every lost race:
  * KV_EMAXRETRIES).  A NULL producer, or a codec without encode and decode,
  * is KV_EINVAL.  kv_fut_cancel on the result stops the step in flight; a

@@ -64,6 +64,23 @@ expect 0 "put with the token" "$KVCTL" "$S" put /probe z --token "$(cat "$tmp/to
 expect 0 "put --force" "$KVCTL" "$S" put /probe w --force
 expect 3 "delete a missing key" "$KVCTL" "$S" delete /nope 1
 expect 4 "delete with a stale token" "$KVCTL" "$S" delete /probe 1
+expect 2 "the reserved token" "$KVCTL" "$S" put /probe v --token 18446744073709551615
+expect 0 "put --force over a missing key" "$KVCTL" "$S" put /forced v --force
+expect 0 "delete --force" "$KVCTL" "$S" delete /forced --force
+expect 3 "deleted by --force" "$KVCTL" "$S" get /forced
+expect 0 "delete --force of a missing key" "$KVCTL" "$S" delete /forced --force
+# fs: a record whose header is corrupt is replaced and removed by --force
+F="fs:$tmp/fs"
+"$KVCTL" "$F" put /bad v > /dev/null
+printf 'XX' | dd of="$tmp/fs/bad.kv" bs=1 seek=2 conv=notrunc 2> /dev/null
+expect 1 "get a corrupt record" "$KVCTL" "$F" get /bad
+expect 1 "put over a corrupt record" "$KVCTL" "$F" put /bad w --token 1
+expect 0 "put --force over a corrupt record" "$KVCTL" "$F" put /bad w --force
+"$KVCTL" "$F" get /bad > "$tmp/out" 2>&1
+[ "$(cat "$tmp/out")" = w ] || { echo "FAIL: put --force over a corrupt record: got $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+printf 'XX' | dd of="$tmp/fs/bad.kv" bs=1 seek=2 conv=notrunc 2> /dev/null
+expect 0 "delete --force of a corrupt record" "$KVCTL" "$F" delete /bad --force
+expect 3 "the corrupt record is gone" "$KVCTL" "$F" get /bad
 
 # values: binary from stdin, byte for byte
 printf 'a\000b\377\n' > "$tmp/bin"

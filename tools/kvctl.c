@@ -55,8 +55,10 @@ static void usage(FILE *f)
             "  get KEY [--token|--json]     print the value (or its token, or a JSON line)\n"
             "  put KEY VALUE|- [--token N|--force]\n"
             "                               write (- reads the value from stdin); token 0\n"
-            "                               (default) inserts only if absent; prints the new token\n"
-            "  delete KEY TOKEN             delete if the record's token is TOKEN\n"
+            "                               (default) inserts only if absent, --force writes\n"
+            "                               whatever is there; prints the new token\n"
+            "  delete KEY TOKEN|--force     delete if the record's token is TOKEN\n"
+            "                               (--force: whatever is there, if anything)\n"
             "  query PREFIX [--desc] [--limit N] [--offset N] [--keys-only] [--json]\n"
             "        [--skip-corrupt]       records at or below PREFIX: KEY<TAB>TOKEN<TAB>VALUE\n"
             "  dump [PREFIX] [--skip-corrupt]\n"
@@ -124,8 +126,9 @@ static int parse_key(const char *s, kv_key **out, bool allow_root)
 
 static int parse_token(const char *s, uint64_t *tok)
 {
-    if (tu_parse_u64(s, tok)) {
-        fprintf(stderr, "%s: bad token '%s': expected a non-negative integer\n",
+    if (tu_parse_u64(s, tok) || *tok == KV_TOKEN_ANY) {
+        fprintf(stderr, "%s: bad token '%s': expected a non-negative integer "
+                        "below 2^64 - 1 (--force writes unconditionally)\n",
                 prog, s);
         return EX_USAGE;
     }
@@ -306,43 +309,24 @@ static int cmd_put(ctx *c, int argc, char **argv)
         data = b.p ? b.p : "";
         len = b.len;
     }
-    for (int attempt = 0;; attempt++) {
-        if (force) {
-            kv_fut *g = kv_get(c->store, k, NULL);
-            int st = kv_wait(g);
-            if (st == KV_OK) {
-                token = kv_fut_record(g)->token;
-            } else if (st == KV_ENOTFOUND) {
-                token = 0;
-            } else {
-                rc = fut_fail(g, "get", kv_key_id(k));
-                kv_fut_free(g);
-                break;
-            }
-            kv_fut_free(g);
-        }
-        kv_record rec = {k, (void *)data, len, token};
-        kv_fut *f = kv_put(c->store, &rec, NULL);
-        int st = kv_wait(f);
-        if (st == KV_OK) {
-            printf("%" PRIu64 "\n", kv_fut_token(f));
-            rc = EX_OK;
-        } else if (st == KV_ECONFLICT && force && attempt < 10) {
-            kv_fut_free(f);
-            continue; /* someone else wrote in between: read again */
-        } else if (st == KV_ECONFLICT) {
-            fprintf(stderr, "%s: put %s: %s\n", prog, kv_key_id(k),
-                    token == 0 ? "the key already exists (give its token "
-                                 "with --token N, or use --force)"
-                               : "conflict: the record's token is not that "
-                                 "one (or the record is gone)");
-            rc = EX_CONFLICT;
-        } else {
-            rc = fut_fail(f, "put", kv_key_id(k));
-        }
-        kv_fut_free(f);
-        break;
+    /* --force: an unconditional put (it also replaces a corrupt record). */
+    kv_record rec = {k, (void *)data, len, force ? KV_TOKEN_ANY : token};
+    kv_fut *f = kv_put(c->store, &rec, NULL);
+    int st = kv_wait(f);
+    if (st == KV_OK) {
+        printf("%" PRIu64 "\n", kv_fut_token(f));
+        rc = EX_OK;
+    } else if (st == KV_ECONFLICT) {
+        fprintf(stderr, "%s: put %s: %s\n", prog, kv_key_id(k),
+                token == 0 ? "the key already exists (give its token "
+                             "with --token N, or use --force)"
+                           : "conflict: the record's token is not that "
+                             "one (or the record is gone)");
+        rc = EX_CONFLICT;
+    } else {
+        rc = fut_fail(f, "put", kv_key_id(k));
     }
+    kv_fut_free(f);
     tu_sbuf_free(&b);
     kv_key_free(k);
     return rc;
@@ -351,9 +335,12 @@ static int cmd_put(ctx *c, int argc, char **argv)
 static int cmd_delete(ctx *c, int argc, char **argv)
 {
     if (argc != 2)
-        return die_usage("delete: expected KEY TOKEN", NULL);
-    uint64_t token;
-    if (parse_token(argv[1], &token))
+        return die_usage("delete: expected KEY TOKEN or KEY --force", NULL);
+    /* --force: an unconditional delete (also of a corrupt record); exit 0
+     * when the key was already absent, as rm -f. */
+    bool force = !strcmp(argv[1], "--force");
+    uint64_t token = KV_TOKEN_ANY;
+    if (!force && parse_token(argv[1], &token))
         return EX_USAGE;
     kv_key *k;
     int rc = parse_key(argv[0], &k, false);

@@ -22,6 +22,27 @@
 int kv__key_encode(const kv_key *key, kv_buf *out);
 /* Decode what kv__key_encode made.  KV_ECORRUPT on malformed bytes. */
 int kv__key_decode(kv_key **out, const void *bytes, size_t len);
+/*
+ * The key limits of kvstore.h ("Keys") on an encoding (a move's destination
+ * keys are built as bytes): its kv_key_id is exactly as long as the
+ * encoding, its depth is its number of 0x00 bytes (a move never changes a
+ * namespace, so KV_NS_MAX_LEN holds).  NULL if within the limits, else the
+ * name of the limit passed.
+ */
+#define KV__LIMIT_STR_(x) #x
+#define KV__LIMIT_STR(x) KV__LIMIT_STR_(x)
+static inline const char *kv__key_enc_limit(const void *enc, size_t len)
+{
+    if (len > KV_KEY_MAX_LEN)
+        return "KV_KEY_MAX_LEN (" KV__LIMIT_STR(KV_KEY_MAX_LEN) " bytes)";
+    size_t depth = 0;
+    for (const unsigned char *p = enc, *e = p + len; p < e; p++)
+        depth += *p == 0;
+    return depth > KV_KEY_MAX_DEPTH
+               ? "KV_KEY_MAX_DEPTH (" KV__LIMIT_STR(KV_KEY_MAX_DEPTH)
+                 " namespaces)"
+               : NULL;
+}
 
 /* ------------------------------------------------------------------------ */
 /* store.c: the generic layer and the backend contract                      */
@@ -32,6 +53,9 @@ typedef enum kv__opcode {
     KV__OP_GET,           /* items: key -> status, val/len (if want_value), token */
     KV__OP_PUT,           /* items: key,val,len,token -> status OK/ECONFLICT, token */
     KV__OP_DELETE,        /* items: key,token -> status OK/ECONFLICT (token 0 never matches) */
+    /* Token KV_TOKEN_ANY (item.any): PUT writes whatever is there (OK, the
+     * new token); DELETE removes it (OK) or finds none (ENOTFOUND; ECONFLICT
+     * is read the same way).  Never a conflict, in atomic requests too. */
     KV__OP_PUT_ATOMIC,    /* as PUT; on any conflict nothing is written      */
     KV__OP_DELETE_ATOMIC, /* as DELETE; on any conflict nothing is written   */
     KV__OP_MOVE,          /* items: key -> key2; req status ECONFLICT on collision */
@@ -53,6 +77,7 @@ typedef struct kv__item {
     size_t len;
     uint64_t token; /* input CAS token; output stored/new token */
     int status;     /* output: KV_OK, KV_ECONFLICT or KV_ENOTFOUND */
+    bool any;       /* input token was KV_TOKEN_ANY (set by the store) */
 } kv__item;
 
 /* Allocate n zeroed items; free n items with their keys and values. */

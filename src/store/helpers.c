@@ -35,6 +35,13 @@ static kv_key **dup_keys(const kv_key *const *keys, size_t n)
     return out;
 }
 
+static void release_key_copies(kv_key **keys, size_t n)
+{
+    for (size_t i = 0; keys != NULL && i < n; i++)
+        kv_key_free(keys[i]);
+    kv__free(keys);
+}
+
 static void free_recs(kv_record *recs, size_t n)
 {
     for (size_t i = 0; i < n && recs != NULL; i++)
@@ -61,6 +68,13 @@ typedef struct try_op {
     kv_middleware mw;
     kv_atomic_middleware amw;
     void *arg;
+    /* Put modes: the tokens of the input records (kv_fut_tokens). */
+    kv_key **okeys;  /* copies of the input keys, on of them */
+    uint64_t *otok;  /* each input record's new token, 0 until written */
+    size_t on;
+    size_t *map;     /* parallel to recs: the input index of recs[i]'s key,
+                        SIZE_MAX if none */
+    size_t hint;     /* where the next look-up in okeys starts */
 } try_op;
 
 static bool is_atomic(const try_op *op)
@@ -68,25 +82,69 @@ static bool is_atomic(const try_op *op)
     return op->mode == T_PUT_ATOMIC || op->mode == T_DELETE_ATOMIC;
 }
 
-/* End the helper: complete its future (keys: a copy of these, may be NULL). */
+static void try_op_free(try_op *op)
+{
+    free_recs(op->recs, op->n);
+    for (size_t i = 0; op->okeys != NULL && i < op->on; i++)
+        kv_key_free(op->okeys[i]);
+    kv__free(op->okeys);
+    kv__free(op->otok);
+    kv__free(op->map);
+    kv__free(op);
+}
+
+/* End the helper: complete its future (keys: a copy of these, may be NULL;
+ * put modes ending KV_OK or KV_EMAXRETRIES: the tokens too). */
 static void try_end(try_op *op, int status, const char *msg,
                     const kv_key *const *keys, size_t nkeys)
 {
     if (!kv_fut_done(op->fut)) {
-        if (nkeys > 0) {
-            kv_key **copy = dup_keys(keys, nkeys);
-            if (copy == NULL) {
+        kv_key **copy = NULL;
+        if (nkeys > 0 && (copy = dup_keys(keys, nkeys)) == NULL) {
+            status = KV_ENOMEM;
+            msg = NULL;
+            nkeys = 0;
+        }
+        if (op->otok != NULL &&
+            (status == KV_OK || status == KV_EMAXRETRIES)) {
+            if (kv__fut_set_writes(op->fut, copy, nkeys, op->otok, op->on) !=
+                KV_OK) {
                 status = KV_ENOMEM;
                 msg = NULL;
-            } else {
-                kv__fut_set_keys(op->fut, copy, nkeys);
             }
+        } else if (copy != NULL) {
+            kv__fut_set_keys(op->fut, copy, nkeys);
         }
         finish_msg(op->fut, status, msg);
     }
     kv__fut_unref(op->fut);
-    free_recs(op->recs, op->n);
-    kv__free(op);
+    try_op_free(op);
+}
+
+/* The input index of key, SIZE_MAX if no input record has it.  Starts
+ * where the last look-up ended: retried records come in input order. */
+static size_t input_index(try_op *op, const kv_key *key)
+{
+    for (size_t j = 0; key != NULL && j < op->on; j++) {
+        size_t i = (op->hint + j) % op->on;
+        if (kv_key_equal(op->okeys[i], key)) {
+            op->hint = i + 1;
+            return i;
+        }
+    }
+    return SIZE_MAX;
+}
+
+/* Keep the tokens an attempt wrote (put modes). */
+static void note_tokens(try_op *op, const kv_fut *inner)
+{
+    if (op->otok == NULL)
+        return;
+    size_t nt = 0;
+    const uint64_t *t = kv_fut_tokens(inner, &nt);
+    for (size_t i = 0; i < nt && i < op->n; i++)
+        if (t[i] != 0 && op->map[i] != SIZE_MAX)
+            op->otok[op->map[i]] = t[i];
 }
 
 static void try_on_cancel(kv_fut *f, void *arg)
@@ -176,6 +234,7 @@ static void on_attempt(kv_fut *inner, void *arg)
         kv_fut_free(inner);
         return;
     }
+    note_tokens(op, inner);
     size_t nk = 0;
     const kv_key *const *keys = kv_fut_keys(inner, &nk);
     if (nk == 0) {
@@ -226,10 +285,13 @@ static void on_attempt(kv_fut *inner, void *arg)
         kv__keyset_add(&ks, failed[i].key);
     size_t m = 0;
     for (size_t i = 0; i < op->n; i++) {
-        if (kv__keyset_has(&ks, op->recs[i].key))
+        if (kv__keyset_has(&ks, op->recs[i].key)) {
+            if (op->map != NULL)
+                op->map[m] = op->map[i];
             op->recs[m++] = op->recs[i];
-        else
+        } else {
             kv__record_clear(&op->recs[i], NULL);
+        }
     }
     op->n = m;
     kv__keyset_free(&ks);
@@ -290,6 +352,19 @@ static void on_middleware(kv_fut *mf, void *arg)
                 "the atomic middleware returned a different key set", NULL, 0);
         return;
     }
+    if (op->otok != NULL) {
+        /* Which input record each returned one stands for. */
+        size_t *map = kv__malloc(m * sizeof *map);
+        if (map == NULL) {
+            free_recs(recs, m);
+            try_end(op, KV_ENOMEM, NULL, NULL, 0);
+            return;
+        }
+        for (size_t i = 0; i < m; i++)
+            map[i] = input_index(op, recs[i].key);
+        kv__free(op->map);
+        op->map = map;
+    }
     free_recs(op->recs, op->n);
     op->recs = recs;
     op->n = m;
@@ -323,7 +398,18 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
                 kv__fut_finish(f, KV_ENOMEM, NULL);
                 return f;
             }
-            kv__fut_set_keys(f, keys, n);
+            uint64_t *zero = values ? kv__calloc(n, sizeof *zero) : NULL;
+            if (values && (zero == NULL ||
+                           kv__fut_set_writes(f, keys, n, zero, n) != KV_OK)) {
+                if (zero == NULL)
+                    release_key_copies(keys, n);
+                kv__free(zero);
+                kv__fut_finish(f, KV_ENOMEM, NULL);
+                return f;
+            }
+            kv__free(zero);
+            if (!values)
+                kv__fut_set_keys(f, keys, n);
         }
         kv__fut_finish(f, KV_EMAXRETRIES, "max_retries is 0");
         return f;
@@ -371,17 +457,31 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
             return kv__fut_failed(kv__floop(s), rc, NULL);
         }
     }
+    op->recs = copy;
+    op->n = n;
+    if (values) {
+        op->on = n;
+        op->okeys = kv__calloc(n, sizeof *op->okeys);
+        op->otok = kv__calloc(n, sizeof *op->otok);
+        op->map = kv__malloc(n * sizeof *op->map);
+        bool ok = op->okeys != NULL && op->otok != NULL && op->map != NULL;
+        for (size_t i = 0; ok && i < n; i++) {
+            ok = kv_key_dup(&op->okeys[i], recs[i].key) == KV_OK;
+            op->map[i] = i;
+        }
+        if (!ok) {
+            try_op_free(op);
+            return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
+        }
+    }
     op->fut = kv__fut_new(kv__floop(s));
     if (op->fut == NULL) {
-        free_recs(copy, n);
-        kv__free(op);
+        try_op_free(op);
         return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
     }
     kv__fut_ref(op->fut);
     op->s = s;
     op->mode = mode;
-    op->recs = copy;
-    op->n = n;
     op->left = max_retries;
     op->mw = mw;
     op->amw = amw;

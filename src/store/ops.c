@@ -198,6 +198,7 @@ static kv_fut *write_records(kv_store *s, int kind, kv__opcode op,
             return kv__fut_failed(kv__floop(s), rc, NULL);
         }
         it->token = recs[i].token;
+        it->any = recs[i].token == KV_TOKEN_ANY;
     }
     return kv__req_start(req);
 }

@@ -296,6 +296,56 @@ static void finish_records(kv__req *req, kv_fut *f)
     kv__fut_finish(f, KV_OK, NULL);
 }
 
+/*
+ * A delete's unconditional items (KV_TOKEN_ANY) never conflict: one that
+ * found no record (ENOTFOUND, or ECONFLICT from a backend that does not
+ * tell them apart) succeeded too.  Sets each such item's status to KV_OK;
+ * *removed says whether items[0] removed a record.
+ */
+static void any_deletes_ok(kv__item *items, size_t n, bool *removed)
+{
+    *removed = n > 0 && items[0].status == KV_OK;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].any && (items[i].status == KV_ENOTFOUND ||
+                             items[i].status == KV_ECONFLICT))
+            items[i].status = KV_OK;
+}
+
+/* A put batch's result: skipped keys and the token of each item (0 where
+ * not written; all 0 for an atomic batch that conflicted). */
+static int set_put_result(kv_fut *f, kv__item *items, size_t n, bool atomic)
+{
+    uint64_t *tok = kv__malloc(n * sizeof *tok);
+    if (tok == NULL)
+        return KV_ENOMEM;
+    bool conflict = false;
+    for (size_t i = 0; i < n; i++)
+        conflict |= items[i].status != KV_OK;
+    for (size_t i = 0; i < n; i++)
+        tok[i] = items[i].status == KV_OK && !(atomic && conflict)
+                     ? items[i].token
+                     : 0;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].status != KV_OK)
+            m++;
+    kv_key **keys = NULL;
+    if (m > 0 && (keys = kv__malloc(m * sizeof *keys)) == NULL) {
+        kv__free(tok);
+        return KV_ENOMEM;
+    }
+    m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].status != KV_OK) {
+            keys[m++] = items[i].key;
+            items[i].key = NULL;
+        }
+    }
+    int rc = kv__fut_set_writes(f, keys, m, tok, n);
+    kv__free(tok);
+    return rc;
+}
+
 /* Turn a completed request into its future's result. */
 static void finish_generic(kv__req *req, int status, const char *msg)
 {
@@ -344,12 +394,15 @@ static void finish_generic(kv__req *req, int status, const char *msg)
         finish_records(req, f);
         return;
     case KV__K_PUT:
-    case KV__K_DELETE:
+    case KV__K_DELETE: {
         if ((rc = odd_status(items, n, KV_ECONFLICT)) != KV_OK &&
             rc != KV_ENOTFOUND) {
             kv__fut_fail_msg(f, rc, msg);
             return;
         }
+        bool removed = false;
+        if (req->kind == KV__K_DELETE)
+            any_deletes_ok(items, n, &removed);
         if (items[0].status != KV_OK) {
             kv__fut_finish(f, KV_ECONFLICT, "token conflict on %s",
                            kv_key_id(items[0].key));
@@ -357,23 +410,39 @@ static void finish_generic(kv__req *req, int status, const char *msg)
         }
         if (req->kind == KV__K_PUT)
             kv__fut_set_token(f, items[0].token);
+        else if (items[0].any)
+            kv__fut_set_bool(f, removed);
         kv__fut_finish(f, KV_OK, NULL);
         return;
+    }
     case KV__K_PUT_MANY:
     case KV__K_DELETE_MANY:
     case KV__K_PUT_ATOMIC:
-    case KV__K_DELETE_ATOMIC:
+    case KV__K_DELETE_ATOMIC: {
         if ((rc = odd_status(items, n, KV_ECONFLICT)) != KV_OK &&
             rc != KV_ENOTFOUND) {
             kv__fut_fail_msg(f, rc, msg);
             return;
         }
+        bool put = req->kind == KV__K_PUT_MANY || req->kind == KV__K_PUT_ATOMIC;
+        if (put) {
+            if (set_put_result(f, items, n, req->kind == KV__K_PUT_ATOMIC) !=
+                KV_OK) {
+                kv__fut_finish(f, KV_ENOMEM, NULL);
+                return;
+            }
+            kv__fut_finish(f, KV_OK, NULL);
+            return;
+        }
+        bool removed;
+        any_deletes_ok(items, n, &removed);
         if (set_keys_where(f, items, n, false) != KV_OK) {
             kv__fut_finish(f, KV_ENOMEM, NULL);
             return;
         }
         kv__fut_finish(f, KV_OK, NULL);
         return;
+    }
     case KV__K_MOVE:
     case KV__K_DROP:
     default:

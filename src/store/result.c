@@ -58,8 +58,29 @@ static void release_iter(void *ptr, size_t n, const kv__fut_aux *aux)
     kv_iter_free(ptr);
 }
 
+/* The result of a put batch: its skipped (or conflicting) keys and the
+ * token of each record, parallel to the batch (kv__fut_set_writes). */
+typedef struct wres {
+    kv_key **keys;
+    size_t nkeys;
+    size_t ntok;
+    uint64_t tok[];
+} wres;
+
+static void release_writes(void *ptr, size_t n, const kv__fut_aux *aux)
+{
+    (void)n;
+    (void)aux;
+    wres *w = ptr;
+    if (w == NULL)
+        return;
+    release_keys(w->keys, w->nkeys, NULL);
+    kv__free(w);
+}
+
 static const kv__fut_kind records_kind = {release_records, false};
 static const kv__fut_kind keys_kind = {release_keys, false};
+static const kv__fut_kind writes_kind = {release_writes, false};
 /* Freeing an iterator may start its dispose request: never inside the
  * setter of a cancelled future, always with the future. */
 static const kv__fut_kind iter_kind = {release_iter, true};
@@ -82,6 +103,25 @@ void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
 void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n)
 {
     kv__fut_set_result(f, &keys_kind, keys, n, NULL);
+}
+
+int kv__fut_set_writes(kv_fut *f, kv_key **keys, size_t nkeys,
+                       const uint64_t *tokens, size_t ntok)
+{
+    wres *w = NULL;
+    if (ntok <= (SIZE_MAX - sizeof *w) / sizeof(uint64_t))
+        w = kv__malloc(sizeof *w + ntok * sizeof(uint64_t));
+    if (w == NULL) {
+        release_keys(keys, nkeys, NULL);
+        return KV_ENOMEM;
+    }
+    w->keys = keys;
+    w->nkeys = nkeys;
+    w->ntok = ntok;
+    if (ntok > 0)
+        memcpy(w->tok, tokens, ntok * sizeof(uint64_t));
+    kv__fut_set_result(f, &writes_kind, w, nkeys, NULL);
+    return KV_OK;
 }
 
 void kv__fut_set_iter(kv_fut *f, kv_iter *it)
@@ -156,9 +196,24 @@ const kv_key *const *kv_fut_keys(const kv_fut *fut, size_t *n)
 {
     size_t m;
     kv_key **keys = kv__fut_result(fut, &keys_kind, &m);
+    if (keys == NULL) {
+        const wres *w = kv__fut_result(fut, &writes_kind, &m);
+        keys = w != NULL ? w->keys : NULL;
+        m = w != NULL ? w->nkeys : 0;
+    }
     if (n != NULL)
         *n = m;
     return m > 0 ? (const kv_key *const *)keys : NULL;
+}
+
+const uint64_t *kv_fut_tokens(const kv_fut *fut, size_t *n)
+{
+    size_t m;
+    const wres *w = kv__fut_result(fut, &writes_kind, &m);
+    size_t nt = w != NULL ? w->ntok : 0;
+    if (n != NULL)
+        *n = nt;
+    return nt > 0 ? w->tok : NULL;
 }
 
 kv_iter *kv_fut_take_iter(kv_fut *fut)

@@ -936,6 +936,82 @@ START_TEST(test_corruption)
 }
 END_TEST
 
+
+/* A corrupt record (header, token, checksum, length) is replaced by an
+ * unconditional put and removed by an unconditional delete; CAS writes of
+ * it still fail KV_ECORRUPT (issue 16: "a corrupt record can be removed and
+ * replaced"). */
+START_TEST(test_corrupt_replace_remove)
+{
+    env e;
+    env_init(&e, 0, KV_FS_NO_FSYNC);
+    const char *val = "the quick brown fox jumps over the lazy dog";
+    struct {
+        const char *key, *file;
+        off_t flip; /* -1: truncate to 30 bytes, -2: to 0, -3: append */
+    } c[] = {{"/r/val", "r/val.kv", 40 + 5}, {"/r/hdr", "r/hdr.kv", 2},
+             {"/r/tok", "r/tok.kv", 9},      {"/r/crc", "r/crc.kv", 37},
+             {"/r/trunc", "r/trunc.kv", -1}, {"/r/empty", "r/empty.kv", -2},
+             {"/r/long", "r/long.kv", -3}};
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < KV__ARRAY_SIZE(c); i++) {
+            ck_assert_kv(put_s(e.s, c[i].key, val, KV_TOKEN_ANY, NULL), KV_OK);
+            char *p = path_in(root, c[i].file);
+            if (c[i].flip >= 0) {
+                flip_byte(p, c[i].flip);
+            } else if (c[i].flip == -3) {
+                FILE *fp = fopen(p, "a");
+                ck_assert_ptr_nonnull(fp);
+                fputs("!", fp);
+                fclose(fp);
+            } else {
+                ck_assert_int_eq(truncate(p, c[i].flip == -1 ? 30 : 0), 0);
+            }
+            free(p);
+            ck_assert_msg(get_s(e.s, c[i].key, NULL, NULL) == KV_ECORRUPT,
+                          "%s", c[i].key);
+        }
+        for (size_t i = 0; i < KV__ARRAY_SIZE(c); i++) {
+            bool hdr_bad = c[i].flip != 40 + 5 && c[i].flip != -3;
+            if (hdr_bad) {
+                /* CAS writes need the header: still KV_ECORRUPT */
+                ck_assert_kv(put_s(e.s, c[i].key, "x", 1, NULL), KV_ECORRUPT);
+                ck_assert_kv(del_s(e.s, c[i].key, 1), KV_ECORRUPT);
+            }
+            if (round == 0) {
+                uint64_t t = 0;
+                ck_assert_kv(put_s(e.s, c[i].key, "fresh", KV_TOKEN_ANY, &t),
+                             KV_OK);
+                char *got = NULL;
+                uint64_t gt = 0;
+                ck_assert_kv(get_s(e.s, c[i].key, &got, &gt), KV_OK);
+                ck_assert_str_eq(got, "fresh");
+                ck_assert_uint_eq(gt, t);
+                free(got);
+                ck_assert_kv(put_s(e.s, c[i].key, "again", t, NULL), KV_OK);
+            } else {
+                kv_key *k = key_of(c[i].key);
+                kv_fut *f = kv_delete(e.s, k, KV_TOKEN_ANY);
+                ck_assert_kv(kv_wait(f), KV_OK);
+                ck_assert(kv_fut_bool(f)); /* a (corrupt) record was there */
+                kv_fut_free(f);
+                kv_key_free(k);
+                bool yes = true;
+                ck_assert_kv(has_s(e.s, c[i].key, &yes), KV_OK);
+                ck_assert(!yes);
+                char *p = path_in(root, c[i].file);
+                ck_assert(!exists(root, c[i].file));
+                free(p);
+            }
+        }
+    }
+    size_t records = 0, temps = 0;
+    check_tree(root, true, &records, &temps);
+    ck_assert_uint_eq(temps, 0);
+    tu_env_close(&e, true);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Lock, temp files, tokens, read-only                                      */
 /* ------------------------------------------------------------------------ */
@@ -2669,6 +2745,7 @@ int main(int argc, char **argv)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_corruption);
+    tcase_add_test(tc, test_corrupt_replace_remove);
     tcase_add_test(tc, test_lock);
     tcase_add_loop_test(tc, test_nofile_64, 0, 2);
     tcase_add_test(tc, test_temp_cleanup);

@@ -1,7 +1,8 @@
 /*
  * check_batches.c - the conformance suite, group "batches": batches:
  * skipped and duplicate items, read batches, atomic all-or-nothing,
- * moving and dropping a prefix.
+ * moving and dropping a prefix, unconditional (KV_TOKEN_ANY) records in
+ * batches, the tokens of put batches, moves that would pass a key limit.
  *
  * Every test runs against every row of the backends table
  * (tests/lib/conformance.c); KVT_BACKEND=name runs one row only.
@@ -285,11 +286,229 @@ START_TEST(test_drop_prefix)
 END_TEST
 
 /* ======================================================================== */
+/* Unconditional records and the tokens of batches                          */
+/* ======================================================================== */
+
+/* Do the future's tokens equal what kv_get reads for each key of recs
+ * (0: the key must not hold a record written by this batch: skip it)? */
+static void tokens_match(tctx *c, kv_fut *f, const kv_record *recs, size_t n)
+{
+    size_t nt = 99;
+    const uint64_t *tok = kv_fut_tokens(f, &nt);
+    ck_assert_uint_eq(nt, n);
+    ck_assert_ptr_nonnull(tok);
+    for (size_t i = 0; i < n; i++) {
+        if (tok[i] == 0)
+            continue;
+        ck_assert_uint_ne(tok[i], KV_TOKEN_ANY);
+        kv_fut *g = AWAIT(kv_get(c->s, recs[i].key, NULL), KV_OK);
+        ck_assert_uint_eq(kv_fut_record(g)->token, tok[i]);
+        kv_fut_free(g);
+    }
+}
+
+START_TEST(test_batch_any)
+{
+    OPEN(c);
+    uint64_t ta = PUT(c, "/a", "a0", 0);
+    PUT(c, "/b", "b0", 0);
+    PUT(c, "/s", "s0", 0);
+    kv_record recs[] = {
+        {K(c, "/a"), "a1", 2, ta},           /* CAS: ok */
+        {K(c, "/b"), "b1", 2, KV_TOKEN_ANY}, /* over an existing record */
+        {K(c, "/c"), "c1", 2, KV_TOKEN_ANY}, /* over a missing key */
+        {K(c, "/s"), "s1", 2, ta + 7777},    /* stale: skipped */
+        {K(c, "/n"), "n1", 2, 0},            /* insert */
+    };
+    kv_fut *f = AWAIT(kv_put_many(c->s, recs, 5, NULL), KV_OK);
+    ck_assert(KEYS_ARE(f, "/s"));
+    size_t nt = 0;
+    const uint64_t *tok = kv_fut_tokens(f, &nt);
+    ck_assert_uint_eq(nt, 5);
+    ck_assert_ptr_nonnull(tok);
+    ck_assert_uint_eq(tok[3], 0);
+    for (size_t i = 0; i < 5; i++)
+        if (i != 3)
+            ck_assert_uint_ne(tok[i], 0);
+    tokens_match(c, f, recs, 5);
+    kv_fut_free(f);
+    GET(c, "/a", "a1");
+    GET(c, "/b", "b1");
+    GET(c, "/c", "c1");
+    GET(c, "/s", "s0");
+    GET(c, "/n", "n1");
+    /* a token from the batch is good for the next CAS */
+    uint64_t tc = GET(c, "/c", "c1");
+    PUT(c, "/c", "c2", tc);
+    /* delete_many: unconditional records over existing and missing keys
+     * are never skipped; CAS records keep their rules */
+    uint64_t ts = GET(c, "/s", "s0");
+    kv_record dels[] = {
+        {K(c, "/a"), NULL, 0, KV_TOKEN_ANY},  /* existing */
+        {K(c, "/zz"), NULL, 0, KV_TOKEN_ANY}, /* missing: not skipped */
+        {K(c, "/b"), NULL, 0, ts + 5555},     /* stale: skipped */
+        {K(c, "/s"), NULL, 0, ts},            /* CAS: ok */
+    };
+    f = AWAIT(kv_delete_many(c->s, dels, 4), KV_OK);
+    ck_assert(KEYS_ARE(f, "/b"));
+    size_t n0 = 9;
+    ck_assert_ptr_null(kv_fut_tokens(f, &n0));
+    ck_assert_uint_eq(n0, 0);
+    kv_fut_free(f);
+    GET(c, "/a", NULL);
+    GET(c, "/b", "b1");
+    GET(c, "/s", NULL);
+    GET(c, "/zz", NULL);
+    /* typed put_many: tokens as well */
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    person p1 = {"p", 1}, p2 = {"q", 2};
+    kv_record typed[] = {{K(c, "/t1"), &p1, 0, KV_TOKEN_ANY},
+                         {K(c, "/t2"), &p2, 0, 0}};
+    f = AWAIT(kv_put_many(c->s, typed, 2, &codec), KV_OK);
+    tokens_match(c, f, typed, 2);
+    ck_assert_uint_ne(kv_fut_tokens(f, &nt)[0], 0);
+    ck_assert_uint_ne(kv_fut_tokens(f, &nt)[1], 0);
+    kv_fut_free(f);
+    GET(c, "/t1", "p:1");
+    ctx_done(c);
+}
+END_TEST
+
+START_TEST(test_atomic_any)
+{
+    OPEN(c);
+    if (!kv_supports_atomic_batch(c->s)) {
+        kv_record r[] = {{K(c, "/x"), "x", 1, KV_TOKEN_ANY}};
+        EXPECT(kv_put_atomic(c->s, r, 1, NULL), KV_ENOTSUP);
+        ctx_done(c);
+        return;
+    }
+    uint64_t ta = PUT(c, "/{t}a", "a0", 0);
+    PUT(c, "/{t}b", "b0", 0);
+    /* unconditional records never conflict: all written, all tokens */
+    kv_record good[] = {{K(c, "/{t}a"), "a1", 2, KV_TOKEN_ANY},
+                        {K(c, "/{t}b"), "b1", 2, KV_TOKEN_ANY},
+                        {K(c, "/{t}c"), "c1", 2, KV_TOKEN_ANY},
+                        {K(c, "/{t}d"), "d1", 2, 0}};
+    kv_fut *f = AWAIT(kv_put_atomic(c->s, good, 4, NULL), KV_OK);
+    size_t n = 9;
+    kv_fut_keys(f, &n);
+    ck_assert_uint_eq(n, 0);
+    tokens_match(c, f, good, 4);
+    for (size_t i = 0; i < 4; i++)
+        ck_assert_uint_ne(kv_fut_tokens(f, &n)[i], 0);
+    kv_fut_free(f);
+    uint64_t ta1 = GET(c, "/{t}a", "a1");
+    ck_assert_uint_ne(ta1, ta);
+    GET(c, "/{t}c", "c1");
+    /* one stale CAS record: only it conflicts, nothing is written, every
+     * token 0 */
+    kv_record bad[] = {{K(c, "/{t}a"), "a2", 2, KV_TOKEN_ANY},
+                       {K(c, "/{t}b"), "b2", 2, ta}, /* stale */
+                       {K(c, "/{t}e"), "e2", 2, KV_TOKEN_ANY}};
+    f = AWAIT(kv_put_atomic(c->s, bad, 3, NULL), KV_OK);
+    ck_assert(KEYS_ARE(f, "/{t}b"));
+    const uint64_t *tok = kv_fut_tokens(f, &n);
+    ck_assert_uint_eq(n, 3);
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_uint_eq(tok[i], 0);
+    kv_fut_free(f);
+    GET(c, "/{t}a", "a1");
+    GET(c, "/{t}e", NULL);
+    /* delete_atomic: unconditional over existing and missing keys, with a
+     * CAS record */
+    uint64_t tb = GET(c, "/{t}b", "b1");
+    kv_record dels[] = {{K(c, "/{t}a"), NULL, 0, KV_TOKEN_ANY},
+                        {K(c, "/{t}zz"), NULL, 0, KV_TOKEN_ANY},
+                        {K(c, "/{t}b"), NULL, 0, tb}};
+    f = AWAIT(kv_delete_atomic(c->s, dels, 3), KV_OK);
+    kv_fut_keys(f, &n);
+    ck_assert_uint_eq(n, 0);
+    kv_fut_free(f);
+    GET(c, "/{t}a", NULL);
+    GET(c, "/{t}b", NULL);
+    /* a conflicting CAS delete keeps the unconditional ones from running */
+    kv_record dbad[] = {{K(c, "/{t}c"), NULL, 0, KV_TOKEN_ANY},
+                        {K(c, "/{t}d"), NULL, 0, 1}};
+    f = AWAIT(kv_delete_atomic(c->s, dbad, 2), KV_OK);
+    ck_assert(KEYS_ARE(f, "/{t}d"));
+    kv_fut_free(f);
+    GET(c, "/{t}c", "c1");
+    ctx_done(c);
+}
+END_TEST
+
+/* A key of depth namespaces below prefix ("/p/n1/n2/..."). */
+static kv_key *deep_key(tctx *c, const char *prefix, int depth, size_t seglen)
+{
+    char *path = malloc(strlen(prefix) + (size_t)depth * (seglen + 2) + 1);
+    strcpy(path, prefix);
+    size_t at = strlen(path);
+    for (int i = 0; i < depth; i++) {
+        path[at++] = '/';
+        for (size_t j = 0; j < seglen; j++)
+            path[at++] = (char)('a' + (i + (int)j) % 26);
+    }
+    path[at] = '\0';
+    kv_key *k = K(c, path);
+    free(path);
+    return k;
+}
+
+START_TEST(test_move_key_limits)
+{
+    OPEN(c);
+    if (!kv_supports_atomic_batch(c->s)) {
+        ctx_done(c);
+        return;
+    }
+    /* depth: /ml/a + 29 namespaces = 31; moved below /x/y/z/w it is 33 */
+    kv_key *deep = deep_key(c, "/ml/a", 29, 1);
+    ck_assert_uint_eq(kv_key_len(deep), 31);
+    EXPECT(kv_put(c->s, &(kv_record){deep, "d", 1, 0}, NULL), KV_OK);
+    PUT(c, "/ml/a/b", "b", 0);
+    const kv_key *from[] = {K(c, "/ml/a")};
+    const kv_key *to3[] = {K(c, "/x/y/z/w")};
+    kv_fut *f = AWAIT(kv_move_prefix_atomic(c->s, from, to3, 1), KV_EINVAL);
+    ck_assert_ptr_nonnull(strstr(kv_fut_errmsg(f), "KV_KEY_MAX_DEPTH"));
+    kv_fut_free(f);
+    GET(c, "/ml/a/b", "b"); /* nothing moved */
+    GET(c, "/x/y/z/w/b", NULL);
+    /* to a prefix of the same depth: fine */
+    const kv_key *to2[] = {K(c, "/x/y")};
+    EXPECT(kv_move_prefix_atomic(c->s, from, to2, 1), KV_OK);
+    GET(c, "/x/y/b", "b");
+    /* length: a key of ~4 KiB; a longer destination prefix passes
+     * KV_KEY_MAX_LEN */
+    kv_key *longk = deep_key(c, "/ml/l", 4, 1000);
+    ck_assert_uint_le(strlen(kv_key_id(longk)), KV_KEY_MAX_LEN);
+    ck_assert_uint_gt(strlen(kv_key_id(longk)), KV_KEY_MAX_LEN - 100);
+    EXPECT(kv_put(c->s, &(kv_record){longk, "l", 1, 0}, NULL), KV_OK);
+    PUT(c, "/ml/l/short", "s", 0);
+    char dst[200];
+    memset(dst, 'q', sizeof dst - 1);
+    dst[0] = '/';
+    dst[sizeof dst - 1] = '\0';
+    const kv_key *lfrom[] = {K(c, "/ml/l")};
+    const kv_key *lto[] = {K(c, dst)};
+    f = AWAIT(kv_move_prefix_atomic(c->s, lfrom, lto, 1), KV_EINVAL);
+    ck_assert_ptr_nonnull(strstr(kv_fut_errmsg(f), "KV_KEY_MAX_LEN"));
+    kv_fut_free(f);
+    GET(c, "/ml/l/short", "s");
+    ck_assert(has_(c, kv_key_id(longk)));
+    ctx_done(c);
+}
+END_TEST
+
+/* ======================================================================== */
 
 int main(void)
 {
     const TTest *tests[] = {test_batch_skipped, test_batch_duplicate,
                             test_read_batches,  test_atomic_all_or_nothing,
-                            test_move_prefix,   test_drop_prefix};
+                            test_move_prefix,   test_drop_prefix,
+                            test_batch_any,     test_atomic_any,
+                            test_move_key_limits};
     return tu_conformance_run("batches", tests, sizeof tests / sizeof tests[0]);
 }

@@ -385,10 +385,179 @@ START_TEST(test_helper_cancel)
 END_TEST
 
 /* ======================================================================== */
+/* Tokens of the helpers; typed middleware                                  */
+/* ======================================================================== */
+
+/* The helper's kv_fut_tokens: n of them, each equal to what kv_get reads
+ * (or 0 where want0[i]). */
+static void helper_tokens_match(tctx *c, kv_fut *f, const kv_record *recs,
+                                size_t n, const bool *want0)
+{
+    size_t nt = 99;
+    const uint64_t *tok = kv_fut_tokens(f, &nt);
+    ck_assert_uint_eq(nt, n);
+    ck_assert_ptr_nonnull(tok);
+    for (size_t i = 0; i < n; i++) {
+        if (want0 != NULL && want0[i]) {
+            ck_assert_uint_eq(tok[i], 0);
+            continue;
+        }
+        ck_assert_uint_ne(tok[i], 0);
+        kv_fut *g = AWAIT(kv_get(c->s, recs[i].key, NULL), KV_OK);
+        ck_assert_uint_eq(kv_fut_record(g)->token, tok[i]);
+        kv_fut_free(g);
+    }
+}
+
+START_TEST(test_helper_tokens)
+{
+    OPEN(c);
+    PUT(c, "/{h}b", "b0", 0);
+    PUT(c, "/{h}c", "c0", 0);
+    /* try_put: a middleware retry, an unconditional record, an insert */
+    kv_record recs[] = {{K(c, "/{h}a"), "a1", 2, 0},
+                        {K(c, "/{h}b"), "b1", 2, 4242}, /* refreshed */
+                        {K(c, "/{h}c"), "c1", 2, KV_TOKEN_ANY}};
+    refresh rf = {c, 0, 0, 0, false};
+    kv_fut *f = AWAIT(kv_try_put(c->s, recs, 3, 3, mw_refresh, &rf, NULL),
+                      KV_OK);
+    ck_assert_int_eq(rf.calls, 1);
+    helper_tokens_match(c, f, recs, 3, NULL);
+    /* the token is good for the next CAS */
+    uint64_t tb = kv_fut_tokens(f, NULL)[1];
+    kv_fut_free(f);
+    PUT(c, "/{h}b", "b2", tb);
+    /* exhausted: the written ones have tokens, the skipped one 0 */
+    kv_record ex[] = {{K(c, "/{h}d"), "d", 1, 0},
+                      {K(c, "/{h}a"), "x", 1, 1}};
+    f = AWAIT(kv_try_put(c->s, ex, 2, 2, NULL, NULL, NULL), KV_EMAXRETRIES);
+    ck_assert(KEYS_ARE(f, "/{h}a"));
+    helper_tokens_match(c, f, ex, 2, (const bool[]){false, true});
+    kv_fut_free(f);
+    /* typed */
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    person ida = {"ida", 3};
+    kv_record tr[] = {{K(c, "/{h}ida"), &ida, 0, KV_TOKEN_ANY}};
+    f = AWAIT(kv_try_put(c->s, tr, 1, 1, NULL, NULL, &codec), KV_OK);
+    helper_tokens_match(c, f, tr, 1, NULL);
+    kv_fut_free(f);
+    /* try_delete has none */
+    kv_record dl[] = {{K(c, "/{h}d"), NULL, 0, KV_TOKEN_ANY}};
+    f = AWAIT(kv_try_delete(c->s, dl, 1, 1, NULL, NULL), KV_OK);
+    ck_assert_ptr_null(kv_fut_tokens(f, NULL));
+    kv_fut_free(f);
+    GET(c, "/{h}d", NULL);
+    /* try_put_atomic, after a refreshing middleware */
+    if (kv_supports_atomic_batch(c->s)) {
+        kv_record at[] = {{K(c, "/{h}a"), "a3", 2, 777},
+                          {K(c, "/{h}e"), "e3", 2, KV_TOKEN_ANY},
+                          {K(c, "/{h}f"), "f3", 2, 0}};
+        refresh arf = {c, 0, 0, 0, false};
+        f = AWAIT(kv_try_put_atomic(c->s, at, 3, 3, amw_refresh, &arf, NULL),
+                  KV_OK);
+        ck_assert_int_eq(arf.calls, 1);
+        helper_tokens_match(c, f, at, 3, NULL);
+        kv_fut_free(f);
+        GET(c, "/{h}a", "a3");
+    }
+    /* get_or_put: the inserted record's token and the winner's */
+    producer p = {c, 0, "made", NULL, NULL, NULL, NULL, false};
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/{h}g"), produce, &p, 3, NULL), KV_OK);
+    uint64_t tg = kv_fut_record(f)->token;
+    kv_fut_free(f);
+    ck_assert_uint_ne(tg, 0);
+    ck_assert_uint_eq(GET(c, "/{h}g", "made"), tg);
+    producer pr = {c, 0, "loser", "winner", NULL, NULL, NULL, false};
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/{h}w"), produce, &pr, 3, NULL),
+              KV_OK);
+    uint64_t tw = kv_fut_record(f)->token;
+    kv_fut_free(f);
+    ck_assert_uint_eq(GET(c, "/{h}w", "winner"), tw);
+    person jo = {"jo", 9};
+    producer pt = {c, 0, NULL, NULL, &jo, &pc, NULL, false};
+    f = AWAIT(kv_get_or_put(c->s, K(c, "/{h}jo"), produce, &pt, 3, &codec),
+              KV_OK);
+    uint64_t tj = kv_fut_record(f)->token;
+    kv_fut_free(f);
+    ck_assert_uint_ne(tj, 0);
+    ck_assert_uint_eq(GET(c, "/{h}jo", "jo:9"), tj);
+    ck_assert_int_eq(atomic_load(&pc.live), 0);
+    ctx_done(c);
+}
+END_TEST
+
+/*
+ * A typed middleware: it decodes each failed record with the call's codec
+ * (the values are the helper's encodings), makes the person one year older,
+ * encodes it with the same codec and retries it unconditionally.
+ */
+typedef struct older {
+    tctx *c;
+    kv_codec codec;
+    int calls;
+    int decoded;
+} older;
+
+static kv_fut *mw_older(const kv_record *failed, size_t n, void *arg)
+{
+    older *o = arg;
+    o->calls++;
+    kv_fut *out = kv_fut_new(o->c->loop);
+    kv_record *recs = calloc(n, sizeof *recs);
+    kv_buf *bufs = calloc(n, sizeof *bufs);
+    for (size_t i = 0; i < n; i++) {
+        void *obj = NULL;
+        ck_assert_int_eq(o->codec.decode(failed[i].val, failed[i].len, &obj,
+                                         o->codec.ctx),
+                         KV_OK);
+        person *pp = obj;
+        o->decoded++;
+        pp->age++;
+        ck_assert_int_eq(o->codec.encode(pp, &bufs[i], o->codec.ctx), KV_OK);
+        o->codec.free_obj(obj, o->codec.ctx);
+        recs[i].key = failed[i].key;
+        recs[i].val = bufs[i].data;
+        recs[i].len = bufs[i].len;
+        recs[i].token = KV_TOKEN_ANY;
+    }
+    kv_fut_complete_records(out, recs, n); /* copies */
+    for (size_t i = 0; i < n; i++)
+        kv_buf_free(&bufs[i]);
+    free(bufs);
+    free(recs);
+    return out;
+}
+
+START_TEST(test_typed_middleware)
+{
+    OPEN(c);
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    PUT(c, "/tm/kim", "kim:1", 0);
+    person kim = {"kim", 20}, lee = {"lee", 30};
+    kv_record recs[] = {{K(c, "/tm/kim"), &kim, 0, 0}, /* conflicts */
+                        {K(c, "/tm/lee"), &lee, 0, 0}};
+    older o = {c, codec, 0, 0};
+    kv_fut *f = AWAIT(kv_try_put(c->s, recs, 2, 2, mw_older, &o, &codec),
+                      KV_OK);
+    ck_assert_int_eq(o.calls, 1);
+    ck_assert_int_eq(o.decoded, 1);
+    helper_tokens_match(c, f, recs, 2, NULL);
+    kv_fut_free(f);
+    GET(c, "/tm/kim", "kim:21");
+    GET(c, "/tm/lee", "lee:30");
+    ck_assert_int_eq(atomic_load(&pc.live), 0);
+    ctx_done(c);
+}
+END_TEST
+
+/* ======================================================================== */
 
 int main(void)
 {
     const TTest *tests[] = {test_try_put, test_try_delete, test_try_atomic,
-                            test_get_or_put, test_helper_cancel};
+                            test_get_or_put, test_helper_cancel,
+                            test_helper_tokens, test_typed_middleware};
     return tu_conformance_run("helpers", tests, sizeof tests / sizeof tests[0]);
 }

@@ -1,7 +1,8 @@
 /*
  * check_records.c - the conformance suite, group "records": single-record
  * operations: put, get and has, the token rules of put and delete, bad
- * arguments, cancelling and freeing pending futures.
+ * arguments, cancelling and freeing pending futures, unconditional put and
+ * delete (KV_TOKEN_ANY).
  *
  * Every test runs against every row of the backends table
  * (tests/lib/conformance.c); KVT_BACKEND=name runs one row only.
@@ -191,12 +192,108 @@ START_TEST(test_cancel_and_free_pending)
 }
 END_TEST
 
+
+/* ======================================================================== */
+/* Unconditional writes (KV_TOKEN_ANY)                                      */
+/* ======================================================================== */
+
+/* A put of key=val with KV_TOKEN_ANY: its token (asserted real). */
+static uint64_t put_any(tctx *c, const char *key, const char *val)
+{
+    kv_fut *f = AWAIT(kv_put(c->s,
+                             &(kv_record){K(c, key), (void *)val, strlen(val),
+                                          KV_TOKEN_ANY},
+                             NULL),
+                      KV_OK);
+    uint64_t t = kv_fut_token(f);
+    kv_fut_free(f);
+    ck_assert_uint_ne(t, 0);
+    ck_assert_uint_ne(t, KV_TOKEN_ANY);
+    return t;
+}
+
+START_TEST(test_put_any)
+{
+    OPEN(c);
+    /* over a missing key: inserts */
+    uint64_t t1 = put_any(c, "/u", "v1");
+    ck_assert_uint_eq(GET(c, "/u", "v1"), t1);
+    /* over an existing record, whatever its token: replaces */
+    uint64_t t2 = put_any(c, "/u", "v2");
+    ck_assert_uint_ne(t2, t1);
+    ck_assert_uint_eq(GET(c, "/u", "v2"), t2);
+    /* the token it returned is good for the next CAS; the old one is not */
+    PUT_FAILS(c, "/u", "v3", t1, KV_ECONFLICT);
+    uint64_t t3 = PUT(c, "/u", "v3", t2);
+    ck_assert_uint_eq(GET(c, "/u", "v3"), t3);
+    /* and for a CAS delete */
+    uint64_t t4 = put_any(c, "/u", "v4");
+    EXPECT(kv_delete(c->s, K(c, "/u"), t4), KV_OK);
+    GET(c, "/u", NULL);
+    /* the empty value, and put_value is still insert-only */
+    put_any(c, "/e", "");
+    GET(c, "/e", "");
+    EXPECT(kv_put_value(c->s, K(c, "/e"), "x", 1, NULL), KV_ECONFLICT);
+    /* typed: the encoding is written unconditionally as well */
+    pctx pc = {0};
+    kv_codec codec = person_codec(&pc);
+    person ann = {"ann", 30}, bob = {"bob", 40};
+    EXPECT(kv_put(c->s, &(kv_record){K(c, "/p"), &ann, 0, KV_TOKEN_ANY},
+                  &codec),
+           KV_OK);
+    kv_fut *f = AWAIT(kv_put(c->s,
+                             &(kv_record){K(c, "/p"), &bob, 0, KV_TOKEN_ANY},
+                             &codec),
+                      KV_OK);
+    uint64_t tp = kv_fut_token(f);
+    kv_fut_free(f);
+    ck_assert_uint_eq(GET(c, "/p", "bob:40"), tp);
+    f = AWAIT(kv_get(c->s, K(c, "/p"), &codec), KV_OK);
+    const person *got = kv_fut_record(f)->val;
+    ck_assert_str_eq(got->name, "bob");
+    ck_assert_uint_eq(kv_fut_record(f)->token, tp);
+    kv_fut_free(f);
+    ck_assert_int_eq(atomic_load(&pc.live), 0);
+    ctx_done(c);
+}
+END_TEST
+
+START_TEST(test_delete_any)
+{
+    OPEN(c);
+    PUT(c, "/d", "v1", 0);
+    uint64_t t = PUT(c, "/d", "v2", GET(c, "/d", "v1"));
+    (void)t;
+    /* an existing record: removed, kv_fut_bool true */
+    kv_fut *f = AWAIT(kv_delete(c->s, K(c, "/d"), KV_TOKEN_ANY), KV_OK);
+    ck_assert(kv_fut_bool(f));
+    kv_fut_free(f);
+    GET(c, "/d", NULL);
+    /* a missing key: no conflict, kv_fut_bool false */
+    f = AWAIT(kv_delete(c->s, K(c, "/d"), KV_TOKEN_ANY), KV_OK);
+    ck_assert(!kv_fut_bool(f));
+    kv_fut_free(f);
+    f = AWAIT(kv_delete(c->s, K(c, "/never/there"), KV_TOKEN_ANY), KV_OK);
+    ck_assert(!kv_fut_bool(f));
+    kv_fut_free(f);
+    /* the key is free again: an insert-only put succeeds */
+    PUT(c, "/d", "v3", 0);
+    GET(c, "/d", "v3");
+    /* a CAS delete's result has no bool */
+    f = AWAIT(kv_delete(c->s, K(c, "/d"), GET(c, "/d", "v3")), KV_OK);
+    kv_fut_free(f);
+    GET(c, "/d", NULL);
+    ctx_done(c);
+}
+END_TEST
+
 /* ======================================================================== */
 
 int main(void)
 {
     const TTest *tests[] = {test_put_get_has, test_put_tokens,
                             test_delete_tokens, test_bad_arguments,
-                            test_cancel_and_free_pending};
+                            test_cancel_and_free_pending, test_put_any,
+                            test_delete_any};
     return tu_conformance_run("records", tests, sizeof tests / sizeof tests[0]);
 }

@@ -12,6 +12,7 @@
 #include "store/backend.h"
 
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,7 @@ typedef struct model {
     size_t jobs;
     kv__req *close_req;
     mcursor *cursors;
+    char msg[256]; /* the failed request's message, if any */
 } model;
 
 typedef struct mjob {
@@ -89,13 +91,20 @@ static void m_remove(model *m, size_t i)
 static bool m_put_ok(const model *m, const kv__item *it)
 {
     long i = m_find(m, it->key);
+    if (it->token == KV_TOKEN_ANY)
+        return true;
     return it->token == 0 ? i < 0 : (i >= 0 && m->e[i].token == it->token);
 }
 
-static bool m_del_ok(const model *m, const kv__item *it)
+/* KV_OK (remove it), KV_ENOTFOUND (unconditional, absent) or KV_ECONFLICT. */
+static int m_del_status(const model *m, const kv__item *it)
 {
     long i = m_find(m, it->key);
-    return it->token != 0 && i >= 0 && m->e[i].token == it->token;
+    if (it->token == KV_TOKEN_ANY)
+        return i >= 0 ? KV_OK : KV_ENOTFOUND;
+    return it->token != 0 && i >= 0 && m->e[i].token == it->token
+               ? KV_OK
+               : KV_ECONFLICT;
 }
 
 static int m_cmp_asc(const void *a, const void *b)
@@ -139,6 +148,18 @@ static int m_move(model *m, kv__req *req)
                 src[np++] = i;
                 break;
             }
+        }
+    }
+    /* A moved key may not pass a key limit (kvstore.h, "Keys"). */
+    for (size_t p = 0; p < np && rc == KV_OK; p++) {
+        const char *lim =
+            kv_key_len(dst[p]) > KV_KEY_MAX_DEPTH ? "KV_KEY_MAX_DEPTH"
+            : strlen(kv_key_id(dst[p])) > KV_KEY_MAX_LEN ? "KV_KEY_MAX_LEN"
+                                                         : NULL;
+        if (lim != NULL) {
+            snprintf(m->msg, sizeof m->msg, "model: a moved key passes %s",
+                     lim);
+            rc = KV_EINVAL;
         }
     }
     for (size_t p = 0; p < np && rc == KV_OK; p++) {
@@ -194,7 +215,7 @@ static int m_exec(kv_store *s, kv__req *req)
         return KV_OK;
     case KV__OP_DELETE:
         for (size_t i = 0; i < req->n; i++) {
-            it[i].status = m_del_ok(m, &it[i]) ? KV_OK : KV_ECONFLICT;
+            it[i].status = m_del_status(m, &it[i]);
             if (it[i].status == KV_OK)
                 m_remove(m, (size_t)m_find(m, it[i].key));
         }
@@ -202,15 +223,16 @@ static int m_exec(kv_store *s, kv__req *req)
     case KV__OP_PUT_ATOMIC:
     case KV__OP_DELETE_ATOMIC:
         for (size_t i = 0; i < req->n; i++) {
-            bool ok = req->op == KV__OP_PUT_ATOMIC ? m_put_ok(m, &it[i])
-                                                   : m_del_ok(m, &it[i]);
-            it[i].status = ok ? KV_OK : KV_ECONFLICT;
-            any |= !ok;
+            if (req->op == KV__OP_PUT_ATOMIC)
+                it[i].status = m_put_ok(m, &it[i]) ? KV_OK : KV_ECONFLICT;
+            else
+                it[i].status = m_del_status(m, &it[i]);
+            any |= it[i].status == KV_ECONFLICT;
         }
         for (size_t i = 0; i < req->n && !any; i++) {
             if (req->op == KV__OP_PUT_ATOMIC)
                 m_set(m, it[i].key, it[i].val, it[i].len, &it[i].token);
-            else
+            else if (it[i].status == KV_OK)
                 m_remove(m, (size_t)m_find(m, it[i].key));
         }
         return KV_OK;
@@ -312,9 +334,13 @@ static void m_done(kv__job *job, int status)
         if (status != KV_OK || m->close_req != NULL) /* cancelled, closing */
             kv__req_done(req, KV_ECANCELED, NULL);
         else {
+            m->msg[0] = '\0';
             int rc = m_exec(s, req);
-            kv__req_done(req, rc, rc == KV_OK ? NULL : "model: %s",
-                         kv_strerror(rc));
+            if (rc != KV_OK && m->msg[0] != '\0')
+                kv__req_done(req, rc, "%s", m->msg);
+            else
+                kv__req_done(req, rc, rc == KV_OK ? NULL : "model: %s",
+                             kv_strerror(rc));
         }
     }
     if (m->close_req != NULL && m->jobs == 0) {

@@ -185,7 +185,8 @@ static void k_dir_ready(waiter *w, int res)
         } else if (k_fd_wait(k, res)) {
             return;
         } else if (res == -ENOENT && k->kind != K_PUT) {
-            fs__kop_finish(k, k->kind == K_DEL ? KV_ECONFLICT : KV_ENOTFOUND);
+            fs__kop_finish(k, k->kind == K_DEL && !k->it->any ? KV_ECONFLICT
+                                                              : KV_ENOTFOUND);
         } else if (res == -ENOENT && k->retries++ < MAX_RETRY) {
             fs__dir_invalidate_up(d); /* then retry */
             fs__kop_start(k);
@@ -248,10 +249,10 @@ void fs__kop_token_ready(kop *k)
     }
 }
 
-/* The current token is cur (0: absent). */
+/* The current token is cur (0: absent; an unconditional put ignores it). */
 static void put_cas(kop *k, uint64_t cur)
 {
-    if (k->it->token != cur) {
+    if (!k->it->any && k->it->token != cur) {
         fs__kop_finish(k, KV_ECONFLICT);
         return;
     }
@@ -358,9 +359,15 @@ static void k_committed(kop *k)
     fs__dir_sync_add(k->dir, k);
 }
 
+/* The current token is cur (0: absent).  An unconditional delete removes
+ * whatever is there (KV_ENOTFOUND if nothing is). */
 static void del_cas(kop *k, uint64_t cur)
 {
-    if (cur == 0 || k->it->token != cur) {
+    if (cur == 0 && k->it->any) {
+        fs__kop_finish(k, KV_ENOTFOUND);
+        return;
+    }
+    if (cur == 0 || (!k->it->any && k->it->token != cur)) {
         fs__kop_finish(k, KV_ECONFLICT);
         return;
     }
@@ -380,9 +387,10 @@ static void on_open(kop *k)
             k->cur_size = 0;
             if (k->kind == K_PUT)
                 put_cas(k, 0);
+            else if (k->kind == K_DEL)
+                del_cas(k, 0);
             else
-                fs__kop_finish(k, k->kind == K_DEL ? KV_ECONFLICT
-                                               : KV_ENOTFOUND);
+                fs__kop_finish(k, KV_ENOTFOUND);
         } else if (res == -ELOOP) {
             k_msg(k, "record file is a symlink:", res);
             fs__kop_finish(k, KV_ECORRUPT);
@@ -444,6 +452,17 @@ static void on_hdr(kop *k)
         return;
     }
     if (k->rgot < HDR_SIZE || !fs__hdr_parse(k->rhdr, &tok, &vlen, &vcrc)) {
+        if (k->it->any && (k->kind == K_PUT || k->kind == K_DEL)) {
+            /* An unconditional write needs no token: replace or remove
+             * the corrupt file (not kept as a spare: cur_size 0). */
+            k_bg_close(k);
+            k->cur_size = 0;
+            if (k->kind == K_PUT)
+                put_cas(k, 0);
+            else
+                del_cas(k, KV_TOKEN_ANY);
+            return;
+        }
         k_msg(k, "corrupt record header of", KV_ECORRUPT);
         k_cleanup(k, KV_ECORRUPT);
         return;
@@ -646,7 +665,7 @@ static void on_unlink(kop *k)
     if (r == 0)
         k_committed(k);
     else if (r == -ENOENT)
-        fs__kop_finish(k, KV_ECONFLICT);
+        fs__kop_finish(k, k->it->any ? KV_ENOTFOUND : KV_ECONFLICT);
     else
         k_fail(k, "unlink", r);
 }

@@ -158,8 +158,8 @@ bool fs__hdr_parse(const unsigned char h[HDR_SIZE], uint64_t *token,
     uint64_t l = get64(h + 16);
     /* No record holds more than KV_MAX_VALUE_SIZE: a larger length is
      * corruption, not a reason to allocate that much. */
-    if (t == 0 || l > KV_MAX_VALUE_SIZE)
-        return false;
+    if (t == 0 || t == KV_TOKEN_ANY || l > KV_MAX_VALUE_SIZE)
+        return false; /* (the counter never hands out either token) */
     *token = t;
     *vlen = l;
     *vcrc = get32(h + 24);

@@ -379,6 +379,8 @@ static void write_cb(rcmd *c, redisReply *r, int err, const char *msg)
                                      "redis: bad script result");
                 } else if (e->integer == 0) {
                     it->status = KV_ECONFLICT;
+                } else if (!put && e->integer == 2) {
+                    it->status = KV_ENOTFOUND; /* unconditional, absent */
                 } else {
                     it->status = KV_OK;
                     if (put && !(atomic && bad))
@@ -414,7 +416,7 @@ static int send_write(rstore *st, rreq *rq, size_t i, size_t count,
         rc = redis__args(b, atomic ? "1" : "0");
     for (size_t k = 0; k < count && rc == KV_OK; k++) {
         kv__item *it = &req->items[i + k];
-        rc = redis__argu(b, it->token);
+        rc = it->any ? redis__args(b, "*") : redis__argu(b, it->token);
         if (rc == KV_OK && put)
             rc = redis__arg(b, it->val, it->len);
         if (rc == KV_OK)
@@ -435,12 +437,37 @@ static int send_write(rstore *st, rreq *rq, size_t i, size_t count,
 
 /* --- move and drop -------------------------------------------------------- */
 
+/* The move script's {-1|-2, key}: a moved key would pass a key limit. */
+static void move_limit_fail(rreq *rq, long long which, const redisReply *key)
+{
+    kv_key *k = NULL;
+    const char *lim = kv__key_enc_limit(key->str, key->len);
+    if ((which != -1 && which != -2) || lim == NULL) {
+        redis__rreq_fail(rq, KV_EBACKEND, "redis: unexpected script reply");
+        return;
+    }
+    bool named = kv__key_decode(&k, key->str, key->len) == KV_OK;
+    char *m = kv__asprintf("move: the moved key %.200s%s would pass %s, a "
+                           "key limit of kvstore.h",
+                           named ? kv_key_id(k) : "(undecodable key)",
+                           named && strlen(kv_key_id(k)) > 200 ? "..." : "",
+                           lim);
+    kv_key_free(k);
+    redis__rreq_fail(rq, KV_EINVAL, m);
+    kv__free(m);
+}
+
 static void one_cb(rcmd *c, redisReply *r, int err, const char *msg)
 {
     rreq *rq = c->rq;
     rstore *st = redis__cb_store(c);
     if (redis__cb_check(c, r, err, msg)) {
-        if (r->type != REDIS_REPLY_INTEGER)
+        if (rq->req->op == KV__OP_MOVE && r->type == REDIS_REPLY_ARRAY &&
+            r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_INTEGER &&
+            r->element[1]->type == REDIS_REPLY_STRING)
+            move_limit_fail(rq, r->element[0]->integer, r->element[1]);
+        else if (r->type != REDIS_REPLY_INTEGER)
             redis__rreq_fail(rq, KV_EBACKEND, "redis: unexpected script reply");
         else if (rq->req->op == KV__OP_MOVE && r->integer == 0)
             redis__rreq_fail(rq, KV_ECONFLICT,

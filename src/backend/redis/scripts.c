@@ -23,9 +23,10 @@
     "  return t, ts\n"                                                      \
     "end\n"
 
-/* KEYS: counter, index, records.  ARGV: atomic, then token, value, member
- * per record.  Returns per record its new token, 0 on conflict (1 for an
- * unwritten record of an atomic batch that had a conflict). */
+/* KEYS: counter, index, records.  ARGV: atomic, then token ('*' for
+ * KV_TOKEN_ANY: write whatever is there), value, member per record.
+ * Returns per record its new token, 0 on conflict (1 for an unwritten
+ * record of an atomic batch that had a conflict). */
 static const char script_put[] =
     LUA_NEXTTOK
     "local n = #KEYS - 2\n"
@@ -34,7 +35,8 @@ static const char script_put[] =
     "for i = 1, n do\n"
     "  local cur = redis.call('HGET', KEYS[i+2], 't')\n"
     "  local want = ARGV[3*i-1]\n"
-    "  if (cur == false and want == '0') or cur == want then res[i] = 1\n"
+    "  if want == '*' or (cur == false and want == '0') or cur == want then\n"
+    "    res[i] = 1\n"
     "  else res[i] = 0; bad = true end\n"
     "end\n"
     "if bad and ARGV[1] == '1' then return res end\n"
@@ -48,14 +50,19 @@ static const char script_put[] =
     "end\n"
     "return res\n";
 
-/* KEYS: counter, index, records.  ARGV: atomic, then token, member. */
+/* KEYS: counter, index, records.  ARGV: atomic, then token ('*': delete
+ * whatever is there), member.  Returns per record 1 (deleted, or would have
+ * been in an atomic batch that conflicted), 0 on conflict, 2 for an
+ * unconditional delete of an absent key (never a conflict). */
 static const char script_del[] =
     "local n = #KEYS - 2\n"
     "local res = {}\n"
     "local bad = false\n"
     "for i = 1, n do\n"
     "  local cur = redis.call('HGET', KEYS[i+2], 't')\n"
-    "  if cur ~= false and cur == ARGV[2*i] then res[i] = 1\n"
+    "  if ARGV[2*i] == '*' then\n"
+    "    if cur ~= false then res[i] = 1 else res[i] = 2 end\n"
+    "  elseif cur ~= false and cur == ARGV[2*i] then res[i] = 1\n"
     "  else res[i] = 0; bad = true end\n"
     "end\n"
     "if bad and ARGV[1] == '1' then return res end\n"
@@ -67,7 +74,13 @@ static const char script_del[] =
     "end\n"
     "return res\n";
 
-/* KEYS: counter, index.  ARGV: base, then from, to (encoded prefixes). */
+#define LUA_STR_(x) #x
+#define LUA_STR(x) LUA_STR_(x)
+/* KEYS: counter, index.  ARGV: base, then from, to (encoded prefixes).
+ * Returns 1 (moved), 0 (a destination exists), or, when a moved key would
+ * pass a key limit of kvstore.h (its encoding is as long as its id, one
+ * 0x00 per namespace), {-1, key} for KV_KEY_MAX_LEN and {-2, key} for
+ * KV_KEY_MAX_DEPTH; nothing moves then. */
 static const char script_move[] =
     LUA_NEXTTOK
     "local base = ARGV[1]\n"
@@ -79,7 +92,11 @@ static const char script_move[] =
     "                        '(' .. string.sub(f, 1, -2) .. '\\001')\n"
     "  for _, m in ipairs(ms) do\n"
     "    moving[m] = true\n"
-    "    plan[#plan+1] = {m, t .. string.sub(m, #f + 1)}\n"
+    "    local d = t .. string.sub(m, #f + 1)\n"
+    "    if #d > " LUA_STR(KV_KEY_MAX_LEN) " then return {-1, d} end\n"
+    "    local _, depth = string.gsub(d, '%z', '')\n"
+    "    if depth > " LUA_STR(KV_KEY_MAX_DEPTH) " then return {-2, d} end\n"
+    "    plan[#plan+1] = {m, d}\n"
     "  end\n"
     "end\n"
     "for _, p in ipairs(plan) do\n"

@@ -48,6 +48,8 @@ enum {
     ST_INSERT,
     ST_UPDATE,
     ST_DELETE,
+    ST_UPSERT,     /* KV_TOKEN_ANY put */
+    ST_DELETE_ANY, /* KV_TOKEN_ANY delete */
     ST_DROP_RANGE,
     ST_DROP_ALL,
     ST_MOVE_SEL,

@@ -277,10 +277,12 @@ static int step_write(conn *c, sqlite3_stmt *st, bool *changed, char **msg)
 /* PUT / PUT_ATOMIC.  *rollback is set when an atomic batch conflicts. */
 static int do_put(conn *c, kv__req *q, bool atomic, bool *rollback, char **msg)
 {
-    sqlite3_stmt *ins, *upd;
+    sqlite3_stmt *ins, *upd, *ups;
     int rc = prep(c, ST_INSERT, &ins, msg);
     if (rc == KV_OK)
         rc = prep(c, ST_UPDATE, &upd, msg);
+    if (rc == KV_OK)
+        rc = prep(c, ST_UPSERT, &ups, msg);
     int64_t *newtok = NULL;
     if (rc == KV_OK && atomic && q->n > 0 &&
         (newtok = kv__calloc(q->n, sizeof *newtok)) == NULL)
@@ -295,13 +297,14 @@ static int do_put(conn *c, kv__req *q, bool atomic, bool *rollback, char **msg)
             rc = peek_token(c, &t, msg);
         if (rc != KV_OK)
             break;
-        sqlite3_stmt *st = it->token == 0 ? ins : upd;
+        sqlite3_stmt *st = it->any ? ups : it->token == 0 ? ins : upd;
         int src = bind_blob(st, 1, c->kb.data, c->kb.len);
         if (src == SQLITE_OK)
             src = bind_blob(st, 2, it->val, it->len);
         if (src == SQLITE_OK)
             src = sqlite3_bind_int64(st, 3, t);
-        if (src == SQLITE_OK && it->token != 0) /* > INT64_MAX never matches */
+        /* > INT64_MAX never matches: tokens are below 2^63 */
+        if (src == SQLITE_OK && st == upd)
             src = sqlite3_bind_int64(st, 4, (sqlite3_int64)it->token);
         if (src != SQLITE_OK) {
             rc = sqlite__db_fail(c->db, src, "bind", msg);
@@ -337,18 +340,21 @@ static int do_put(conn *c, kv__req *q, bool atomic, bool *rollback, char **msg)
 static int do_delete(conn *c, kv__req *q, bool atomic, bool *rollback,
                      char **msg)
 {
-    sqlite3_stmt *st;
-    int rc = prep(c, ST_DELETE, &st, msg);
+    sqlite3_stmt *cas, *any;
+    int rc = prep(c, ST_DELETE, &cas, msg);
+    if (rc == KV_OK)
+        rc = prep(c, ST_DELETE_ANY, &any, msg);
     size_t nconf = 0;
     for (size_t i = 0; rc == KV_OK && i < q->n; i++) {
         kv__item *it = &q->items[i];
+        sqlite3_stmt *st = it->any ? any : cas;
         bool ok = false;
         if (it->token != 0) {
             rc = encode(&c->kb, it->key);
             if (rc != KV_OK)
                 break;
             int src = bind_blob(st, 1, c->kb.data, c->kb.len);
-            if (src == SQLITE_OK)
+            if (src == SQLITE_OK && !it->any)
                 src = sqlite3_bind_int64(st, 2, (sqlite3_int64)it->token);
             if (src != SQLITE_OK) {
                 rc = sqlite__db_fail(c->db, src, "bind", msg);
@@ -358,8 +364,9 @@ static int do_delete(conn *c, kv__req *q, bool atomic, bool *rollback,
             if (rc != KV_OK)
                 break;
         }
-        it->status = ok ? KV_OK : KV_ECONFLICT;
-        if (!ok)
+        /* An unconditional delete that found nothing is no conflict. */
+        it->status = ok ? KV_OK : it->any ? KV_ENOTFOUND : KV_ECONFLICT;
+        if (!ok && !it->any)
             nconf++;
     }
     if (rc == KV_OK && atomic && nconf > 0)
@@ -512,12 +519,30 @@ static int do_move(conn *c, sreq *r, bool *rollback, char **msg)
         if (rc == KV_OK)
             rc = move_collect(c, &m, &to, msg);
     }
+    /* A moved key may not pass a key limit (kvstore.h, "Keys"). */
+    for (size_t k = 0; rc == KV_OK && k < m.n && !*rollback; k++) {
+        const unsigned char *d = m.dst.data + m.off[k];
+        size_t dn = m.off[k + 1] - m.off[k];
+        const char *lim = kv__key_enc_limit(d, dn);
+        if (lim == NULL)
+            continue;
+        char *kt = key_text(d, dn);
+        r->status = KV_EINVAL;
+        kv__free(r->msg);
+        r->msg = kv__asprintf("move: the moved key %.200s%s would pass "
+                              "%s, a key limit of kvstore.h",
+                              kt != NULL ? kt : "?",
+                              kt != NULL && strlen(kt) > 200 ? "..." : "",
+                              lim);
+        kv__free(kt);
+        *rollback = true;
+    }
     sqlite3_stmt *st1 = NULL, *st2 = NULL;
-    if (rc == KV_OK)
+    if (rc == KV_OK && !*rollback)
         rc = prep(c, ST_SETKEY, &st1, msg);
-    if (rc == KV_OK)
+    if (rc == KV_OK && !*rollback)
         rc = prep(c, ST_SETKEY_TOK, &st2, msg);
-    for (size_t k = 0; rc == KV_OK && k < m.n; k++) {
+    for (size_t k = 0; rc == KV_OK && !*rollback && k < m.n; k++) {
         unsigned char ph[9];
         uint64_t id = (uint64_t)m.ids[k];
         ph[0] = 0;
@@ -530,7 +555,7 @@ static int do_move(conn *c, sreq *r, bool *rollback, char **msg)
         rc = src == SQLITE_OK ? step_write(c, st1, &ok, msg)
                               : sqlite__db_fail(c->db, src, "bind", msg);
     }
-    for (size_t k = 0; rc == KV_OK && k < m.n; k++) {
+    for (size_t k = 0; rc == KV_OK && !*rollback && k < m.n; k++) {
         int64_t t = 0;
         rc = peek_token(c, &t, msg);
         if (rc != KV_OK)

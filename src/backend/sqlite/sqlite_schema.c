@@ -29,6 +29,10 @@ const char *const sqlite__sql[ST_COUNT] = {
     [ST_UPDATE] = "UPDATE kv SET val = ?2, token = ?3 "
                   "WHERE key = ?1 AND token = ?4",
     [ST_DELETE] = "DELETE FROM kv WHERE key = ?1 AND token = ?2",
+    [ST_UPSERT] = "INSERT INTO kv(key, val, token) VALUES(?1, ?2, ?3) "
+                  "ON CONFLICT(key) DO UPDATE SET val = excluded.val, "
+                  "token = excluded.token",
+    [ST_DELETE_ANY] = "DELETE FROM kv WHERE key = ?1",
     [ST_DROP_RANGE] = "DELETE FROM kv WHERE key >= ?1 AND key < ?2",
     [ST_DROP_ALL] = "DELETE FROM kv",
     [ST_MOVE_SEL] = "SELECT id, key FROM kv WHERE key >= ?1 AND key < ?2",
