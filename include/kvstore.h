@@ -956,23 +956,38 @@ typedef enum kv_sort {
  * matches /ab; the empty key matches everything).  value false returns keys
  * and tokens only (val NULL, len 0).  offset >= 0 skips records; limit -1
  * returns all, 0 none.  key is borrowed for the kv_query_open call only.
+ *
+ * after (NULL: from the start) starts the listing strictly after that key
+ * in the query's order: with KV_SORT_ASC only keys greater than it in
+ * kv_key_cmp order, with KV_SORT_DESC only keys less than it.  It is a
+ * position, not a record: it need not exist, nor lie under key (a position
+ * before key's range in the query's order skips nothing, one past it leaves
+ * nothing; the empty key is before everything).  offset and limit count
+ * from there.  So a listing resumes from the last key of the previous page
+ * (keyset pagination) without reading what lies before it: SQLite seeks its
+ * key index (O(log n + page)), Redis starts each slot's ZRANGEBYLEX at it,
+ * fs skips every directory that sorts before it (a directory on its path
+ * is still read whole), where offset reads and counts every record it
+ * skips.  KV_SORT_NONE has no position: after with it is KV_EINVAL.  after
+ * is borrowed for the kv_query_open call only, like key.
  */
 typedef struct kv_query {
     const kv_key *key;
+    const kv_key *after;
     bool value;
     kv_sort sort;
     int64_t offset;
     int64_t limit;
 } kv_query;
 
-/* value true, KV_SORT_ASC, offset 0, limit -1. */
+/* value true, KV_SORT_ASC, offset 0, limit -1, after NULL. */
 KV_EXTERN kv_query kv_query_init(const kv_key *key);
 
 /*
  * Open an iterator.  Result: kv_fut_take_iter.  Results stream: the backend
  * fetches rows in chunks, so a large query does not load all at once.
- * KV_EINVAL for a NULL q or q->key, offset < 0, limit < -1, an unknown sort
- * or a codec without decode.  A typed iterator decodes each record; one that
+ * KV_EINVAL for a NULL q or q->key, offset < 0, limit < -1, an unknown sort,
+ * q->after with KV_SORT_NONE or a codec without decode.  A typed iterator decodes each record; one that
  * does not decode fails its next call with the codec's code (and is
  * skipped).
  */
