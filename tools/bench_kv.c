@@ -144,22 +144,50 @@ static void submit_put(slot *s)
     slot_wait(s, ST_PUT, f);
 }
 
+/*
+ * A scan of the drawn key's directory: its first 1..scan_length records
+ * (--scan_mode=first), or a page of scan_length records from the key's
+ * position in it, moved back so that the page is full (so
+ * --random_distribution=latest reads the last page), reached by query
+ * offset or by kv_query.after, the key before the page (keyset).
+ */
 static void submit_scan(slot *s)
 {
     kjob *j = s->j;
+    const jobopts *o = j->w.sec->o;
+    const keyfmt *kf = &j->w.sec->kf;
+    uint64_t idx = kb_gen_key(&j->w);
     char buf[256];
-    kb_prefix_id(&j->w.sec->kf, kb_gen_key(&j->w), buf, sizeof buf);
-    kv_key *k = NULL;
+    kb_prefix_id(kf, idx, buf, sizeof buf);
+    kv_key *k = NULL, *after = NULL;
     int rc = kv_key_parse(&k, buf);
+    kv_query q = kv_query_init(k);
+    if (o->scan_mode == SCAN_FIRST) {
+        q.limit = 1 + (int64_t)rng_below(&j->w.r, o->scan_length);
+    } else {
+        uint64_t nd = kf->dirs ? kf->dirs : 1, d = idx % nd;
+        uint64_t n = o->keys > d ? (o->keys - d + nd - 1) / nd : 0;
+        uint64_t r = idx / nd, len = o->scan_length;
+        if (r + len > n)
+            r = n > len ? n - len : 0;
+        q.limit = (int64_t)len;
+        if (o->scan_mode == SCAN_OFFSET) {
+            q.offset = (int64_t)r;
+        } else if (r > 0 && rc == KV_OK) {
+            kb_key_id(kf, (r - 1) * nd + d, buf, sizeof buf);
+            rc = kv_key_parse(&after, buf);
+            q.after = after;
+        }
+    }
     if (rc != KV_OK) {
         kj_fail(j, rc, "kv_key_parse", kv_last_errmsg());
+        kv_key_free(k);
         slot_release(s);
         return;
     }
-    kv_query q = kv_query_init(k);
-    q.limit = 1 + (int64_t)rng_below(&j->w.r, j->w.sec->o->scan_length);
     kv_fut *f = kv_query_open(j->store, &q, NULL);
     kv_key_free(k);
+    kv_key_free(after);
     slot_wait(s, ST_QOPEN, f);
 }
 
