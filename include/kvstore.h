@@ -113,7 +113,7 @@ KV_EXTERN bool kv_err_is(int code, int kind);
 /*
  * The detailed message of the last failed synchronous call on this thread
  * (kv_loop_new, kv_pool_new, kv_sqlite_open, kv_fs_open, kv_redis_open,
- * key parsing), e.g. "io_uring_setup: Operation not permitted (blocked by
+ * key parsing, kv_wait, kv_loop_run), e.g. "io_uring_setup: Operation not permitted (blocked by
  * seccomp or the kernel.io_uring_disabled sysctl?)".  Thread-local; valid
  * until the next failing call on this thread; "" when there is none.
  */
@@ -388,7 +388,9 @@ typedef void (*kv_fut_cb)(kv_fut *fut, void *arg);
  * Run fut's loop until fut is done, then return its status.  Callbacks of
  * other futures run meanwhile.  If nothing pending on the loop could ever
  * complete fut, returns KV_EINVAL instead of blocking forever (fut stays
- * pending).  Must not be called from inside a callback.
+ * pending).  Must not be called from inside a callback, nor off fut's loop
+ * thread: a pending fut then gives KV_EINVAL at once (a done one its
+ * status).  Each KV_EINVAL of its own says why in kv_last_errmsg.
  */
 KV_EXTERN int kv_wait(kv_fut *fut);
 
