@@ -895,7 +895,8 @@ void fs__query_submit(fs_state *fs, kv__req *req)
     if (rc == KV_OK && q->after != NULL)
         rc = kv_key_dup(&c->after, q->after);
     if (rc != KV_OK) {
-        kv_key_free(c->qkey);
+        if (c != NULL)
+            kv_key_free(c->qkey);
         kv__free(c);
         fs__defer_done(fs, req, rc, NULL);
         return;
