@@ -113,7 +113,7 @@ KV_EXTERN bool kv_err_is(int code, int kind);
 /*
  * The detailed message of the last failed synchronous call on this thread
  * (kv_loop_new, kv_pool_new, kv_sqlite_open, kv_fs_open, kv_redis_open,
- * key parsing), e.g. "io_uring_setup: Operation not permitted (blocked by
+ * key parsing, kv_wait, kv_loop_run), e.g. "io_uring_setup: Operation not permitted (blocked by
  * seccomp or the kernel.io_uring_disabled sysctl?)".  Thread-local; valid
  * until the next failing call on this thread; "" when there is none.
  */
@@ -399,7 +399,9 @@ typedef void (*kv_fut_cb)(kv_fut *fut, void *arg);
  * Run fut's loop until fut is done, then return its status.  Callbacks of
  * other futures run meanwhile.  If nothing pending on the loop could ever
  * complete fut, returns KV_EINVAL instead of blocking forever (fut stays
- * pending).  Must not be called from inside a callback.
+ * pending).  Must not be called from inside a callback, nor off fut's loop
+ * thread: a pending fut then gives KV_EINVAL at once (a done one its
+ * status).  Each KV_EINVAL of its own says why in kv_last_errmsg.
  */
 KV_EXTERN int kv_wait(kv_fut *fut);
 
@@ -1041,9 +1043,24 @@ typedef enum kv_sort {
  * counts as a record for offset and limit.  Only what a read checks is
  * seen: with value false, fs reads the header only, so a corrupt value
  * goes unnoticed (kvctl verify reads everything).
+ *
+ * after (NULL: from the start) starts the listing strictly after that key
+ * in the query's order: with KV_SORT_ASC only keys greater than it in
+ * kv_key_cmp order, with KV_SORT_DESC only keys less than it.  It is a
+ * position, not a record: it need not exist, nor lie under key (a position
+ * before key's range in the query's order skips nothing, one past it leaves
+ * nothing; the empty key is before everything).  offset and limit count
+ * from there.  So a listing resumes from the last key of the previous page
+ * (keyset pagination) without reading what lies before it: SQLite seeks its
+ * key index (O(log n + page)), Redis starts each slot's ZRANGEBYLEX at it,
+ * fs skips every directory that sorts before it (a directory on its path
+ * is still read whole), where offset reads and counts every record it
+ * skips.  KV_SORT_NONE has no position: after with it is KV_EINVAL.  after
+ * is borrowed for the kv_query_open call only, like key.
  */
 typedef struct kv_query {
     const kv_key *key;
+    const kv_key *after;
     bool value;
     kv_sort sort;
     int64_t offset;
@@ -1051,14 +1068,15 @@ typedef struct kv_query {
     bool skip_corrupt; /* pass over corrupt records, listing their keys */
 } kv_query;
 
-/* value true, KV_SORT_ASC, offset 0, limit -1, skip_corrupt false. */
+/* value true, KV_SORT_ASC, offset 0, limit -1, after NULL,
+ * skip_corrupt false. */
 KV_EXTERN kv_query kv_query_init(const kv_key *key);
 
 /*
  * Open an iterator.  Result: kv_fut_take_iter.  Results stream: the backend
  * fetches rows in chunks, so a large query does not load all at once.
- * KV_EINVAL for a NULL q or q->key, offset < 0, limit < -1, an unknown sort
- * or a codec without decode.  A typed iterator decodes each record; one that
+ * KV_EINVAL for a NULL q or q->key, offset < 0, limit < -1, an unknown sort,
+ * q->after with KV_SORT_NONE or a codec without decode.  A typed iterator decodes each record; one that
  * does not decode fails its next call with the codec's code (and is
  * skipped; kv_fut_keys of the failed future gives its key), or with
  * skip_corrupt and KV_ECORRUPT is passed over (see kv_query).

@@ -145,22 +145,69 @@ static void submit_put(slot *s)
     slot_wait(s, ST_PUT, f);
 }
 
+/* The key at position x of the whole listing (kv_key_cmp order) of keys
+ * 0..nkeys-1: "/dNN/kNNNN" sorts by directory (idx % dirs), then idx. */
+static uint64_t scan_key_at(const keyfmt *kf, uint64_t nkeys, uint64_t x)
+{
+    uint64_t nd = kf->dirs ? kf->dirs : 1;
+    uint64_t q = nkeys / nd, rem = nkeys % nd; /* the first rem hold q + 1 */
+    uint64_t d, r;
+    if (x < rem * (q + 1)) {
+        d = x / (q + 1);
+        r = x % (q + 1);
+    } else {
+        d = rem + (x - rem * (q + 1)) / q;
+        r = (x - rem * (q + 1)) % q;
+    }
+    return r * nd + d;
+}
+
+/*
+ * A scan: the first 1..scan_length records of the drawn key's directory
+ * (--scan_mode=first), or a page of scan_length records of the whole
+ * store's listing from position idx (the drawn key's number), moved back so
+ * that the page is full (so --random_distribution=latest reads the last
+ * page), reached by query offset or by kv_query.after, the key before the
+ * page (keyset).
+ */
 static void submit_scan(slot *s)
 {
     kjob *j = s->j;
-    char buf[256];
-    kb_prefix_id(&j->w.sec->kf, kb_gen_key(&j->w), buf, sizeof buf);
-    kv_key *k = NULL;
+    const jobopts *o = j->w.sec->o;
+    const keyfmt *kf = &j->w.sec->kf;
+    uint64_t idx = kb_gen_key(&j->w);
+    char buf[256] = "/";
+    if (o->scan_mode == SCAN_FIRST)
+        kb_prefix_id(kf, idx, buf, sizeof buf);
+    kv_key *k = NULL, *after = NULL;
     int rc = kv_key_parse(&k, buf);
+    kv_query q = kv_query_init(k);
+    if (o->scan_mode == SCAN_FIRST) {
+        q.limit = 1 + (int64_t)rng_below(&j->w.r, o->scan_length);
+    } else {
+        uint64_t len = o->scan_length;
+        uint64_t start = idx + len > o->keys
+                             ? (o->keys > len ? o->keys - len : 0)
+                             : idx;
+        q.limit = (int64_t)len;
+        if (o->scan_mode == SCAN_OFFSET) {
+            q.offset = (int64_t)start;
+        } else if (start > 0 && rc == KV_OK) {
+            kb_key_id(kf, scan_key_at(kf, o->keys, start - 1), buf,
+                      sizeof buf);
+            rc = kv_key_parse(&after, buf);
+            q.after = after;
+        }
+    }
     if (rc != KV_OK) {
         kj_fail(j, rc, "kv_key_parse", kv_last_errmsg());
+        kv_key_free(k);
         slot_release(s);
         return;
     }
-    kv_query q = kv_query_init(k);
-    q.limit = 1 + (int64_t)rng_below(&j->w.r, j->w.sec->o->scan_length);
     kv_fut *f = kv_query_open(j->store, &q, NULL);
     kv_key_free(k);
+    kv_key_free(after);
     slot_wait(s, ST_QOPEN, f);
 }
 

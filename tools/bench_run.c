@@ -938,6 +938,12 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
                  sec->uri.kind == TU_LMDB ? "liblmdb-dev" : "librocksdb-dev");
         goto fail;
     }
+    if (!sec->is_kv && o->scan_mode != SCAN_FIRST) {
+        snprintf(err, sizeof err, "--scan_mode=offset|keyset: kvstore "
+                                  "backends only (a peer scans the first "
+                                  "records)");
+        goto fail;
+    }
     if (kb_keyfmt_init(&sec->kf, o, err, sizeof err))
         goto fail;
     sec->pct_a = o->rwmixread >= 0 ? o->rwmixread : o->mix_default;

@@ -373,6 +373,19 @@ static const char *o_scan_length(jobopts *o, const char *v)
     return parse_uint(v, 1, 1000000, &o->scan_length);
 }
 
+static const char *o_scan_mode(jobopts *o, const char *v)
+{
+    if (!strcmp(v, "first"))
+        o->scan_mode = SCAN_FIRST;
+    else if (!strcmp(v, "offset"))
+        o->scan_mode = SCAN_OFFSET;
+    else if (!strcmp(v, "keyset"))
+        o->scan_mode = SCAN_KEYSET;
+    else
+        return "expected first, offset or keyset";
+    return NULL;
+}
+
 static const char *o_pool_threads(jobopts *o, const char *v)
 {
     return parse_uint(v, 0, 1024, &o->pool_threads);
@@ -452,6 +465,7 @@ static const optdef opts[] = {
     {"workload", o_workload, false, "ycsb-a .. ycsb-f"},
     {"key_dirs", o_key_dirs, false, "first key level: /dNN/kNNNN (0: flat keys)"},
     {"scan_length", o_scan_length, false, "largest scan (records)"},
+    {"scan_mode", o_scan_mode, false, "first|offset|keyset: what a scan reads"},
     {"pool_threads", o_pool_threads, false, "kv_pool threads (0: CPUs)"},
     {"max_retries", o_max_retries, false, "attempts of a write/cas on conflicts"},
     {"cas_retries", o_max_retries, false, NULL},
@@ -799,8 +813,11 @@ static void print_normal(FILE *f, const jobopts *o, const jobresult *r, int gid)
                     s->calls, o->batch);
         if (op == OP_SCAN)
             fprintf(f, "    (IOPS counts records; %" PRIu64 " scans of up to %u "
-                       "records; latency is per scan)\n",
-                    s->calls, o->scan_length);
+                       "records%s; latency is per scan)\n",
+                    s->calls, o->scan_length,
+                    o->scan_mode == SCAN_OFFSET   ? ", pages by offset"
+                    : o->scan_mode == SCAN_KEYSET ? ", pages by after"
+                                                  : "");
         const hist *h = &s->h;
         if (h->count) {
             double mean = hist_mean(h);

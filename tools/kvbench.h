@@ -28,6 +28,9 @@ enum {
 extern const char *const op_names[OP__N];
 
 enum dist_kind { DIST_UNIFORM, DIST_ZIPF, DIST_LATEST };
+/* --scan_mode: the first records of a directory, or a full page from the
+ * drawn key's position by query offset or by kv_query.after (keyset). */
+enum scan_mode { SCAN_FIRST, SCAN_OFFSET, SCAN_KEYSET };
 enum sync_mode { SYNC_NORMAL, SYNC_FULL, SYNC_NONE };
 
 #define MAX_PCTS 32
@@ -63,6 +66,7 @@ typedef struct jobopts {
     int sync;
     unsigned key_dirs;
     unsigned scan_length;
+    int scan_mode;      /* enum scan_mode */
     unsigned pool_threads;
     unsigned max_retries;
     uint64_t seed;

@@ -65,6 +65,9 @@ void kv__loop_dispatch(kv_loop *loop, uint64_t ud, int res, uint32_t flags);
  * is queued); loop.c only tests it for emptiness (alive, stalled, block).
  */
 kv__list *kv__loop_ready(kv_loop *loop);
+/* True while a kv_loop_run of loop is in progress (so its callbacks are
+ * running).  Loop thread (kv_wait refuses to re-enter it). */
+bool kv__loop_running(const kv_loop *loop);
 /*
  * Run the loop's ready futures (those queued when the call starts;
  * callbacks that make more futures ready run next turn).  Returns true if

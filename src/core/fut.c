@@ -286,8 +286,24 @@ int kv_wait(kv_fut *fut)
     if (fut->done)
         return fut->status;
     kv_loop *loop = fut->loop;
-    if (loop == NULL)
+    if (loop == NULL) {
+        kv__set_errmsg("kv_wait: the future has no loop");
         return KV_EINVAL;
+    }
+    /* Only the loop's own thread may run it (and touch its futures). */
+    if (!kv__loop_on_thread(loop)) {
+        kv__set_errmsg("kv_wait: called off the future's loop thread (wait "
+                       "for a future on the thread that runs its loop; "
+                       "from another thread, make the call there, where it "
+                       "completes on that thread's loop)");
+        return KV_EINVAL;
+    }
+    if (kv__loop_running(loop)) {
+        kv__set_errmsg("kv_wait: called inside a callback of the future's "
+                       "loop, which is running and cannot be re-entered "
+                       "(chain the next step with kv_fut_then instead)");
+        return KV_EINVAL;
+    }
     kv__fut_ref(fut); /* a callback may free the caller's reference */
     int rc;
     for (;;) {
@@ -296,12 +312,14 @@ int kv_wait(kv_fut *fut)
             break;
         }
         if (kv__loop_stalled(loop)) {
+            kv__set_errmsg("kv_wait: nothing pending on the future's loop "
+                           "can complete it (it would wait forever)");
             rc = KV_EINVAL; /* nothing on the loop could ever complete it */
             break;
         }
         int r = kv_loop_run(loop, KV_RUN_ONCE);
         if (r < 0) {
-            rc = r; /* re-entered from a callback, or a fatal ring error */
+            rc = r; /* a fatal ring error (kv_loop_run said which) */
             break;
         }
     }

@@ -219,6 +219,11 @@ bool kv__loop_on_thread(const kv_loop *loop)
     return pthread_equal(pthread_self(), loop->owner);
 }
 
+bool kv__loop_running(const kv_loop *loop)
+{
+    return loop->running;
+}
+
 void kv__loop_stores_add(kv_loop *loop, int delta)
 {
     if (delta > 0)
@@ -612,11 +617,18 @@ static int host_settle(kv_loop *loop);
 
 int kv_loop_run(kv_loop *loop, kv_run_mode mode)
 {
-    if (loop == NULL || loop->running)
+    if (loop == NULL)
         return KV_EINVAL;
+    if (loop->running) {
+        kv__set_errmsg("kv_loop_run: called inside a run of this loop (from "
+                       "one of its callbacks)");
+        return KV_EINVAL;
+    }
     if (mode != KV_RUN_DEFAULT && mode != KV_RUN_ONCE &&
-        mode != KV_RUN_NOWAIT && mode != KV_RUN_WAIT)
+        mode != KV_RUN_NOWAIT && mode != KV_RUN_WAIT) {
+        kv__set_errmsg("kv_loop_run: unknown mode %d", (int)mode);
         return KV_EINVAL;
+    }
     if (!pthread_equal(pthread_self(), loop->owner)) {
         /* The ring (SINGLE_ISSUER, a registered ring fd) is the owner's. */
         kv__set_errmsg("kv_loop_run: called off the loop thread");

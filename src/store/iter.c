@@ -86,6 +86,7 @@ static void iter_free_now(kv_iter *it)
     for (size_t i = 0; i < it->ncorrupt; i++)
         kv_key_free(it->corrupt[i]);
     kv__free(it->corrupt);
+    kv_key_free((kv_key *)it->q.after);
     if (it->dispose_fut != NULL)
         kv__fut_unref(it->dispose_fut);
     kv__req_free(it->dispose_req);
@@ -542,6 +543,7 @@ kv_query kv_query_init(const kv_key *key)
     kv_query q;
     memset(&q, 0, sizeof q);
     q.key = key;
+    q.after = NULL;
     q.value = true;
     q.sort = KV_SORT_ASC;
     q.offset = 0;
@@ -600,17 +602,22 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
     if ((int)q->sort < KV_SORT_ASC || (int)q->sort > KV_SORT_NONE)
         return kv__fut_failed(kv__floop(s), KV_EINVAL, "query sort %d is unknown",
                               (int)q->sort);
+    if (q->after != NULL && q->sort == KV_SORT_NONE)
+        return kv__fut_failed(kv__floop(s), KV_EINVAL,
+                              "query after needs an order (KV_SORT_NONE)");
     if (codec != NULL && codec->decode == NULL)
         return kv__fut_failed(kv__floop(s), KV_EINVAL, "codec has no decode");
     if (!kv__loop_on_thread(s->loop))
         return kv__forward_query_open(s, q, codec, kv__thread_loop());
 
     kv_iter *it = kv__calloc(1, sizeof *it);
-    kv_key *key = NULL;
+    kv_key *key = NULL, *after = NULL;
     kv__req *req = kv__req_new(s, KV__OP_QUERY_OPEN);
     kv__req *dreq = kv__req_new(s, KV__OP_ITER_DISPOSE);
     if (it == NULL || req == NULL || dreq == NULL ||
-        kv_key_dup(&key, q->key) != KV_OK) {
+        kv_key_dup(&key, q->key) != KV_OK ||
+        (q->after != NULL && kv_key_dup(&after, q->after) != KV_OK)) {
+        kv_key_free(key);
         kv__free(it);
         kv__free(req);
         kv__free(dreq);
@@ -622,6 +629,7 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
     it->loop = s->loop;
     it->q = *q;
     it->q.key = key;
+    it->q.after = after;
     if (codec != NULL) {
         it->codec = *codec;
         it->typed = true;

@@ -30,7 +30,7 @@ struct remote {
     kv_store *s;
     kv_iter *it;
     int what;        /* KV__ITER_* */
-    kv_query q;      /* kv_query_open: q.key is an owned copy */
+    kv_query q;      /* kv_query_open: q.key and q.after are owned copies */
     kv_codec codec;
     bool typed;
     kv__fut_xfer x;  /* the outcome, on its way back */
@@ -53,6 +53,8 @@ static void remote_back(kv__job *job, int status)
     r->outer = NULL;
     kv_key_free((kv_key *)r->q.key);
     r->q.key = NULL;
+    kv_key_free((kv_key *)r->q.after);
+    r->q.after = NULL;
     remote_release(r);
 }
 
@@ -129,6 +131,7 @@ static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
     if (caller == NULL) {
         kv__req_free(r->req);
         kv_key_free((kv_key *)r->q.key);
+        kv_key_free((kv_key *)r->q.after);
         kv__free(r);
         return kv__fut_failed(NULL, KV_ERROR,
                               "no loop for this thread's futures: %s",
@@ -138,6 +141,7 @@ static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
     if (f == NULL) {
         kv__req_free(r->req);
         kv_key_free((kv_key *)r->q.key);
+        kv_key_free((kv_key *)r->q.after);
         kv__free(r);
         return kv__fut_failed(caller, KV_ENOMEM, NULL);
     }
@@ -189,14 +193,17 @@ kv_fut *kv__forward_query_open(kv_store *s, const kv_query *q,
                                const kv_codec *codec, kv_loop *caller)
 {
     remote *r = kv__calloc(1, sizeof *r);
-    kv_key *key = NULL;
-    if (r == NULL || kv_key_dup(&key, q->key) != KV_OK) {
+    kv_key *key = NULL, *after = NULL;
+    if (r == NULL || kv_key_dup(&key, q->key) != KV_OK ||
+        (q->after != NULL && kv_key_dup(&after, q->after) != KV_OK)) {
+        kv_key_free(key);
         kv__free(r);
         return kv__fut_failed(caller, KV_ENOMEM, NULL);
     }
     r->s = s;
     r->q = *q;
     r->q.key = key;
+    r->q.after = after;
     if (codec != NULL) {
         r->codec = *codec;
         r->typed = true;

@@ -1,7 +1,8 @@
 /*
  * check_queries.c - the conformance suite, group "queries": queries and
  * iterators: prefix, sort, offset and limit, no value, wildcards, empty
- * results, the iterator rules, concurrent next calls, streaming.
+ * results, the iterator rules, concurrent next calls, streaming, keyset
+ * pagination (after).
  *
  * Every test runs against every row of the backends table
  * (tests/lib/conformance.c); KVT_BACKEND=name runs one row only.
@@ -425,12 +426,320 @@ START_TEST(test_iter_streaming)
 END_TEST
 
 /* ======================================================================== */
+/* Keyset pagination: kv_query.after                                        */
+/* ======================================================================== */
+
+/* A parsed key (the caller frees it). */
+static kv_key *pk(const char *id)
+{
+    kv_key *k = NULL;
+    ck_assert_int_eq(kv_key_parse(&k, id), KV_OK);
+    return k;
+}
+
+/* Is k the prefix p or below it? */
+static bool under(const kv_key *k, const kv_key *p)
+{
+    return kv_key_equal(k, p) || kv_key_is_ancestor(p, k);
+}
+
+enum { PG_N = 1000 };
+
+/* The id of record i of the paging set: "/pg/<g>" (g < 10) and 99 children
+ * of each, "/pg/<g>/<j>" for even g, "/pg/<g>/x:<j>" for odd g. */
+static void pg_id(char out[64], int i)
+{
+    int g = i / 100, j = i % 100;
+    if (j == 0)
+        snprintf(out, 64, "/pg/%d", g);
+    else if (g % 2 == 0)
+        snprintf(out, 64, "/pg/%d/%02d", g, j - 1);
+    else
+        snprintf(out, 64, "/pg/%d/x:%02d", g, j - 1);
+}
+
+/* Put the paging set, and a few records around /pg outside it. */
+static void pg_fill(tctx *c)
+{
+    kv_record *recs = calloc(PG_N, sizeof *recs);
+    char(*ids)[64] = calloc(PG_N, 64);
+    ck_assert(recs != NULL && ids != NULL);
+    for (int i = 0; i < PG_N; i++) {
+        pg_id(ids[i], i);
+        recs[i].key = pk(ids[i]);
+        recs[i].val = ids[i];
+        recs[i].len = strlen(ids[i]);
+    }
+    kv_fut *f = AWAIT(kv_put_many(c->s, recs, PG_N, NULL), KV_OK);
+    size_t n = 9;
+    kv_fut_keys(f, &n);
+    ck_assert_uint_eq(n, 0);
+    kv_fut_free(f);
+    for (int i = 0; i < PG_N; i++)
+        kv_key_free((kv_key *)recs[i].key);
+    free(recs);
+    free(ids);
+    const char *around[] = {"/p", "/pf", "/pg-x", "/pga", "/ph", "/pg:x"};
+    put_all(c, around, sizeof around / sizeof around[0]);
+}
+
+/*
+ * Page through q (its after, offset and limit are set here) by after, each
+ * page starting after the last key of the one before, skipping `offset`
+ * records at the start of each page; ids and values of every page in out
+ * (max entries).  The number of records.
+ */
+static size_t page_all(tctx *c, kv_query q, int64_t limit, int64_t offset,
+                       char (*out)[64], size_t max, size_t *npages)
+{
+    kv_key *last = NULL;
+    size_t n = 0;
+    *npages = 0;
+    for (;;) {
+        q.after = last;
+        q.limit = limit;
+        q.offset = offset;
+        kv_fut *of = AWAIT(kv_query_open(c->s, &q, NULL), KV_OK);
+        kv_iter *it = kv_fut_take_iter(of);
+        kv_fut_free(of);
+        kv_fut *f = AWAIT(kv_iter_fetch_all(it), KV_OK);
+        size_t k = 0;
+        const kv_record *r = kv_fut_records(f, &k);
+        ck_assert_uint_le(k, (size_t)limit);
+        (*npages)++;
+        for (size_t i = 0; i < k; i++) {
+            ck_assert_uint_lt(n, max);
+            snprintf(out[n++], 64, "%s", kv_key_id(r[i].key));
+            ck_assert(r[i].token != 0);
+            if (q.value)
+                ck_assert(val_is(&r[i], kv_key_id(r[i].key)));
+            else
+                ck_assert(r[i].val == NULL && r[i].len == 0);
+        }
+        kv_key_free(last);
+        last = NULL;
+        if (k > 0)
+            ck_assert_int_eq(kv_key_dup(&last, r[k - 1].key), KV_OK);
+        kv_fut_free(f);
+        kv_iter_free(it);
+        if (k < (size_t)limit) {
+            kv_key_free(last);
+            return n;
+        }
+    }
+}
+
+START_TEST(test_query_after_paging)
+{
+    OPEN(c);
+    pg_fill(c);
+    char(*full)[64] = calloc(PG_N + 8, 64);
+    char(*got)[64] = calloc(PG_N + 8, 64);
+    ck_assert(full != NULL && got != NULL);
+    for (int sort = KV_SORT_ASC; sort <= KV_SORT_DESC; sort++) {
+        kv_query q = kv_query_init(K(c, "/pg"));
+        q.sort = (kv_sort)sort;
+        size_t nfull = query_ids(c, &q, full, PG_N + 8);
+        ck_assert_uint_eq(nfull, PG_N);
+        for (int value = 1; value >= 0; value--) {
+            q.value = value != 0;
+            /* limit 37: 28 pages, the last one short */
+            size_t pages = 0;
+            size_t n = page_all(c, q, 37, 0, got, PG_N + 8, &pages);
+            ck_assert_uint_eq(n, PG_N);
+            ck_assert_uint_eq(pages, PG_N / 37 + 1);
+            for (size_t i = 0; i < n; i++)
+                ck_assert_str_eq(got[i], full[i]);
+        }
+        /* offset combined: each page skips 3 records after the last one */
+        q.value = true;
+        size_t pages = 0;
+        size_t n = page_all(c, q, 37, 3, got, PG_N + 8, &pages);
+        size_t want = 0, pos = 0; /* full[pos] is the first after `last` */
+        for (size_t p = 0; p < pages; p++) {
+            pos += 3;
+            for (size_t i = 0; i < 37 && pos < nfull; i++, pos++) {
+                ck_assert_uint_lt(want, n);
+                ck_assert_str_eq(got[want], full[pos]);
+                want++;
+            }
+        }
+        ck_assert_uint_eq(n, want);
+        /* a page exactly at the end: 1000 = 8 * 125, then an empty one */
+        n = page_all(c, q, 125, 0, got, PG_N + 8, &pages);
+        ck_assert_uint_eq(n, PG_N);
+        ck_assert_uint_eq(pages, 9);
+    }
+    free(full);
+    free(got);
+    ctx_done(c);
+}
+END_TEST
+
+/* Query prefix/after/sort/offset/limit and compare with the sorted ids
+ * filtered by hand. */
+static void check_after(tctx *c, const char *const *sorted, size_t nsorted,
+                        const char *prefix, const char *after, kv_sort sort,
+                        int64_t offset, int64_t limit)
+{
+    kv_key *p = pk(prefix);
+    kv_key *a = after != NULL ? pk(after) : NULL;
+    const char *want[64];
+    size_t nwant = 0;
+    int64_t skipped = 0;
+    for (size_t i = 0; i < nsorted; i++) {
+        size_t j = sort == KV_SORT_DESC ? nsorted - 1 - i : i;
+        kv_key *k = pk(sorted[j]);
+        int cmp = a != NULL ? kv_key_cmp(k, a) : (sort == KV_SORT_DESC ? -1 : 1);
+        bool past = sort == KV_SORT_DESC ? cmp < 0 : cmp > 0;
+        if (under(k, p) && past) {
+            if (skipped < offset)
+                skipped++;
+            else if (limit < 0 || (int64_t)nwant < limit)
+                want[nwant++] = sorted[j];
+        }
+        kv_key_free(k);
+    }
+    kv_query q = kv_query_init(p);
+    q.after = a;
+    q.sort = sort;
+    q.offset = offset;
+    q.limit = limit;
+    char ids[64][64];
+    size_t n = query_ids(c, &q, ids, 64);
+    ck_assert_msg(n == nwant, "prefix %s after %s %s offset %lld limit %lld: "
+                  "%zu results, want %zu", prefix, after ? after : "NULL",
+                  sort == KV_SORT_DESC ? "DESC" : "ASC", (long long)offset,
+                  (long long)limit, n, nwant);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(strcmp(ids[i], want[i]) == 0,
+                      "prefix %s after %s %s: [%zu] is %s, want %s", prefix,
+                      after ? after : "NULL",
+                      sort == KV_SORT_DESC ? "DESC" : "ASC", i, ids[i],
+                      want[i]);
+    kv_key_free(p);
+    kv_key_free(a);
+}
+
+START_TEST(test_query_after_positions)
+{
+    OPEN(c);
+    /* Nested namespaces: /a/b < /a/c/d < /a-b < /a:x < /a:x/y < /aa/a ... */
+    put_all(c, qkeys, NQKEYS);
+    const char *sorted[NQKEYS];
+    memcpy(sorted, qkeys, sizeof sorted);
+    qsort(sorted, NQKEYS, sizeof sorted[0], cmp_ids);
+    const char *prefixes[] = {"/", "/a", "/a:x", "/a/c", "/aa", "/zz"};
+    /* every stored key, and positions that are not records: before and
+     * after everything, between records, above and below records, outside
+     * every prefix */
+    const char *probes[] = {
+        "/",      "/a",     "/a/b",   "/a/c/d", "/ab",    "/a-b",
+        "/a:x",   "/b",     "/a:x/y", "/aa/a",  "/0",     "/a/a",
+        "/a/c",   "/a/c/d/e", "/a/zz", "/a+",   "/a:w",   "/a:x/z",
+        "/a:y",   "/aa",    "/aa/a/a", "/ab/c", "/c",     "/\xff",
+    };
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        for (size_t j = 0; j < sizeof probes / sizeof probes[0]; j++)
+            for (int sort = KV_SORT_ASC; sort <= KV_SORT_DESC; sort++) {
+                check_after(c, sorted, NQKEYS, prefixes[i], probes[j],
+                            (kv_sort)sort, 0, -1);
+                check_after(c, sorted, NQKEYS, prefixes[i], probes[j],
+                            (kv_sort)sort, 1, 2);
+            }
+    ctx_done(c);
+}
+END_TEST
+
+START_TEST(test_query_after_edges)
+{
+    OPEN(c);
+    const char *ks[] = {"/e/1", "/e/2", "/e/3", "/e/3/x", "/e/4"};
+    put_all(c, ks, 5);
+    char ids[16][64];
+    kv_query q = kv_query_init(K(c, "/e"));
+    ck_assert_ptr_null(q.after);
+    /* after a key that does not exist: the next one in order */
+    q.after = K(c, "/e/2a");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 3);
+    ck_assert_str_eq(ids[0], "/e/3");
+    q.sort = KV_SORT_DESC;
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 2);
+    ck_assert_str_eq(ids[0], "/e/2");
+    ck_assert_str_eq(ids[1], "/e/1");
+    /* after the last key: nothing (ASC), after the first: nothing (DESC) */
+    q.after = K(c, "/e/1");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 0);
+    q.sort = KV_SORT_ASC;
+    q.after = K(c, "/e/4");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 0);
+    /* a record's children come after it */
+    q.after = K(c, "/e/3");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 2);
+    ck_assert_str_eq(ids[0], "/e/3/x");
+    q.sort = KV_SORT_DESC;
+    q.after = K(c, "/e/3/x");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 3);
+    ck_assert_str_eq(ids[0], "/e/3");
+    /* outside the prefix: just a position */
+    q.after = K(c, "/f");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 5);
+    q.after = K(c, "/d");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 0);
+    q.after = K(c, "/");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 0);
+    q.sort = KV_SORT_ASC;
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 5);
+    q.after = K(c, "/e"); /* the prefix itself is before its keys */
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 5);
+    q.after = K(c, "/f");
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 0);
+    /* offset and limit count from the position */
+    q.after = K(c, "/e/1");
+    q.offset = 1;
+    q.limit = 2;
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 2);
+    ck_assert_str_eq(ids[0], "/e/3");
+    ck_assert_str_eq(ids[1], "/e/3/x");
+    q.limit = 0;
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 0);
+    /* KV_SORT_NONE has no position */
+    q.limit = -1;
+    q.sort = KV_SORT_NONE;
+    EXPECT(kv_query_open(c->s, &q, NULL), KV_EINVAL);
+    q.after = NULL;
+    ck_assert_uint_eq(query_ids(c, &q, ids, 16), 4);
+    /* after is borrowed for the call only: freed before the iterator runs */
+    q.sort = KV_SORT_ASC;
+    q.offset = 0;
+    kv_key *a = pk("/e/2");
+    q.after = a;
+    kv_fut *of = kv_query_open(c->s, &q, NULL);
+    kv_key_free(a);
+    q.after = NULL;
+    ck_assert_kv(kv_wait(of), KV_OK);
+    kv_iter *it = kv_fut_take_iter(of);
+    kv_fut_free(of);
+    kv_fut *f = AWAIT(kv_iter_fetch_all(it), KV_OK);
+    size_t n = 0;
+    const kv_record *r = kv_fut_records(f, &n);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_str_eq(kv_key_id(r[0].key), "/e/3");
+    kv_fut_free(f);
+    kv_iter_free(it);
+    ctx_done(c);
+}
+END_TEST
+
+/* ======================================================================== */
 
 int main(void)
 {
     const TTest *tests[] = {
         test_query_prefix,   test_query_sort,           test_query_offset_limit,
         test_query_no_value, test_query_wildcards,      test_query_empty,
-        test_iter_rules,     test_iter_concurrent_next, test_iter_streaming};
+        test_iter_rules,     test_iter_concurrent_next, test_iter_streaming,
+        test_query_after_paging, test_query_after_positions,
+        test_query_after_edges};
     return tu_conformance_run("queries", tests, sizeof tests / sizeof tests[0]);
 }

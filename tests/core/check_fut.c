@@ -7,6 +7,8 @@
 
 #include "testutil.h"
 
+#include <pthread.h>
+
 #include "store/store_int.h"
 
 static kv_loop *loop;
@@ -560,7 +562,10 @@ END_TEST
 START_TEST(test_wait_never_completes)
 {
     kv_fut *f = kv_fut_new(loop);
+    kv__set_errmsg("%s", "");
     ck_assert_kv(kv_wait(f), KV_EINVAL); /* would block forever */
+    ck_assert_msg(strstr(kv_last_errmsg(), "kv_wait") != NULL,
+                  "message: \"%s\"", kv_last_errmsg());
     ck_assert(!kv_fut_done(f));
     /* Pending loop work that cannot complete f: EINVAL once it is done. */
     kv_fut *s = kv_sleep(loop, 5);
@@ -594,10 +599,13 @@ START_TEST(test_wait_completed_by_callback)
 END_TEST
 
 static int inner_rc;
+static char inner_msg[512];
 static void wait_inside(kv_fut *f, void *arg)
 {
     (void)f;
+    kv__set_errmsg("%s", "");
     inner_rc = kv_wait(arg);
+    snprintf(inner_msg, sizeof inner_msg, "%s", kv_last_errmsg());
 }
 
 START_TEST(test_wait_inside_callback)
@@ -609,9 +617,44 @@ START_TEST(test_wait_inside_callback)
     inner_rc = 0;
     kv_loop_run(loop, KV_RUN_NOWAIT);
     ck_assert_kv(inner_rc, KV_EINVAL); /* refused, not re-entered */
+    ck_assert_msg(strstr(inner_msg, "kv_wait") != NULL &&
+                      strstr(inner_msg, "callback") != NULL,
+                  "message: \"%s\"", inner_msg);
     kv_fut_cancel(b);
     kv_fut_free(a);
     kv_fut_free(b);
+}
+END_TEST
+
+typedef struct offwait {
+    kv_fut *f;
+    int rc;
+    char msg[512];
+} offwait;
+
+static void *wait_off_thread(void *arg)
+{
+    offwait *w = arg;
+    w->rc = kv_wait(w->f);
+    snprintf(w->msg, sizeof w->msg, "%s", kv_last_errmsg());
+    return NULL;
+}
+
+START_TEST(test_wait_off_thread)
+{
+    /* A pending future waited for on a thread that does not run its loop:
+     * refused at once (that thread cannot run the loop), with a message. */
+    offwait w = {.f = kv_sleep(loop, 1000), .rc = 0};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, wait_off_thread, &w), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_kv(w.rc, KV_EINVAL);
+    ck_assert_msg(strstr(w.msg, "kv_wait") != NULL &&
+                      strstr(w.msg, "thread") != NULL,
+                  "message: \"%s\"", w.msg);
+    ck_assert(!kv_fut_done(w.f));
+    kv_fut_cancel(w.f);
+    kv_fut_free(w.f);
 }
 END_TEST
 
@@ -658,6 +701,7 @@ int main(void)
     tcase_add_test(tc, test_wait_never_completes);
     tcase_add_test(tc, test_wait_completed_by_callback);
     tcase_add_test(tc, test_wait_inside_callback);
+    tcase_add_test(tc, test_wait_off_thread);
     suite_add_tcase(s, tc);
 
     return tu_run(s);

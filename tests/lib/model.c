@@ -251,6 +251,11 @@ static int m_exec(kv_store *s, kv__req *req)
         for (size_t i = 0; i < m->n; i++) {
             if (!m_under(m->e[i].key, q->key))
                 continue;
+            /* after: strictly past that position in the query's order */
+            int pos = q->after != NULL ? kv_key_cmp(m->e[i].key, q->after)
+                                       : (q->sort == KV_SORT_DESC ? -1 : 1);
+            if (q->sort == KV_SORT_DESC ? pos >= 0 : pos <= 0)
+                continue;
             mentry *r = &c->rows[c->n++];
             ck_assert_int_eq(kv_key_dup(&r->key, m->e[i].key), KV_OK);
             r->val = malloc(m->e[i].len + 1);

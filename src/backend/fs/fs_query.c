@@ -75,6 +75,7 @@ struct cursor {
     fs_state *fs;
     kv_iter *iter;
     kv_key *qkey;
+    kv_key *after; /* kv_query.after (a copy), or NULL */
     bool value, desc, started, eof, busy, disposed;
     int64_t skip, left;
     qframe *st;
@@ -299,6 +300,73 @@ static void frame_sort(qframe *f, bool desc)
         }
 }
 
+/* The bytes of namespace i of key's id (i < kv_key_len(key)). */
+static void key_ns_id(const kv_key *key, size_t i, const char **p, size_t *n)
+{
+    const char *s = kv_key_id(key) + 1; /* "/a:b/c": ids never hold a '/' */
+    for (; i > 0; i--)
+        s = strchr(s, '/') + 1;
+    const char *e = strchr(s, '/');
+    *p = s;
+    *n = e != NULL ? (size_t)(e - s) : strlen(s);
+}
+
+/* An entry's id against the id p[0..n) in ent_cmp's order. */
+static int id_cmp(const char *id, const char *p, size_t n)
+{
+    size_t l = strlen(id), m = l < n ? l : n;
+    int c = m > 0 ? memcmp(id, p, m) : 0;
+    if (c != 0)
+        return c;
+    return l < n ? -1 : l > n;
+}
+
+/*
+ * Keyset pagination: start a new frame f (sorted) strictly after c->after
+ * in the query's order, skipping whole entries (a record and everything
+ * below it) that lie before it: their directories are never opened.
+ * Every entry of f lies strictly below f->key.  If after is not below
+ * f->key, they all lie on the same side of it as f->key does (or after
+ * it, when after is f->key or above it).  Otherwise after's namespace at
+ * f's depth, aid, splits the entries: those before aid in the frame's
+ * order are skipped; the entry aid itself is a record at or above after
+ * (ASC: before it, so only its children may follow; DESC: after is the
+ * record itself, skipped whole, or below it, and its children are
+ * positioned again when pushed).
+ */
+static void frame_seek(const cursor *c, qframe *f)
+{
+    const kv_key *a = c->after;
+    if (a == NULL || f->n == 0)
+        return;
+    if (!kv_key_is_ancestor(f->key, a)) {
+        int cmp = kv_key_cmp(f->key, a);
+        if (c->desc ? cmp >= 0 : cmp < 0)
+            f->pos = f->n;
+        return;
+    }
+    size_t depth = kv_key_len(f->key), n = 0;
+    const char *aid = NULL;
+    key_ns_id(a, depth, &aid, &n);
+    /* The first entry not before aid in the frame's order. */
+    size_t lo = 0, hi = f->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int cmp = id_cmp(f->ents[mid].id, aid, n);
+        if (c->desc ? cmp > 0 : cmp < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    f->pos = lo;
+    if (lo < f->n && id_cmp(f->ents[lo].id, aid, n) == 0) {
+        if (!c->desc)
+            f->phase = 1; /* its children only */
+        else if (kv_key_len(a) == depth + 1)
+            f->pos++; /* after itself and its children */
+    }
+}
+
 static int cursor_push(cursor *c, qframe *nf)
 {
     qframe *ns = grow(c->st, &c->capst, c->nst, sizeof *ns, 8);
@@ -334,6 +402,7 @@ static int cursor_push_dir(cursor *c, int fd, kv_key *key)
     kv__free(prefix.data);
     if (rc == KV_OK) {
         frame_sort(&f, c->desc);
+        frame_seek(c, &f);
         rc = cursor_push(c, &f);
     }
     if (rc != KV_OK)
@@ -424,6 +493,7 @@ static int cursor_begin(cursor *c)
         if (fstatat(fd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
             S_ISDIR(st.st_mode))
             f.ents[0].sdir = 0;
+        frame_seek(c, &f);
         rc = cursor_push(c, &f);
     }
     kv__free(idc);
@@ -490,6 +560,7 @@ static void cursor_free(cursor *c)
         frame_fini(&c->st[i]);
     kv__free(c->st);
     kv_key_free(c->qkey);
+    kv_key_free(c->after);
     if (c->iter != NULL && c->iter->bpriv == c)
         c->iter->bpriv = NULL;
     kv__list_remove(&c->link);
@@ -835,7 +906,11 @@ void fs__query_submit(fs_state *fs, kv__req *req)
         else
             rc = kv_key_parse(&c->qkey, "/");
     }
+    if (rc == KV_OK && q->after != NULL)
+        rc = kv_key_dup(&c->after, q->after);
     if (rc != KV_OK) {
+        if (c != NULL)
+            kv_key_free(c->qkey);
         kv__free(c);
         fs__defer_done(fs, req, rc, NULL);
         return;

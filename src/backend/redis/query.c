@@ -56,6 +56,60 @@ static void range_cb(rcmd *c, redisReply *r, int err, const char *msg)
     redis__rreq_put(st, rq, false);
 }
 
+/*
+ * The ZRANGEBYLEX bounds of q over the prefix encoding enc, into min and max
+ * (empty on entry): "-" and "+" for everything, else "[" enc (the prefix
+ * and what follows) and "(" enc with its final 0x00 raised to 0x01.
+ * q->after narrows the bound its order starts from to "(" after's
+ * encoding (strictly after it) when that is tighter: the index members are
+ * these encodings, whose byte order is kv_key_cmp order.
+ */
+static int query_bounds(const kv_query *q, const kv_buf *enc, kv_buf *min,
+                        kv_buf *max)
+{
+    int rc;
+    if (enc->len == 0) {
+        rc = kv_buf_append(min, "-", 1);
+        if (rc == KV_OK)
+            rc = kv_buf_append(max, "+", 1);
+    } else {
+        rc = kv_buf_append(min, "[", 1);
+        if (rc == KV_OK)
+            rc = kv_buf_append(min, enc->data, enc->len);
+        if (rc == KV_OK)
+            rc = kv_buf_append(max, "(", 1);
+        if (rc == KV_OK)
+            rc = kv_buf_append(max, enc->data, enc->len);
+        if (rc == KV_OK)
+            max->data[max->len - 1] = 0x01;
+    }
+    if (rc != KV_OK || q->after == NULL)
+        return rc;
+    kv_buf a = {NULL, 0, 0};
+    rc = kv_buf_append(&a, "(", 1);
+    if (rc == KV_OK)
+        rc = kv__key_encode(q->after, &a);
+    if (rc != KV_OK) {
+        kv__free(a.data);
+        return rc;
+    }
+    bool desc = q->sort == KV_SORT_DESC;
+    kv_buf *b = desc ? max : min;
+    int c = 0;
+    if (enc->len > 0) { /* compare the bytes after the '[' or '(' */
+        rmember x = {(char *)a.data + 1, a.len - 1};
+        rmember y = {(char *)b->data + 1, b->len - 1};
+        c = member_cmp(&x, &y);
+    }
+    if (enc->len == 0 || (desc ? c < 0 : c >= 0)) {
+        kv__free(b->data);
+        *b = a;
+    } else {
+        kv__free(a.data);
+    }
+    return KV_OK;
+}
+
 int redis__send_range(rstore *st, rreq *rq, unsigned slot, const kv_buf *enc)
 {
     /* Each slot is asked for at most offset + limit members, from the end
@@ -71,32 +125,29 @@ int redis__send_range(rstore *st, rreq *rq, unsigned slot, const kv_buf *enc)
         uint64_t lim = (uint64_t)q->limit;
         want = lim > (uint64_t)INT64_MAX - off ? 0 : off + lim;
     }
-    rcmd *c = redis__cmd_new(rq, (int)slot, -1, 0, range_cb);
-    if (c == NULL)
-        return KV_ENOMEM;
+    kv_buf min = {NULL, 0, 0}, max = {NULL, 0, 0};
+    int rc = query_bounds(q, enc, &min, &max);
+    rcmd *c = rc == KV_OK ? redis__cmd_new(rq, (int)slot, -1, 0, range_cb)
+                          : NULL;
+    if (c == NULL) {
+        kv__free(min.data);
+        kv__free(max.data);
+        return rc != KV_OK ? rc : KV_ENOMEM;
+    }
     kv_buf *b = &c->tail;
     c->nargs = want > 0 ? 7 : 4;
-    int rc = redis__args(b, desc ? "ZREVRANGEBYLEX" : "ZRANGEBYLEX");
+    rc = redis__args(b, desc ? "ZREVRANGEBYLEX" : "ZRANGEBYLEX");
     if (rc == KV_OK)
         rc = redis__arg_key(st, b, slot, "\0i", 2);
-    for (int end = 0; end < 2 && rc == KV_OK; end++) {
-        bool low = (end == 0) != desc; /* ZREVRANGEBYLEX: max first */
-        if (enc->len == 0) {
-            rc = redis__args(b, low ? "-" : "+");
-        } else if (low) { /* [prefix */
-            rc = redis__fmt(b, "$%zu\r\n[", enc->len + 1);
-            if (rc == KV_OK)
-                rc = kv_buf_append(b, enc->data, enc->len);
-            if (rc == KV_OK)
-                rc = kv_buf_append(b, "\r\n", 2);
-        } else { /* (prefix without its final 0x00, then 0x01 */
-            rc = redis__fmt(b, "$%zu\r\n(", enc->len + 1);
-            if (rc == KV_OK)
-                rc = kv_buf_append(b, enc->data, enc->len - 1);
-            if (rc == KV_OK)
-                rc = kv_buf_append(b, "\1\r\n", 3);
-        }
-    }
+    /* ZREVRANGEBYLEX takes max first */
+    if (rc == KV_OK)
+        rc = desc ? redis__arg(b, max.data, max.len)
+                  : redis__arg(b, min.data, min.len);
+    if (rc == KV_OK)
+        rc = desc ? redis__arg(b, min.data, min.len)
+                  : redis__arg(b, max.data, max.len);
+    kv__free(min.data);
+    kv__free(max.data);
     if (rc == KV_OK && want > 0) {
         rc = redis__args(b, "LIMIT");
         if (rc == KV_OK)

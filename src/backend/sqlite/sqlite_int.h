@@ -100,7 +100,8 @@ struct cursor {
     kv__list link;       /* s->cursors */
     conn *c;             /* its connection (file: pinned while live) */
     /* The query, copied on the loop thread at submit. */
-    kv_buf lo, hi;       /* the range; lo.len == 0: everything */
+    kv_buf lo, hi;       /* the range: key >= lo (if has_lo), < hi (has_hi) */
+    bool has_lo, has_hi;
     bool value;
     kv_sort sort;
     int64_t offset, limit;
@@ -370,6 +371,13 @@ int sqlite__schema_create(sqlite3 *db, const char *path, char **msg);
 int sqlite__schema_check(sqlite3 *db, const char *path, char **msg);
 /* The SQL of cu's query into buf (?1, ?2: the range, ?3 limit, ?4 offset). */
 void sqlite__query_sql(char *buf, size_t size, const cursor *cu);
+/*
+ * cu's range from q (loop thread): key's range, narrowed by q->after to the
+ * encodings strictly after it (ASC: from after's encoding followed by 0x00,
+ * its successor in memcmp order; DESC: below it), so the query seeks the
+ * key index.  KV_OK or KV_ENOMEM (cu->lo and hi are the caller's to free).
+ */
+int sqlite__cursor_range(cursor *cu, const kv_query *q);
 
 /* ------------------------------------------------------------------------ */
 /* sqlite_job.c: the work of pool jobs (worker threads)                     */

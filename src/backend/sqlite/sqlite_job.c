@@ -123,11 +123,10 @@ static void run_open(conn *c, sreq *r)
     sqlite__query_sql(sql, sizeof sql, cu);
     sqlite3_stmt *st = NULL;
     int src = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
-    if (src == SQLITE_OK && cu->lo.len > 0) {
+    if (src == SQLITE_OK && cu->has_lo)
         src = bind_blob(st, 1, cu->lo.data, cu->lo.len);
-        if (src == SQLITE_OK)
-            src = bind_blob(st, 2, cu->hi.data, cu->hi.len);
-    }
+    if (src == SQLITE_OK && cu->has_hi)
+        src = bind_blob(st, 2, cu->hi.data, cu->hi.len);
     if (src == SQLITE_OK)
         src = sqlite3_bind_int64(st, 3, cu->limit);
     if (src == SQLITE_OK)

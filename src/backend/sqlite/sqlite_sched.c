@@ -405,8 +405,7 @@ static cursor *cursor_new(sq *s, const kv_iter *it)
     cursor *cu = kv__calloc(1, sizeof *cu);
     if (cu == NULL)
         return NULL;
-    if (encode(&cu->lo, it->q.key) != KV_OK ||
-        range_hi(&cu->lo, &cu->hi) != KV_OK) {
+    if (sqlite__cursor_range(cu, &it->q) != KV_OK) {
         kv__free(cu->lo.data);
         kv__free(cu->hi.data);
         kv__free(cu);

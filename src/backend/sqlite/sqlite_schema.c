@@ -9,6 +9,7 @@
 #include "backend/sqlite/sqlite_int.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #define SCHEMA_FORMAT 1          /* kv_meta('format'); bump on layout change */
 
@@ -153,11 +154,58 @@ int sqlite__schema_create(sqlite3 *db, const char *path, char **msg)
 
 void sqlite__query_sql(char *buf, size_t size, const cursor *cu)
 {
-    snprintf(buf, size, "SELECT key, token%s FROM kv%s%s LIMIT ?3 "
+    snprintf(buf, size, "SELECT key, token%s FROM kv%s%s%s%s%s LIMIT ?3 "
              "OFFSET ?4",
              cu->value ? ", val" : "",
-             cu->lo.len > 0 ? " WHERE key >= ?1 AND key < ?2" : "",
+             cu->has_lo || cu->has_hi ? " WHERE " : "",
+             cu->has_lo ? "key >= ?1" : "",
+             cu->has_lo && cu->has_hi ? " AND " : "",
+             cu->has_hi ? "key < ?2" : "",
              cu->sort == KV_SORT_ASC    ? " ORDER BY key ASC"
              : cu->sort == KV_SORT_DESC ? " ORDER BY key DESC"
                                         : "");
+}
+
+/* memcmp order of blobs, a shorter one first on a common prefix (SQLite's
+ * BLOB order). */
+static int blob_cmp(const kv_buf *a, const kv_buf *b)
+{
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = n > 0 ? memcmp(a->data, b->data, n) : 0;
+    if (c != 0)
+        return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+int sqlite__cursor_range(cursor *cu, const kv_query *q)
+{
+    int rc = encode(&cu->lo, q->key);
+    if (rc == KV_OK)
+        rc = range_hi(&cu->lo, &cu->hi);
+    if (rc != KV_OK)
+        return rc;
+    cu->has_lo = cu->has_hi = cu->lo.len > 0; /* the empty key: everything */
+    if (q->after == NULL)
+        return KV_OK;
+    kv_buf a = {NULL, 0, 0};
+    rc = encode(&a, q->after);
+    if (rc == KV_OK && q->sort == KV_SORT_ASC)
+        rc = kv_buf_append(&a, "", 1); /* the successor of after's encoding */
+    if (rc != KV_OK) {
+        kv__free(a.data);
+        return rc;
+    }
+    /* The tighter bound wins: one lower and one upper bound, so SQLite
+     * seeks the index with both. */
+    kv_buf *b = q->sort == KV_SORT_ASC ? &cu->lo : &cu->hi;
+    bool *has = q->sort == KV_SORT_ASC ? &cu->has_lo : &cu->has_hi;
+    int c = *has ? blob_cmp(&a, b) : 0;
+    if (!*has || (q->sort == KV_SORT_ASC ? c > 0 : c < 0)) {
+        kv__free(b->data);
+        *b = a;
+        *has = true;
+    } else {
+        kv__free(a.data);
+    }
+    return KV_OK;
 }
