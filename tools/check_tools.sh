@@ -147,6 +147,12 @@ grep -q 'loaded 4 records' "$tmp/err" &&
 "$KVCTL" "$S" query /q --desc --offset 1 --limit 1 --keys-only | cut -f1 > "$tmp/q"
 echo /q/2 > "$tmp/q2"
 same "query --desc --offset --limit" "$tmp/q2" "$tmp/q"
+"$KVCTL" "$S" query /q --after /q/1 --keys-only | cut -f1 > "$tmp/q"
+printf '/q/2\n/q/3\n' > "$tmp/q23"
+same "query --after" "$tmp/q23" "$tmp/q"
+"$KVCTL" "$S" query /q --desc --after=/q/3 --limit 1 --keys-only | cut -f1 > "$tmp/q"
+same "query --desc --after --limit" "$tmp/q2" "$tmp/q"
+expect 5 "query --after a bad key" "$KVCTL" "$S" query /q --after 'a:b:c'
 
 # a corrupt record (issue 16): dump stops at it; --skip-corrupt prints the
 # rest, names it and fails; verify names it (exit 1); a clean store, 0

@@ -59,9 +59,10 @@ static void usage(FILE *f)
             "                               whatever is there; prints the new token\n"
             "  delete KEY TOKEN|--force     delete if the record's token is TOKEN\n"
             "                               (--force: whatever is there, if anything)\n"
-            "  query PREFIX [--desc] [--limit N] [--offset N] [--keys-only] [--json]\n"
+            "  query PREFIX [--desc] [--limit N] [--offset N] [--after KEY]\n"
+            "        [--keys-only] [--json]\n"
             "        [--skip-corrupt]       records at or below PREFIX: KEY<TAB>TOKEN<TAB>VALUE\n"
-            "  dump [PREFIX] [--skip-corrupt]\n"
+            "  dump [PREFIX] [--after KEY] [--skip-corrupt]\n"
             "                               JSON lines: {\"key\",\"value\" (base64),\"token\"}\n"
             "                               (--skip-corrupt: go past corrupt records, list\n"
             "                               them on stderr, exit 1)\n"
@@ -488,7 +489,7 @@ static int parse_i64(const char *opt, const char *s, int64_t *out, int64_t lo)
 
 static int cmd_query(ctx *c, int argc, char **argv, bool dump)
 {
-    const char *prefix = NULL;
+    const char *prefix = NULL, *after = NULL;
     qout o = {false, dump};
     kv_query q = kv_query_init(NULL);
     for (int i = 0; i < argc; i++) {
@@ -506,6 +507,12 @@ static int cmd_query(ctx *c, int argc, char **argv, bool dump)
             i++;
         } else if (!strcmp(a, "--skip-corrupt")) {
             q.skip_corrupt = true;
+        } else if (!strcmp(a, "--after")) {
+            if (i + 1 >= argc)
+                return die_usage("--after needs a KEY", NULL);
+            after = argv[++i];
+        } else if (!strncmp(a, "--after=", 8)) {
+            after = a + 8;
         } else if (!dump && (!strncmp(a, "--limit=", 8) || !strncmp(a, "--offset=", 9))) {
             const char *eq = strchr(a, '=');
             if (parse_i64(a, eq + 1, a[2] == 'l' ? &q.limit : &q.offset, 0))
@@ -527,9 +534,16 @@ static int cmd_query(ctx *c, int argc, char **argv, bool dump)
     int rc = parse_key(prefix, &k, true);
     if (rc)
         return rc;
+    kv_key *ak = NULL;
+    if (after != NULL && (rc = parse_key(after, &ak, true)) != 0) {
+        kv_key_free(k);
+        return rc;
+    }
     q.key = k;
+    q.after = ak;
     q.value = !o.keys_only;
     rc = stream(c, &q, print_rec, &o, dump ? "dump" : "query", NULL);
+    kv_key_free(ak);
     kv_key_free(k);
     if (fflush(stdout) != 0 && rc == EX_OK) {
         fprintf(stderr, "%s: writing output: %s\n", prog, strerror(errno));
