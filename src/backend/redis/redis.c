@@ -255,6 +255,22 @@ static int sync_handshake(rnode *n, const odl *d, char *why, size_t whylen)
     }
 }
 
+/* A TLS 1.3 server that wants a client certificate (or rejects the one
+ * given) finishes the handshake, then resets the connection: the first
+ * command then meets a reset or an end instead of the server's alert. */
+static void tls_reset_hint(const rnode *n, char *why, size_t whylen)
+{
+    if (n->tls == NULL ||
+        (strstr(why, "reset") == NULL && strstr(why, "closed") == NULL &&
+         strstr(why, "Broken pipe") == NULL))
+        return;
+    size_t l = strlen(why);
+    if (l + 1 < whylen)
+        snprintf(why + l, whylen - l, " (after the TLS handshake: a server "
+                 "that requires a client certificate does this; give cert= "
+                 "and key=)");
+}
+
 /* Send wire and read one reply on n's non-blocking socket (through its
  * TLS session if it has one), within the open's deadline.  NULL on
  * failure, *err then KV_ENOMEM (no reader, or it ran out of memory) or
@@ -279,6 +295,8 @@ static redisReply *sync_cmd(rnode *n, const kv_buf *wire, const odl *d,
     }
     if (rc != KV_OK) {
         *err = rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND;
+        if (rc != KV_ENOMEM)
+            tls_reset_hint(n, why, whylen);
         return NULL;
     }
     char buf[16384];
@@ -310,6 +328,8 @@ static redisReply *sync_cmd(rnode *n, const kv_buf *wire, const odl *d,
             if (r == KV_ENOMEM) {
                 *err = KV_ENOMEM;
                 snprintf(why, whylen, "out of memory");
+            } else {
+                tls_reset_hint(n, why, whylen);
             }
             return NULL;
         }
