@@ -182,6 +182,11 @@ expect 1 "dump --skip-corrupt" "$KVCTL" "$F" dump --skip-corrupt
 expect 1 "query --skip-corrupt" "$KVCTL" "$F" query /r --skip-corrupt
 [ "$(wc -l < "$tmp/out")" -eq 299 ] ||
     { echo "FAIL: query --skip-corrupt: $(wc -l < "$tmp/out") lines" >&2; fails=$((fails + 1)); }
+expect 1 "stats stops at a corrupt record" "$KVCTL" "$F" stats /r
+expect 1 "stats --skip-corrupt" "$KVCTL" "$F" stats /r --skip-corrupt
+grep -q '^records: 299$' "$tmp/out" && grep -q '^corrupt_records: 1$' "$tmp/out" &&
+    grep -q 'corrupt record: /r/150' "$tmp/err" ||
+    { echo "FAIL: stats --skip-corrupt: $(cat "$tmp/out") $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
 expect 1 "verify a corrupt record" "$KVCTL" "$F" verify
 grep -q 'bad: corrupt record /r/150' "$tmp/out" &&
     grep -q '299 records read whole, 1 corrupt' "$tmp/out" ||

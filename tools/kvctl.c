@@ -68,7 +68,8 @@ static void usage(FILE *f)
             "                               them on stderr, exit 1)\n"
             "  load [FILE|-] [--replace] [--keep-going]\n"
             "                               insert the records of a dump (tokens are new)\n"
-            "  stats [PREFIX]               record count, key and value bytes, disk usage\n"
+            "  stats [PREFIX] [--skip-corrupt]\n"
+            "                               record count, key and value bytes, disk usage\n"
             "  verify                       read every record and check every checksum and\n"
             "                               the store's metadata; list what is bad\n"
             "\n"
@@ -586,16 +587,31 @@ static int du_cb(const char *path, const struct stat *st, int type,
 
 static int cmd_stats(ctx *c, int argc, char **argv)
 {
-    if (argc > 1)
-        return die_usage("stats: too many arguments", argv[1]);
+    const char *prefix = NULL;
+    bool skip = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--skip-corrupt"))
+            skip = true;
+        else if (argv[i][0] == '-' && argv[i][1] == '-')
+            return die_usage("stats: unknown option", argv[i]);
+        else if (prefix == NULL)
+            prefix = argv[i];
+        else
+            return die_usage("stats: too many arguments", argv[i]);
+    }
     kv_key *k;
-    int rc = parse_key(argc ? argv[0] : "/", &k, true);
+    int rc = parse_key(prefix != NULL ? prefix : "/", &k, true);
     if (rc)
         return rc;
     kv_query q = kv_query_init(k);
     q.sort = KV_SORT_NONE;
+    q.skip_corrupt = skip;
     stat_acc a = {0};
-    rc = stream(c, &q, acc_rec, &a, "stats", NULL);
+    size_t ncorrupt = 0;
+    rc = stream(c, &q, acc_rec, &a, "stats", &ncorrupt);
+    /* With --skip-corrupt the figures of the good records are printed
+     * even when corrupt ones were found (and the exit status is 1). */
+    if (rc == EX_OK || (skip && ncorrupt > 0 && rc == EX_ERROR)) {
     if (rc == EX_OK) {
         printf("backend: %s\n", kv_store_backend(c->store));
         printf("prefix: %s\n", kv_key_id(k));
@@ -603,6 +619,8 @@ static int cmd_stats(ctx *c, int argc, char **argv)
         printf("key_bytes: %" PRIu64 "\n", a.kbytes);
         printf("value_bytes: %" PRIu64 "\n", a.vbytes);
         printf("largest_value: %" PRIu64 "\n", a.vmax);
+        if (skip)
+            printf("corrupt_records: %zu\n", ncorrupt);
         if (c->uri.kind == TU_SQLITE) {
             static const char *const sfx[] = {"", "-wal", "-shm"};
             uint64_t tot = 0;
