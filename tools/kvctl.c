@@ -612,7 +612,6 @@ static int cmd_stats(ctx *c, int argc, char **argv)
     /* With --skip-corrupt the figures of the good records are printed
      * even when corrupt ones were found (and the exit status is 1). */
     if (rc == EX_OK || (skip && ncorrupt > 0 && rc == EX_ERROR)) {
-    if (rc == EX_OK) {
         printf("backend: %s\n", kv_store_backend(c->store));
         printf("prefix: %s\n", kv_key_id(k));
         printf("records: %" PRIu64 "\n", a.n);
