@@ -82,11 +82,10 @@ static void iter_free_now(kv_iter *it)
     iter_unlink(it);
     fail_waiters(it, KV_EITER, "iterator freed");
     drop_buffer(it);
-    kv_key_free((kv_key *)it->q.key);
+    kv__query_clear(&it->q);
     for (size_t i = 0; i < it->ncorrupt; i++)
         kv_key_free(it->corrupt[i]);
     kv__free(it->corrupt);
-    kv_key_free((kv_key *)it->q.after);
     if (it->dispose_fut != NULL)
         kv__fut_unref(it->dispose_fut);
     kv__req_free(it->dispose_req);
@@ -538,6 +537,28 @@ static void fetch_done(kv__req *req, int status, const char *msg)
 /* Open                                                                     */
 /* ------------------------------------------------------------------------ */
 
+int kv__query_copy(kv_query *dst, const kv_query *src)
+{
+    kv_key *key = NULL, *after = NULL;
+    if (kv_key_dup(&key, src->key) != KV_OK ||
+        (src->after != NULL && kv_key_dup(&after, src->after) != KV_OK)) {
+        kv_key_free(key);
+        return KV_ENOMEM;
+    }
+    *dst = *src;
+    dst->key = key;
+    dst->after = after;
+    return KV_OK;
+}
+
+void kv__query_clear(kv_query *q)
+{
+    kv_key_free((kv_key *)q->key);
+    kv_key_free((kv_key *)q->after);
+    q->key = NULL;
+    q->after = NULL;
+}
+
 kv_query kv_query_init(const kv_key *key)
 {
     kv_query q;
@@ -611,13 +632,10 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
         return kv__forward_query_open(s, q, codec, kv__thread_loop());
 
     kv_iter *it = kv__calloc(1, sizeof *it);
-    kv_key *key = NULL, *after = NULL;
     kv__req *req = kv__req_new(s, KV__OP_QUERY_OPEN);
     kv__req *dreq = kv__req_new(s, KV__OP_ITER_DISPOSE);
     if (it == NULL || req == NULL || dreq == NULL ||
-        kv_key_dup(&key, q->key) != KV_OK ||
-        (q->after != NULL && kv_key_dup(&after, q->after) != KV_OK)) {
-        kv_key_free(key);
+        kv__query_copy(&it->q, q) != KV_OK) {
         kv__free(it);
         kv__free(req);
         kv__free(dreq);
@@ -627,9 +645,6 @@ kv_fut *kv_query_open(kv_store *s, const kv_query *q, const kv_codec *codec)
     it->dispose_req = dreq;
     it->store = s;
     it->loop = s->loop;
-    it->q = *q;
-    it->q.key = key;
-    it->q.after = after;
     if (codec != NULL) {
         it->codec = *codec;
         it->typed = true;

@@ -51,10 +51,7 @@ static void remote_back(kv__job *job, int status)
     kv__fut_import(r->outer, &r->x); /* released if outer was cancelled */
     kv__fut_unref(r->outer);
     r->outer = NULL;
-    kv_key_free((kv_key *)r->q.key);
-    r->q.key = NULL;
-    kv_key_free((kv_key *)r->q.after);
-    r->q.after = NULL;
+    kv__query_clear(&r->q);
     remote_release(r);
 }
 
@@ -126,23 +123,25 @@ static void remote_on_cancel(kv_fut *f, void *arg)
     kv__loop_call(r->target, &r->cancel);
 }
 
+/* A forward that could not start: free r and what it owns. */
+static void remote_discard(remote *r)
+{
+    kv__req_free(r->req);
+    kv__query_clear(&r->q);
+    kv__free(r);
+}
+
 static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
 {
     if (caller == NULL) {
-        kv__req_free(r->req);
-        kv_key_free((kv_key *)r->q.key);
-        kv_key_free((kv_key *)r->q.after);
-        kv__free(r);
+        remote_discard(r);
         return kv__fut_failed(NULL, KV_ERROR,
                               "no loop for this thread's futures: %s",
                               kv_last_errmsg());
     }
     kv_fut *f = kv__fut_new(caller);
     if (f == NULL) {
-        kv__req_free(r->req);
-        kv_key_free((kv_key *)r->q.key);
-        kv_key_free((kv_key *)r->q.after);
-        kv__free(r);
+        remote_discard(r);
         return kv__fut_failed(caller, KV_ENOMEM, NULL);
     }
     kv__fut_ref(f);
@@ -193,17 +192,11 @@ kv_fut *kv__forward_query_open(kv_store *s, const kv_query *q,
                                const kv_codec *codec, kv_loop *caller)
 {
     remote *r = kv__calloc(1, sizeof *r);
-    kv_key *key = NULL, *after = NULL;
-    if (r == NULL || kv_key_dup(&key, q->key) != KV_OK ||
-        (q->after != NULL && kv_key_dup(&after, q->after) != KV_OK)) {
-        kv_key_free(key);
+    if (r == NULL || kv__query_copy(&r->q, q) != KV_OK) {
         kv__free(r);
         return kv__fut_failed(caller, KV_ENOMEM, NULL);
     }
     r->s = s;
-    r->q = *q;
-    r->q.key = key;
-    r->q.after = after;
     if (codec != NULL) {
         r->codec = *codec;
         r->typed = true;

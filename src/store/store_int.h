@@ -53,6 +53,12 @@ kv_fut *kv__check_records(kv_store *s, const kv_record *recs, size_t n,
                           bool single);
 /* Free req's items, drop its future reference, free it. */
 void kv__req_free(kv__req *req);
+/* iter.c: make *dst a copy of *src that owns its key and after (each
+ * duplicated): KV_OK, or KV_ENOMEM with nothing owned. */
+int kv__query_copy(kv_query *dst, const kv_query *src);
+/* iter.c: free what kv__query_copy duplicated (NULL pointers are fine) and
+ * clear them. */
+void kv__query_clear(kv_query *q);
 /* iter.c: on close, mark every iterator closed; on free, detach them. */
 void kv__iters_store_closing(kv_store *s);
 void kv__iters_store_freed(kv_store *s);
