@@ -524,19 +524,32 @@ START_TEST(test_wake_other_thread)
 }
 END_TEST
 
+/* The loop of a blocking-run test _i: mode _i % NMODES, host-driven (its
+ * descriptor asked for) when _i >= NMODES. */
+static kv_loop *run_test_loop(int i)
+{
+    kv_loop *loop = mode_loop(i % NMODES);
+    if (i >= NMODES)
+        ck_assert_int_ge(kv_loop_fd(loop), 0);
+    return loop;
+}
+
+/* Start a waker thread on loop (it sets w->flag, then wakes, ~30 ms on). */
+static void waker_start(waker *w, kv_loop *loop, pthread_t *th)
+{
+    *w = (waker){.loop = loop};
+    ck_assert_int_eq(pthread_create(th, NULL, waker_main, w), 0);
+    atomic_store(&w->go, 1);
+}
+
 /* kv_loop_wake ends a blocking kv_loop_run(ONCE) (hosted or not). */
 START_TEST(test_wake_blocking_run)
 {
-    int mode = _i % NMODES;
-    bool hosted = _i >= NMODES;
-    kv_loop *loop = mode_loop(mode);
-    if (hosted)
-        ck_assert_int_ge(kv_loop_fd(loop), 0);
+    kv_loop *loop = run_test_loop(_i);
     kv_fut *f = kv_sleep(loop, 60000);
-    waker w = {.loop = loop};
+    waker w;
     pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, waker_main, &w), 0);
-    atomic_store(&w.go, 1);
+    waker_start(&w, loop, &th);
     while (!flag_set(&w))
         ck_assert_int_ge(kv_loop_run(loop, KV_RUN_ONCE), 0);
     ck_assert_int_eq(pthread_join(th, NULL), 0);
@@ -553,17 +566,12 @@ END_TEST
  * or not); KV_RUN_ONCE returns at once there. */
 START_TEST(test_run_wait_idle)
 {
-    int mode = _i % NMODES;
-    bool hosted = _i >= NMODES;
-    kv_loop *loop = mode_loop(mode);
-    if (hosted)
-        ck_assert_int_ge(kv_loop_fd(loop), 0);
+    kv_loop *loop = run_test_loop(_i);
     ck_assert(!kv_loop_alive(loop));
     ck_assert_int_eq(kv_loop_run(loop, KV_RUN_ONCE), 0);
-    waker w = {.loop = loop};
+    waker w;
     pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, waker_main, &w), 0);
-    atomic_store(&w.go, 1);
+    waker_start(&w, loop, &th);
     int returns = 0;
     while (!flag_set(&w)) {
         ck_assert_int_eq(kv_loop_run(loop, KV_RUN_WAIT), 0);
