@@ -228,6 +228,27 @@ static void expect_next(tu_env *e, const kv_query *q, const kv_codec *codec,
     kv_iter_free(it);
 }
 
+/*
+ * The store under e holds the records of fill with record BAD corrupt: a
+ * listing fails there by default (next goes on after it), and with
+ * skip_corrupt passes over it and reports it, with and without values.
+ */
+static void expect_one_bad(tu_env *e)
+{
+    const int bad[] = {BAD};
+    kv_key *all = NULL;
+    ck_assert_kv(kv_key_parse(&all, "/"), KV_OK);
+    kv_query q = kv_query_init(all);
+    expect_fetch_all_fails(e, &q, NULL, BAD);
+    expect_next(e, &q, NULL, bad, 1);
+    q.skip_corrupt = true;
+    expect_fetch_all_skips(e, &q, NULL, bad, 1);
+    expect_next(e, &q, NULL, bad, 1);
+    q.value = false;
+    expect_fetch_all_skips(e, &q, NULL, bad, 1);
+    kv_key_free(all);
+}
+
 /* ------------------------------------------------------------------------ */
 /* fs: a flipped byte in the header or the value of one record file          */
 /* ------------------------------------------------------------------------ */
@@ -365,18 +386,7 @@ START_TEST(test_sqlite_bad_row)
     sql_exec(path, sql);
     /* (the update must have hit one row: checked by the listing below) */
     open_sqlite(&e);
-    const int bad[] = {BAD};
-    kv_key *all = NULL;
-    ck_assert_kv(kv_key_parse(&all, "/"), KV_OK);
-    kv_query q = kv_query_init(all);
-    expect_fetch_all_fails(&e, &q, NULL, BAD);
-    expect_next(&e, &q, NULL, bad, 1);
-    q.skip_corrupt = true;
-    expect_fetch_all_skips(&e, &q, NULL, bad, 1);
-    expect_next(&e, &q, NULL, bad, 1);
-    q.value = false;
-    expect_fetch_all_skips(&e, &q, NULL, bad, 1);
-    kv_key_free(all);
+    expect_one_bad(&e);
     tu_env_close(&e, true);
 }
 END_TEST
@@ -435,23 +445,12 @@ START_TEST(test_redis_bad_hash)
         freeReplyObject(r);
     } while (strcmp(cursor, "0") != 0);
     ck_assert(hit);
-    const int bad[] = {BAD};
-    kv_key *all = NULL;
-    ck_assert_kv(kv_key_parse(&all, "/"), KV_OK);
-    kv_query q = kv_query_init(all);
-    expect_fetch_all_fails(&e, &q, NULL, BAD);
-    expect_next(&e, &q, NULL, bad, 1);
-    q.skip_corrupt = true;
-    expect_fetch_all_skips(&e, &q, NULL, bad, 1);
-    expect_next(&e, &q, NULL, bad, 1);
-    q.value = false;
-    expect_fetch_all_skips(&e, &q, NULL, bad, 1);
+    expect_one_bad(&e);
     /* clean up the server */
     kv_key *r = NULL;
     ck_assert_kv(kv_key_parse(&r, "/r"), KV_OK);
     EXPECT(kv_drop_prefix(e.s, (const kv_key *const *)&r, 1), KV_OK);
     kv_key_free(r);
-    kv_key_free(all);
     redisFree(rc);
     tu_env_close(&e, true);
 #endif
