@@ -26,20 +26,28 @@ static kv_key **dup_keys(const kv_key *const *keys, size_t n)
         return NULL;
     for (size_t i = 0; i < n; i++) {
         if (kv_key_dup(&out[i], keys[i]) != KV_OK) {
-            for (size_t j = 0; j < i; j++)
-                kv_key_free(out[j]);
-            kv__free(out);
+            kv__keys_free(out, i);
             return NULL;
         }
     }
     return out;
 }
 
-static void release_key_copies(kv_key **keys, size_t n)
+/* Copies of the keys of recs[0..n) (NULL on ENOMEM, or for n == 0). */
+static kv_key **dup_rec_keys(const kv_record *recs, size_t n)
 {
-    for (size_t i = 0; keys != NULL && i < n; i++)
-        kv_key_free(keys[i]);
-    kv__free(keys);
+    if (n == 0)
+        return NULL;
+    kv_key **out = kv__calloc(n, sizeof *out);
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (kv_key_dup(&out[i], recs[i].key) != KV_OK) {
+            kv__keys_free(out, i);
+            return NULL;
+        }
+    }
+    return out;
 }
 
 static void free_recs(kv_record *recs, size_t n)
@@ -85,9 +93,7 @@ static bool is_atomic(const try_op *op)
 static void try_op_free(try_op *op)
 {
     free_recs(op->recs, op->n);
-    for (size_t i = 0; op->okeys != NULL && i < op->on; i++)
-        kv_key_free(op->okeys[i]);
-    kv__free(op->okeys);
+    kv__keys_free(op->okeys, op->on);
     kv__free(op->otok);
     kv__free(op->map);
     kv__free(op);
@@ -385,29 +391,13 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
         f = kv__fut_new(kv__floop(s));
         if (f == NULL)
             return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);
-        kv_key **keys = NULL;
         if (n > 0) {
-            const kv_key **view = kv__malloc(n * sizeof *view);
-            if (view != NULL) {
-                for (size_t i = 0; i < n; i++)
-                    view[i] = recs[i].key;
-                keys = dup_keys(view, n);
-                kv__free(view);
-            }
-            if (keys == NULL) {
+            kv_key **keys = dup_rec_keys(recs, n);
+            if (keys == NULL ||
+                (values && kv__fut_set_writes(f, keys, n, NULL, n) != KV_OK)) {
                 kv__fut_finish(f, KV_ENOMEM, NULL);
                 return f;
             }
-            uint64_t *zero = values ? kv__calloc(n, sizeof *zero) : NULL;
-            if (values && (zero == NULL ||
-                           kv__fut_set_writes(f, keys, n, zero, n) != KV_OK)) {
-                if (zero == NULL)
-                    release_key_copies(keys, n);
-                kv__free(zero);
-                kv__fut_finish(f, KV_ENOMEM, NULL);
-                return f;
-            }
-            kv__free(zero);
             if (!values)
                 kv__fut_set_keys(f, keys, n);
         }
@@ -461,14 +451,13 @@ static kv_fut *try_start(kv_store *s, int mode, const kv_record *recs,
     op->n = n;
     if (values) {
         op->on = n;
-        op->okeys = kv__calloc(n, sizeof *op->okeys);
+        op->okeys = dup_rec_keys(recs, n);
         op->otok = kv__calloc(n, sizeof *op->otok);
         op->map = kv__malloc(n * sizeof *op->map);
-        bool ok = op->okeys != NULL && op->otok != NULL && op->map != NULL;
-        for (size_t i = 0; ok && i < n; i++) {
-            ok = kv_key_dup(&op->okeys[i], recs[i].key) == KV_OK;
+        bool ok = (n == 0 || op->okeys != NULL) && op->otok != NULL &&
+                  op->map != NULL;
+        for (size_t i = 0; ok && i < n; i++)
             op->map[i] = i;
-        }
         if (!ok) {
             try_op_free(op);
             return kv__fut_failed(kv__floop(s), KV_ENOMEM, NULL);

@@ -40,15 +40,19 @@ static void release_records(void *ptr, size_t n, const kv__fut_aux *aux)
     kv__records_free(ptr, n, aux != NULL ? &codec : NULL);
 }
 
-static void release_keys(void *ptr, size_t n, const kv__fut_aux *aux)
+void kv__keys_free(kv_key **keys, size_t n)
 {
-    (void)aux;
-    kv_key **keys = ptr;
     if (keys == NULL)
         return;
     for (size_t i = 0; i < n; i++)
         kv_key_free(keys[i]);
     kv__free(keys);
+}
+
+static void release_keys(void *ptr, size_t n, const kv__fut_aux *aux)
+{
+    (void)aux;
+    kv__keys_free(ptr, n);
 }
 
 static void release_iter(void *ptr, size_t n, const kv__fut_aux *aux)
@@ -74,7 +78,7 @@ static void release_writes(void *ptr, size_t n, const kv__fut_aux *aux)
     wres *w = ptr;
     if (w == NULL)
         return;
-    release_keys(w->keys, w->nkeys, NULL);
+    kv__keys_free(w->keys, w->nkeys);
     kv__free(w);
 }
 
@@ -112,14 +116,16 @@ int kv__fut_set_writes(kv_fut *f, kv_key **keys, size_t nkeys,
     if (ntok <= (SIZE_MAX - sizeof *w) / sizeof(uint64_t))
         w = kv__malloc(sizeof *w + ntok * sizeof(uint64_t));
     if (w == NULL) {
-        release_keys(keys, nkeys, NULL);
+        kv__keys_free(keys, nkeys);
         return KV_ENOMEM;
     }
     w->keys = keys;
     w->nkeys = nkeys;
     w->ntok = ntok;
-    if (ntok > 0)
+    if (ntok > 0 && tokens != NULL)
         memcpy(w->tok, tokens, ntok * sizeof(uint64_t));
+    else if (ntok > 0)
+        memset(w->tok, 0, ntok * sizeof(uint64_t));
     kv__fut_set_result(f, &writes_kind, w, nkeys, NULL);
     return KV_OK;
 }

@@ -84,9 +84,11 @@ void kv__record_clear(kv_record *r, const kv_codec *codec);
 void kv__fut_set_records(kv_fut *f, kv_record *recs, size_t n,
                          const kv_codec *codec);
 void kv__fut_set_keys(kv_fut *f, kv_key **keys, size_t n);
+/* Free n keys and the array holding them (NULL: nothing). */
+void kv__keys_free(kv_key **keys, size_t n);
 /* A put batch's result: its skipped keys (owned, may be NULL with nkeys 0;
- * kv_fut_keys) and ntok tokens (copied; kv_fut_tokens).  KV_OK, or
- * KV_ENOMEM with keys freed and nothing set. */
+ * kv_fut_keys) and ntok tokens (copied, or all 0 when tokens is NULL;
+ * kv_fut_tokens).  KV_OK, or KV_ENOMEM with keys freed and nothing set. */
 int kv__fut_set_writes(kv_fut *f, kv_key **keys, size_t nkeys,
                        const uint64_t *tokens, size_t ntok);
 void kv__fut_set_iter(kv_fut *f, kv_iter *it);
