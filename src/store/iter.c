@@ -83,9 +83,7 @@ static void iter_free_now(kv_iter *it)
     fail_waiters(it, KV_EITER, "iterator freed");
     drop_buffer(it);
     kv__query_clear(&it->q);
-    for (size_t i = 0; i < it->ncorrupt; i++)
-        kv_key_free(it->corrupt[i]);
-    kv__free(it->corrupt);
+    kv__keys_free(it->corrupt, it->ncorrupt);
     if (it->dispose_fut != NULL)
         kv__fut_unref(it->dispose_fut);
     kv__req_free(it->dispose_req);
