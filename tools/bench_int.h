@@ -173,20 +173,24 @@ struct section {
     kv_pool *pool;
     unsigned pool_size;
     bool atomic_ok; /* --atomic honoured (else put_many) */
-    /* One kvstore store shared by every job (unless --store_per_job): job
-       0 opens it on its own loop and serves it; jobs 1..N-1 forward their
-       calls to it from their own loops.  shared_store and shared_loop are
-       written by job 0 before the start gate opens and read after it;
-       shared_users counts the other jobs still using the store (job 0
-       keeps running its loop until it is 0, then closes the store). */
+    /* One kvstore store shared by every job (unless --store_per_job).
+       With more than one job (or --store_thread) thread 0 is the store's
+       own: it opens the store on its loop, loads it, runs no operation and
+       serves the calls that jobs 1..N forward from their own loops, so the
+       jobs are alike.  shared_store and shared_loop are written by thread 0
+       before the start gate opens and read after it; shared_users counts
+       the jobs still using the store (thread 0 serves until it is 0, then
+       closes the store): a job lowers it and wakes shared_loop under mu
+       (kj_serve in bench_kv.c).  With one job and no --store_thread the job
+       opens the store on its own loop and calls it directly. */
     bool shared;
-    bool store_thread; /* job 0 only serves (--store_thread); its jobs are 1..N */
+    bool store_thread; /* thread 0 only serves; the jobs are 1..N */
     unsigned nthr;     /* threads: numjobs, plus the store's with store_thread */
     kv_store *shared_store;
     kv_loop *shared_loop;
     atomic_int shared_users;
     /* Start gate: jobs report ready, then wait for go.  mu guards nready
-       and go; nothing else is done under it. */
+       and go, and orders a job's release of the shared store (above). */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     unsigned nready;

@@ -64,7 +64,7 @@ struct kjob {
     uint64_t interval, next_intended;
     uint64_t completions;
     kv_fut *timer;
-    bool host; /* job 0 of a shared store: its loop serves the others */
+    bool host; /* the store thread of a shared store: serves, runs no op */
     /* load phase */
     uint64_t load_next, load_hi;
 };
@@ -589,22 +589,13 @@ static void kj_run(kjob *j)
     while (j->inflight > 0 || !j->stopped) {
         uint64_t now = tu_now_ns();
         if (j->inflight == 0) {
-            /* Rate-limited and idle: sleep until the next op is due (on
-               the loop if it serves other jobs' calls meanwhile). */
+            /* Rate-limited and idle: sleep until the next op is due (a
+               job's loop serves no other job's calls). */
             uint64_t until = j->next_intended;
             if (until > now + 100000000u)
                 until = now + 100000000u;
-            if (until > now && j->host && until - now >= 1000000u) {
-                kv_fut *t = kv_sleep(j->loop, (until - now) / 1000000u);
-                int rc = kv_wait(t);
-                kv_fut_free(t);
-                if (rc != KV_OK) {
-                    kj_fail(j, rc, "kv_sleep", kv_strerror(rc));
-                    break;
-                }
-            } else if (until > now) {
+            if (until > now)
                 kb_sleep_until(until);
-            }
             kj_pump(j);
             continue;
         }
@@ -710,19 +701,22 @@ static void kj_load(kjob *j, uint64_t lo, uint64_t hi)
 }
 
 /*
- * Job 0 of a shared store, its own run over: keep running the loop, which
- * serves the other jobs' forwarded calls, until none of them uses the store.
- * Each wait is bounded by a short timer, so the count (written by the other
- * jobs) is looked at again even if a wake-up was consumed earlier.
+ * The store thread of a shared store (job 0, which runs no operation):
+ * serve the jobs' forwarded calls until none of them uses the store.
+ * KV_RUN_WAIT waits even when nothing is pending, until a forwarded call
+ * or a kv_loop_wake arrives.  A job that is done takes sec->mu, lowers
+ * shared_users and then wakes this loop (kj_release): the wake comes after
+ * the count it announces, so a wait that starts after the last decrement
+ * ends at once (a wake is answered by the first turn of a run after it)
+ * and the loop below sees 0.  Taking mu afterwards waits for that job's
+ * wake to return, so the loop is freed only when no job touches it.
  */
 static void kj_serve(kjob *j)
 {
     section *sec = j->w.sec;
     while (atomic_load(&sec->shared_users) > 0) {
-        kv_fut *t = kv_sleep(j->loop, 10);
-        int rc = kv_wait(t);
-        kv_fut_free(t);
-        if (rc != KV_OK) {
+        int rc = kv_loop_run(j->loop, KV_RUN_WAIT);
+        if (rc < 0) {
             /* The other jobs' calls cannot progress without this loop:
                nothing is left but to stop them. */
             kb_worker_fail(&j->w, rc, "serving the shared store: %s%s",
@@ -730,9 +724,24 @@ static void kj_serve(kjob *j)
             atomic_store(&kvb_stop, 1);
             while (atomic_load(&sec->shared_users) > 0)
                 kb_sleep_until(tu_now_ns() + 1000000u);
-            return;
+            break;
         }
     }
+    pthread_mutex_lock(&sec->mu);
+    pthread_mutex_unlock(&sec->mu);
+}
+
+/* A job of a shared store, every call of it back: release the store and
+ * wake its thread (see kj_serve for the order). */
+static void kj_release(kjob *j)
+{
+    section *sec = j->w.sec;
+    j->store = NULL;
+    pthread_mutex_lock(&sec->mu);
+    atomic_fetch_sub(&sec->shared_users, 1);
+    if (sec->shared_loop)
+        kv_loop_wake(sec->shared_loop);
+    pthread_mutex_unlock(&sec->mu);
 }
 
 static int kj_close_store(kjob *j)
@@ -798,7 +807,7 @@ void *kb_kv_job_main(void *arg)
         goto ready;
     }
     if (sec->shared && jt->idx > 0) {
-        /* A guest of job 0's store: its own loop, where the futures of its
+        /* A job of the shared store: its own loop, where the futures of its
            forwarded calls complete; the store comes after the gate. */
         if (kj_alloc(j, o->iodepth, o->batch)) {
             snprintf(jt->setup_err, sizeof jt->setup_err, "out of memory");
@@ -806,7 +815,7 @@ void *kb_kv_job_main(void *arg)
         }
         goto ready;
     }
-    j->host = sec->shared && sec->nthr > 1;
+    j->host = sec->store_thread; /* thread 0: the store's own */
     if (kj_alloc(j, o->load && o->iodepth < LOAD_DEPTH ? LOAD_DEPTH : o->iodepth,
                  o->batch)) {
         snprintf(jt->setup_err, sizeof jt->setup_err, "out of memory");
@@ -868,17 +877,11 @@ ready:
             jt->setup_rc = KV_ERROR;
         }
     }
-    if (!jt->setup_rc && !atomic_load(&kvb_stop) &&
-        !(j->host && sec->store_thread))
+    if (!jt->setup_rc && !atomic_load(&kvb_stop) && !j->host)
         kj_run(j);
     atomic_fetch_sub(&sec->pg.running, 1);
     if (guest) {
-        /* Every call of this job has come back: release the store.  The
-           wake comes first, while job 0 is sure to keep its loop. */
-        j->store = NULL;
-        if (sec->shared_loop)
-            kv_loop_wake(sec->shared_loop);
-        atomic_fetch_sub(&sec->shared_users, 1);
+        kj_release(j); /* every call of this job has come back */
     } else if (j->host && j->store) {
         kj_serve(j);
     }

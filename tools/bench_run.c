@@ -414,7 +414,7 @@ void kb_load_range(const jobthr *jt, uint64_t *lo, uint64_t *hi)
         *hi = o->keys;
         return;
     }
-    if (jt->sec->shared) { /* job 0 loads the one store alone */
+    if (jt->sec->shared) { /* thread 0 (the store's) loads it alone */
         *lo = 0;
         *hi = jt->idx == 0 ? o->keys : 0;
         return;
@@ -766,7 +766,10 @@ static int setup_datasets(section *sec, char *err, size_t errlen)
        files and Redis servers take one store handle per job on the same
        file or server. */
     sec->shared = sec->is_kv && !o->store_per_job;
-    sec->store_thread = sec->shared && o->store_thread;
+    /* Several jobs on one store: a thread of its own serves it, so that
+       every job forwards its calls alike (the store on job 0's loop gave
+       job 0 several times the others' share). */
+    sec->store_thread = sec->shared && (o->store_thread || o->numjobs > 1);
     sec->nthr = o->numjobs + (sec->store_thread ? 1 : 0);
     bool per_job = sec->is_kv && o->store_per_job &&
                    (sec->uri.kind == TU_SQLITE_MEM ||
@@ -863,11 +866,12 @@ static void describe(section *sec, jobresult *r)
         const char *lb = kv_loop_new(&probe, NULL) == KV_OK ? kv_loop_backend(probe) : "unknown";
         kv_loop_free(probe);
         const char *sharing =
-            sec->store_thread ? "one store shared by the jobs, served by a thread of "
-                                "its own (--store_thread: every call forwarded)"
+            sec->store_thread && o->numjobs > 1
+                ? "one store shared by the jobs, served by a thread of its "
+                  "own (every job's calls forwarded to it)"
+            : sec->store_thread ? "one store served by a thread of its own "
+                                  "(--store_thread: every call forwarded)"
             : o->numjobs == 1 ? "one store"
-            : sec->shared ? "one store shared by the jobs (opened on job 0's loop, "
-                            "the other jobs' calls forwarded to it)"
             : sec->nds > 1 ? "one store per job (--store_per_job)"
                            : "one store handle per job on the same database "
                              "(--store_per_job)";

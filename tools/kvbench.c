@@ -443,7 +443,7 @@ static const optdef opts[] = {
     {"iodepth", o_iodepth, false, "operations in flight per job"},
     {"numjobs", o_numjobs, false, "jobs (threads, one kv_loop each) on one shared store"},
     {"store_per_job", o_store_per_job, true, "one store per job instead of one shared store"},
-    {"store_thread", o_store_thread, true, "serve the shared store from a thread of its own (every job's calls forwarded)"},
+    {"store_thread", o_store_thread, true, "serve the store from a thread of its own even with one job (the default for a shared store with --numjobs > 1)"},
     {"runtime", o_runtime, false, "stop after this long (s, or 500ms, 2m)"},
     {"time_based", o_time_based, true, "run for --runtime even if --number_ios is reached"},
     {"ramp_time", o_ramp, false, "run this long before measuring"},
