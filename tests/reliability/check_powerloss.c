@@ -27,6 +27,7 @@
 
 #include "core/fault.h"
 #include "powerloss.h"
+#include "powerloss_wl.h"
 #include "testutil.h"
 
 #include <inttypes.h>
@@ -36,34 +37,6 @@
 #define NOPS 120
 #define LANES 6
 #define VMAX 3000
-
-typedef struct op {
-    int key;
-    bool del;
-    uint64_t vseed;   /* the value's seed (put) */
-    size_t start;     /* operations completed when it started */
-    size_t ack;       /* ... when its acknowledgement arrived */
-    int status;
-    uint64_t token;   /* put: the token written */
-    bool done;
-} op;
-
-typedef struct wl {
-    kv_store *s;
-    pl_rng rng;
-    op ops[NOPS];
-    size_t nops, ndone;
-    bool busy[NKEYS];
-    bool present[NKEYS]; /* as acknowledged */
-    uint64_t tok[NKEYS];
-} wl;
-
-typedef struct lane {
-    wl *w;
-    size_t i;
-} lane;
-
-static lane lanes[LANES];
 
 static void key_path(int k, char *buf, size_t cap)
 {
@@ -75,89 +48,22 @@ static void key_path(int k, char *buf, size_t cap)
         snprintf(buf, cap, "/pl/n%d/k%d", k % 3, k);
 }
 
-static kv_key *key_of(int k)
-{
-    char p[64];
-    key_path(k, p, sizeof p);
-    kv_key *key = NULL;
-    ck_assert_kv(kv_key_parse(&key, p), KV_OK);
-    return key;
-}
-
-static size_t value_of(uint64_t seed, unsigned char *buf)
-{
-    pl_rng r = {seed * 0x9E3779B97F4A7C15ull + 1};
-    size_t n = (size_t)pl_below(&r, VMAX + 1);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (unsigned char)pl_rand(&r);
-    return n;
-}
-
-static void start_next(lane *l);
-
-static void on_done(kv_fut *f, void *arg)
-{
-    lane *l = arg;
-    wl *w = l->w;
-    op *o = &w->ops[l->i];
-    o->ack = kv__fault_record_count();
-    o->status = kv_fut_status(f);
-    o->done = true;
-    if (o->status == KV_OK) {
-        if (o->del) {
-            w->present[o->key] = false;
-        } else {
-            o->token = kv_fut_token(f);
-            w->present[o->key] = true;
-            w->tok[o->key] = o->token;
-        }
-    }
-    w->busy[o->key] = false;
-    w->ndone++;
-    kv_fut_free(f);
-    start_next(l);
-}
-
-static void start_next(lane *l)
-{
-    wl *w = l->w;
-    if (w->nops == NOPS)
-        return;
-    int k = (int)pl_below(&w->rng, NKEYS);
-    for (int t = 0; t < NKEYS && w->busy[k]; t++)
-        k = (k + 1) % NKEYS;
-    if (w->busy[k])
-        return; /* cannot happen: LANES < NKEYS */
-    size_t i = w->nops++;
-    op *o = &w->ops[i];
-    memset(o, 0, sizeof *o);
-    o->key = k;
-    o->del = w->present[k] && pl_below(&w->rng, 4) == 0;
-    o->vseed = (uint64_t)i + 1;
-    o->start = kv__fault_record_count();
-    w->busy[k] = true;
-    l->i = i;
-    kv_key *key = key_of(k);
-    kv_fut *f;
-    if (o->del) {
-        f = kv_delete(w->s, key, w->tok[k]);
-    } else {
-        static unsigned char val[VMAX];
-        size_t n = value_of(o->vseed, val);
-        kv_record r = {key, val, n, w->present[k] ? w->tok[k] : 0};
-        f = kv_put(w->s, &r, NULL);
-    }
-    kv_key_free(key);
-    ck_assert_ptr_nonnull(f);
-    ck_assert_kv(kv_fut_then(f, on_done, l), KV_OK);
-}
+/* Operations start and are acknowledged at a count of completed ones. */
+static const pl_wl_cfg wl_cfg = {
+    .nkeys = NKEYS,
+    .nops = NOPS,
+    .lanes = LANES,
+    .vmax = VMAX,
+    .key_path = key_path,
+    .mark = kv__fault_record_count,
+};
 
 /* The recorded run: the workload over a new store at root. */
 typedef struct run {
     char *tmp;
     char root[4200];
     pl_base *base;
-    wl w;
+    pl_wl w;
     const kv__frec **trace;
     size_t n;
 } run;
@@ -176,12 +82,8 @@ static void run_record(run *r, uint64_t seed)
     ck_assert_msg(pl_snapshot(&r->base, r->root, err, sizeof err) == 0, "%s",
                   err);
     ck_assert_kv(kv__fault_record_start(e.loop), KV_OK);
-    r->w.s = e.s;
-    r->w.rng.s = seed;
-    for (int i = 0; i < LANES; i++) {
-        lanes[i] = (lane){&r->w, 0};
-        start_next(&lanes[i]);
-    }
+    pl_wl_init(&r->w, &wl_cfg, e.s, seed);
+    pl_wl_start(&r->w);
     while (r->w.ndone < r->w.nops)
         ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_ONCE), 0);
     kv__fault_record_stop();
@@ -228,14 +130,14 @@ static const char *check_state(run *r, const char *dir, size_t cut,
          * any later one started before the cut are acceptable. */
         long last = -1;
         for (size_t i = 0; i < r->w.nops; i++) {
-            const op *o = &r->w.ops[i];
+            const pl_op *o = &r->w.ops[i];
             if (o->key == k && o->ack <= cut) {
                 last = (long)i;
                 if (!o->del && o->token > maxtok)
                     maxtok = o->token;
             }
         }
-        kv_key *key = key_of(k);
+        kv_key *key = pl_wl_key(&r->w, k);
         kv_fut *f = kv_get(s, key, NULL);
         kv_key_free(key);
         int st = kv_wait(f);
@@ -249,14 +151,14 @@ static const char *check_state(run *r, const char *dir, size_t cut,
         }
         for (size_t i = last < 0 ? 0 : (size_t)last;
              !ok && i < r->w.nops; i++) {
-            const op *o = &r->w.ops[i];
+            const pl_op *o = &r->w.ops[i];
             if (o->key != k || (long)i < last || o->start > cut)
                 continue;
             if (o->del) {
                 ok = st == KV_ENOTFOUND;
                 continue;
             }
-            size_t n = value_of(o->vseed, want);
+            size_t n = pl_wl_value(&r->w, o->vseed, want);
             ok = st == KV_OK && got->token == o->token && got->len == n &&
                  memcmp(got->val, want, n) == 0;
         }
@@ -265,7 +167,7 @@ static const char *check_state(run *r, const char *dir, size_t cut,
         if (!ok) {
             char p[64];
             key_path(k, p, sizeof p);
-            const op *o = last < 0 ? NULL : &r->w.ops[last];
+            const pl_op *o = last < 0 ? NULL : &r->w.ops[last];
             snprintf(msg, cap,
                      "key %s: got %s (token %" PRIu64 ", %zu bytes); last "
                      "acknowledged: %s (token %" PRIu64 ", op %ld)",

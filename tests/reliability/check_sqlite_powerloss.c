@@ -27,6 +27,7 @@
 #include "config.h"
 
 #include "crashvfs.h"
+#include "powerloss_wl.h"
 #include "testutil.h"
 
 #include <inttypes.h>
@@ -38,126 +39,20 @@
 #define LANES 6
 #define VMAX 9000
 
-typedef struct xrng {
-    uint64_t s;
-} xrng;
-
-static uint64_t xr(xrng *r)
+static void key_path(int k, char *buf, size_t cap)
 {
-    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    snprintf(buf, cap, "/spl/n%d/k%d", k % 3, k);
 }
 
-static uint64_t below(xrng *r, uint64_t n)
-{
-    return n ? xr(r) % n : 0;
-}
-
-typedef struct op {
-    int key;
-    bool del;
-    uint64_t vseed;
-    int status;
-    uint64_t token;
-    unsigned long seq; /* order of acknowledgement (1-based), 0: none */
-} op;
-
-typedef struct wl {
-    kv_store *s;
-    xrng rng;
-    op ops[NOPS];
-    size_t nops, ndone, inflight;
-    unsigned long acks;
-    bool busy[NKEYS];
-    bool present[NKEYS];
-    uint64_t tok[NKEYS];
-} wl;
-
-typedef struct lane {
-    wl *w;
-    size_t i;
-} lane;
-
-static lane lanes[LANES];
-
-static kv_key *key_of(int k)
-{
-    char p[64];
-    snprintf(p, sizeof p, "/spl/n%d/k%d", k % 3, k);
-    kv_key *key = NULL;
-    ck_assert_kv(kv_key_parse(&key, p), KV_OK);
-    return key;
-}
-
-static size_t value_of(uint64_t seed, unsigned char *buf)
-{
-    xrng r = {seed * 0x9E3779B97F4A7C15ull + 7};
-    size_t n = (size_t)below(&r, VMAX + 1);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (unsigned char)xr(&r);
-    return n;
-}
-
-static void start_next(lane *l);
-
-static void on_done(kv_fut *f, void *arg)
-{
-    lane *l = arg;
-    wl *w = l->w;
-    op *o = &w->ops[l->i];
-    o->status = kv_fut_status(f);
-    if (o->status == KV_OK) {
-        o->seq = ++w->acks;
-        if (o->del) {
-            w->present[o->key] = false;
-        } else {
-            o->token = kv_fut_token(f);
-            w->present[o->key] = true;
-            w->tok[o->key] = o->token;
-        }
-    }
-    w->busy[o->key] = false;
-    w->ndone++;
-    w->inflight--;
-    kv_fut_free(f);
-    start_next(l);
-}
-
-static void start_next(lane *l)
-{
-    wl *w = l->w;
-    if (w->nops == NOPS || crashvfs_crashed())
-        return; /* after the crash nothing can be acknowledged */
-    int k = (int)below(&w->rng, NKEYS);
-    for (int t = 0; t < NKEYS && w->busy[k]; t++)
-        k = (k + 1) % NKEYS;
-    if (w->busy[k])
-        return;
-    size_t i = w->nops++;
-    op *o = &w->ops[i];
-    memset(o, 0, sizeof *o);
-    o->key = k;
-    o->del = w->present[k] && below(&w->rng, 4) == 0;
-    o->vseed = (uint64_t)i + 1;
-    w->busy[k] = true;
-    w->inflight++;
-    l->i = i;
-    kv_key *key = key_of(k);
-    kv_fut *f;
-    if (o->del) {
-        f = kv_delete(w->s, key, w->tok[k]);
-    } else {
-        static unsigned char val[VMAX];
-        size_t n = value_of(o->vseed, val);
-        kv_record r = {key, val, n, w->present[k] ? w->tok[k] : 0};
-        f = kv_put(w->s, &r, NULL);
-    }
-    kv_key_free(key);
-    ck_assert_ptr_nonnull(f);
-    ck_assert_kv(kv_fut_then(f, on_done, l), KV_OK);
-}
+/* After the crash nothing can be acknowledged: start nothing more. */
+static const pl_wl_cfg wl_cfg = {
+    .nkeys = NKEYS,
+    .nops = NOPS,
+    .lanes = LANES,
+    .vmax = VMAX,
+    .key_path = key_path,
+    .stop = crashvfs_crashed,
+};
 
 /* The workload's open flags: KV_SQLITE_SYNC_FULL, or as KVT_SPL_SYNC says
  * (normal: the default synchronous=NORMAL; off: KV_SQLITE_SYNC_OFF). */
@@ -186,22 +81,17 @@ static unsigned long env_ul(const char *name, unsigned long dflt)
  * Run the workload on a new store at path, crashing at VFS event crash_at
  * (0: at the end).  Returns the events the run made.
  */
-static unsigned long run_state(wl *w, const char *path, uint64_t seed,
+static unsigned long run_state(pl_wl *w, const char *path, uint64_t seed,
                                unsigned long crash_at, bool nosync)
 {
-    memset(w, 0, sizeof *w);
-    w->rng.s = seed;
     crashvfs_begin(crash_at, nosync);
     tu_env e = {0};
     ck_assert_kv(kv_loop_new(&e.loop, NULL), KV_OK);
     ck_assert_kv(kv_pool_new(&e.pool, 2), KV_OK);
     int rc = kv_sqlite_open(&e.s, e.loop, e.pool, path, open_flags);
+    pl_wl_init(w, &wl_cfg, e.s, seed);
     if (rc == KV_OK) {
-        w->s = e.s;
-        for (int i = 0; i < LANES; i++) {
-            lanes[i] = (lane){w, 0};
-            start_next(&lanes[i]);
-        }
+        pl_wl_start(w);
         while (w->inflight > 0)
             ck_assert_int_ge(kv_loop_run(e.loop, KV_RUN_ONCE), 0);
     } else {
@@ -247,7 +137,7 @@ static const char *integrity(const char *path, char *msg, size_t cap)
 }
 
 /* Check the state at path after run w: NULL, or what is wrong (in msg). */
-static const char *check_state(const wl *w, const char *path, char *msg,
+static const char *check_state(const pl_wl *w, const char *path, char *msg,
                                size_t cap)
 {
     const char *bad = integrity(path, msg, cap);
@@ -269,34 +159,34 @@ static const char *check_state(const wl *w, const char *path, char *msg,
          * (started, not acknowledged: in flight at the crash). */
         long last = -1;
         for (size_t i = 0; i < w->nops; i++) {
-            const op *o = &w->ops[i];
+            const pl_op *o = &w->ops[i];
             if (o->key == k && o->seq != 0) {
                 last = (long)i;
                 if (!o->del && o->token > maxtok)
                     maxtok = o->token;
             }
         }
-        kv_key *key = key_of(k);
+        kv_key *key = pl_wl_key(w, k);
         kv_fut *f = kv_get(e.s, key, NULL);
         kv_key_free(key);
         int st = kv_wait(f);
         const kv_record *got = kv_fut_record(f);
         bool ok = st == KV_ENOTFOUND && (last < 0 || w->ops[last].del);
         if (!ok && st == KV_OK && last >= 0 && !w->ops[last].del) {
-            size_t n = value_of(w->ops[last].vseed, want);
+            size_t n = pl_wl_value(w, w->ops[last].vseed, want);
             ok = got->token == w->ops[last].token && got->len == n &&
                  memcmp(got->val, want, n) == 0;
         }
         for (size_t i = last < 0 ? 0 : (size_t)last + 1; !ok && i < w->nops;
              i++) {
-            const op *o = &w->ops[i];
+            const pl_op *o = &w->ops[i];
             if (o->key != k)
                 continue;
             if (o->del) {
                 ok = st == KV_ENOTFOUND;
                 continue;
             }
-            size_t n = value_of(o->vseed, want);
+            size_t n = pl_wl_value(w, o->vseed, want);
             /* its token was never seen: any above the acknowledged ones */
             ok = st == KV_OK && got->len == n &&
                  memcmp(got->val, want, n) == 0;
@@ -304,7 +194,7 @@ static const char *check_state(const wl *w, const char *path, char *msg,
         if (st == KV_OK && got->token > maxtok)
             maxtok = got->token;
         if (!ok) {
-            const op *o = last < 0 ? NULL : &w->ops[last];
+            const pl_op *o = last < 0 ? NULL : &w->ops[last];
             snprintf(msg, cap,
                      "key %d: got %s (token %" PRIu64 ", %zu bytes); last "
                      "acknowledged: %s (token %" PRIu64 ", op %ld)",
@@ -348,24 +238,24 @@ static void explore(uint64_t seed, unsigned long nstates, bool nosync,
     char *tmp = NULL;
     tu_tmpdir_new(&tmp);
     char path[4000], msg[512];
-    static wl w;
+    static pl_wl w;
     /* How many events a whole run makes (the crash points' range). */
     snprintf(path, sizeof path, "%s/calibrate.db", tmp);
     unsigned long total = run_state(&w, path, seed, 0, nosync);
     crashvfs_end();
     ck_assert_uint_gt(total, 10);
-    xrng r = {seed ^ 0xc0ffee};
+    pl_rng r = {(seed ^ 0xc0ffee) | 1};
     for (unsigned long s = 0; s < nstates; s++) {
         snprintf(path, sizeof path, "%s/s%lu", tmp, s);
         ck_assert_int_eq(mkdir(path, 0700), 0);
         snprintf(path, sizeof path, "%s/s%lu/store.db", tmp, s);
         /* crash at event 1..total, or (1 in 10) after the run */
-        unsigned long at = below(&r, 10) == 0 ? 0 : 1 + below(&r, total);
+        unsigned long at = pl_below(&r, 10) == 0 ? 0 : 1 + pl_below(&r, total);
         uint64_t wseed = seed + s;
         run_state(&w, path, wseed, at, nosync);
         res->crashes_in_run += at != 0;
         res->acked += w.acks;
-        ck_assert_msg(crashvfs_materialize(xr(&r), &res->st) == 0,
+        ck_assert_msg(crashvfs_materialize(pl_rand(&r), &res->st) == 0,
                       "materialize: %s", strerror(errno));
         const char *bad = check_state(&w, path, msg, sizeof msg);
         if (bad != NULL && res->nbad++ == 0)
