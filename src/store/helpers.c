@@ -82,7 +82,11 @@ typedef struct try_op {
     size_t on;
     size_t *map;     /* parallel to recs: the input index of recs[i]'s key,
                         SIZE_MAX if none */
-    size_t hint;     /* where the next look-up in okeys starts */
+    /* okeys by kv_key_hash (open addressing, icap a power of two): each
+       slot an input index + 1, 0 if empty.  Built by the first middleware
+       result that needs it, then kept for the helper's later attempts. */
+    size_t *islots;
+    size_t icap;
 } try_op;
 
 static bool is_atomic(const try_op *op)
@@ -96,6 +100,7 @@ static void try_op_free(try_op *op)
     kv__keys_free(op->okeys, op->on);
     kv__free(op->otok);
     kv__free(op->map);
+    kv__free(op->islots);
     kv__free(op);
 }
 
@@ -127,17 +132,41 @@ static void try_end(try_op *op, int status, const char *msg,
     try_op_free(op);
 }
 
-/* The input index of key, SIZE_MAX if no input record has it.  Starts
- * where the last look-up ended: retried records come in input order. */
-static size_t input_index(try_op *op, const kv_key *key)
+/* Index okeys by hash (once per helper call).  KV_OK or KV_ENOMEM. */
+static int input_index_build(try_op *op)
 {
-    for (size_t j = 0; key != NULL && j < op->on; j++) {
-        size_t i = (op->hint + j) % op->on;
-        if (kv_key_equal(op->okeys[i], key)) {
-            op->hint = i + 1;
-            return i;
-        }
+    if (op->islots != NULL || op->on == 0)
+        return KV_OK;
+    size_t cap = 8;
+    while (cap < op->on * 2) {
+        if (cap > SIZE_MAX / 4 / sizeof *op->islots)
+            return KV_ENOMEM;
+        cap *= 2;
     }
+    op->islots = kv__calloc(cap, sizeof *op->islots);
+    if (op->islots == NULL)
+        return KV_ENOMEM;
+    op->icap = cap;
+    for (size_t i = 0; i < op->on; i++) {
+        size_t j = (size_t)kv_key_hash(op->okeys[i]) & (cap - 1);
+        while (op->islots[j] != 0) /* a free slot: cap >= 2 on */
+            j = (j + 1) & (cap - 1);
+        op->islots[j] = i + 1;
+    }
+    return KV_OK;
+}
+
+/* The input index of key, SIZE_MAX if no input record has it (after
+ * input_index_build). */
+static size_t input_index(const try_op *op, const kv_key *key)
+{
+    if (key == NULL || op->icap == 0)
+        return SIZE_MAX;
+    size_t mask = op->icap - 1;
+    for (size_t j = (size_t)kv_key_hash(key) & mask; op->islots[j] != 0;
+         j = (j + 1) & mask)
+        if (kv_key_equal(op->okeys[op->islots[j] - 1], key))
+            return op->islots[j] - 1;
     return SIZE_MAX;
 }
 
@@ -361,7 +390,8 @@ static void on_middleware(kv_fut *mf, void *arg)
     if (op->otok != NULL) {
         /* Which input record each returned one stands for. */
         size_t *map = kv__malloc(m * sizeof *map);
-        if (map == NULL) {
+        if (map == NULL || input_index_build(op) != KV_OK) {
+            kv__free(map);
             free_recs(recs, m);
             try_end(op, KV_ENOMEM, NULL, NULL, 0);
             return;

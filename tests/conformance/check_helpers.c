@@ -1,7 +1,8 @@
 /*
  * check_helpers.c - the conformance suite, group "helpers": the helpers:
  * try_put, try_delete, try_atomic with a refreshing middleware,
- * get_or_put, cancelling a helper.
+ * get_or_put, cancelling a helper, the helpers' tokens (also after a large
+ * retry set returned shuffled).
  *
  * Every test runs against every row of the backends table
  * (tests/lib/conformance.c); KVT_BACKEND=name runs one row only.
@@ -552,12 +553,69 @@ START_TEST(test_typed_middleware)
 }
 END_TEST
 
+/* A middleware that refreshes the failed records and returns them in a
+ * shuffled order (a fixed permutation). */
+static kv_fut *mw_shuffle(const kv_record *failed, size_t n, void *arg)
+{
+    kv_record *sh = malloc((n ? n : 1) * sizeof *sh);
+    ck_assert_ptr_nonnull(sh);
+    memcpy(sh, failed, n * sizeof *sh);
+    uint64_t x = 0x5eed5eedu;
+    for (size_t i = n; i > 1; i--) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        size_t j = (size_t)((x >> 33) % i);
+        kv_record t = sh[i - 1];
+        sh[i - 1] = sh[j];
+        sh[j] = t;
+    }
+    kv_fut *f = refresh_records(arg, sh, n);
+    free(sh);
+    return f;
+}
+
+/* try_put matches the records a middleware returns to the input by key:
+ * a large retry set in shuffled order still gives each input record its
+ * own token. */
+START_TEST(test_try_put_shuffled_retry)
+{
+    OPEN(c);
+    enum { N = 300 };
+    static char ids[N][32], vals[N][16];
+    static kv_record recs[N];
+    static uint64_t first[N];
+    for (size_t i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "/{hs}k%zu", i);
+        first[i] = PUT(c, ids[i], "v0", 0);
+    }
+    /* two in three with a stale token: the retry set */
+    size_t nstale = 0;
+    for (size_t i = 0; i < N; i++) {
+        snprintf(vals[i], sizeof vals[i], "v%zu", i);
+        bool stale = i % 3 != 0;
+        nstale += stale;
+        recs[i] = (kv_record){K(c, ids[i]), vals[i], strlen(vals[i]),
+                              stale ? first[i] + 1000000 : first[i]};
+    }
+    refresh rf = {c, 0, 0, 0, false};
+    kv_fut *f = AWAIT(kv_try_put(c->s, recs, N, 3, mw_shuffle, &rf, NULL),
+                      KV_OK);
+    ck_assert_int_eq(rf.calls, 1);
+    ck_assert_uint_eq(rf.last_n, nstale);
+    helper_tokens_match(c, f, recs, N, NULL);
+    kv_fut_free(f);
+    for (size_t i = 0; i < N; i++)
+        GET(c, ids[i], vals[i]);
+    ctx_done(c);
+}
+END_TEST
+
 /* ======================================================================== */
 
 int main(void)
 {
     const TTest *tests[] = {test_try_put, test_try_delete, test_try_atomic,
                             test_get_or_put, test_helper_cancel,
-                            test_helper_tokens, test_typed_middleware};
+                            test_helper_tokens, test_typed_middleware,
+                            test_try_put_shuffled_retry};
     return tu_conformance_run("helpers", tests, sizeof tests / sizeof tests[0]);
 }
