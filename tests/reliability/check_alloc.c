@@ -29,10 +29,11 @@
  * sanitizers and valgrind malloc is replaced and the comparison is
  * skipped (mallinfo2 then reports glibc's unused arenas).
  *
- * Redis rows (redis, redis-cluster with shard=key) run when
- * tests/redis_env.sh has started servers (KV_TEST_REDIS,
- * KV_TEST_REDIS_CLUSTER; skipped, saying so, otherwise); every run opens a
- * store of its own prefix.  hiredis's own allocations (its reply parser)
+ * Redis rows (redis, redis-cluster with shard=key, rediss: the single
+ * server over TLS with a password) run when tests/redis_env.sh has started
+ * servers (KV_TEST_REDIS, KV_TEST_REDIS_CLUSTER, KV_TEST_REDIS_TLS;
+ * skipped, saying so, otherwise); every run opens a store of its own
+ * prefix.  hiredis's own allocations (its reply parser)
  * do not go through the hook: they are not failed, only measured.
  *
  * Environment: KVT_BACKEND=name runs one backend; KVT_ALLOC_STRIDE=k tries
@@ -211,14 +212,33 @@ static int open_fs(kv_store **out, kv_loop *loop, kv_pool *pool,
  * its own (a new key prefix: the test directory's name and a run number),
  * as the file rows start each run from an empty directory.
  */
+/* A Redis row's store URI: the servers of env, then /name and opts ("" or
+ * "?..."); over TLS (KV_TEST_REDIS_TLS: a server with a password) as the
+ * ACL user kvuser of tests/redis_env.sh, whose keys start with kvacl,
+ * trusting the test CA (KV_TEST_REDIS_TLS_CA). */
+static void redis_uri(const char *env, const char *name, const char *opts,
+                      char *out, size_t len)
+{
+    const char *base = getenv(env);
+    if (strncmp(base, "rediss://", 9) != 0) {
+        snprintf(out, len, "%s/%s%s", base, name, opts);
+        return;
+    }
+    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
+    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
+             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
+             ca != NULL ? ca : "");
+}
+
 static int open_redis_env(kv_store **out, kv_loop *loop, kv_pool *pool,
                           const char *dir, const char *env)
 {
     static unsigned long runs;
     const char *base = strrchr(dir, '/');
-    char uri[4400];
-    snprintf(uri, sizeof uri, "%s/%s-%lu", getenv(env),
-             base != NULL ? base + 1 : dir, ++runs);
+    char name[4300], uri[4400];
+    snprintf(name, sizeof name, "%s-%lu", base != NULL ? base + 1 : dir,
+             ++runs);
+    redis_uri(env, name, "", uri, sizeof uri);
     return kv_redis_open(out, loop, pool, uri, 0);
 }
 
@@ -234,12 +254,19 @@ static int open_redis_cluster(kv_store **out, kv_loop *loop, kv_pool *pool,
     return open_redis_env(out, loop, pool, dir, "KV_TEST_REDIS_CLUSTER");
 }
 
+static int open_rediss(kv_store **out, kv_loop *loop, kv_pool *pool,
+                       const char *dir)
+{
+    return open_redis_env(out, loop, pool, dir, "KV_TEST_REDIS_TLS");
+}
+
 static const backend backends[] = {
     {"sqlite-memory", open_sqlite_memory, NULL},
     {"sqlite-file", open_sqlite_file, NULL},
     {"fs", open_fs, NULL},
     {"redis", open_redis, "KV_TEST_REDIS"},
     {"redis-cluster", open_redis_cluster, "KV_TEST_REDIS_CLUSTER"},
+    {"rediss", open_rediss, "KV_TEST_REDIS_TLS"},
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
 
