@@ -33,7 +33,8 @@
 #       the CA that signed their certificates -> KV_TEST_REDIS_TLS_CA
 #     and for check_redis only, by port file: tx (a single server whose
 #     certificate has expired) and tm (one that requires a client
-#     certificate, tls-auth-clients yes).
+#     certificate, tls-auth-clients yes).  For check_alloc, check_stress
+#     and check_hostile only the single TLS server (their rediss rows).
 # every one with appendonly yes / appendfsync always; KV_TEST_REDIS_DIR
 # holds c1..c3 (and f1..f4) /start and /stop scripts and /port files for
 # the failure tests.  The servers are killed when the program ends, whatever
@@ -453,8 +454,8 @@ make_certs() {
     }
 }
 
-# make_tls [full]: the TLS servers (see the top); "full" (check_redis):
-# t4 a replica of t1, and tx and tm.
+# make_tls [full|single]: the TLS servers (see the top); "full"
+# (check_redis): t4 a replica of t1, and tx and tm; "single": no cluster.
 make_tls() {
     make_certs || return 1
     t=$dir/tls
@@ -474,6 +475,8 @@ make_tls() {
         tsingle=$port
         if [ "${1:-}" = full ]; then
             make_failover tcluster t1 t2 t3 t4 && ok=1
+        elif [ "${1:-}" = single ]; then
+            ok=1
         else
             make_cluster tcluster 2000 t1 t2 t3 && ok=1
         fi
@@ -494,14 +497,16 @@ make_tls() {
     fi
     NODE_TLS= CLI= CLI_TLS=
     [ $ok = 1 ] || return 1
+    KV_TEST_REDIS_TLS="rediss://127.0.0.1:$tsingle"
+    KV_TEST_REDIS_TLS_CA=$t/ca.pem
+    export KV_TEST_REDIS_TLS KV_TEST_REDIS_TLS_CA
+    [ "${1:-}" = single ] && return 0
     tports=
     for n in t1 t2 t3; do
         tports="$tports${tports:+,}127.0.0.1:$(cat "$dir/$n/port")"
     done
-    KV_TEST_REDIS_TLS="rediss://127.0.0.1:$tsingle"
     KV_TEST_REDIS_TLS_CLUSTER="rediss://$tports"
-    KV_TEST_REDIS_TLS_CA=$t/ca.pem
-    export KV_TEST_REDIS_TLS KV_TEST_REDIS_TLS_CLUSTER KV_TEST_REDIS_TLS_CA
+    export KV_TEST_REDIS_TLS_CLUSTER
 }
 
 setup() {
@@ -531,13 +536,16 @@ setup() {
         make_auth || return 1
         if [ "$tls" = yes ]; then make_tls || return 1; fi
         ;;
+    *check_alloc*|*check_stress*|*check_hostile*)
+        if [ "$tls" = yes ]; then make_tls single || return 1; fi
+        ;;
     esac
     return 0
 }
 
 tls=no
 case "$prog" in
-*check_redis*|*conformance/check_*)
+*check_redis*|*conformance/check_*|*check_alloc*|*check_stress*|*check_hostile*)
     if [ $have_openssl = no ]; then
         echo "redis_env.sh: kvstore was built without OpenSSL: no TLS" \
             "servers" >&2

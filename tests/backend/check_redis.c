@@ -14,6 +14,8 @@
 
 #ifdef HAVE_HIREDIS
 #include <hiredis/hiredis.h>
+
+#include "backend/redis/resolve.h" /* kv__redis_test_resolve */
 #endif
 
 #include <arpa/inet.h>
@@ -2419,6 +2421,211 @@ START_TEST(test_failover_tls)
     failover_run(&c, dir, "t1", "t4", "test_failover_tls");
 }
 END_TEST
+
+/* Operations on s until one fails with a message holding each of has
+ * (the ring reconnecting meanwhile, past its back-off): that message's
+ * copy in out.  False if none did within ~10 s. */
+static bool fails_with(kv_loop *loop, kv_store *s, const char *const *has,
+                       char *out, size_t outlen)
+{
+    kv_key *k = NULL;
+    ck_assert_kv(kv_key_parse(&k, "/w/k1"), KV_OK);
+    bool found = false;
+    out[0] = '\0';
+    for (int round = 0; round < 100 && !found; round++) {
+        kv_fut *f = kv_get(s, k, NULL);
+        int rc = kv_wait(f);
+        if (rc != KV_OK) {
+            snprintf(out, outlen, "%s", kv_fut_errmsg(f));
+            found = true;
+            for (size_t i = 0; has[i] != NULL; i++)
+                found = found && strstr(out, has[i]) != NULL;
+        }
+        kv_fut_free(f);
+        if (!found)
+            ck_assert_kv(wait_free(kv_sleep(loop, 100)), KV_OK);
+    }
+    kv_key_free(k);
+    return found;
+}
+
+#ifdef HAVE_HIREDIS /* the resolver's test hook */
+/* A listener on addr:port that is no TLS server: it reads what a client
+ * sends first, answers a line of plain text and closes, so a TLS handshake
+ * with it fails.  It counts the connections it took. */
+typedef struct imposter {
+    int fd, stop[2];
+    pthread_t th;
+    int accepted; /* atomic */
+} imposter;
+
+static void *imposter_main(void *arg)
+{
+    imposter *im = arg;
+    for (;;) {
+        struct pollfd p[2] = {{im->fd, POLLIN, 0}, {im->stop[0], POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[1].revents != 0)
+            break;
+        int c = accept(im->fd, NULL, NULL);
+        if (c < 0)
+            continue; /* EINTR, ECONNABORTED, EAGAIN: poll again */
+        __atomic_add_fetch(&im->accepted, 1, __ATOMIC_SEQ_CST);
+        struct pollfd pc = {c, POLLIN, 0};
+        char buf[4096];
+        if (poll(&pc, 1, 5000) > 0)
+            (void)recv(c, buf, sizeof buf, 0); /* the ClientHello */
+        static const char m[] = "-ERR this is no TLS server\r\n";
+        (void)send(c, m, sizeof m - 1, MSG_NOSIGNAL);
+        close(c);
+    }
+    return NULL;
+}
+
+/* Start an imposter on addr:port: false (the test skips, saying why) if
+ * the address cannot be bound here. */
+static bool imposter_start(imposter *im, const char *addr, int port)
+{
+    memset(im, 0, sizeof *im);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port)};
+    ck_assert_int_eq(inet_pton(AF_INET, addr, &sa.sin_addr), 1);
+    im->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(im->fd, 0);
+    if (bind(im->fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        listen(im->fd, 16) != 0) {
+        fprintf(stderr, "imposter: cannot listen on %s:%d (%s): skipped\n",
+                addr, port, strerror(errno));
+        close(im->fd);
+        return false;
+    }
+    ck_assert_int_eq(pipe2(im->stop, O_CLOEXEC), 0);
+    ck_assert_int_eq(pthread_create(&im->th, NULL, imposter_main, im), 0);
+    return true;
+}
+
+static int imposter_count(imposter *im)
+{
+    return __atomic_load_n(&im->accepted, __ATOMIC_SEQ_CST);
+}
+
+static void imposter_stop(imposter *im)
+{
+    ck_assert_int_eq(write(im->stop[1], "x", 1), 1);
+    ck_assert_int_eq(pthread_join(im->th, NULL), 0);
+    close(im->stop[0]);
+    close(im->stop[1]);
+    close(im->fd);
+}
+
+/* A name that resolves to several addresses (the resolver's test hook):
+ * one that refuses the connection, one whose TLS handshake fails (an
+ * imposter that is no TLS server), then the TLS server.  The open, and the
+ * ring's reconnects after every connection was cut, go past the first two
+ * to the server.  When none works the failure names the addresses and
+ * keeps the TLS failure of the imposter (the most telling one), never the
+ * password. */
+START_TEST(test_tls_next_address)
+{
+    if (!tls_env(__func__))
+        return;
+    const char *base = getenv("KV_TEST_REDIS_TLS");
+    int port = atoi(strrchr(base, ':') + 1);
+    imposter im;
+    if (!imposter_start(&im, "127.0.0.3", port))
+        return;
+    char ca[600], uri[2048];
+    tls_file(ca, sizeof ca, "ca.pem");
+    kv_loop *loop = NULL;
+    kv_pool *pool = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 1), KV_OK);
+    kv__redis_test_resolve("kvmulti.test", "127.0.0.2,127.0.0.3,127.0.0.1");
+    snprintf(uri, sizeof uri, "rediss://kvuser:kv-pw@kvmulti.test:%d/"
+             "kvacl%s-na?cacert=%s&sni=localhost", port, prefix, ca);
+    kv_store *s;
+    int rc = try_open(loop, pool, uri, &s);
+    ck_assert_msg(rc == KV_OK, "%s: %s (%s)", uri, kv_err_name(rc),
+                  kv_last_errmsg());
+    ck_assert_int_eq(imposter_count(&im), 1);
+    workload(s, 10, "/w");
+    /* the ring: the name looked up again on the pool, the same order */
+    kill_clients("KV_TEST_REDIS_TLS");
+    recovers(loop, s);
+    workload(s, 10, "/w2");
+    ck_assert_int_eq(imposter_count(&im), 2);
+    /* the ring, no address left: the refusal, and the imposter's failure */
+    kv__redis_test_resolve("kvmulti.test", "127.0.0.3,127.0.0.2");
+    kill_clients("KV_TEST_REDIS_TLS");
+    char m[1024];
+    bool ok = fails_with(loop, s,
+                         HAS("TLS handshake", "address 127.0.0.3",
+                             "address 127.0.0.2", "refused"),
+                         m, sizeof m);
+    fprintf(stderr, "test_tls_next_address: the ring: %s\n", m);
+    ck_assert_msg(ok, "the last failure: %s", m);
+    store_close(s);
+    /* the open, no address left */
+    snprintf(uri, sizeof uri, "rediss://kvuser:kv-pw-Secret@kvmulti.test:%d/"
+             "kvacl%s-nb?cacert=%s&sni=localhost", port, prefix, ca);
+    open_fails(loop, uri, KV_EBACKEND,
+               HAS("TLS handshake", "address 127.0.0.3", "address 127.0.0.2",
+                   "refused"));
+    kv__redis_test_resolve("kvmulti.test", "127.0.0.3");
+    open_fails(loop, uri, KV_EBACKEND, HAS("TLS handshake"));
+    kv__redis_test_resolve(NULL, NULL);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_pool_free(pool);
+    imposter_stop(&im);
+}
+END_TEST
+#endif /* HAVE_HIREDIS */
+
+/* A server that starts requiring client certificates while a store without
+ * one is connected (tm with tls-auth-clients turned off, then on again):
+ * once its connections are cut, the ring's reconnect makes its handshake,
+ * the server resets the connection, and the failure says the server may
+ * want a client certificate, as the open says. */
+START_TEST(test_tls_reconnect_cert_hint)
+{
+    if (!tls_env(__func__))
+        return;
+    const char *dir = getenv("KV_TEST_REDIS_DIR");
+    char ca[300], cert[300], key[300], uri[4096], opts[700], out[256];
+    tls_file(ca, sizeof ca, "ca.pem");
+    tls_file(cert, sizeof cert, "client.pem");
+    tls_file(key, sizeof key, "client.key");
+    snprintf(cli_cmd, sizeof cli_cmd,
+             "redis-cli --tls --cacert '%s' --cert '%s' --key '%s'", ca, cert,
+             key);
+    node_cli(dir, "tm", "config set tls-auth-clients no", out, sizeof out);
+    ck_assert_str_eq(out, "OK");
+    kv_loop *loop = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    snprintf(opts, sizeof opts, "?cacert=%s", ca);
+    node_tls_uri(uri, sizeof uri, "tm", prefix, opts);
+    kv_store *s;
+    int rc = try_open(loop, NULL, uri, &s);
+    ck_assert_msg(rc == KV_OK, "%s (%s)", kv_err_name(rc), kv_last_errmsg());
+    workload(s, 5, "/w");
+    node_cli(dir, "tm", "config set tls-auth-clients yes", out, sizeof out);
+    ck_assert_str_eq(out, "OK");
+    node_cli(dir, "tm", "client kill type normal skipme yes", out,
+             sizeof out);
+    char m[1024];
+    bool ok = fails_with(loop, s, HAS("cert="), m, sizeof m);
+    fprintf(stderr, "test_tls_reconnect_cert_hint: %s\n", m);
+    ck_assert_msg(ok, "no hint in: %s", m);
+    store_close(s);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+}
+END_TEST
 #else
 /* Built without OpenSSL: rediss:// fails KV_ENOTSUP, saying so. */
 START_TEST(test_tls_notsup)
@@ -2468,6 +2675,10 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_tls_verify);
     tcase_add_test(tc, test_tls_client_cert);
     tcase_add_test(tc, test_tls_auth_refused);
+#ifdef HAVE_HIREDIS
+    tcase_add_test(tc, test_tls_next_address);
+#endif
+    tcase_add_test(tc, test_tls_reconnect_cert_hint);
     tcase_add_test(tc, test_failover_tls); /* last: t1 stays down */
 #else
     tcase_add_test(tc, test_tls_notsup);

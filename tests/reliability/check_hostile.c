@@ -11,9 +11,11 @@
  * limits, unknown sort orders, and batches of 0 and 100,000 records
  * (under a descriptor limit of 512).
  *
- * Rows: sqlite-memory, sqlite-file, fs, redis and redis-cluster.  The
+ * Rows: sqlite-memory, sqlite-file, fs, redis, redis-cluster and rediss
+ * (the single server over TLS, as its ACL user).  The
  * Redis rows run when tests/redis_env.sh has started servers
- * (KV_TEST_REDIS, KV_TEST_REDIS_CLUSTER; skipped, saying so, otherwise);
+ * (KV_TEST_REDIS, KV_TEST_REDIS_CLUSTER, KV_TEST_REDIS_TLS; skipped,
+ * saying so, otherwise);
  * every store they open has a key prefix of its own (the test directory's
  * name and a run number), so runs never see each other's records.  redis
  * is the single server with ?shard=store (atomic batches of any keys, as on
@@ -82,6 +84,7 @@ static const backend backends[] = {
     {"fs", true, AT_NONE, NULL, NULL},
     {"redis", false, AT_ALL, "KV_TEST_REDIS", "?shard=store"},
     {"redis-cluster", false, AT_SLOT, "KV_TEST_REDIS_CLUSTER", ""},
+    {"rediss", false, AT_ALL, "KV_TEST_REDIS_TLS", ""},
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
 
@@ -114,15 +117,34 @@ static bool selected_(const backend *b, const char *test)
     return true;
 }
 
+/* A Redis row's store URI: the servers of env, then /name and opts ("" or
+ * "?..."); over TLS (KV_TEST_REDIS_TLS: a server with a password) as the
+ * ACL user kvuser of tests/redis_env.sh, whose keys start with kvacl,
+ * trusting the test CA (KV_TEST_REDIS_TLS_CA). */
+static void redis_uri(const char *env, const char *name, const char *opts,
+                      char *out, size_t len)
+{
+    const char *base = getenv(env);
+    if (strncmp(base, "rediss://", 9) != 0) {
+        snprintf(out, len, "%s/%s%s", base, name, opts);
+        return;
+    }
+    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
+    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
+             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
+             ca != NULL ? ca : "");
+}
+
 static int open_store(ctx *c, unsigned depth, unsigned flags)
 {
     if (c->b->env != NULL) {
         /* a store of its own: the test directory's name and a run number */
         static unsigned long runs;
         const char *base = strrchr(tmpdir, '/');
-        char uri[4400];
-        snprintf(uri, sizeof uri, "%s/%s-%lu%s", getenv(c->b->env),
-                 base != NULL ? base + 1 : tmpdir, ++runs, c->b->opts);
+        char name[4300], uri[4400];
+        snprintf(name, sizeof name, "%s-%lu", base != NULL ? base + 1 : tmpdir,
+                 ++runs);
+        redis_uri(c->b->env, name, c->b->opts, uri, sizeof uri);
         /* "no fsync" is an fs flag: the server decides durability */
         return kv_redis_open(&c->s, c->loop, c->pool, uri,
                              flags & ~KV_FS_NO_FSYNC);

@@ -33,7 +33,9 @@
  * closed.
  *
  * Redis rows run when tests/redis_env.sh has started servers (KV_TEST_REDIS,
- * KV_TEST_REDIS_CLUSTER; skipped, saying so, otherwise); each test's store
+ * KV_TEST_REDIS_CLUSTER, and for rediss, the single server over TLS as
+ * its ACL user, KV_TEST_REDIS_TLS; skipped, saying so, otherwise); each
+ * test's store
  * has its own key prefix, the name of the test's temporary directory.
  *
  * Environment: KVT_STRESS_SCALE=x multiplies the increments, the rounds
@@ -101,6 +103,7 @@ static const backend backends[] = {
     {"fs", false, true, NULL},
     {"redis", false, false, "KV_TEST_REDIS"},
     {"redis-cluster", false, false, "KV_TEST_REDIS_CLUSTER"},
+    {"rediss", false, false, "KV_TEST_REDIS_TLS"},
 };
 #define NBACKENDS ((int)(sizeof backends / sizeof backends[0]))
 
@@ -121,14 +124,31 @@ static bool selected_(const backend *b, const char *test)
 }
 #define selected(b) selected_((b), __func__)
 
+/* A Redis row's store URI: the servers of env, then /name and opts ("" or
+ * "?..."); over TLS (KV_TEST_REDIS_TLS: a server with a password) as the
+ * ACL user kvuser of tests/redis_env.sh, whose keys start with kvacl,
+ * trusting the test CA (KV_TEST_REDIS_TLS_CA). */
+static void redis_uri(const char *env, const char *name, const char *opts,
+                      char *out, size_t len)
+{
+    const char *base = getenv(env);
+    if (strncmp(base, "rediss://", 9) != 0) {
+        snprintf(out, len, "%s/%s%s", base, name, opts);
+        return;
+    }
+    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
+    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
+             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
+             ca != NULL ? ca : "");
+}
+
 /* The SQLite file or fs root of the test, or a Redis store URI whose key
  * prefix is the name of the test's temporary directory. */
 static void store_path(const backend *b, char *out, size_t len)
 {
     if (b->env != NULL) {
         const char *base = strrchr(tmpdir, '/');
-        snprintf(out, len, "%s/%s", getenv(b->env),
-                 base != NULL ? base + 1 : tmpdir);
+        redis_uri(b->env, base != NULL ? base + 1 : tmpdir, "", out, len);
     } else if (b->memory) {
         snprintf(out, len, "%s", KV_SQLITE_MEMORY);
     } else {

@@ -178,6 +178,31 @@ int redis__node_tls_new(rnode *n, char *why, size_t whylen)
                           whylen);
 }
 
+void redis__tls_reset_hint(const rnode *n, char *why, size_t whylen)
+{
+    if (n->tls == NULL || !n->fresh || strstr(why, "cert=") != NULL ||
+        (strstr(why, "reset") == NULL && strstr(why, "closed") == NULL &&
+         strstr(why, "Broken pipe") == NULL))
+        return;
+    size_t l = strlen(why);
+    if (l + 1 < whylen)
+        snprintf(why + l, whylen - l, " (after the TLS handshake: a server "
+                 "that requires a client certificate does this; give cert= "
+                 "and key=)");
+}
+
+void redis__addr_text(const rnode *n, unsigned i, char *out, size_t len)
+{
+    const struct sockaddr_storage *sa = &n->addrs[i];
+    const void *a = sa->ss_family == AF_INET6
+                        ? (const void *)&((const struct sockaddr_in6 *)sa)
+                              ->sin6_addr
+                        : (const void *)&((const struct sockaddr_in *)sa)
+                              ->sin_addr;
+    if (inet_ntop(sa->ss_family, a, out, (socklen_t)len) == NULL)
+        snprintf(out, len, "?");
+}
+
 void redis__node_close(rnode *n)
 {
     if (n->fd >= 0)
@@ -186,6 +211,7 @@ void redis__node_close(rnode *n)
     redis__tls_free(n->tls);
     n->tls = NULL;
     n->hs = false;
+    n->fresh = false;
 }
 
 void redis__node_free(rnode *n)
@@ -214,9 +240,19 @@ void redis__node_set_err(rnode *n, const char *fmt, ...)
     n->lasterr = m;
 }
 
-/* Once a failing node has no SQE in flight: close and back off. */
+static void connect_addr(rnode *n);
+
+/* Once a failing node has no SQE in flight: close and back off.  (Once a
+ * node leaving an address (hop) has none: connect the next one.) */
 static void node_settle(rnode *n)
 {
+    if (n->hop && n->state == N_CONNECTING && n->nops == 0) {
+        n->hop = false;
+        redis__node_close(n);
+        n->addri++;
+        connect_addr(n);
+        return;
+    }
     if (n->state != N_FAILING || n->nops > 0)
         return;
     redis__node_close(n);
@@ -254,12 +290,28 @@ void redis__fail_list(rcmd *c, int err, const char *msg)
 static void node_fail_err(rnode *n, const char *why, int err)
 {
     rstore *st = n->st;
+    n->hop = false;
     if (n->state == N_UP || n->state == N_CONNECTING) {
         if (n->fd >= 0)
             shutdown(n->fd, SHUT_RDWR); /* completes the SQEs in flight */
         n->state = N_FAILING;
     }
-    redis__node_set_err(n, "%s", why);
+    if (n->hoperr && n->state == N_FAILING && n->lasterr != NULL &&
+        strstr(why, "TLS") == NULL) {
+        /* the last address gave less to go on than an earlier one's TLS
+         * failure: say both */
+        char *m = kv__asprintf("%s; before it, %s", why, n->lasterr);
+        if (m != NULL) {
+            kv__free(n->lasterr);
+            n->lasterr = m;
+        } else {
+            redis__node_set_err(n, "%s", why);
+        }
+    } else {
+        redis__node_set_err(n, "%s", why);
+    }
+    n->hoperr = false;
+    why = n->lasterr != NULL ? n->lasterr : why;
     redisReaderFree(n->rd);
     n->rd = redisReaderCreate(); /* NULL on OOM: checked before use */
     rcmd *fifo = n->fifo, *wait = n->wait;
@@ -285,6 +337,39 @@ static void node_fail_err(rnode *n, const char *why, int err)
 void redis__node_fail(rnode *n, const char *why)
 {
     node_fail_err(n, why, KV_EBACKEND);
+}
+
+/* TLS: the handshake with n's address addri failed (why, err).  When the
+ * name has another address, leave this one (its SQEs end, node_settle then
+ * connects the next) and return true, why kept to report if every address
+ * fails; false: fail n as usual.  Within the connect's deadline: the
+ * watchdog still times the whole connect. */
+static bool next_addr(rnode *n, const char *why, int err)
+{
+    if (err == KV_ENOMEM || n->state != N_CONNECTING || n->st->closing ||
+        n->addri + 1 >= n->naddrs)
+        return false;
+    char a[INET6_ADDRSTRLEN];
+    redis__addr_text(n, n->addri, a, sizeof a);
+    redis__node_set_err(n, "address %s: %s", a, why);
+    n->hoperr = true;
+    n->hs = false; /* no traffic: the callbacks settle */
+    n->hop = true;
+    if (n->fd >= 0)
+        shutdown(n->fd, SHUT_RDWR); /* completes the SQEs in flight */
+    node_settle(n);
+    return true;
+}
+
+/* A failure of n's connection (why, err): during a TLS handshake, the next
+ * address if there is one; else n fails. */
+static void conn_fail(rnode *n, char *why, size_t whylen, int err)
+{
+    if (n->state == N_CONNECTING && n->hs && next_addr(n, why, err))
+        return;
+    if (n->state == N_UP)
+        redis__tls_reset_hint(n, why, whylen);
+    node_fail_err(n, why, err);
 }
 
 /* The status of the commands an I/O failure fails: KV_ENOMEM for a
@@ -389,9 +474,9 @@ static void send_cb(kv__op *op, int res, uint32_t flags)
         return;
     }
     if (res < 0) {
-        char m[128];
+        char m[320];
         snprintf(m, sizeof m, "send: %s", strerror(-res));
-        node_fail_err(n, m, redis__io_err(res));
+        conn_fail(n, m, sizeof m, redis__io_err(res));
     } else {
         n->soff += (size_t)res;
         if (n->soff >= n->sbuf.len) {
@@ -480,7 +565,7 @@ static bool tls_in(rnode *n, int res)
     if (n->hs) {
         int h = redis__tls_handshake(n->tls, why, sizeof why);
         if (h < 0) {
-            node_fail_err(n, why, redis__io_err(h));
+            conn_fail(n, why, sizeof why, redis__io_err(h));
             return false;
         }
         start_send(n); /* the handshake's next flight, if any */
@@ -489,6 +574,7 @@ static bool tls_in(rnode *n, int res)
             return false;
         }
         n->hs = false;
+        n->fresh = true; /* until the first reply */
         node_ready(n);
         return false;
     }
@@ -501,7 +587,7 @@ static bool tls_in(rnode *n, int res)
         long got = redis__tls_read(n->tls, n->rbuf, RBUF_SIZE, why,
                                    sizeof why);
         if (got < 0) {
-            node_fail_err(n, why, redis__io_err((int)got));
+            conn_fail(n, why, sizeof why, redis__io_err((int)got));
             return false;
         }
         if (got == 0)
@@ -529,10 +615,10 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
         return;
     }
     if (res <= 0) {
-        char m[128];
+        char m[320];
         snprintf(m, sizeof m, "%s",
                  res == 0 ? "connection closed by the server" : strerror(-res));
-        node_fail_err(n, m, res == 0 ? KV_EBACKEND : redis__io_err(res));
+        conn_fail(n, m, sizeof m, res == 0 ? KV_EBACKEND : redis__io_err(res));
         redis__maybe_closed(st);
         return;
     }
@@ -556,6 +642,7 @@ static void recv_cb(kv__op *op, int res, uint32_t flags)
         }
         if (rep == NULL)
             break;
+        n->fresh = false; /* the server took the connection */
         if (n->fifo == NULL) {
             freeReplyObject(rep);
             redis__node_fail(n, "a reply nobody asked for");
@@ -606,8 +693,6 @@ static int node_write(rnode *n, rcmd *c)
     redis__watchdog_arm(st);
     return KV_OK;
 }
-
-static void connect_addr(rnode *n);
 
 static void resolve_work(kv__job *job)
 {
@@ -692,6 +777,7 @@ static void node_connect(rnode *n)
     n->state = N_CONNECTING;
     n->since = kv__now_ms();
     n->addri = 0;
+    n->hoperr = false;
     redis__watchdog_arm(st);
     if (!n->numeric && st->pool != NULL) {
         rresolve *r = kv__calloc(1, sizeof *r);
@@ -751,8 +837,14 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
         return;
     }
     if (res < 0) {
-        char m[128];
-        snprintf(m, sizeof m, "cannot connect: %s", strerror(-res));
+        char m[160], a[INET6_ADDRSTRLEN];
+        if (n->naddrs > 1) {
+            redis__addr_text(n, n->addri, a, sizeof a);
+            snprintf(m, sizeof m, "cannot connect: %s (address %s, the last "
+                     "of %u)", strerror(-res), a, n->naddrs);
+        } else {
+            snprintf(m, sizeof m, "cannot connect: %s", strerror(-res));
+        }
         node_fail_err(n, m, redis__io_err(res));
         redis__maybe_closed(st);
         return;

@@ -242,8 +242,14 @@ static int sync_handshake(rnode *n, const odl *d, char *why, size_t whylen)
         if (h < 0)
             return h;
         rc = sync_tls_flush(n, d, why, whylen);
-        if (rc != KV_OK || h == 1)
+        if (rc != KV_OK || h == 1) {
+            /* a TLS 1.3 server that wants a client certificate (or rejects
+             * the one given) finishes the handshake, then resets the
+             * connection: the first command meets a reset or an end
+             * instead of the server's alert (redis__tls_reset_hint) */
+            n->fresh = rc == KV_OK;
             return rc;
+        }
         long r = sync_recv(n->fd, buf, sizeof buf, d, "TLS handshake", why,
                            whylen);
         if (r < 0)
@@ -253,22 +259,6 @@ static int sync_handshake(rnode *n, const odl *d, char *why, size_t whylen)
             return KV_ENOMEM;
         }
     }
-}
-
-/* A TLS 1.3 server that wants a client certificate (or rejects the one
- * given) finishes the handshake, then resets the connection: the first
- * command then meets a reset or an end instead of the server's alert. */
-static void tls_reset_hint(const rnode *n, char *why, size_t whylen)
-{
-    if (n->tls == NULL ||
-        (strstr(why, "reset") == NULL && strstr(why, "closed") == NULL &&
-         strstr(why, "Broken pipe") == NULL))
-        return;
-    size_t l = strlen(why);
-    if (l + 1 < whylen)
-        snprintf(why + l, whylen - l, " (after the TLS handshake: a server "
-                 "that requires a client certificate does this; give cert= "
-                 "and key=)");
 }
 
 /* Send wire and read one reply on n's non-blocking socket (through its
@@ -296,7 +286,7 @@ static redisReply *sync_cmd(rnode *n, const kv_buf *wire, const odl *d,
     if (rc != KV_OK) {
         *err = rc == KV_ENOMEM ? KV_ENOMEM : KV_EBACKEND;
         if (rc != KV_ENOMEM)
-            tls_reset_hint(n, why, whylen);
+            redis__tls_reset_hint(n, why, whylen);
         return NULL;
     }
     char buf[16384];
@@ -308,8 +298,10 @@ static redisReply *sync_cmd(rnode *n, const kv_buf *wire, const odl *d,
             snprintf(why, whylen, "protocol error");
             return NULL;
         }
-        if (rep != NULL)
+        if (rep != NULL) {
+            n->fresh = false; /* the server took the connection */
             return rep;
+        }
         long r = 0;
         if (n->tls != NULL) {
             /* plaintext the session already holds, else more ciphertext */
@@ -329,7 +321,7 @@ static redisReply *sync_cmd(rnode *n, const kv_buf *wire, const odl *d,
                 *err = KV_ENOMEM;
                 snprintf(why, whylen, "out of memory");
             } else {
-                tls_reset_hint(n, why, whylen);
+                redis__tls_reset_hint(n, why, whylen);
             }
             return NULL;
         }
@@ -386,8 +378,12 @@ static int sync_connect_one(const struct sockaddr_storage *sa, socklen_t len,
 }
 
 /* Connect n (resolving its name first if it has no address yet), trying
- * each address, and over rediss:// make the TLS handshake: KV_OK with
- * n->fd (and n->tls) set, or an error with why set. */
+ * each address in turn until one connects and, over rediss://, completes
+ * its TLS handshake: KV_OK with n->fd (and n->tls) set, or an error with
+ * why set.  All within the open's deadline.  When every address fails, why
+ * is the last failure; with several addresses it names the address, and
+ * an earlier address's TLS failure is added to a last one that only could
+ * not connect (the most telling of them). */
 static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
 {
     if (n->naddrs == 0) {
@@ -396,23 +392,53 @@ static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
         if (rc != KV_OK)
             return rc;
     }
-    int fd = -ENOENT;
-    for (unsigned i = 0; i < n->naddrs; i++) {
+    char hs[512] = ""; /* an earlier address's TLS failure */
+    char a[INET6_ADDRSTRLEN] = "";
+    int rc = KV_EBACKEND, fd = -ENOENT;
+    unsigned i;
+    for (i = 0; i < n->naddrs; i++) {
+        if (n->naddrs > 1)
+            redis__addr_text(n, i, a, sizeof a);
         fd = sync_connect_one(&n->addrs[i], n->addrlen[i], d);
-        if (fd >= 0) {
-            n->addri = i;
-            n->fd = fd;
-            return n->st->tlsctx != NULL ? sync_handshake(n, d, why, whylen)
-                                         : KV_OK;
-        }
         if (fd == -ENOMEM || fd == -ETIMEDOUT)
             break;
+        if (fd < 0)
+            continue;
+        n->addri = i;
+        n->fd = fd;
+        if (n->st->tlsctx == NULL)
+            return KV_OK;
+        rc = sync_handshake(n, d, why, whylen);
+        if (rc == KV_OK || rc == KV_ENOMEM)
+            return rc;
+        /* the handshake failed: the next address, if any */
+        redis__node_close(n);
+        if (n->naddrs > 1) {
+            char m[sizeof hs];
+            snprintf(m, sizeof m, "address %s: %s", a, why);
+            memcpy(hs, m, sizeof hs);
+        }
+        if (i + 1 == n->naddrs || (d->end != 0 && kv__now_ms() >= d->end)) {
+            if (n->naddrs > 1)
+                snprintf(why, whylen, "%s%s", hs,
+                         i + 1 < n->naddrs ? " (no time left for the "
+                                             "other addresses)"
+                                           : "");
+            return rc;
+        }
+        fd = -ENOENT;
     }
     if (fd == -ETIMEDOUT)
         snprintf(why, whylen, "cannot connect within the open's timeout "
                  "(%u ms)", d->ms);
     else
         snprintf(why, whylen, "cannot connect: %s", strerror(-fd));
+    if (n->naddrs > 1) {
+        size_t l = strlen(why);
+        snprintf(why + l, whylen - l, " (address %s, the %s of %u)%s%s", a,
+                 i + 1 >= n->naddrs ? "last" : "one", n->naddrs,
+                 hs[0] != '\0' ? "; before it, " : "", hs);
+    }
     return redis__io_err(fd);
 }
 

@@ -115,6 +115,14 @@ struct rnode {
      * the node stays N_CONNECTING while hs (the handshake) runs. */
     rtls *tls;
     bool hs;
+    /* the handshake with addrs[addri] failed: once the SQEs in flight end,
+     * connect the next address (node.c, next_addr) */
+    bool hop;
+    /* lasterr holds the failure of an earlier address of this connect */
+    bool hoperr;
+    /* TLS: the handshake is done and no reply has come yet (a reset now
+     * is the server refusing the client's certificate, or its absence) */
+    bool fresh;
 };
 
 /* One request's state (req->bpriv). */
@@ -284,6 +292,12 @@ rnode *redis__node_get(rstore *st, const char *host, int port);
 int redis__auth_format(const rstore *st, kv_buf *b, int *nargs);
 /* Start n's TLS session (st->tlsctx): KV_OK or an error with why set. */
 int redis__node_tls_new(rnode *n, char *why, size_t whylen);
+/* A connection that broke with why: with TLS, right after the handshake
+ * (n->fresh), and why a reset or an end, add the hint that the server may
+ * want a client certificate (the open and the ring's reconnects alike). */
+void redis__tls_reset_hint(const rnode *n, char *why, size_t whylen);
+/* Address i of n as text (no port), for messages. */
+void redis__addr_text(const rnode *n, unsigned i, char *out, size_t len);
 /* Close n's socket and free its TLS session (if any). */
 void redis__node_close(rnode *n);
 /* Free a node of a store that is being destroyed. */

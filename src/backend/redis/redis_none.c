@@ -4,7 +4,19 @@
  */
 #include "config.h"
 
+#include "backend/redis/tls.h"
 #include "store/backend.h"
+
+#ifdef KV_TEST_HOOKS
+int kv__redis_tls_test_alloc(void)
+{
+    return KV_ENOTSUP;
+}
+
+void kv__redis_tls_test_thread_stop(void)
+{
+}
+#endif
 
 int kv_redis_open(kv_store **out, kv_loop *loop, kv_pool *pool, const char *uri,
                   unsigned flags)

@@ -25,4 +25,12 @@ int redis__resolve_until(const char *host, int port, uint64_t deadline,
                          struct sockaddr_storage *addrs, socklen_t *lens,
                          unsigned *n, char *err, size_t errlen);
 
+#ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
+/* Test hook (any thread): look-ups of name (case-insensitive) answer the
+ * address literals of list (comma-separated, in that order, at most
+ * NADDRS) instead of asking the resolver; a name the machine could not
+ * make resolve to a dead address first.  name NULL: no such answer. */
+void kv__redis_test_resolve(const char *name, const char *list);
+#endif
+
 #endif /* KV_REDIS_RESOLVE_H */

@@ -33,26 +33,68 @@ struct rtls {
     char vname[256]; /* what the certificate is checked against */
 };
 
+static bool err_nomem(unsigned long e)
+{
+    return e != 0 && ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE;
+}
+
 /* why = prefix, then OpenSSL's first queued reason (or what), and the
- * queue emptied. */
-static void ssl_why(char *why, size_t whylen, const char *prefix,
+ * queue emptied.  Whether any queued error was an allocation failure
+ * (which the outermost reason often is not: "PEM lib", "init fail"). */
+static bool ssl_why(char *why, size_t whylen, const char *prefix,
                     const char *what)
 {
     unsigned long e = ERR_get_error();
+    bool nomem = err_nomem(e);
     char r[256];
     if (e != 0)
         ERR_error_string_n(e, r, sizeof r);
     else
         snprintf(r, sizeof r, "%s", what);
     snprintf(why, whylen, "%s: %s", prefix, r);
-    ERR_clear_error();
+    while ((e = ERR_get_error()) != 0)
+        nomem = nomem || err_nomem(e);
+    return nomem;
 }
 
-static bool is_nomem(void)
+#ifdef KV_TEST_HOOKS
+static void *tls_malloc(size_t n, const char *file, int line)
 {
-    unsigned long e = ERR_peek_error();
-    return e != 0 && ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE;
+    (void)file;
+    (void)line;
+    return kv__malloc(n);
 }
+
+static void *tls_realloc(void *p, size_t n, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    if (n == 0) { /* CRYPTO_realloc's own meaning: free */
+        kv__free(p);
+        return NULL;
+    }
+    return kv__realloc(p, n);
+}
+
+static void tls_free(void *p, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    kv__free(p);
+}
+
+int kv__redis_tls_test_alloc(void)
+{
+    return CRYPTO_set_mem_functions(tls_malloc, tls_realloc, tls_free) == 1
+               ? KV_OK
+               : KV_ENOTSUP;
+}
+
+void kv__redis_tls_test_thread_stop(void)
+{
+    OPENSSL_thread_stop();
+}
+#endif
 
 int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
                        size_t whylen)
@@ -67,13 +109,14 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
     c->verify = o->verify;
     c->ctx = SSL_CTX_new(TLS_client_method());
     int rc = KV_EINVAL;
+    bool nomem = false;
     if (c->ctx == NULL) {
         rc = KV_ENOMEM;
-        ssl_why(why, whylen, "TLS context", "SSL_CTX_new failed");
+        nomem = ssl_why(why, whylen, "TLS context", "SSL_CTX_new failed");
         goto fail;
     }
     if (SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION) != 1) {
-        ssl_why(why, whylen, "TLS context", "cannot require TLS 1.2");
+        nomem = ssl_why(why, whylen, "TLS context", "cannot require TLS 1.2");
         goto fail;
     }
     if (o->verify) {
@@ -87,11 +130,11 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
                 char p[PATH_MAX + 96];
                 snprintf(p, sizeof p, "cacert=%.*s: cannot load the CA "
                          "certificates", PATH_MAX, o->cacert);
-                ssl_why(why, whylen, p, "no certificate in it");
+                nomem = ssl_why(why, whylen, p, "no certificate in it");
                 goto fail;
             }
         } else if (SSL_CTX_set_default_verify_paths(c->ctx) != 1) {
-            ssl_why(why, whylen, "TLS: the system's CA certificates",
+            nomem = ssl_why(why, whylen, "TLS: the system's CA certificates",
                     "cannot be loaded");
             goto fail;
         }
@@ -104,7 +147,7 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
         if (SSL_CTX_use_certificate_chain_file(c->ctx, o->cert) != 1) {
             snprintf(p, sizeof p, "cert=%.*s: cannot load the client "
                      "certificate", PATH_MAX, o->cert);
-            ssl_why(why, whylen, p, "no certificate in it");
+            nomem = ssl_why(why, whylen, p, "no certificate in it");
             goto fail;
         }
         if (SSL_CTX_use_PrivateKey_file(c->ctx, o->key, SSL_FILETYPE_PEM) !=
@@ -116,11 +159,11 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
                      other ? "does not match cert= (the key of another "
                              "certificate)"
                            : "cannot load the private key");
-            ssl_why(why, whylen, p, "no key in it");
+            nomem = ssl_why(why, whylen, p, "no key in it");
             goto fail;
         }
         if (SSL_CTX_check_private_key(c->ctx) != 1) {
-            ssl_why(why, whylen, "key= does not match cert=",
+            nomem = ssl_why(why, whylen, "key= does not match cert=",
                     "key mismatch");
             goto fail;
         }
@@ -128,9 +171,8 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
     *out = c;
     return KV_OK;
 fail:
-    if (is_nomem())
+    if (nomem)
         rc = KV_ENOMEM;
-    ERR_clear_error();
     redis__tls_ctx_free(c);
     return rc;
 }
@@ -193,9 +235,10 @@ int redis__tls_new(rtls **out, rtls_ctx *c, const char *host, const char *sni,
         }
     }
     if (!ok) {
-        int rc = is_nomem() ? KV_ENOMEM : KV_EBACKEND;
-        ssl_why(why, whylen, "TLS session: cannot set the server's name",
-                name);
+        int rc = ssl_why(why, whylen, "TLS session: cannot set the server's "
+                         "name", name)
+                     ? KV_ENOMEM
+                     : KV_EBACKEND;
         redis__tls_free(t);
         return rc;
     }
@@ -215,8 +258,13 @@ void redis__tls_free(rtls *t)
 static int ssl_fail(rtls *t, int e, const char *what, char *why,
                     size_t whylen)
 {
-    int rc = is_nomem() ? KV_ENOMEM : KV_EBACKEND;
     long v = SSL_get_verify_result(t->ssl);
+    if (t->verify && v == X509_V_ERR_OUT_OF_MEM) {
+        snprintf(why, whylen, "TLS %s failed: out of memory (certificate "
+                 "verification)", what);
+        ERR_clear_error();
+        return KV_ENOMEM;
+    }
     if (t->verify && v != X509_V_OK) {
         bool trust = v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
                      v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
@@ -241,11 +289,15 @@ static int ssl_fail(rtls *t, int e, const char *what, char *why,
                     ERR_GET_REASON(q) == SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE);
     char p[64];
     snprintf(p, sizeof p, "TLS %s failed", what);
-    ssl_why(why, whylen, p,
-            e == SSL_ERROR_ZERO_RETURN ? "the server closed the session"
-            : e == SSL_ERROR_SYSCALL   ? "the server closed the connection"
-                                       : "error");
-    if (certreq) {
+    int rc = ssl_why(why, whylen, p,
+                     e == SSL_ERROR_ZERO_RETURN ? "the server closed the "
+                                                  "session"
+                     : e == SSL_ERROR_SYSCALL ? "the server closed the "
+                                                "connection"
+                                              : "error")
+                 ? KV_ENOMEM
+                 : KV_EBACKEND;
+    if (certreq && rc != KV_ENOMEM) {
         size_t l = strlen(why);
         snprintf(why + l, whylen - l, " (the server may require a client "
                  "certificate: cert= and key=)");

@@ -69,4 +69,16 @@ int redis__tls_take(rtls *t, kv_buf *b);
 long redis__tls_read(rtls *t, void *buf, size_t cap, char *why,
                      size_t whylen);
 
+#ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
+/* Test hook: route OpenSSL's own allocations through kv__malloc and
+ * kv__realloc, so kv__alloc_fail_at fails them too.  OpenSSL takes this
+ * only before it has allocated anything: call it first thing in main.
+ * KV_OK, or KV_ENOTSUP (too late, or built without OpenSSL or hiredis). */
+int kv__redis_tls_test_alloc(void);
+/* Test hook: free OpenSSL's state of the calling thread (its error queue,
+ * whose buffers OpenSSL keeps for reuse, its random generators), which it
+ * makes again when needed: a heap comparison then sees only real leaks. */
+void kv__redis_tls_test_thread_stop(void);
+#endif
+
 #endif /* KV_REDIS_TLS_H */

@@ -20,6 +20,17 @@ int redis__tls_ctx_new(rtls_ctx **out, const rtls_opts *o, char *why,
     return KV_ENOTSUP;
 }
 
+#ifdef KV_TEST_HOOKS
+int kv__redis_tls_test_alloc(void)
+{
+    return KV_ENOTSUP;
+}
+
+void kv__redis_tls_test_thread_stop(void)
+{
+}
+#endif
+
 void redis__tls_ctx_free(rtls_ctx *c)
 {
     (void)c;
