@@ -1542,6 +1542,39 @@ START_TEST(test_walbuf_gathers_commit)
 END_TEST
 
 /*
+ * The background checkpoint's connection starts the writeback of the pages
+ * it copies (sqlite_ckvfs.c): with a 2 MiB WAL, 80 groups of 64 one-page
+ * records make background checkpoints of hundreds of pages (more than the
+ * 512 KiB between two writebacks), and the writer of this NORMAL store
+ * starts the writeback of its WAL every 256 pages.  The store, a plain
+ * connection and a reopen then see every record, and the file is
+ * intact.
+ */
+START_TEST(test_ckwb_checkpoints)
+{
+    enum { N = 64, ROUNDS = 40, LEN = 3000 };
+    ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "2M", 1), 0);
+    kv_store *s = open_store(dbpath, 0);
+    ck_assert_int_eq(unsetenv("KV_SQLITE_WAL_MAX"), 0);
+    unsigned long c0 = kv__sqlite_ckwb_count();
+    unsigned long w0 = kv__sqlite_wal_wb_count();
+    for (int pass = 0; pass < 2; pass++)
+        for (unsigned r = 0; r < ROUNDS; r++)
+            put_group(s, r * N + (pass ? 100000 : 0), N, LEN);
+    check_group(s, 0, ROUNDS * N, LEN);
+    check_group(s, 100000, ROUNDS * N, LEN);
+    close_store(s);
+    ck_assert_uint_gt(kv__sqlite_ckwb_count(), c0);
+    ck_assert_uint_gt(kv__sqlite_wal_wb_count(), w0);
+    check_file(dbpath, 2 * ROUNDS * N);
+    s = open_store(dbpath, 0);
+    check_group(s, 0, ROUNDS * N, LEN);
+    check_group(s, 100000, ROUNDS * N, LEN);
+    close_store(s);
+}
+END_TEST
+
+/*
  * A transaction larger than the writer's page cache (SQLite writes pages to
  * the WAL before the commit, and reads them back) and than the gathering
  * buffer: one atomic batch of 2,500 records of 8 KiB (~20 MiB).
@@ -1680,6 +1713,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_walbuf_gathers_commit);
     tcase_add_test(tc, test_walbuf_large_transaction);
+    tcase_add_test(tc, test_ckwb_checkpoints);
     tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 

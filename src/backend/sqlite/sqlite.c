@@ -10,6 +10,7 @@
 #include "backend/sqlite/sqlite_int.h"
 
 #include <string.h>
+#include <unistd.h>
 
 /* Read jobs in flight per pool thread: with two, a worker that finishes its
  * batch finds the next one waiting (measured: docs/DESIGN.md). */
@@ -107,6 +108,8 @@ static void sq_destroy(kv_store *store)
      * went away first): close them here rather than leak them. */
     close_work(&s->close_job);
     kv_pool_free(s->ck_pool); /* idle: nothing is pending at destroy */
+    if (s->wal_fd >= 0)
+        (void)close(s->wal_fd); /* read-only: nothing to lose */
     while (!kv__list_empty(&s->cursors))
         sqlite__cursor_free(KV__LIST_ENTRY(s->cursors.next, cursor, link));
     conn *next;
@@ -199,6 +202,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     }
     s->loop = loop;
     s->pool = pool;
+    s->wal_fd = -1;
     q_init(&s->rq);
     q_init(&s->soon);
     kv__list_init(&s->cursors);

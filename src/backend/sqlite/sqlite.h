@@ -37,6 +37,20 @@ void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
 void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
 #endif
 /*
+ * sqlite_ckvfs.c: a VFS over SQLite's default one for the background
+ * checkpoint's connection, which starts the writeback of the database
+ * file's pages as the checkpoint writes them (see the file's comment).
+ * kv__sqlite_vfs_ckwb registers it on first use and returns its name, or
+ * NULL if it could not (then open with the default VFS).  Test hook: the
+ * writebacks it started, process-wide.
+ */
+#define KV__SQLITE_VFS_CKWB "kvstore-ckwb"
+const char *kv__sqlite_vfs_ckwb(void);
+unsigned long kv__sqlite_ckwb_count(void);
+/* sqlite_job.c test hook: the writebacks of WAL pages the writers of
+ * synchronous=NORMAL stores started, process-wide. */
+unsigned long kv__sqlite_wal_wb_count(void);
+/*
  * sqlite.c test hook (loop thread): the writer's next job starts by running
  * PRAGMA max_page_count = pages on the writer connection (pages <= 0: a
  * large limit again), so a test can fill the database (SQLITE_FULL).  SQLite

@@ -302,7 +302,9 @@ int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
 sqlite3 *sqlite__ck_open(const sq *s)
 {
     sqlite3 *db = NULL;
-    if (db_open(&db, s->path, SQLITE_OPEN_READWRITE, NULL) != KV_OK)
+    /* sqlite_ckvfs.c: its copies reach the device as they are made. */
+    if (db_open_vfs(&db, s->path, SQLITE_OPEN_READWRITE,
+                    kv__sqlite_vfs_ckwb(), NULL) != KV_OK)
         return NULL;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", s->sync);

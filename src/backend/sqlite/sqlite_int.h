@@ -26,6 +26,7 @@
 #define WAL_MAX_DEFAULT (16 << 20)
 #define WAL_MAX_MIN (256 << 10)
 #define WAL_MAX_ENV "KV_SQLITE_WAL_MAX"
+#define WAL_WRITEBACK_PAGES 256 /* see sq.wal_fd */
 #define BUSY_TIMEOUT_MS 5000 /* every connection's busy timeout; the most the
                                 writer waits for a checkpoint at the bound */
 
@@ -192,6 +193,14 @@ struct sq {
      * writer checkpoints what is left and restarts the WAL before ck_hard
      * (between ck_pages and ck_hard). */
     int ck_late;
+    /* NORMAL file stores, the writer's WAL hook (worker): every
+     * WAL_WRITEBACK_PAGES new WAL pages it starts their writeback through
+     * wal_fd, its own read-only descriptor of the WAL (-1: not open yet,
+     * or wal_wb_off after a failure), so the checkpoint that syncs the
+     * WAL finds little to write (docs/PERF.md). */
+    int wal_fd;
+    int wal_wb_pages;         /* WAL pages at the last writeback */
+    bool wal_wb_off;
     /* Test hook (kv__sqlite_set_max_pages), loop thread: handed to the
      * writer's next job by conn_start. */
     int64_t max_pages_req;
