@@ -4,7 +4,7 @@
  * (and how groups form), two opens of one file, the token counter (its
  * reservations and its end), WAL restarts under a light load, streaming
  * queries, the snapshot of a reader connection, the writer's gathered WAL
- * writes under KV_SQLITE_SYNC_FULL.  The behaviour every backend
+ * writes under KV_SQLITE_SYNC_FULL, reads through the file's map.  The behaviour every backend
  * shares is in the conformance suite (tests/conformance/).
  */
 #include "config.h"
@@ -1615,6 +1615,105 @@ START_TEST(test_walbuf_flush_fails)
 }
 END_TEST
 
+
+/*
+ * Reads through the file's map (sqlite_map.c): a store's readers read a
+ * checkpointed database out of the map (the process's count of mapped reads
+ * grows) and get every value right, in a file that grew since it was
+ * mapped too; with KV_SQLITE_NO_MAP no read goes through a map, and the
+ * values are the same.
+ */
+START_TEST(test_map_reads)
+{
+    enum { N = 1500, LEN = 3000 };
+    kv_store *s = open_store(dbpath, 0); /* mapped while still small */
+    put_group(s, 0, N, LEN);
+    s = reopen(s, dbpath, 0); /* closing checkpointed everything */
+    unsigned long m0 = kv__sqlite_map_reads();
+    check_group(s, 0, N, LEN);
+    ck_assert_uint_ge(kv__sqlite_map_reads() - m0, N);
+    close_store(s);
+
+    s = open_store(dbpath, KV_SQLITE_NO_MAP);
+    m0 = kv__sqlite_map_reads();
+    check_group(s, 0, N, LEN);
+    put_group(s, N, 10, LEN);
+    check_group(s, N, 10, LEN);
+    ck_assert_uint_eq(kv__sqlite_map_reads() - m0, 0);
+    close_store(s);
+    check_file(dbpath, N + 10);
+}
+END_TEST
+
+/* The flag is SQLite's: another backend refuses it, naming it. */
+START_TEST(test_map_flag_is_sqlites)
+{
+    kv_store *s = NULL;
+    ck_assert_kv(kv_fs_open(&s, loop, pool, dir, 0, KV_SQLITE_NO_MAP), KV_EINVAL);
+    ck_assert_ptr_null(s);
+    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "KV_SQLITE_NO_MAP"));
+    s = open_store(KV_SQLITE_MEMORY, KV_SQLITE_NO_MAP); /* nothing to map */
+    close_store(s);
+}
+END_TEST
+
+/*
+ * Two stores on one file share its map: closing the first leaves the
+ * second reading it (a map released with the first would crash it).
+ */
+START_TEST(test_map_shared_by_two_stores)
+{
+    enum { N = 400, LEN = 3000 };
+    kv_store *a = open_store(dbpath, 0);
+    put_group(a, 0, N, LEN);
+    a = reopen(a, dbpath, 0);
+    kv_store *b = open_store(dbpath, 0);
+    check_group(a, 0, N, LEN);
+    check_group(b, 0, N, LEN);
+    close_store(a);
+    unsigned long m0 = kv__sqlite_map_reads();
+    check_group(b, 0, N, LEN);
+    put_group(b, N, N, LEN);
+    check_group(b, 0, 2 * N, LEN);
+    ck_assert_uint_gt(kv__sqlite_map_reads() - m0, 0);
+    close_store(b);
+}
+END_TEST
+
+/*
+ * Another connection shrinks the file under an open store (deletes most
+ * records, VACUUM, a truncating checkpoint): the store then reads the
+ * records left, and misses the deleted ones, without reading past the
+ * file's new end.
+ */
+START_TEST(test_map_file_shrinks)
+{
+    enum { N = 2000, LEN = 3000, KEEP = 10 };
+    kv_store *s = open_store(dbpath, 0);
+    put_group(s, 0, N, LEN);
+    s = reopen(s, dbpath, 0);
+    check_group(s, 0, N, LEN); /* every page of the file read once */
+    struct stat before, after;
+    ck_assert_int_eq(stat(dbpath, &before), 0);
+    char sql[128];
+    snprintf(sql, sizeof sql,
+             "DELETE FROM kv WHERE key >= (SELECT key FROM kv ORDER BY key "
+             "LIMIT 1 OFFSET %d)",
+             KEEP);
+    sql_exec(dbpath, sql);
+    sql_exec(dbpath, "VACUUM; PRAGMA wal_checkpoint(TRUNCATE)");
+    ck_assert_int_eq(stat(dbpath, &after), 0);
+    ck_assert_int_lt(after.st_size, before.st_size / 4);
+    check_group(s, 0, KEEP, LEN);
+    get_is(s, "/w/000011", NULL);
+    get_is(s, "/w/001999", NULL);
+    put_group(s, N, KEEP, LEN); /* and the store writes on */
+    check_group(s, N, KEEP, LEN);
+    close_store(s);
+    check_file(dbpath, 2 * KEEP);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 int main(void)
@@ -1681,6 +1780,15 @@ int main(void)
     tcase_add_test(tc, test_walbuf_gathers_commit);
     tcase_add_test(tc, test_walbuf_large_transaction);
     tcase_add_test(tc, test_walbuf_flush_fails);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("map");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_map_reads);
+    tcase_add_test(tc, test_map_flag_is_sqlites);
+    tcase_add_test(tc, test_map_shared_by_two_stores);
+    tcase_add_test(tc, test_map_file_shrinks);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("alloc");

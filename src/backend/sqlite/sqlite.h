@@ -22,17 +22,43 @@ struct kv__sqlite_stats {
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 /*
- * sqlite_vfs.c: a VFS over SQLite's default one that gathers a WAL file's
- * frame writes into one write per commit, for connections that run
- * synchronous=FULL only (see the file's comment).  kv__sqlite_vfs_walbuf
- * registers it on first use and returns its name, or NULL if it could not
- * (then open with the default VFS).  Test hooks: the writes SQLite made to
- * wrapped WAL files and the writes they became, process-wide; and a
- * failure (an SQLite result code) of the nth flush from now (0: none).
+ * sqlite_vfs.c: the kvstore VFS over SQLite's default one, registered on
+ * first use under one name per set of features:
+ * - KV__VFS_WALBUF gathers a WAL file's frame writes into one write per
+ *   commit, for connections that run synchronous=FULL only (see the
+ *   file's comment);
+ * - KV__VFS_MAP reads the main database file through one shared map of it
+ *   (sqlite_map.c) instead of pread.
+ * kv__sqlite_vfs returns the name for features (a non-empty set), or NULL
+ * if it could not register it (then open with the default VFS).  Test
+ * hooks: the writes SQLite made to wrapped WAL files and the writes they
+ * became, process-wide; and a failure (an SQLite result code) of the nth
+ * flush from now (0: none).
  */
-#define KV__SQLITE_VFS_WALBUF "kvstore-walbuf"
-const char *kv__sqlite_vfs_walbuf(void);
+#define KV__VFS_WALBUF 0x1u
+#define KV__VFS_MAP 0x2u
+const char *kv__sqlite_vfs(unsigned features);
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
+/*
+ * sqlite_map.c: one read-only map of a database file shared by every
+ * connection of the process (see the file's comment).  get maps path (or
+ * takes another reference to its map; NULL if it cannot be mapped), put
+ * drops a reference.  read copies n bytes at off out of the map and
+ * returns true, or false if they are not known to be in the file.  The
+ * size calls update what is known, each under lock/unlock: size sets it
+ * (from a file-size query), shrink lowers it (before a truncation), grow
+ * raises it (after a write).  reads counts the reads served (tests).
+ */
+typedef struct kv__sqlite_map kv__sqlite_map;
+kv__sqlite_map *kv__sqlite_map_get(const char *path);
+void kv__sqlite_map_put(kv__sqlite_map *m);
+bool kv__sqlite_map_read(kv__sqlite_map *m, void *p, int n, int64_t off);
+void kv__sqlite_map_lock(kv__sqlite_map *m);
+void kv__sqlite_map_unlock(kv__sqlite_map *m);
+void kv__sqlite_map_size(kv__sqlite_map *m, int64_t size);
+void kv__sqlite_map_shrink(kv__sqlite_map *m, int64_t size);
+void kv__sqlite_map_grow(kv__sqlite_map *m, int64_t end);
+unsigned long kv__sqlite_map_reads(void);
 #ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
 #endif

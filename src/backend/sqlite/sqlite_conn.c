@@ -118,15 +118,23 @@ static int db_open_vfs(sqlite3 **out, const char *path, int flags,
     return KV_OK;
 }
 
-static int db_open(sqlite3 **out, const char *path, int flags, char **msg)
+/* The VFS of s's connections: the kvstore VFS reading the file's map
+ * unless KV_SQLITE_NO_MAP; the writer of a durable file store also gathers
+ * each commit's WAL frames into one write (sqlite_vfs.c: safe with
+ * synchronous=FULL only).  NULL: the default VFS. */
+static const char *vfs_of(const sq *s, bool writer)
 {
-    return db_open_vfs(out, path, flags, NULL, msg);
+    unsigned feat = s->map ? KV__VFS_MAP : 0;
+    if (writer && !s->memory && !s->readonly && strcmp(s->sync, "FULL") == 0)
+        feat |= KV__VFS_WALBUF;
+    return feat != 0 ? kv__sqlite_vfs(feat) : NULL;
 }
 
 /* A reader's first job opens it (worker). */
 int sqlite__reader_open(conn *c, char **msg)
 {
-    return db_open(&c->db, c->s->path, SQLITE_OPEN_READONLY, msg);
+    return db_open_vfs(&c->db, c->s->path, SQLITE_OPEN_READONLY,
+                       vfs_of(c->s, false), msg);
 }
 
 /*
@@ -231,13 +239,8 @@ int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
                 "store cannot create one",
                 s->path);
     }
-    /* The writer of a durable file store gathers each commit's WAL frames
-     * into one write (sqlite_vfs.c: safe with synchronous=FULL only). */
-    const char *vfs = NULL;
-    if (!s->memory && !s->readonly && strcmp(s->sync, "FULL") == 0)
-        vfs = kv__sqlite_vfs_walbuf();
     sqlite3 *db = NULL;
-    int rc = db_open_vfs(&db, s->path, flags, vfs, msg);
+    int rc = db_open_vfs(&db, s->path, flags, vfs_of(s, true), msg);
     if (rc != KV_OK)
         return rc;
     rc = probe_header(db, s->path, msg);
@@ -302,7 +305,8 @@ int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
 sqlite3 *sqlite__ck_open(const sq *s)
 {
     sqlite3 *db = NULL;
-    if (db_open(&db, s->path, SQLITE_OPEN_READWRITE, NULL) != KV_OK)
+    if (db_open_vfs(&db, s->path, SQLITE_OPEN_READWRITE, vfs_of(s, false),
+                    NULL) != KV_OK)
         return NULL;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", s->sync);

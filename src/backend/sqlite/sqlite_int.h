@@ -147,6 +147,7 @@ struct sq {
     kv_pool *pool;
     char *path;
     bool memory, readonly;
+    bool map;                   /* connections read the file's map (VFS) */
     const char *sync;         /* PRAGMA synchronous value */
     conn *writer;             /* NULL for read-only stores */
     conn *conns;              /* every connection */

@@ -1,11 +1,16 @@
 /*
- * backend/sqlite/sqlite_vfs.c - a VFS over SQLite's default one that
- * gathers the writes of a WAL file into one write per commit (SQLite makes
- * two per frame), flushed before any other call on the file.
- * Safe with synchronous=FULL only: the writer of a KV_SQLITE_SYNC_FULL store uses
- * it.  Threads: a file is used by one connection, on one thread at a time;
- * the counters are atomics for tests.  Why and why safe: docs/DESIGN.md,
- * "backend/sqlite".
+ * backend/sqlite/sqlite_vfs.c - the kvstore VFS over SQLite's default one,
+ * with two features, each chosen by the name a connection opens with:
+ * - WALBUF gathers the writes of a WAL file into one write per commit
+ *   (SQLite makes two per frame), flushed before any other call on the
+ *   file.  Safe with synchronous=FULL only: the writer of a
+ *   KV_SQLITE_SYNC_FULL store uses it.  Why and why safe: docs/DESIGN.md,
+ *   "backend/sqlite".
+ * - MAP reads the main database file out of the process's shared map of it
+ *   (sqlite_map.c), keeping the map's known size up to date through the
+ *   file's size queries, writes and truncations.
+ * Any other file is the default VFS's own.  Threads: a file is used by one
+ * connection, on one thread at a time; the counters are atomics for tests.
  */
 #include "config.h"
 
@@ -27,6 +32,8 @@
 typedef struct walfile {
     sqlite3_file base;       /* pMethods = &walbuf_io */
     sqlite3_file *real;      /* the default VFS's file, after this struct */
+    bool gather;             /* a WAL file whose writes are gathered */
+    kv__sqlite_map *map;     /* a main database file read from its map */
     unsigned char *buf;      /* the run: bytes [off, off + len) */
     size_t len, cap;
     sqlite3_int64 off;
@@ -37,10 +44,14 @@ typedef struct walfile {
     ((sizeof(walfile) + _Alignof(max_align_t) - 1) & \
      ~(size_t)(_Alignof(max_align_t) - 1))
 
-static sqlite3_vfs walbuf_vfs;
+/* One VFS per non-empty set of features: vfs_tab[features - 1]. */
+#define NVFS 3
+static sqlite3_vfs vfs_tab[NVFS];
+static const char *const vfs_names[NVFS] = {
+    "kvstore-walbuf", "kvstore-map", "kvstore-walbuf-map"};
+static bool vfs_ok[NVFS];
 static sqlite3_vfs *base_vfs;
 static pthread_once_t walbuf_once = PTHREAD_ONCE_INIT;
-static bool walbuf_ok;
 
 static atomic_ulong n_writes;  /* writes SQLite made to wrapped files */
 static atomic_ulong n_flushes; /* writes those became                  */
@@ -94,6 +105,8 @@ static int wb_close(sqlite3_file *f)
     walfile *w = (walfile *)f;
     int rc = flush(w);
     int crc = w->real->pMethods->xClose(w->real);
+    kv__sqlite_map_put(w->map);
+    w->map = NULL;
     kv__free(w->buf);
     w->buf = NULL;
     w->cap = 0;
@@ -102,15 +115,34 @@ static int wb_close(sqlite3_file *f)
 
 static int wb_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
 {
-    int rc = flush((walfile *)f);
+    walfile *w = (walfile *)f;
+    int rc = flush(w);
     if (rc != SQLITE_OK)
         return rc;
-    return real_of(f)->pMethods->xRead(real_of(f), p, n, off);
+    if (kv__sqlite_map_read(w->map, p, n, off))
+        return SQLITE_OK;
+    return w->real->pMethods->xRead(w->real, p, n, off);
+}
+
+/* A write of a file that gathers none: straight through, and the map then
+ * knows the file holds it. */
+static int write_through(walfile *w, const void *p, int n, sqlite3_int64 off)
+{
+    if (w->map == NULL)
+        return w->real->pMethods->xWrite(w->real, p, n, off);
+    kv__sqlite_map_lock(w->map);
+    int rc = w->real->pMethods->xWrite(w->real, p, n, off);
+    if (rc == SQLITE_OK)
+        kv__sqlite_map_grow(w->map, off + n);
+    kv__sqlite_map_unlock(w->map);
+    return rc;
 }
 
 static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 {
     walfile *w = (walfile *)f;
+    if (!w->gather)
+        return write_through(w, p, n, off);
     atomic_fetch_add_explicit(&n_writes, 1, memory_order_relaxed);
     size_t un = n > 0 ? (size_t)n : 0;
     if (w->len > 0 && off >= w->off &&
@@ -141,9 +173,16 @@ static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 
 static int wb_truncate(sqlite3_file *f, sqlite3_int64 size)
 {
-    int rc = flush((walfile *)f);
-    return rc != SQLITE_OK ? rc
-                           : real_of(f)->pMethods->xTruncate(real_of(f), size);
+    walfile *w = (walfile *)f;
+    int rc = flush(w);
+    if (rc != SQLITE_OK)
+        return rc;
+    /* No copy out of the map past the new end once the file is cut. */
+    kv__sqlite_map_lock(w->map);
+    kv__sqlite_map_shrink(w->map, size);
+    rc = w->real->pMethods->xTruncate(w->real, size);
+    kv__sqlite_map_unlock(w->map);
+    return rc;
 }
 
 static int wb_sync(sqlite3_file *f, int flags)
@@ -154,9 +193,16 @@ static int wb_sync(sqlite3_file *f, int flags)
 
 static int wb_file_size(sqlite3_file *f, sqlite3_int64 *size)
 {
-    int rc = flush((walfile *)f);
-    return rc != SQLITE_OK ? rc
-                           : real_of(f)->pMethods->xFileSize(real_of(f), size);
+    walfile *w = (walfile *)f;
+    int rc = flush(w);
+    if (rc != SQLITE_OK)
+        return rc;
+    kv__sqlite_map_lock(w->map);
+    rc = w->real->pMethods->xFileSize(w->real, size);
+    if (rc == SQLITE_OK)
+        kv__sqlite_map_size(w->map, *size);
+    kv__sqlite_map_unlock(w->map);
+    return rc;
 }
 
 static int wb_lock(sqlite3_file *f, int lock)
@@ -267,19 +313,38 @@ static const sqlite3_io_methods walbuf_io = {
     wb_unfetch,
 };
 
-/* xOpen: the WAL of a writable connection is wrapped, any other file is
- * the default VFS's own (opened in place, its methods unchanged). */
+/* The features of vfs, one of vfs_tab. */
+static unsigned features_of(const sqlite3_vfs *vfs)
+{
+    for (unsigned i = 0; i < NVFS; i++)
+        if (vfs == &vfs_tab[i])
+            return i + 1;
+    return 0;
+}
+
+/* xOpen: with WALBUF, the WAL of a writable connection is wrapped and
+ * gathers its writes; with MAP, the main database file is wrapped and read
+ * from its map (unwrapped if it cannot be mapped).  Any other file is the
+ * default VFS's own (opened in place, its methods unchanged). */
 static int wb_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f,
                    int flags, int *out_flags)
 {
-    (void)vfs;
-    if ((flags & SQLITE_OPEN_WAL) == 0 || (flags & SQLITE_OPEN_READONLY))
+    unsigned feat = features_of(vfs);
+    bool gather = (feat & KV__VFS_WALBUF) && (flags & SQLITE_OPEN_WAL) &&
+                  !(flags & SQLITE_OPEN_READONLY);
+    bool map = (feat & KV__VFS_MAP) && (flags & SQLITE_OPEN_MAIN_DB) &&
+               name != NULL;
+    if (!gather && !map)
         return base_vfs->xOpen(base_vfs, name, f, flags, out_flags);
     walfile *w = (walfile *)f;
     memset(w, 0, sizeof *w);
+    w->gather = gather;
     w->real = (sqlite3_file *)((char *)f + WALFILE_SIZE);
     w->real->pMethods = NULL;
     int rc = base_vfs->xOpen(base_vfs, name, w->real, flags, out_flags);
+    /* Mapped only once open: the default VFS made the file if asked to. */
+    if (rc == SQLITE_OK && map)
+        w->map = kv__sqlite_map_get(name);
     /* SQLite calls xClose on a failed open whose pMethods is set. */
     w->base.pMethods = w->real->pMethods != NULL ? &walbuf_io : NULL;
     return rc;
@@ -292,20 +357,24 @@ static void walbuf_init(void)
     base_vfs = sqlite3_vfs_find(NULL);
     if (base_vfs == NULL || base_vfs->iVersion < 1)
         return;
-    /* The default VFS's methods, handed our struct: the unix VFS reads only
-     * fields copied here (pAppData, mxPathname, szOsFile). */
-    walbuf_vfs = *base_vfs;
-    walbuf_vfs.pNext = NULL;
-    walbuf_vfs.zName = KV__SQLITE_VFS_WALBUF;
-    walbuf_vfs.szOsFile = (int)WALFILE_SIZE + base_vfs->szOsFile;
-    walbuf_vfs.xOpen = wb_open;
-    walbuf_ok = sqlite3_vfs_register(&walbuf_vfs, 0) == SQLITE_OK;
+    for (unsigned i = 0; i < NVFS; i++) {
+        /* The default VFS's methods, handed our struct: the unix VFS reads
+         * only fields copied here (pAppData, mxPathname, szOsFile). */
+        vfs_tab[i] = *base_vfs;
+        vfs_tab[i].pNext = NULL;
+        vfs_tab[i].zName = vfs_names[i];
+        vfs_tab[i].szOsFile = (int)WALFILE_SIZE + base_vfs->szOsFile;
+        vfs_tab[i].xOpen = wb_open;
+        vfs_ok[i] = sqlite3_vfs_register(&vfs_tab[i], 0) == SQLITE_OK;
+    }
 }
 
-const char *kv__sqlite_vfs_walbuf(void)
+const char *kv__sqlite_vfs(unsigned features)
 {
+    if (features == 0 || features > NVFS)
+        return NULL;
     (void)pthread_once(&walbuf_once, walbuf_init);
-    return walbuf_ok ? KV__SQLITE_VFS_WALBUF : NULL;
+    return vfs_ok[features - 1] ? vfs_names[features - 1] : NULL;
 }
 
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes)
