@@ -14,6 +14,7 @@
 #include "testutil.h"
 
 #include <inttypes.h>
+#include <semaphore.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -1714,6 +1715,70 @@ START_TEST(test_map_file_shrinks)
 }
 END_TEST
 
+
+typedef struct gate {
+    sem_t in, go;
+} gate;
+
+/* A pool job that holds its worker until the gate opens. */
+static int hold_worker(void *arg)
+{
+    gate *g = arg;
+    sem_post(&g->in);
+    while (sem_wait(&g->go) != 0)
+        ;
+    return KV_OK;
+}
+
+/*
+ * Point reads submitted one by one while a reader job runs are handed out
+ * together at the end of the loop turn: with the pool's one worker held, a
+ * first get takes a job at once, and the 30 submitted after it in the same
+ * turn go in one more job (two jobs for 31 gets), not the first of them in
+ * a job of its own and the rest in a third.
+ */
+START_TEST(test_reads_batched_per_turn)
+{
+    enum { N = 30 };
+    kv_store *s = open_store(dbpath, 0);
+    put_group(s, 0, N + 1, 100);
+    close_store(s);
+    kv_pool *one = NULL;
+    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
+    ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
+    gate g;
+    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
+    kv_fut *held = kv_pool_work(loop, one, hold_worker, &g);
+    while (sem_wait(&g.in) != 0)
+        ;
+    uint64_t j0 = stats(s).read_jobs;
+    kv_fut *fs[N + 1];
+    for (unsigned i = 0; i <= N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%06u", i);
+        fs[i] = kv_get(s, K(name), NULL);
+    }
+    ck_assert_uint_eq(stats(s).read_jobs - j0, 1); /* the first get's */
+    for (int i = 0; i < 1000 && stats(s).read_jobs - j0 < 2; i++)
+        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
+    ck_assert_uint_eq(stats(s).read_jobs - j0, 2); /* the turn's 30 */
+    sem_post(&g.go);
+    ck_assert_kv(kv_wait(held), KV_OK);
+    kv_fut_free(held);
+    for (unsigned i = 0; i <= N; i++) {
+        ck_assert_kv(kv_wait(fs[i]), KV_OK);
+        ck_assert_uint_eq(kv_fut_record(fs[i])->len, 100);
+        kv_fut_free(fs[i]);
+    }
+    ck_assert_uint_eq(stats(s).read_jobs - j0, 2);
+    close_store(s);
+    kv_pool_free(one);
+    sem_destroy(&g.in);
+    sem_destroy(&g.go);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 int main(void)
@@ -1782,13 +1847,14 @@ int main(void)
     tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 
-    tc = tcase_create("map");
+    tc = tcase_create("reads");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_map_reads);
     tcase_add_test(tc, test_map_flag_is_sqlites);
     tcase_add_test(tc, test_map_shared_by_two_stores);
     tcase_add_test(tc, test_map_file_shrinks);
+    tcase_add_test(tc, test_reads_batched_per_turn);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("alloc");
