@@ -800,9 +800,11 @@ KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
  * flags: KV_READONLY (not with KV_SQLITE_MEMORY), KV_SQLITE_SYNC_FULL or
  * KV_SQLITE_SYNC_OFF (not both), KV_SQLITE_NO_MAP; any other bit fails
  * KV_EINVAL.
- * Reads: the store's connections read the database file out of one
- * read-only map of it that they share (no system call per page), made
- * when the store opens and released when it closes.  As with SQLite's own
+ * Reads: the store's connections read the database file in place in one
+ * read-only map of it that they share (no system call or copy per page),
+ * made when the store opens and released when it closes; not when SQLite's
+ * default VFS is not its unix one (the file's bytes may then not be the
+ * pages).  As with SQLite's own
  * mmap_size, a page that cannot be read then raises SIGBUS instead of
  * failing the call: a disk read error, or another program truncating the
  * file while the store is open (a VACUUM that shrinks it; kvstore itself

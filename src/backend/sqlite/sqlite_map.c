@@ -146,15 +146,23 @@ void kv__sqlite_map_put(kv__sqlite_map *m)
     }
 }
 
-bool kv__sqlite_map_read(kv__sqlite_map *m, void *p, int n, int64_t off)
+void *kv__sqlite_map_at(kv__sqlite_map *m, int n, int64_t off)
 {
     if (m == NULL || n <= 0 || off < 0)
-        return false;
+        return NULL;
     uint64_t end = (uint64_t)off + (uint64_t)n;
     if (end > atomic_load_explicit(&m->valid, memory_order_acquire))
-        return false;
-    memcpy(p, m->base + off, (size_t)n);
+        return NULL;
     atomic_fetch_add_explicit(&n_mapped_reads, 1, memory_order_relaxed);
+    return m->base + off;
+}
+
+bool kv__sqlite_map_read(kv__sqlite_map *m, void *p, int n, int64_t off)
+{
+    const void *at = kv__sqlite_map_at(m, n, off);
+    if (at == NULL)
+        return false;
+    memcpy(p, at, (size_t)n);
     return true;
 }
 

@@ -222,10 +222,15 @@ static int wb_check_reserved(sqlite3_file *f, int *out)
 
 static int wb_file_control(sqlite3_file *f, int op, void *arg)
 {
-    int rc = flush((walfile *)f);
-    return rc != SQLITE_OK
-               ? rc
-               : real_of(f)->pMethods->xFileControl(real_of(f), op, arg);
+    walfile *w = (walfile *)f;
+    int rc = flush(w);
+    if (rc != SQLITE_OK)
+        return rc;
+    /* A mapped file's pages come from the shared map (wb_fetch): the
+     * default VFS must not map the file a second time. */
+    if (op == SQLITE_FCNTL_MMAP_SIZE && w->map != NULL)
+        return SQLITE_OK;
+    return w->real->pMethods->xFileControl(w->real, op, arg);
 }
 
 static int wb_sector_size(sqlite3_file *f)
@@ -272,20 +277,37 @@ static int wb_shm_unmap(sqlite3_file *f, int del)
     return r->pMethods->xShmUnmap(r, del);
 }
 
+/*
+ * A mapped file hands SQLite pages in the shared map itself: SQLite reads
+ * them in place (no copy) while they are its reader's (SQLite's own mmap
+ * contract: WAL readers never see a page of the file change under them).
+ * Nothing to release per page, and the "unmap everything" SQLite asks for
+ * at a read transaction after a write (off 0, p NULL) is not needed: the
+ * map never moves and its known size is kept up to date.
+ */
 static int wb_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **pp)
 {
-    sqlite3_file *r = real_of(f);
+    walfile *w = (walfile *)f;
+    sqlite3_file *r = w->real;
     *pp = NULL; /* "no mapping": SQLite reads instead */
-    int rc = flush((walfile *)f);
-    if (rc != SQLITE_OK || r->pMethods->iVersion < 3 ||
-        r->pMethods->xFetch == NULL)
+    int rc = flush(w);
+    if (rc != SQLITE_OK)
         return rc;
+    if (w->map != NULL) {
+        *pp = kv__sqlite_map_at(w->map, n, off);
+        return SQLITE_OK;
+    }
+    if (r->pMethods->iVersion < 3 || r->pMethods->xFetch == NULL)
+        return SQLITE_OK;
     return r->pMethods->xFetch(r, off, n, pp);
 }
 
 static int wb_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
 {
-    sqlite3_file *r = real_of(f);
+    walfile *w = (walfile *)f;
+    sqlite3_file *r = w->real;
+    if (w->map != NULL)
+        return SQLITE_OK;
     if (r->pMethods->iVersion < 3 || r->pMethods->xUnfetch == NULL)
         return SQLITE_OK;
     return r->pMethods->xUnfetch(r, off, p);
@@ -357,7 +379,13 @@ static void walbuf_init(void)
     base_vfs = sqlite3_vfs_find(NULL);
     if (base_vfs == NULL || base_vfs->iVersion < 1)
         return;
+    /* The map holds the file's bytes as they are on disk: right only for
+     * the unix VFSes, which store a database as SQLite writes it (another
+     * default, say an encrypting one, may not). */
+    bool can_map = strncmp(base_vfs->zName, "unix", 4) == 0;
     for (unsigned i = 0; i < NVFS; i++) {
+        if (((i + 1) & KV__VFS_MAP) && !can_map)
+            continue;
         /* The default VFS's methods, handed our struct: the unix VFS reads
          * only fields copied here (pAppData, mxPathname, szOsFile). */
         vfs_tab[i] = *base_vfs;
