@@ -625,7 +625,7 @@ if want("reads"):
     w("")
     w(f"{int(os.environ['KEYS']):,} records of 100 bytes, uniform random gets. "
       "kvstore's SQLite backend runs every SQLite call on its pool (reader "
-      "connections in parallel, WAL) and reads the file out of one shared map "
+      "connections in parallel, WAL) and reads the file in place in a memory map "
       "(`?map=0`: pread, KV_SQLITE_NO_MAP); sqlite-raw makes plain blocking sqlite3 "
       "calls on the calling thread, with SQLite's defaults (pread) or its own "
       "`PRAGMA mmap_size` (`?mmap=`).")

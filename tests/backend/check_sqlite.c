@@ -1618,11 +1618,11 @@ END_TEST
 
 
 /*
- * Reads through the file's map (sqlite_map.c): a store's readers read a
- * checkpointed database out of the map (the process's count of mapped reads
- * grows) and get every value right, in a file that grew since it was
- * mapped too; with KV_SQLITE_NO_MAP no read goes through a map, and the
- * values are the same.
+ * Reads through the file's map (sqlite_vfs.c's MAP): a store's readers
+ * read a checkpointed database in place in the map (the process's count of
+ * pages fetched grows) and get every value right, in a file that grew
+ * since it was first mapped too; with KV_SQLITE_NO_MAP no page comes from a
+ * map, and the values are the same.
  */
 START_TEST(test_map_reads)
 {
@@ -1630,17 +1630,17 @@ START_TEST(test_map_reads)
     kv_store *s = open_store(dbpath, 0); /* mapped while still small */
     put_group(s, 0, N, LEN);
     s = reopen(s, dbpath, 0); /* closing checkpointed everything */
-    unsigned long m0 = kv__sqlite_map_reads();
+    unsigned long m0 = kv__sqlite_map_fetches();
     check_group(s, 0, N, LEN);
-    ck_assert_uint_ge(kv__sqlite_map_reads() - m0, N);
+    ck_assert_uint_ge(kv__sqlite_map_fetches() - m0, N);
     close_store(s);
 
     s = open_store(dbpath, KV_SQLITE_NO_MAP);
-    m0 = kv__sqlite_map_reads();
+    m0 = kv__sqlite_map_fetches();
     check_group(s, 0, N, LEN);
     put_group(s, N, 10, LEN);
     check_group(s, N, 10, LEN);
-    ck_assert_uint_eq(kv__sqlite_map_reads() - m0, 0);
+    ck_assert_uint_eq(kv__sqlite_map_fetches() - m0, 0);
     close_store(s);
     check_file(dbpath, N + 10);
 }
@@ -1659,8 +1659,8 @@ START_TEST(test_map_flag_is_sqlites)
 END_TEST
 
 /*
- * Two stores on one file share its map: closing the first leaves the
- * second reading it (a map released with the first would crash it).
+ * Two stores on one file: closing the first leaves the second reading its
+ * map, and writing on.
  */
 START_TEST(test_map_shared_by_two_stores)
 {
@@ -1672,11 +1672,11 @@ START_TEST(test_map_shared_by_two_stores)
     check_group(a, 0, N, LEN);
     check_group(b, 0, N, LEN);
     close_store(a);
-    unsigned long m0 = kv__sqlite_map_reads();
+    unsigned long m0 = kv__sqlite_map_fetches();
     check_group(b, 0, N, LEN);
     put_group(b, N, N, LEN);
     check_group(b, 0, 2 * N, LEN);
-    ck_assert_uint_gt(kv__sqlite_map_reads() - m0, 0);
+    ck_assert_uint_gt(kv__sqlite_map_fetches() - m0, 0);
     close_store(b);
 }
 END_TEST

@@ -27,41 +27,20 @@ int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
  * - KV__VFS_WALBUF gathers a WAL file's frame writes into one write per
  *   commit, for connections that run synchronous=FULL only (see the
  *   file's comment);
- * - KV__VFS_MAP reads the main database file through one shared map of it
- *   (sqlite_map.c) instead of pread.
+ * - KV__VFS_MAP keeps the default VFS's map of the main database file
+ *   (PRAGMA mmap_size) across read transactions.
  * kv__sqlite_vfs returns the name for features (a non-empty set), or NULL
  * if it could not register it, or if MAP is asked for and SQLite's default
  * VFS is not a unix one (then open with fewer features or the default).  Test
  * hooks: the writes SQLite made to wrapped WAL files and the writes they
- * became, process-wide; and a failure (an SQLite result code) of the nth
- * flush from now (0: none).
+ * became, and the pages read in place in a kept map, process-wide; and a
+ * failure (an SQLite result code) of the nth flush from now (0: none).
  */
 #define KV__VFS_WALBUF 0x1u
 #define KV__VFS_MAP 0x2u
 const char *kv__sqlite_vfs(unsigned features);
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
-/*
- * sqlite_map.c: one read-only map of a database file shared by every
- * connection of the process (see the file's comment).  get maps path (or
- * takes another reference to its map; NULL if it cannot be mapped), put
- * drops a reference.  read copies n bytes at off out of the map and
- * returns true, or false if they are not known to be in the file; at
- * returns where they are in the map (valid until the last put), or NULL.  The
- * size calls update what is known, each under lock/unlock: size sets it
- * (from a file-size query), shrink lowers it (before a truncation), grow
- * raises it (after a write).  reads counts the reads served (tests).
- */
-typedef struct kv__sqlite_map kv__sqlite_map;
-kv__sqlite_map *kv__sqlite_map_get(const char *path);
-void kv__sqlite_map_put(kv__sqlite_map *m);
-bool kv__sqlite_map_read(kv__sqlite_map *m, void *p, int n, int64_t off);
-void *kv__sqlite_map_at(kv__sqlite_map *m, int n, int64_t off);
-void kv__sqlite_map_lock(kv__sqlite_map *m);
-void kv__sqlite_map_unlock(kv__sqlite_map *m);
-void kv__sqlite_map_size(kv__sqlite_map *m, int64_t size);
-void kv__sqlite_map_shrink(kv__sqlite_map *m, int64_t size);
-void kv__sqlite_map_grow(kv__sqlite_map *m, int64_t end);
-unsigned long kv__sqlite_map_reads(void);
+unsigned long kv__sqlite_map_fetches(void);
 #ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
 #endif

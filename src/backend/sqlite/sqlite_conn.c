@@ -20,8 +20,8 @@
  * random puts miss pages with the default (docs/DESIGN.md). */
 #define WRITER_CACHE_KIB 16384
 
-/* PRAGMA mmap_size of a connection that reads the shared map: its reserve
- * (sqlite_map.c); SQLite lowers it to what it was built to allow. */
+/* PRAGMA mmap_size of a connection on the MAP VFS: as large as SQLite
+ * allows (it lowers it to its SQLITE_MAX_MMAP_SIZE, 2 GiB on Linux). */
 #define MAP_PRAGMA_SIZE "68719476736"
 
 /* ------------------------------------------------------------------------ */
@@ -143,9 +143,8 @@ static const char *vfs_of(const sq *s, bool writer, bool *mapped)
 
 /*
  * Open a connection of s: on its VFS (vfs_of), and, when that reads the
- * shared map, with SQLite's memory-mapped I/O on, so that SQLite reads
- * pages in place in the map (sqlite_vfs.c's wb_fetch; SQLite caps the size
- * at its SQLITE_MAX_MMAP_SIZE, and pages past it are read by copy).
+ * map, with SQLite's memory-mapped I/O on, so that SQLite reads pages in
+ * place in it (pages past SQLite's size limit are read with pread).
  */
 static int conn_open(const sq *s, sqlite3 **out, int flags, bool writer,
                      char **msg)

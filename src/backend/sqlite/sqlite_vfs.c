@@ -6,9 +6,14 @@
  *   file.  Safe with synchronous=FULL only: the writer of a
  *   KV_SQLITE_SYNC_FULL store uses it.  Why and why safe: docs/DESIGN.md,
  *   "backend/sqlite".
- * - MAP reads the main database file out of the process's shared map of it
- *   (sqlite_map.c), keeping the map's known size up to date through the
- *   file's size queries, writes and truncations.
+ * - MAP keeps the default VFS's memory map of the main database file
+ *   (PRAGMA mmap_size) from one read transaction to the next: SQLite asks
+ *   for the whole map to be dropped at every read transaction that follows
+ *   a write, and remapping (and faulting every page in again) made mapped
+ *   reads slower than pread under writes.  The map is dropped only when it
+ *   no longer covers the file (a fetch past its end that the size limit
+ *   allows).  Never an extra descriptor of the file: closing one would
+ *   release the process's POSIX locks on it.
  * Any other file is the default VFS's own.  Threads: a file is used by one
  * connection, on one thread at a time; the counters are atomics for tests.
  */
@@ -33,7 +38,9 @@ typedef struct walfile {
     sqlite3_file base;       /* pMethods = &walbuf_io */
     sqlite3_file *real;      /* the default VFS's file, after this struct */
     bool gather;             /* a WAL file whose writes are gathered */
-    kv__sqlite_map *map;     /* a main database file read from its map */
+    bool mapped;             /* a main database file whose map is kept */
+    bool remap;              /* ...and too small: drop it at the next ask */
+    sqlite3_int64 map_max;   /* the size limit SQLite set for the map */
     unsigned char *buf;      /* the run: bytes [off, off + len) */
     size_t len, cap;
     sqlite3_int64 off;
@@ -55,6 +62,7 @@ static pthread_once_t walbuf_once = PTHREAD_ONCE_INIT;
 
 static atomic_ulong n_writes;  /* writes SQLite made to wrapped files */
 static atomic_ulong n_flushes; /* writes those became                  */
+static atomic_ulong n_fetched; /* pages SQLite read in place in a map   */
 static atomic_long fail_nth;   /* test hook: fail the nth flush (0: off) */
 static atomic_int fail_rc;
 
@@ -105,8 +113,6 @@ static int wb_close(sqlite3_file *f)
     walfile *w = (walfile *)f;
     int rc = flush(w);
     int crc = w->real->pMethods->xClose(w->real);
-    kv__sqlite_map_put(w->map);
-    w->map = NULL;
     kv__free(w->buf);
     w->buf = NULL;
     w->cap = 0;
@@ -119,30 +125,14 @@ static int wb_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
     int rc = flush(w);
     if (rc != SQLITE_OK)
         return rc;
-    if (kv__sqlite_map_read(w->map, p, n, off))
-        return SQLITE_OK;
     return w->real->pMethods->xRead(w->real, p, n, off);
-}
-
-/* A write of a file that gathers none: straight through, and the map then
- * knows the file holds it. */
-static int write_through(walfile *w, const void *p, int n, sqlite3_int64 off)
-{
-    if (w->map == NULL)
-        return w->real->pMethods->xWrite(w->real, p, n, off);
-    kv__sqlite_map_lock(w->map);
-    int rc = w->real->pMethods->xWrite(w->real, p, n, off);
-    if (rc == SQLITE_OK)
-        kv__sqlite_map_grow(w->map, off + n);
-    kv__sqlite_map_unlock(w->map);
-    return rc;
 }
 
 static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 {
     walfile *w = (walfile *)f;
     if (!w->gather)
-        return write_through(w, p, n, off);
+        return w->real->pMethods->xWrite(w->real, p, n, off);
     atomic_fetch_add_explicit(&n_writes, 1, memory_order_relaxed);
     size_t un = n > 0 ? (size_t)n : 0;
     if (w->len > 0 && off >= w->off &&
@@ -173,16 +163,9 @@ static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 
 static int wb_truncate(sqlite3_file *f, sqlite3_int64 size)
 {
-    walfile *w = (walfile *)f;
-    int rc = flush(w);
-    if (rc != SQLITE_OK)
-        return rc;
-    /* No copy out of the map past the new end once the file is cut. */
-    kv__sqlite_map_lock(w->map);
-    kv__sqlite_map_shrink(w->map, size);
-    rc = w->real->pMethods->xTruncate(w->real, size);
-    kv__sqlite_map_unlock(w->map);
-    return rc;
+    int rc = flush((walfile *)f);
+    return rc != SQLITE_OK ? rc
+                           : real_of(f)->pMethods->xTruncate(real_of(f), size);
 }
 
 static int wb_sync(sqlite3_file *f, int flags)
@@ -193,16 +176,9 @@ static int wb_sync(sqlite3_file *f, int flags)
 
 static int wb_file_size(sqlite3_file *f, sqlite3_int64 *size)
 {
-    walfile *w = (walfile *)f;
-    int rc = flush(w);
-    if (rc != SQLITE_OK)
-        return rc;
-    kv__sqlite_map_lock(w->map);
-    rc = w->real->pMethods->xFileSize(w->real, size);
-    if (rc == SQLITE_OK)
-        kv__sqlite_map_size(w->map, *size);
-    kv__sqlite_map_unlock(w->map);
-    return rc;
+    int rc = flush((walfile *)f);
+    return rc != SQLITE_OK ? rc
+                           : real_of(f)->pMethods->xFileSize(real_of(f), size);
 }
 
 static int wb_lock(sqlite3_file *f, int lock)
@@ -226,10 +202,9 @@ static int wb_file_control(sqlite3_file *f, int op, void *arg)
     int rc = flush(w);
     if (rc != SQLITE_OK)
         return rc;
-    /* A mapped file's pages come from the shared map (wb_fetch): the
-     * default VFS must not map the file a second time. */
-    if (op == SQLITE_FCNTL_MMAP_SIZE && w->map != NULL)
-        return SQLITE_OK;
+    if (op == SQLITE_FCNTL_MMAP_SIZE && w->mapped && arg != NULL &&
+        *(sqlite3_int64 *)arg >= 0)
+        w->map_max = *(sqlite3_int64 *)arg; /* the new limit, in */
     return w->real->pMethods->xFileControl(w->real, op, arg);
 }
 
@@ -277,39 +252,38 @@ static int wb_shm_unmap(sqlite3_file *f, int del)
     return r->pMethods->xShmUnmap(r, del);
 }
 
-/*
- * A mapped file hands SQLite pages in the shared map itself: SQLite reads
- * them in place (no copy) while they are its reader's (SQLite's own mmap
- * contract: WAL readers never see a page of the file change under them).
- * Nothing to release per page, and the "unmap everything" SQLite asks for
- * at a read transaction after a write (off 0, p NULL) is not needed: the
- * map never moves and its known size is kept up to date.
- */
 static int wb_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **pp)
 {
     walfile *w = (walfile *)f;
     sqlite3_file *r = w->real;
     *pp = NULL; /* "no mapping": SQLite reads instead */
     int rc = flush(w);
-    if (rc != SQLITE_OK)
+    if (rc != SQLITE_OK || r->pMethods->iVersion < 3 ||
+        r->pMethods->xFetch == NULL)
         return rc;
-    if (w->map != NULL) {
-        *pp = kv__sqlite_map_at(w->map, n, off);
-        return SQLITE_OK;
+    rc = r->pMethods->xFetch(r, off, n, pp);
+    if (w->mapped && rc == SQLITE_OK) {
+        if (*pp != NULL)
+            atomic_fetch_add_explicit(&n_fetched, 1, memory_order_relaxed);
+        else if (off + n <= w->map_max)
+            w->remap = true; /* the file grew past the map */
     }
-    if (r->pMethods->iVersion < 3 || r->pMethods->xFetch == NULL)
-        return SQLITE_OK;
-    return r->pMethods->xFetch(r, off, n, pp);
+    return rc;
 }
 
+/* Per page: released.  The whole map (off 0, p NULL, asked at a read
+ * transaction after a write): kept unless it has become too small. */
 static int wb_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
 {
     walfile *w = (walfile *)f;
     sqlite3_file *r = w->real;
-    if (w->map != NULL)
-        return SQLITE_OK;
     if (r->pMethods->iVersion < 3 || r->pMethods->xUnfetch == NULL)
         return SQLITE_OK;
+    if (p == NULL && w->mapped) {
+        if (!w->remap)
+            return SQLITE_OK;
+        w->remap = false;
+    }
     return r->pMethods->xUnfetch(r, off, p);
 }
 
@@ -354,19 +328,16 @@ static int wb_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f,
     unsigned feat = features_of(vfs);
     bool gather = (feat & KV__VFS_WALBUF) && (flags & SQLITE_OPEN_WAL) &&
                   !(flags & SQLITE_OPEN_READONLY);
-    bool map = (feat & KV__VFS_MAP) && (flags & SQLITE_OPEN_MAIN_DB) &&
-               name != NULL;
+    bool map = (feat & KV__VFS_MAP) && (flags & SQLITE_OPEN_MAIN_DB);
     if (!gather && !map)
         return base_vfs->xOpen(base_vfs, name, f, flags, out_flags);
     walfile *w = (walfile *)f;
     memset(w, 0, sizeof *w);
     w->gather = gather;
+    w->mapped = map;
     w->real = (sqlite3_file *)((char *)f + WALFILE_SIZE);
     w->real->pMethods = NULL;
     int rc = base_vfs->xOpen(base_vfs, name, w->real, flags, out_flags);
-    /* Mapped only once open: the default VFS made the file if asked to. */
-    if (rc == SQLITE_OK && map)
-        w->map = kv__sqlite_map_get(name);
     /* SQLite calls xClose on a failed open whose pMethods is set. */
     w->base.pMethods = w->real->pMethods != NULL ? &walbuf_io : NULL;
     return rc;
@@ -379,9 +350,9 @@ static void walbuf_init(void)
     base_vfs = sqlite3_vfs_find(NULL);
     if (base_vfs == NULL || base_vfs->iVersion < 1)
         return;
-    /* The map holds the file's bytes as they are on disk: right only for
-     * the unix VFSes, which store a database as SQLite writes it (another
-     * default, say an encrypting one, may not). */
+    /* Keeping a map across transactions is known to be safe with the unix
+     * VFSes' xFetch (their whole-map unfetch only releases the mapping);
+     * another default VFS may need the call. */
     bool can_map = strncmp(base_vfs->zName, "unix", 4) == 0;
     for (unsigned i = 0; i < NVFS; i++) {
         if (((i + 1) & KV__VFS_MAP) && !can_map)
@@ -403,6 +374,11 @@ const char *kv__sqlite_vfs(unsigned features)
         return NULL;
     (void)pthread_once(&walbuf_once, walbuf_init);
     return vfs_ok[features - 1] ? vfs_names[features - 1] : NULL;
+}
+
+unsigned long kv__sqlite_map_fetches(void)
+{
+    return atomic_load_explicit(&n_fetched, memory_order_relaxed);
 }
 
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes)
