@@ -774,6 +774,8 @@ KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
 #define KV_SQLITE_SYNC_FULL 0x2u /* synchronous=FULL (default NORMAL)     */
 #define KV_SQLITE_SYNC_OFF 0x10u /* synchronous=OFF: no fsync at all      \
                                     (tests, benchmarks)                   */
+#define KV_SQLITE_NO_MAP 0x20u   /* read the file with pread, not through \
+                                    a memory map (kv_sqlite_open)         */
 /* kv_fs_open (kvstore-fs(3)). */
 #define KV_FS_NO_FSYNC 0x4u /* skip fsyncs (tests, benchmarks): no        \
                                durability across a machine crash         */
@@ -796,7 +798,16 @@ KV_EXTERN kv_iter *kv_fut_take_iter(kv_fut *fut);
  * mode; opening it sees everything committed to it before, and any SQLite
  * program can open it) or KV_SQLITE_MEMORY.
  * flags: KV_READONLY (not with KV_SQLITE_MEMORY), KV_SQLITE_SYNC_FULL or
- * KV_SQLITE_SYNC_OFF (not both); any other bit fails KV_EINVAL.
+ * KV_SQLITE_SYNC_OFF (not both), KV_SQLITE_NO_MAP; any other bit fails
+ * KV_EINVAL.
+ * Reads: the store's connections read the database file in place in a
+ * read-only memory map of it (SQLite's mmap_size, kept from one
+ * transaction to the next: no system call or copy per page), unless
+ * SQLite's default VFS is not its unix one.  As with any mmap_size, a page
+ * that cannot be read then raises SIGBUS instead of failing the call: a
+ * disk read error, or another program truncating the file while the store
+ * is open (a VACUUM that shrinks it; kvstore itself never shrinks it).
+ * KV_SQLITE_NO_MAP reads with pread(2) instead.
  * Threads: open blocks the caller until the database is open; every SQLite
  * call of an operation then runs on pool.  loop and pool must outlive the
  * store.

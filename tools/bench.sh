@@ -223,10 +223,12 @@ if want reads || want mem; then
 run reads-sqlite --rw=randread --keys="$KEYS" --load \
     --runtime="$RUNTIME" --time_based --value_size=100 \
     --name=sqlite-qd64 --backend="sqlite:$DIR/r.db" --iodepth=64 \
-    --name=sqlite-qd1 --backend="sqlite:$DIR/r.db" --iodepth=1 --load=0
+    --name=sqlite-qd1 --backend="sqlite:$DIR/r.db" --iodepth=1 --load=0 \
+    --name=sqlite-nomap-qd64 --backend="sqlite:$DIR/r.db?map=0" --iodepth=64 --load=0
 run reads-raw --rw=randread --keys="$KEYS" --load \
     --runtime="$RUNTIME" --time_based --value_size=100 \
-    --name=sqlite-raw-qd1 --backend="sqlite-raw:$DIR/raw.db" --iodepth=1
+    --name=sqlite-raw-qd1 --backend="sqlite-raw:$DIR/raw.db" --iodepth=1 \
+    --name=sqlite-raw-mmap-qd1 --backend="sqlite-raw:$DIR/raw.db?mmap=1073741824" --iodepth=1 --load=0
 rm -rf "$DIR"/raw.db*
 fi
 
@@ -494,6 +496,9 @@ def us(ns):
 def ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 
+def rx(r):
+    return "not measured" if r is None else f"**{r:.2f}x**"
+
 def verdict(r, need):
     if r is None:
         return "not measured"
@@ -620,16 +625,23 @@ if want("reads"):
     w("")
     w(f"{int(os.environ['KEYS']):,} records of 100 bytes, uniform random gets. "
       "kvstore's SQLite backend runs every SQLite call on its pool (reader "
-      "connections in parallel, WAL); sqlite-raw makes plain blocking sqlite3 calls "
-      "on the calling thread.")
+      "connections in parallel, WAL) and reads the file in place in a memory map "
+      "(`?map=0`: pread, KV_SQLITE_NO_MAP); sqlite-raw makes plain blocking sqlite3 "
+      "calls on the calling thread, with SQLite's defaults (pread) or its own "
+      "`PRAGMA mmap_size` (`?mmap=`).")
     w("")
     w("| job | gets/s | p99 latency |")
     w("|---|---|---|")
-    for doc, name in [(rs, "sqlite-qd64"), (rs, "sqlite-qd1"), (rr, "sqlite-raw-qd1")]:
+    for doc, name in [(rs, "sqlite-qd64"), (rs, "sqlite-qd1"), (rs, "sqlite-nomap-qd64"),
+                      (rr, "sqlite-raw-qd1"), (rr, "sqlite-raw-mmap-qd1")]:
         w(f"| {name} | {cell(doc, name, 'read')} | {us(p99(doc, name, 'read'))} |")
     w("")
-    w(f"- sqlite iodepth 64 / sqlite-raw on one thread: "
+    w(f"- sqlite iodepth 64 / sqlite-raw on one thread (defaults): "
       f"{verdict(ratio(iops(rs, 'sqlite-qd64', 'read'), iops(rr, 'sqlite-raw-qd1', 'read')), 1.5)}")
+    w(f"- on equal terms, both mapped (sqlite-qd64 / sqlite-raw-mmap-qd1): "
+      f"{rx(ratio(iops(rs, 'sqlite-qd64', 'read'), iops(rr, 'sqlite-raw-mmap-qd1', 'read')))}; "
+      f"both with pread (sqlite-nomap-qd64 / sqlite-raw-qd1): "
+      f"{rx(ratio(iops(rs, 'sqlite-nomap-qd64', 'read'), iops(rr, 'sqlite-raw-qd1', 'read')))}")
     w("")
     w("```sh")
     w(cmd("reads-sqlite"))

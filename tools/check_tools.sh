@@ -316,6 +316,19 @@ PY
 fi
 expect 0 "kvbench sqlite-raw scan" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db" \
     --workload=ycsb-e --keys=500 --number_ios=500
+# sqlite ?map=0 (pread) and the plain peer's ?mmap=BYTES read the same store
+expect 0 "kvbench sqlite ?map=0" "$KVBENCH" --backend="sqlite:$tmp/map.db?map=0" \
+    --rw=randrw --keys=500 --number_ios=1000
+[ -f "$tmp/map.db" ] || { echo "FAIL: ?map=0 is not part of the path" >&2; fails=$((fails + 1)); }
+expect 0 "kvctl sqlite ?map=0" "$KVCTL" "sqlite:$tmp/map.db?map=0" put /m x
+expect 0 "kvctl sqlite mapped" "$KVCTL" "sqlite:$tmp/map.db?map=1" get /m
+expect 2 "sqlite ?map=2" "$KVCTL" "sqlite:$tmp/map.db?map=2" get /m
+grep -q "map takes 0 or 1" "$tmp/err" || { echo "FAIL: ?map=2 message" >&2; fails=$((fails + 1)); }
+expect 0 "kvbench sqlite-raw ?mmap" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db?mmap=268435456" \
+    --rw=randread --keys=500 --load=0 --number_ios=500
+grep -q "mmap_size=268435456" "$tmp/out" || { echo "FAIL: sqlite-raw ?mmap not applied" >&2; fails=$((fails + 1)); }
+expect 1 "kvbench sqlite-raw ?mmap=x" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db?mmap=x" \
+    --rw=randread --keys=500 --load=0 --number_ios=500
 
 if [ "$fails" -ne 0 ]; then
     echo "check_tools: $fails check(s) failed" >&2

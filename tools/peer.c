@@ -26,6 +26,7 @@ struct peer {
     tu_backend kind;
     peer_sync sync;
     char *path;
+    long long mmap_size; /* sqlite-raw ?mmap=BYTES: PRAGMA mmap_size */
     atomic_uint_fast64_t next_token;
     char desc[512];
 #ifdef HAVE_LMDB
@@ -182,8 +183,11 @@ static int sq_conn_open(peer *p, peer_conn *c, char *err, size_t errlen)
     const char *sync = p->sync == PEER_SYNC_FULL     ? "PRAGMA synchronous=FULL"
                        : p->sync == PEER_SYNC_NORMAL ? "PRAGMA synchronous=NORMAL"
                                                      : "PRAGMA synchronous=OFF";
+    char mmap_sql[64];
+    snprintf(mmap_sql, sizeof mmap_sql, "PRAGMA mmap_size=%lld", p->mmap_size);
     if (sq_exec(c->db, "PRAGMA journal_mode=WAL", err, errlen) ||
         sq_exec(c->db, sync, err, errlen) ||
+        (p->mmap_size > 0 && sq_exec(c->db, mmap_sql, err, errlen)) ||
         sq_exec(c->db,
                 "CREATE TABLE IF NOT EXISTS kv(id INTEGER PRIMARY KEY, "
                 "key BLOB NOT NULL UNIQUE, val BLOB NOT NULL, "
@@ -767,6 +771,21 @@ int peer_open(peer **out, tu_backend kind, const char *path, peer_sync sync,
     int rc = 0;
     switch (kind) {
     case TU_SQLITE_RAW: {
+        /* sqlite-raw:PATH?mmap=BYTES: SQLite's own map of the file. */
+        char *q = strrchr(p->path, '?');
+        if (q != NULL && strncmp(q, "?mmap=", 6) == 0) {
+            char *end = NULL;
+            errno = 0;
+            p->mmap_size = strtoll(q + 6, &end, 10);
+            if (errno != 0 || end == q + 6 || *end != '\0' ||
+                p->mmap_size < 0) {
+                snprintf(err, errlen, "sqlite-raw:%s: mmap takes a size in "
+                         "bytes", path);
+                rc = KV_EINVAL;
+                break;
+            }
+            *q = '\0';
+        }
         /* Create the schema once up front so that connections do not race
            to create it. */
         peer_conn c0;
@@ -778,11 +797,13 @@ int peer_open(peer **out, tu_backend kind, const char *path, peer_sync sync,
                  "sqlite-raw (SQLite %s): blocking sqlite3 calls on the job's "
                  "threads (one connection each); rowid table, key BLOB "
                  "UNIQUE; CAS by conditional UPDATE/INSERT; WAL, "
-                 "synchronous=%s; each write its own transaction",
+                 "synchronous=%s; each write its own transaction; "
+                 "mmap_size=%lld",
                  sqlite3_libversion(),
                  sync == PEER_SYNC_FULL     ? "FULL"
                  : sync == PEER_SYNC_NORMAL ? "NORMAL"
-                                            : "OFF");
+                                            : "OFF",
+                 p->mmap_size);
         break;
     }
 #ifdef HAVE_LMDB

@@ -69,15 +69,24 @@ int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen)
             return 0;
         }
         size_t plen = strlen(path);
-        const char *q = out->kind == TU_FS ? strrchr(path, '?') : NULL;
-        if (q != NULL && strncmp(q, "?fanout=", 8) == 0) {
-            if (strcmp(q + 8, "1") == 0)
-                out->flags |= KV_FS_FANOUT;
-            else if (strcmp(q + 8, "0") != 0) {
-                snprintf(err, errlen,
-                         "store URI '%s': fanout takes 0 or 1", uri);
+        /* One option of the store's: fs ?fanout=1 (KV_FS_FANOUT), sqlite
+         * ?map=0 (KV_SQLITE_NO_MAP). */
+        const char *opt = out->kind == TU_FS       ? "?fanout="
+                          : out->kind == TU_SQLITE ? "?map="
+                                                   : NULL;
+        const char *q = opt != NULL ? strrchr(path, '?') : NULL;
+        if (q != NULL && strncmp(q, opt, strlen(opt)) == 0) {
+            const char *v = q + strlen(opt);
+            bool on = strcmp(v, "1") == 0;
+            if (!on && strcmp(v, "0") != 0) {
+                snprintf(err, errlen, "store URI '%s': %.*s takes 0 or 1",
+                         uri, (int)strlen(opt) - 2, opt + 1);
                 return -1;
             }
+            if (out->kind == TU_FS && on)
+                out->flags |= KV_FS_FANOUT;
+            if (out->kind == TU_SQLITE && !on)
+                out->flags |= KV_SQLITE_NO_MAP;
             plen = (size_t)(q - path);
         }
         if (plen == 0) {

@@ -32,7 +32,8 @@ typedef enum tu_backend {
 typedef struct tu_uri {
     tu_backend kind;
     char *path;     /* heap copy; NULL for sqlite:memory */
-    unsigned flags; /* kv_*_open flags the URI asks for (KV_FS_FANOUT) */
+    unsigned flags; /* kv_*_open flags the URI asks for (KV_FS_FANOUT,
+                       KV_SQLITE_NO_MAP) */
 } tu_uri;
 
 /*
@@ -45,7 +46,9 @@ const char *tu_uri_shown(const char *uri, char *out, size_t len);
 /*
  * Parse uri.  0 on success; -1 with a message in err otherwise.  fs URIs
  * take "?fanout=1" (KV_FS_FANOUT: a new store gets the fan-out layout) or
- * "?fanout=0"; a '?' followed by anything else is part of the path.
+ * "?fanout=0", sqlite file URIs "?map=0" (KV_SQLITE_NO_MAP: pread, not the
+ * file's map) or "?map=1"; a '?' followed by anything else is part of the
+ * path.
  */
 int tu_uri_parse(tu_uri *out, const char *uri, char *err, size_t errlen);
 void tu_uri_free(tu_uri *u);

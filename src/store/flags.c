@@ -23,6 +23,7 @@ static const struct {
     {KV_READONLY, "KV_READONLY", NULL, NULL},
     {KV_SQLITE_SYNC_FULL, "KV_SQLITE_SYNC_FULL", "sqlite", "KV_SYNC_FULL"},
     {KV_SQLITE_SYNC_OFF, "KV_SQLITE_SYNC_OFF", "sqlite", NULL},
+    {KV_SQLITE_NO_MAP, "KV_SQLITE_NO_MAP", "sqlite", NULL},
     {KV_FS_NO_FSYNC, "KV_FS_NO_FSYNC", "fs", "KV_NO_FSYNC"},
     {KV_FS_FANOUT, "KV_FS_FANOUT", "fs", NULL},
 };

@@ -4,7 +4,7 @@
  * (and how groups form), two opens of one file, the token counter (its
  * reservations and its end), WAL restarts under a light load, streaming
  * queries, the snapshot of a reader connection, the writer's gathered WAL
- * writes under KV_SQLITE_SYNC_FULL.  The behaviour every backend
+ * writes under KV_SQLITE_SYNC_FULL, reads through the file's map.  The behaviour every backend
  * shares is in the conformance suite (tests/conformance/).
  */
 #include "config.h"
@@ -14,6 +14,7 @@
 #include "testutil.h"
 
 #include <inttypes.h>
+#include <semaphore.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -1542,13 +1543,11 @@ START_TEST(test_walbuf_gathers_commit)
 END_TEST
 
 /*
- * The background checkpoint's connection starts the writeback of the pages
- * it copies (sqlite_ckvfs.c): with a 2 MiB WAL, 80 groups of 64 one-page
- * records make background checkpoints of hundreds of pages (more than the
- * 512 KiB between two writebacks), and the writer of this NORMAL store
- * starts the writeback of its WAL every 256 pages.  The store, a plain
- * connection and a reopen then see every record, and the file is
- * intact.
+ * With a 2 MiB WAL, 80 groups of 64 one-page records make background
+ * checkpoints of hundreds of pages, each followed by its own database sync,
+ * and the writer of this NORMAL store starts the writeback of its WAL
+ * every 256 pages.  The store, a plain connection and a reopen then see
+ * every record, and the file is intact.
  */
 START_TEST(test_ckwb_checkpoints)
 {
@@ -1556,7 +1555,6 @@ START_TEST(test_ckwb_checkpoints)
     ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "2M", 1), 0);
     kv_store *s = open_store(dbpath, 0);
     ck_assert_int_eq(unsetenv("KV_SQLITE_WAL_MAX"), 0);
-    unsigned long c0 = kv__sqlite_ckwb_count();
     unsigned long w0 = kv__sqlite_wal_wb_count();
     for (int pass = 0; pass < 2; pass++)
         for (unsigned r = 0; r < ROUNDS; r++)
@@ -1564,7 +1562,6 @@ START_TEST(test_ckwb_checkpoints)
     check_group(s, 0, ROUNDS * N, LEN);
     check_group(s, 100000, ROUNDS * N, LEN);
     close_store(s);
-    ck_assert_uint_gt(kv__sqlite_ckwb_count(), c0);
     ck_assert_uint_gt(kv__sqlite_wal_wb_count(), w0);
     check_file(dbpath, 2 * ROUNDS * N);
     s = open_store(dbpath, 0);
@@ -1648,6 +1645,169 @@ START_TEST(test_walbuf_flush_fails)
 }
 END_TEST
 
+
+/*
+ * Reads through the file's map (sqlite_vfs.c's MAP): a store's readers
+ * read a checkpointed database in place in the map (the process's count of
+ * pages fetched grows) and get every value right, in a file that grew
+ * since it was first mapped too; with KV_SQLITE_NO_MAP no page comes from a
+ * map, and the values are the same.
+ */
+START_TEST(test_map_reads)
+{
+    enum { N = 1500, LEN = 3000 };
+    kv_store *s = open_store(dbpath, 0); /* mapped while still small */
+    put_group(s, 0, N, LEN);
+    s = reopen(s, dbpath, 0); /* closing checkpointed everything */
+    unsigned long m0 = kv__sqlite_map_fetches();
+    check_group(s, 0, N, LEN);
+    ck_assert_uint_ge(kv__sqlite_map_fetches() - m0, N);
+    close_store(s);
+
+    s = open_store(dbpath, KV_SQLITE_NO_MAP);
+    m0 = kv__sqlite_map_fetches();
+    check_group(s, 0, N, LEN);
+    put_group(s, N, 10, LEN);
+    check_group(s, N, 10, LEN);
+    ck_assert_uint_eq(kv__sqlite_map_fetches() - m0, 0);
+    close_store(s);
+    check_file(dbpath, N + 10);
+}
+END_TEST
+
+/* The flag is SQLite's: another backend refuses it, naming it. */
+START_TEST(test_map_flag_is_sqlites)
+{
+    kv_store *s = NULL;
+    ck_assert_kv(kv_fs_open(&s, loop, pool, dir, 0, KV_SQLITE_NO_MAP), KV_EINVAL);
+    ck_assert_ptr_null(s);
+    ck_assert_ptr_nonnull(strstr(kv_last_errmsg(), "KV_SQLITE_NO_MAP"));
+    s = open_store(KV_SQLITE_MEMORY, KV_SQLITE_NO_MAP); /* nothing to map */
+    close_store(s);
+}
+END_TEST
+
+/*
+ * Two stores on one file: closing the first leaves the second reading its
+ * map, and writing on.
+ */
+START_TEST(test_map_shared_by_two_stores)
+{
+    enum { N = 400, LEN = 3000 };
+    kv_store *a = open_store(dbpath, 0);
+    put_group(a, 0, N, LEN);
+    a = reopen(a, dbpath, 0);
+    kv_store *b = open_store(dbpath, 0);
+    check_group(a, 0, N, LEN);
+    check_group(b, 0, N, LEN);
+    close_store(a);
+    unsigned long m0 = kv__sqlite_map_fetches();
+    check_group(b, 0, N, LEN);
+    put_group(b, N, N, LEN);
+    check_group(b, 0, 2 * N, LEN);
+    ck_assert_uint_gt(kv__sqlite_map_fetches() - m0, 0);
+    close_store(b);
+}
+END_TEST
+
+/*
+ * Another connection shrinks the file under an open store (deletes most
+ * records, VACUUM, a truncating checkpoint): the store then reads the
+ * records left, and misses the deleted ones, without reading past the
+ * file's new end.
+ */
+START_TEST(test_map_file_shrinks)
+{
+    enum { N = 2000, LEN = 3000, KEEP = 10 };
+    kv_store *s = open_store(dbpath, 0);
+    put_group(s, 0, N, LEN);
+    s = reopen(s, dbpath, 0);
+    check_group(s, 0, N, LEN); /* every page of the file read once */
+    struct stat before, after;
+    ck_assert_int_eq(stat(dbpath, &before), 0);
+    char sql[128];
+    snprintf(sql, sizeof sql,
+             "DELETE FROM kv WHERE key >= (SELECT key FROM kv ORDER BY key "
+             "LIMIT 1 OFFSET %d)",
+             KEEP);
+    sql_exec(dbpath, sql);
+    sql_exec(dbpath, "VACUUM; PRAGMA wal_checkpoint(TRUNCATE)");
+    ck_assert_int_eq(stat(dbpath, &after), 0);
+    ck_assert_int_lt(after.st_size, before.st_size / 4);
+    check_group(s, 0, KEEP, LEN);
+    get_is(s, "/w/000011", NULL);
+    get_is(s, "/w/001999", NULL);
+    put_group(s, N, KEEP, LEN); /* and the store writes on */
+    check_group(s, N, KEEP, LEN);
+    close_store(s);
+    check_file(dbpath, 2 * KEEP);
+}
+END_TEST
+
+
+typedef struct gate {
+    sem_t in, go;
+} gate;
+
+/* A pool job that holds its worker until the gate opens. */
+static int hold_worker(void *arg)
+{
+    gate *g = arg;
+    sem_post(&g->in);
+    while (sem_wait(&g->go) != 0)
+        ;
+    return KV_OK;
+}
+
+/*
+ * Point reads submitted one by one while a reader job runs are handed out
+ * together at the end of the loop turn: with the pool's one worker held, a
+ * first get takes a job at once, and the 30 submitted after it in the same
+ * turn go in one more job (two jobs for 31 gets), not the first of them in
+ * a job of its own and the rest in a third.
+ */
+START_TEST(test_reads_batched_per_turn)
+{
+    enum { N = 30 };
+    kv_store *s = open_store(dbpath, 0);
+    put_group(s, 0, N + 1, 100);
+    close_store(s);
+    kv_pool *one = NULL;
+    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
+    ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
+    gate g;
+    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
+    kv_fut *held = kv_pool_work(loop, one, hold_worker, &g);
+    while (sem_wait(&g.in) != 0)
+        ;
+    uint64_t j0 = stats(s).read_jobs;
+    kv_fut *fs[N + 1];
+    for (unsigned i = 0; i <= N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "/w/%06u", i);
+        fs[i] = kv_get(s, K(name), NULL);
+    }
+    ck_assert_uint_eq(stats(s).read_jobs - j0, 1); /* the first get's */
+    for (int i = 0; i < 1000 && stats(s).read_jobs - j0 < 2; i++)
+        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
+    ck_assert_uint_eq(stats(s).read_jobs - j0, 2); /* the turn's 30 */
+    sem_post(&g.go);
+    ck_assert_kv(kv_wait(held), KV_OK);
+    kv_fut_free(held);
+    for (unsigned i = 0; i <= N; i++) {
+        ck_assert_kv(kv_wait(fs[i]), KV_OK);
+        ck_assert_uint_eq(kv_fut_record(fs[i])->len, 100);
+        kv_fut_free(fs[i]);
+    }
+    ck_assert_uint_eq(stats(s).read_jobs - j0, 2);
+    close_store(s);
+    kv_pool_free(one);
+    sem_destroy(&g.in);
+    sem_destroy(&g.go);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 int main(void)
@@ -1715,6 +1875,16 @@ int main(void)
     tcase_add_test(tc, test_walbuf_large_transaction);
     tcase_add_test(tc, test_ckwb_checkpoints);
     tcase_add_test(tc, test_walbuf_flush_fails);
+    suite_add_tcase(su, tc);
+
+    tc = tcase_create("reads");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_map_reads);
+    tcase_add_test(tc, test_map_flag_is_sqlites);
+    tcase_add_test(tc, test_map_shared_by_two_stores);
+    tcase_add_test(tc, test_map_file_shrinks);
+    tcase_add_test(tc, test_reads_batched_per_turn);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("alloc");

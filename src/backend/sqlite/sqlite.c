@@ -175,7 +175,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     }
     int frc = kv__check_open_flags("sqlite", flags,
                                    KV_READONLY | KV_SQLITE_SYNC_FULL |
-                                       KV_SQLITE_SYNC_OFF);
+                                       KV_SQLITE_SYNC_OFF | KV_SQLITE_NO_MAP);
     if (frc != KV_OK)
         return frc;
     if ((flags & KV_SQLITE_SYNC_FULL) && (flags & KV_SQLITE_SYNC_OFF)) {
@@ -208,6 +208,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     kv__list_init(&s->cursors);
     s->memory = memory;
     s->readonly = (flags & KV_READONLY) != 0;
+    s->map = !memory && (flags & KV_SQLITE_NO_MAP) == 0;
     s->sync = (flags & KV_SQLITE_SYNC_FULL)  ? "FULL"
               : (flags & KV_SQLITE_SYNC_OFF) ? "OFF"
                                              : "NORMAL";

@@ -22,31 +22,28 @@ struct kv__sqlite_stats {
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 /*
- * sqlite_vfs.c: a VFS over SQLite's default one that gathers a WAL file's
- * frame writes into one write per commit, for connections that run
- * synchronous=FULL only (see the file's comment).  kv__sqlite_vfs_walbuf
- * registers it on first use and returns its name, or NULL if it could not
- * (then open with the default VFS).  Test hooks: the writes SQLite made to
- * wrapped WAL files and the writes they became, process-wide; and a
+ * sqlite_vfs.c: the kvstore VFS over SQLite's default one, registered on
+ * first use under one name per set of features:
+ * - KV__VFS_WALBUF gathers a WAL file's frame writes into one write per
+ *   commit, for connections that run synchronous=FULL only (see the
+ *   file's comment);
+ * - KV__VFS_MAP keeps the default VFS's map of the main database file
+ *   (PRAGMA mmap_size) across read transactions.
+ * kv__sqlite_vfs returns the name for features (a non-empty set), or NULL
+ * if it could not register it, or if MAP is asked for and SQLite's default
+ * VFS is not a unix one (then open with fewer features or the default).  Test
+ * hooks: the writes SQLite made to wrapped WAL files and the writes they
+ * became, and the pages read in place in a kept map, process-wide; and a
  * failure (an SQLite result code) of the nth flush from now (0: none).
  */
-#define KV__SQLITE_VFS_WALBUF "kvstore-walbuf"
-const char *kv__sqlite_vfs_walbuf(void);
+#define KV__VFS_WALBUF 0x1u
+#define KV__VFS_MAP 0x2u
+const char *kv__sqlite_vfs(unsigned features);
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes);
+unsigned long kv__sqlite_map_fetches(void);
 #ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
 void kv__sqlite_walbuf_fail(long nth, int sqlite_rc);
 #endif
-/*
- * sqlite_ckvfs.c: a VFS over SQLite's default one for the background
- * checkpoint's connection, which starts the writeback of the database
- * file's pages as the checkpoint writes them (see the file's comment).
- * kv__sqlite_vfs_ckwb registers it on first use and returns its name, or
- * NULL if it could not (then open with the default VFS).  Test hook: the
- * writebacks it started, process-wide.
- */
-#define KV__SQLITE_VFS_CKWB "kvstore-ckwb"
-const char *kv__sqlite_vfs_ckwb(void);
-unsigned long kv__sqlite_ckwb_count(void);
 /* sqlite_job.c test hook: the writebacks of WAL pages the writers of
  * synchronous=NORMAL stores started, process-wide. */
 unsigned long kv__sqlite_wal_wb_count(void);

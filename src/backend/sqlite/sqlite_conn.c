@@ -20,6 +20,10 @@
  * random puts miss pages with the default (docs/DESIGN.md). */
 #define WRITER_CACHE_KIB 16384
 
+/* PRAGMA mmap_size of a connection on the MAP VFS: as large as SQLite
+ * allows (it lowers it to its SQLITE_MAX_MMAP_SIZE, 2 GiB on Linux). */
+#define MAP_PRAGMA_SIZE "68719476736"
+
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -118,15 +122,51 @@ static int db_open_vfs(sqlite3 **out, const char *path, int flags,
     return KV_OK;
 }
 
-static int db_open(sqlite3 **out, const char *path, int flags, char **msg)
+/* The VFS of s's connections: the kvstore VFS reading the file's map
+ * unless KV_SQLITE_NO_MAP (or unless it cannot: *mapped says); the writer
+ * of a durable file store also gathers each commit's WAL frames into one
+ * write (sqlite_vfs.c: safe with synchronous=FULL only).  NULL: the
+ * default VFS. */
+static const char *vfs_of(const sq *s, bool writer, bool *mapped)
 {
-    return db_open_vfs(out, path, flags, NULL, msg);
+    unsigned feat = s->map ? KV__VFS_MAP : 0;
+    if (writer && !s->memory && !s->readonly && strcmp(s->sync, "FULL") == 0)
+        feat |= KV__VFS_WALBUF;
+    const char *name = feat != 0 ? kv__sqlite_vfs(feat) : NULL;
+    if (name == NULL && (feat & KV__VFS_MAP)) {
+        feat &= ~KV__VFS_MAP;
+        name = feat != 0 ? kv__sqlite_vfs(feat) : NULL;
+    }
+    *mapped = name != NULL && (feat & KV__VFS_MAP);
+    return name;
+}
+
+/*
+ * Open a connection of s: on its VFS (vfs_of), and, when that reads the
+ * map, with SQLite's memory-mapped I/O on, so that SQLite reads pages in
+ * place in it (pages past SQLite's size limit are read with pread).
+ */
+static int conn_open(const sq *s, sqlite3 **out, int flags, bool writer,
+                     char **msg)
+{
+    bool mapped;
+    const char *vfs = vfs_of(s, writer, &mapped);
+    int rc = db_open_vfs(out, s->path, flags, vfs, msg);
+    if (rc == KV_OK && mapped) {
+        rc = sqlite__exec_sql(*out, "PRAGMA mmap_size=" MAP_PRAGMA_SIZE, msg);
+        if (rc != KV_OK) {
+            if (sqlite3_close(*out) != SQLITE_OK)
+                (void)sqlite3_close_v2(*out);
+            *out = NULL;
+        }
+    }
+    return rc;
 }
 
 /* A reader's first job opens it (worker). */
 int sqlite__reader_open(conn *c, char **msg)
 {
-    return db_open(&c->db, c->s->path, SQLITE_OPEN_READONLY, msg);
+    return conn_open(c->s, &c->db, SQLITE_OPEN_READONLY, false, msg);
 }
 
 /*
@@ -231,13 +271,8 @@ int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
                 "store cannot create one",
                 s->path);
     }
-    /* The writer of a durable file store gathers each commit's WAL frames
-     * into one write (sqlite_vfs.c: safe with synchronous=FULL only). */
-    const char *vfs = NULL;
-    if (!s->memory && !s->readonly && strcmp(s->sync, "FULL") == 0)
-        vfs = kv__sqlite_vfs_walbuf();
     sqlite3 *db = NULL;
-    int rc = db_open_vfs(&db, s->path, flags, vfs, msg);
+    int rc = conn_open(s, &db, flags, true, msg);
     if (rc != KV_OK)
         return rc;
     rc = probe_header(db, s->path, msg);
@@ -302,9 +337,7 @@ int sqlite__primary_open(sq *s, sqlite3 **out, char **msg)
 sqlite3 *sqlite__ck_open(const sq *s)
 {
     sqlite3 *db = NULL;
-    /* sqlite_ckvfs.c: its copies reach the device as they are made. */
-    if (db_open_vfs(&db, s->path, SQLITE_OPEN_READWRITE,
-                    kv__sqlite_vfs_ckwb(), NULL) != KV_OK)
+    if (conn_open(s, &db, SQLITE_OPEN_READWRITE, false, NULL) != KV_OK)
         return NULL;
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", s->sync);

@@ -148,6 +148,7 @@ struct sq {
     kv_pool *pool;
     char *path;
     bool memory, readonly;
+    bool map;                   /* connections read the file's map (VFS) */
     const char *sync;         /* PRAGMA synchronous value */
     conn *writer;             /* NULL for read-only stores */
     conn *conns;              /* every connection */
@@ -172,6 +173,8 @@ struct sq {
      * starts the writer's job once the callbacks of this loop turn ran. */
     kv__op wstart_op;
     bool wstart_armed;        /* the NOP is in flight */
+    kv__op rstart_op;         /* the same for the queued point reads */
+    bool rstart_armed;
     /* Background checkpoints (file stores with a writer). */
     kv__job ck_job;
     kv_pool *ck_pool;         /* its own one-thread pool (NULL: s->pool) */

@@ -419,16 +419,46 @@ static cursor *cursor_new(sq *s, const kv_iter *it)
     return cu;
 }
 
-/* Reads of a memory store queue on its one connection. */
+static void rstart_cb(kv__op *op, int res, uint32_t flags)
+{
+    sq *s = KV__CONTAINER_OF(op, sq, rstart_op);
+    (void)res; /* a NOP (or a fault-injected failure): start either way */
+    (void)flags;
+    s->rstart_armed = false;
+    s->pending--;
+    dispatch_reads(s);
+    sqlite__maybe_close(s);
+}
+
+/*
+ * Reads of a memory store queue on its one connection.  A file store's
+ * read starts at once when no reader job runs (a lone get waits for
+ * nothing); while some run, it waits for the end of this loop turn (a NOP,
+ * as the writer's group does), so that the gets the turn's callbacks
+ * submit one by one are shared out together, in a few large jobs, instead
+ * of the first of them taking a job alone.
+ */
 static void queue_read(sq *s, sreq *r)
 {
     if (s->memory) {
         q_push(&s->writer->wait, r);
         kick(s->writer);
-    } else {
-        q_push(&s->rq, r);
-        dispatch_reads(s);
+        return;
     }
+    q_push(&s->rq, r);
+    if (s->rstart_armed)
+        return;
+    struct io_uring_sqe *sqe;
+    if (s->nread_jobs == 0 || s->nread_jobs >= s->max_read_jobs ||
+        kv__loop_sqes(s->loop, &sqe, 1) != KV_OK) {
+        dispatch_reads(s); /* idle readers now, or none to hand it to */
+        return;
+    }
+    io_uring_prep_nop(sqe);
+    s->rstart_op.cb = rstart_cb;
+    io_uring_sqe_set_data64(sqe, (uintptr_t)&s->rstart_op);
+    s->rstart_armed = true;
+    s->pending++; /* close waits for the NOP's completion */
 }
 
 void sqlite__submit(kv_store *store, kv__req *req)

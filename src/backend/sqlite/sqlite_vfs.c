@@ -1,11 +1,21 @@
 /*
- * backend/sqlite/sqlite_vfs.c - a VFS over SQLite's default one that
- * gathers the writes of a WAL file into one write per commit (SQLite makes
- * two per frame), flushed before any other call on the file.
- * Safe with synchronous=FULL only: the writer of a KV_SQLITE_SYNC_FULL store uses
- * it.  Threads: a file is used by one connection, on one thread at a time;
- * the counters are atomics for tests.  Why and why safe: docs/DESIGN.md,
- * "backend/sqlite".
+ * backend/sqlite/sqlite_vfs.c - the kvstore VFS over SQLite's default one,
+ * with two features, each chosen by the name a connection opens with:
+ * - WALBUF gathers the writes of a WAL file into one write per commit
+ *   (SQLite makes two per frame), flushed before any other call on the
+ *   file.  Safe with synchronous=FULL only: the writer of a
+ *   KV_SQLITE_SYNC_FULL store uses it.  Why and why safe: docs/DESIGN.md,
+ *   "backend/sqlite".
+ * - MAP keeps the default VFS's memory map of the main database file
+ *   (PRAGMA mmap_size) from one read transaction to the next: SQLite asks
+ *   for the whole map to be dropped at every read transaction that follows
+ *   a write, and remapping (and faulting every page in again) made mapped
+ *   reads slower than pread under writes.  The map is dropped only when it
+ *   no longer covers the file (a fetch past its end that the size limit
+ *   allows).  Never an extra descriptor of the file: closing one would
+ *   release the process's POSIX locks on it.
+ * Any other file is the default VFS's own.  Threads: a file is used by one
+ * connection, on one thread at a time; the counters are atomics for tests.
  */
 #include "config.h"
 
@@ -27,6 +37,10 @@
 typedef struct walfile {
     sqlite3_file base;       /* pMethods = &walbuf_io */
     sqlite3_file *real;      /* the default VFS's file, after this struct */
+    bool gather;             /* a WAL file whose writes are gathered */
+    bool mapped;             /* a main database file whose map is kept */
+    bool remap;              /* ...and too small: drop it at the next ask */
+    sqlite3_int64 map_max;   /* the size limit SQLite set for the map */
     unsigned char *buf;      /* the run: bytes [off, off + len) */
     size_t len, cap;
     sqlite3_int64 off;
@@ -37,13 +51,18 @@ typedef struct walfile {
     ((sizeof(walfile) + _Alignof(max_align_t) - 1) & \
      ~(size_t)(_Alignof(max_align_t) - 1))
 
-static sqlite3_vfs walbuf_vfs;
+/* One VFS per non-empty set of features: vfs_tab[features - 1]. */
+#define NVFS 3
+static sqlite3_vfs vfs_tab[NVFS];
+static const char *const vfs_names[NVFS] = {
+    "kvstore-walbuf", "kvstore-map", "kvstore-walbuf-map"};
+static bool vfs_ok[NVFS];
 static sqlite3_vfs *base_vfs;
 static pthread_once_t walbuf_once = PTHREAD_ONCE_INIT;
-static bool walbuf_ok;
 
 static atomic_ulong n_writes;  /* writes SQLite made to wrapped files */
 static atomic_ulong n_flushes; /* writes those became                  */
+static atomic_ulong n_fetched; /* pages SQLite read in place in a map   */
 static atomic_long fail_nth;   /* test hook: fail the nth flush (0: off) */
 static atomic_int fail_rc;
 
@@ -102,15 +121,18 @@ static int wb_close(sqlite3_file *f)
 
 static int wb_read(sqlite3_file *f, void *p, int n, sqlite3_int64 off)
 {
-    int rc = flush((walfile *)f);
+    walfile *w = (walfile *)f;
+    int rc = flush(w);
     if (rc != SQLITE_OK)
         return rc;
-    return real_of(f)->pMethods->xRead(real_of(f), p, n, off);
+    return w->real->pMethods->xRead(w->real, p, n, off);
 }
 
 static int wb_write(sqlite3_file *f, const void *p, int n, sqlite3_int64 off)
 {
     walfile *w = (walfile *)f;
+    if (!w->gather)
+        return w->real->pMethods->xWrite(w->real, p, n, off);
     atomic_fetch_add_explicit(&n_writes, 1, memory_order_relaxed);
     size_t un = n > 0 ? (size_t)n : 0;
     if (w->len > 0 && off >= w->off &&
@@ -176,10 +198,14 @@ static int wb_check_reserved(sqlite3_file *f, int *out)
 
 static int wb_file_control(sqlite3_file *f, int op, void *arg)
 {
-    int rc = flush((walfile *)f);
-    return rc != SQLITE_OK
-               ? rc
-               : real_of(f)->pMethods->xFileControl(real_of(f), op, arg);
+    walfile *w = (walfile *)f;
+    int rc = flush(w);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (op == SQLITE_FCNTL_MMAP_SIZE && w->mapped && arg != NULL &&
+        *(sqlite3_int64 *)arg >= 0)
+        w->map_max = *(sqlite3_int64 *)arg; /* the new limit, in */
+    return w->real->pMethods->xFileControl(w->real, op, arg);
 }
 
 static int wb_sector_size(sqlite3_file *f)
@@ -228,20 +254,36 @@ static int wb_shm_unmap(sqlite3_file *f, int del)
 
 static int wb_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **pp)
 {
-    sqlite3_file *r = real_of(f);
+    walfile *w = (walfile *)f;
+    sqlite3_file *r = w->real;
     *pp = NULL; /* "no mapping": SQLite reads instead */
-    int rc = flush((walfile *)f);
+    int rc = flush(w);
     if (rc != SQLITE_OK || r->pMethods->iVersion < 3 ||
         r->pMethods->xFetch == NULL)
         return rc;
-    return r->pMethods->xFetch(r, off, n, pp);
+    rc = r->pMethods->xFetch(r, off, n, pp);
+    if (w->mapped && rc == SQLITE_OK) {
+        if (*pp != NULL)
+            atomic_fetch_add_explicit(&n_fetched, 1, memory_order_relaxed);
+        else if (off + n <= w->map_max)
+            w->remap = true; /* the file grew past the map */
+    }
+    return rc;
 }
 
+/* Per page: released.  The whole map (off 0, p NULL, asked at a read
+ * transaction after a write): kept unless it has become too small. */
 static int wb_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
 {
-    sqlite3_file *r = real_of(f);
+    walfile *w = (walfile *)f;
+    sqlite3_file *r = w->real;
     if (r->pMethods->iVersion < 3 || r->pMethods->xUnfetch == NULL)
         return SQLITE_OK;
+    if (p == NULL && w->mapped) {
+        if (!w->remap)
+            return SQLITE_OK;
+        w->remap = false;
+    }
     return r->pMethods->xUnfetch(r, off, p);
 }
 
@@ -267,16 +309,32 @@ static const sqlite3_io_methods walbuf_io = {
     wb_unfetch,
 };
 
-/* xOpen: the WAL of a writable connection is wrapped, any other file is
- * the default VFS's own (opened in place, its methods unchanged). */
+/* The features of vfs, one of vfs_tab. */
+static unsigned features_of(const sqlite3_vfs *vfs)
+{
+    for (unsigned i = 0; i < NVFS; i++)
+        if (vfs == &vfs_tab[i])
+            return i + 1;
+    return 0;
+}
+
+/* xOpen: with WALBUF, the WAL of a writable connection is wrapped and
+ * gathers its writes; with MAP, the main database file is wrapped and read
+ * from its map (unwrapped if it cannot be mapped).  Any other file is the
+ * default VFS's own (opened in place, its methods unchanged). */
 static int wb_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f,
                    int flags, int *out_flags)
 {
-    (void)vfs;
-    if ((flags & SQLITE_OPEN_WAL) == 0 || (flags & SQLITE_OPEN_READONLY))
+    unsigned feat = features_of(vfs);
+    bool gather = (feat & KV__VFS_WALBUF) && (flags & SQLITE_OPEN_WAL) &&
+                  !(flags & SQLITE_OPEN_READONLY);
+    bool map = (feat & KV__VFS_MAP) && (flags & SQLITE_OPEN_MAIN_DB);
+    if (!gather && !map)
         return base_vfs->xOpen(base_vfs, name, f, flags, out_flags);
     walfile *w = (walfile *)f;
     memset(w, 0, sizeof *w);
+    w->gather = gather;
+    w->mapped = map;
     w->real = (sqlite3_file *)((char *)f + WALFILE_SIZE);
     w->real->pMethods = NULL;
     int rc = base_vfs->xOpen(base_vfs, name, w->real, flags, out_flags);
@@ -292,20 +350,35 @@ static void walbuf_init(void)
     base_vfs = sqlite3_vfs_find(NULL);
     if (base_vfs == NULL || base_vfs->iVersion < 1)
         return;
-    /* The default VFS's methods, handed our struct: the unix VFS reads only
-     * fields copied here (pAppData, mxPathname, szOsFile). */
-    walbuf_vfs = *base_vfs;
-    walbuf_vfs.pNext = NULL;
-    walbuf_vfs.zName = KV__SQLITE_VFS_WALBUF;
-    walbuf_vfs.szOsFile = (int)WALFILE_SIZE + base_vfs->szOsFile;
-    walbuf_vfs.xOpen = wb_open;
-    walbuf_ok = sqlite3_vfs_register(&walbuf_vfs, 0) == SQLITE_OK;
+    /* Keeping a map across transactions is known to be safe with the unix
+     * VFSes' xFetch (their whole-map unfetch only releases the mapping);
+     * another default VFS may need the call. */
+    bool can_map = strncmp(base_vfs->zName, "unix", 4) == 0;
+    for (unsigned i = 0; i < NVFS; i++) {
+        if (((i + 1) & KV__VFS_MAP) && !can_map)
+            continue;
+        /* The default VFS's methods, handed our struct: the unix VFS reads
+         * only fields copied here (pAppData, mxPathname, szOsFile). */
+        vfs_tab[i] = *base_vfs;
+        vfs_tab[i].pNext = NULL;
+        vfs_tab[i].zName = vfs_names[i];
+        vfs_tab[i].szOsFile = (int)WALFILE_SIZE + base_vfs->szOsFile;
+        vfs_tab[i].xOpen = wb_open;
+        vfs_ok[i] = sqlite3_vfs_register(&vfs_tab[i], 0) == SQLITE_OK;
+    }
 }
 
-const char *kv__sqlite_vfs_walbuf(void)
+const char *kv__sqlite_vfs(unsigned features)
 {
+    if (features == 0 || features > NVFS)
+        return NULL;
     (void)pthread_once(&walbuf_once, walbuf_init);
-    return walbuf_ok ? KV__SQLITE_VFS_WALBUF : NULL;
+    return vfs_ok[features - 1] ? vfs_names[features - 1] : NULL;
+}
+
+unsigned long kv__sqlite_map_fetches(void)
+{
+    return atomic_load_explicit(&n_fetched, memory_order_relaxed);
 }
 
 void kv__sqlite_walbuf_counts(unsigned long *writes, unsigned long *flushes)
