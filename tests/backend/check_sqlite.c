@@ -1745,20 +1745,6 @@ START_TEST(test_map_file_shrinks)
 END_TEST
 
 
-typedef struct gate {
-    sem_t in, go;
-} gate;
-
-/* A pool job that holds its worker until the gate opens. */
-static int hold_worker(void *arg)
-{
-    gate *g = arg;
-    sem_post(&g->in);
-    while (sem_wait(&g->go) != 0)
-        ;
-    return KV_OK;
-}
-
 /*
  * Point reads submitted one by one while a reader job runs are handed out
  * together at the end of the loop turn: with the pool's one worker held, a
@@ -1775,10 +1761,10 @@ START_TEST(test_reads_batched_per_turn)
     kv_pool *one = NULL;
     ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
     ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
-    gate g;
+    tu_gate g;
     ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
     ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
-    kv_fut *held = kv_pool_work(loop, one, hold_worker, &g);
+    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, &g);
     while (sem_wait(&g.in) != 0)
         ;
     uint64_t j0 = stats(s).read_jobs;

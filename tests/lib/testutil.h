@@ -7,6 +7,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
+#include <semaphore.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stdbool.h>
@@ -253,6 +254,43 @@ static inline int tu_write_all(int fd, const void *p, size_t n)
 }
 
 /* Run a suite; returns the process exit status. */
+/*
+ * A Redis row's store URI: the servers of the environment variable env,
+ * then /name and opts ("" or "?..."); over TLS (a rediss:// server with a
+ * password) as the ACL user kvuser of tests/redis_env.sh, whose keys start
+ * with kvacl, trusting the test CA (KV_TEST_REDIS_TLS_CA).
+ */
+static inline void tu_redis_uri(const char *env, const char *name,
+                                const char *opts, char *out, size_t len)
+{
+    const char *base = getenv(env);
+    if (base == NULL)
+        base = "";
+    if (strncmp(base, "rediss://", 9) != 0) {
+        snprintf(out, len, "%s/%s%s", base, name, opts);
+        return;
+    }
+    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
+    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
+             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
+             ca != NULL ? ca : "");
+}
+
+/* A pool job that holds its worker until the gate opens: sem_post(&in)
+ * once it holds it, then waits for go. */
+typedef struct tu_gate {
+    sem_t in, go;
+} tu_gate;
+
+static inline int tu_hold_worker(void *arg)
+{
+    tu_gate *g = arg;
+    sem_post(&g->in);
+    while (sem_wait(&g->go) != 0)
+        ;
+    return KV_OK;
+}
+
 static inline int tu_run(Suite *s)
 {
     SRunner *sr = srunner_create(s);

@@ -217,24 +217,6 @@ static int open_fs(kv_store **out, kv_loop *loop, kv_pool *pool,
  * its own (a new key prefix: the test directory's name and a run number),
  * as the file rows start each run from an empty directory.
  */
-/* A Redis row's store URI: the servers of env, then /name and opts ("" or
- * "?..."); over TLS (KV_TEST_REDIS_TLS: a server with a password) as the
- * ACL user kvuser of tests/redis_env.sh, whose keys start with kvacl,
- * trusting the test CA (KV_TEST_REDIS_TLS_CA). */
-static void redis_uri(const char *env, const char *name, const char *opts,
-                      char *out, size_t len)
-{
-    const char *base = getenv(env);
-    if (strncmp(base, "rediss://", 9) != 0) {
-        snprintf(out, len, "%s/%s%s", base, name, opts);
-        return;
-    }
-    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
-    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
-             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
-             ca != NULL ? ca : "");
-}
-
 static int open_redis_env(kv_store **out, kv_loop *loop, kv_pool *pool,
                           const char *dir, const char *env)
 {
@@ -243,7 +225,7 @@ static int open_redis_env(kv_store **out, kv_loop *loop, kv_pool *pool,
     char name[4300], uri[4400];
     snprintf(name, sizeof name, "%s-%lu", base != NULL ? base + 1 : dir,
              ++runs);
-    redis_uri(env, name, "", uri, sizeof uri);
+    tu_redis_uri(env, name, "", uri, sizeof uri);
     return kv_redis_open(out, loop, pool, uri, 0);
 }
 

@@ -117,24 +117,6 @@ static bool selected_(const backend *b, const char *test)
     return true;
 }
 
-/* A Redis row's store URI: the servers of env, then /name and opts ("" or
- * "?..."); over TLS (KV_TEST_REDIS_TLS: a server with a password) as the
- * ACL user kvuser of tests/redis_env.sh, whose keys start with kvacl,
- * trusting the test CA (KV_TEST_REDIS_TLS_CA). */
-static void redis_uri(const char *env, const char *name, const char *opts,
-                      char *out, size_t len)
-{
-    const char *base = getenv(env);
-    if (strncmp(base, "rediss://", 9) != 0) {
-        snprintf(out, len, "%s/%s%s", base, name, opts);
-        return;
-    }
-    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
-    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
-             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
-             ca != NULL ? ca : "");
-}
-
 static int open_store(ctx *c, unsigned depth, unsigned flags)
 {
     if (c->b->env != NULL) {
@@ -144,7 +126,7 @@ static int open_store(ctx *c, unsigned depth, unsigned flags)
         char name[4300], uri[4400];
         snprintf(name, sizeof name, "%s-%lu", base != NULL ? base + 1 : tmpdir,
                  ++runs);
-        redis_uri(c->b->env, name, c->b->opts, uri, sizeof uri);
+        tu_redis_uri(c->b->env, name, c->b->opts, uri, sizeof uri);
         /* "no fsync" is an fs flag: the server decides durability */
         return kv_redis_open(&c->s, c->loop, c->pool, uri,
                              flags & ~KV_FS_NO_FSYNC);

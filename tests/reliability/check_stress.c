@@ -124,31 +124,13 @@ static bool selected_(const backend *b, const char *test)
 }
 #define selected(b) selected_((b), __func__)
 
-/* A Redis row's store URI: the servers of env, then /name and opts ("" or
- * "?..."); over TLS (KV_TEST_REDIS_TLS: a server with a password) as the
- * ACL user kvuser of tests/redis_env.sh, whose keys start with kvacl,
- * trusting the test CA (KV_TEST_REDIS_TLS_CA). */
-static void redis_uri(const char *env, const char *name, const char *opts,
-                      char *out, size_t len)
-{
-    const char *base = getenv(env);
-    if (strncmp(base, "rediss://", 9) != 0) {
-        snprintf(out, len, "%s/%s%s", base, name, opts);
-        return;
-    }
-    const char *ca = getenv("KV_TEST_REDIS_TLS_CA");
-    snprintf(out, len, "rediss://kvuser:kv-pw@%s/kvacl%s%s%scacert=%s",
-             base + 9, name, opts, opts[0] != '\0' ? "&" : "?",
-             ca != NULL ? ca : "");
-}
-
 /* The SQLite file or fs root of the test, or a Redis store URI whose key
  * prefix is the name of the test's temporary directory. */
 static void store_path(const backend *b, char *out, size_t len)
 {
     if (b->env != NULL) {
         const char *base = strrchr(tmpdir, '/');
-        redis_uri(b->env, base != NULL ? base + 1 : tmpdir, "", out, len);
+        tu_redis_uri(b->env, base != NULL ? base + 1 : tmpdir, "", out, len);
     } else if (b->memory) {
         snprintf(out, len, "%s", KV_SQLITE_MEMORY);
     } else {

@@ -328,20 +328,6 @@ START_TEST(test_admission_limit_remote)
 }
 END_TEST
 
-typedef struct gate {
-    sem_t in, go;
-} gate;
-
-/* A pool job that holds its worker until the gate opens. */
-static int hold_worker(void *arg)
-{
-    gate *g = arg;
-    sem_post(&g->in);
-    while (sem_wait(&g->go) != 0)
-        ;
-    return KV_OK;
-}
-
 typedef struct marker {
     kv__call call;
     sem_t ran;
@@ -363,12 +349,12 @@ START_TEST(test_cancel_reaches_backend)
     driver_start(&d);
     kv_loop *mine;
     ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
-    gate g;
+    tu_gate g;
     ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
     ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
     kv_fut *held[2];
     for (int i = 0; i < 2; i++) {
-        held[i] = kv_pool_work(mine, d.pool, hold_worker, &g);
+        held[i] = kv_pool_work(mine, d.pool, tu_hold_worker, &g);
         while (sem_wait(&g.in) != 0)
             ;
     }
