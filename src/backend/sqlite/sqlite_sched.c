@@ -88,13 +88,39 @@ static void kick_now(conn *c)
     conn_start(c, &c->wait);
 }
 
+/*
+ * Queue a NOP on s's ring whose completion runs cb: it completes once the
+ * loop has run the callbacks due in this turn, so whatever they submitted
+ * is queued by then.  *armed until cb clears it (nop_done), and close waits
+ * for it.  False if no SQE can be had: the caller acts now instead.
+ */
+static bool at_turn_end(sq *s, kv__op *op, bool *armed, kv__op_cb cb)
+{
+    struct io_uring_sqe *sqe;
+    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
+        return false;
+    io_uring_prep_nop(sqe);
+    op->cb = cb;
+    io_uring_sqe_set_data64(sqe, (uintptr_t)op);
+    *armed = true;
+    s->pending++; /* close waits for the NOP's completion */
+    return true;
+}
+
+/* The start of an at_turn_end callback: the NOP (or a fault-injected
+ * failure of it: the callback acts either way) is no longer pending. */
+static void nop_done(sq *s, bool *armed)
+{
+    *armed = false;
+    s->pending--;
+}
+
 static void wstart_cb(kv__op *op, int res, uint32_t flags)
 {
     sq *s = KV__CONTAINER_OF(op, sq, wstart_op);
-    (void)res; /* a NOP (or a fault-injected failure): start either way */
+    (void)res;
     (void)flags;
-    s->wstart_armed = false;
-    s->pending--;
+    nop_done(s, &s->wstart_armed);
     kick_now(s->writer);
     sqlite__maybe_close(s);
 }
@@ -116,18 +142,9 @@ static void kick(conn *c)
         kick_now(c);
         return;
     }
-    if (s->wstart_armed)
-        return;
-    struct io_uring_sqe *sqe;
-    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK) {
+    if (!s->wstart_armed &&
+        !at_turn_end(s, &s->wstart_op, &s->wstart_armed, wstart_cb))
         kick_now(c);
-        return;
-    }
-    io_uring_prep_nop(sqe);
-    s->wstart_op.cb = wstart_cb;
-    io_uring_sqe_set_data64(sqe, (uintptr_t)&s->wstart_op);
-    s->wstart_armed = true;
-    s->pending++; /* close waits for the NOP's completion */
 }
 
 /* File stores: hand waiting reads to idle (or new) readers. */
@@ -422,10 +439,9 @@ static cursor *cursor_new(sq *s, const kv_iter *it)
 static void rstart_cb(kv__op *op, int res, uint32_t flags)
 {
     sq *s = KV__CONTAINER_OF(op, sq, rstart_op);
-    (void)res; /* a NOP (or a fault-injected failure): start either way */
+    (void)res;
     (void)flags;
-    s->rstart_armed = false;
-    s->pending--;
+    nop_done(s, &s->rstart_armed);
     dispatch_reads(s);
     sqlite__maybe_close(s);
 }
@@ -448,17 +464,11 @@ static void queue_read(sq *s, sreq *r)
     q_push(&s->rq, r);
     if (s->rstart_armed)
         return;
-    struct io_uring_sqe *sqe;
+    /* At once with idle readers only, or with no job slot to hand it to
+     * (a finishing job dispatches it then). */
     if (s->nread_jobs == 0 || s->nread_jobs >= s->max_read_jobs ||
-        kv__loop_sqes(s->loop, &sqe, 1) != KV_OK) {
-        dispatch_reads(s); /* idle readers now, or none to hand it to */
-        return;
-    }
-    io_uring_prep_nop(sqe);
-    s->rstart_op.cb = rstart_cb;
-    io_uring_sqe_set_data64(sqe, (uintptr_t)&s->rstart_op);
-    s->rstart_armed = true;
-    s->pending++; /* close waits for the NOP's completion */
+        !at_turn_end(s, &s->rstart_op, &s->rstart_armed, rstart_cb))
+        dispatch_reads(s);
 }
 
 void sqlite__submit(kv_store *store, kv__req *req)
