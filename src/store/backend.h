@@ -124,6 +124,15 @@ struct kv_backend_ops {
     void (*cancel)(kv_store *s, kv__req *req);
     void (*close)(kv_store *s, kv__req *req);
     void (*destroy)(kv_store *s);
+    /*
+     * Optional, for stores whose read_any is set: a HAS or GET made on a
+     * thread other than the store's loop, taken without the loop.  Runs on
+     * that thread; caller is its loop, on which the backend calls
+     * kv__req_done (never inside submit_any).  KV_OK: req is taken.  Else
+     * (KV_ECLOSED once close started, KV_ENOMEM) req is not taken and the
+     * call fails with that code.  close must wait for every req taken.
+     */
+    int (*submit_any)(kv_store *s, kv__req *req, kv_loop *caller);
 };
 
 /*
@@ -140,6 +149,8 @@ struct kv_store {
     kv_loop *loop;
     kv_pool *pool;
     unsigned flags;      /* KV_READONLY, ... */
+    bool read_any;       /* set by the backend at open: point reads from
+                          * other threads go to ops->submit_any */
     /* store.c private below */
     _Atomic int state;   /* read by any thread (the argument checks) */
     kv__list inflight;   /* kv__req.link, newest first */

@@ -165,10 +165,46 @@ kv_fut *kv__req_start_here(kv__req *req)
     return start_here(req);
 }
 
+/* kv_fut_cancel on a point read taken by ops->submit_any: the read is
+ * short and runs without the loop, so it is only marked (its future is
+ * already done: the result, when it comes, is dropped). */
+static void any_on_cancel(kv_fut *f, void *arg)
+{
+    (void)f;
+    kv__req *req = arg;
+    req->canceled = true;
+}
+
+/* A point read made off the store's loop thread, handed to the backend
+ * directly (ops->submit_any): its future is on caller, where it
+ * completes. */
+static kv_fut *start_any(kv__req *req, kv_loop *caller)
+{
+    kv_store *s = req->store;
+    kv_fut *f = kv__fut_new(caller);
+    if (f == NULL) {
+        kv__req_free(req);
+        return kv__fut_failed(caller, KV_ENOMEM, NULL);
+    }
+    int rc = s->ops->submit_any(s, req, caller);
+    if (rc != KV_OK) {
+        kv__req_free(req);
+        kv__fut_fail_msg(f, rc,
+                         rc == KV_ECLOSED ? "store is closed" : NULL);
+        return f;
+    }
+    /* Completed on this thread only, after this call returns. */
+    kv__fut_ref(f);
+    req->fut = f;
+    kv__fut_on_cancel(f, any_on_cancel, req);
+    return f;
+}
+
 /*
  * Admission, then: on the store's loop thread, submit now; on any other
- * thread, forward req to the store's loop (remote.c) and return a future
- * on the calling thread's loop.
+ * thread, hand a point read straight to the backend if it takes them
+ * there (read_any), else forward req to the store's loop (remote.c); the
+ * future is on the calling thread's loop.
  */
 kv_fut *kv__req_start(kv__req *req)
 {
@@ -189,6 +225,9 @@ kv_fut *kv__req_start(kv__req *req)
     }
     if (here)
         return start_here(req);
+    if (s->read_any && floop != NULL &&
+        (req->op == KV__OP_GET || req->op == KV__OP_HAS))
+        return start_any(req, floop);
     return kv__forward_req(req, floop);
 }
 

@@ -1795,6 +1795,291 @@ START_TEST(test_reads_batched_per_turn)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* Point reads from other threads: straight to the pool (sqlite_any.c)      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct any_ctx {
+    kv_store *s;
+    const kv_key *k[3]; /* /a, /b: stored ("1", "22"); /none: absent */
+    sem_t done, submitted, closing;
+    int n;          /* futures to submit (close and cancel tests) */
+    int rc[16];     /* their outcomes */
+    int after;      /* a get made after close started */
+    bool ok;        /* the reads test saw what it expected */
+    char why[160];
+} any_ctx;
+
+static void any_ctx_init(any_ctx *c, kv_store *s)
+{
+    memset(c, 0, sizeof *c);
+    c->s = s;
+    c->k[0] = K("/a");
+    c->k[1] = K("/b");
+    c->k[2] = K("/none");
+    ck_assert_int_eq(sem_init(&c->done, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&c->submitted, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&c->closing, 0, 0), 0);
+}
+
+static void any_ctx_fini(any_ctx *c)
+{
+    sem_destroy(&c->done);
+    sem_destroy(&c->submitted);
+    sem_destroy(&c->closing);
+}
+
+#define ANY_EXPECT(cond, ...)                                              \
+    do {                                                                   \
+        if (!(cond) && c->ok) {                                            \
+            c->ok = false;                                                 \
+            snprintf(c->why, sizeof c->why, __VA_ARGS__);                  \
+        }                                                                  \
+    } while (0)
+
+/* Another thread, its own loop: get, get a missing key, has, get_many. */
+static void *any_reads_thread(void *arg)
+{
+    any_ctx *c = arg;
+    kv_loop *tl = NULL;
+    c->ok = kv_loop_new(&tl, NULL) == KV_OK;
+    if (!c->ok) {
+        snprintf(c->why, sizeof c->why, "kv_loop_new failed");
+        sem_post(&c->done);
+        return NULL;
+    }
+    kv_fut *f = kv_get(c->s, c->k[0], NULL);
+    int rc = kv_wait(f);
+    ANY_EXPECT(rc == KV_OK && kv_fut_record(f)->len == 1 &&
+                   memcmp(kv_fut_record(f)->val, "1", 1) == 0,
+               "get /a: %s", kv_err_name(rc));
+    kv_fut_free(f);
+    f = kv_get(c->s, c->k[2], NULL);
+    rc = kv_wait(f);
+    ANY_EXPECT(rc == KV_ENOTFOUND, "get /none: %s", kv_err_name(rc));
+    kv_fut_free(f);
+    f = kv_has(c->s, c->k[1]);
+    rc = kv_wait(f);
+    ANY_EXPECT(rc == KV_OK && kv_fut_bool(f), "has /b: %s", kv_err_name(rc));
+    kv_fut_free(f);
+    f = kv_has(c->s, c->k[2]);
+    rc = kv_wait(f);
+    ANY_EXPECT(rc == KV_OK && !kv_fut_bool(f), "has /none: %s",
+               kv_err_name(rc));
+    kv_fut_free(f);
+    f = kv_get_many(c->s, c->k, 3, NULL);
+    rc = kv_wait(f);
+    size_t n = 0;
+    const kv_record *rs = rc == KV_OK ? kv_fut_records(f, &n) : NULL;
+    ANY_EXPECT(rc == KV_OK && n == 2 && rs[0].len + rs[1].len == 3,
+               "get_many: %s, %zu records", kv_err_name(rc), n);
+    kv_fut_free(f);
+    ANY_EXPECT(kv_loop_free(tl) == KV_OK, "kv_loop_free: %s",
+               kv_last_errmsg());
+    sem_post(&c->done);
+    return NULL;
+}
+
+/* Wait up to secs for sem; false on timeout. */
+static bool sem_wait_secs(sem_t *sem, int secs)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += secs;
+    int r;
+    while ((r = sem_timedwait(sem, &ts)) != 0 && errno == EINTR)
+        ;
+    return r == 0;
+}
+
+/* Point reads made on another thread complete while the store's own loop
+ * does not run: they never pass through it. */
+START_TEST(test_any_reads_skip_the_loop)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    put(s, "/b", "22", 0);
+    any_ctx ctx;
+    any_ctx_init(&ctx, s);
+    uint64_t r0 = stats(s).any_reads;
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, any_reads_thread, &ctx), 0);
+    /* This thread runs no loop meanwhile. */
+    bool alone = sem_wait_secs(&ctx.done, 30);
+    if (!alone) /* let forwarded calls finish before failing */
+        while (sem_trywait(&ctx.done) != 0)
+            ck_assert_int_ge(kv_loop_run(loop, KV_RUN_ONCE), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_msg(alone, "reads from another thread waited for the "
+                         "store's loop");
+    ck_assert_msg(ctx.ok, "%s", ctx.why);
+    ck_assert_uint_eq(stats(s).any_reads - r0, 5);
+    /* This thread's reads still take the loop's path. */
+    get_is(s, "/a", "1");
+    ck_assert_uint_eq(stats(s).any_reads - r0, 5);
+    any_ctx_fini(&ctx);
+    close_store(s);
+}
+END_TEST
+
+/* Submit c->n gets, tell the test, wait for close to start, collect them,
+ * then one more get. */
+static void *any_close_thread(void *arg)
+{
+    any_ctx *c = arg;
+    kv_loop *tl = NULL;
+    if (kv_loop_new(&tl, NULL) != KV_OK) {
+        c->n = -1;
+        sem_post(&c->submitted);
+        return NULL;
+    }
+    kv_fut *fs[16];
+    for (int i = 0; i < c->n; i++)
+        fs[i] = kv_get(c->s, c->k[i % 2], NULL);
+    sem_post(&c->submitted);
+    while (sem_wait(&c->closing) != 0)
+        ;
+    for (int i = 0; i < c->n; i++) {
+        c->rc[i] = kv_wait(fs[i]);
+        kv_fut_free(fs[i]);
+    }
+    kv_fut *f = kv_get(c->s, c->k[0], NULL);
+    c->after = kv_wait(f);
+    kv_fut_free(f);
+    (void)kv_loop_free(tl);
+    return NULL;
+}
+
+/* Close cancels the other threads' reads that have not run, waits for
+ * them, and refuses new ones; nothing leaks (the sanitizer and valgrind
+ * runs). */
+START_TEST(test_any_reads_close)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    put(s, "/b", "22", 0);
+    close_store(s);
+    kv_pool *one = NULL;
+    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
+    ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
+    tu_gate g;
+    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
+    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, &g);
+    while (sem_wait(&g.in) != 0)
+        ;
+    any_ctx ctx;
+    any_ctx_init(&ctx, s);
+    ctx.n = 10;
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, any_close_thread, &ctx), 0);
+    while (sem_wait(&ctx.submitted) != 0)
+        ;
+    ck_assert_int_eq(ctx.n, 10);
+    kv_fut *cf = kv_close(s); /* the reads wait behind the held worker */
+    sem_post(&ctx.closing);
+    sem_post(&g.go);
+    ck_assert_kv(kv_wait(held), KV_OK);
+    kv_fut_free(held);
+    ck_assert_kv(kv_wait(cf), KV_OK);
+    kv_fut_free(cf);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    for (int i = 0; i < ctx.n; i++)
+        ck_assert_msg(ctx.rc[i] == KV_ECANCELED, "get %d: %s", i,
+                      kv_err_name(ctx.rc[i]));
+    ck_assert_kv(ctx.after, KV_ECLOSED);
+    kv_store_free(s);
+    kv_pool_free(one);
+    any_ctx_fini(&ctx);
+    sem_destroy(&g.in);
+    sem_destroy(&g.go);
+}
+END_TEST
+
+/* A cancelled read from another thread completes KV_ECANCELED at once;
+ * the read still runs, its result is dropped, and the thread's loop is
+ * left with nothing pending. */
+static void *any_cancel_thread(void *arg)
+{
+    any_ctx *c = arg;
+    kv_loop *tl = NULL;
+    c->ok = kv_loop_new(&tl, NULL) == KV_OK;
+    if (!c->ok) {
+        sem_post(&c->submitted);
+        return NULL;
+    }
+    kv_fut *f = kv_get(c->s, c->k[0], NULL);
+    kv_fut_cancel(f);
+    ANY_EXPECT(kv_fut_done(f) && kv_fut_status(f) == KV_ECANCELED,
+               "cancelled get: %s", kv_err_name(kv_fut_status(f)));
+    kv_fut_free(f);
+    sem_post(&c->submitted);
+    f = kv_get(c->s, c->k[1], NULL); /* queued behind the first */
+    int rc = kv_wait(f);
+    ANY_EXPECT(rc == KV_OK && kv_fut_record(f)->len == 2, "get /b: %s",
+               kv_err_name(rc));
+    kv_fut_free(f);
+    ANY_EXPECT(kv_loop_run(tl, KV_RUN_DEFAULT) >= 0, "run");
+    ANY_EXPECT(kv_loop_free(tl) == KV_OK, "kv_loop_free: %s",
+               kv_last_errmsg());
+    return NULL;
+}
+
+START_TEST(test_any_reads_cancel)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    put(s, "/b", "22", 0);
+    close_store(s);
+    kv_pool *one = NULL;
+    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
+    ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
+    tu_gate g;
+    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
+    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, &g);
+    while (sem_wait(&g.in) != 0)
+        ;
+    any_ctx ctx;
+    any_ctx_init(&ctx, s);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, any_cancel_thread, &ctx), 0);
+    while (sem_wait(&ctx.submitted) != 0)
+        ;
+    sem_post(&g.go);
+    ck_assert_kv(kv_wait(held), KV_OK);
+    kv_fut_free(held);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_msg(ctx.ok, "%s", ctx.why);
+    ck_assert_uint_eq(stats(s).any_reads, 2);
+    close_store(s);
+    kv_pool_free(one);
+    any_ctx_fini(&ctx);
+    sem_destroy(&g.in);
+    sem_destroy(&g.go);
+}
+END_TEST
+
+/* In-memory stores read on their one connection: the loop's path. */
+START_TEST(test_any_reads_memory_forwarded)
+{
+    kv_store *s = open_store(KV_SQLITE_MEMORY, 0);
+    put(s, "/a", "1", 0);
+    put(s, "/b", "22", 0);
+    any_ctx ctx;
+    any_ctx_init(&ctx, s);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, any_reads_thread, &ctx), 0);
+    while (sem_trywait(&ctx.done) != 0)
+        ck_assert_int_ge(kv_loop_run(loop, KV_RUN_ONCE), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_msg(ctx.ok, "%s", ctx.why);
+    ck_assert_uint_eq(stats(s).any_reads, 0);
+    any_ctx_fini(&ctx);
+    close_store(s);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 
 int main(void)
 {
@@ -1871,6 +2156,10 @@ int main(void)
     tcase_add_test(tc, test_map_shared_by_two_stores);
     tcase_add_test(tc, test_map_file_shrinks);
     tcase_add_test(tc, test_reads_batched_per_turn);
+    tcase_add_test(tc, test_any_reads_skip_the_loop);
+    tcase_add_test(tc, test_any_reads_close);
+    tcase_add_test(tc, test_any_reads_cancel);
+    tcase_add_test(tc, test_any_reads_memory_forwarded);
     suite_add_tcase(su, tc);
 
     tc = tcase_create("alloc");

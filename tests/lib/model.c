@@ -400,10 +400,22 @@ static void m_destroy(kv_store *s)
 }
 
 static const struct kv_backend_ops model_ops = {
-    KV__BACKEND_VERSION, "model", true, m_submit, m_cancel, m_close, m_destroy,
+    .version = KV__BACKEND_VERSION,
+    .name = "model",
+    .atomic_batch = true,
+    .submit = m_submit,
+    .cancel = m_cancel,
+    .close = m_close,
+    .destroy = m_destroy,
 };
 static const struct kv_backend_ops model_noatomic_ops = {
-    KV__BACKEND_VERSION, "model", false, m_submit, m_cancel, m_close, m_destroy,
+    .version = KV__BACKEND_VERSION,
+    .name = "model",
+    .atomic_batch = false,
+    .submit = m_submit,
+    .cancel = m_cancel,
+    .close = m_close,
+    .destroy = m_destroy,
 };
 
 static int open_model_ops(kv_store **out, kv_loop *loop, kv_pool *pool,

@@ -49,7 +49,7 @@ static void close_done(kv__job *job, int status)
 void sqlite__maybe_close(sq *s)
 {
     if (!s->closing || s->close_started || s->pending > 0 || s->soon_busy ||
-        s->close_req == NULL)
+        s->any_wait || s->close_req == NULL)
         return;
     s->close_started = true;
     memset(&s->close_job, 0, sizeof s->close_job);
@@ -86,6 +86,7 @@ static void sq_close(kv_store *store, kv__req *req)
     }
     s->closing = true;
     s->close_req = req;
+    s->any_wait = sqlite__any_close(s);
     cancel_queue(s, &s->rq);
     for (conn *c = s->conns; c != NULL; c = c->next) {
         cancel_queue(s, &c->wait);
@@ -119,6 +120,7 @@ static void sq_destroy(kv_store *store)
         kv__free(c->kb2.data);
         kv__free(c);
     }
+    sqlite__any_fini(s);
     kv__free(s->close_msg);
     kv__free(s->path);
     kv__free(s);
@@ -133,6 +135,7 @@ static const struct kv_backend_ops sqlite_ops = {
     .cancel = sqlite__cancel,
     .close = sq_close,
     .destroy = sq_destroy,
+    .submit_any = sqlite__submit_any,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -144,8 +147,14 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
     if (store == NULL || out == NULL || store->ops != &sqlite_ops ||
         store->backend == NULL)
         return KV_EINVAL;
-    const sq *s = store->backend;
+    sq *s = store->backend;
     *out = s->stats;
+    if (s->any.on) {
+        pthread_mutex_lock(&s->any.mu);
+        out->any_reads = s->any.reads;
+        out->any_batches = s->any.batches;
+        pthread_mutex_unlock(&s->any.mu);
+    }
     return KV_OK;
 }
 
@@ -221,6 +230,8 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
     int rc = sqlite__wal_max_env(s, &msg);
     if (rc == KV_OK)
         rc = sqlite__primary_open(s, &db, &msg);
+    if (rc == KV_OK && !s->memory)
+        rc = sqlite__any_init(s);
     conn *c = NULL;
     if (rc == KV_OK && (c = sqlite__conn_new(s, s->readonly)) == NULL)
         rc = KV_ENOMEM;
@@ -244,6 +255,8 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
             }
         }
         rc = kv__store_new(out, &sqlite_ops, s, loop, pool, flags);
+        if (rc == KV_OK)
+            (*out)->read_any = !s->memory;
     }
     if (rc != KV_OK) {
         kv__set_errmsg("%s", msg != NULL ? msg : kv_strerror(rc));

@@ -29,6 +29,7 @@
 #define WAL_WRITEBACK_PAGES 256 /* see sq.wal_fd */
 #define BUSY_TIMEOUT_MS 5000 /* every connection's busy timeout; the most the
                                 writer waits for a checkpoint at the bound */
+#define READ_BATCH 64        /* point-read requests per reader job at most */
 
 /* ------------------------------------------------------------------------ */
 /* Cached statements (their SQL: sqlite_schema.c)                           */
@@ -124,6 +125,7 @@ struct conn {
     bool reader;         /* a file store's read-only reader */
     bool busy;           /* job queued or running */
     bool rq_job;         /* the running job counts in s->nread_jobs */
+    bool any;            /* a reader of the other threads' reads (any.idle) */
     squeue wait;         /* requests waiting for this connection */
     squeue run;          /* the requests of the running job */
     cursor *pin;         /* reader: the live cursor holding it */
@@ -208,6 +210,22 @@ struct sq {
      * writer's next job by conn_start. */
     int64_t max_pages_req;
     bool max_pages_set;
+    /* Point reads made on other threads (file stores; sqlite_any.c): queued
+     * by the calling thread, run by jobs on readers of their own, each
+     * completed on its caller's loop.  mu guards the rest of any. */
+    struct {
+        pthread_mutex_t mu;
+        bool on;              /* mu initialised and readers made */
+        squeue q;             /* requests waiting for a job */
+        conn *idle;           /* its readers with no job (next_idle) */
+        unsigned jobs;        /* of them, queued or running */
+        unsigned refs;        /* jobs + requests taken, not yet completed */
+        bool closing;         /* close started: take nothing more */
+        uint64_t reads, batches; /* requests run, jobs' batches (stats) */
+        kv__job closer;       /* close waits for it: the last release at
+                               * close posts it to the loop */
+    } any;
+    bool any_wait;            /* loop: close waits for any.refs to be 0 */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -390,6 +408,21 @@ void sqlite__query_sql(char *buf, size_t size, const cursor *cu);
  * key index.  KV_OK or KV_ENOMEM (cu->lo and hi are the caller's to free).
  */
 int sqlite__cursor_range(cursor *cu, const kv_query *q);
+
+/* ------------------------------------------------------------------------ */
+/* sqlite_any.c: point reads from other threads                             */
+/* ------------------------------------------------------------------------ */
+
+/* Set up the path for a file store (kv_sqlite_open, the caller's thread,
+ * before the store exists): KV_OK or KV_ENOMEM / KV_ERROR. */
+int sqlite__any_init(sq *s);
+/* ops->submit_any (the calling thread). */
+int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller);
+/* Close (loop thread): take nothing more, cancel what waits; true if taken
+ * requests or jobs remain (the last one calls sqlite__maybe_close). */
+bool sqlite__any_close(sq *s);
+/* Destroy (loop thread, nothing in flight). */
+void sqlite__any_fini(sq *s);
 
 /* ------------------------------------------------------------------------ */
 /* sqlite_job.c: the work of pool jobs (worker threads)                     */

@@ -12,8 +12,6 @@
 #include <stdarg.h>
 #include <string.h>
 
-#define READ_BATCH 64            /* point-read requests per reader job      */
-
 static void conn_done(kv__job *job, int status);
 static void soon_done(kv__job *job, int status);
 static void ck_done(kv__job *job, int status);

@@ -1,0 +1,245 @@
+/*
+ * backend/sqlite/sqlite_any.c - point reads (HAS, GET) made on threads
+ * other than the store's loop, in file stores.  The calling thread queues
+ * the request; pool jobs on readers of this path's own take the queue in
+ * batches (one read transaction each, as the loop's reader jobs do) and
+ * post each request's completion straight to its caller's loop.  The
+ * store's loop takes no part until close, which cancels what still waits
+ * and waits for the rest.  Without this, such a read is a call forwarded
+ * to the loop and back (store/remote.c): two more hand-offs between
+ * threads, which cost more CPU than the read itself (docs/PERF.md).
+ *
+ * Threads: sqlite__any_init runs at open, sqlite__any_close and
+ * sqlite__any_fini on the loop, sqlite__submit_any on the caller, jobs on
+ * workers, completions on the callers' loops.  s->any.mu guards the queue,
+ * the idle readers and the counts; a reader belongs to its job while one
+ * runs.  s stays alive while any.refs > 0: close waits for it to drop to 0
+ * (sqlite__maybe_close), and whoever drops it there at close posts
+ * any.closer, a job the loop expects, which then goes on closing.
+ */
+#include "config.h"
+
+#include "backend/sqlite/sqlite_int.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* One request taken from another thread. */
+typedef struct anyreq {
+    sreq r;        /* what the reader's job runs (r.req is the kv__req) */
+    kv__job back;  /* its completion, posted to the caller's loop */
+    sq *s;
+} anyreq;
+
+static void any_work(kv__job *job);
+static void any_job_end(kv__job *job);
+
+/* Drop count references (mu held); true if that was the last one at close:
+ * the caller then posts any.call, after unlocking. */
+static bool unref_locked(sq *s, unsigned count)
+{
+    s->any.refs -= count;
+    return s->any.closing && s->any.refs == 0;
+}
+
+/* Loop thread: the last request or job of this path ended at close. */
+static void any_released(kv__job *job, int status)
+{
+    (void)status; /* never on a pool */
+    sq *s = KV__CONTAINER_OF(job, sq, any.closer);
+    s->any_wait = false;
+    sqlite__maybe_close(s);
+}
+
+/* Caller's loop: complete the request, then release it. */
+static void any_back(kv__job *job, int status)
+{
+    (void)status; /* never on a pool */
+    anyreq *a = KV__CONTAINER_OF(job, anyreq, back);
+    sq *s = a->s;
+    kv__req *req = a->r.req;
+    int st = a->r.status;
+    char *msg = a->r.msg;
+    req->bpriv = NULL;
+    kv__free(a);
+    if (msg != NULL)
+        kv__req_done(req, st, "%s", msg);
+    else
+        kv__req_done(req, st, NULL);
+    kv__free(msg);
+    pthread_mutex_lock(&s->any.mu);
+    bool last = unref_locked(s, 1);
+    pthread_mutex_unlock(&s->any.mu);
+    if (last)
+        s->any.closer.post(&s->any.closer); /* s is not touched after */
+}
+
+/* Hand r's outcome to its caller (any thread; r is not touched after). */
+static void post_back(sreq *r)
+{
+    anyreq *a = KV__CONTAINER_OF(r, anyreq, r);
+    a->back.post(&a->back);
+}
+
+/* Fail every request of q (taken out of any.q) with status and post it. */
+static void fail_all(squeue *q, int status, const char *why)
+{
+    sreq *r;
+    while ((r = q_pop(q)) != NULL) {
+        sreq_fail(r, status, why != NULL ? kv__strdup(why) : NULL);
+        post_back(r);
+    }
+}
+
+/* Start a job on c (taken from any.idle under mu; called without it). */
+static void job_start(sq *s, conn *c)
+{
+    memset(&c->job, 0, sizeof c->job);
+    c->job.work = any_work;
+    c->job.post = any_job_end;
+    kv__pool_enqueue(s->pool, &c->job);
+}
+
+int sqlite__any_init(sq *s)
+{
+    q_init(&s->any.q);
+    int e = pthread_mutex_init(&s->any.mu, NULL);
+    if (e != 0)
+        return e == ENOMEM ? KV_ENOMEM : KV_ERROR;
+    s->any.on = true;
+    /* One reader per pool thread: a job runs batches until the queue is
+     * empty, so more jobs than threads would only split the batches.  The
+     * structs now, their handles at their first job (sqlite__conn_work). */
+    unsigned n = kv_pool_size(s->pool);
+    for (unsigned i = 0; i < (n > 0 ? n : 1); i++) {
+        conn *c = sqlite__conn_new(s, true);
+        if (c == NULL)
+            return KV_ENOMEM;
+        c->any = true;
+        c->next_idle = s->any.idle;
+        s->any.idle = c;
+    }
+    return KV_OK;
+}
+
+int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller)
+{
+    sq *s = store->backend;
+    anyreq *a = kv__calloc(1, sizeof *a);
+    if (a == NULL)
+        return KV_ENOMEM;
+    a->r.req = req;
+    a->s = s;
+    req->bpriv = &a->r;
+    conn *c = NULL;
+    pthread_mutex_lock(&s->any.mu);
+    if (s->any.closing) {
+        pthread_mutex_unlock(&s->any.mu);
+        req->bpriv = NULL;
+        kv__free(a);
+        return KV_ECLOSED;
+    }
+    a->back.done = any_back;
+    kv__loop_expect(caller, &a->back); /* this thread's loop: it waits */
+    q_push(&s->any.q, &a->r);
+    s->any.refs++;
+    if (s->any.idle != NULL) {
+        /* Another job, while readers are free; a running job also takes
+         * what queues meanwhile (any_job_end looks once more). */
+        c = s->any.idle;
+        s->any.idle = c->next_idle;
+        c->next_idle = NULL;
+        s->any.jobs++;
+        s->any.refs++;
+    }
+    pthread_mutex_unlock(&s->any.mu);
+    if (c != NULL)
+        job_start(s, c);
+    return KV_OK;
+}
+
+/* Worker: run batches from the queue until it is empty; each request's
+ * completion goes to its caller as soon as its batch ends. */
+static void any_work(kv__job *job)
+{
+    conn *c = KV__CONTAINER_OF(job, conn, job);
+    sq *s = c->s;
+    for (;;) {
+        pthread_mutex_lock(&s->any.mu);
+        /* A fair share of what waits, among the jobs that run. */
+        size_t want = (s->any.q.n + s->any.jobs - 1) / s->any.jobs;
+        if (want > READ_BATCH)
+            want = READ_BATCH;
+        sreq *r;
+        while (c->run.n < want && (r = q_pop(&s->any.q)) != NULL)
+            q_push(&c->run, r);
+        if (c->run.n > 0) {
+            s->any.reads += c->run.n;
+            s->any.batches++;
+        }
+        pthread_mutex_unlock(&s->any.mu);
+        if (c->run.n == 0)
+            return;
+        sqlite__conn_work(&c->job);
+        while ((r = q_pop(&c->run)) != NULL)
+            post_back(r);
+    }
+}
+
+/*
+ * Worker (the pool's post, after any_work or instead of it when the pool
+ * is stopping): the pool is done with the job.  Run again if requests
+ * queued after the work's last look; else the reader is idle.
+ */
+static void any_job_end(kv__job *job)
+{
+    conn *c = KV__CONTAINER_OF(job, conn, job);
+    sq *s = c->s;
+    squeue dropped;
+    q_init(&dropped);
+    pthread_mutex_lock(&s->any.mu);
+    if (job->status == KV_OK && s->any.q.n > 0) {
+        pthread_mutex_unlock(&s->any.mu);
+        job_start(s, c); /* a stopping pool hands it back ECANCELED */
+        return;
+    }
+    if (job->status != KV_OK) /* the pool stopped: nothing runs these */
+        q_take(&dropped, &s->any.q);
+    c->next_idle = s->any.idle;
+    s->any.idle = c;
+    s->any.jobs--;
+    bool last = unref_locked(s, 1);
+    pthread_mutex_unlock(&s->any.mu);
+    /* Each dropped request still holds a reference: s is alive. */
+    fail_all(&dropped, KV_ECANCELED, "the worker pool was shut down");
+    if (last)
+        s->any.closer.post(&s->any.closer);
+}
+
+bool sqlite__any_close(sq *s)
+{
+    if (!s->any.on)
+        return false;
+    squeue waiting;
+    q_init(&waiting);
+    pthread_mutex_lock(&s->any.mu);
+    s->any.closing = true;
+    q_take(&waiting, &s->any.q);
+    bool busy = s->any.refs > 0;
+    if (busy) {
+        /* Pending on the loop (kv_wait on the close blocks for it) until
+         * the last release posts it. */
+        s->any.closer.done = any_released;
+        kv__loop_expect(s->loop, &s->any.closer);
+    }
+    pthread_mutex_unlock(&s->any.mu);
+    fail_all(&waiting, KV_ECANCELED, "the store is closing");
+    return busy;
+}
+
+void sqlite__any_fini(sq *s)
+{
+    if (s->any.on)
+        (void)pthread_mutex_destroy(&s->any.mu);
+    s->any.on = false;
+}
