@@ -317,6 +317,16 @@ KV_EXTERN size_t kv_loop_inflight(const kv_loop *loop);
  *    store's loop thread must keep running its loop (kv_loop_run or
  *    kv_wait) for forwarded calls to progress.
  *
+ *  - One exception: point reads (kv_get, kv_get_many, kv_has, kv_has_many
+ *    and their typed forms) on a SQLite file store are not forwarded.  The
+ *    calling thread queues them for the store's kv_pool, whose workers
+ *    read in batches on connections of their own and hand each result
+ *    straight to the calling thread's loop; the store's loop takes no part
+ *    (two hand-offs fewer, and they progress while it is busy or not
+ *    running).  Only kv_close involves it: reads still queued then fail
+ *    KV_ECANCELED, later ones KV_ECLOSED, and the close completes once
+ *    every such read has come back to its thread.
+ *
  *  - A thread with no loop of its own gets a private one on its first
  *    forwarded call (kv_thread_loop); kv_wait on the future runs it, so on
  *    such a thread then-callbacks, middleware and producers run inside
@@ -327,17 +337,24 @@ KV_EXTERN size_t kv_loop_inflight(const kv_loop *loop);
  *  - Where user code runs for a forwarded call: a codec's encode on the
  *    calling thread (the call encodes before it returns); a codec's decode
  *    of a typed read on the store's loop thread (the decoded objects then
- *    travel to the caller, and free_obj runs where the result is freed);
+ *    travel to the caller, and free_obj runs where the result is freed),
+ *    except for the point reads above, decoded on the calling thread;
  *    the helpers' middleware and producers on the calling thread (each
  *    operation a helper makes is forwarded on its own).  So a codec used
  *    from several threads must be thread-safe.
  *
  *  - kv_fut_cancel on a forwarded call's future completes it KV_ECANCELED
  *    at once; the call is not started if the store's loop has not taken it
- *    yet, else it runs to completion and its result is discarded.
+ *    yet, else it runs to completion and its result is discarded.  A point
+ *    read queued for the pool as above still runs (it is short); its
+ *    result is discarded.
  *
  *  - Ordering: calls made from one thread to one store are started in the
- *    order they were made; calls from different threads are not ordered.
+ *    order they were made, except that a point read queued for the pool as
+ *    above may start before an earlier call still on its way to the
+ *    store's loop.  Calls from different threads are not ordered.  As on
+ *    the loop thread, a read sees every write whose future completed
+ *    before the read was made.
  *
  *  - Iterators are served on the store's loop thread; a kv_iter may be
  *    used from any thread (each call is forwarded), but not concurrently
