@@ -130,17 +130,27 @@ struct kv_backend_ops {
      * that thread; caller is its loop, on which the backend calls
      * kv__req_done (never inside submit_any).  KV_OK: req is taken.  Else
      * (KV_ECLOSED once close started, KV_ENOMEM) req is not taken and the
-     * call fails with that code.  close must wait for every req taken.
+     * call fails with that code.  close must wait until every req taken
+     * has been handed back (kv__req_release_store first), but not for the
+     * callers' loops: a caller may be waiting for the close.
      */
     int (*submit_any)(kv_store *s, kv__req *req, kv_loop *caller);
 };
 
 /*
  * Backend completion: status KV_OK (see items) or a negative code for the
- * whole request, with an optional printf message.  Loop thread.
+ * whole request, with an optional printf message.  Loop thread (a request
+ * taken by submit_any: its caller's loop thread).
  */
 void kv__req_done(kv__req *req, int status, const char *fmt, ...)
     KV__PRINTF(3, 4);
+/*
+ * A request taken by submit_any, whose outcome is ready: drop what it holds
+ * of its store (the admission count) and its store pointer, so that the
+ * store may close and be freed while the completion travels to the
+ * caller's loop.  Any thread; call it before handing req over.
+ */
+void kv__req_release_store(kv__req *req);
 
 /* The store handle.  Backends read the public part. */
 struct kv_store {

@@ -105,14 +105,22 @@ static int admit(kv__req *req)
     return KV_OK;
 }
 
+void kv__req_release_store(kv__req *req)
+{
+    if (req->counted) {
+        atomic_fetch_sub(&req->store->nops, 1);
+        kv__loop_ops_add(req->store->loop, -1);
+        req->counted = false;
+    }
+    req->store = NULL;
+}
+
 void kv__req_free(kv__req *req)
 {
     if (req == NULL)
         return;
-    if (req->counted) {
-        atomic_fetch_sub(&req->store->nops, 1);
-        kv__loop_ops_add(req->store->loop, -1);
-    }
+    if (req->store != NULL)
+        kv__req_release_store(req);
     req_unlink(req);
     kv__items_free(req->items, req->n);
     if (req->fut != NULL)

@@ -1949,9 +1949,9 @@ static void *any_close_thread(void *arg)
     return NULL;
 }
 
-/* Close cancels the other threads' reads that have not run, waits for
- * them, and refuses new ones; nothing leaks (the sanitizer and valgrind
- * runs). */
+/* Close cancels the other threads' reads that have not run and refuses
+ * new ones, without waiting for the reading thread to run its loop;
+ * nothing leaks (the sanitizer and valgrind runs). */
 START_TEST(test_any_reads_close)
 {
     kv_store *s = open_store(dbpath, 0);
@@ -1976,12 +1976,14 @@ START_TEST(test_any_reads_close)
         ;
     ck_assert_int_eq(ctx.n, 10);
     kv_fut *cf = kv_close(s); /* the reads wait behind the held worker */
-    sem_post(&ctx.closing);
     sem_post(&g.go);
     ck_assert_kv(kv_wait(held), KV_OK);
     kv_fut_free(held);
+    /* The reading thread runs no loop until the close is done: the close
+     * must not wait for it. */
     ck_assert_kv(kv_wait(cf), KV_OK);
     kv_fut_free(cf);
+    sem_post(&ctx.closing);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
     for (int i = 0; i < ctx.n; i++)
         ck_assert_msg(ctx.rc[i] == KV_ECANCELED, "get %d: %s", i,

@@ -13,9 +13,11 @@
  * sqlite__any_fini on the loop, sqlite__submit_any on the caller, jobs on
  * workers, completions on the callers' loops.  s->any.mu guards the queue,
  * the idle readers and the counts; a reader belongs to its job while one
- * runs.  s stays alive while any.refs > 0: close waits for it to drop to 0
- * (sqlite__maybe_close), and whoever drops it there at close posts
- * any.closer, a job the loop expects, which then goes on closing.
+ * runs.  A request is handed back with kv__req_release_store first, so
+ * its completion on the caller's loop never touches the store: close
+ * waits for the jobs (s stays alive while any.jobs > 0; the last one to
+ * end at close posts any.closer, a job the loop expects), never for the
+ * callers' loops, one of which may be waiting for the close.
  */
 #include "config.h"
 
@@ -28,19 +30,10 @@
 typedef struct anyreq {
     sreq r;        /* what the reader's job runs (r.req is the kv__req) */
     kv__job back;  /* its completion, posted to the caller's loop */
-    sq *s;
 } anyreq;
 
 static void any_work(kv__job *job);
 static void any_job_end(kv__job *job);
-
-/* Drop count references (mu held); true if that was the last one at close:
- * the caller then posts any.call, after unlocking. */
-static bool unref_locked(sq *s, unsigned count)
-{
-    s->any.refs -= count;
-    return s->any.closing && s->any.refs == 0;
-}
 
 /* Loop thread: the last request or job of this path ended at close. */
 static void any_released(kv__job *job, int status)
@@ -51,12 +44,11 @@ static void any_released(kv__job *job, int status)
     sqlite__maybe_close(s);
 }
 
-/* Caller's loop: complete the request, then release it. */
+/* Caller's loop: complete the request (its store is not touched). */
 static void any_back(kv__job *job, int status)
 {
     (void)status; /* never on a pool */
     anyreq *a = KV__CONTAINER_OF(job, anyreq, back);
-    sq *s = a->s;
     kv__req *req = a->r.req;
     int st = a->r.status;
     char *msg = a->r.msg;
@@ -67,17 +59,13 @@ static void any_back(kv__job *job, int status)
     else
         kv__req_done(req, st, NULL);
     kv__free(msg);
-    pthread_mutex_lock(&s->any.mu);
-    bool last = unref_locked(s, 1);
-    pthread_mutex_unlock(&s->any.mu);
-    if (last)
-        s->any.closer.post(&s->any.closer); /* s is not touched after */
 }
 
 /* Hand r's outcome to its caller (any thread; r is not touched after). */
 static void post_back(sreq *r)
 {
     anyreq *a = KV__CONTAINER_OF(r, anyreq, r);
+    kv__req_release_store(r->req);
     a->back.post(&a->back);
 }
 
@@ -129,7 +117,6 @@ int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller)
     if (a == NULL)
         return KV_ENOMEM;
     a->r.req = req;
-    a->s = s;
     req->bpriv = &a->r;
     conn *c = NULL;
     pthread_mutex_lock(&s->any.mu);
@@ -142,7 +129,6 @@ int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller)
     a->back.done = any_back;
     kv__loop_expect(caller, &a->back); /* this thread's loop: it waits */
     q_push(&s->any.q, &a->r);
-    s->any.refs++;
     if (s->any.idle != NULL) {
         /* Another job, while readers are free; a running job also takes
          * what queues meanwhile (any_job_end looks once more). */
@@ -150,7 +136,6 @@ int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller)
         s->any.idle = c->next_idle;
         c->next_idle = NULL;
         s->any.jobs++;
-        s->any.refs++;
     }
     pthread_mutex_unlock(&s->any.mu);
     if (c != NULL)
@@ -195,25 +180,32 @@ static void any_job_end(kv__job *job)
 {
     conn *c = KV__CONTAINER_OF(job, conn, job);
     sq *s = c->s;
-    squeue dropped;
-    q_init(&dropped);
-    pthread_mutex_lock(&s->any.mu);
-    if (job->status == KV_OK && s->any.q.n > 0) {
-        pthread_mutex_unlock(&s->any.mu);
-        job_start(s, c); /* a stopping pool hands it back ECANCELED */
-        return;
-    }
-    if (job->status != KV_OK) /* the pool stopped: nothing runs these */
+    bool last;
+    for (;;) {
+        pthread_mutex_lock(&s->any.mu);
+        if (s->any.q.n == 0) {
+            c->next_idle = s->any.idle;
+            s->any.idle = c;
+            s->any.jobs--;
+            last = s->any.closing && s->any.jobs == 0;
+            pthread_mutex_unlock(&s->any.mu);
+            break;
+        }
+        if (job->status == KV_OK) {
+            pthread_mutex_unlock(&s->any.mu);
+            job_start(s, c); /* a stopping pool hands it back ECANCELED */
+            return;
+        }
+        /* The pool stopped: nothing will run these.  Handed back while
+         * this job still counts, so s is alive. */
+        squeue dropped;
+        q_init(&dropped);
         q_take(&dropped, &s->any.q);
-    c->next_idle = s->any.idle;
-    s->any.idle = c;
-    s->any.jobs--;
-    bool last = unref_locked(s, 1);
-    pthread_mutex_unlock(&s->any.mu);
-    /* Each dropped request still holds a reference: s is alive. */
-    fail_all(&dropped, KV_ECANCELED, "the worker pool was shut down");
+        pthread_mutex_unlock(&s->any.mu);
+        fail_all(&dropped, KV_ECANCELED, "the worker pool was shut down");
+    }
     if (last)
-        s->any.closer.post(&s->any.closer);
+        s->any.closer.post(&s->any.closer); /* s is not touched after */
 }
 
 bool sqlite__any_close(sq *s)
@@ -225,7 +217,7 @@ bool sqlite__any_close(sq *s)
     pthread_mutex_lock(&s->any.mu);
     s->any.closing = true;
     q_take(&waiting, &s->any.q);
-    bool busy = s->any.refs > 0;
+    bool busy = s->any.jobs > 0;
     if (busy) {
         /* Pending on the loop (kv_wait on the close blocks for it) until
          * the last release posts it. */

@@ -219,13 +219,12 @@ struct sq {
         squeue q;             /* requests waiting for a job */
         conn *idle;           /* its readers with no job (next_idle) */
         unsigned jobs;        /* of them, queued or running */
-        unsigned refs;        /* jobs + requests taken, not yet completed */
         bool closing;         /* close started: take nothing more */
         uint64_t reads, batches; /* requests run, jobs' batches (stats) */
-        kv__job closer;       /* close waits for it: the last release at
-                               * close posts it to the loop */
+        kv__job closer;       /* close waits for it: the last job to end
+                               * at close posts it to the loop */
     } any;
-    bool any_wait;            /* loop: close waits for any.refs to be 0 */
+    bool any_wait;            /* loop: close waits for any.jobs to be 0 */
 };
 
 /* ------------------------------------------------------------------------ */
