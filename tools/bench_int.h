@@ -244,6 +244,12 @@ typedef struct jobthr {
     uint64_t load_ns;
     char setup_err[512];
     int setup_rc;
+    /* A kvstore job's loop, from its creation until just before it is
+       freed (set and cleared under sec->mu): after a signal the main
+       thread wakes it (kv_loop_wake, under sec->mu), so that a job waiting
+       for operations that do not complete (a store that hangs) sees
+       kvb_stop, cancels them and ends.  NULL for the peers. */
+    kv_loop *loop;
 } jobthr;
 
 /* This job's share of the keys to load. */

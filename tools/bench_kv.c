@@ -35,6 +35,7 @@ typedef struct kjob kjob;
 
 typedef struct slot {
     kjob *j;
+    kv_fut *f; /* the future its callback waits for (NULL: none) */
     int op, stage;
     uint64_t t0;
     unsigned tries;
@@ -61,6 +62,7 @@ struct kjob {
     unsigned nslots, nfree, inflight;
     uint64_t issued, limit;
     bool stopped;
+    bool cancelled; /* after a signal: the futures in flight cancelled */
     uint64_t interval, next_intended;
     uint64_t completions;
     kv_fut *timer;
@@ -99,7 +101,9 @@ static void slot_wait(slot *s, int st, kv_fut *f)
 {
     s->stage = st;
     int rc = kv_fut_then(f, on_fut, s);
-    if (rc != KV_OK) {
+    if (rc == KV_OK) {
+        s->f = f;
+    } else {
         /* Cannot happen short of OOM; give up on the job. */
         kj_fail(s->j, rc, "kv_fut_then", kv_strerror(rc));
         kv_fut_free(f);
@@ -390,6 +394,7 @@ static void on_fut(kv_fut *f, void *arg)
 {
     slot *s = arg;
     kjob *j = s->j;
+    s->f = NULL;
     int st = kv_fut_status(f);
     const jobopts *o = j->w.sec->o;
     toktab *tt = &j->w.ds->tt;
@@ -406,14 +411,18 @@ static void on_fut(kv_fut *f, void *arg)
         case ST_BGET: what = "kv_get_many"; break;
         case ST_BPUT: what = "kv_put_many/kv_put_atomic"; break;
         }
-        if (!(st == KV_ECANCELED && j->stopped))
+        /* an operation cancelled by the stop did not complete: neither
+           done nor an error */
+        bool stop = st == KV_ECANCELED && j->stopped;
+        if (!stop)
             kj_fail(j, st, what, kv_fut_errmsg(f));
         kv_fut_free(f);
         if (s->it) {
             kv_iter_free(s->it);
             s->it = NULL;
         }
-        j->w.st[s->op].errors++;
+        if (!stop)
+            j->w.st[s->op].errors++;
         slot_release(s);
         return;
     }
@@ -575,6 +584,25 @@ static void kj_free_slots(kjob *j)
     j->freel = NULL;
 }
 
+/*
+ * After a signal (kvb_stop; the main thread wakes the job's loop): issue
+ * nothing more and cancel what is in flight, once, so that a job never
+ * waits on a store that does not answer.  A cancelled future completes
+ * KV_ECANCELED at the loop's next turn (a forwarded call's at once; the
+ * store's own loop then discards its result): the callbacks release the
+ * slots and count nothing.
+ */
+static void kj_check_stop(kjob *j)
+{
+    if (j->cancelled || !atomic_load(&kvb_stop))
+        return;
+    j->stopped = true;
+    j->cancelled = true;
+    for (unsigned i = 0; i < j->nslots; i++)
+        if (j->slots[i].f)
+            kv_fut_cancel(j->slots[i].f);
+}
+
 /* The measured run of one kvstore job. */
 static void kj_run(kjob *j)
 {
@@ -587,6 +615,9 @@ static void kj_run(kjob *j)
     j->limit = o->number_ios;
     kj_pump(j);
     while (j->inflight > 0 || !j->stopped) {
+        kj_check_stop(j);
+        if (j->stopped && j->inflight == 0)
+            break;
         uint64_t now = tu_now_ns();
         if (j->inflight == 0) {
             /* Rate-limited and idle: sleep until the next op is due (a
@@ -666,6 +697,7 @@ static void load_pump(kjob *j)
             slot_release(s);
             return;
         }
+        s->f = f;
     }
 }
 
@@ -673,11 +705,14 @@ static void on_load(kv_fut *f, void *arg)
 {
     slot *s = arg;
     kjob *j = s->j;
+    s->f = NULL;
     int st = kv_fut_status(f);
     if (st == KV_OK)
         kb_tok_set(&j->w.ds->tt, s->idx, kv_fut_token(f));
     else if (st == KV_ECONFLICT) /* already there from an earlier run */
         kb_tok_set(&j->w.ds->tt, s->idx, TOK_UNKNOWN);
+    else if (st == KV_ECANCELED && j->cancelled)
+        kb_tok_set(&j->w.ds->tt, s->idx, TOK_UNKNOWN); /* the stop */
     else
         kj_fail(j, st, "--load: kv_put", kv_fut_errmsg(f));
     kv_fut_free(f);
@@ -692,6 +727,7 @@ static void kj_load(kjob *j, uint64_t lo, uint64_t hi)
     j->load_hi = hi;
     load_pump(j);
     while (j->inflight > 0) {
+        kj_check_stop(j);
         int rc = kv_loop_run(j->loop, KV_RUN_ONCE);
         if (rc < 0) {
             kj_fail(j, rc, "kv_loop_run", kv_strerror(rc));
@@ -806,6 +842,9 @@ void *kb_kv_job_main(void *arg)
         jt->setup_rc = rc;
         goto ready;
     }
+    pthread_mutex_lock(&sec->mu); /* for the wake after a signal */
+    jt->loop = j->loop;
+    pthread_mutex_unlock(&sec->mu);
     if (sec->shared && jt->idx > 0) {
         /* A job of the shared store: its own loop, where the futures of its
            forwarded calls complete; the store comes after the gate. */
@@ -889,6 +928,9 @@ ready:
     kj_free_slots(j);
     if (j->loop) {
         kv_loop_run(j->loop, KV_RUN_DEFAULT);
+        pthread_mutex_lock(&sec->mu); /* no wake from now on */
+        jt->loop = NULL;
+        pthread_mutex_unlock(&sec->mu);
         rc = kv_loop_free(j->loop);
         if (rc != KV_OK)
             kb_worker_fail(&j->w, rc, "kv_loop_free: %s%s", kv_strerror(rc),

@@ -347,6 +347,22 @@ void kb_sleep_until(uint64_t t)
         ;
 }
 
+/* After a signal (kvb_stop): wake every kvstore job's loop, so that a job
+ * waiting for operations that do not complete (a store that hangs) sees
+ * the stop, cancels them and ends (bench_kv.c, kj_check_stop); the store's
+ * thread of a shared store is woken by the jobs' release.  Again at every
+ * tick of the main thread while the jobs run: a wake is cheap, and a job
+ * that was between two waits finds the flag anyway.  Under sec->mu (a job
+ * clears its loop under it before freeing the loop). */
+static void wake_jobs(jobthr *jt, unsigned n)
+{
+    if (!atomic_load(&kvb_stop))
+        return;
+    for (unsigned i = 0; i < n; i++)
+        if (jt[i].loop)
+            (void)kv_loop_wake(jt[i].loop);
+}
+
 /* Start gate. */
 void kb_gate_ready_and_wait(section *sec)
 {
@@ -1020,6 +1036,7 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
             ts.tv_nsec -= 1000000000;
         }
         pthread_cond_timedwait(&sec->cv, &sec->mu, &ts);
+        wake_jobs(jt, started);
         pthread_mutex_unlock(&sec->mu);
         if (env->tty)
             show_line(sec, &mline, t_start, tu_now_ns());
@@ -1046,6 +1063,9 @@ int kvb_run(const jobopts *o, jobresult *r, const runenv *env)
         if (wake > now + 100000000u)
             wake = now + 100000000u;
         kb_sleep_until(wake);
+        pthread_mutex_lock(&sec->mu);
+        wake_jobs(jt, started);
+        pthread_mutex_unlock(&sec->mu);
         now = tu_now_ns();
         if (o->ramp_ns && now >= t_start + o->ramp_ns)
             atomic_store(&sec->pg.phase, 2);

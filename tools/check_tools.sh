@@ -16,7 +16,9 @@ for t in "$KVCTL" "$KVBENCH"; do
     [ -x "$t" ] || { echo "check_tools: $t not built" >&2; exit 1; }
 done
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/check_tools.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT INT TERM
+rs= # a Redis server of the SIGTERM checks, stopped (SIGSTOP) at times
+trap 'if [ -n "$rs" ]; then kill -CONT "$rs"; kill "$rs"; fi 2> /dev/null
+    rm -rf "$tmp"' EXIT INT TERM
 fails=0
 
 # expect CODE DESCRIPTION CMD...: run CMD, check its exit status.
@@ -270,6 +272,134 @@ if command -v timeout > /dev/null; then
             --numjobs=3 --keys=100 --number_ios=$((20 + i * 7)) --load
         i=$((i + 1))
     done
+fi
+# kvbench and SIGTERM: the first signal stops the run (the jobs issue
+# nothing more and cancel what is in flight, the store closes, the report
+# of what completed is printed, exit 1), however the jobs share the store;
+# a second one ends the process at once (by that signal).
+# signalled DESCRIPTION WANT MODE CMD...: run CMD in the background, then
+#   MODE run: once the run is going (the first line of --status_interval in
+#     the report; CMD must ask for it), run the command $on_run and send
+#     CMD SIGTERM;
+#   MODE twice: send SIGTERM after 1 s, and again half a second later if
+#     CMD still runs;
+# and check that CMD ends within 20 s (generous for a loaded machine; it
+# is killed then) with status WANT and, for WANT 1, the report printed.
+on_run=:
+signalled() {
+    what=$1 want=$2 mode=$3
+    shift 3
+    rm -f "$tmp/out" # not the last run's report, read before CMD opens it
+    "$@" > "$tmp/out" 2> "$tmp/err" &
+    spid=$!
+    if [ "$mode" = run ]; then
+        n=0
+        while ! grep -q 'status at' "$tmp/out" 2> /dev/null &&
+            kill -0 "$spid" 2> /dev/null &&
+            [ "$n" -lt 200 ]; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        eval "$on_run"
+        kill -TERM "$spid" 2> /dev/null
+    else
+        sleep 1
+        kill -TERM "$spid" 2> /dev/null
+        sleep 0.5
+        kill -TERM "$spid" 2> /dev/null
+    fi
+    n=0
+    while kill -0 "$spid" 2> /dev/null && [ "$n" -lt 100 ]; do
+        sleep 0.2
+        n=$((n + 1))
+    done
+    if kill -0 "$spid" 2> /dev/null; then
+        echo "FAIL: $what: still running 20 s after SIGTERM" >&2
+        kill -KILL "$spid" 2> /dev/null
+        wait "$spid" 2> /dev/null
+        fails=$((fails + 1))
+        return
+    fi
+    wait "$spid"
+    got=$?
+    if [ "$got" -ne "$want" ]; then
+        echo "FAIL: $what: exit $got, expected $want" >&2
+        sed 's/^/  | /' "$tmp/err" >&2
+        fails=$((fails + 1))
+    elif [ "$want" -eq 1 ] && { ! grep -q 'Run status group 0' "$tmp/out" ||
+        ! grep -q 'kvbench: interrupted' "$tmp/err"; }; then
+        echo "FAIL: $what: no report of the interrupted run" >&2
+        sed 's/^/  | /' "$tmp/out" "$tmp/err" >&2
+        fails=$((fails + 1))
+    fi
+}
+signalled "kvbench SIGTERM, --numjobs=2 on one sqlite store" 1 run \
+    "$KVBENCH" --backend="sqlite:$tmp/sig.db" --rw=randrw --numjobs=2 \
+    --keys=1000 --load --sync=none --runtime=60 --time_based \
+    --status_interval=100ms
+# A store that hangs: a Redis server stopped (SIGSTOP) under the run, with
+# no timeout (timeout=0), so the operations in flight never complete; the
+# stop must cancel them in every arrangement of jobs and store.
+if command -v redis-server > /dev/null && command -v redis-cli > /dev/null &&
+    command -v timeout > /dev/null; then
+    # on a free port (a few tries), ours once the server that answers
+    # there has the pid of our pid file; under timeout(1) so that it never
+    # outlives an hour, and stopped by its own pid, not timeout's
+    rpid= rport=
+    mkdir -p "$tmp/redis"
+    for try in 1 2 3 4 5; do
+        rport=$((20000 + ($$ * 7 + try * 7919) % 40000))
+        rm -f "$tmp/redis/pid"
+        timeout 3600 redis-server --bind 127.0.0.1 --port "$rport" \
+            --dir "$tmp/redis" --pidfile "$tmp/redis/pid" --save '' \
+            --appendonly no > "$tmp/redis.log" 2>&1 &
+        tpid=$!
+        n=0
+        while [ "$n" -lt 50 ] && kill -0 "$tpid" 2> /dev/null &&
+            { [ ! -s "$tmp/redis/pid" ] ||
+            ! redis-cli -p "$rport" info server 2> /dev/null | tr -d '\r' |
+            grep -qx "process_id:$(cat "$tmp/redis/pid")"; }; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        if kill -0 "$tpid" 2> /dev/null && [ "$n" -lt 50 ]; then
+            rpid=$(cat "$tmp/redis/pid")
+            rs=$rpid
+            break
+        fi
+        kill "$tpid" 2> /dev/null
+        wait "$tpid" 2> /dev/null
+    done
+    if [ -z "$rpid" ]; then
+        echo "FAIL: kvbench SIGTERM: no Redis server started" >&2
+        sed 's/^/  | /' "$tmp/redis.log" >&2
+        fails=$((fails + 1))
+    else
+        R="redis://127.0.0.1:$rport/kvbsig?timeout=0"
+        # the server stopped once the run is going, then the signal
+        on_run='kill -STOP "$rpid"; sleep 0.3'
+        for arr in "--numjobs=2" "--numjobs=1" "--numjobs=1 --store_thread" \
+            "--numjobs=2 --store_per_job"; do
+            # shellcheck disable=SC2086
+            signalled "kvbench SIGTERM, the store hangs, $arr" 1 run \
+                "$KVBENCH" --backend="$R" --rw=randrw --keys=200 --load \
+                --runtime=60 --time_based --status_interval=100ms $arr
+            kill -CONT "$rpid"
+        done
+        on_run=:
+        # a store that hangs in its open (which the first signal does not
+        # interrupt): the second signal ends the process at once
+        kill -STOP "$rpid"
+        signalled "kvbench, a second SIGTERM" 143 twice "$KVBENCH" \
+            --backend="$R" --rw=randread --keys=200 --runtime=60 --time_based
+        kill -CONT "$rpid"
+        kill "$rpid"
+        wait "$tpid" 2> /dev/null
+        rs=
+    fi
+else
+    echo "check_tools: redis-server, redis-cli or timeout missing: the" \
+        "SIGTERM checks with a store that hangs skipped" >&2
 fi
 expect 0 "kvbench --store_per_job fs" "$KVBENCH" --backend="fs:$tmp/pjfs" \
     --rw=randwrite --numjobs=2 --keys=200 --number_ios=300 --sync=none --store_per_job

@@ -990,13 +990,31 @@ static void usage(FILE *f)
     fprintf(f, "\nexample:\n  kvbench --name=w --backend=sqlite:/tmp/kv.db "
                "--rw=randwrite --iodepth=64 \\\n          --keys=100000 "
                "--value-size=100 --runtime=10 --time_based\n\n"
-               "exit status: 0 ok, 1 a job failed, 2 usage error.  See kvbench(1).\n");
+               "exit status: 0 ok, 1 a job failed or a signal stopped the run,\n"
+               "2 usage error.  See kvbench(1).\n");
 }
 
-static void on_sigint(int sig)
+/*
+ * SIGINT, SIGTERM: the first stops the run as fio does: the jobs issue
+ * nothing more and cancel what is in flight (the main thread wakes their
+ * loops: bench_run.c, wake_jobs), the stores close, and the report of what
+ * completed is printed (exit status 1).  A second one ends the process at
+ * once, by that signal.  Only async-signal-safe calls here.
+ */
+static atomic_int signals;
+
+static void on_signal(int sig)
 {
-    (void)sig;
+    if (atomic_fetch_add(&signals, 1) > 0) {
+        signal(sig, SIG_DFL); /* delivered when this handler returns */
+        raise(sig);
+        return;
+    }
     atomic_store(&kvb_stop, 1);
+    static const char msg[] = "\nkvbench: terminating on a signal: stopping "
+                              "the jobs (a second one exits at once)\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w; /* a message only: nothing to do if it cannot be written */
 }
 
 int main(int argc, char **argv)
@@ -1102,10 +1120,16 @@ int main(int argc, char **argv)
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    if (sigemptyset(&sa.sa_mask) != 0 || sigaction(SIGINT, &sa, NULL) != 0 ||
+        sigaction(SIGTERM, &sa, NULL) != 0 ||
+        signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        fprintf(stderr, "kvbench: cannot handle signals: %s\n",
+                strerror(errno));
+        rc = EXIT_RUN;
+        goto done;
+    }
 
     runenv env = {isatty(STDERR_FILENO) != 0, G.status_interval_ns, out, G.json};
     if (!G.json) {

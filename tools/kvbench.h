@@ -119,7 +119,7 @@ typedef struct progress {
     atomic_int phase;   /* 0 setup/load, 1 ramp, 2 measuring, 3 done */
 } progress;
 
-extern atomic_int kvb_stop; /* set by SIGINT: stop every job early */
+extern atomic_int kvb_stop; /* set by SIGINT/SIGTERM: stop every job early */
 
 /* How kvb_run reports while it runs. */
 typedef struct runenv {

@@ -1027,10 +1027,18 @@ START_TEST(test_nofile_64)
     const char *mode = _i == 0 ? "nofile" : "nofile-hog";
     const char *ring = getenv("KV_IO_URING");
     if (_i == 1 && ring != NULL && strcmp(ring, "0") == 0) {
-        /* Known gap: in fallback mode the loop holds more descriptors of
-         * its own (the emulator's epoll set), and with only 12 left to the
-         * store a lone open still meets EMFILE.  The plain limit-64 case
-         * runs in both modes. */
+        /* A real gap, not a case that does not apply: run in fallback
+         * mode, the hog case fails now and then (4 runs in 15 here): a
+         * put of the second wave (replacing, with spare files) gets
+         * EMFILE ("fs: open /d0003/k: Too many open files", exit 7),
+         * which the io_uring mode does not show.  Not yet
+         * explained: the loop's own descriptors are all made before the
+         * hog takes its share, and running the emulator's lone CLOSEs at
+         * once on the loop thread (as the kernel does) did not cure it.
+         * Skipped, and said so, until it is; the plain limit-64 case runs
+         * in both modes. */
+        fprintf(stderr, "test_nofile_64: nofile-hog skipped in fallback "
+                        "mode (known gap: a lone open can meet EMFILE)\n");
         return;
     }
     int st = wait_child(spawn_child(mode, root, NULL, NULL));

@@ -2169,6 +2169,153 @@ START_TEST(test_open_timeout)
     ck_assert_int_eq(tu_count_fds(), fds0);
 }
 END_TEST
+
+/* A listener on [::1]:port that never accepts, its queue filled (fill,
+ * *nfill: the connections that fill it), so that a connect to it gets no
+ * answer, as the dark proxy's.  -1 if there is no IPv6 loopback here or
+ * the port is taken on it. */
+static int dark_v6(int port, int *fill, int *nfill)
+{
+    *nfill = 0;
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6,
+                              .sin6_port = htons((uint16_t)port)};
+    sa.sin6_addr = in6addr_loopback;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        listen(fd, 0) != 0) {
+        close(fd);
+        return -1;
+    }
+    for (;;) {
+        ck_assert_int_lt(*nfill, 8);
+        int c = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                       0);
+        ck_assert_int_ge(c, 0);
+        int rc = connect(c, (struct sockaddr *)&sa, sizeof sa);
+        ck_assert(rc == 0 || errno == EINPROGRESS);
+        struct pollfd pfd = {c, POLLOUT, 0};
+        if (rc != 0 && poll(&pfd, 1, 300) == 0) {
+            close(c);
+            return fd;
+        }
+        fill[(*nfill)++] = c;
+    }
+}
+
+/* Operations on s (key k) until one fails with a message that holds each
+ * of has (NULL-terminated): true then, that message in out. */
+static bool fails_saying(kv_loop *loop, kv_store *s, const kv_key *k,
+                         const char *const *has, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    for (int round = 0; round < 60; round++) {
+        kv_fut *f = kv_get(s, k, NULL);
+        int rc = kv_wait(f);
+        bool found = rc != KV_OK;
+        if (found)
+            snprintf(out, outlen, "%s", kv_fut_errmsg(f));
+        for (size_t i = 0; found && has[i] != NULL; i++)
+            found = strstr(out, has[i]) != NULL;
+        kv_fut_free(f);
+        if (found)
+            return true;
+        ck_assert_kv(wait_free(kv_sleep(loop, 100)), KV_OK);
+    }
+    return false;
+}
+
+/* A name whose addresses (the resolver's test hook) refuse at once or do
+ * not answer: when the connect times out, the ring's message says which
+ * address was the last (address:port, an IPv6 one in brackets) and how
+ * many of the name's were tried; so does the open's, without the
+ * password. */
+START_TEST(test_connect_timeout_addresses)
+{
+    int fds0 = tu_count_fds();
+    proxy *p = proxy_new();
+    if (p == NULL)
+        return;
+    kv_loop *loop = NULL;
+    kv_pool *pool = NULL;
+    ck_assert_kv(kv_loop_new(&loop, NULL), KV_OK);
+    ck_assert_kv(kv_pool_new(&pool, 1), KV_OK); /* the ring's look-ups */
+    char uri[512], want[160], m[1024];
+    kv__redis_test_resolve("kvdark.test", "127.0.0.1");
+    snprintf(uri, sizeof uri, "redis://kvdark.test:%d/%s?timeout=500",
+             p->port, prefix);
+    kv_store *s = NULL;
+    int rc = kv_redis_open(&s, loop, pool, uri, 0);
+    ck_assert_msg(rc == KV_OK, "open %s: %s (%s)", uri, kv_err_name(rc),
+                  kv_last_errmsg());
+    kv_key *k = NULL;
+    ck_assert_kv(kv_key_parse(&k, "/cta/a"), KV_OK);
+    EXPECT(kv_put_value(s, k, "a", 1, NULL), KV_OK);
+
+    /* 127.0.0.2 refuses (the proxy listens on 127.0.0.1 only), then the
+     * dark proxy does not answer */
+    kv__redis_test_resolve("kvdark.test", "127.0.0.2,127.0.0.1");
+    proxy_dark(p, true);
+    snprintf(want, sizeof want, "(address 127.0.0.1:%d; 2 of 2 addresses "
+             "tried)", p->port);
+    bool ok = fails_saying(loop, s, k,
+                           (const char *const[]){"redis node kvdark.test:",
+                                                 "cannot connect: no answer "
+                                                 "within 500 ms",
+                                                 want, NULL},
+                           m, sizeof m);
+    fprintf(stderr, "test_connect_timeout_addresses: %s\n", m);
+    ck_assert_msg(ok, "the last failure: %s", m);
+
+    /* an IPv6 address last, which does not answer either */
+    int fill[8], nfill = 0, v6 = dark_v6(p->port, fill, &nfill);
+    if (v6 < 0) {
+        fprintf(stderr, "test_connect_timeout_addresses: no listener on "
+                        "[::1]:%d here: the IPv6 address skipped\n",
+                p->port);
+    } else {
+        kv__redis_test_resolve("kvdark.test", "127.0.0.2,127.0.0.3,::1");
+        snprintf(want, sizeof want, "(address [::1]:%d; 3 of 3 addresses "
+                 "tried)", p->port);
+        ok = fails_saying(loop, s, k,
+                          (const char *const[]){"no answer within 500 ms",
+                                                want, NULL},
+                          m, sizeof m);
+        fprintf(stderr, "test_connect_timeout_addresses: %s\n", m);
+        ck_assert_msg(ok, "the last failure: %s", m);
+        for (int i = 0; i < nfill; i++)
+            close(fill[i]);
+        close(v6);
+    }
+    store_close(s);
+    kv_key_free(k);
+
+    /* the open (its own deadline), with a password it never shows */
+    kv__redis_test_resolve("kvdark.test", "127.0.0.2,127.0.0.1");
+    snprintf(uri, sizeof uri, "redis://kvuser:Secret-pw@kvdark.test:%d/%s"
+             "?timeout=300", p->port, prefix);
+    s = NULL;
+    rc = kv_redis_open(&s, loop, NULL, uri, 0);
+    snprintf(m, sizeof m, "%s", kv_last_errmsg());
+    fprintf(stderr, "test_connect_timeout_addresses: the open: %s\n", m);
+    ck_assert_kv(rc, KV_EBACKEND);
+    ck_assert_ptr_null(s);
+    snprintf(want, sizeof want, "cannot connect within the open's timeout "
+             "(300 ms) (address 127.0.0.1:%d; 2 of 2 addresses tried)",
+             p->port);
+    ck_assert_msg(strstr(m, want) != NULL, "no '%s' in: %s", want, m);
+    ck_assert_msg(strstr(m, "Secret") == NULL, "the password: %s", m);
+
+    kv__redis_test_resolve(NULL, NULL);
+    proxy_dark(p, false);
+    ck_assert_int_ge(kv_loop_run(loop, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(loop), KV_OK);
+    kv_pool_free(pool);
+    proxy_free(p);
+    ck_assert_int_eq(tu_count_fds(), fds0);
+}
+END_TEST
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -2656,6 +2803,7 @@ static Suite *redis_suite(void)
     tcase_add_test(tc, test_host_forms);
 #ifdef HAVE_HIREDIS
     tcase_add_test(tc, test_open_timeout);
+    tcase_add_test(tc, test_connect_timeout_addresses);
 #endif
     tcase_add_test(tc, test_pipelined);
     tcase_add_test(tc, test_cluster_keymode);

@@ -194,13 +194,36 @@ void redis__tls_reset_hint(const rnode *n, char *why, size_t whylen)
 void redis__addr_text(const rnode *n, unsigned i, char *out, size_t len)
 {
     const struct sockaddr_storage *sa = &n->addrs[i];
-    const void *a = sa->ss_family == AF_INET6
-                        ? (const void *)&((const struct sockaddr_in6 *)sa)
-                              ->sin6_addr
-                        : (const void *)&((const struct sockaddr_in *)sa)
-                              ->sin_addr;
-    if (inet_ntop(sa->ss_family, a, out, (socklen_t)len) == NULL)
-        snprintf(out, len, "?");
+    bool v6 = sa->ss_family == AF_INET6;
+    const void *a =
+        v6 ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+           : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+    unsigned port =
+        ntohs(v6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                 : ((const struct sockaddr_in *)sa)->sin_port);
+    char t[INET6_ADDRSTRLEN];
+    if (inet_ntop(sa->ss_family, a, t, sizeof t) == NULL)
+        snprintf(t, sizeof t, "?");
+    snprintf(out, len, v6 ? "[%s]:%u" : "%s:%u", t, port);
+}
+
+void redis__addr_note(const rnode *n, unsigned tried, char *why,
+                      size_t whylen)
+{
+    if (n->numeric || n->resolving || n->naddrs == 0 || tried == 0)
+        return;
+    if (tried > n->naddrs)
+        tried = n->naddrs;
+    char a[ADDR_TEXT_LEN];
+    redis__addr_text(n, tried - 1, a, sizeof a);
+    size_t l = strlen(why);
+    if (l + 1 >= whylen)
+        return;
+    if (n->naddrs > 1)
+        snprintf(why + l, whylen - l, " (address %s; %u of %u addresses "
+                 "tried)", a, tried, n->naddrs);
+    else
+        snprintf(why + l, whylen - l, " (address %s)", a);
 }
 
 void redis__node_close(rnode *n)
@@ -349,7 +372,7 @@ static bool next_addr(rnode *n, const char *why, int err)
     if (err == KV_ENOMEM || n->state != N_CONNECTING || n->st->closing ||
         n->addri + 1 >= n->naddrs)
         return false;
-    char a[INET6_ADDRSTRLEN];
+    char a[ADDR_TEXT_LEN];
     redis__addr_text(n, n->addri, a, sizeof a);
     redis__node_set_err(n, "address %s: %s", a, why);
     n->hoperr = true;
@@ -837,14 +860,9 @@ static void connect_cb(kv__op *op, int res, uint32_t flags)
         return;
     }
     if (res < 0) {
-        char m[160], a[INET6_ADDRSTRLEN];
-        if (n->naddrs > 1) {
-            redis__addr_text(n, n->addri, a, sizeof a);
-            snprintf(m, sizeof m, "cannot connect: %s (address %s, the last "
-                     "of %u)", strerror(-res), a, n->naddrs);
-        } else {
-            snprintf(m, sizeof m, "cannot connect: %s", strerror(-res));
-        }
+        char m[192];
+        snprintf(m, sizeof m, "cannot connect: %s", strerror(-res));
+        redis__addr_note(n, n->addri + 1, m, sizeof m);
         node_fail_err(n, m, redis__io_err(res));
         redis__maybe_closed(st);
         return;

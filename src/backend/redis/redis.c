@@ -381,9 +381,10 @@ static int sync_connect_one(const struct sockaddr_storage *sa, socklen_t len,
  * each address in turn until one connects and, over rediss://, completes
  * its TLS handshake: KV_OK with n->fd (and n->tls) set, or an error with
  * why set.  All within the open's deadline.  When every address fails, why
- * is the last failure; with several addresses it names the address, and
- * an earlier address's TLS failure is added to a last one that only could
- * not connect (the most telling of them). */
+ * is the last failure; for a host name it names the address and how many
+ * were tried (redis__addr_note), and an earlier address's TLS failure is
+ * added to a last one that only could not connect (the most telling of
+ * them). */
 static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
 {
     if (n->naddrs == 0) {
@@ -393,7 +394,7 @@ static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
             return rc;
     }
     char hs[512] = ""; /* an earlier address's TLS failure */
-    char a[INET6_ADDRSTRLEN] = "";
+    char a[ADDR_TEXT_LEN] = "";
     int rc = KV_EBACKEND, fd = -ENOENT;
     unsigned i;
     for (i = 0; i < n->naddrs; i++) {
@@ -433,11 +434,11 @@ static int sync_connect(rnode *n, const odl *d, char *why, size_t whylen)
                  "(%u ms)", d->ms);
     else
         snprintf(why, whylen, "cannot connect: %s", strerror(-fd));
-    if (n->naddrs > 1) {
+    /* the addresses tried: up to the one that timed out, or all */
+    redis__addr_note(n, i < n->naddrs ? i + 1 : n->naddrs, why, whylen);
+    if (hs[0] != '\0') {
         size_t l = strlen(why);
-        snprintf(why + l, whylen - l, " (address %s, the %s of %u)%s%s", a,
-                 i + 1 >= n->naddrs ? "last" : "one", n->naddrs,
-                 hs[0] != '\0' ? "; before it, " : "", hs);
+        snprintf(why + l, whylen - l, "; before it, %s", hs);
     }
     return redis__io_err(fd);
 }

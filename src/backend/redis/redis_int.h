@@ -296,8 +296,17 @@ int redis__node_tls_new(rnode *n, char *why, size_t whylen);
  * (n->fresh), and why a reset or an end, add the hint that the server may
  * want a client certificate (the open and the ring's reconnects alike). */
 void redis__tls_reset_hint(const rnode *n, char *why, size_t whylen);
-/* Address i of n as text (no port), for messages. */
+/* Address i of n as text with its port, for messages: "192.0.2.1:6379",
+ * "[2001:db8::1]:6379" (ADDR_TEXT_LEN bytes hold any). */
+#define ADDR_TEXT_LEN (INET6_ADDRSTRLEN + 8)
 void redis__addr_text(const rnode *n, unsigned i, char *out, size_t len);
+/* Append to why (a connect's failure) which address it was, when that is
+ * not plain from the node's name (a host name, not an address literal):
+ * " (address A; T of N addresses tried)", T the addresses tried so far
+ * (the last, A, included), or " (address A)" when the name has one.
+ * Nothing while the name is still being looked up. */
+void redis__addr_note(const rnode *n, unsigned tried, char *why,
+                      size_t whylen);
 /* Close n's socket and free its TLS session (if any). */
 void redis__node_close(rnode *n);
 /* Free a node of a store that is being destroyed. */

@@ -56,11 +56,14 @@ static void watchdog_check(rstore *st)
     for (rnode *n = st->nodes; n != NULL; n = n->next) {
         if (now - n->since < st->timeout_ms)
             continue;
-        char m[96];
+        char m[192];
         if (n->state == N_CONNECTING) {
+            /* the deadline covers the whole connect: every address of a
+             * name tried so far, the last one still unanswered */
             snprintf(m, sizeof m, "%s: no answer within %u ms",
                      n->hs ? "TLS handshake" : "cannot connect",
                      st->timeout_ms);
+            redis__addr_note(n, n->addri + 1, m, sizeof m);
             redis__node_fail(n, m);
         } else if (n->state == N_UP && n->fifo != NULL) {
             snprintf(m, sizeof m, "no reply within %u ms", st->timeout_ms);
