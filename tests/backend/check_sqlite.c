@@ -1921,6 +1921,24 @@ START_TEST(test_any_reads_skip_the_loop)
 }
 END_TEST
 
+/* A store holding /a = "1" and /b = "22" on a pool of one thread, held
+ * (tu_hold_worker: sem_post(&g->go) lets it go), so that reads queue. */
+static kv_store *held_store(kv_pool **one, tu_gate *g, kv_fut **held)
+{
+    kv_store *s = open_store(dbpath, 0);
+    put(s, "/a", "1", 0);
+    put(s, "/b", "22", 0);
+    close_store(s);
+    ck_assert_kv(kv_pool_new(one, 1), KV_OK);
+    ck_assert_kv(kv_sqlite_open(&s, loop, *one, dbpath, 0), KV_OK);
+    ck_assert_int_eq(sem_init(&g->in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g->go, 0, 0), 0);
+    *held = kv_pool_work(loop, *one, tu_hold_worker, g);
+    while (sem_wait(&g->in) != 0)
+        ;
+    return s;
+}
+
 /* Submit c->n gets, tell the test, wait for close to start, collect them,
  * then one more get. */
 static void *any_close_thread(void *arg)
@@ -1954,19 +1972,10 @@ static void *any_close_thread(void *arg)
  * nothing leaks (the sanitizer and valgrind runs). */
 START_TEST(test_any_reads_close)
 {
-    kv_store *s = open_store(dbpath, 0);
-    put(s, "/a", "1", 0);
-    put(s, "/b", "22", 0);
-    close_store(s);
-    kv_pool *one = NULL;
-    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
-    ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
+    kv_pool *one;
     tu_gate g;
-    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
-    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, &g);
-    while (sem_wait(&g.in) != 0)
-        ;
+    kv_fut *held;
+    kv_store *s = held_store(&one, &g, &held);
     any_ctx ctx;
     any_ctx_init(&ctx, s);
     ctx.n = 10;
@@ -2028,19 +2037,10 @@ static void *any_cancel_thread(void *arg)
 
 START_TEST(test_any_reads_cancel)
 {
-    kv_store *s = open_store(dbpath, 0);
-    put(s, "/a", "1", 0);
-    put(s, "/b", "22", 0);
-    close_store(s);
-    kv_pool *one = NULL;
-    ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
-    ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
+    kv_pool *one;
     tu_gate g;
-    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
-    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, &g);
-    while (sem_wait(&g.in) != 0)
-        ;
+    kv_fut *held;
+    kv_store *s = held_store(&one, &g, &held);
     any_ctx ctx;
     any_ctx_init(&ctx, s);
     pthread_t t;
