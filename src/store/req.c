@@ -119,9 +119,9 @@ void kv__req_free(kv__req *req)
 {
     if (req == NULL)
         return;
+    req_unlink(req); /* before the release: it reads req->store */
     if (req->store != NULL)
         kv__req_release_store(req);
-    req_unlink(req);
     kv__items_free(req->items, req->n);
     if (req->fut != NULL)
         kv__fut_unref(req->fut);

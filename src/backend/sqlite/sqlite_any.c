@@ -35,7 +35,7 @@ typedef struct anyreq {
 static void any_work(kv__job *job);
 static void any_job_end(kv__job *job);
 
-/* Loop thread: the last request or job of this path ended at close. */
+/* Loop thread: the last job of this path ended at close. */
 static void any_released(kv__job *job, int status)
 {
     (void)status; /* never on a pool */
@@ -52,7 +52,6 @@ static void any_back(kv__job *job, int status)
     kv__req *req = a->r.req;
     int st = a->r.status;
     char *msg = a->r.msg;
-    req->bpriv = NULL;
     kv__free(a);
     if (msg != NULL)
         kv__req_done(req, st, "%s", msg);
@@ -103,7 +102,6 @@ int sqlite__any_init(sq *s)
         conn *c = sqlite__conn_new(s, true);
         if (c == NULL)
             return KV_ENOMEM;
-        c->any = true;
         c->next_idle = s->any.idle;
         s->any.idle = c;
     }
@@ -117,12 +115,10 @@ int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller)
     if (a == NULL)
         return KV_ENOMEM;
     a->r.req = req;
-    req->bpriv = &a->r;
     conn *c = NULL;
     pthread_mutex_lock(&s->any.mu);
     if (s->any.closing) {
         pthread_mutex_unlock(&s->any.mu);
-        req->bpriv = NULL;
         kv__free(a);
         return KV_ECLOSED;
     }

@@ -125,7 +125,6 @@ struct conn {
     bool reader;         /* a file store's read-only reader */
     bool busy;           /* job queued or running */
     bool rq_job;         /* the running job counts in s->nread_jobs */
-    bool any;            /* a reader of the other threads' reads (any.idle) */
     squeue wait;         /* requests waiting for this connection */
     squeue run;          /* the requests of the running job */
     cursor *pin;         /* reader: the live cursor holding it */
@@ -417,8 +416,8 @@ int sqlite__cursor_range(cursor *cu, const kv_query *q);
 int sqlite__any_init(sq *s);
 /* ops->submit_any (the calling thread). */
 int sqlite__submit_any(kv_store *store, kv__req *req, kv_loop *caller);
-/* Close (loop thread): take nothing more, cancel what waits; true if taken
- * requests or jobs remain (the last one calls sqlite__maybe_close). */
+/* Close (loop thread): take nothing more, cancel what waits; true if jobs
+ * still run (the last to end posts any.closer, which goes on closing). */
 bool sqlite__any_close(sq *s);
 /* Destroy (loop thread, nothing in flight). */
 void sqlite__any_fini(sq *s);
