@@ -93,6 +93,9 @@ struct kv__req {
     bool want_value;   /* GET/FETCH: false -> do not read values */
     bool eof;          /* FETCH output: no rows after these */
     bool canceled;     /* set by the store layer when the future was cancelled */
+    bool forwarded;    /* made on another thread and handed to this loop:
+                        * its outcome travels back to that thread, whose
+                        * next call comes a round trip later */
     kv_iter *iter;     /* QUERY_OPEN, ITER_FETCH, ITER_DISPOSE */
     void *bpriv;       /* free for the backend */
     /* store.c private below */

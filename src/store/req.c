@@ -170,6 +170,7 @@ kv_fut *kv__req_start_here(kv__req *req)
             kv__req_free(req);
         return kv__fut_failed(s->loop, KV_ECLOSED, "store is closed");
     }
+    req->forwarded = true;
     return start_here(req);
 }
 

@@ -171,6 +171,18 @@ int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
     s->max_pages_set = true;
     return KV_OK;
 }
+
+int kv__sqlite_set_gather_ns(kv_store *store, uint64_t ns)
+{
+    if (store == NULL || store->ops != &sqlite_ops ||
+        store->backend == NULL)
+        return KV_EINVAL;
+    sq *s = store->backend;
+    if (s->writer == NULL)
+        return KV_EINVAL;
+    s->wgather_fixed_ns = ns;
+    return KV_OK;
+}
 #endif
 
 int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,

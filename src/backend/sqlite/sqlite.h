@@ -59,4 +59,14 @@ unsigned long kv__sqlite_wal_wb_count(void);
 #ifdef KV_TEST_HOOKS
 int kv__sqlite_set_max_pages(kv_store *s, int64_t pages);
 #endif
+/*
+ * sqlite.c test hook (loop thread): the writer's wait for forwarded writes
+ * to come back (sqlite_sched.c, gather) lasts ns exactly instead of a
+ * quarter of the last group's time (0: that rule again), so a test can
+ * tell the wait's end by arrivals from its end by time.  KV_EINVAL if s is
+ * not a writable SQLite store.
+ */
+#ifdef KV_TEST_HOOKS
+int kv__sqlite_set_gather_ns(kv_store *s, uint64_t ns);
+#endif
 #endif /* KV_BACKEND_SQLITE_H */

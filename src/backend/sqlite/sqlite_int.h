@@ -176,6 +176,19 @@ struct sq {
     bool wstart_armed;        /* the NOP is in flight */
     kv__op rstart_op;         /* the same for the queued point reads */
     bool rstart_armed;
+    /* The writer's gathering (sqlite_sched.c, gather): after a group with
+     * writes from other threads, the next group waits until as many came
+     * back, or for a timeout of a quarter of the last group's time. */
+    kv__op wgather_op;
+    struct __kernel_timespec wgather_ts;
+    bool wgather_armed;       /* the timeout is in flight */
+    bool wgathering;          /* the writer's start waits */
+    unsigned wrun_fwd;        /* forwarded writes in the running group */
+    unsigned wexpect;         /* forwarded writes in the last group */
+    unsigned wgot;            /* forwarded writes queued since it ended */
+    uint64_t wjob_t0;         /* the running group's start (ns) */
+    uint64_t wjob_ns;         /* the last group's time */
+    uint64_t wgather_fixed_ns; /* test hook: the wait instead (0: none) */
     /* Background checkpoints (file stores with a writer). */
     kv__job ck_job;
     kv_pool *ck_pool;         /* its own one-thread pool (NULL: s->pool) */

@@ -1,13 +1,15 @@
 /*
  * backend/sqlite/sqlite_sched.c - the loop thread's side of the SQLite
  * backend: requests queued per connection, handed to connection jobs (the
- * writer's group started at the end of the loop turn, point reads batched
- * on idle readers), their completions, background checkpoints started, and
- * the requests completed later.  Never calls SQLite.
+ * writer's group started at the end of the loop turn, or once the writes
+ * of other threads came back, point reads batched on idle readers), their
+ * completions, background checkpoints started, and the requests completed
+ * later.  Never calls SQLite.
  */
 #include "config.h"
 
 #include "backend/sqlite/sqlite_int.h"
+#include "util/time.h"
 
 #include <stdarg.h>
 #include <string.h>
@@ -72,10 +74,14 @@ static void kick_now(conn *c)
     if (c->busy || q_first(&c->wait) == NULL)
         return;
     if (c == c->s->writer) {
-        size_t w = 0;
+        size_t w = 0, fwd = 0;
         for (sreq *r = q_first(&c->wait); r != NULL;
-             r = q_next(&c->wait, r))
+             r = q_next(&c->wait, r)) {
             w += is_write(r->req->op);
+            fwd += is_write(r->req->op) && r->req->forwarded;
+        }
+        c->s->wrun_fwd = (unsigned)fwd;
+        c->s->wjob_t0 = kv__now_ns();
         if (w > 0) {
             c->s->stats.groups++;
             c->s->stats.write_reqs += w;
@@ -113,13 +119,74 @@ static void nop_done(sq *s, bool *armed)
     s->pending--;
 }
 
+static void wgather_cb(kv__op *op, int res, uint32_t flags)
+{
+    sq *s = KV__CONTAINER_OF(op, sq, wgather_op);
+    (void)res; /* -ETIME; a fault-injected failure ends the wait too */
+    (void)flags;
+    s->wgather_armed = false;
+    s->pending--;
+    if (s->wgathering) {
+        s->wgathering = false;
+        kick_now(s->writer);
+    }
+    sqlite__maybe_close(s);
+}
+
+/*
+ * The writer is about to start a group: wait instead if the last group
+ * held writes made on other threads and fewer than those came back yet.
+ * Their outcomes went back to their threads, whose callbacks submit the
+ * next writes a round trip later (a thread wake-up each way), not in this
+ * loop turn as the loop's own callbacks do; starting now would split the
+ * next group in two (measured: 33 puts per group from one forwarding
+ * thread at depth 64, against 64 on the loop's own), two commits and two
+ * fsyncs where one does.  The wait ends when as many forwarded writes are
+ * queued (sqlite__submit) or after a quarter of the last group's time (at
+ * most GATHER_MAX_NS), so a caller that does not come back costs at most
+ * that.  True if the start now waits.
+ */
+enum { GATHER_MAX_NS = 500000 };
+
+static bool gather(sq *s)
+{
+    conn *w = s->writer;
+    if (s->closing || w->busy || q_first(&w->wait) == NULL ||
+        s->wgot >= s->wexpect)
+        return false;
+    if (s->wgathering)
+        return true;
+    if (!s->wgather_armed) {
+        /* One timeout at a time: one still in flight (from a wait that
+         * ended early) ends this wait instead, sooner. */
+        uint64_t ns = s->wjob_ns / 4;
+        if (ns > GATHER_MAX_NS)
+            ns = GATHER_MAX_NS;
+        if (s->wgather_fixed_ns > 0)
+            ns = s->wgather_fixed_ns;
+        struct io_uring_sqe *sqe;
+        if (ns == 0 || kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
+            return false;
+        s->wgather_ts.tv_sec = (long long)(ns / 1000000000u);
+        s->wgather_ts.tv_nsec = (long long)(ns % 1000000000u);
+        io_uring_prep_timeout(sqe, &s->wgather_ts, 0, 0);
+        s->wgather_op.cb = wgather_cb;
+        io_uring_sqe_set_data64(sqe, (uintptr_t)&s->wgather_op);
+        s->wgather_armed = true;
+        s->pending++; /* close waits for the timeout's completion */
+    }
+    s->wgathering = true;
+    return true;
+}
+
 static void wstart_cb(kv__op *op, int res, uint32_t flags)
 {
     sq *s = KV__CONTAINER_OF(op, sq, wstart_op);
     (void)res;
     (void)flags;
     nop_done(s, &s->wstart_armed);
-    kick_now(s->writer);
+    if (!gather(s))
+        kick_now(s->writer);
     sqlite__maybe_close(s);
 }
 
@@ -140,6 +207,8 @@ static void kick(conn *c)
         kick_now(c);
         return;
     }
+    if (s->wgathering)
+        return; /* its end starts the writer */
     if (!s->wstart_armed &&
         !at_turn_end(s, &s->wstart_op, &s->wstart_armed, wstart_cb))
         kick_now(c);
@@ -318,8 +387,12 @@ static void conn_done(kv__job *job, int status)
             s->idle = c;
         }
     }
-    if (c == s->writer)
+    if (c == s->writer) {
         ck_kick(s, c->ck_finish);
+        s->wjob_ns = kv__now_ns() - s->wjob_t0;
+        s->wexpect = s->wrun_fwd;
+        s->wgot = 0;
+    }
     sreq *r;
     while ((r = q_pop(&run)) != NULL)
         complete(s, r);
@@ -548,6 +621,11 @@ void sqlite__submit(kv_store *store, kv__req *req)
             return;
         }
         q_push(&s->writer->wait, r);
+        if (req->forwarded && ++s->wgot >= s->wexpect && s->wgathering) {
+            s->wgathering = false; /* they are back: start now */
+            kick_now(s->writer);
+            return;
+        }
         kick(s->writer);
         return;
     default:
