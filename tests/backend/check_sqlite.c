@@ -851,17 +851,30 @@ static void *fwd_chains_thread(void *arg)
     return NULL;
 }
 
-/* Serve s's loop (this thread's) until the thread of c is done. */
-static void fwd_serve(fwd_ctx *c, void *(*fn)(void *))
+/* Run fn (n: its c->n) on another thread against s, whose writer waits
+ * gather_ns for forwarded writes, serving s's loop (this thread's) until
+ * fn is done; the groups and the writes it made. */
+static struct kv__sqlite_stats fwd_run(kv_store *s, void *(*fn)(void *),
+                                       int n, uint64_t gather_ns)
 {
+    ck_assert_kv(kv__sqlite_set_gather_ns(s, gather_ns), KV_OK);
+    struct kv__sqlite_stats before = stats(s);
+    static fwd_ctx c;
+    memset(&c, 0, sizeof c);
+    c.s = s;
+    c.n = n;
     pthread_t t;
-    ck_assert_int_eq(sem_init(&c->done, 0, 0), 0);
-    ck_assert_int_eq(pthread_create(&t, NULL, fn, c), 0);
-    while (sem_trywait(&c->done) != 0)
+    ck_assert_int_eq(sem_init(&c.done, 0, 0), 0);
+    ck_assert_int_eq(pthread_create(&t, NULL, fn, &c), 0);
+    while (sem_trywait(&c.done) != 0)
         ck_assert_int_ge(kv_loop_run(loop, KV_RUN_WAIT), 0);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
-    sem_destroy(&c->done);
-    ck_assert_msg(c->ok, "%s", c->why);
+    sem_destroy(&c.done);
+    ck_assert_msg(c.ok, "%s", c.why);
+    struct kv__sqlite_stats after = stats(s);
+    after.groups -= before.groups;
+    after.write_reqs -= before.write_reqs;
+    return after;
 }
 
 START_TEST(test_group_rounds_forwarded)
@@ -869,17 +882,11 @@ START_TEST(test_group_rounds_forwarded)
     kv_store *s = open_store(dbpath, 0);
     /* Arrivals end the wait here, not the timeout (as a loaded run's
      * preempted thread would), except where the pieces of a split first
-     * round end (their last puts wait for writes that will not come). */
-    ck_assert_kv(kv__sqlite_set_gather_ns(s, 200000000u), KV_OK); /* 0.2 s */
-    struct kv__sqlite_stats before = stats(s);
-    static fwd_ctx c;
-    memset(&c, 0, sizeof c);
-    c.s = s;
-    fwd_serve(&c, fwd_chains_thread);
-    struct kv__sqlite_stats after = stats(s);
-    ck_assert_uint_eq(after.write_reqs - before.write_reqs,
-                      FW_W * FW_ROUNDS);
-    ck_assert_uint_le(after.groups - before.groups, FW_ROUNDS * 3 / 2);
+     * round end (their last puts wait for writes that will not come):
+     * 0.2 s. */
+    struct kv__sqlite_stats d = fwd_run(s, fwd_chains_thread, 0, 200000000u);
+    ck_assert_uint_eq(d.write_reqs, FW_W * FW_ROUNDS);
+    ck_assert_uint_le(d.groups, FW_ROUNDS * 3 / 2);
     ck_assert_uint_eq(tu_query_count(s, K("/chain")), FW_W * FW_ROUNDS);
     close_store(s);
 }
@@ -929,15 +936,8 @@ static void *fwd_lone_thread(void *arg)
 START_TEST(test_group_forwarded_timeout)
 {
     kv_store *s = open_store(dbpath, 0);
-    ck_assert_kv(kv__sqlite_set_gather_ns(s, 50000000u), KV_OK); /* 50 ms */
-    struct kv__sqlite_stats before = stats(s);
-    static fwd_ctx c;
-    memset(&c, 0, sizeof c);
-    c.s = s;
-    c.n = 8;
-    fwd_serve(&c, fwd_lone_thread);
-    struct kv__sqlite_stats after = stats(s);
-    ck_assert_uint_eq(after.write_reqs - before.write_reqs, 9);
+    struct kv__sqlite_stats d = fwd_run(s, fwd_lone_thread, 8, 50000000u);
+    ck_assert_uint_eq(d.write_reqs, 9);
     ck_assert_uint_eq(tu_query_count(s, K("/lone")), 9);
     close_store(s);
 }

@@ -159,13 +159,19 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
 }
 
 #ifdef KV_TEST_HOOKS /* the test library only (Makefile.am) */
+/* The backend of a writable SQLite store, or NULL. */
+static sq *writable(kv_store *store)
+{
+    if (store == NULL || store->ops != &sqlite_ops)
+        return NULL;
+    sq *s = store->backend;
+    return s != NULL && s->writer != NULL ? s : NULL;
+}
+
 int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
 {
-    if (store == NULL || store->ops != &sqlite_ops ||
-        store->backend == NULL)
-        return KV_EINVAL;
-    sq *s = store->backend;
-    if (s->writer == NULL)
+    sq *s = writable(store);
+    if (s == NULL)
         return KV_EINVAL;
     s->max_pages_req = pages > 0 ? pages : 1073741823; /* SQLite's old max */
     s->max_pages_set = true;
@@ -174,11 +180,8 @@ int kv__sqlite_set_max_pages(kv_store *store, int64_t pages)
 
 int kv__sqlite_set_gather_ns(kv_store *store, uint64_t ns)
 {
-    if (store == NULL || store->ops != &sqlite_ops ||
-        store->backend == NULL)
-        return KV_EINVAL;
-    sq *s = store->backend;
-    if (s->writer == NULL)
+    sq *s = writable(store);
+    if (s == NULL)
         return KV_EINVAL;
     s->wgather_fixed_ns = ns;
     return KV_OK;
