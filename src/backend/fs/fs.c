@@ -579,7 +579,8 @@ static int open_tokens(fs_state *fs)
  *   spare_max = avail / 12  (spare files, 1..SPARE_MAX)
  * use at most 3/4 of avail, plus the root, .tokens and .lock.  At n = 64:
  * 6 kops, 8 idle directories, 2 spares.  A limit the application uses up
- * anyway (EMFILE) makes kops wait for others to finish (fs__kop_park).
+ * anyway (EMFILE) makes kops wait for others to finish, or for the idle
+ * directories, spares and closes in flight to let theirs go (fs__kop_park).
  */
 static void fd_budget(fs_state *fs)
 {

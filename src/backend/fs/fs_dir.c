@@ -132,6 +132,7 @@ static void d_close_cqe(kv__op *op, int res, uint32_t flags)
         dir_start(d);
     else
         dir_maybe_free(d);
+    fs__fd_released(fs);
     fs__check_closed(fs);
 }
 
@@ -150,6 +151,7 @@ static void dir_close_ring(fsdir *d)
     }
     io_uring_prep_close(sqe, d->fd);
     io_uring_sqe_set_data64(sqe, (uintptr_t)&d->s_close.op);
+    fs->nrel++;
 }
 
 static void dir_evict(fs_state *fs)
@@ -570,6 +572,7 @@ static void spare_cqe(kv__op *op, int res, uint32_t flags)
         fs->stats[STAT_TMP_LEAKS]++; /* removed at the next open */
     fs__dir_release(sp->d);
     kv__free(sp);
+    fs__fd_released(fs);
     fs__check_closed(fs);
 }
 
@@ -612,6 +615,7 @@ void fs__spare_drop(fs_state *fs, spare *sp)
     }
     io_uring_prep_unlinkat(sqe, sp->d->fd, sp->name, 0);
     io_uring_sqe_set_data64(sqe, (uintptr_t)&sp->op);
+    fs->nrel++;
 }
 
 /* Remove every spare file (no put runs, close, drop). */

@@ -312,6 +312,11 @@ struct fs_state {
     bool no_exchange;   /* the file system refused RENAME_EXCHANGE */
     /* Admission: at most maxrun kops run at once (descriptors). */
     size_t nrun, maxrun;
+    /* Ring operations in flight whose completion lets a descriptor of the
+     * store go (a directory's close, a kop's background close, a spare's
+     * unlink, which then releases its directory): each CQE restarts kops
+     * that wait for a descriptor (fs__fd_released). */
+    size_t nrel;
     /* Descriptor caches, sized from RLIMIT_NOFILE at open (fd_budget). */
     size_t idle_max, spare_max;
     kop *adm_head, *adm_tail;
@@ -414,7 +419,9 @@ void fs__tok_wcqe(kv__op *op, int res, uint32_t flags);
 void fs__tok_fcqe(kv__op *op, int res, uint32_t flags);
 int fs__tok_take(fs_state *fs, uint64_t *out);
 bool fs__kop_admit(kop *k);
+bool fs__fd_can_wait(const fs_state *fs);
 void fs__kop_park(kop *k);
+void fs__fd_released(fs_state *fs);
 void fs__kop_finish(kop *k, int status);
 void fs__kop_free(kop *k);
 void fs__rec_submit(fs_state *fs, kv__req *req, enum kkind kind);

@@ -31,8 +31,11 @@ void fs__kop_cqe(kv__op *op, int res, uint32_t flags)
     sl->res = res;
     sl->busy = false;
     fs->nsqe--;
+    bool rel = sl == &k->sl[SL_BG]; /* k may be freed below */
     if (--k->pending == 0)
         kop_step(k);
+    if (rel)
+        fs__fd_released(fs);
     fs__check_closed(fs);
 }
 
@@ -65,6 +68,7 @@ static void k_bg_close(kop *k)
     } else {
         io_uring_prep_close(sqe, k->fd);
         k_arm(k, sqe, SL_BG, false);
+        k->fs->nrel++;
     }
     k->fd = -1;
 }
@@ -155,16 +159,17 @@ static void k_open_record(kop *k)
 }
 
 /*
- * A descriptor could not be had (res -EMFILE or -ENFILE): if other kops
- * run (they will free theirs), wait for one to finish and start again
- * (fs__kop_park), and return true; k holds no descriptor here but maybe
- * its directory, which it lets go.
+ * A descriptor could not be had (res -EMFILE or -ENFILE): if one of the
+ * store's will come free without k (fs__fd_can_wait: other kops run, the
+ * store keeps idle directories or spares, or a close is in flight), wait
+ * for it and start again (fs__kop_park), and return true; k holds no
+ * descriptor here but maybe its directory, which it lets go.
  */
 static bool k_fd_wait(kop *k, int res)
 {
     fs_state *fs = k->fs;
-    if ((res != -EMFILE && res != -ENFILE) || k_stop(k) || fs->nrun <= 1 ||
-        k->fd_waits >= FD_WAITS_MAX || k->fd >= 0)
+    if ((res != -EMFILE && res != -ENFILE) || k_stop(k) ||
+        k->fd_waits >= FD_WAITS_MAX || k->fd >= 0 || !fs__fd_can_wait(fs))
         return false;
     if (k->dir != NULL) {
         fs__dir_release(k->dir);

@@ -183,6 +183,8 @@ static void adm_unlink(fs_state *fs, kop *k)
     k->dnext = k->dprev = NULL;
 }
 
+static void admit_waiting(fs_state *fs);
+
 /* True if k may run now; else k waits in the FIFO. */
 bool fs__kop_admit(kop *k)
 {
@@ -206,16 +208,32 @@ bool fs__kop_admit(kop *k)
 }
 
 /*
+ * Whether a kop that met EMFILE (holding its directory, maybe, and no
+ * other descriptor) may wait for one: some descriptor of the store will
+ * come free without it.  Another kop runs (it frees its own when it
+ * finishes), idle directories or spare files (which pin directories) are
+ * kept (fs__kop_park lets them go), or a close is in flight (nrel).  The
+ * last two matter when the kop runs alone: the store's caches and its
+ * closes still in flight (the fallback mode's pool may run an open before
+ * a close sent earlier) can hold the descriptors it lacks.
+ */
+bool fs__fd_can_wait(const fs_state *fs)
+{
+    return fs->nrun > 1 || fs->nidle > 0 || fs->nspares > 0 || fs->nrel > 0;
+}
+
+/*
  * Descriptors ran out (EMFILE: the application uses more than the store
- * left it): k, holding no descriptor now, gives up its running slot and
- * waits at the head of the FIFO; the running cap drops to the kops still
- * running, each of which frees descriptors when it finishes.  Idle
- * directories are closed first.
+ * left it; fs__fd_can_wait was true): k, holding no descriptor now, gives
+ * up its running slot and waits at the head of the FIFO; the running cap
+ * drops to the kops still running, each of which frees descriptors when
+ * it finishes.  Idle directories are closed; if no other kop runs, the
+ * spare files are dropped too.  k starts again when a kop finishes or a
+ * close sent here or earlier completes (fs__fd_released).
  */
 void fs__kop_park(kop *k)
 {
     fs_state *fs = k->fs;
-    fs__dirs_close_idle(fs);
     if (k->admitted) {
         k->admitted = false;
         fs->nrun--;
@@ -231,6 +249,12 @@ void fs__kop_park(kop *k)
     else
         fs->adm_tail = k;
     fs->adm_head = k;
+    fs__dirs_close_idle(fs);
+    if (fs->nrun == 0) {
+        fs__spares_drain(fs);
+        if (fs->nrel == 0)
+            admit_waiting(fs); /* the ring refused: all closed at once */
+    }
 }
 
 /* Start waiting kops while slots are free (never recursively: a kop that
@@ -247,6 +271,14 @@ static void admit_waiting(fs_state *fs)
         fs__kop_start(k);
     }
     fs->admitting = false;
+}
+
+/* A close counted in nrel completed: kops waiting for a descriptor (and
+ * room to run) start again. */
+void fs__fd_released(fs_state *fs)
+{
+    fs->nrel--;
+    admit_waiting(fs);
 }
 
 static kop *kop_new(fs_state *fs, kv__req *req, kv__item *it,
