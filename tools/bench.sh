@@ -40,7 +40,10 @@
 # depth, and what a forwarded call costs), depth (throughput and p99
 # against --iodepth for each backend and peer, and latency percentiles),
 # overtime (write latency over time in the mixed read/CAS case, from
-# kvbench's fio-format latency logs), ycsb (YCSB A-F beside the peers).
+# kvbench's fio-format latency logs), ycsb (YCSB A-F beside the peers),
+# hiccup (how long the machine takes a CPU away from a thread that never
+# sleeps: the floor under every latency tail above; KVBENCH_HICCUP_SECS,
+# default 15).
 # With gnuplot (apt-get install gnuplot-nox) the depth, overtime and ycsb
 # sections are also drawn as SVG charts into $KVBENCH_IMG, which the report
 # embeds; without it the report has the tables only.
@@ -68,7 +71,7 @@ DEPTHS=${KVBENCH_DEPTHS:-1 4 16 64 256}
 OKEYS=${KVBENCH_OKEYS:-100000}
 YKEYS=${KVBENCH_YKEYS:-100000}
 IMG=${KVBENCH_IMG:-$top/docs/img}
-ALL_SECTIONS="loop durable fs reads mem redis shared depth overtime ycsb"
+ALL_SECTIONS="loop durable fs reads mem redis shared depth overtime ycsb hiccup"
 if [ $# -gt 0 ]; then
     SECTIONS="$*"
 else
@@ -100,6 +103,8 @@ find_tool() { # name -> path
 KVBENCH=$(find_tool kvbench)
 KVCTL=$(find_tool kvctl)
 LOOPBENCH=$(find_tool loopbench)
+HICCUP=$(find_tool hiccup)
+HICCUP_SECS=${KVBENCH_HICCUP_SECS:-15}
 if [ -z "$KVBENCH" ]; then
     echo "bench.sh: kvbench not found: build first, or set KVBENCH_BUILD" >&2
     exit 2
@@ -178,6 +183,13 @@ LOOP_OUT=
 if want loop && [ -n "$LOOPBENCH" ]; then
     echo "bench.sh: loopbench" >&2
     LOOP_OUT=$("$LOOPBENCH" 2>&1 || true)
+fi
+
+# The machine's own gaps: CPU only, nothing else of this script running.
+HICCUP_OUT=
+if want hiccup && [ -n "$HICCUP" ]; then
+    echo "bench.sh: hiccup" >&2
+    HICCUP_OUT=$("$HICCUP" "$HICCUP_SECS" 2>&1 || true)
 fi
 
 # 1. Durable writes: group commit, and the peers at the same depth.
@@ -423,6 +435,7 @@ fi
 # The report.
 mkdir -p "$(dirname "$OUT")"
 export RES RUNTIME KEYS WKEYS FSKEYS RKEYS FIO_CMD DUMP_SQLITE DUMP_FS LOOP_OUT
+export HICCUP_OUT HICCUP_SECS
 export SECTIONS REDIS_NOTE REDIS_VERSION ROUNDS SHKEYS HAVE_GNUPLOT IMG
 LOAD_BEFORE=${LOAD_BEFORE:-}
 export LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -763,6 +776,28 @@ if want("loop"):
         w(f"Command: `{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
     else:
         w("loopbench was not found (build it: `make tools/loopbench`).")
+    w("")
+
+# the machine's gaps
+if want("hiccup"):
+    w("## The machine's own stalls")
+    w("")
+    w("One thread per CPU, pinned, reads the monotonic clock in a loop and counts "
+      "the gaps between two reads: time it did not run although it never sleeps "
+      "(an interrupt, another task, or on a virtual machine the host taking the "
+      "vCPU). No latency tail measured on this machine can be shorter than these "
+      "gaps when they hit a thread on the path of an operation in flight.")
+    w("")
+    ho = os.environ.get("HICCUP_OUT", "")
+    if ho:
+        w("```")
+        w(ho.rstrip())
+        w("```")
+        w("")
+        w(f"Command: `tools/hiccup {os.environ.get('HICCUP_SECS', '15')}` "
+          "(normal priority; docs/PERF.md has a SCHED_FIFO run).")
+    else:
+        w("hiccup was not found (build it: `make tools/hiccup`).")
     w("")
 
 # 6. shared store

@@ -460,6 +460,23 @@ grep -q "mmap_size=268435456" "$tmp/out" || { echo "FAIL: sqlite-raw ?mmap not a
 expect 1 "kvbench sqlite-raw ?mmap=x" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db?mmap=x" \
     --rw=randread --keys=500 --load=0 --number_ios=500
 
+# hiccup: one line per online CPU, bad usage exits 2
+if [ -x "$b/tools/hiccup" ]; then
+    expect 0 "hiccup 0.2" "$b/tools/hiccup" 0.2
+    n=$(grep -c '^cpu[0-9]*: [0-9.]* s, gaps over 1 ms: [0-9]*, over 5 ms: [0-9]*, over 10 ms: [0-9]*, longest [0-9.]* ms, time lost in gaps over 1 ms: [0-9.]*%$' "$tmp/out")
+    [ "$n" -eq "$(getconf _NPROCESSORS_ONLN)" ] || {
+        echo "FAIL: hiccup: $n lines of the expected form, one per CPU wanted" >&2
+        sed 's/^/  | /' "$tmp/out" >&2
+        fails=$((fails + 1))
+    }
+    expect 2 "hiccup 0" "$b/tools/hiccup" 0
+    expect 2 "hiccup 1x" "$b/tools/hiccup" 1x
+    expect 2 "hiccup two arguments" "$b/tools/hiccup" 1 2
+else
+    echo "FAIL: $b/tools/hiccup not built" >&2
+    fails=$((fails + 1))
+fi
+
 if [ "$fails" -ne 0 ]; then
     echo "check_tools: $fails check(s) failed" >&2
     exit 1
