@@ -760,6 +760,20 @@ if want("redis"):
           "(`127.0.0.1:PORT`, three of them for the cluster).")
         w("")
 
+def tool_output(var, tool, command):
+    """A tool's captured output (environment variable var) as a code block
+    and the command that made it, or how to build the tool."""
+    out = os.environ.get(var, "")
+    if out:
+        w("```")
+        w(out.rstrip())
+        w("```")
+        w("")
+        w(f"Command: {command}")
+    else:
+        w(f"{tool} was not found (build it: `make tools/{tool}`).")
+    w("")
+
 # 5. loop
 if want("loop"):
     w("## The loop's ceiling")
@@ -767,16 +781,8 @@ if want("loop"):
     w("Pool jobs completed per second through the eventfd path, and io_uring NOP "
       "round trips per second: the most any backend can get through one loop.")
     w("")
-    lo = os.environ.get("LOOP_OUT", "")
-    if lo:
-        w("```")
-        w(lo.rstrip())
-        w("```")
-        w("")
-        w(f"Command: `{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
-    else:
-        w("loopbench was not found (build it: `make tools/loopbench`).")
-    w("")
+    tool_output("LOOP_OUT", "loopbench",
+                f"`{os.environ.get('LOOPBENCH_CMD') or 'loopbench'}` (defaults).")
 
 # the machine's gaps
 if want("hiccup"):
@@ -788,17 +794,9 @@ if want("hiccup"):
       "vCPU). No latency tail measured on this machine can be shorter than these "
       "gaps when they hit a thread on the path of an operation in flight.")
     w("")
-    ho = os.environ.get("HICCUP_OUT", "")
-    if ho:
-        w("```")
-        w(ho.rstrip())
-        w("```")
-        w("")
-        w(f"Command: `tools/hiccup {os.environ.get('HICCUP_SECS', '15')}` "
-          "(normal priority; docs/PERF.md has a SCHED_FIFO run).")
-    else:
-        w("hiccup was not found (build it: `make tools/hiccup`).")
-    w("")
+    tool_output("HICCUP_OUT", "hiccup",
+                f"`tools/hiccup {os.environ.get('HICCUP_SECS', '15')}` "
+                "(normal priority; docs/PERF.md has a SCHED_FIFO run).")
 
 # 6. shared store
 if want("shared"):
