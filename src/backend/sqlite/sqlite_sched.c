@@ -77,11 +77,13 @@ static void kick_now(conn *c)
         size_t w = 0, fwd = 0;
         for (sreq *r = q_first(&c->wait); r != NULL;
              r = q_next(&c->wait, r)) {
-            w += is_write(r->req->op);
-            fwd += is_write(r->req->op) && r->req->forwarded;
+            bool wr = is_write(r->req->op);
+            w += wr;
+            fwd += wr && r->req->forwarded;
         }
         c->s->wrun_fwd = (unsigned)fwd;
-        c->s->wjob_t0 = kv__now_ns();
+        if (fwd > 0) /* the time only a wait after this group uses */
+            c->s->wjob_t0 = kv__now_ns();
         if (w > 0) {
             c->s->stats.groups++;
             c->s->stats.write_reqs += w;
@@ -93,27 +95,38 @@ static void kick_now(conn *c)
 }
 
 /*
- * Queue a NOP on s's ring whose completion runs cb: it completes once the
- * loop has run the callbacks due in this turn, so whatever they submitted
- * is queued by then.  *armed until cb clears it (nop_done), and close waits
- * for it.  False if no SQE can be had: the caller acts now instead.
+ * Queue an operation on s's ring whose completion runs cb: a timeout of
+ * *ts (which must live until then), or with ts NULL a NOP, which completes
+ * once the loop has run the callbacks due in this turn, so whatever they
+ * submitted is queued by then (at_turn_end).  *armed until cb clears it
+ * (op_done), and close waits for it.  False if no SQE can be had: the
+ * caller acts now instead.
  */
-static bool at_turn_end(sq *s, kv__op *op, bool *armed, kv__op_cb cb)
+static bool ring_op(sq *s, kv__op *op, bool *armed, kv__op_cb cb,
+                    struct __kernel_timespec *ts)
 {
     struct io_uring_sqe *sqe;
     if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
         return false;
-    io_uring_prep_nop(sqe);
+    if (ts != NULL)
+        io_uring_prep_timeout(sqe, ts, 0, 0);
+    else
+        io_uring_prep_nop(sqe);
     op->cb = cb;
     io_uring_sqe_set_data64(sqe, (uintptr_t)op);
     *armed = true;
-    s->pending++; /* close waits for the NOP's completion */
+    s->pending++; /* close waits for the completion */
     return true;
 }
 
-/* The start of an at_turn_end callback: the NOP (or a fault-injected
+static bool at_turn_end(sq *s, kv__op *op, bool *armed, kv__op_cb cb)
+{
+    return ring_op(s, op, armed, cb, NULL);
+}
+
+/* The start of a ring_op callback: the operation (or a fault-injected
  * failure of it: the callback acts either way) is no longer pending. */
-static void nop_done(sq *s, bool *armed)
+static void op_done(sq *s, bool *armed)
 {
     *armed = false;
     s->pending--;
@@ -124,8 +137,7 @@ static void wgather_cb(kv__op *op, int res, uint32_t flags)
     sq *s = KV__CONTAINER_OF(op, sq, wgather_op);
     (void)res; /* -ETIME; a fault-injected failure ends the wait too */
     (void)flags;
-    s->wgather_armed = false;
-    s->pending--;
+    op_done(s, &s->wgather_armed);
     if (s->wgathering) {
         s->wgathering = false;
         kick_now(s->writer);
@@ -164,16 +176,11 @@ static bool gather(sq *s)
             ns = GATHER_MAX_NS;
         if (s->wgather_fixed_ns > 0)
             ns = s->wgather_fixed_ns;
-        struct io_uring_sqe *sqe;
-        if (ns == 0 || kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
-            return false;
         s->wgather_ts.tv_sec = (long long)(ns / 1000000000u);
         s->wgather_ts.tv_nsec = (long long)(ns % 1000000000u);
-        io_uring_prep_timeout(sqe, &s->wgather_ts, 0, 0);
-        s->wgather_op.cb = wgather_cb;
-        io_uring_sqe_set_data64(sqe, (uintptr_t)&s->wgather_op);
-        s->wgather_armed = true;
-        s->pending++; /* close waits for the timeout's completion */
+        if (ns == 0 || !ring_op(s, &s->wgather_op, &s->wgather_armed,
+                                wgather_cb, &s->wgather_ts))
+            return false;
     }
     s->wgathering = true;
     return true;
@@ -184,7 +191,7 @@ static void wstart_cb(kv__op *op, int res, uint32_t flags)
     sq *s = KV__CONTAINER_OF(op, sq, wstart_op);
     (void)res;
     (void)flags;
-    nop_done(s, &s->wstart_armed);
+    op_done(s, &s->wstart_armed);
     if (!gather(s))
         kick_now(s->writer);
     sqlite__maybe_close(s);
@@ -389,7 +396,8 @@ static void conn_done(kv__job *job, int status)
     }
     if (c == s->writer) {
         ck_kick(s, c->ck_finish);
-        s->wjob_ns = kv__now_ns() - s->wjob_t0;
+        if (s->wrun_fwd > 0)
+            s->wjob_ns = kv__now_ns() - s->wjob_t0;
         s->wexpect = s->wrun_fwd;
         s->wgot = 0;
     }
@@ -512,7 +520,7 @@ static void rstart_cb(kv__op *op, int res, uint32_t flags)
     sq *s = KV__CONTAINER_OF(op, sq, rstart_op);
     (void)res;
     (void)flags;
-    nop_done(s, &s->rstart_armed);
+    op_done(s, &s->rstart_armed);
     dispatch_reads(s);
     sqlite__maybe_close(s);
 }
