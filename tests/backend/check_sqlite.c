@@ -813,48 +813,57 @@ enum { FW_W = 64, FW_ROUNDS = 40 };
     } while (0)
 
 
-typedef struct fwd_ctx {
+typedef struct fwd_ctx fwd_ctx;
+struct fwd_ctx {
     kv_store *s;
+    void (*body)(fwd_ctx *c); /* run on the thread, its loop made (tl) */
+    kv_loop *tl;
     chain c[FW_W];
-    int n;            /* fwd_lone_thread: puts in its first wave */
+    int n;            /* fwd_lone: puts in its first wave */
     sem_t done;
     bool ok;
     char why[160];
-} fwd_ctx;
+};
 
-/* Another thread, its own loop: FW_W chains of FW_ROUNDS forwarded puts. */
-static void *fwd_chains_thread(void *arg)
+/* Another thread: its own loop, c->body, then done (and the store's loop,
+ * which waits in KV_RUN_WAIT, woken). */
+static void *fwd_thread(void *arg)
 {
     fwd_ctx *c = arg;
-    kv_loop *tl = NULL;
-    c->ok = kv_loop_new(&tl, NULL) == KV_OK;
+    c->ok = kv_loop_new(&c->tl, NULL) == KV_OK;
     if (c->ok) {
-        for (int i = 0; i < FW_W; i++) {
-            c->c[i] = (chain){.s = c->s, .id = i, .rounds = FW_ROUNDS};
-            chain_put(&c->c[i]);
-        }
-        int r;
-        while ((r = kv_loop_run(tl, KV_RUN_ONCE)) > 0)
-            ;
-        ANY_EXPECT(r == 0, "kv_loop_run: %s", kv_err_name(r));
-        for (int i = 0; i < FW_W; i++)
-            ANY_EXPECT(c->c[i].errors == 0 && c->c[i].round == FW_ROUNDS,
-                       "chain %d: %d errors, round %d", i, c->c[i].errors,
-                       c->c[i].round);
-        ANY_EXPECT(kv_loop_free(tl) == KV_OK, "kv_loop_free: %s",
+        c->body(c);
+        ANY_EXPECT(kv_loop_free(c->tl) == KV_OK, "kv_loop_free: %s",
                    kv_last_errmsg());
     } else {
         snprintf(c->why, sizeof c->why, "kv_loop_new failed");
     }
     sem_post(&c->done);
-    kv_loop_wake(kv_store_loop(c->s)); /* the store's loop waits (RUN_WAIT) */
+    kv_loop_wake(kv_store_loop(c->s));
     return NULL;
 }
 
-/* Run fn (n: its c->n) on another thread against s, whose writer waits
+/* FW_W chains of FW_ROUNDS forwarded puts. */
+static void fwd_chains(fwd_ctx *c)
+{
+    for (int i = 0; i < FW_W; i++) {
+        c->c[i] = (chain){.s = c->s, .id = i, .rounds = FW_ROUNDS};
+        chain_put(&c->c[i]);
+    }
+    int r;
+    while ((r = kv_loop_run(c->tl, KV_RUN_ONCE)) > 0)
+        ;
+    ANY_EXPECT(r == 0, "kv_loop_run: %s", kv_err_name(r));
+    for (int i = 0; i < FW_W; i++)
+        ANY_EXPECT(c->c[i].errors == 0 && c->c[i].round == FW_ROUNDS,
+                   "chain %d: %d errors, round %d", i, c->c[i].errors,
+                   c->c[i].round);
+}
+
+/* Run body (n: its c->n) on another thread against s, whose writer waits
  * gather_ns for forwarded writes, serving s's loop (this thread's) until
- * fn is done; the groups and the writes it made. */
-static struct kv__sqlite_stats fwd_run(kv_store *s, void *(*fn)(void *),
+ * body is done; the groups and the writes it made. */
+static struct kv__sqlite_stats fwd_run(kv_store *s, void (*body)(fwd_ctx *),
                                        int n, uint64_t gather_ns)
 {
     ck_assert_kv(kv__sqlite_set_gather_ns(s, gather_ns), KV_OK);
@@ -862,10 +871,11 @@ static struct kv__sqlite_stats fwd_run(kv_store *s, void *(*fn)(void *),
     static fwd_ctx c;
     memset(&c, 0, sizeof c);
     c.s = s;
+    c.body = body;
     c.n = n;
     pthread_t t;
     ck_assert_int_eq(sem_init(&c.done, 0, 0), 0);
-    ck_assert_int_eq(pthread_create(&t, NULL, fn, &c), 0);
+    ck_assert_int_eq(pthread_create(&t, NULL, fwd_thread, &c), 0);
     while (sem_trywait(&c.done) != 0)
         ck_assert_int_ge(kv_loop_run(loop, KV_RUN_WAIT), 0);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
@@ -884,7 +894,7 @@ START_TEST(test_group_rounds_forwarded)
      * preempted thread would), except where the pieces of a split first
      * round end (their last puts wait for writes that will not come):
      * 0.2 s. */
-    struct kv__sqlite_stats d = fwd_run(s, fwd_chains_thread, 0, 200000000u);
+    struct kv__sqlite_stats d = fwd_run(s, fwd_chains, 0, 200000000u);
     ck_assert_uint_eq(d.write_reqs, FW_W * FW_ROUNDS);
     ck_assert_uint_le(d.groups, FW_ROUNDS * 3 / 2);
     ck_assert_uint_eq(tu_query_count(s, K("/chain")), FW_W * FW_ROUNDS);
@@ -911,23 +921,11 @@ static void fwd_wave(fwd_ctx *c, int from, int to)
     }
 }
 
-/* Another thread: c->n forwarded puts, then one more. */
-static void *fwd_lone_thread(void *arg)
+/* c->n forwarded puts, then one more. */
+static void fwd_lone(fwd_ctx *c)
 {
-    fwd_ctx *c = arg;
-    kv_loop *tl = NULL;
-    c->ok = kv_loop_new(&tl, NULL) == KV_OK;
-    if (c->ok) {
-        fwd_wave(c, 0, c->n);
-        fwd_wave(c, c->n, c->n + 1);
-        ANY_EXPECT(kv_loop_free(tl) == KV_OK, "kv_loop_free: %s",
-                   kv_last_errmsg());
-    } else {
-        snprintf(c->why, sizeof c->why, "kv_loop_new failed");
-    }
-    sem_post(&c->done);
-    kv_loop_wake(kv_store_loop(c->s));
-    return NULL;
+    fwd_wave(c, 0, c->n);
+    fwd_wave(c, c->n, c->n + 1);
 }
 
 /* A caller that does not come back as expected (n forwarded puts, then
@@ -936,7 +934,7 @@ static void *fwd_lone_thread(void *arg)
 START_TEST(test_group_forwarded_timeout)
 {
     kv_store *s = open_store(dbpath, 0);
-    struct kv__sqlite_stats d = fwd_run(s, fwd_lone_thread, 8, 50000000u);
+    struct kv__sqlite_stats d = fwd_run(s, fwd_lone, 8, 50000000u);
     ck_assert_uint_eq(d.write_reqs, 9);
     ck_assert_uint_eq(tu_query_count(s, K("/lone")), 9);
     close_store(s);
