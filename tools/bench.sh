@@ -33,6 +33,7 @@
 #   KVBENCH_DEPTHS    the depths swept (default "1 4 16 64 256")
 #   KVBENCH_OKEYS     records for the latency-over-time case (100000)
 #   KVBENCH_YKEYS     records per YCSB workload (default 100000)
+#   KVBENCH_YFSKEYS   the same for fs, a file per record (default YKEYS)
 #   KVBENCH_IMG       where the SVG charts go (default docs/img)
 #
 # Sections: loop durable fs reads mem redis (issue 5's targets), shared
@@ -70,6 +71,7 @@ DWKEYS=${KVBENCH_DWKEYS:-20000}
 DEPTHS=${KVBENCH_DEPTHS:-1 4 16 64 256}
 OKEYS=${KVBENCH_OKEYS:-100000}
 YKEYS=${KVBENCH_YKEYS:-100000}
+YFSKEYS=${KVBENCH_YFSKEYS:-$YKEYS}
 IMG=${KVBENCH_IMG:-$top/docs/img}
 ALL_SECTIONS="loop durable fs reads mem redis shared depth overtime ycsb hiccup"
 if [ $# -gt 0 ]; then
@@ -324,7 +326,7 @@ uri_of() { # backend tag -> URI under $DIR
 BACKENDS="sqlite fs sqlite-raw"
 has_peer lmdb && BACKENDS="$BACKENDS lmdb"
 has_peer rocksdb && BACKENDS="$BACKENDS rocksdb"
-export BACKENDS DEPTHS DKEYS DWKEYS OKEYS YKEYS
+export BACKENDS DEPTHS DKEYS DWKEYS OKEYS YKEYS YFSKEYS
 if want depth; then
     for b in $BACKENDS; do
         set -- --rw=randread --keys="$DKEYS" --value_size=100 \
@@ -365,7 +367,8 @@ if want overtime; then
 fi
 
 # 9. YCSB A-F (kvbench's presets: zipfian keys, latest for D, scans for
-#    E), each workload on a freshly loaded store of $YKEYS records, 32
+#    E), each workload on a freshly loaded store of $YKEYS records
+#    ($YFSKEYS for fs, whose load writes a file per record), 32
 #    operations in flight (a peer: 32 threads).  Durability as YCSB's
 #    bindings leave it by default: no fsync per operation (SQLite and
 #    sqlite-raw synchronous=NORMAL, fs KV_FS_NO_FSYNC, RocksDB WAL not
@@ -373,10 +376,11 @@ fi
 if want ycsb; then
     for b in sqlite fs rocksdb lmdb; do
         case " $BACKENDS " in *" $b "*) ;; *) continue ;; esac
-        sy=normal; [ "$b" = fs ] && sy=none
+        sy=normal; k=$YKEYS
+        [ "$b" = fs ] && { sy=none; k=$YFSKEYS; }
         for wl in a b c d e f; do
             run "ycsb-$b-$wl" --name="$b-$wl" --backend="$(uri_of "$b" y)" \
-                --workload="ycsb-$wl" --keys="$YKEYS" --value_size=100 \
+                --workload="ycsb-$wl" --keys="$k" --value_size=100 \
                 --sync=$sy --iodepth=32 --runtime="$RUNTIME" --time_based
             rm -rf "$DIR"/y.*
         done
@@ -1010,12 +1014,15 @@ if want("overtime"):
 # 9. YCSB
 if want("ycsb"):
     yb = [b for b in ["sqlite", "fs", "rocksdb", "lmdb"] if b in backends]
+    yfs = ""
+    if "fs" in yb and os.environ["YFSKEYS"] != os.environ["YKEYS"]:
+        yfs = f" (fs: {int(os.environ['YFSKEYS']):,}, a file per record)"
     w("## YCSB A-F")
     w("")
     w(f"kvbench's YCSB presets (A 50/50 read/update, B 95/5, C read only, D 95% "
       "read latest / 5% insert, E 95% short scans / 5% insert, F 50% read / 50% "
       "read-modify-write; zipfian keys, theta 0.99), each on a freshly loaded store "
-      f"of {int(os.environ['YKEYS']):,} records of 100 bytes, 32 operations in flight "
+      f"of {int(os.environ['YKEYS']):,} records of 100 bytes{yfs}, 32 operations in flight "
       "(peers: 32 threads). No fsync per operation, as YCSB's bindings run by "
       "default: SQLite synchronous=NORMAL, fs `KV_FS_NO_FSYNC`, RocksDB WAL "
       "not fsynced, LMDB `MDB_NOMETASYNC`. As YCSB reports them: throughput "
