@@ -15,12 +15,22 @@
  * guest's other tasks.  A latency tail cannot be shorter than these gaps:
  * docs/PERF.md ("Write stalls") and bench.sh's hiccup section.
  *
+ * Each gap is also told apart by the thread's own CPU clock
+ * (CLOCK_THREAD_CPUTIME_ID).  If the guest's scheduler ran another task,
+ * that clock stopped during the gap.  If it ran on through most of the gap
+ * (at least half), the guest believed the thread was running: the host
+ * took the vCPU (a VM without steal-time accounting charges that time to
+ * whatever task was on the vCPU) or an interrupt ran in its place.  Those
+ * are counted as "unseen by the guest": no tuning of the guest's
+ * scheduling removes them.
+ *
  * Output: one line per CPU, then exit 0; 2 on bad usage, 1 if a thread
  * could not be started or pinned.  Uses no kvstore code.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,14 +43,15 @@ typedef struct spinner {
     int cpu;
     uint64_t ns;        /* how long to spin */
     unsigned long over1, over5, over10;
+    unsigned long unseen1, unseen5; /* gaps the thread's CPU clock ran on */
     uint64_t max, lost; /* the longest gap, and the gaps over 1 ms summed */
     int err;            /* pthread_setaffinity_np's error, 0 if pinned */
 } spinner;
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t id)
 {
     struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+    if (clock_gettime(id, &ts) != 0)
         abort(); /* EINVAL/EFAULT only: cannot happen */
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
@@ -54,18 +65,24 @@ static void *spin(void *arg)
     s->err = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
     if (s->err != 0)
         return NULL;
-    uint64_t last = now_ns(), end = last + s->ns;
+    uint64_t last = clock_ns(CLOCK_MONOTONIC), end = last + s->ns;
+    uint64_t cpu_last = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     while (last < end) {
-        uint64_t t = now_ns(), gap = t - last;
+        uint64_t t = clock_ns(CLOCK_MONOTONIC), gap = t - last;
+        uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
         if (gap > 1000000u) {
+            bool unseen = (cpu - cpu_last) * 2 >= gap;
             s->over1++;
             s->lost += gap;
             s->over5 += gap > 5000000u;
             s->over10 += gap > 10000000u;
+            s->unseen1 += unseen;
+            s->unseen5 += unseen && gap > 5000000u;
             if (gap > s->max)
                 s->max = gap;
         }
         last = t;
+        cpu_last = cpu;
     }
     return NULL;
 }
@@ -117,10 +134,12 @@ int main(int argc, char **argv)
         }
         printf("cpu%d: %g s, gaps over 1 ms: %lu, over 5 ms: %lu, "
                "over 10 ms: %lu, longest %.2f ms, time lost in gaps over "
-               "1 ms: %.1f%%\n",
+               "1 ms: %.1f%%; unseen by the guest: %lu over 1 ms, %lu over "
+               "5 ms\n",
                sp[i].cpu, secs, sp[i].over1, sp[i].over5, sp[i].over10,
                (double)sp[i].max / 1e6,
-               100.0 * (double)sp[i].lost / (double)sp[i].ns);
+               100.0 * (double)sp[i].lost / (double)sp[i].ns, sp[i].unseen1,
+               sp[i].unseen5);
     }
     free(sp);
     if (fflush(stdout) != 0)
