@@ -100,6 +100,14 @@ void kv__loop_signal(kv_loop *loop);
  * Loop thread; job->done must be set.
  */
 void kv__loop_expect(kv_loop *loop, kv__job *job);
+/*
+ * Post several jobs expected on loop (kv__loop_expect) at once: one push
+ * and at most one wake for all, where posting each (job->post) may wake
+ * the loop once per job.  The jobs are linked through next from newest to
+ * oldest (oldest's next is overwritten); their done callbacks run oldest
+ * first.  Any thread; the jobs are the loop's from the call on.
+ */
+void kv__loop_post_chain(kv_loop *loop, kv__job *newest, kv__job *oldest);
 /* True on loop's own thread (the one that created it).  Any thread. */
 bool kv__loop_on_thread(const kv_loop *loop);
 /* Stores opened on loop (+1 / -1; kv_loop_free fails while > 0) and their

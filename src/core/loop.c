@@ -144,13 +144,17 @@ static bool remote_work(kv_loop *loop)
  */
 static void post_job(kv__job *job)
 {
-    kv_loop *loop = job->loop; /* before the push: then job is the loop's */
+    kv__loop_post_chain(job->loop, job, job);
+}
+
+void kv__loop_post_chain(kv_loop *loop, kv__job *newest, kv__job *oldest)
+{
     atomic_fetch_add(&loop->posting, 1);
     kv__job *head = atomic_load_explicit(&loop->posted, memory_order_relaxed);
     do {
-        job->next = head;
-    } while (!atomic_compare_exchange_weak(&loop->posted, &head, job));
-    /* job may be finished and freed by the loop from here on. */
+        oldest->next = head;
+    } while (!atomic_compare_exchange_weak(&loop->posted, &head, newest));
+    /* The jobs may be finished and freed by the loop from here on. */
     signal_loop(loop);
     atomic_fetch_sub(&loop->posting, 1);
 }

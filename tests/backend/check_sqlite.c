@@ -2205,6 +2205,75 @@ START_TEST(test_any_reads_cancel)
 }
 END_TEST
 
+/* Submit c->n gets (/a, /b in turn) while the worker is held, tell the
+ * test, then collect them. */
+static void *any_batch_thread(void *arg)
+{
+    any_ctx *c = arg;
+    kv_loop *tl = NULL;
+    c->ok = kv_loop_new(&tl, NULL) == KV_OK;
+    if (!c->ok) {
+        snprintf(c->why, sizeof c->why, "kv_loop_new failed");
+        sem_post(&c->submitted);
+        return NULL;
+    }
+    kv_fut *fs[16];
+    for (int i = 0; i < c->n; i++)
+        fs[i] = kv_get(c->s, c->k[i % 2], NULL);
+    sem_post(&c->submitted);
+    for (int i = 0; i < c->n; i++) {
+        int rc = kv_wait(fs[i]);
+        size_t want = i % 2 == 0 ? 1 : 2;
+        ANY_EXPECT(rc == KV_OK && kv_fut_record(fs[i])->len == want,
+                   "get %d: %s", i, kv_err_name(rc));
+        kv_fut_free(fs[i]);
+    }
+    ANY_EXPECT(kv_loop_free(tl) == KV_OK, "kv_loop_free: %s",
+               kv_last_errmsg());
+    return NULL;
+}
+
+/* One batch holding the reads of two threads hands each thread its
+ * completions in one push to its loop (so at most one wake), not one push
+ * per read; every read gets its own record. */
+START_TEST(test_any_reads_one_push_per_loop)
+{
+    kv_pool *one;
+    tu_gate g;
+    kv_fut *held;
+    kv_store *s = held_store(&one, &g, &held);
+    any_ctx a, b;
+    any_ctx_init(&a, s);
+    any_ctx_init(&b, s);
+    a.n = b.n = 8;
+    struct kv__sqlite_stats before = stats(s);
+    pthread_t ta, tb;
+    ck_assert_int_eq(pthread_create(&ta, NULL, any_batch_thread, &a), 0);
+    ck_assert_int_eq(pthread_create(&tb, NULL, any_batch_thread, &b), 0);
+    while (sem_wait(&a.submitted) != 0)
+        ;
+    while (sem_wait(&b.submitted) != 0)
+        ;
+    sem_post(&g.go); /* all 16 wait for the one reader: one batch */
+    ck_assert_kv(kv_wait(held), KV_OK);
+    kv_fut_free(held);
+    ck_assert_int_eq(pthread_join(ta, NULL), 0);
+    ck_assert_int_eq(pthread_join(tb, NULL), 0);
+    ck_assert_msg(a.ok, "%s", a.why);
+    ck_assert_msg(b.ok, "%s", b.why);
+    struct kv__sqlite_stats after = stats(s);
+    ck_assert_uint_eq(after.any_reads - before.any_reads, 16);
+    ck_assert_uint_eq(after.any_batches - before.any_batches, 1);
+    ck_assert_uint_eq(after.any_posts - before.any_posts, 2);
+    close_store(s);
+    kv_pool_free(one);
+    any_ctx_fini(&a);
+    any_ctx_fini(&b);
+    sem_destroy(&g.in);
+    sem_destroy(&g.go);
+}
+END_TEST
+
 /* In-memory stores read on their one connection: the loop's path. */
 START_TEST(test_any_reads_memory_forwarded)
 {
@@ -2307,6 +2376,7 @@ int main(void)
     tcase_add_test(tc, test_any_reads_skip_the_loop);
     tcase_add_test(tc, test_any_reads_close);
     tcase_add_test(tc, test_any_reads_cancel);
+    tcase_add_test(tc, test_any_reads_one_push_per_loop);
     tcase_add_test(tc, test_any_reads_memory_forwarded);
     suite_add_tcase(su, tc);
 

@@ -153,6 +153,7 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
         pthread_mutex_lock(&s->any.mu);
         out->any_reads = s->any.reads;
         out->any_batches = s->any.batches;
+        out->any_posts = s->any.posts;
         pthread_mutex_unlock(&s->any.mu);
     }
     return KV_OK;

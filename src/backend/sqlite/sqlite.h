@@ -21,6 +21,7 @@ struct kv__sqlite_stats {
     uint64_t connections; /* connections made                              */
     uint64_t any_reads;   /* point reads from other threads, run without   */
     uint64_t any_batches; /* the loop (sqlite_any.c), and their batches    */
+    uint64_t any_posts;   /* their completions' pushes to callers' loops   */
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 /*

@@ -60,22 +60,50 @@ static void any_back(kv__job *job, int status)
     kv__free(msg);
 }
 
-/* Hand r's outcome to its caller (any thread; r is not touched after). */
-static void post_back(sreq *r)
+/*
+ * Hand every request of q back to its caller (any thread; q ends empty and
+ * its requests are not touched after): one push, and at most one wake, per
+ * caller's loop; returns the pushes.  Posted one by one, each completion
+ * could wake its loop,
+ * which then preempted the worker on a busy core to take that one request,
+ * and went back to sleep before the next (docs/PERF.md).
+ */
+static unsigned post_all(squeue *q)
 {
-    anyreq *a = KV__CONTAINER_OF(r, anyreq, r);
-    kv__req_release_store(r->req);
-    a->back.post(&a->back);
+    unsigned pushes = 0;
+    squeue rest;
+    q_init(&rest);
+    while (q_first(q) != NULL) {
+        kv_loop *loop = NULL;
+        kv__job *newest = NULL, *oldest = NULL;
+        sreq *r;
+        while ((r = q_pop(q)) != NULL) {
+            anyreq *a = KV__CONTAINER_OF(r, anyreq, r);
+            if (loop == NULL)
+                loop = a->back.loop;
+            if (a->back.loop != loop) { /* another caller's: next round */
+                q_push(&rest, r);
+                continue;
+            }
+            kv__req_release_store(r->req);
+            a->back.next = newest;
+            newest = &a->back;
+            if (oldest == NULL)
+                oldest = newest;
+        }
+        kv__loop_post_chain(loop, newest, oldest);
+        pushes++;
+        q_take(q, &rest);
+    }
+    return pushes;
 }
 
 /* Fail every request of q (taken out of any.q) with status and post it. */
 static void fail_all(squeue *q, int status, const char *why)
 {
-    sreq *r;
-    while ((r = q_pop(q)) != NULL) {
+    for (sreq *r = q_first(q); r != NULL; r = q_next(q, r))
         sreq_fail(r, status, why != NULL ? kv__strdup(why) : NULL);
-        post_back(r);
-    }
+    (void)post_all(q);
 }
 
 /* Start a job on c (taken from any.idle under mu; called without it). */
@@ -145,8 +173,10 @@ static void any_work(kv__job *job)
 {
     conn *c = KV__CONTAINER_OF(job, conn, job);
     sq *s = c->s;
+    unsigned pushes = 0; /* counted at the next look at the queue */
     for (;;) {
         pthread_mutex_lock(&s->any.mu);
+        s->any.posts += pushes;
         /* A fair share of what waits, among the jobs that run. */
         size_t want = (s->any.q.n + s->any.jobs - 1) / s->any.jobs;
         if (want > READ_BATCH)
@@ -162,8 +192,7 @@ static void any_work(kv__job *job)
         if (c->run.n == 0)
             return;
         sqlite__conn_work(&c->job);
-        while ((r = q_pop(&c->run)) != NULL)
-            post_back(r);
+        pushes = post_all(&c->run);
     }
 }
 

@@ -233,6 +233,7 @@ struct sq {
         unsigned jobs;        /* of them, queued or running */
         bool closing;         /* close started: take nothing more */
         uint64_t reads, batches; /* requests run, jobs' batches (stats) */
+        uint64_t posts;       /* pushes of their completions (stats) */
         kv__job closer;       /* close waits for it: the last job to end
                                * at close posts it to the loop */
     } any;
