@@ -1044,6 +1044,26 @@ START_TEST(test_nofile_64)
 }
 END_TEST
 
+/* After EMFILE lowered how many kops run at once, the store grows it back
+ * to the cap of its open once the application lets its descriptors go
+ * (child_regrow; fs_kq.c, "Admission"): the waves after the hog run as
+ * many kops at once as before it, the data intact. */
+START_TEST(test_nofile_regrow)
+{
+    int st = wait_child(spawn_child("nofile-regrow", root, NULL, NULL));
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "nofile-regrow: status 0x%x (exit %d)", st,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    env e;
+    env_init(&e, 0, 0);
+    size_t records = 0, temps = 0;
+    check_tree(root, true, &records, &temps);
+    ck_assert_uint_eq(records, NF_DIRS);
+    ck_assert_uint_eq(temps, 0);
+    tu_env_close(&e, true);
+}
+END_TEST
+
 START_TEST(test_lock)
 {
     env e;
@@ -2587,7 +2607,7 @@ END_TEST
  * left it (kops then wait for each other on EMFILE).  Exit 0 or a code
  * naming the step.
  */
-static int nf_wave(kv_store *s, bool get, uint64_t *toks)
+static int nf_wave(kv_store *s, unsigned gen, bool get, uint64_t *toks)
 {
     kv_fut *futs[NF_DEPTH] = {NULL};
     kv_key *keys[NF_DEPTH] = {NULL};
@@ -2604,8 +2624,16 @@ static int nf_wave(kv_store *s, bool get, uint64_t *toks)
                 bad = 1;
             } else if (!get) {
                 toks[j] = kv_fut_token(futs[slot]);
-            } else if (kv_fut_record(futs[slot])->token != toks[j]) {
-                bad = 1;
+            } else {
+                const kv_record *r = kv_fut_record(futs[slot]);
+                char v[32];
+                int n = snprintf(v, sizeof v, "v%u-%u", gen, j);
+                if (r->token != toks[j] || r->len != (size_t)n ||
+                    memcmp(r->val, v, (size_t)n) != 0) {
+                    fprintf(stderr, "nofile: get %u: not the value or "
+                                    "token put\n", j);
+                    bad = 1;
+                }
             }
             kv_fut_free(futs[slot]);
             kv_key_free(keys[slot]);
@@ -2620,8 +2648,10 @@ static int nf_wave(kv_store *s, bool get, uint64_t *toks)
         if (get) {
             futs[slot] = kv_get(s, keys[slot], NULL);
         } else {
-            kv_record r = {keys[slot], "value", 5, toks[i]};
-            futs[slot] = kv_put(s, &r, NULL);
+            char v[32];
+            int n = snprintf(v, sizeof v, "v%u-%u", gen, i);
+            kv_record r = {keys[slot], v, (size_t)n, toks[i]};
+            futs[slot] = kv_put(s, &r, NULL); /* copies the value */
         }
     }
     return bad;
@@ -2655,14 +2685,104 @@ static int child_nofile(bool hog)
             close(held[--nheld]);
     }
     static uint64_t toks[NF_DIRS];
-    if (nf_wave(s, false, toks) != 0)
+    if (nf_wave(s, 0, false, toks) != 0)
         return 6;
-    if (nf_wave(s, false, toks) != 0) /* replace: spare files */
+    if (nf_wave(s, 1, false, toks) != 0) /* replace: spare files */
         return 7;
-    if (nf_wave(s, true, toks) != 0)
+    if (nf_wave(s, 1, true, toks) != 0)
         return 8;
     while (nheld > 0)
         close(held[--nheld]);
+    kv_fut *f = kv_close(s);
+    rc = kv_wait(f);
+    kv_fut_free(f);
+    kv_store_free(s);
+    kv_pool_free(p);
+    if (kv_loop_free(l) != KV_OK || rc != KV_OK)
+        return 9;
+    return 0;
+}
+
+/*
+ * Recovery from EMFILE (child "nofile-regrow"): with RLIMIT_NOFILE at
+ * RG_LIMIT (and no fsync: the waves are about descriptors), the
+ * application first takes all but 12 descriptors, so that a put wave meets
+ * EMFILE (but no more often than without maxrun's growth) and maxrun drops
+ * below its cap; then it lets them go, and replace and get waves (at most
+ * RG_WAVES of each) must bring maxrun back to the cap fd_budget set at
+ * open, without meeting EMFILE again, every get reading the value last
+ * put.  Exit 0 or a code naming the step (the maxrun after each wave on
+ * stderr).
+ */
+enum { RG_LIMIT = 256, RG_WAVES = 8 };
+
+static int child_regrow(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 2;
+    rl.rlim_cur = RG_LIMIT;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 3;
+    kv_loop *l;
+    kv_pool *p;
+    kv_store *s;
+    if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 2) != KV_OK)
+        return 4;
+    int rc = kv_fs_open(&s, l, p, root, 0, KV_FS_NO_FSYNC);
+    if (rc != KV_OK) {
+        fprintf(stderr, "regrow: open: %s\n", kv_last_errmsg());
+        return 5;
+    }
+    size_t run, cap;
+    uint64_t emf, emf_hog;
+    kv__fs_admission(s, &run, &cap, &emf);
+    if (run != cap || cap < 8 || emf != 0) {
+        fprintf(stderr, "regrow: at open maxrun %zu, cap %zu, %" PRIu64
+                        " EMFILE\n", run, cap, emf);
+        return 10;
+    }
+    int held[RG_LIMIT];
+    int nheld = 0, fd;
+    while (nheld < RG_LIMIT && (fd = open("/dev/null", O_RDONLY)) >= 0)
+        held[nheld++] = fd;
+    for (int i = 0; i < 12 && nheld > 0; i++)
+        close(held[--nheld]);
+    static uint64_t toks[NF_DIRS];
+    if (nf_wave(s, 0, false, toks) != 0)
+        return 6;
+    kv__fs_admission(s, &run, &cap, &emf_hog);
+    /* Growing while the hog holds its descriptors must not add a storm of
+     * EMFILE to those the store's idle directories cost anyway: about 120
+     * here with the backoff, with growth or without (the cap stuck at 1),
+     * about 230 when every round probes (RUN_BACKOFF_MAX 0). */
+    if (emf_hog == 0 || emf_hog > NF_DIRS / 5 || run >= cap) {
+        fprintf(stderr, "regrow: under the hog maxrun %zu of %zu, %" PRIu64
+                        " EMFILE\n", run, cap, emf_hog);
+        return 11;
+    }
+    while (nheld > 0)
+        close(held[--nheld]);
+    char seen[RG_WAVES * 24 + 32];
+    size_t used = (size_t)snprintf(seen, sizeof seen, "%zu", run);
+    unsigned w = 0;
+    while (run < cap && w < RG_WAVES) {
+        w++;
+        if (nf_wave(s, w, false, toks) != 0)
+            return 7;
+        if (nf_wave(s, w, true, toks) != 0)
+            return 8;
+        kv__fs_admission(s, &run, &cap, &emf);
+        used += (size_t)snprintf(seen + used, sizeof seen - used, " %zu",
+                                 run);
+    }
+    if (run != cap || emf != emf_hog) {
+        fprintf(stderr, "regrow: maxrun after the hog and each wave: %s "
+                        "(cap %zu); EMFILE %" PRIu64 " under the hog, %"
+                        PRIu64 " after\n", seen, cap, emf_hog,
+                emf - emf_hog);
+        return 12;
+    }
     kv_fut *f = kv_close(s);
     rc = kv_wait(f);
     kv_fut_free(f);
@@ -2692,6 +2812,8 @@ static int run_child(int argc, char **argv)
         return child_fsize();
     if (strcmp(argv[2], "nofile") == 0 || strcmp(argv[2], "nofile-hog") == 0)
         return child_nofile(strcmp(argv[2], "nofile-hog") == 0);
+    if (strcmp(argv[2], "nofile-regrow") == 0)
+        return child_regrow();
     if (strcmp(argv[2], "syscalls") == 0)
         return no_syscalls_child(0);
     if (strcmp(argv[2], "syscalls-fanout") == 0)
@@ -2744,6 +2866,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_corrupt_replace_remove);
     tcase_add_test(tc, test_lock);
     tcase_add_loop_test(tc, test_nofile_64, 0, 2);
+    tcase_add_test(tc, test_nofile_regrow);
     tcase_add_test(tc, test_temp_cleanup);
     tcase_add_test(tc, test_tokens_reopen);
     tcase_add_test(tc, test_token_refill);

@@ -447,6 +447,16 @@ void kv__fs_stats(const kv_store *s, uint64_t out[KV__FS_NSTATS])
         out[i] = fs != NULL ? fs->stats[i] : 0;
 }
 
+void kv__fs_admission(const kv_store *s, size_t *maxrun, size_t *cap,
+                      uint64_t *emfiles)
+{
+    const fs_state *fs = s != NULL && s->ops == &fs_ops ? s->backend
+                                                             : NULL;
+    *maxrun = fs != NULL ? fs->maxrun : 0;
+    *cap = fs != NULL ? fs->maxrun_cap : 0;
+    *emfiles = fs != NULL ? fs->nemfile : 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Open                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -578,9 +588,12 @@ static int open_tokens(fs_state *fs)
  *   idle_max  = avail / 4   (idle directories kept open, 1..DIR_IDLE_MAX)
  *   spare_max = avail / 12  (spare files, 1..SPARE_MAX)
  * use at most 3/4 of avail, plus the root, .tokens and .lock.  At n = 64:
- * 6 kops, 8 idle directories, 2 spares.  A limit the application uses up
+ * 5 kops, 8 idle directories, 2 spares.  A limit the application uses up
  * anyway (EMFILE) makes kops wait for others to finish, or for the idle
- * directories, spares and closes in flight to let theirs go (fs__kop_park).
+ * directories, spares and closes in flight to let theirs go (fs__kop_park),
+ * and lowers maxrun; maxrun_cap keeps the value set here, to which maxrun
+ * grows back a step at a time once kops run without EMFILE again (fs_kq.c,
+ * "Admission").
  */
 static void fd_budget(fs_state *fs)
 {
@@ -592,7 +605,7 @@ static void fd_budget(fs_state *fs)
     rlim_t reserve = 16 + n / 4;
     size_t avail = n > reserve ? (size_t)(n - reserve) : 0;
     size_t run = avail / 6, idle = avail / 4, nsp = avail / 12;
-    fs->maxrun = run < 1 ? 1 : run > 4096 ? 4096 : run;
+    fs->maxrun = fs->maxrun_cap = run < 1 ? 1 : run > 4096 ? 4096 : run;
     fs->idle_max = idle < 1 ? 1 : idle > DIR_IDLE_MAX ? DIR_IDLE_MAX : idle;
     fs->spare_max = nsp < 1 ? 1 : nsp > SPARE_MAX ? SPARE_MAX : nsp;
 }

@@ -23,4 +23,14 @@ int kv__fs_record_check(const void *buf, size_t len, uint64_t *token,
                         size_t *voff, size_t *vlen);
 int kv__fs_name_decode(const char *name, size_t len, char **id);
 int kv__fs_name_encode(const char *id, size_t len, kv_buf *out);
+
+/*
+ * fs.c test hook (on the store's loop thread, between operations): how
+ * many kops store s lets run at once now (maxrun), the cap fd_budget set
+ * at open (maxrun never exceeds it), and how many times a kop met EMFILE
+ * or ENFILE since the open (fs_kq.c, "Admission"); zeros for a store of
+ * another backend.
+ */
+void kv__fs_admission(const kv_store *s, size_t *maxrun, size_t *cap,
+                      uint64_t *emfiles);
 #endif /* KV_BACKEND_FS_H */

@@ -57,6 +57,8 @@
                                  may pin a directory descriptor:
                                  fs->spare_max: fd_budget, fs.c) */
 #define FD_WAITS_MAX 64u      /* EMFILE waits of one kop before failing */
+#define RUN_BACKOFF_MAX 6u    /* maxrun's growth after EMFILE waits at most
+                                 2^6 rounds a step (fs_kq.c, "Admission") */
 #define SPARE_BYTES (64u << 20) /* and their bytes at most (about) */
 #define TMPNAME_SIZE 32u      /* ".tmp-" + 16 hex digits + NUL, rounded */
 #ifndef RENAME_EXCHANGE
@@ -217,6 +219,7 @@ struct kop {
     bool tmp_exists;
     int retries;
     unsigned fd_waits; /* times it waited for a descriptor (EMFILE) */
+    uint64_t fd_gen;   /* fs->fd_gen when it last started or submitted */
     struct open_how how;
     unsigned char rhdr[HDR_SIZE];
     unsigned char whdr[HDR_SIZE];
@@ -310,13 +313,25 @@ struct fs_state {
     uint64_t foreign_gen;
     unsigned ndrops;    /* drop jobs in flight */
     bool no_exchange;   /* the file system refused RENAME_EXCHANGE */
-    /* Admission: at most maxrun kops run at once (descriptors). */
-    size_t nrun, maxrun;
+    /* Admission: at most maxrun kops run at once (descriptors).  EMFILE
+     * lowers maxrun; it grows back to maxrun_cap, fd_budget's, a step each
+     * maxrun << run_backoff kops finished (run_done) since the last EMFILE
+     * or step; run_probe: the last change was a step (fs_kq.c,
+     * "Admission"). */
+    size_t nrun, maxrun, maxrun_cap;
+    size_t run_done;
+    unsigned run_backoff;
+    bool run_probe;
+    uint64_t nemfile;   /* EMFILE or ENFILE met (kv__fs_admission) */
     /* Ring operations in flight whose completion lets a descriptor of the
      * store go (a directory's close, a kop's background close, a spare's
      * unlink, which then releases its directory): each CQE restarts kops
      * that wait for a descriptor (fs__fd_released). */
     size_t nrel;
+    /* Times the store let descriptors go since the open: a close counted
+     * in nrel completed, or a kop finished (k_fd_wait: an EMFILE met
+     * before may be stale). */
+    uint64_t fd_gen;
     /* Descriptor caches, sized from RLIMIT_NOFILE at open (fd_budget). */
     size_t idle_max, spare_max;
     kop *adm_head, *adm_tail;
@@ -420,6 +435,7 @@ void fs__tok_fcqe(kv__op *op, int res, uint32_t flags);
 int fs__tok_take(fs_state *fs, uint64_t *out);
 bool fs__kop_admit(kop *k);
 bool fs__fd_can_wait(const fs_state *fs);
+void fs__fd_short(fs_state *fs);
 void fs__kop_park(kop *k);
 void fs__fd_released(fs_state *fs);
 void fs__kop_finish(kop *k, int status);

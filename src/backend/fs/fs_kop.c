@@ -48,6 +48,7 @@ static void k_arm(kop *k, struct io_uring_sqe *sqe, int s, bool link)
     k->sl[s].busy = true;
     k->sl[s].res = 0;
     k->pending++;
+    k->fd_gen = k->fs->fd_gen;
 }
 static void k_msg(kop *k, const char *what, int res)
 {
@@ -161,15 +162,20 @@ static void k_open_record(kop *k)
 /*
  * A descriptor could not be had (res -EMFILE or -ENFILE): if one of the
  * store's will come free without k (fs__fd_can_wait: other kops run, the
- * store keeps idle directories or spares, or a close is in flight), wait
+ * store keeps idle directories or spares, or a close is in flight), or
+ * some came free since k submitted the open (fd_gen: the open ran before
+ * closes whose completions came first, so the EMFILE may be stale), wait
  * for it and start again (fs__kop_park), and return true; k holds no
  * descriptor here but maybe its directory, which it lets go.
  */
 static bool k_fd_wait(kop *k, int res)
 {
     fs_state *fs = k->fs;
-    if ((res != -EMFILE && res != -ENFILE) || k_stop(k) ||
-        k->fd_waits >= FD_WAITS_MAX || k->fd >= 0 || !fs__fd_can_wait(fs))
+    if ((res != -EMFILE && res != -ENFILE) || k_stop(k))
+        return false;
+    fs__fd_short(fs);
+    if (k->fd_waits >= FD_WAITS_MAX || k->fd >= 0 ||
+        (!fs__fd_can_wait(fs) && k->fd_gen == fs->fd_gen))
         return false;
     if (k->dir != NULL) {
         fs__dir_release(k->dir);
@@ -214,6 +220,7 @@ void fs__kop_start(kop *k)
     fs_state *fs = k->fs;
     if (k_canceled(k) || !fs__kop_admit(k))
         return;
+    k->fd_gen = fs->fd_gen;
     if (k->kind == K_PUT && !k->put_counted) {
         k->put_counted = true;
         fs->nputs++;

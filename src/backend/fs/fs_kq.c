@@ -169,6 +169,31 @@ static void kq_remove(fs_state *fs, keyq *q)
  * single operations in flight) must not start at once: it would hit
  * RLIMIT_NOFILE (EMFILE).  At most fs->maxrun kops run; the others wait,
  * in order, in a FIFO, and each finished kop admits the next.
+ *
+ * maxrun starts at maxrun_cap, which fd_budget (fs.c) sized from the
+ * limit.  A kop that meets EMFILE or ENFILE anyway (the application holds
+ * more descriptors than the store left it) lowers maxrun to the kops
+ * still running (fs__kop_park).  The shortage may pass (the application
+ * held many files for a moment), so maxrun grows back: additive increase
+ * after that decrease (AIMD), with a backoff.  A round is maxrun admitted
+ * kops finished; the rule (fs__fd_short, run_grow):
+ *
+ *   - after 2^run_backoff rounds with no EMFILE (counted in run_done,
+ *     which any EMFILE sets back to 0), maxrun grows by one: a step, up
+ *     to maxrun_cap;
+ *   - an EMFILE before the next step (the step was too far: run_probe)
+ *     adds one to run_backoff (at most RUN_BACKOFF_MAX); a step made
+ *     after a step (that one held) takes one off; reaching maxrun_cap
+ *     sets run_backoff back to 0.
+ *
+ * A step lets one kop more run than the level that just ran with no
+ * EMFILE, so a shortage that lasts costs an EMFILE per step (or the few
+ * kops that were opening at that moment), one every 64 rounds at most
+ * once the backoff is full: never a storm of them.  Once descriptors are
+ * back, maxrun climbs from 1 to the cap in about cap rounds (a round
+ * lasts about one kop while kops queue for admission) plus about
+ * 3 x 2^run_backoff rounds to undo the backoff, meeting no EMFILE on the
+ * way (the cap is the budget's).
  */
 static void adm_unlink(fs_state *fs, kop *k)
 {
@@ -222,14 +247,46 @@ bool fs__fd_can_wait(const fs_state *fs)
     return fs->nrun > 1 || fs->nidle > 0 || fs->nspares > 0 || fs->nrel > 0;
 }
 
+/* A kop met EMFILE or ENFILE (whether it waits or fails): the round of
+ * maxrun's growth starts over, and a step just made backs off (above). */
+void fs__fd_short(fs_state *fs)
+{
+    fs->nemfile++;
+    fs->run_done = 0;
+    if (fs->run_probe) {
+        fs->run_probe = false;
+        if (fs->run_backoff < RUN_BACKOFF_MAX)
+            fs->run_backoff++;
+    }
+}
+
+/* An admitted kop finished (not parked): maxrun grows at the end of a
+ * round (above). */
+static void run_grow(fs_state *fs)
+{
+    if (fs->maxrun >= fs->maxrun_cap)
+        return;
+    if (++fs->run_done < fs->maxrun << fs->run_backoff)
+        return;
+    fs->run_done = 0;
+    if (fs->run_probe && fs->run_backoff > 0)
+        fs->run_backoff--; /* the last step held for a round */
+    fs->maxrun++;
+    fs->run_probe = fs->maxrun < fs->maxrun_cap;
+    if (!fs->run_probe)
+        fs->run_backoff = 0;
+}
+
 /*
  * Descriptors ran out (EMFILE: the application uses more than the store
- * left it; fs__fd_can_wait was true): k, holding no descriptor now, gives
- * up its running slot and waits at the head of the FIFO; the running cap
- * drops to the kops still running, each of which frees descriptors when
- * it finishes.  Idle directories are closed; if no other kop runs, the
- * spare files are dropped too.  k starts again when a kop finishes or a
- * close sent here or earlier completes (fs__fd_released).
+ * left it; fs__fd_can_wait was true, or the store let descriptors go
+ * since k's open: k_fd_wait): k, holding no descriptor now, gives up its
+ * running slot and waits at the head of the FIFO; the running cap drops
+ * to the kops still running, each of which frees descriptors when it
+ * finishes (the cap grows back later: run_grow).  Idle directories are
+ * closed; if no other kop runs, the spare files are dropped too.  k
+ * starts again when a kop finishes or a close sent here or earlier
+ * completes (fs__fd_released).
  */
 void fs__kop_park(kop *k)
 {
@@ -278,6 +335,7 @@ static void admit_waiting(fs_state *fs)
 void fs__fd_released(fs_state *fs)
 {
     fs->nrel--;
+    fs->fd_gen++;
     admit_waiting(fs);
 }
 
@@ -388,6 +446,8 @@ void fs__kop_finish(kop *k, int status)
     if (k->admitted) {
         k->admitted = false;
         fs->nrun--;
+        fs->fd_gen++;
+        run_grow(fs);
     }
     if (k->put_counted) {
         k->put_counted = false;
