@@ -2657,33 +2657,61 @@ static int nf_wave(kv_store *s, unsigned gen, bool get, uint64_t *toks)
     return bad;
 }
 
-static int child_nofile(bool hog)
+/* A child's store under RLIMIT_NOFILE at limit: 0, or the code of the
+ * step that failed (2-5). */
+static int nf_open(rlim_t limit, unsigned flags, const char *who,
+                   kv_loop **l, kv_pool **p, kv_store **s)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
         return 2;
-    rl.rlim_cur = NF_LIMIT;
+    rl.rlim_cur = limit;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
         return 3;
+    if (kv_loop_new(l, NULL) != KV_OK || kv_pool_new(p, 2) != KV_OK)
+        return 4;
+    if (kv_fs_open(s, *l, *p, root, 0, flags) != KV_OK) {
+        fprintf(stderr, "%s: open: %s\n", who, kv_last_errmsg());
+        return 5;
+    }
+    return 0;
+}
+
+/* Take every descriptor the limit allows into held (at most max), then
+ * give 12 back; returns how many are held. */
+static int nf_hog(int *held, int max)
+{
+    int nheld = 0, fd;
+    while (nheld < max && (fd = open("/dev/null", O_RDONLY)) >= 0)
+        held[nheld++] = fd;
+    for (int i = 0; i < 12 && nheld > 0; i++)
+        close(held[--nheld]);
+    return nheld;
+}
+
+/* Close and free a child's store, pool and loop: 0, or 9. */
+static int nf_close(kv_loop *l, kv_pool *p, kv_store *s)
+{
+    kv_fut *f = kv_close(s);
+    int rc = kv_wait(f);
+    kv_fut_free(f);
+    kv_store_free(s);
+    kv_pool_free(p);
+    if (kv_loop_free(l) != KV_OK || rc != KV_OK)
+        return 9;
+    return 0;
+}
+
+static int child_nofile(bool hog)
+{
     kv_loop *l;
     kv_pool *p;
     kv_store *s;
-    if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 2) != KV_OK)
-        return 4;
-    int rc = kv_fs_open(&s, l, p, root, 0, 0);
-    if (rc != KV_OK) {
-        fprintf(stderr, "nofile: open: %s\n", kv_last_errmsg());
-        return 5;
-    }
+    int rc = nf_open(NF_LIMIT, 0, "nofile", &l, &p, &s);
+    if (rc != 0)
+        return rc;
     int held[NF_LIMIT];
-    int nheld = 0;
-    if (hog) {
-        int fd;
-        while (nheld < NF_LIMIT && (fd = open("/dev/null", O_RDONLY)) >= 0)
-            held[nheld++] = fd;
-        for (int i = 0; i < 12 && nheld > 0; i++)
-            close(held[--nheld]);
-    }
+    int nheld = hog ? nf_hog(held, NF_LIMIT) : 0;
     static uint64_t toks[NF_DIRS];
     if (nf_wave(s, 0, false, toks) != 0)
         return 6;
@@ -2693,14 +2721,7 @@ static int child_nofile(bool hog)
         return 8;
     while (nheld > 0)
         close(held[--nheld]);
-    kv_fut *f = kv_close(s);
-    rc = kv_wait(f);
-    kv_fut_free(f);
-    kv_store_free(s);
-    kv_pool_free(p);
-    if (kv_loop_free(l) != KV_OK || rc != KV_OK)
-        return 9;
-    return 0;
+    return nf_close(l, p, s);
 }
 
 /*
@@ -2718,22 +2739,12 @@ enum { RG_LIMIT = 256, RG_WAVES = 8 };
 
 static int child_regrow(void)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return 2;
-    rl.rlim_cur = RG_LIMIT;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return 3;
     kv_loop *l;
     kv_pool *p;
     kv_store *s;
-    if (kv_loop_new(&l, NULL) != KV_OK || kv_pool_new(&p, 2) != KV_OK)
-        return 4;
-    int rc = kv_fs_open(&s, l, p, root, 0, KV_FS_NO_FSYNC);
-    if (rc != KV_OK) {
-        fprintf(stderr, "regrow: open: %s\n", kv_last_errmsg());
-        return 5;
-    }
+    int rc = nf_open(RG_LIMIT, KV_FS_NO_FSYNC, "regrow", &l, &p, &s);
+    if (rc != 0)
+        return rc;
     size_t run, cap;
     uint64_t emf, emf_hog;
     kv__fs_admission(s, &run, &cap, &emf);
@@ -2743,11 +2754,7 @@ static int child_regrow(void)
         return 10;
     }
     int held[RG_LIMIT];
-    int nheld = 0, fd;
-    while (nheld < RG_LIMIT && (fd = open("/dev/null", O_RDONLY)) >= 0)
-        held[nheld++] = fd;
-    for (int i = 0; i < 12 && nheld > 0; i++)
-        close(held[--nheld]);
+    int nheld = nf_hog(held, RG_LIMIT);
     static uint64_t toks[NF_DIRS];
     if (nf_wave(s, 0, false, toks) != 0)
         return 6;
@@ -2783,14 +2790,7 @@ static int child_regrow(void)
                 emf - emf_hog);
         return 12;
     }
-    kv_fut *f = kv_close(s);
-    rc = kv_wait(f);
-    kv_fut_free(f);
-    kv_store_free(s);
-    kv_pool_free(p);
-    if (kv_loop_free(l) != KV_OK || rc != KV_OK)
-        return 9;
-    return 0;
+    return nf_close(l, p, s);
 }
 
 static int run_child(int argc, char **argv)

@@ -2083,6 +2083,15 @@ static kv_store *held_store(kv_pool **one, tu_gate *g, kv_fut **held)
     return s;
 }
 
+/* Close and free held_store's store (pool, gate). */
+static void held_store_free(kv_store *s, kv_pool *one, tu_gate *g)
+{
+    close_store(s);
+    kv_pool_free(one);
+    sem_destroy(&g->in);
+    sem_destroy(&g->go);
+}
+
 /* Submit c->n gets, tell the test, wait for close to start, collect them,
  * then one more get. */
 static void *any_close_thread(void *arg)
@@ -2197,11 +2206,8 @@ START_TEST(test_any_reads_cancel)
     ck_assert_int_eq(pthread_join(t, NULL), 0);
     ck_assert_msg(ctx.ok, "%s", ctx.why);
     ck_assert_uint_eq(stats(s).any_reads, 2);
-    close_store(s);
-    kv_pool_free(one);
+    held_store_free(s, one, &g);
     any_ctx_fini(&ctx);
-    sem_destroy(&g.in);
-    sem_destroy(&g.go);
 }
 END_TEST
 
@@ -2265,12 +2271,9 @@ START_TEST(test_any_reads_one_push_per_loop)
     ck_assert_uint_eq(after.any_reads - before.any_reads, 16);
     ck_assert_uint_eq(after.any_batches - before.any_batches, 1);
     ck_assert_uint_eq(after.any_posts - before.any_posts, 2);
-    close_store(s);
-    kv_pool_free(one);
+    held_store_free(s, one, &g);
     any_ctx_fini(&a);
     any_ctx_fini(&b);
-    sem_destroy(&g.in);
-    sem_destroy(&g.go);
 }
 END_TEST
 
