@@ -1897,6 +1897,35 @@ START_TEST(test_map_file_shrinks)
 END_TEST
 
 
+/* Hold pool one's only worker (tu_hold_worker) until release_worker; the
+ * hold's future. */
+static kv_fut *hold_worker(kv_pool *one, tu_gate *g)
+{
+    ck_assert_int_eq(sem_init(&g->in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g->go, 0, 0), 0);
+    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, g);
+    while (sem_wait(&g->in) != 0)
+        ;
+    return held;
+}
+
+/* Let hold_worker's worker go and collect its hold. */
+static void release_worker(tu_gate *g, kv_fut *held)
+{
+    sem_post(&g->go);
+    ck_assert_kv(kv_wait(held), KV_OK);
+    kv_fut_free(held);
+}
+
+/* Close and free a store opened on a held pool (the pool, the gate). */
+static void held_store_free(kv_store *s, kv_pool *one, tu_gate *g)
+{
+    close_store(s);
+    kv_pool_free(one);
+    sem_destroy(&g->in);
+    sem_destroy(&g->go);
+}
+
 /*
  * Point reads submitted one by one while a reader job runs are handed out
  * together at the end of the loop turn: with the pool's one worker held, a
@@ -1914,11 +1943,7 @@ START_TEST(test_reads_batched_per_turn)
     ck_assert_kv(kv_pool_new(&one, 1), KV_OK);
     ck_assert_kv(kv_sqlite_open(&s, loop, one, dbpath, 0), KV_OK);
     tu_gate g;
-    ck_assert_int_eq(sem_init(&g.in, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&g.go, 0, 0), 0);
-    kv_fut *held = kv_pool_work(loop, one, tu_hold_worker, &g);
-    while (sem_wait(&g.in) != 0)
-        ;
+    kv_fut *held = hold_worker(one, &g);
     uint64_t j0 = stats(s).read_jobs;
     kv_fut *fs[N + 1];
     for (unsigned i = 0; i <= N; i++) {
@@ -1930,19 +1955,14 @@ START_TEST(test_reads_batched_per_turn)
     for (int i = 0; i < 1000 && stats(s).read_jobs - j0 < 2; i++)
         ck_assert_int_ge(kv_loop_run(loop, KV_RUN_NOWAIT), 0);
     ck_assert_uint_eq(stats(s).read_jobs - j0, 2); /* the turn's 30 */
-    sem_post(&g.go);
-    ck_assert_kv(kv_wait(held), KV_OK);
-    kv_fut_free(held);
+    release_worker(&g, held);
     for (unsigned i = 0; i <= N; i++) {
         ck_assert_kv(kv_wait(fs[i]), KV_OK);
         ck_assert_uint_eq(kv_fut_record(fs[i])->len, 100);
         kv_fut_free(fs[i]);
     }
     ck_assert_uint_eq(stats(s).read_jobs - j0, 2);
-    close_store(s);
-    kv_pool_free(one);
-    sem_destroy(&g.in);
-    sem_destroy(&g.go);
+    held_store_free(s, one, &g);
 }
 END_TEST
 
@@ -2075,21 +2095,8 @@ static kv_store *held_store(kv_pool **one, tu_gate *g, kv_fut **held)
     close_store(s);
     ck_assert_kv(kv_pool_new(one, 1), KV_OK);
     ck_assert_kv(kv_sqlite_open(&s, loop, *one, dbpath, 0), KV_OK);
-    ck_assert_int_eq(sem_init(&g->in, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&g->go, 0, 0), 0);
-    *held = kv_pool_work(loop, *one, tu_hold_worker, g);
-    while (sem_wait(&g->in) != 0)
-        ;
+    *held = hold_worker(*one, g);
     return s;
-}
-
-/* Close and free held_store's store (pool, gate). */
-static void held_store_free(kv_store *s, kv_pool *one, tu_gate *g)
-{
-    close_store(s);
-    kv_pool_free(one);
-    sem_destroy(&g->in);
-    sem_destroy(&g->go);
 }
 
 /* Submit c->n gets, tell the test, wait for close to start, collect them,
@@ -2138,9 +2145,7 @@ START_TEST(test_any_reads_close)
         ;
     ck_assert_int_eq(ctx.n, 10);
     kv_fut *cf = kv_close(s); /* the reads wait behind the held worker */
-    sem_post(&g.go);
-    ck_assert_kv(kv_wait(held), KV_OK);
-    kv_fut_free(held);
+    release_worker(&g, held);
     /* The reading thread runs no loop until the close is done: the close
      * must not wait for it. */
     ck_assert_kv(kv_wait(cf), KV_OK);
@@ -2200,9 +2205,7 @@ START_TEST(test_any_reads_cancel)
     ck_assert_int_eq(pthread_create(&t, NULL, any_cancel_thread, &ctx), 0);
     while (sem_wait(&ctx.submitted) != 0)
         ;
-    sem_post(&g.go);
-    ck_assert_kv(kv_wait(held), KV_OK);
-    kv_fut_free(held);
+    release_worker(&g, held);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
     ck_assert_msg(ctx.ok, "%s", ctx.why);
     ck_assert_uint_eq(stats(s).any_reads, 2);
@@ -2260,9 +2263,7 @@ START_TEST(test_any_reads_one_push_per_loop)
         ;
     while (sem_wait(&b.submitted) != 0)
         ;
-    sem_post(&g.go); /* all 16 wait for the one reader: one batch */
-    ck_assert_kv(kv_wait(held), KV_OK);
-    kv_fut_free(held);
+    release_worker(&g, held); /* all 16 wait for the one reader: one batch */
     ck_assert_int_eq(pthread_join(ta, NULL), 0);
     ck_assert_int_eq(pthread_join(tb, NULL), 0);
     ck_assert_msg(a.ok, "%s", a.why);

@@ -64,9 +64,9 @@ static void any_back(kv__job *job, int status)
  * Hand every request of q back to its caller (any thread; q ends empty and
  * its requests are not touched after): one push, and at most one wake, per
  * caller's loop; returns the pushes.  Posted one by one, each completion
- * could wake its loop,
- * which then preempted the worker on a busy core to take that one request,
- * and went back to sleep before the next (docs/PERF.md).
+ * could wake its loop, which then preempted the worker on a busy core to
+ * take that one request, and went back to sleep before the next
+ * (docs/PERF.md).
  */
 static unsigned post_all(squeue *q)
 {
