@@ -52,6 +52,7 @@ static void stats_diff(kv__loop_stats *d, const kv__loop_stats *a,
     d->jobs = b->jobs - a->jobs;
     d->wake_cqes = b->wake_cqes - a->wake_cqes;
     d->wakes = b->wakes - a->wakes;
+    d->pushes = b->pushes - a->pushes;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -89,6 +89,7 @@ typedef struct kv__call kv__call;
 struct kv__call {
     void (*run)(kv__call *c);
     kv__call *next; /* the loop's list */
+    kv_loop *to;    /* kv__loop_call_from: the loop it goes to */
 };
 /* Push c on loop's list of forwarded calls and wake it.  Any thread. */
 void kv__loop_call(kv_loop *loop, kv__call *c);
@@ -108,6 +109,18 @@ void kv__loop_expect(kv_loop *loop, kv__job *job);
  * first.  Any thread; the jobs are the loop's from the call on.
  */
 void kv__loop_post_chain(kv_loop *loop, kv__job *newest, kv__job *oldest);
+/*
+ * Hand work to another loop from the calling thread's own loop, from:
+ * job (expected on its loop, kv__loop_expect) is posted to job->loop, c
+ * is called on loop to.  While from runs (inside kv_loop_run) they wait in
+ * from's outbox and leave at the end of its turn, or before it blocks:
+ * each destination's in one push, so at most one wake per turn where
+ * handing them over one by one could wake that loop for each.  Outside a
+ * run they leave at once.  Each destination receives them in the order
+ * given.  from's thread only.
+ */
+void kv__loop_post_from(kv_loop *from, kv__job *job);
+void kv__loop_call_from(kv_loop *from, kv_loop *to, kv__call *c);
 /* True on loop's own thread (the one that created it).  Any thread. */
 bool kv__loop_on_thread(const kv_loop *loop);
 /* Stores opened on loop (+1 / -1; kv_loop_free fails while > 0) and their
@@ -130,6 +143,8 @@ typedef struct kv__loop_stats {
     uint64_t jobs;      /* posted pool jobs finished on this loop          */
     uint64_t wake_cqes; /* completions of the standing eventfd read        */
     uint64_t wakes;     /* eventfd writes by posters                       */
+    uint64_t pushes;    /* kv__loop_post_from / _call_from: pushes made to
+                         * other loops (one per destination per flush)     */
 } kv__loop_stats;
 void kv__loop_get_stats(const kv_loop *loop, kv__loop_stats *out);
 /* ------------------------------------------------------------------------ */

@@ -177,16 +177,104 @@ void kv__loop_signal(kv_loop *loop)
     signal_loop(loop);
 }
 
-void kv__loop_call(kv_loop *loop, kv__call *c)
+/* Push calls linked newest to oldest (oldest's next is overwritten). */
+static void call_chain(kv_loop *loop, kv__call *newest, kv__call *oldest)
 {
     atomic_fetch_add(&loop->posting, 1);
     kv__call *head = atomic_load_explicit(&loop->calls, memory_order_relaxed);
     do {
-        c->next = head;
-    } while (!atomic_compare_exchange_weak(&loop->calls, &head, c));
-    /* c may be run and freed by the loop from here on. */
-    kv__loop_signal(loop);
+        oldest->next = head;
+    } while (!atomic_compare_exchange_weak(&loop->calls, &head, newest));
+    /* The calls may be run and freed by the loop from here on. */
+    signal_loop(loop);
     atomic_fetch_sub(&loop->posting, 1);
+}
+
+void kv__loop_call(kv_loop *loop, kv__call *c)
+{
+    call_chain(loop, c, c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The outbox: work for other loops, sent once per turn                     */
+/* ------------------------------------------------------------------------ */
+
+void kv__loop_post_from(kv_loop *from, kv__job *job)
+{
+    if (!from->running) {
+        from->st.pushes++;
+        kv__loop_post_chain(job->loop, job, job);
+        return;
+    }
+    job->next = NULL;
+    *from->out_jobs_end = job;
+    from->out_jobs_end = &job->next;
+}
+
+void kv__loop_call_from(kv_loop *from, kv_loop *to, kv__call *c)
+{
+    if (!from->running) {
+        from->st.pushes++;
+        call_chain(to, c, c);
+        return;
+    }
+    c->to = to;
+    c->next = NULL;
+    *from->out_calls_end = c;
+    from->out_calls_end = &c->next;
+}
+
+/*
+ * Send the outbox: for each destination in turn, take its entries out of
+ * the FIFO, link them newest first, and push them at once.  A turn rarely
+ * holds more than a few destinations, so a pass per destination is cheap.
+ */
+static void flush_outbox(kv_loop *loop)
+{
+    while (loop->out_jobs != NULL) {
+        kv__job *list = loop->out_jobs, *newest = NULL, *oldest = NULL;
+        kv_loop *to = list->loop;
+        loop->out_jobs = NULL;
+        loop->out_jobs_end = &loop->out_jobs;
+        while (list != NULL) {
+            kv__job *next = list->next;
+            if (list->loop == to) {
+                list->next = newest;
+                newest = list;
+                if (oldest == NULL)
+                    oldest = list;
+            } else { /* another destination's: stays, in order */
+                list->next = NULL;
+                *loop->out_jobs_end = list;
+                loop->out_jobs_end = &list->next;
+            }
+            list = next;
+        }
+        loop->st.pushes++;
+        kv__loop_post_chain(to, newest, oldest);
+    }
+    while (loop->out_calls != NULL) {
+        kv__call *list = loop->out_calls, *newest = NULL, *oldest = NULL;
+        kv_loop *to = list->to;
+        loop->out_calls = NULL;
+        loop->out_calls_end = &loop->out_calls;
+        while (list != NULL) {
+            kv__call *next = list->next;
+            if (list->to == to) {
+                list->next = newest;
+                newest = list;
+                if (oldest == NULL)
+                    oldest = list;
+            } else {
+                list->next = NULL;
+                *loop->out_calls_end = list;
+                loop->out_calls_end = &list->next;
+            }
+            list = next;
+        }
+        loop->st.pushes++;
+        call_chain(to, newest, oldest);
+    }
 }
 
 /* Run every forwarded call, oldest first.  True if any. */
@@ -573,7 +661,8 @@ static int enter(kv_loop *loop, bool wait, unsigned timeout_ms)
 
 /*
  * One turn: due callbacks, posted jobs, submit and (maybe) wait, dispatch
- * completions, then the callbacks they made due.
+ * completions, then the callbacks they made due; what all those handed to
+ * other loops leaves at the end (or before the wait).
  */
 static int turn(kv_loop *loop, kv_run_mode mode)
 {
@@ -592,6 +681,7 @@ static int turn(kv_loop *loop, kv_run_mode mode)
                   mode == KV_RUN_WAIT);
     unsigned timeout_ms = 0;
     if (block) {
+        flush_outbox(loop); /* never sleep on work other loops wait for */
         /* Armed even without jobs: kv_loop_wake must end the wait. */
         arm_wake(loop);
         if (!loop->wake_armed)
@@ -607,12 +697,15 @@ static int turn(kv_loop *loop, kv_run_mode mode)
     int rc = enter(loop, block, timeout_ms);
     if (block)
         atomic_store(&loop->sleeping, 0);
-    if (rc < 0)
+    if (rc < 0) {
+        flush_outbox(loop);
         return rc;
+    }
     reap(loop);
     drain_calls(loop);
     drain_posted(loop);
     kv__fut_run_ready(loop);
+    flush_outbox(loop);
     return KV_OK;
 }
 

@@ -51,6 +51,10 @@ struct kv_loop {
                         * due); the loop only tests it for emptiness */
     stashed_cqe *stash; /* CQEs reaped inside kv__loop_sqes, dispatch later */
     size_t nstash, capstash;
+    /* kv__loop_post_from and kv__loop_call_from while running: FIFOs of
+     * work for other loops, sent by flush_outbox (loop.c). */
+    kv__job *out_jobs, **out_jobs_end;
+    kv__call *out_calls, **out_calls_end;
     kv__emu *emu;          /* fallback mode (uring_emu.c), else NULL */
     int efd;               /* eventfd; workers write it (any thread) */
     uint64_t efd_val;      /* buffer of the standing READ */

@@ -175,6 +175,8 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         return KV_ENOMEM;
     }
     kv__list_init(&loop->ready);
+    loop->out_jobs_end = &loop->out_jobs;
+    loop->out_calls_end = &loop->out_calls;
     atomic_init(&loop->posted, NULL);
     atomic_init(&loop->sleeping, 0);
     atomic_init(&loop->posting, 0);

@@ -3,9 +3,11 @@
  * store's loop thread: the call is handed to the store's loop (its list of
  * forwarded calls and eventfd, no lock), made there, and its outcome is
  * posted back to the calling thread's loop, where the caller's future
- * completes.  kv_fut_cancel on the caller's future completes it at once and
- * sends a second call that cancels the call's own future on the store's
- * thread, so the backend stops the work.  The threading model is in
+ * completes.  The hand-offs a loop makes in one turn leave together at
+ * its end (kv__loop_post_from, kv__loop_call_from).  kv_fut_cancel on the
+ * caller's future completes it at once and sends a second call that
+ * cancels the call's own future on the store's thread, so the backend
+ * stops the work.  The threading model is in
  * docs/DESIGN.md ("store": threads).
  */
 #include "config.h"
@@ -55,10 +57,11 @@ static void remote_back(kv__job *job, int status)
     remote_release(r);
 }
 
-/* Store thread: hand the outcome back. */
+/* Store thread: hand the outcome back, with the others of this turn of
+ * the store's loop (one push and at most one wake per caller's loop). */
 static void remote_post(remote *r)
 {
-    r->job.post(&r->job); /* r belongs to the caller's loop from here */
+    kv__loop_post_from(r->target, &r->job); /* r is the caller's from here */
 }
 
 static void remote_inner_done(kv_fut *inner, void *arg)
@@ -153,7 +156,7 @@ static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
     r->job.done = remote_back;
     kv__loop_expect(caller, &r->job);
     r->call.run = remote_run;
-    kv__loop_call(target, &r->call);
+    kv__loop_call_from(caller, target, &r->call); /* per turn of caller */
     return f;
 }
 

@@ -54,16 +54,22 @@ static void *driver_main(void *arg)
     return NULL;
 }
 
-static void driver_start(driver *d)
+/* Start a driver whose pool has workers threads. */
+static void driver_start_pool(driver *d, unsigned workers)
 {
     memset(d, 0, sizeof *d);
-    ck_assert_kv(kv_pool_new(&d->pool, 2), KV_OK);
+    ck_assert_kv(kv_pool_new(&d->pool, workers), KV_OK);
     atomic_init(&d->stop, false);
     ck_assert_int_eq(sem_init(&d->ready, 0, 0), 0);
     ck_assert_int_eq(pthread_create(&d->th, NULL, driver_main, d), 0);
     while (sem_wait(&d->ready) != 0)
         ;
     ck_assert_kv(d->rc, KV_OK);
+}
+
+static void driver_start(driver *d)
+{
+    driver_start_pool(d, 2);
 }
 
 typedef struct stopper {
@@ -83,7 +89,7 @@ static void stop_run(kv__call *c)
  * still open on it). */
 static int driver_stop(driver *d)
 {
-    stopper st = {{stop_run, NULL}, d};
+    stopper st = {.call.run = stop_run, .d = d};
     kv__loop_call(d->loop, &st.call);
     ck_assert_int_eq(pthread_join(d->th, NULL), 0);
     sem_destroy(&d->ready);
@@ -395,6 +401,131 @@ START_TEST(test_cancel_reaches_backend)
 }
 END_TEST
 
+typedef struct stats_call {
+    kv__call call;
+    kv_loop *loop;
+    kv__loop_stats st;
+    sem_t done;
+} stats_call;
+
+static void stats_run(kv__call *c)
+{
+    stats_call *sc = (stats_call *)(void *)c;
+    kv__loop_get_stats(sc->loop, &sc->st);
+    sem_post(&sc->done);
+}
+
+/* The driver's loop counters, read on its thread. */
+static kv__loop_stats driver_stats(driver *d)
+{
+    stats_call sc = {.call.run = stats_run, .loop = d->loop};
+    ck_assert_int_eq(sem_init(&sc.done, 0, 0), 0);
+    kv__loop_call(d->loop, &sc.call);
+    while (sem_wait(&sc.done) != 0)
+        ;
+    sem_destroy(&sc.done);
+    return sc.st;
+}
+
+enum { BURST = 16 };
+
+typedef struct burst {
+    kv__call call;
+    kv_store *s;
+    kv_key *k;
+    kv_fut *f[BURST];
+} burst;
+
+/* On the caller's loop, inside its run: BURST forwarded calls at once. */
+static void burst_run(kv__call *c)
+{
+    burst *b = (burst *)(void *)c;
+    for (int i = 0; i < BURST; i++)
+        b->f[i] = kv_has(b->s, b->k);
+}
+
+/*
+ * What a loop hands other loops in one turn leaves in one push per loop:
+ * BURST calls made in one callback reach the store's loop in one push, and
+ * their BURST outcomes, finished in one turn of the store's loop, come
+ * back in one push (handed over one by one, each could wake the other
+ * loop: BURST pushes each way).  Set-up: the pool's one worker is held
+ * while the calls reach the model backend, whose jobs then finish while
+ * the store's thread is held, so that one turn finishes them all.
+ */
+START_TEST(test_forwarded_one_push_per_turn)
+{
+    driver d;
+    driver_start_pool(&d, 1);
+    kv_loop *mine;
+    ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
+    tu_gate g1, g2;
+    ck_assert_int_eq(sem_init(&g1.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g1.go, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g2.in, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&g2.go, 0, 0), 0);
+    kv_fut *hold1 = kv_pool_work(mine, d.pool, tu_hold_worker, &g1);
+    while (sem_wait(&g1.in) != 0)
+        ;
+    burst b = {.call.run = burst_run, .s = d.s, .k = key("/b")};
+    kv__loop_stats m0, m1;
+    kv__loop_get_stats(mine, &m0);
+    kv__loop_call(mine, &b.call);
+    ck_assert_int_ge(kv_loop_run(mine, KV_RUN_NOWAIT), 0);
+    kv__loop_get_stats(mine, &m1);
+    ck_assert_uint_eq(m1.pushes - m0.pushes, 1);
+    /* Calls run in order: after the marker, all BURST are in the model. */
+    marker m;
+    ck_assert_int_eq(sem_init(&m.ran, 0, 0), 0);
+    m.call.run = mark_run;
+    kv__loop_call(d.loop, &m.call);
+    while (sem_wait(&m.ran) != 0)
+        ;
+    ck_assert_uint_eq(kv_store_inflight(d.s), BURST);
+    kv__loop_stats d0 = driver_stats(&d);
+    /* Hold the store's thread; the worker runs the BURST jobs, then a
+     * second hold, so they are all posted when that hold begins. */
+    blocker bl;
+    ck_assert_int_eq(sem_init(&bl.held, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&bl.go, 0, 0), 0);
+    bl.call.run = block_run;
+    kv__loop_call(d.loop, &bl.call);
+    while (sem_wait(&bl.held) != 0)
+        ;
+    kv_fut *hold2 = kv_pool_work(mine, d.pool, tu_hold_worker, &g2);
+    sem_post(&g1.go);
+    while (sem_wait(&g2.in) != 0)
+        ;
+    sem_post(&bl.go);
+    for (int i = 0; i < BURST; i++) {
+        ck_assert_kv(kv_wait(b.f[i]), KV_OK);
+        ck_assert(!kv_fut_bool(b.f[i]));
+        kv_fut_free(b.f[i]);
+    }
+    kv__loop_stats d1 = driver_stats(&d);
+    ck_assert_uint_eq(d1.pushes - d0.pushes, 1);
+    sem_post(&g2.go);
+    ck_assert_kv(kv_wait(hold1), KV_OK);
+    ck_assert_kv(kv_wait(hold2), KV_OK);
+    kv_fut_free(hold1);
+    kv_fut_free(hold2);
+    sem_destroy(&g1.in);
+    sem_destroy(&g1.go);
+    sem_destroy(&g2.in);
+    sem_destroy(&g2.go);
+    sem_destroy(&bl.held);
+    sem_destroy(&bl.go);
+    sem_destroy(&m.ran);
+    EXPECT(kv_close(d.s), KV_OK);
+    kv_store_free(d.s);
+    ck_assert_kv(driver_stop(&d), KV_OK);
+    while (kv_loop_alive(mine))
+        ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    kv_key_free(b.k);
+}
+END_TEST
+
 static Suite *remote_suite(void)
 {
     Suite *s = suite_create("remote");
@@ -406,6 +537,7 @@ static Suite *remote_suite(void)
     tcase_add_test(tc, test_admission_limit);
     tcase_add_test(tc, test_admission_limit_remote);
     tcase_add_test(tc, test_cancel_reaches_backend);
+    tcase_add_test(tc, test_forwarded_one_push_per_turn);
     suite_add_tcase(s, tc);
     return s;
 }
