@@ -2724,13 +2724,42 @@ static int child_nofile(bool hog)
  * RG_LIMIT (and no fsync: the waves are about descriptors), the
  * application first takes all but 12 descriptors, so that a put wave meets
  * EMFILE (but no more often than without maxrun's growth) and maxrun drops
- * below its cap; then it lets them go, and replace and get waves (at most
+ * below its cap; then it lets them go.  Puts made one at a time leave
+ * maxrun where it is (none waits for admission: no evidence for a step),
+ * and replace and get waves (at most
  * RG_WAVES of each) must bring maxrun back to the cap fd_budget set at
  * open, without meeting EMFILE again, every get reading the value last
  * put.  Exit 0 or a code naming the step (the maxrun after each wave on
  * stderr).
  */
 enum { RG_LIMIT = 256, RG_WAVES = 8 };
+
+/* n replaces of the records nf_wave made (tokens in toks), one at a
+ * time: 0, or 1. */
+static int rg_serial(kv_store *s, unsigned n, uint64_t *toks)
+{
+    for (unsigned i = 0; i < n; i++) {
+        unsigned j = i % NF_DIRS;
+        char p[32];
+        snprintf(p, sizeof p, "/d%04u/k", j);
+        kv_key *k = NULL;
+        if (kv_key_parse(&k, p) != KV_OK)
+            return 1;
+        kv_record r = {k, "s", 1, toks[j]};
+        kv_fut *f = kv_put(s, &r, NULL);
+        int rc = kv_wait(f);
+        if (rc != KV_OK)
+            fprintf(stderr, "regrow: serial put %u: %s (%s)\n", i,
+                    kv_err_name(rc), kv_fut_errmsg(f));
+        else
+            toks[j] = kv_fut_token(f);
+        kv_fut_free(f);
+        kv_key_free(k);
+        if (rc != KV_OK)
+            return 1;
+    }
+    return 0;
+}
 
 static int child_regrow(void)
 {
@@ -2765,6 +2794,15 @@ static int child_regrow(void)
     }
     while (nheld > 0)
         close(held[--nheld]);
+    if (rg_serial(s, (unsigned)(run << 6) + 8, toks) != 0) /* a round is <= this */
+        return 13;
+    size_t run2;
+    kv__fs_admission(s, &run2, &cap, &emf);
+    if (run2 != run) {
+        fprintf(stderr, "regrow: one put at a time moved maxrun from %zu to "
+                        "%zu, with none waiting for admission\n", run, run2);
+        return 14;
+    }
     char seen[RG_WAVES * 24 + 32];
     size_t used = (size_t)snprintf(seen, sizeof seen, "%zu", run);
     unsigned w = 0;

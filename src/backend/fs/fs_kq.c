@@ -176,7 +176,9 @@ static void kq_remove(fs_state *fs, keyq *q)
  * still running (fs__kop_park).  The shortage may pass (the application
  * held many files for a moment), so maxrun grows back: additive increase
  * after that decrease (AIMD), with a backoff.  A round is maxrun admitted
- * kops finished; the rule (fs__fd_short, run_grow):
+ * kops finished while others waited for admission (a store that runs
+ * fewer kops than maxrun allows has no use for a step, and proves none
+ * safe); the rule (fs__fd_short, run_grow):
  *
  *   - after 2^run_backoff rounds with no EMFILE (counted in run_done,
  *     which any EMFILE sets back to 0), maxrun grows by one: a step, up
@@ -261,10 +263,12 @@ void fs__fd_short(fs_state *fs)
 }
 
 /* An admitted kop finished (not parked): maxrun grows at the end of a
- * round (above). */
+ * round (above).  Only while kops wait for admission: with none waiting
+ * maxrun held nothing back, and a step would be taken on no evidence
+ * that one kop more finds its descriptors. */
 static void run_grow(fs_state *fs)
 {
-    if (fs->maxrun >= fs->maxrun_cap)
+    if (fs->maxrun >= fs->maxrun_cap || fs->adm_head == NULL)
         return;
     if (++fs->run_done < fs->maxrun << fs->run_backoff)
         return;
