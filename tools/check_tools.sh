@@ -446,6 +446,20 @@ PY
 fi
 expect 0 "kvbench sqlite-raw scan" "$KVBENCH" --backend="sqlite-raw:$tmp/raw.db" \
     --workload=ycsb-e --keys=500 --number_ios=500
+# a preset's settings yield to the options given with it, in either order
+for order in before after; do
+    if [ $order = before ]; then
+        set -- --load=0 --workload=ycsb-c
+    else
+        set -- --workload=ycsb-c --load=0
+    fi
+    expect 0 "kvbench --load=0 $order --workload" "$KVBENCH" \
+        --backend=sqlite:memory "$@" --keys=100 --number_ios=50
+    grep -q "calls=50, not-found=50," "$tmp/out" || {
+        echo "FAIL: --load=0 $order --workload: the store was loaded" >&2
+        fails=$((fails + 1))
+    }
+done
 # sqlite ?map=0 (pread) and the plain peer's ?mmap=BYTES read the same store
 expect 0 "kvbench sqlite ?map=0" "$KVBENCH" --backend="sqlite:$tmp/map.db?map=0" \
     --rw=randrw --keys=500 --number_ios=1000

@@ -543,9 +543,14 @@ static void plist_free(plist *l)
     memset(l, 0, sizeof *l);
 }
 
+/* Apply l to o: a preset (--workload) first, wherever it was given, so
+ * that the options given with it override its settings in any order. */
 static int plist_apply(const plist *l, jobopts *o)
 {
-    for (size_t i = 0; i < l->n; i++) {
+    for (size_t k = 0; k < 2 * l->n; k++) {
+        size_t i = k % l->n;
+        if ((l->p[i].def->fn == o_workload) != (k < l->n))
+            continue;
         const char *e = l->p[i].def->fn(o, l->p[i].val);
         if (e) {
             fprintf(stderr, "kvbench: %s: --%s=%s: %s\n", l->p[i].where,
