@@ -116,11 +116,15 @@ void kv__loop_post_chain(kv_loop *loop, kv__job *newest, kv__job *oldest);
  * from's outbox and leave at the end of its turn, or before it blocks:
  * each destination's in one push, so at most one wake per turn where
  * handing them over one by one could wake that loop for each.  Outside a
- * run they leave at once.  Each destination receives them in the order
- * given.  from's thread only.
+ * run (or from NULL, for a call) they leave at once.  Each destination
+ * receives them in the order given.  from's thread only.
  */
 void kv__loop_post_from(kv_loop *from, kv__job *job);
 void kv__loop_call_from(kv_loop *from, kv_loop *to, kv__call *c);
+/* kv__loop_call_from from the calling thread's own loop, if it has one (a
+ * call made from this thread then cannot overtake one made before it that
+ * waits in the outbox); else kv__loop_call.  Any thread. */
+void kv__loop_call_here(kv_loop *to, kv__call *c);
 /* True on loop's own thread (the one that created it).  Any thread. */
 bool kv__loop_on_thread(const kv_loop *loop);
 /* Stores opened on loop (+1 / -1; kv_loop_free fails while > 0) and their
@@ -133,6 +137,8 @@ void kv__loop_ops_add(kv_loop *loop, int delta);
  * be made (kv_last_errmsg says why).  Any thread.
  */
 kv_loop *kv__thread_loop(void);
+/* The calling thread's loop if it has one (never makes one), else NULL. */
+kv_loop *kv__thread_loop_peek(void);
 
 /* Counters, for tools/loopbench and tests (loop thread; wakes any thread). */
 typedef struct kv__loop_stats {

@@ -213,8 +213,9 @@ void kv__loop_post_from(kv_loop *from, kv__job *job)
 
 void kv__loop_call_from(kv_loop *from, kv_loop *to, kv__call *c)
 {
-    if (!from->running) {
-        from->st.pushes++;
+    if (from == NULL || !from->running) {
+        if (from != NULL)
+            from->st.pushes++;
         call_chain(to, c, c);
         return;
     }
@@ -222,6 +223,11 @@ void kv__loop_call_from(kv_loop *from, kv_loop *to, kv__call *c)
     c->next = NULL;
     *from->out_calls_end = c;
     from->out_calls_end = &c->next;
+}
+
+void kv__loop_call_here(kv_loop *to, kv__call *c)
+{
+    kv__loop_call_from(kv__thread_loop_peek(), to, c);
 }
 
 /*

@@ -88,6 +88,11 @@ kv_loop *kv__thread_loop(void)
     return loop;
 }
 
+kv_loop *kv__thread_loop_peek(void)
+{
+    return tl_loop;
+}
+
 kv_loop *kv_thread_loop(void)
 {
     return kv__thread_loop();

@@ -175,6 +175,8 @@ struct kv_store {
     atomic_size_t max_ops; /* 0: no limit */
     bool free_when_closed; /* kv_store_free from another thread */
     kv__call free_call;  /* that free, forwarded to the loop thread */
+    atomic_size_t transit; /* calls forwarded here, not yet arrived */
+    bool free_when_arrived; /* freed: the handle goes when transit is 0 */
 };
 
 /* Make a store over a backend (called by kv_sqlite_open / kv_fs_open). */

@@ -485,8 +485,8 @@ void kv_iter_free(kv_iter *it)
     if (it == NULL)
         return;
     if (!kv__loop_on_thread(it->loop)) {
-        it->free_call.run = iter_free_call;
-        kv__loop_call(it->loop, &it->free_call);
+        it->free_call.run = iter_free_call; /* after this thread's calls */
+        kv__loop_call_here(it->loop, &it->free_call);
         return;
     }
     it->freed = true;

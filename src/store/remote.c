@@ -22,6 +22,7 @@ struct remote {
     kv__call cancel; /* to the store's loop after a cancel (cancel_run) */
     kv__job job;     /* back to the caller's loop (its done: remote_back) */
     kv_loop *target; /* the store's loop */
+    kv_store *sent_to; /* the store, counted in its transit (not iters) */
     kv_fut *outer;   /* the caller's future (a reference; caller thread) */
     kv_fut *inner;   /* the call's future while pending (store thread) */
     atomic_bool canceled; /* outer was cancelled: do not start the call */
@@ -74,9 +75,8 @@ static void remote_inner_done(kv_fut *inner, void *arg)
 }
 
 /* Store thread: make the call, then wait for its future. */
-static void remote_run(kv__call *c)
+static void remote_call(remote *r)
 {
-    remote *r = KV__CONTAINER_OF(c, remote, call);
     kv_fut *inner;
     if (atomic_load_explicit(&r->canceled, memory_order_relaxed)) {
         kv__req_free(r->req); /* never started */
@@ -100,6 +100,17 @@ static void remote_run(kv__call *c)
         return;
     }
     r->inner = inner; /* until remote_inner_done */
+}
+
+/* Store thread: the call arrived.  r may be the caller's once it is made
+ * (an outcome posted at once), so the store is read first. */
+static void remote_run(kv__call *c)
+{
+    remote *r = KV__CONTAINER_OF(c, remote, call);
+    kv_store *s = r->sent_to;
+    remote_call(r);
+    if (s != NULL)
+        kv__store_arrived(s); /* may free s: its last touch */
 }
 
 /* Store thread: the caller cancelled; stop the call if it still runs (its
@@ -134,7 +145,9 @@ static void remote_discard(remote *r)
     kv__free(r);
 }
 
-static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
+/* Hand r to target's loop (for store s; NULL for an iterator). */
+static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller,
+                       kv_store *s)
 {
     if (caller == NULL) {
         remote_discard(r);
@@ -156,6 +169,9 @@ static kv_fut *forward(remote *r, kv_loop *target, kv_loop *caller)
     r->job.done = remote_back;
     kv__loop_expect(caller, &r->job);
     r->call.run = remote_run;
+    r->sent_to = s;
+    if (s != NULL)
+        kv__store_sent(s);
     kv__loop_call_from(caller, target, &r->call); /* per turn of caller */
     return f;
 }
@@ -168,7 +184,7 @@ kv_fut *kv__forward_req(kv__req *req, kv_loop *caller)
         return kv__fut_failed(caller, KV_ENOMEM, NULL);
     }
     r->req = req;
-    return forward(r, req->store->loop, caller);
+    return forward(r, req->store->loop, caller, req->store);
 }
 
 static kv_fut *call_close(remote *r)
@@ -183,7 +199,7 @@ kv_fut *kv__forward_close(kv_store *s, kv_loop *caller)
         return kv__fut_failed(caller, KV_ENOMEM, NULL);
     r->s = s;
     r->fn = call_close;
-    return forward(r, s->loop, caller);
+    return forward(r, s->loop, caller, s);
 }
 
 static kv_fut *call_query_open(remote *r)
@@ -205,7 +221,7 @@ kv_fut *kv__forward_query_open(kv_store *s, const kv_query *q,
         r->typed = true;
     }
     r->fn = call_query_open;
-    return forward(r, s->loop, caller);
+    return forward(r, s->loop, caller, s);
 }
 
 static kv_fut *call_iter(remote *r)
@@ -228,5 +244,5 @@ kv_fut *kv__forward_iter(kv_iter *it, int what, kv_loop *caller)
     r->it = it;
     r->what = what;
     r->fn = call_iter;
-    return forward(r, it->loop, caller);
+    return forward(r, it->loop, caller, NULL);
 }

@@ -50,6 +50,7 @@ int kv__store_new(kv_store **out, const struct kv_backend_ops *ops,
     s->flags = flags;
     atomic_init(&s->state, KV__ST_OPEN);
     atomic_init(&s->nops, 0);
+    atomic_init(&s->transit, 0);
     atomic_init(&s->max_ops, 0);
     kv__loop_stores_add(loop, 1);
     *out = s;
@@ -143,13 +144,35 @@ static void store_free_now(kv_store *s)
     kv__loop_stores_add(loop, -1); /* last: kv_loop_free may go on now */
 }
 
+/* A closed store freed: now, or once the calls on their way to it have
+ * arrived (kv__store_arrived). */
+static void store_free_closed(kv_store *s)
+{
+    if (atomic_load(&s->transit) > 0) {
+        s->free_when_arrived = true;
+        return;
+    }
+    store_free_now(s);
+}
+
+void kv__store_sent(kv_store *s)
+{
+    atomic_fetch_add(&s->transit, 1);
+}
+
+void kv__store_arrived(kv_store *s)
+{
+    if (atomic_fetch_sub(&s->transit, 1) == 1 && s->free_when_arrived)
+        store_free_now(s);
+}
+
 /* kv_store_free from another thread, on the store's thread: free now if
  * closed, else once the close completes (close_done). */
 static void free_call(kv__call *c)
 {
     kv_store *s = KV__CONTAINER_OF(c, kv_store, free_call);
     if (s->state == KV__ST_CLOSED) {
-        store_free_now(s);
+        store_free_closed(s);
         return;
     }
     s->free_when_closed = true;
@@ -162,11 +185,12 @@ void kv_store_free(kv_store *s)
     if (s == NULL)
         return;
     if (!kv__loop_on_thread(s->loop)) {
+        /* After this thread's calls that wait in its loop's outbox. */
         s->free_call.run = free_call;
-        kv__loop_call(s->loop, &s->free_call);
+        kv__loop_call_here(s->loop, &s->free_call);
         return;
     }
-    if (s->free_when_closed)
+    if (s->free_when_closed || s->free_when_arrived)
         return; /* already on its way (freed twice: a caller's bug) */
     if (s->state == KV__ST_OPEN)
         start_close(s);
@@ -181,7 +205,7 @@ void kv_store_free(kv_store *s)
             return;
         }
     }
-    store_free_now(s);
+    store_free_closed(s);
 }
 
 kv_loop *kv_store_loop(const kv_store *s)

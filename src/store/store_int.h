@@ -124,6 +124,16 @@ kv_fut *kv__forward_query_open(kv_store *s, const kv_query *q,
                                const kv_codec *codec, kv_loop *caller);
 enum { KV__ITER_NEXT, KV__ITER_FETCH_ALL, KV__ITER_DISPOSE };
 kv_fut *kv__forward_iter(kv_iter *it, int what, kv_loop *caller);
+/*
+ * store.c: a call forwarded to s is on its way (any thread, before it is
+ * handed over), or has arrived and been made (s's thread, the call's last
+ * touch of s).  A call may wait in its thread's outbox (core.h) until that
+ * thread's turn ends, after a kv_close and kv_store_free that other
+ * threads made meanwhile: the handle is freed once every call on its way
+ * has arrived (and failed KV_ECLOSED).
+ */
+void kv__store_sent(kv_store *s);
+void kv__store_arrived(kv_store *s);
 
 /* keyset.c: a set of borrowed keys (open addressing on kv_key_hash). */
 typedef struct kv__keyset {

@@ -526,6 +526,131 @@ START_TEST(test_forwarded_one_push_per_turn)
 }
 END_TEST
 
+typedef struct late {
+    kv__call call;
+    kv_store *s;
+    kv_loop *store_loop;
+    kv_key *k;
+    kv_fut *put;
+    sem_t go, freed;
+    int close_rc;
+} late;
+
+/* Another thread: close and free the store, and see the free run on the
+ * store's thread (a marker after it), while the put waits in the first
+ * thread's outbox. */
+static void *late_closer(void *arg)
+{
+    late *l = arg;
+    while (sem_wait(&l->go) != 0)
+        ;
+    kv_fut *f = kv_close(l->s);
+    l->close_rc = kv_wait(f);
+    kv_fut_free(f);
+    kv_store_free(l->s);
+    marker m;
+    sem_init(&m.ran, 0, 0);
+    m.call.run = mark_run;
+    kv__loop_call(l->store_loop, &m.call);
+    while (sem_wait(&m.ran) != 0)
+        ;
+    sem_destroy(&m.ran);
+    sem_post(&l->freed);
+    return NULL;
+}
+
+/* In a callback of the caller's loop: a put (which waits in the outbox
+ * until the turn ends), then another thread closes and frees the store
+ * before the turn ends. */
+static void late_run(kv__call *c)
+{
+    late *l = (late *)(void *)c;
+    l->put = kv_put_value(l->s, l->k, "v", 1, NULL);
+    sem_post(&l->go);
+    while (sem_wait(&l->freed) != 0)
+        ;
+}
+
+/*
+ * A call made before another thread closed and freed the store, still in
+ * its thread's outbox meanwhile, arrives at a handle that is still there:
+ * the free waits for it, it fails KV_ECLOSED, and then the handle goes
+ * (the driver's kv_loop_free succeeds).  Before, the call reached a freed
+ * store (a use after free under ASan).
+ */
+START_TEST(test_free_waits_for_calls_on_their_way)
+{
+    driver d;
+    driver_start(&d);
+    kv_loop *mine;
+    ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
+    late l = {.call.run = late_run, .s = d.s, .store_loop = d.loop,
+              .k = key("/late")};
+    ck_assert_int_eq(sem_init(&l.go, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&l.freed, 0, 0), 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, late_closer, &l), 0);
+    kv__loop_call(mine, &l.call);
+    ck_assert_int_ge(kv_loop_run(mine, KV_RUN_NOWAIT), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_kv(l.close_rc, KV_OK);
+    ck_assert_kv(kv_wait(l.put), KV_ECLOSED);
+    kv_fut_free(l.put);
+    ck_assert_kv(driver_stop(&d), KV_OK); /* the store was freed */
+    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    sem_destroy(&l.go);
+    sem_destroy(&l.freed);
+    kv_key_free(l.k);
+}
+END_TEST
+
+/* A thread's kv_iter_free / kv_store_free made after its calls in the same
+ * turn reach the store's loop after them: the put made just before the
+ * free is made (or cancelled by the close), not failed KV_ECLOSED. */
+typedef struct inorder {
+    kv__call call;
+    kv_store *s;
+    kv_key *k;
+    kv_fut *put;
+} inorder;
+
+static void inorder_run(kv__call *c)
+{
+    inorder *o = (inorder *)(void *)c;
+    o->put = kv_put_value(o->s, o->k, "v", 1, NULL);
+    kv_store_free(o->s);
+}
+
+START_TEST(test_free_after_calls_same_thread)
+{
+    driver d;
+    driver_start(&d);
+    kv_loop *mine;
+    ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
+    /* Hold the store's thread so that the order of arrival decides. */
+    blocker bl;
+    ck_assert_int_eq(sem_init(&bl.held, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&bl.go, 0, 0), 0);
+    bl.call.run = block_run;
+    kv__loop_call(d.loop, &bl.call);
+    while (sem_wait(&bl.held) != 0)
+        ;
+    inorder o = {.call.run = inorder_run, .s = d.s, .k = key("/o")};
+    kv__loop_call(mine, &o.call);
+    ck_assert_int_ge(kv_loop_run(mine, KV_RUN_NOWAIT), 0);
+    sem_post(&bl.go);
+    int rc = kv_wait(o.put);
+    ck_assert_msg(rc == KV_OK || rc == KV_ECANCELED, "put: %s",
+                  kv_err_name(rc));
+    kv_fut_free(o.put);
+    ck_assert_kv(driver_stop(&d), KV_OK);
+    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    sem_destroy(&bl.held);
+    sem_destroy(&bl.go);
+    kv_key_free(o.k);
+}
+END_TEST
+
 static Suite *remote_suite(void)
 {
     Suite *s = suite_create("remote");
@@ -538,6 +663,8 @@ static Suite *remote_suite(void)
     tcase_add_test(tc, test_admission_limit_remote);
     tcase_add_test(tc, test_cancel_reaches_backend);
     tcase_add_test(tc, test_forwarded_one_push_per_turn);
+    tcase_add_test(tc, test_free_waits_for_calls_on_their_way);
+    tcase_add_test(tc, test_free_after_calls_same_thread);
     suite_add_tcase(s, tc);
     return s;
 }
