@@ -935,7 +935,9 @@ KV_EXTERN kv_fut *kv_close(kv_store *store);
  * the close completes).  From any other thread: the free is handed to the
  * store's loop and done there at its next turn (after closing, if needed);
  * call it once no other thread uses the store, typically after kv_close's
- * future completed.  Either way kv_loop_free of the store's loop fails
+ * future completed.  A call another thread made before that, which has
+ * not reached the store's loop yet, fails KV_ECLOSED, and the handle is
+ * freed once it has.  Either way kv_loop_free of the store's loop fails
  * KV_EBUSY until the handle is freed.  Iterators may outlive the handle:
  * calls on them fail KV_EITER until kv_iter_free.  NULL is a no-op.
  */
