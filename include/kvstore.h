@@ -315,7 +315,12 @@ KV_EXTERN size_t kv_loop_inflight(const kv_loop *loop);
  *    returned belongs to the calling thread: it completes on the calling
  *    thread's loop (see kv_thread_loop), where its callbacks run.  The
  *    store's loop thread must keep running its loop (kv_loop_run or
- *    kv_wait) for forwarded calls to progress.
+ *    kv_wait) for forwarded calls to progress.  Calls made inside a
+ *    callback (while the calling thread's loop runs) leave together when
+ *    that turn of its loop ends, in one hand-off per store's loop; a
+ *    callback must therefore not block waiting for such a call to be
+ *    made.  The outcomes one turn of the store's loop finishes come back
+ *    to each calling thread's loop together too.
  *
  *  - One exception: point reads (kv_get, kv_get_many, kv_has, kv_has_many
  *    and their typed forms) on a SQLite file store are not forwarded.  The
