@@ -294,6 +294,30 @@ static void block_run(kv__call *c)
         ;
 }
 
+/* Hold the driver's thread in a call until unblock (so nothing it serves
+ * progresses meanwhile). */
+static void block(driver *d, blocker *bl)
+{
+    ck_assert_int_eq(sem_init(&bl->held, 0, 0), 0);
+    ck_assert_int_eq(sem_init(&bl->go, 0, 0), 0);
+    bl->call.run = block_run;
+    kv__loop_call(d->loop, &bl->call);
+    while (sem_wait(&bl->held) != 0)
+        ;
+}
+
+/* Let the driver's thread go on; bl is not used after. */
+static void unblock(blocker *bl)
+{
+    sem_post(&bl->go);
+}
+
+static void blocker_fini(blocker *bl)
+{
+    sem_destroy(&bl->held);
+    sem_destroy(&bl->go);
+}
+
 /* The limit holds for forwarded calls too (counted on the calling thread
  * before the hand-off). */
 START_TEST(test_admission_limit_remote)
@@ -304,12 +328,7 @@ START_TEST(test_admission_limit_remote)
     kv_key *k = key("/r");
     /* Hold the driver's thread so that nothing completes meanwhile. */
     blocker bl;
-    ck_assert_int_eq(sem_init(&bl.held, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&bl.go, 0, 0), 0);
-    bl.call.run = block_run;
-    kv__loop_call(d.loop, &bl.call);
-    while (sem_wait(&bl.held) != 0)
-        ;
+    block(&d, &bl);
     kv_fut *f[5];
     for (int i = 0; i < 5; i++)
         f[i] = kv_has(d.s, k); /* this thread: its private loop */
@@ -318,13 +337,12 @@ START_TEST(test_admission_limit_remote)
         ck_assert(kv_fut_done(f[i]));
         ck_assert_kv(kv_fut_status(f[i]), KV_EBUSY);
     }
-    sem_post(&bl.go);
+    unblock(&bl);
     for (int i = 0; i < 5; i++) {
         ck_assert_kv(kv_wait(f[i]), i < 2 ? KV_OK : KV_EBUSY);
         kv_fut_free(f[i]);
     }
-    sem_destroy(&bl.held);
-    sem_destroy(&bl.go);
+    blocker_fini(&bl);
     ck_assert_uint_eq(kv_store_inflight(d.s), 0);
     EXPECT(kv_close(d.s), KV_OK);
     kv_store_free(d.s);
@@ -486,17 +504,12 @@ START_TEST(test_forwarded_one_push_per_turn)
     /* Hold the store's thread; the worker runs the BURST jobs, then a
      * second hold, so they are all posted when that hold begins. */
     blocker bl;
-    ck_assert_int_eq(sem_init(&bl.held, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&bl.go, 0, 0), 0);
-    bl.call.run = block_run;
-    kv__loop_call(d.loop, &bl.call);
-    while (sem_wait(&bl.held) != 0)
-        ;
+    block(&d, &bl);
     kv_fut *hold2 = kv_pool_work(mine, d.pool, tu_hold_worker, &g2);
     sem_post(&g1.go);
     while (sem_wait(&g2.in) != 0)
         ;
-    sem_post(&bl.go);
+    unblock(&bl);
     for (int i = 0; i < BURST; i++) {
         ck_assert_kv(kv_wait(b.f[i]), KV_OK);
         ck_assert(!kv_fut_bool(b.f[i]));
@@ -513,8 +526,7 @@ START_TEST(test_forwarded_one_push_per_turn)
     sem_destroy(&g1.go);
     sem_destroy(&g2.in);
     sem_destroy(&g2.go);
-    sem_destroy(&bl.held);
-    sem_destroy(&bl.go);
+    blocker_fini(&bl);
     sem_destroy(&m.ran);
     EXPECT(kv_close(d.s), KV_OK);
     kv_store_free(d.s);
@@ -629,24 +641,18 @@ START_TEST(test_free_after_calls_same_thread)
     ck_assert_kv(kv_loop_new(&mine, NULL), KV_OK);
     /* Hold the store's thread so that the order of arrival decides. */
     blocker bl;
-    ck_assert_int_eq(sem_init(&bl.held, 0, 0), 0);
-    ck_assert_int_eq(sem_init(&bl.go, 0, 0), 0);
-    bl.call.run = block_run;
-    kv__loop_call(d.loop, &bl.call);
-    while (sem_wait(&bl.held) != 0)
-        ;
+    block(&d, &bl);
     inorder o = {.call.run = inorder_run, .s = d.s, .k = key("/o")};
     kv__loop_call(mine, &o.call);
     ck_assert_int_ge(kv_loop_run(mine, KV_RUN_NOWAIT), 0);
-    sem_post(&bl.go);
+    unblock(&bl);
     int rc = kv_wait(o.put);
     ck_assert_msg(rc == KV_OK || rc == KV_ECANCELED, "put: %s",
                   kv_err_name(rc));
     kv_fut_free(o.put);
     ck_assert_kv(driver_stop(&d), KV_OK);
     ck_assert_kv(kv_loop_free(mine), KV_OK);
-    sem_destroy(&bl.held);
-    sem_destroy(&bl.go);
+    blocker_fini(&bl);
     kv_key_free(o.k);
 }
 END_TEST
