@@ -104,6 +104,18 @@ static kv_key *key(const char *path)
     return k;
 }
 
+/* Close and free the driver's store, stop the driver, then run this
+ * thread's loop mine until idle and free it. */
+static void close_all(driver *d, kv_loop *mine)
+{
+    EXPECT(kv_close(d->s), KV_OK);
+    kv_store_free(d->s);
+    ck_assert_kv(driver_stop(d), KV_OK);
+    while (kv_loop_alive(mine))
+        ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0);
+    ck_assert_kv(kv_loop_free(mine), KV_OK);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Tests                                                                    */
 /* ------------------------------------------------------------------------ */
@@ -409,12 +421,7 @@ START_TEST(test_cancel_reaches_backend)
     sem_destroy(&g.in);
     sem_destroy(&g.go);
     sem_destroy(&m.ran);
-    EXPECT(kv_close(d.s), KV_OK);
-    kv_store_free(d.s);
-    ck_assert_kv(driver_stop(&d), KV_OK);
-    while (kv_loop_alive(mine))
-        ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0);
-    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    close_all(&d, mine);
     kv_key_free(k);
 }
 END_TEST
@@ -528,12 +535,7 @@ START_TEST(test_forwarded_one_push_per_turn)
     sem_destroy(&g2.go);
     blocker_fini(&bl);
     sem_destroy(&m.ran);
-    EXPECT(kv_close(d.s), KV_OK);
-    kv_store_free(d.s);
-    ck_assert_kv(driver_stop(&d), KV_OK);
-    while (kv_loop_alive(mine))
-        ck_assert_int_ge(kv_loop_run(mine, KV_RUN_DEFAULT), 0);
-    ck_assert_kv(kv_loop_free(mine), KV_OK);
+    close_all(&d, mine);
     kv_key_free(b.k);
 }
 END_TEST
