@@ -1809,6 +1809,10 @@ static Suite *key_suite(void)
 
     tc = tcase_create("alloc_failure");
     tcase_add_checked_fixture(tc, alloc_setup, alloc_teardown);
+    /* A few ms each, but check's 4 s default expired for five in a row
+     * under ASan on a machine loaded to 8-10 (a suite and a TSan build
+     * beside it). */
+    tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, alloc_failures, 0, (int)KV__ARRAY_SIZE(alloc_ops));
     suite_add_tcase(s, tc);
 
