@@ -82,9 +82,10 @@ struct kv_loop {
      * posting:  posters between their push and their last touch of the
      *           loop; kv_loop_free waits for 0 so a worker never writes a
      *           closed eventfd or freed memory.
-     * All on one line: a poster touches only this line.
+     * All on one line (aligned, and the loop allocated so): a poster
+     * touches only this line.
      */
-    _Atomic(kv__job *) posted;
+    _Alignas(CACHELINE) _Atomic(kv__job *) posted;
     atomic_uint sleeping;
     atomic_uint posting;
     atomic_ullong wakes; /* eventfd writes (relaxed counter) */

@@ -169,7 +169,7 @@ int kv_loop_new(kv_loop **out, const kv_loop_opts *opts)
         return KV_EINVAL;
     }
 
-    kv_loop *loop = kv__calloc(1, sizeof *loop);
+    kv_loop *loop = kv__zalloc_aligned(CACHELINE, sizeof *loop);
     if (loop == NULL) {
         kv__set_errmsg("kv_loop_new: out of memory");
         return KV_ENOMEM;

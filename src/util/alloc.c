@@ -71,6 +71,17 @@ void *kv__realloc(void *p, size_t n)
         return NULL;
     return realloc(p, n ? n : 1);
 }
+
+void *kv__zalloc_aligned(size_t align, size_t size)
+{
+    if (should_fail())
+        return NULL;
+    size = (size + align - 1) & ~(align - 1); /* aligned_alloc's rule */
+    void *p = aligned_alloc(align, size ? size : align);
+    if (p != NULL)
+        memset(p, 0, size ? size : align);
+    return p;
+}
 #endif /* KV_TEST_HOOKS */
 
 void *kv__memdup(const void *p, size_t n)

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__GNUC__)
 #define KV__PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -51,6 +52,7 @@ void *kv__realloc(void *p, size_t n);
  * allocations were made since the last call.
  */
 unsigned long kv__alloc_fail_at(unsigned long nth, bool sticky);
+void *kv__zalloc_aligned(size_t align, size_t size);
 #else
 static inline void *kv__malloc(size_t n)
 {
@@ -67,6 +69,17 @@ static inline void *kv__calloc(size_t count, size_t size)
 static inline void *kv__realloc(void *p, size_t n)
 {
     return realloc(p, n ? n : 1);
+}
+
+/* size bytes, zeroed, at a multiple of align (a power of two); kv__free
+ * releases them. */
+static inline void *kv__zalloc_aligned(size_t align, size_t size)
+{
+    size = (size + align - 1) & ~(align - 1); /* aligned_alloc's rule */
+    void *p = aligned_alloc(align, size ? size : align);
+    if (p != NULL)
+        memset(p, 0, size ? size : align);
+    return p;
 }
 #endif
 static inline void kv__free(void *p)
