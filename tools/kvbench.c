@@ -547,15 +547,17 @@ static void plist_free(plist *l)
  * that the options given with it override its settings in any order. */
 static int plist_apply(const plist *l, jobopts *o)
 {
-    for (size_t k = 0; k < 2 * l->n; k++) {
-        size_t i = k % l->n;
-        if ((l->p[i].def->fn == o_workload) != (k < l->n))
-            continue;
-        const char *e = l->p[i].def->fn(o, l->p[i].val);
-        if (e) {
-            fprintf(stderr, "kvbench: %s: --%s=%s: %s\n", l->p[i].where,
-                    l->p[i].def->name, l->p[i].val, e);
-            return -1;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < l->n; i++) {
+            const pair *x = &l->p[i];
+            if ((x->def->fn == o_workload) != (pass == 0))
+                continue;
+            const char *e = x->def->fn(o, x->val);
+            if (e) {
+                fprintf(stderr, "kvbench: %s: --%s=%s: %s\n", x->where,
+                        x->def->name, x->val, e);
+                return -1;
+            }
         }
     }
     return 0;

@@ -110,6 +110,13 @@ void kv__loop_expect(kv_loop *loop, kv__job *job);
  */
 void kv__loop_post_chain(kv_loop *loop, kv__job *newest, kv__job *oldest);
 /*
+ * Post the jobs of fifo (linked through next, oldest first; each expected
+ * on its job->loop) with one kv__loop_post_chain per destination loop, in
+ * order per loop; returns the pushes.  Any thread; the jobs are their
+ * loops' from the call on.
+ */
+unsigned kv__loop_post_fifo(kv__job *fifo);
+/*
  * Hand work to another loop from the calling thread's own loop, from:
  * job (expected on its loop, kv__loop_expect) is posted to job->loop, c
  * is called on loop to.  While from runs (inside kv_loop_run) they wait in

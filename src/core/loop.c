@@ -231,17 +231,17 @@ void kv__loop_call_here(kv_loop *to, kv__call *c)
 }
 
 /*
- * Send the outbox: for each destination in turn, take its entries out of
- * the FIFO, link them newest first, and push them at once.  A turn rarely
- * holds more than a few destinations, so a pass per destination is cheap.
+ * For each destination in turn: take its jobs out of the FIFO, link them
+ * newest first, and push them at once.  A batch rarely holds more than a
+ * few destinations, so a pass per destination is cheap.
  */
-static void flush_outbox(kv_loop *loop)
+unsigned kv__loop_post_fifo(kv__job *fifo)
 {
-    while (loop->out_jobs != NULL) {
-        kv__job *list = loop->out_jobs, *newest = NULL, *oldest = NULL;
+    unsigned pushes = 0;
+    while (fifo != NULL) {
+        kv__job *list = fifo, *newest = NULL, *oldest = NULL, **end = &fifo;
         kv_loop *to = list->loop;
-        loop->out_jobs = NULL;
-        loop->out_jobs_end = &loop->out_jobs;
+        fifo = NULL;
         while (list != NULL) {
             kv__job *next = list->next;
             if (list->loop == to) {
@@ -251,13 +251,25 @@ static void flush_outbox(kv_loop *loop)
                     oldest = list;
             } else { /* another destination's: stays, in order */
                 list->next = NULL;
-                *loop->out_jobs_end = list;
-                loop->out_jobs_end = &list->next;
+                *end = list;
+                end = &list->next;
             }
             list = next;
         }
-        loop->st.pushes++;
         kv__loop_post_chain(to, newest, oldest);
+        pushes++;
+    }
+    return pushes;
+}
+
+/* Send the outbox: its jobs as kv__loop_post_fifo does, its calls alike. */
+static void flush_outbox(kv_loop *loop)
+{
+    if (loop->out_jobs != NULL) {
+        kv__job *fifo = loop->out_jobs;
+        loop->out_jobs = NULL;
+        loop->out_jobs_end = &loop->out_jobs;
+        loop->st.pushes += kv__loop_post_fifo(fifo);
     }
     while (loop->out_calls != NULL) {
         kv__call *list = loop->out_calls, *newest = NULL, *oldest = NULL;

@@ -76,11 +76,7 @@ void *kv__zalloc_aligned(size_t align, size_t size)
 {
     if (should_fail())
         return NULL;
-    size = (size + align - 1) & ~(align - 1); /* aligned_alloc's rule */
-    void *p = aligned_alloc(align, size ? size : align);
-    if (p != NULL)
-        memset(p, 0, size ? size : align);
-    return p;
+    return kv__zalloc_aligned_libc(align, size);
 }
 #endif /* KV_TEST_HOOKS */
 

@@ -41,6 +41,21 @@
  * counter, no test, no call in the hot paths.  A size of 0 asks for 1 byte
  * either way, so a NULL result always means out of memory.
  */
+/*
+ * kv__zalloc_aligned(align, size): size bytes, zeroed, at a multiple of
+ * align (a power of two); kv__free releases them.  This is its C library
+ * part, rounded up to aligned_alloc's rule (a multiple of align, at least
+ * one).
+ */
+static inline void *kv__zalloc_aligned_libc(size_t align, size_t size)
+{
+    size = size == 0 ? align : (size + align - 1) & ~(align - 1);
+    void *p = aligned_alloc(align, size);
+    if (p != NULL)
+        memset(p, 0, size);
+    return p;
+}
+
 #ifdef KV_TEST_HOOKS
 void *kv__malloc(size_t n);
 void *kv__calloc(size_t count, size_t size);
@@ -71,15 +86,9 @@ static inline void *kv__realloc(void *p, size_t n)
     return realloc(p, n ? n : 1);
 }
 
-/* size bytes, zeroed, at a multiple of align (a power of two); kv__free
- * releases them. */
 static inline void *kv__zalloc_aligned(size_t align, size_t size)
 {
-    size = (size + align - 1) & ~(align - 1); /* aligned_alloc's rule */
-    void *p = aligned_alloc(align, size ? size : align);
-    if (p != NULL)
-        memset(p, 0, size ? size : align);
-    return p;
+    return kv__zalloc_aligned_libc(align, size);
 }
 #endif
 static inline void kv__free(void *p)

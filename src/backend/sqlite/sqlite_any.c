@@ -70,32 +70,16 @@ static void any_back(kv__job *job, int status)
  */
 static unsigned post_all(squeue *q)
 {
-    unsigned pushes = 0;
-    squeue rest;
-    q_init(&rest);
-    while (q_first(q) != NULL) {
-        kv_loop *loop = NULL;
-        kv__job *newest = NULL, *oldest = NULL;
-        sreq *r;
-        while ((r = q_pop(q)) != NULL) {
-            anyreq *a = KV__CONTAINER_OF(r, anyreq, r);
-            if (loop == NULL)
-                loop = a->back.loop;
-            if (a->back.loop != loop) { /* another caller's: next round */
-                q_push(&rest, r);
-                continue;
-            }
-            kv__req_release_store(r->req);
-            a->back.next = newest;
-            newest = &a->back;
-            if (oldest == NULL)
-                oldest = newest;
-        }
-        kv__loop_post_chain(loop, newest, oldest);
-        pushes++;
-        q_take(q, &rest);
+    kv__job *fifo = NULL, **end = &fifo;
+    sreq *r;
+    while ((r = q_pop(q)) != NULL) {
+        anyreq *a = KV__CONTAINER_OF(r, anyreq, r);
+        kv__req_release_store(r->req);
+        a->back.next = NULL;
+        *end = &a->back;
+        end = &a->back.next;
     }
-    return pushes;
+    return kv__loop_post_fifo(fifo); /* one push per caller's loop */
 }
 
 /* Fail every request of q (taken out of any.q) with status and post it. */
