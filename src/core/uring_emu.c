@@ -93,7 +93,6 @@ static const int supported[] = {
     IORING_OP_CLOSE,      IORING_OP_STATX,     IORING_OP_READ,
     IORING_OP_WRITE,      IORING_OP_SEND,      IORING_OP_RECV,
     IORING_OP_RENAMEAT,   IORING_OP_UNLINKAT,  IORING_OP_MKDIRAT,
-    IORING_OP_SYNC_FILE_RANGE,
 };
 
 /* Deadlines are signed so that "deadline - now" may go below zero. */
@@ -234,12 +233,6 @@ static int exec_sqe(const struct io_uring_sqe *s)
         if (s->fsync_flags & IORING_FSYNC_DATASYNC)
             return neg(fdatasync(s->fd));
         return neg(fsync(s->fd));
-    case IORING_OP_SYNC_FILE_RANGE:
-        do {
-            r = sync_file_range(s->fd, (off_t)s->off, (off_t)s->len,
-                                s->sync_range_flags);
-        } while (r < 0 && errno == EINTR);
-        return neg(r);
     case IORING_OP_CLOSE:
         return neg(close(s->fd)); /* the kernel does not retry EINTR either */
     case IORING_OP_RENAMEAT:

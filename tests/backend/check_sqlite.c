@@ -11,7 +11,6 @@
 
 #include "store/store_int.h"
 #include "backend/sqlite/sqlite.h"
-#include "core/fault.h"
 #include "testutil.h"
 
 #include <inttypes.h>
@@ -1725,46 +1724,6 @@ START_TEST(test_ckwb_checkpoints)
 END_TEST
 
 /*
- * The WAL's writeback is the loop's ring operation, not a call on the
- * writer's thread (where a full device queue held up every write): the
- * groups above submit IORING_OP_SYNC_FILE_RANGE on the ring, one
- * writeback counted per operation.  When the first one fails (-EIO,
- * injected), the store starts no more and loses nothing.
- */
-START_TEST(test_wal_writeback_on_ring)
-{
-    enum { N = 64, ROUNDS = 40, LEN = 3000 };
-    for (int fail = 0; fail < 2; fail++) {
-        ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "2M", 1), 0);
-        kv_store *s = open_store(dbpath, 0);
-        ck_assert_int_eq(unsetenv("KV_SQLITE_WAL_MAX"), 0);
-        kv__fault_arm(NULL, IORING_OP_SYNC_FILE_RANGE, fail ? 1 : 0, -EIO);
-        unsigned long w0 = kv__sqlite_wal_wb_count();
-        for (unsigned r = 0; r < ROUNDS; r++)
-            put_group(s, r * N + (fail ? 100000 : 0), N, LEN);
-        check_group(s, fail ? 100000 : 0, ROUNDS * N, LEN);
-        close_store(s);
-        unsigned long seen = kv__fault_seen(IORING_OP_SYNC_FILE_RANGE);
-        unsigned long done = kv__sqlite_wal_wb_count() - w0;
-        if (!fail) {
-            ck_assert_uint_ge(seen, 2);
-            ck_assert_uint_eq(done, seen);
-        } else {
-            ck_assert_uint_eq(kv__fault_hits(), 1);
-            ck_assert_uint_eq(seen, 1);
-            ck_assert_uint_eq(done, 0);
-        }
-        kv__fault_disarm();
-    }
-    check_file(dbpath, 2 * ROUNDS * N);
-    kv_store *s = open_store(dbpath, 0);
-    check_group(s, 0, ROUNDS * N, LEN);
-    check_group(s, 100000, ROUNDS * N, LEN);
-    close_store(s);
-}
-END_TEST
-
-/*
  * A transaction larger than the writer's page cache (SQLite writes pages to
  * the WAL before the commit, and reads them back) and than the gathering
  * buffer: one atomic batch of 2,500 records of 8 KiB (~20 MiB).
@@ -2407,7 +2366,6 @@ int main(void)
     tcase_add_test(tc, test_walbuf_gathers_commit);
     tcase_add_test(tc, test_walbuf_large_transaction);
     tcase_add_test(tc, test_ckwb_checkpoints);
-    tcase_add_test(tc, test_wal_writeback_on_ring);
     tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 

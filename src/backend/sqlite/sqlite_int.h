@@ -210,19 +210,14 @@ struct sq {
      * writer checkpoints what is left and restarts the WAL before ck_hard
      * (between ck_pages and ck_hard). */
     int ck_late;
-    /* NORMAL file stores: every WAL_WRITEBACK_PAGES new WAL pages the loop
-     * starts their writeback (wal_kick, sqlite_sched.c), an
-     * IORING_OP_SYNC_FILE_RANGE on wal_fd, so the checkpoint that syncs
-     * the WAL finds little to write (docs/PERF.md).  wal_fd is the
-     * writer's (its WAL hook opens it once, read-only; -1 until then, or
-     * for good after wal_open_failed); the loop reads both after the
-     * writer's job.  The rest is the loop's. */
+    /* NORMAL file stores, the writer's WAL hook (worker): every
+     * WAL_WRITEBACK_PAGES new WAL pages it starts their writeback through
+     * wal_fd, its own read-only descriptor of the WAL (-1: not open yet,
+     * or wal_wb_off after a failure), so the checkpoint that syncs the
+     * WAL finds little to write (docs/PERF.md). */
     int wal_fd;
-    bool wal_open_failed;
-    kv__op wal_wb_op;
-    bool wal_wb_armed;        /* the writeback is in flight */
-    bool wal_wb_off;          /* it failed once: no more */
     int wal_wb_pages;         /* WAL pages at the last writeback */
+    bool wal_wb_off;
     /* Test hook (kv__sqlite_set_max_pages), loop thread: handed to the
      * writer's next job by conn_start. */
     int64_t max_pages_req;

@@ -737,37 +737,58 @@ static void tx_lost(conn *c, sreq *upto, int rc, const char *msg)
 /*
  * Under synchronous=NORMAL commits do not sync the WAL: its pages stay in
  * the page cache until the checkpoint that restarts the WAL syncs them
- * all, ~16 MiB in one fdatasync while every write waits.  The loop starts
- * their writeback as they come instead (wal_kick, sqlite_sched.c), on the
- * ring: sync_file_range waits for the device's queue when it is full
- * (up to 14 ms measured, docs/PERF.md), and here it would hold up the
- * writer.  The writer's part is to open the descriptor that takes, once
- * the WAL exists.  Best effort: on any failure the WAL is synced as
- * before, and nothing about what is durable changes.
+ * all, ~16 MiB in one fdatasync while every write waits.  Start their
+ * writeback as they come instead (sync_file_range waits for nothing).
+ * Best effort: on any failure the WAL is synced as before, and nothing
+ * about what is durable changes.
  */
-static void wal_open(sq *s)
+static atomic_ulong n_wal_writebacks; /* test hook: writebacks started */
+
+unsigned long kv__sqlite_wal_wb_count(void)
 {
-    char *wal = kv__asprintf("%s-wal", s->path);
-    int fd = -1;
-    if (wal != NULL) {
-        do
-            fd = open(wal, O_RDONLY | O_CLOEXEC);
-        while (fd < 0 && errno == EINTR);
-        kv__free(wal);
+    return atomic_load_explicit(&n_wal_writebacks, memory_order_relaxed);
+}
+
+static void wal_writeback(sq *s, int pages)
+{
+    if (pages < s->wal_wb_pages) /* restarted */
+        s->wal_wb_pages = 0;
+    if (s->wal_wb_off || pages - s->wal_wb_pages < WAL_WRITEBACK_PAGES)
+        return;
+    s->wal_wb_pages = pages;
+#ifdef SYNC_FILE_RANGE_WRITE
+    if (s->wal_fd < 0) {
+        char *wal = kv__asprintf("%s-wal", s->path);
+        if (wal != NULL) {
+            do
+                s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
+            while (s->wal_fd < 0 && errno == EINTR);
+            kv__free(wal);
+        }
+        if (s->wal_fd < 0) {
+            s->wal_wb_off = true;
+            return;
+        }
     }
-    if (fd < 0)
-        s->wal_open_failed = true;
+    int rc;
+    do
+        rc = sync_file_range(s->wal_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    while (rc != 0 && errno == EINTR);
+    if (rc == 0)
+        atomic_fetch_add_explicit(&n_wal_writebacks, 1, memory_order_relaxed);
     else
-        s->wal_fd = fd;
+        s->wal_wb_off = true; /* not supported here: stop trying */
+#else
+    s->wal_wb_off = true;
+#endif
 }
 
 int sqlite__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     conn *c = arg;
     c->wal_pages = pages;
-    if (c->s->sync[0] == 'N' && c->s->wal_fd < 0 &&
-        !c->s->wal_open_failed)
-        wal_open(c->s); /* NORMAL: for wal_kick */
+    if (c->s->sync[0] == 'N') /* NORMAL */
+        wal_writeback(c->s, pages);
     if (pages < c->s->ck_hard)
         return SQLITE_OK;
     for (int waited = 0; waited < BUSY_TIMEOUT_MS; waited++) {

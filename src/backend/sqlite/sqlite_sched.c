@@ -11,17 +11,13 @@
 #include "backend/sqlite/sqlite_int.h"
 #include "util/time.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <string.h>
 
 static void conn_done(kv__job *job, int status);
 static void soon_done(kv__job *job, int status);
 static void ck_done(kv__job *job, int status);
 static void ck_kick(sq *s, bool finished);
-static void wal_kick(sq *s);
 
 static bool is_write(kv__opcode op)
 {
@@ -400,7 +396,6 @@ static void conn_done(kv__job *job, int status)
     }
     if (c == s->writer) {
         ck_kick(s, c->ck_finish);
-        wal_kick(s);
         if (s->wrun_fwd > 0)
             s->wjob_ns = kv__now_ns() - s->wjob_t0;
         s->wexpect = s->wrun_fwd;
@@ -458,59 +453,6 @@ static void ck_kick(sq *s, bool finished)
     s->ck_job.done = ck_done;
     kv__pool_submit(s->ck_pool != NULL ? s->ck_pool : s->pool, s->loop,
                     &s->ck_job);
-}
-
-/*
- * NORMAL file stores: start the writeback of the WAL pages written since
- * the last one (sqlite_job.c, wal_open, says why), an
- * IORING_OP_SYNC_FILE_RANGE of the whole WAL with SYNC_FILE_RANGE_WRITE:
- * the kernel starts writing the dirty pages out and waits for none of
- * them, on its own worker, not the writer's thread.  One at a time; close
- * waits for it.  Called after the writer's job, whose wal_pages and
- * wal_fd are ours to read until its next job starts.
- */
-static atomic_ulong n_wal_writebacks; /* test hook: writebacks done */
-
-unsigned long kv__sqlite_wal_wb_count(void)
-{
-    return atomic_load_explicit(&n_wal_writebacks, memory_order_relaxed);
-}
-
-static void wal_wb_cb(kv__op *op, int res, uint32_t flags)
-{
-    sq *s = KV__CONTAINER_OF(op, sq, wal_wb_op);
-    (void)flags;
-    op_done(s, &s->wal_wb_armed);
-    if (res == 0)
-        atomic_fetch_add_explicit(&n_wal_writebacks, 1,
-                                  memory_order_relaxed);
-    else if (res != -EINTR && res != -EAGAIN && res != -ECANCELED)
-        s->wal_wb_off = true; /* not supported here: stop trying */
-    sqlite__maybe_close(s);
-}
-
-static void wal_kick(sq *s)
-{
-    int pages = s->writer->wal_pages;
-    if (pages < s->wal_wb_pages) /* restarted */
-        s->wal_wb_pages = 0;
-    if (s->wal_fd < 0 || s->wal_wb_off || s->wal_wb_armed || s->closing ||
-        pages - s->wal_wb_pages < WAL_WRITEBACK_PAGES)
-        return;
-    if (!kv__loop_has_op(s->loop, IORING_OP_SYNC_FILE_RANGE)) {
-        s->wal_wb_off = true;
-        return;
-    }
-    struct io_uring_sqe *sqe;
-    if (kv__loop_sqes(s->loop, &sqe, 1) != KV_OK)
-        return; /* the next job's end tries again */
-    io_uring_prep_sync_file_range(sqe, s->wal_fd, 0, 0,
-                                  SYNC_FILE_RANGE_WRITE);
-    s->wal_wb_op.cb = wal_wb_cb;
-    io_uring_sqe_set_data64(sqe, (uintptr_t)&s->wal_wb_op);
-    s->wal_wb_armed = true;
-    s->pending++;
-    s->wal_wb_pages = pages;
 }
 
 static void ck_done(kv__job *job, int status)
