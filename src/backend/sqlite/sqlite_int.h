@@ -14,7 +14,11 @@
 
 /* WAL checkpoints (file stores): the thresholds the writer's WAL hook and
  * the loop's background checkpoints use (why: docs/DESIGN.md). */
-#define CKPT_PAGES 4000          /* new WAL pages that start a checkpoint   */
+/* CKPT_PAGES: small, so that each background checkpoint copies and syncs a
+ * few hundred pages; one of ~1,800 (half the default bound, the rule
+ * before) held the writer's fsyncs behind its own for 20-30 ms, which set
+ * the write tail (docs/PERF.md, "Checkpoint size and the write tail"). */
+#define CKPT_PAGES 256           /* new WAL pages that start a checkpoint   */
 #define CKPT_COMMITS 1000        /* ... or commits (light loads)            */
 #define CKPT_MIN_PAGES 256       /* ... with at least this many new pages   */
 #define CKPT_FINISH_PAGES 64     /* rest the writer checkpoints to restart  */
