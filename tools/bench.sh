@@ -970,10 +970,12 @@ if want("overtime"):
       "CAS write is a get and a put with its token (retried on a conflict), its "
       "latency the whole of it. Every write's latency comes from kvbench's "
       "`--write_lat_log` (fio's format), cut here into 100 ms windows: the chart "
-      "shows each window's p99 and maximum.")
+      "shows each window's p99 and maximum. The last column is the longest "
+      "stretch in which no write completed (the log counts whole milliseconds): "
+      "a stall holds every write in flight, and shows there.")
     w("")
-    w("| case | writes/s | write p50 | p99 | p99.9 | max | p99.9 / p50 | 100 ms windows with a write over 10 ms |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("| case | writes/s | write p50 | p99 | p99.9 | max | p99.9 / p50 | 100 ms windows with a write over 10 ms | longest time with no write completing |")
+    w("|---|---|---|---|---|---|---|---|---|")
     for v in ["sqlite-normal", "sqlite-full", "fs"]:
         doc = load(f"overtime-{v}")
         x = op(doc, v, "cas")
@@ -990,19 +992,21 @@ if want("overtime"):
         for t, l in lats:
             wins.setdefault(t // 100, []).append(l)
         over = sum(1 for k in wins if max(wins[k]) > 10_000_000)
+        ts = sorted(t for t, _ in lats)
+        still = max((b - a for a, b in zip(ts, ts[1:])), default=0)
         with open(os.path.join(plotdir, f"overtime-{v}.dat"), "w") as fh:
             fh.write("# t_s p99_ms max_ms\n")
             for k in sorted(wins):
                 ls = sorted(wins[k])
                 fh.write(f"{(k + 1) / 10:.1f} {ls[min(len(ls) - 1, int(len(ls) * 0.99))] / 1e6:.3f} {ls[-1] / 1e6:.3f}\n")
         if not x:
-            w(f"| {v} | {cell(doc, v, 'cas')} | | | | | | |")
+            w(f"| {v} | {cell(doc, v, 'cas')} | | | | | | | |")
             continue
         pc = x["lat_ns"]["percentile"]
         p50, p999 = pc.get("50.000000"), pc.get("99.900000")
         w(f"| {v} | {fmt(x['iops'])} | {us(p50)} | {us(pc.get('99.000000'))} | {us(p999)} | "
           f"{us(x['lat_ns']['max'])} | {'n/a' if not p50 else f'{p999 / p50:.1f}x'} | "
-          f"{over} of {len(wins)} |")
+          f"{over} of {len(wins)} | {still} ms |")
     w("")
     embed("overtime.svg", "write latency over time, p99 and max per 100 ms")
     w("```sh")
