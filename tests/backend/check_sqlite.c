@@ -1724,6 +1724,50 @@ START_TEST(test_ckwb_checkpoints)
 END_TEST
 
 /*
+ * KV_SQLITE_CKPT_PAGES sets how many new WAL pages start a background
+ * checkpoint: a value outside 16..1000000 (or not a number) fails the open
+ * with KV_EINVAL and names the variable; at 64, 16 groups of 64 one-page
+ * records (~1,100 WAL pages) start background checkpoints, and at 1000000
+ * (capped at half the WAL's bound, ~1,780 pages) none, the same records
+ * readable either way.
+ */
+START_TEST(test_ckpt_pages_env)
+{
+    enum { N = 64, ROUNDS = 16, LEN = 3000 };
+    static const char *const bad[] = {"abc", "15", "1000001", "-64", "64x"};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(bad); i++) {
+        kv_store *s = NULL;
+        ck_assert_int_eq(setenv("KV_SQLITE_CKPT_PAGES", bad[i], 1), 0);
+        ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
+        ck_assert_ptr_null(s);
+        ck_assert_msg(strstr(kv_last_errmsg(), "KV_SQLITE_CKPT_PAGES") != NULL,
+                      "%s: %s", bad[i], kv_last_errmsg());
+    }
+    static const char *const good[] = {"64", "1000000"};
+    for (size_t i = 0; i < KV__ARRAY_SIZE(good); i++) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s.%zu", dbpath, i);
+        ck_assert_int_eq(setenv("KV_SQLITE_CKPT_PAGES", good[i], 1), 0);
+        kv_store *s = open_store(path, KV_SQLITE_SYNC_FULL);
+        ck_assert_int_eq(unsetenv("KV_SQLITE_CKPT_PAGES"), 0);
+        for (unsigned r = 0; r < ROUNDS; r++)
+            put_group(s, r * N, N, LEN);
+        check_group(s, 0, ROUNDS * N, LEN);
+        struct kv__sqlite_stats st;
+        ck_assert_kv(kv__sqlite_stats(s, &st), KV_OK);
+        if (i == 0)
+            ck_assert_uint_ge(st.checkpoints, 1);
+        else
+            ck_assert_uint_eq(st.checkpoints, 0);
+        close_store(s);
+        s = open_store(path, 0);
+        check_group(s, 0, ROUNDS * N, LEN);
+        close_store(s);
+    }
+}
+END_TEST
+
+/*
  * A transaction larger than the writer's page cache (SQLite writes pages to
  * the WAL before the commit, and reads them back) and than the gathering
  * buffer: one atomic batch of 2,500 records of 8 KiB (~20 MiB).
@@ -2366,6 +2410,7 @@ int main(void)
     tcase_add_test(tc, test_walbuf_gathers_commit);
     tcase_add_test(tc, test_walbuf_large_transaction);
     tcase_add_test(tc, test_ckwb_checkpoints);
+    tcase_add_test(tc, test_ckpt_pages_env);
     tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 

@@ -243,7 +243,7 @@ int kv_sqlite_open(kv_store **out, kv_loop *loop, kv_pool *pool,
 
     char *msg = NULL;
     sqlite3 *db = NULL;
-    int rc = sqlite__wal_max_env(s, &msg);
+    int rc = sqlite__env_tunables(s, &msg);
     if (rc == KV_OK)
         rc = sqlite__primary_open(s, &db, &msg);
     if (rc == KV_OK && !s->memory)

@@ -19,6 +19,7 @@ struct kv__sqlite_stats {
     uint64_t read_jobs;   /* reader jobs (file stores)                     */
     uint64_t fetches;     /* ITER_FETCH requests run on a connection       */
     uint64_t connections; /* connections made                              */
+    uint64_t checkpoints; /* background checkpoints started                */
     uint64_t any_reads;   /* point reads from other threads, run without   */
     uint64_t any_batches; /* the loop (sqlite_any.c), and their batches    */
     uint64_t any_posts;   /* their completions' pushes to callers' loops   */

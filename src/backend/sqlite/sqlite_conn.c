@@ -190,7 +190,27 @@ static int probe_header(sqlite3 *db, const char *path, char **msg)
     return rc;
 }
 
-int sqlite__wal_max_env(sq *s, char **msg)
+static int ckpt_pages_env(sq *s, char **msg)
+{
+    s->ckpt_pages = CKPT_PAGES;
+    const char *v = getenv(CKPT_PAGES_ENV);
+    if (v == NULL || v[0] == '\0')
+        return KV_OK;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0' || n < CKPT_PAGES_MIN ||
+        n > CKPT_PAGES_MAX)
+        return sqlite__fail_msg(KV_EINVAL, msg,
+                                "sqlite: %s=\"%.32s\" is not a number of "
+                                "pages from %d to %d",
+                                CKPT_PAGES_ENV, v, CKPT_PAGES_MIN,
+                                CKPT_PAGES_MAX);
+    s->ckpt_pages = (int)n;
+    return KV_OK;
+}
+
+static int wal_max_env(sq *s, char **msg)
 {
     s->wal_max = WAL_MAX_DEFAULT;
     const char *v = getenv(WAL_MAX_ENV);
@@ -219,12 +239,19 @@ int sqlite__wal_max_env(sq *s, char **msg)
     return KV_OK;
 }
 
+int sqlite__env_tunables(sq *s, char **msg)
+{
+    int rc = wal_max_env(s, msg);
+    return rc == KV_OK ? ckpt_pages_env(s, msg) : rc;
+}
+
 /*
  * Bound the WAL of s's writer db to s->wal_max bytes: frames of page_size
  * + 24 bytes after a 32-byte header.  The writer checkpoints inline once
  * the WAL holds ck_hard pages, leaving room for one group commit (an
  * eighth of the bound, at most 1024 pages) before the bound; background
- * checkpoints start at half of that.  journal_size_limit makes the WAL's
+ * checkpoints start every s->ckpt_pages new pages, or at half of ck_hard
+ * if that is less.  journal_size_limit makes the WAL's
  * restart truncate the file back to the bound after a larger transaction.
  */
 static int wal_bound(sq *s, sqlite3 *db, char **msg)
@@ -247,7 +274,8 @@ static int wal_bound(sq *s, sqlite3 *db, char **msg)
     if (hard > INT32_MAX / 2)
         hard = INT32_MAX / 2;
     s->ck_hard = hard < 8 ? 8 : (int)hard;
-    s->ck_pages = s->ck_hard / 2 < CKPT_PAGES ? s->ck_hard / 2 : CKPT_PAGES;
+    s->ck_pages = s->ck_hard / 2 < s->ckpt_pages ? s->ck_hard / 2
+                                                 : s->ckpt_pages;
     s->ck_min_pages = s->ck_hard / 8 < CKPT_MIN_PAGES ? s->ck_hard / 8
                                                         : CKPT_MIN_PAGES;
     s->ck_late = s->ck_pages + (s->ck_hard - s->ck_pages) / 2;

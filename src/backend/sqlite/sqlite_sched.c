@@ -446,6 +446,7 @@ static void ck_kick(sq *s, bool finished)
         pages >= s->ck_late)
         return;
     s->ck_commits = s->stats.commits;
+    s->stats.checkpoints++;
     s->ck_busy = true;
     s->pending++;
     memset(&s->ck_job, 0, sizeof s->ck_job);
