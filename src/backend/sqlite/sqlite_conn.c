@@ -10,6 +10,7 @@
 #include "backend/sqlite/sqlite_int.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,59 +191,70 @@ static int probe_header(sqlite3 *db, const char *path, char **msg)
     return rc;
 }
 
-static int ckpt_pages_env(sq *s, char **msg)
+/* The value of the environment variable name, or NULL if unset or empty. */
+static const char *env_value(const char *name)
 {
-    s->ckpt_pages = CKPT_PAGES;
-    const char *v = getenv(CKPT_PAGES_ENV);
-    if (v == NULL || v[0] == '\0')
-        return KV_OK;
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno != 0 || end == v || *end != '\0' || n < CKPT_PAGES_MIN ||
-        n > CKPT_PAGES_MAX)
-        return sqlite__fail_msg(KV_EINVAL, msg,
-                                "sqlite: %s=\"%.32s\" is not a number of "
-                                "pages from %d to %d",
-                                CKPT_PAGES_ENV, v, CKPT_PAGES_MIN,
-                                CKPT_PAGES_MAX);
-    s->ckpt_pages = (int)n;
-    return KV_OK;
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
-static int wal_max_env(sq *s, char **msg)
+/* Parse v as a decimal count (with units: or a K, M or G suffix, powers of
+ * 1024) into *out: false if it is not one (a sign, anything after it, or
+ * too large). */
+static bool parse_count(const char *v, bool units, unsigned long long *out)
 {
-    s->wal_max = WAL_MAX_DEFAULT;
-    const char *v = getenv(WAL_MAX_ENV);
-    if (v == NULL || v[0] == '\0')
-        return KV_OK;
     char *end = NULL;
     errno = 0;
     unsigned long long n = strtoull(v, &end, 10);
     unsigned shift = 0;
-    if (end != v && (*end == 'k' || *end == 'K'))
-        shift = 10;
-    else if (end != v && (*end == 'm' || *end == 'M'))
-        shift = 20;
-    else if (end != v && (*end == 'g' || *end == 'G'))
-        shift = 30;
+    if (units && end != v) {
+        if (*end == 'k' || *end == 'K')
+            shift = 10;
+        else if (*end == 'm' || *end == 'M')
+            shift = 20;
+        else if (*end == 'g' || *end == 'G')
+            shift = 30;
+    }
     if (shift != 0)
         end++;
     if (errno != 0 || end == v || *end != '\0' || v[0] == '-' ||
-        n > (1ull << 40) >> shift || (n << shift) < WAL_MAX_MIN)
+        n > ULLONG_MAX >> shift)
+        return false;
+    *out = n << shift;
+    return true;
+}
+
+/* *out: the count in the environment variable name if it is set (what:
+ * the values it takes, for the message; KV_EINVAL if it is not one of
+ * them, from min to max), else left as it is. */
+static int env_count(const char *name, bool units, unsigned long long min,
+                     unsigned long long max, const char *what,
+                     unsigned long long *out, char **msg)
+{
+    const char *v = env_value(name);
+    unsigned long long n = 0;
+    if (v == NULL)
+        return KV_OK;
+    if (!parse_count(v, units, &n) || n < min || n > max)
         return sqlite__fail_msg(KV_EINVAL, msg,
-                                "sqlite: %s=\"%.32s\" is not a size "
-                                "from 256K to 1024G (bytes, or with K, M "
-                                "or G)",
-                                WAL_MAX_ENV, v);
-    s->wal_max = (int64_t)(n << shift);
+                                "sqlite: %s=\"%.32s\" is not %s", name, v,
+                                what);
+    *out = n;
     return KV_OK;
 }
 
 int sqlite__env_tunables(sq *s, char **msg)
 {
-    int rc = wal_max_env(s, msg);
-    return rc == KV_OK ? ckpt_pages_env(s, msg) : rc;
+    unsigned long long wal = WAL_MAX_DEFAULT, ck = CKPT_PAGES;
+    int rc = env_count(WAL_MAX_ENV, true, WAL_MAX_MIN, 1ull << 40,
+                       "a size from 256K to 1024G (bytes, or with K, M or "
+                       "G)", &wal, msg);
+    if (rc == KV_OK)
+        rc = env_count(CKPT_PAGES_ENV, false, CKPT_PAGES_MIN, CKPT_PAGES_MAX,
+                       "a number of pages from 16 to 1000000", &ck, msg);
+    s->wal_max = (int64_t)wal;
+    s->ckpt_pages = (int)ck;
+    return rc;
 }
 
 /*
