@@ -11,6 +11,7 @@
 
 #include "store/store_int.h"
 #include "backend/sqlite/sqlite.h"
+#include "util/time.h"
 #include "testutil.h"
 
 #include <inttypes.h>
@@ -1767,6 +1768,73 @@ START_TEST(test_ckpt_pages_env)
 }
 END_TEST
 
+/* Sleep ms milliseconds. */
+static void nap_ms(long ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/*
+ * Under synchronous=NORMAL the WAL's bound is 256 MiB and the writer
+ * restarts it at most once a second below half of that; under FULL (and
+ * OFF) the bound is 16 MiB and the writer restarts it as soon as a
+ * background checkpoint left little to copy; KV_SQLITE_WAL_MAX sets the
+ * bound either way.  With the time rule off (the test hook), 100 small
+ * groups with pauses between them, a few background checkpoints' worth,
+ * never make the writer checkpoint to restart the WAL (SQLite still
+ * restarts it by itself once a checkpoint copied all of it); with the
+ * rule at 0 (FULL's) the same writes soon do.  Every record reads back,
+ * and the file is intact.
+ */
+START_TEST(test_restart_paced)
+{
+    enum { N = 16, ROUNDS = 100, MORE = 400, LEN = 3000 };
+    static const struct {
+        unsigned flags;
+        const char *env;
+        uint64_t wal_max, restart_ns;
+    } want[] = {
+        {0, NULL, 256u << 20, 1000000000u},
+        {KV_SQLITE_SYNC_FULL, NULL, 16u << 20, 0},
+        {KV_SQLITE_SYNC_OFF, NULL, 16u << 20, 0},
+        {0, "1M", 1u << 20, 1000000000u},
+        {KV_SQLITE_SYNC_FULL, "64M", 64u << 20, 0},
+    };
+    for (size_t i = 0; i < KV__ARRAY_SIZE(want); i++) {
+        if (want[i].env != NULL)
+            ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", want[i].env, 1), 0);
+        kv_store *s = open_store(dbpath, want[i].flags);
+        ck_assert_int_eq(unsetenv("KV_SQLITE_WAL_MAX"), 0);
+        struct kv__sqlite_stats st = stats(s);
+        ck_assert_uint_eq(st.wal_max, want[i].wal_max);
+        ck_assert_uint_eq(st.restart_ns, want[i].restart_ns);
+        close_store(s);
+    }
+
+    kv_store *s = open_store(dbpath, 0);
+    ck_assert_kv(kv__sqlite_set_restart_ns(s, UINT64_MAX), KV_OK);
+    unsigned r = 0;
+    for (; r < ROUNDS; r++) {
+        put_group(s, r * N, N, LEN);
+        nap_ms(2);
+    }
+    struct kv__sqlite_stats st = stats(s);
+    ck_assert_uint_ge(st.checkpoints, 3);
+    ck_assert_uint_eq(st.finishes, 0);
+    ck_assert_kv(kv__sqlite_set_restart_ns(s, 0), KV_OK);
+    for (; r < ROUNDS + MORE && stats(s).finishes == 0; r++) {
+        put_group(s, r * N, N, LEN);
+        nap_ms(2);
+    }
+    ck_assert_uint_ge(stats(s).finishes, 1);
+    check_group(s, 0, r * N, LEN);
+    close_store(s);
+    check_file(dbpath, r * N);
+}
+END_TEST
+
 /*
  * A transaction larger than the writer's page cache (SQLite writes pages to
  * the WAL before the commit, and reads them back) and than the gathering
@@ -2411,6 +2479,7 @@ int main(void)
     tcase_add_test(tc, test_walbuf_large_transaction);
     tcase_add_test(tc, test_ckwb_checkpoints);
     tcase_add_test(tc, test_ckpt_pages_env);
+    tcase_add_test(tc, test_restart_paced);
     tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 

@@ -149,6 +149,8 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
         return KV_EINVAL;
     sq *s = store->backend;
     *out = s->stats;
+    out->wal_max = (uint64_t)s->wal_max;
+    out->restart_ns = s->restart_ns;
     if (s->any.on) {
         pthread_mutex_lock(&s->any.mu);
         out->any_reads = s->any.reads;
@@ -185,6 +187,15 @@ int kv__sqlite_set_gather_ns(kv_store *store, uint64_t ns)
     if (s == NULL)
         return KV_EINVAL;
     s->wgather_fixed_ns = ns;
+    return KV_OK;
+}
+
+int kv__sqlite_set_restart_ns(kv_store *store, uint64_t ns)
+{
+    sq *s = writable(store);
+    if (s == NULL || s->memory)
+        return KV_EINVAL;
+    sqlite__restart_rule(s, ns);
     return KV_OK;
 }
 #endif

@@ -20,9 +20,15 @@ struct kv__sqlite_stats {
     uint64_t fetches;     /* ITER_FETCH requests run on a connection       */
     uint64_t connections; /* connections made                              */
     uint64_t checkpoints; /* background checkpoints started                */
+    uint64_t restarts;    /* WAL restarts the writer's jobs reported       */
+    uint64_t finishes;    /* writer jobs that checkpointed to restart it   */
     uint64_t any_reads;   /* point reads from other threads, run without   */
     uint64_t any_batches; /* the loop (sqlite_any.c), and their batches    */
     uint64_t any_posts;   /* their completions' pushes to callers' loops   */
+    /* Not counters: the WAL's bound in bytes, and the least time between
+     * two of its restarts below half of it (sq.restart_ns), as set now. */
+    uint64_t wal_max;
+    uint64_t restart_ns;
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 /*
@@ -70,5 +76,15 @@ int kv__sqlite_set_max_pages(kv_store *s, int64_t pages);
  */
 #ifdef KV_TEST_HOOKS
 int kv__sqlite_set_gather_ns(kv_store *s, uint64_t ns);
+#endif
+/*
+ * sqlite.c test hook (loop thread): the least time between two restarts of
+ * the WAL below half its bound becomes ns from now on (0: restart as soon
+ * as possible, FULL's rule; UINT64_MAX: by size only), so a test can tell
+ * the time rule from the size rule.  KV_EINVAL if s is not a writable
+ * SQLite file store.
+ */
+#ifdef KV_TEST_HOOKS
+int kv__sqlite_set_restart_ns(kv_store *s, uint64_t ns);
 #endif
 #endif /* KV_BACKEND_SQLITE_H */

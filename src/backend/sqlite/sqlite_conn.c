@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include "backend/sqlite/sqlite_int.h"
+#include "util/time.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -245,7 +246,9 @@ static int env_count(const char *name, bool units, unsigned long long min,
 
 int sqlite__env_tunables(sq *s, char **msg)
 {
-    unsigned long long wal = WAL_MAX_DEFAULT, ck = CKPT_PAGES;
+    bool normal = strcmp(s->sync, "NORMAL") == 0;
+    unsigned long long wal = normal ? WAL_MAX_NORMAL : WAL_MAX_DEFAULT;
+    unsigned long long ck = CKPT_PAGES;
     int rc = env_count(WAL_MAX_ENV, true, WAL_MAX_MIN, 1ull << 40,
                        "a size from 256K to 1024G (bytes, or with K, M or "
                        "G)", &wal, msg);
@@ -254,7 +257,15 @@ int sqlite__env_tunables(sq *s, char **msg)
                        "a number of pages from 16 to 1000000", &ck, msg);
     s->wal_max = (int64_t)wal;
     s->ckpt_pages = (int)ck;
+    s->restart_ns = normal ? (uint64_t)RESTART_MS * 1000000u : 0;
     return rc;
+}
+
+void sqlite__restart_rule(sq *s, uint64_t ns)
+{
+    s->restart_ns = ns;
+    s->ck_restart = ns > 0 ? s->ck_hard / 2 : s->ck_pages;
+    s->ck_late = s->ck_restart + (s->ck_hard - s->ck_restart) / 2;
 }
 
 /*
@@ -263,7 +274,8 @@ int sqlite__env_tunables(sq *s, char **msg)
  * the WAL holds ck_hard pages, leaving room for one group commit (an
  * eighth of the bound, at most 1024 pages) before the bound; background
  * checkpoints start every s->ckpt_pages new pages, or at half of ck_hard
- * if that is less.  journal_size_limit makes the WAL's
+ * if that is less.  With s->restart_ns the WAL restarts by time below half
+ * of ck_hard, else as soon as it can.  journal_size_limit makes the WAL's
  * restart truncate the file back to the bound after a larger transaction.
  */
 static int wal_bound(sq *s, sqlite3 *db, char **msg)
@@ -290,7 +302,8 @@ static int wal_bound(sq *s, sqlite3 *db, char **msg)
                                                  : s->ckpt_pages;
     s->ck_min_pages = s->ck_hard / 8 < CKPT_MIN_PAGES ? s->ck_hard / 8
                                                         : CKPT_MIN_PAGES;
-    s->ck_late = s->ck_pages + (s->ck_hard - s->ck_pages) / 2;
+    sqlite__restart_rule(s, s->restart_ns);
+    s->ck_cycle_ns = kv__now_ns();
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA journal_size_limit=%lld",
              (long long)s->wal_max);

@@ -34,6 +34,16 @@
  * wal_bound, sqlite_conn.c).  The thresholds above shrink to fit a small
  * bound. */
 #define WAL_MAX_DEFAULT (16 << 20)
+/* Under synchronous=NORMAL commits do not sync the WAL, and the restart is
+ * the writes' one stall: SQLite restarts the WAL only once a checkpoint
+ * has copied all of it and synced the database, with no commit between.
+ * So the WAL restarts at most once per RESTART_MS below half its bound,
+ * which is WAL_MAX_NORMAL there: under a heavy load it holds about a
+ * second of writes (docs/PERF.md, "Restarts of the WAL under NORMAL").
+ * Under FULL every commit's sync would pay for the file's growth: there
+ * the WAL restarts as soon as it can, within WAL_MAX_DEFAULT. */
+#define WAL_MAX_NORMAL (256 << 20)
+#define RESTART_MS 1000
 #define WAL_MAX_MIN (256 << 10)
 #define WAL_MAX_ENV "KV_SQLITE_WAL_MAX"
 #define WAL_WRITEBACK_PAGES 256 /* see sq.wal_fd */
@@ -217,9 +227,14 @@ struct sq {
     int64_t wal_max;
     int ckpt_pages;           /* CKPT_PAGES, or CKPT_PAGES_ENV's */
     int ck_hard, ck_pages, ck_min_pages;
+    /* The WAL is due to restart at ck_pages pages once restart_ns have
+     * passed since it last did (ck_cycle_ns: the loop's clock), and at
+     * ck_restart pages whatever the time (ck_pages with restart_ns 0). */
+    int ck_restart;
+    uint64_t restart_ns, ck_cycle_ns;
     /* Past ck_late WAL pages no new background checkpoint starts: the
      * writer checkpoints what is left and restarts the WAL before ck_hard
-     * (between ck_pages and ck_hard). */
+     * (between ck_restart and ck_hard). */
     int ck_late;
     /* NORMAL file stores, the writer's WAL hook (worker): every
      * WAL_WRITEBACK_PAGES new WAL pages it starts their writeback through
@@ -328,9 +343,13 @@ int sqlite__exec_sql(sqlite3 *db, const char *sql, char **msg);
 /* Prepare c's cached statement id (prep's first use; c's job). */
 int sqlite__prepare(conn *c, int id, char **msg);
 /* s->wal_max and s->ckpt_pages from the environment (WAL_MAX_ENV,
- * CKPT_PAGES_ENV) or the defaults: KV_OK, or KV_EINVAL with *msg set
- * (kv_sqlite_open, the caller's thread). */
+ * CKPT_PAGES_ENV) or the defaults for s->sync, and s->restart_ns: KV_OK,
+ * or KV_EINVAL with *msg set (kv_sqlite_open, the caller's thread). */
 int sqlite__env_tunables(sq *s, char **msg);
+/* The WAL restarts at most once per ns below half of s->ck_hard (0: as
+ * soon as it can): sets s->restart_ns, ck_restart and ck_late (wal_bound,
+ * and a test hook; loop thread once the store is open). */
+void sqlite__restart_rule(sq *s, uint64_t ns);
 /* Open the first connection of a store, its schema created or checked;
  * for a writable file store, bound its WAL (kv_sqlite_open, the caller's
  * thread). */

@@ -34,6 +34,13 @@ static bool is_write(kv__opcode op)
     }
 }
 
+/* Whether a WAL of pages pages is due to restart (see sq.ck_restart). */
+static bool restart_due(const sq *s, int pages)
+{
+    return s->restart_ns == 0 || pages >= s->ck_restart ||
+           kv__now_ns() - s->ck_cycle_ns >= s->restart_ns;
+}
+
 /* Start c's job on everything waiting for it. */
 static void conn_start(conn *c, squeue *take)
 {
@@ -53,10 +60,12 @@ static void conn_start(conn *c, squeue *take)
      * then) whatever is left: a short stall well before ck_hard. */
     if (c == s->writer && !s->memory && !s->ck_busy && !s->ck_finished &&
         c->wal_pages >= s->ck_done &&
-        ((s->ck_done > 0 && c->wal_pages - s->ck_done <= CKPT_FINISH_PAGES) ||
+        ((s->ck_done > 0 && c->wal_pages - s->ck_done <= CKPT_FINISH_PAGES &&
+          restart_due(s, c->wal_pages)) ||
          c->wal_pages >= s->ck_late)) {
         c->ck_finish = true;
         s->ck_finished = true;
+        s->stats.finishes++;
     }
     if (c == s->writer && s->max_pages_set) {
         c->max_pages = s->max_pages_req;
@@ -420,6 +429,8 @@ static void ck_kick(sq *s, bool finished)
         s->ck_done = 0; /* the WAL was restarted */
         s->ck_finished = false;
         s->ck_commits = s->stats.commits;
+        s->ck_cycle_ns = kv__now_ns();
+        s->stats.restarts++;
     } else if (s->ck_finished && !finished) {
         /* The job after the writer's checkpoint did not restart the WAL
          * (a reader still used it): the writer may try again. */
@@ -435,7 +446,7 @@ static void ck_kick(sq *s, bool finished)
      * checkpoint at ck_hard, which backfilled thousands of pages and
      * stalled every write for tens of ms (docs/PERF.md). */
     bool chase = pages >= s->ck_pages && fresh > CKPT_FINISH_PAGES &&
-                 pages < s->ck_late;
+                 pages < s->ck_late && restart_due(s, pages);
     bool due = chase || fresh >= s->ck_pages ||
                (fresh >= s->ck_min_pages &&
                 s->stats.commits - s->ck_commits >= CKPT_COMMITS);
