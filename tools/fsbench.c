@@ -269,7 +269,7 @@ typedef struct raw_job {
     double *done, *lat; /* completion time (s since start), latency (s) */
     int n;
     double t0;
-    bool failed;
+    int err; /* errno of the call that failed, or 0 */
 } raw_job;
 
 static bool raw_read(int dfd, const char *name)
@@ -309,7 +309,7 @@ static void *raw_run(void *arg)
         double t1 = now_s();
         if (!raw_read(j->dfd, name) ||
             (write && !raw_replace(j->dfd, name, j->id))) {
-            j->failed = true;
+            j->err = errno != 0 ? errno : EIO;
             break;
         }
         if (write) {
@@ -373,8 +373,9 @@ static void bench_raw_threads(const char *dir)
     for (int i = 0; i < RAW_THREADS; i++) {
         if (pthread_join(th[i], NULL) != 0)
             die("pthread_join", KV_EINVAL);
-        if (jobs[i].failed)
-            fprintf(stderr, "raw-threads: thread %d: %s\n", i, strerror(errno));
+        if (jobs[i].err != 0)
+            fprintf(stderr, "raw-threads: thread %d: %s\n", i,
+                    strerror(jobs[i].err));
         n += (size_t)jobs[i].n;
     }
     double *lat = xcalloc(n + 1, sizeof *lat), *done = xcalloc(n + 1, sizeof *done);
