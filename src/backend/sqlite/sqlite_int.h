@@ -228,8 +228,9 @@ struct sq {
     int ckpt_pages;           /* CKPT_PAGES, or CKPT_PAGES_ENV's */
     int ck_hard, ck_pages, ck_min_pages;
     /* The WAL is due to restart at ck_pages pages once restart_ns have
-     * passed since it last did (ck_cycle_ns: the loop's clock), and at
-     * ck_restart pages whatever the time (ck_pages with restart_ns 0). */
+     * passed since it last did (ck_cycle_ns, kv__now_ns: at open, then
+     * when ck_kick sees a restart), and at ck_restart pages whatever the
+     * time (ck_pages with restart_ns 0). */
     int ck_restart;
     uint64_t restart_ns, ck_cycle_ns;
     /* Past ck_late WAL pages no new background checkpoint starts: the
