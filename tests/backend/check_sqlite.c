@@ -1122,6 +1122,9 @@ START_TEST(test_wal_bounded)
     ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "1X", 1), 0);
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
     ck_assert_ptr_null(s);
+    ck_assert_str_eq(kv_last_errmsg(),
+                     "sqlite: KV_SQLITE_WAL_MAX=\"1X\" is not a size from "
+                     "256K to 1024G (bytes, or with K, M or G)");
     ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "100K", 1), 0); /* < 256K */
     ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
     ck_assert_int_eq(setenv("KV_SQLITE_WAL_MAX", "1M", 1), 0);
@@ -1741,7 +1744,8 @@ START_TEST(test_ckpt_pages_env)
         ck_assert_int_eq(setenv("KV_SQLITE_CKPT_PAGES", bad[i], 1), 0);
         ck_assert_kv(kv_sqlite_open(&s, loop, pool, dbpath, 0), KV_EINVAL);
         ck_assert_ptr_null(s);
-        ck_assert_msg(strstr(kv_last_errmsg(), "KV_SQLITE_CKPT_PAGES") != NULL,
+        ck_assert_msg(strstr(kv_last_errmsg(), "KV_SQLITE_CKPT_PAGES") != NULL &&
+                          strstr(kv_last_errmsg(), "from 16 to 1000000") != NULL,
                       "%s: %s", bad[i], kv_last_errmsg());
     }
     static const char *const good[] = {"64", "1000000"};

@@ -225,9 +225,26 @@ static bool parse_count(const char *v, bool units, unsigned long long *out)
     return true;
 }
 
-/* *out: the count in the environment variable name if it is set (what:
- * the values it takes, for the message; KV_EINVAL if it is not one of
- * them, from min to max), else left as it is. */
+/* n in buf: with units, in the largest of G, M or K (powers of 1024) that
+ * divides it, as parse_count reads it back. */
+static void fmt_count(char *buf, size_t size, unsigned long long n,
+                      bool units)
+{
+    static const char suffix[] = "KMG";
+    int u = -1;
+    while (units && u < 2 && n >= 1024 && n % 1024 == 0) {
+        n /= 1024;
+        u++;
+    }
+    if (u < 0)
+        snprintf(buf, size, "%llu", n);
+    else
+        snprintf(buf, size, "%llu%c", n, suffix[u]);
+}
+
+/* *out: the count in the environment variable name if it is set, else
+ * left as it is; KV_EINVAL if it is not one from min to max, the message
+ * naming what it must be (what: "a size", "a number of pages"). */
 static int env_count(const char *name, bool units, unsigned long long min,
                      unsigned long long max, const char *what,
                      unsigned long long *out, char **msg)
@@ -236,10 +253,16 @@ static int env_count(const char *name, bool units, unsigned long long min,
     unsigned long long n = 0;
     if (v == NULL)
         return KV_OK;
-    if (!parse_count(v, units, &n) || n < min || n > max)
+    if (!parse_count(v, units, &n) || n < min || n > max) {
+        char lo[32], hi[32];
+        fmt_count(lo, sizeof lo, min, units);
+        fmt_count(hi, sizeof hi, max, units);
         return sqlite__fail_msg(KV_EINVAL, msg,
-                                "sqlite: %s=\"%.32s\" is not %s", name, v,
-                                what);
+                                "sqlite: %s=\"%.32s\" is not %s from %s to "
+                                "%s%s",
+                                name, v, what, lo, hi,
+                                units ? " (bytes, or with K, M or G)" : "");
+    }
     *out = n;
     return KV_OK;
 }
@@ -249,12 +272,11 @@ int sqlite__env_tunables(sq *s, char **msg)
     bool normal = strcmp(s->sync, "NORMAL") == 0;
     unsigned long long wal = normal ? WAL_MAX_NORMAL : WAL_MAX_DEFAULT;
     unsigned long long ck = CKPT_PAGES;
-    int rc = env_count(WAL_MAX_ENV, true, WAL_MAX_MIN, 1ull << 40,
-                       "a size from 256K to 1024G (bytes, or with K, M or "
-                       "G)", &wal, msg);
+    int rc = env_count(WAL_MAX_ENV, true, WAL_MAX_MIN, WAL_MAX_MAX, "a size",
+                       &wal, msg);
     if (rc == KV_OK)
         rc = env_count(CKPT_PAGES_ENV, false, CKPT_PAGES_MIN, CKPT_PAGES_MAX,
-                       "a number of pages from 16 to 1000000", &ck, msg);
+                       "a number of pages", &ck, msg);
     s->wal_max = (int64_t)wal;
     s->ckpt_pages = (int)ck;
     s->restart_ns = normal ? (uint64_t)RESTART_MS * 1000000u : 0;

@@ -45,6 +45,7 @@
 #define WAL_MAX_NORMAL (256 << 20)
 #define RESTART_MS 1000
 #define WAL_MAX_MIN (256 << 10)
+#define WAL_MAX_MAX (1ull << 40)
 #define WAL_MAX_ENV "KV_SQLITE_WAL_MAX"
 #define WAL_WRITEBACK_PAGES 256 /* see sq.wal_fd */
 #define BUSY_TIMEOUT_MS 5000 /* every connection's busy timeout; the most the
