@@ -1840,6 +1840,39 @@ START_TEST(test_restart_paced)
 END_TEST
 
 /*
+ * The time rule itself: with restarts at most every 150 ms below half the
+ * bound (the test hook), the writer checkpoints to restart the WAL only
+ * once 150 ms have passed since the cycle began (kv__sqlite_stats'
+ * cycle_ns, which SQLite's own restarts move too), and it does so within
+ * a few seconds of small groups with pauses between them.
+ */
+START_TEST(test_restart_interval)
+{
+    enum { N = 16, LEN = 3000, ROUNDS_MAX = 1500 };
+    const uint64_t gap = 150000000u;
+    kv_store *s = open_store(dbpath, 0);
+    ck_assert_kv(kv__sqlite_set_restart_ns(s, gap), KV_OK);
+    struct kv__sqlite_stats prev = stats(s);
+    unsigned r = 0;
+    for (; r < ROUNDS_MAX && prev.finishes < 3; r++) {
+        put_group(s, r * N, N, LEN);
+        struct kv__sqlite_stats st = stats(s);
+        uint64_t now = kv__now_ns();
+        if (st.finishes > prev.finishes)
+            ck_assert_msg(now >= prev.cycle_ns + gap,
+                          "a restart checkpoint %" PRIu64 " ms into its cycle",
+                          (now - prev.cycle_ns) / 1000000u);
+        prev = st;
+        nap_ms(2);
+    }
+    ck_assert_uint_ge(prev.finishes, 1);
+    check_group(s, 0, r * N, LEN);
+    close_store(s);
+    check_file(dbpath, r * N);
+}
+END_TEST
+
+/*
  * A transaction larger than the writer's page cache (SQLite writes pages to
  * the WAL before the commit, and reads them back) and than the gathering
  * buffer: one atomic batch of 2,500 records of 8 KiB (~20 MiB).
@@ -2484,6 +2517,7 @@ int main(void)
     tcase_add_test(tc, test_ckwb_checkpoints);
     tcase_add_test(tc, test_ckpt_pages_env);
     tcase_add_test(tc, test_restart_paced);
+    tcase_add_test(tc, test_restart_interval);
     tcase_add_test(tc, test_walbuf_flush_fails);
     suite_add_tcase(su, tc);
 

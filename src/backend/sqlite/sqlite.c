@@ -151,6 +151,7 @@ int kv__sqlite_stats(const kv_store *store, struct kv__sqlite_stats *out)
     *out = s->stats;
     out->wal_max = (uint64_t)s->wal_max;
     out->restart_ns = s->restart_ns;
+    out->cycle_ns = s->ck_cycle_ns;
     if (s->any.on) {
         pthread_mutex_lock(&s->any.mu);
         out->any_reads = s->any.reads;

@@ -25,10 +25,12 @@ struct kv__sqlite_stats {
     uint64_t any_reads;   /* point reads from other threads, run without   */
     uint64_t any_batches; /* the loop (sqlite_any.c), and their batches    */
     uint64_t any_posts;   /* their completions' pushes to callers' loops   */
-    /* Not counters: the WAL's bound in bytes, and the least time between
-     * two of its restarts below half of it (sq.restart_ns), as set now. */
+    /* Not counters: the WAL's bound in bytes, the least time between two
+     * of its restarts below half of it (sq.restart_ns), as set now, and
+     * when its current cycle began (kv__now_ns's clock). */
     uint64_t wal_max;
     uint64_t restart_ns;
+    uint64_t cycle_ns;
 };
 int kv__sqlite_stats(const kv_store *s, struct kv__sqlite_stats *out);
 /*
