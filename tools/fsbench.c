@@ -327,6 +327,14 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Close the first n of raw-threads' directory descriptors. */
+static void raw_close_dirs(const int *dfds, int n)
+{
+    for (int t = 0; t < n; t++)
+        if (close(dfds[t]) != 0)
+            perror("raw-threads: close");
+}
+
 static void bench_raw_threads(const char *dir)
 {
     /* A directory per thread: no thread waits for another's rename or
@@ -339,19 +347,25 @@ static void bench_raw_threads(const char *dir)
         snprintf(path, sizeof path, "%s/raw-threads-%02d", dir, t);
         if (mkdir(path, 0755) != 0 && errno != EEXIST) {
             perror(path);
+            raw_close_dirs(dfds, t);
             return;
         }
         if ((dfds[t] = open(path, O_RDONLY | O_DIRECTORY)) < 0) {
             perror(path);
+            raw_close_dirs(dfds, t);
             return;
         }
         for (int i = 0; i < RAW_KEYS; i++) {
             char name[32];
             snprintf(name, sizeof name, "k%07d.kv", i);
             int fd = openat(dfds[t], name, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            if (fd < 0 || write(fd, val, sizeof val) != (ssize_t)sizeof val ||
-                close(fd) != 0) {
+            bool ok = fd >= 0 &&
+                      write(fd, val, sizeof val) == (ssize_t)sizeof val;
+            if (fd >= 0 && close(fd) != 0)
+                ok = false;
+            if (!ok) {
                 perror("raw-threads: load");
+                raw_close_dirs(dfds, t + 1);
                 return;
             }
         }
@@ -418,9 +432,7 @@ static void bench_raw_threads(const char *dir)
     free(lat);
     free(done);
     free(slow);
-    for (int t = 0; t < RAW_THREADS; t++)
-        if (close(dfds[t]) != 0)
-            perror("raw-threads: close");
+    raw_close_dirs(dfds, RAW_THREADS);
 }
 
 static int rm_one(const char *path, const struct stat *st, int type,

@@ -1772,12 +1772,12 @@ START_TEST(test_ckpt_pages_env)
 }
 END_TEST
 
-/* Sleep ms milliseconds. */
-static void nap_ms(long ms)
+/* Sleep ms milliseconds (the rest again after a signal). */
+static void nap_ms(uint64_t ms)
 {
-    struct timespec ts = {0, ms * 1000000L};
+    struct timespec ts = kv__ms_to_timespec(ms);
     while (nanosleep(&ts, &ts) != 0)
-        ;
+        ck_assert_int_eq(errno, EINTR);
 }
 
 /*
